@@ -1,0 +1,572 @@
+//! The domain configuration (`domain.toml`, DESIGN §4): the model every process shares, its
+//! parser, and its validation. Every problem is reported with the field's path and, when the
+//! text is at hand, its line and column, and says what is allowed.
+//!
+//! The model is serde-able in the same shape as the file, so the Administration Server can
+//! serve it to servers (JSON) and persist changes (TOML) without a second set of types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClusterName, MachineName, ServerName};
+
+/// The seed's defaults.
+pub const DEFAULT_HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_PERIODS_UNTIL_FENCING: u32 = 3;
+pub const DEFAULT_FENCING_GRACE_PERIOD: Duration = Duration::from_secs(30);
+pub const DEFAULT_ADDITIONAL_MIGRATION_ATTEMPTS: u32 = 3;
+pub const DEFAULT_MIGRATION_RETRY_DELAY: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Domain {
+    pub name: String,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub leasing: Leasing,
+    #[serde(default)]
+    pub machines: Vec<Machine>,
+    #[serde(default)]
+    pub clusters: Vec<Cluster>,
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: default_admin_listen() }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7001))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LeasingBasis {
+    #[default]
+    Database,
+    Consensus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Leasing {
+    #[serde(default)]
+    pub basis: LeasingBasis,
+    /// `sqlite://PATH` (relative paths are relative to the domain file) or `postgres://...`.
+    pub data_source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    pub name: MachineName,
+    /// Where this machine's Node Manager listens.
+    pub node_manager: SocketAddr,
+    /// The interface floating IPs are added to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netmask: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+}
+
+/// User scripts that replace the built-in actions (the `wlsifconfig.sh` equivalents).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// Called as `ifconfig addif|removeif IFACE IP NETMASK`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifconfig: Option<String>,
+    /// Called as `mount mount|unmount SERVER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    #[serde(default = "default_hook_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Hooks {
+    fn is_empty(&self) -> bool {
+        self.ifconfig.is_none() && self.mount.is_none() && self.timeout == default_hook_timeout()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub name: ClusterName,
+    /// Machines that may host this cluster's migratable servers, in order of preference.
+    #[serde(default)]
+    pub migration_candidates: Vec<MachineName>,
+    #[serde(default = "default_grace", with = "duration")]
+    pub fencing_grace_period: Duration,
+    /// Circuits of the candidate list the master tries before it gives up (rule 9).
+    #[serde(default = "default_attempts")]
+    pub additional_auto_migration_attempts: u32,
+    /// Pause between two circuits of the candidate list.
+    #[serde(default = "default_retry_delay", with = "duration")]
+    pub migration_retry_delay: Duration,
+    /// Optional power fence (STONITH) run before a server is started elsewhere:
+    /// `COMMAND... MACHINE SERVER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_command: Option<Vec<String>>,
+}
+
+fn default_grace() -> Duration {
+    DEFAULT_FENCING_GRACE_PERIOD
+}
+fn default_attempts() -> u32 {
+    DEFAULT_ADDITIONAL_MIGRATION_ATTEMPTS
+}
+fn default_retry_delay() -> Duration {
+    DEFAULT_MIGRATION_RETRY_DELAY
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub name: ServerName,
+    pub cluster: ClusterName,
+    /// The home machine: where `start` and `start-cluster` start it.
+    pub machine: MachineName,
+    #[serde(default = "yes")]
+    pub auto_migration: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating_ip: Option<Ipv4Addr>,
+    /// Preferred destinations, in order; the cluster's `migration_candidates` follow.
+    #[serde(default)]
+    pub candidate_machines: Vec<MachineName>,
+    #[serde(default = "default_interval", with = "duration")]
+    pub health_check_interval: Duration,
+    #[serde(default = "default_periods")]
+    pub health_check_periods_until_fencing: u32,
+    /// How long a graceful stop may take before the Node Manager kills the server.
+    #[serde(default = "default_shutdown_timeout", with = "duration")]
+    pub shutdown_timeout: Duration,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_interval() -> Duration {
+    DEFAULT_HEALTH_CHECK_INTERVAL
+}
+fn default_periods() -> u32 {
+    DEFAULT_PERIODS_UNTIL_FENCING
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Server {
+    /// The lease's time to live: `health_check_interval × health_check_periods_until_fencing`.
+    pub fn lease_ttl(&self) -> Duration {
+        self.health_check_interval * self.health_check_periods_until_fencing
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub command: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// How long a starting service may fail its health check before it counts as unhealthy.
+    #[serde(default = "default_start_timeout", with = "duration")]
+    pub start_timeout: Duration,
+}
+
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+pub enum Health {
+    Tcp(SocketAddr),
+    Http(String),
+    Exec(Vec<String>),
+}
+
+/// Durations as the file writes them: `"10s"`, `"500ms"`, `"1m 30s"`.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}): write a number and a unit, like \"500ms\" or \"10s\""
+            ))
+        })
+    }
+}
+
+/// One problem in a domain file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the field, e.g. `servers[1].candidate_machines`.
+    pub field: String,
+    /// 1-based line and column, when known.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let (Some(l), Some(c)) = (self.line, self.column) {
+            write!(f, "{l}:{c}: ")?;
+        }
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// All the problems of one file, printable as `FILE:LINE:COL: field: message` lines.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{e}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl Domain {
+    /// Parses and validates a domain file's text. `file` is only used in messages.
+    pub fn parse(file: &str, text: &str) -> Result<Domain, ConfigErrors> {
+        let errs = |errors| ConfigErrors { file: file.to_string(), errors };
+        let domain: Domain = match toml::from_str(text) {
+            Ok(d) => d,
+            Err(e) => {
+                let (line, column) = match e.span() {
+                    Some(span) => {
+                        let (l, c) = line_col(text, span.start);
+                        (Some(l), Some(c))
+                    }
+                    None => (None, None),
+                };
+                return Err(errs(vec![ConfigError {
+                    field: String::new(),
+                    line,
+                    column,
+                    message: e.message().trim().to_string(),
+                }]));
+            }
+        };
+        let mut problems = domain.problems();
+        if problems.is_empty() {
+            return Ok(domain);
+        }
+        locate(text, &mut problems);
+        Err(errs(problems))
+    }
+
+    /// Validates a model that did not come from a file (an API change).
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors { file: "domain".into(), errors: problems })
+        }
+    }
+
+    /// Every cross-reference and value problem, in file order.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        let mut push = |field: String, message: String| {
+            out.push(ConfigError { field, line: None, column: None, message })
+        };
+        if self.name.trim().is_empty() {
+            push("name".into(), "must not be empty".into());
+        }
+        match self.leasing.basis {
+            LeasingBasis::Database => {
+                let ds = &self.leasing.data_source;
+                if !(ds.starts_with("sqlite://")
+                    || ds.starts_with("postgres://")
+                    || ds.starts_with("postgresql://"))
+                {
+                    push(
+                        "leasing.data_source".into(),
+                        format!(
+                            "unsupported data source {:?}: use sqlite://PATH or postgres://USER@HOST:PORT/DB",
+                            redact_url(ds)
+                        ),
+                    );
+                }
+            }
+            LeasingBasis::Consensus => push(
+                "leasing.basis".into(),
+                "consensus leasing is not available yet: use basis = \"database\"".into(),
+            ),
+        }
+
+        let mut machines = BTreeSet::new();
+        let mut nm_addrs = BTreeMap::new();
+        for (i, m) in self.machines.iter().enumerate() {
+            if !machines.insert(&m.name) {
+                push(format!("machines[{i}].name"), format!("machine {:?} is defined twice", m.name.as_str()));
+            }
+            if let Some(other) = nm_addrs.insert(m.node_manager, &m.name) {
+                push(
+                    format!("machines[{i}].node_manager"),
+                    format!("address {} is already used by machine {other}", m.node_manager),
+                );
+            }
+            if m.node_manager == self.admin.listen {
+                push(
+                    format!("machines[{i}].node_manager"),
+                    format!("address {} is the Administration Server's", m.node_manager),
+                );
+            }
+            if let Some(mask) = m.netmask {
+                let bits = u32::from(mask);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    push(format!("machines[{i}].netmask"), format!("{mask} is not a contiguous netmask"));
+                }
+            }
+            if let Some(iface) = &m.interface {
+                if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
+                    push(format!("machines[{i}].interface"), format!("{iface:?} is not an interface name"));
+                }
+            }
+        }
+
+        let mut clusters = BTreeMap::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            if clusters.insert(&c.name, c).is_some() {
+                push(format!("clusters[{i}].name"), format!("cluster {:?} is defined twice", c.name.as_str()));
+            }
+            for (j, m) in c.migration_candidates.iter().enumerate() {
+                if !machines.contains(m) {
+                    push(
+                        format!("clusters[{i}].migration_candidates[{j}]"),
+                        format!("unknown machine {:?}: define it under [[machines]]", m.as_str()),
+                    );
+                }
+            }
+            if let Some(cmd) = &c.fence_command {
+                if cmd.is_empty() {
+                    push(format!("clusters[{i}].fence_command"), "must name a program".into());
+                }
+            }
+        }
+
+        let mut servers = BTreeSet::new();
+        let mut ips = BTreeMap::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            if !servers.insert(&s.name) {
+                push(format!("servers[{i}].name"), format!("server {:?} is defined twice", s.name.as_str()));
+            }
+            let cluster = clusters.get(&s.cluster);
+            if cluster.is_none() {
+                push(
+                    format!("servers[{i}].cluster"),
+                    format!("unknown cluster {:?}: define it under [[clusters]]", s.cluster.as_str()),
+                );
+            }
+            if !machines.contains(&s.machine) {
+                push(
+                    format!("servers[{i}].machine"),
+                    format!("unknown machine {:?}: define it under [[machines]]", s.machine.as_str()),
+                );
+            }
+            for (j, m) in s.candidate_machines.iter().enumerate() {
+                if !machines.contains(m) {
+                    push(
+                        format!("servers[{i}].candidate_machines[{j}]"),
+                        format!("unknown machine {:?}: define it under [[machines]]", m.as_str()),
+                    );
+                }
+            }
+            if s.auto_migration
+                && s.candidate_machines.is_empty()
+                && cluster.is_some_and(|c| c.migration_candidates.is_empty())
+            {
+                push(
+                    format!("servers[{i}].candidate_machines"),
+                    "a migratable server needs at least one candidate machine: set candidate_machines here or migration_candidates on its cluster".into(),
+                );
+            }
+            if s.health_check_interval.is_zero() {
+                push(format!("servers[{i}].health_check_interval"), "must be greater than zero".into());
+            }
+            if s.health_check_periods_until_fencing < 2 {
+                push(
+                    format!("servers[{i}].health_check_periods_until_fencing"),
+                    "must be at least 2, so one lost renewal does not fence the server".into(),
+                );
+            }
+            if let Some(ip) = s.floating_ip {
+                if let Some(other) = ips.insert(ip, &s.name) {
+                    push(format!("servers[{i}].floating_ip"), format!("{ip} is already the floating IP of server {other}"));
+                }
+                if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+                    push(format!("servers[{i}].floating_ip"), format!("{ip} cannot be a floating IP"));
+                }
+            }
+            let mut names = BTreeSet::new();
+            for (j, svc) in s.services.iter().enumerate() {
+                if svc.name.is_empty() || !names.insert(&svc.name) {
+                    push(
+                        format!("servers[{i}].services[{j}].name"),
+                        format!("service names must be non-empty and unique within a server (got {:?})", svc.name),
+                    );
+                }
+                if svc.command.is_empty() || svc.command[0].is_empty() {
+                    push(format!("servers[{i}].services[{j}].command"), "must name a program: command = [\"/path/to/program\", \"arg\"]".into());
+                }
+                match &svc.health {
+                    Some(Health::Exec(cmd)) if cmd.is_empty() => push(
+                        format!("servers[{i}].services[{j}].health"),
+                        "exec health check must name a program".into(),
+                    ),
+                    Some(Health::Http(url)) if !url.starts_with("http://") => push(
+                        format!("servers[{i}].services[{j}].health"),
+                        format!("http health check {url:?} must be an http:// URL"),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    pub fn machine(&self, name: &MachineName) -> Option<&Machine> {
+        self.machines.iter().find(|m| &m.name == name)
+    }
+    pub fn cluster(&self, name: &ClusterName) -> Option<&Cluster> {
+        self.clusters.iter().find(|c| &c.name == name)
+    }
+    pub fn server(&self, name: &ServerName) -> Option<&Server> {
+        self.servers.iter().find(|s| &s.name == name)
+    }
+    pub fn servers_in<'a>(&'a self, cluster: &'a ClusterName) -> impl Iterator<Item = &'a Server> {
+        self.servers.iter().filter(move |s| &s.cluster == cluster)
+    }
+
+    /// The machines a server may move to, in the master's order of preference: its own
+    /// `candidate_machines`, then its cluster's `migration_candidates`, without repeats.
+    pub fn candidates_for(&self, server: &Server) -> Vec<MachineName> {
+        let mut out: Vec<MachineName> = Vec::new();
+        let cluster = self.cluster(&server.cluster).map(|c| c.migration_candidates.as_slice());
+        for m in server.candidate_machines.iter().chain(cluster.unwrap_or(&[])) {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Removes a password from a URL for messages and logs (`postgres://u:secret@h` → `postgres://u:***@h`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(p) => p,
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Fills in line and column for each problem by walking its field path in the document.
+fn locate(text: &str, problems: &mut [ConfigError]) {
+    let Ok(doc) = text.parse::<toml_edit::ImDocument<String>>() else { return };
+    for p in problems.iter_mut() {
+        if let Some(offset) = span_of(&doc, &p.field) {
+            let (l, c) = line_col(text, offset);
+            p.line = Some(l);
+            p.column = Some(c);
+        }
+    }
+}
+
+fn span_of(doc: &toml_edit::ImDocument<String>, path: &str) -> Option<usize> {
+    use toml_edit::{Item, TableLike, Value};
+    let mut table: &dyn TableLike = doc.as_table();
+    let mut best = None;
+    let mut segs = path.split('.').peekable();
+    while let Some(seg) = segs.next() {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let (k, item) = table.get_key_value(key)?;
+        best = k.span().map(|s| s.start).or(best);
+        let item: &Item = match index {
+            None => item,
+            Some(i) => match item {
+                Item::ArrayOfTables(a) => {
+                    let t = a.get(i)?;
+                    best = t.span().map(|s| s.start).or(best);
+                    table = t;
+                    continue;
+                }
+                Item::Value(Value::Array(a)) => {
+                    return a.get(i).and_then(|v| v.span()).map(|s| s.start).or(best);
+                }
+                _ => return best,
+            },
+        };
+        if segs.peek().is_none() {
+            return item.span().map(|s| s.start).or(best);
+        }
+        table = item.as_table_like()?;
+    }
+    best
+}

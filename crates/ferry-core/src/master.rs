@@ -1,0 +1,317 @@
+//! The cluster-master planner (DESIGN §2, Figure 7-2): from scans of the lease table and the
+//! answers of Node Managers, decides which server to restart where. It proposes; the
+//! executor in ferry-server enacts, stamping each command with the master lease's epoch and
+//! checking the master's own deadline first (rules 5 and 6). Planning changes nothing in the
+//! world, and every scan re-reads it, so a new master simply starts over.
+
+use std::collections::BTreeMap;
+
+use crate::domain::Domain;
+use crate::ids::{ClusterName, Epoch, Incarnation, MachineName, ServerName};
+use crate::lease::Lease;
+use crate::time::Mono;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterAction {
+    /// Ask `machine`'s Node Manager to start `server`. `in_place` means on the machine it
+    /// failed on, killing whatever is left of the old process first. `power_fence` names a
+    /// machine to power-fence (the cluster's `fence_command`) before starting elsewhere.
+    Start { server: ServerName, machine: MachineName, in_place: bool, power_fence: Option<MachineName> },
+    /// Something for the event log: `kind` is a stable word, `message` for people.
+    Event { kind: &'static str, server: ServerName, message: String },
+}
+
+/// What a Node Manager said to a start command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandResult {
+    Accepted,
+    /// Could not connect or no answer in time.
+    Unreachable(String),
+    /// Answered with an error (hook failed, address in use, ...).
+    Refused(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// Expiry seen; wait `fencing_grace_period` before acting.
+    Grace { until: Mono },
+    /// A start command is out.
+    Commanding { machine: MachineName },
+    /// The Node Manager accepted; wait for the new instance to take the lease.
+    Awaiting { machine: MachineName, until: Mono },
+    /// A whole circuit of the candidates failed: wait before the next.
+    Backoff { until: Mono },
+    /// Attempts exhausted (rule 9); stays until the lease changes.
+    GaveUp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Track {
+    incarnation: Option<Incarnation>,
+    epoch: Epoch,
+    failed_on: MachineName,
+    phase: Phase,
+    tried: Vec<MachineName>,
+    circuit: u32,
+    power_fenced: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MasterTiming {
+    pub grace_ms: u64,
+    /// How long a started server has to take its lease before the next candidate is tried.
+    pub start_timeout_ms: u64,
+    pub additional_attempts: u32,
+    pub retry_delay_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Planner {
+    pub cluster: ClusterName,
+    tracks: BTreeMap<ServerName, Track>,
+}
+
+impl Planner {
+    pub fn new(cluster: ClusterName) -> Self {
+        Planner { cluster, tracks: BTreeMap::new() }
+    }
+
+    /// The timings for this planner's cluster in `domain`.
+    pub fn timing(&self, domain: &Domain) -> MasterTiming {
+        let c = domain.cluster(&self.cluster);
+        let max_ttl_ms = domain.servers_in(&self.cluster).map(|s| s.lease_ttl().as_millis() as u64).max().unwrap_or(0);
+        MasterTiming {
+            grace_ms: c.map_or(0, |c| c.fencing_grace_period.as_millis() as u64),
+            start_timeout_ms: (max_ttl_ms * 2).max(5_000),
+            additional_attempts: c.map_or(3, |c| c.additional_auto_migration_attempts),
+            retry_delay_ms: c.map_or(180_000, |c| c.migration_retry_delay.as_millis() as u64),
+        }
+    }
+
+    /// Servers the planner is working on, with a word for what it is doing.
+    pub fn in_progress(&self) -> Vec<(ServerName, &'static str)> {
+        self.tracks
+            .iter()
+            .map(|(s, t)| {
+                let word = match t.phase {
+                    Phase::Grace { .. } => "grace",
+                    Phase::Commanding { .. } => "commanding",
+                    Phase::Awaiting { .. } => "awaiting-lease",
+                    Phase::Backoff { .. } => "backoff",
+                    Phase::GaveUp => "gave-up",
+                };
+                (s.clone(), word)
+            })
+            .collect()
+    }
+
+    /// One periodic review of the lease table.
+    pub fn on_scan(&mut self, now: Mono, leases: &[Lease], domain: &Domain) -> Vec<MasterAction> {
+        let timing = self.timing(domain);
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        for lease in leases {
+            let Some(server) = lease.server() else { continue };
+            let Some(cfg) = domain.server(server) else { continue };
+            if cfg.cluster != self.cluster {
+                continue;
+            }
+            seen.push(server.clone());
+            let tracked = self.tracks.get(server).cloned();
+            match tracked {
+                None => {
+                    if !lease.is_expired() {
+                        continue;
+                    }
+                    let Some(machine) = lease.machine.clone() else { continue };
+                    out.push(MasterAction::Event {
+                        kind: "lease-expired",
+                        server: server.clone(),
+                        message: format!(
+                            "lease of {server} on {machine} expired (epoch {}, {} ms ago); waiting the fencing grace period of {} ms",
+                            lease.epoch, -lease.remaining_ms, timing.grace_ms
+                        ),
+                    });
+                    self.tracks.insert(
+                        server.clone(),
+                        Track {
+                            incarnation: lease.incarnation.clone(),
+                            epoch: lease.epoch,
+                            failed_on: machine,
+                            phase: Phase::Grace { until: now + timing.grace_ms },
+                            tried: Vec::new(),
+                            circuit: 0,
+                            power_fenced: false,
+                        },
+                    );
+                    // A zero grace acts in this very scan.
+                    self.advance(now, server, lease, domain, &timing, &mut out);
+                }
+                Some(track) => {
+                    if lease.epoch != track.epoch || !lease.is_expired() {
+                        // Someone holds it again (or it was released): the job is done.
+                        self.tracks.remove(server);
+                        if lease.is_live() {
+                            out.push(MasterAction::Event {
+                                kind: "server-recovered",
+                                server: server.clone(),
+                                message: format!(
+                                    "{server} holds its lease again on {} (epoch {})",
+                                    lease.machine.as_ref().map_or("?", |m| m.as_str()),
+                                    lease.epoch
+                                ),
+                            });
+                        }
+                        continue;
+                    }
+                    self.advance(now, server, lease, domain, &timing, &mut out);
+                }
+            }
+        }
+        self.tracks.retain(|s, _| seen.contains(s));
+        out
+    }
+
+    fn advance(
+        &mut self,
+        now: Mono,
+        server: &ServerName,
+        lease: &Lease,
+        domain: &Domain,
+        timing: &MasterTiming,
+        out: &mut Vec<MasterAction>,
+    ) {
+        let Some(track) = self.tracks.get_mut(server) else { return };
+        let due = match &track.phase {
+            Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => now >= *until,
+            Phase::Commanding { .. } | Phase::GaveUp => false,
+        };
+        if !due {
+            return;
+        }
+        if let Phase::Awaiting { machine, .. } = &track.phase {
+            out.push(MasterAction::Event {
+                kind: "start-timeout",
+                server: server.clone(),
+                message: format!(
+                    "{server} did not take its lease on {machine} within {} ms; trying the next machine",
+                    timing.start_timeout_ms
+                ),
+            });
+        }
+        if let Phase::Backoff { .. } = track.phase {
+            track.tried.clear();
+        }
+        let _ = lease;
+        Self::next_target(track, server, domain, timing, now, out);
+    }
+
+    /// Picks the next machine: the failed machine first (restart in place), then the
+    /// server's candidates, then the cluster's, skipping what this circuit already tried.
+    fn next_target(
+        track: &mut Track,
+        server: &ServerName,
+        domain: &Domain,
+        timing: &MasterTiming,
+        now: Mono,
+        out: &mut Vec<MasterAction>,
+    ) {
+        let Some(cfg) = domain.server(server) else { return };
+        let mut order = vec![track.failed_on.clone()];
+        if cfg.auto_migration {
+            order.extend(domain.candidates_for(cfg).into_iter().filter(|m| m != &track.failed_on));
+        }
+        match order.into_iter().find(|m| !track.tried.contains(m)) {
+            Some(machine) => {
+                let in_place = machine == track.failed_on;
+                let power_fence = match domain.cluster(&cfg.cluster) {
+                    Some(c) if !in_place && c.fence_command.is_some() && !track.power_fenced => {
+                        track.power_fenced = true;
+                        Some(track.failed_on.clone())
+                    }
+                    _ => None,
+                };
+                track.tried.push(machine.clone());
+                track.phase = Phase::Commanding { machine: machine.clone() };
+                out.push(MasterAction::Event {
+                    kind: if in_place { "restart-in-place" } else { "migrate" },
+                    server: server.clone(),
+                    message: if in_place {
+                        format!("asking the Node Manager on {machine} to restart {server} where it failed")
+                    } else {
+                        format!("migrating {server} from {} to {machine}", track.failed_on)
+                    },
+                });
+                out.push(MasterAction::Start { server: server.clone(), machine, in_place, power_fence });
+            }
+            None => {
+                track.circuit += 1;
+                if track.circuit > timing.additional_attempts {
+                    track.phase = Phase::GaveUp;
+                    out.push(MasterAction::Event {
+                        kind: "gave-up",
+                        server: server.clone(),
+                        message: format!(
+                            "no machine could start {server} after {} circuits of its candidates; giving up until an operator starts it",
+                            track.circuit
+                        ),
+                    });
+                } else {
+                    track.phase = Phase::Backoff { until: now + timing.retry_delay_ms };
+                    out.push(MasterAction::Event {
+                        kind: "backoff",
+                        server: server.clone(),
+                        message: format!(
+                            "every candidate machine failed to start {server}; circuit {} of {} again in {} ms",
+                            track.circuit + 1,
+                            timing.additional_attempts + 1,
+                            timing.retry_delay_ms
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The answer of the Node Manager on `machine` to a start of `server`.
+    pub fn on_command_result(
+        &mut self,
+        now: Mono,
+        server: &ServerName,
+        machine: &MachineName,
+        result: CommandResult,
+        domain: &Domain,
+    ) -> Vec<MasterAction> {
+        let timing = self.timing(domain);
+        let mut out = Vec::new();
+        let Some(track) = self.tracks.get_mut(server) else { return out };
+        if track.phase != (Phase::Commanding { machine: machine.clone() }) {
+            return out;
+        }
+        match result {
+            CommandResult::Accepted => {
+                track.phase = Phase::Awaiting { machine: machine.clone(), until: now + timing.start_timeout_ms };
+            }
+            CommandResult::Unreachable(e) | CommandResult::Refused(e) => {
+                out.push(MasterAction::Event {
+                    kind: "machine-failed",
+                    server: server.clone(),
+                    message: format!("Node Manager on {machine} could not start {server}: {e}"),
+                });
+                Self::next_target(track, server, domain, &timing, now, &mut out);
+            }
+        }
+        out
+    }
+
+    /// When the planner next has something due (for the executor's timer).
+    pub fn next_wakeup(&self) -> Option<Mono> {
+        self.tracks
+            .values()
+            .filter_map(|t| match t.phase {
+                Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => Some(until),
+                _ => None,
+            })
+            .min()
+    }
+}

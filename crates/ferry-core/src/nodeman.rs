@@ -1,0 +1,274 @@
+//! The Node Manager's supervisor: decides what to do when a server it started exits, when a
+//! server's lease deadline passes (rule 3), and whether a cluster master's command is stale
+//! (rule 5). Sans-IO like the rest of the core; ferry-nodemanager performs the actions.
+
+use std::collections::BTreeMap;
+
+use crate::ids::{ClusterName, Epoch, Incarnation, ServerName};
+use crate::time::{Bugs, Mono};
+
+/// How a `ferry server` process ended (DESIGN §4 exit codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Exit 0: clean shutdown, lease released.
+    Clean,
+    /// Exit 75: fenced itself (lease lost or never obtained).
+    Fenced,
+    /// Exit 78: configuration error; restarting will not help.
+    ConfigError,
+    /// Killed by this Node Manager (stop --force, fence, restart).
+    KilledByUs,
+    /// Anything else: a crash.
+    Crash,
+}
+
+impl ExitKind {
+    /// Classifies an exit status: `code` if it exited, `signal` if a signal killed it.
+    pub fn classify(code: Option<i32>, killed_by_us: bool) -> ExitKind {
+        if killed_by_us {
+            return ExitKind::KilledByUs;
+        }
+        match code {
+            Some(0) => ExitKind::Clean,
+            Some(75) => ExitKind::Fenced,
+            Some(78) => ExitKind::ConfigError,
+            _ => ExitKind::Crash,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SupervisorAction {
+    /// Restart on this machine now or after `delay_ms`, handing the lease over from the
+    /// incarnation that was reaped (rule 4).
+    Restart { server: ServerName, handover_from: Incarnation, delay_ms: u64 },
+    /// SIGKILL the server's whole session: its deadline passed (rule 3).
+    Fence { server: ServerName, incarnation: Incarnation, late_ms: u64 },
+    /// Leave it down; the state word says why.
+    Down { server: ServerName, state: &'static str },
+}
+
+/// Restart backoff (rule 9): the first crash restarts at once, each further crash in a row
+/// doubles the delay from `base_ms` up to `max_ms`; after `max_in_row` crashes in a row the
+/// Node Manager stops and leaves the server to the cluster master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub base_ms: u64,
+    pub max_ms: u64,
+    pub max_in_row: u32,
+    /// A run at least this long resets the count.
+    pub stable_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { base_ms: 100, max_ms: 30_000, max_in_row: 5, stable_ms: 60_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Supervised {
+    incarnation: Incarnation,
+    started_at: Mono,
+    deadline: Option<Mono>,
+    crashes_in_row: u32,
+    fenced: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Supervisor {
+    pub policy: RestartPolicy,
+    pub bugs: Bugs,
+    servers: BTreeMap<ServerName, Supervised>,
+    master_epochs: BTreeMap<ClusterName, Epoch>,
+}
+
+/// A command from a deposed cluster master.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stale cluster master: command carries master epoch {got} but epoch {highest} has been seen for cluster {cluster}")]
+pub struct StaleMaster {
+    pub cluster: ClusterName,
+    pub got: Epoch,
+    pub highest: Epoch,
+}
+
+impl Supervisor {
+    pub fn new(policy: RestartPolicy) -> Self {
+        Supervisor { policy, ..Default::default() }
+    }
+
+    /// Rule 5: accepts a master's command only if its epoch is the highest seen.
+    pub fn check_master(&mut self, cluster: &ClusterName, epoch: Epoch) -> Result<(), StaleMaster> {
+        let highest = self.master_epochs.entry(cluster.clone()).or_default();
+        if epoch < *highest && !self.bugs.no_nm_epoch_check() {
+            return Err(StaleMaster { cluster: cluster.clone(), got: epoch, highest: *highest });
+        }
+        *highest = (*highest).max(epoch);
+        Ok(())
+    }
+
+    pub fn highest_master_epoch(&self, cluster: &ClusterName) -> Epoch {
+        self.master_epochs.get(cluster).copied().unwrap_or_default()
+    }
+
+    /// A server process was started (fresh or restarted).
+    pub fn on_started(&mut self, server: &ServerName, incarnation: Incarnation, now: Mono) {
+        let crashes_in_row = self.servers.get(server).map_or(0, |s| s.crashes_in_row);
+        self.servers.insert(
+            server.clone(),
+            Supervised { incarnation, started_at: now, deadline: None, crashes_in_row, fenced: false },
+        );
+    }
+
+    /// The server reported a new lease deadline over its local channel.
+    pub fn on_deadline(&mut self, server: &ServerName, incarnation: &Incarnation, at: Mono) {
+        if let Some(s) = self.servers.get_mut(server) {
+            if &s.incarnation == incarnation {
+                s.deadline = Some(s.deadline.map_or(at, |d| d.max(at)));
+            }
+        }
+    }
+
+    /// The server told us it released its lease or is stopping cleanly: stop watching.
+    pub fn on_released(&mut self, server: &ServerName, incarnation: &Incarnation) {
+        if let Some(s) = self.servers.get_mut(server) {
+            if &s.incarnation == incarnation {
+                s.deadline = None;
+            }
+        }
+    }
+
+    /// Fences every server whose deadline has passed.
+    pub fn tick(&mut self, now: Mono) -> Vec<SupervisorAction> {
+        let mut out = Vec::new();
+        if self.bugs.no_self_fence() {
+            return out;
+        }
+        for (name, s) in self.servers.iter_mut() {
+            if let Some(d) = s.deadline {
+                if now >= d && !s.fenced {
+                    s.fenced = true;
+                    out.push(SupervisorAction::Fence {
+                        server: name.clone(),
+                        incarnation: s.incarnation.clone(),
+                        late_ms: now.since(d),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Earliest deadline being watched.
+    pub fn next_wakeup(&self) -> Option<Mono> {
+        self.servers.values().filter(|s| !s.fenced).filter_map(|s| s.deadline).min()
+    }
+
+    /// The server process was reaped.
+    pub fn on_exit(&mut self, server: &ServerName, incarnation: &Incarnation, kind: ExitKind, now: Mono) -> Vec<SupervisorAction> {
+        let Some(s) = self.servers.get_mut(server) else { return vec![] };
+        if &s.incarnation != incarnation {
+            return vec![];
+        }
+        s.deadline = None;
+        let fenced_by_us = s.fenced;
+        match kind {
+            ExitKind::Clean => vec![SupervisorAction::Down { server: server.clone(), state: "SHUTDOWN" }],
+            ExitKind::Fenced => vec![SupervisorAction::Down { server: server.clone(), state: "FENCED" }],
+            ExitKind::ConfigError => vec![SupervisorAction::Down { server: server.clone(), state: "FAILED_CONFIG" }],
+            ExitKind::KilledByUs if fenced_by_us => {
+                vec![SupervisorAction::Down { server: server.clone(), state: "FENCED" }]
+            }
+            ExitKind::KilledByUs => vec![SupervisorAction::Down { server: server.clone(), state: "SHUTDOWN" }],
+            ExitKind::Crash => {
+                if now.since(s.started_at) >= self.policy.stable_ms {
+                    s.crashes_in_row = 0;
+                }
+                s.crashes_in_row += 1;
+                if s.crashes_in_row > self.policy.max_in_row {
+                    return vec![SupervisorAction::Down { server: server.clone(), state: "FAILED" }];
+                }
+                let delay_ms = if s.crashes_in_row == 1 {
+                    0
+                } else {
+                    (self.policy.base_ms << (s.crashes_in_row - 2).min(20)).min(self.policy.max_ms)
+                };
+                vec![SupervisorAction::Restart { server: server.clone(), handover_from: incarnation.clone(), delay_ms }]
+            }
+        }
+    }
+
+    /// Forgets a server's restart count (an operator or master started it deliberately).
+    pub fn reset_crashes(&mut self, server: &ServerName) {
+        if let Some(s) = self.servers.get_mut(server) {
+            s.crashes_in_row = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> ServerName {
+        ServerName::new(s).unwrap()
+    }
+
+    #[test]
+    fn stale_master_is_refused() {
+        let mut sup = Supervisor::default();
+        let c = ClusterName::new("c1").unwrap();
+        sup.check_master(&c, Epoch(4)).unwrap();
+        sup.check_master(&c, Epoch(4)).unwrap();
+        assert!(sup.check_master(&c, Epoch(3)).is_err());
+        sup.check_master(&c, Epoch(9)).unwrap();
+        assert_eq!(sup.highest_master_epoch(&c), Epoch(9));
+    }
+
+    #[test]
+    fn deadline_fences_once() {
+        let mut sup = Supervisor::default();
+        let inc = Incarnation("a".into());
+        sup.on_started(&n("ms1"), inc.clone(), Mono(0));
+        sup.on_deadline(&n("ms1"), &inc, Mono(100));
+        sup.on_deadline(&n("ms1"), &Incarnation("old".into()), Mono(900));
+        assert_eq!(sup.tick(Mono(99)), vec![]);
+        assert_eq!(
+            sup.tick(Mono(105)),
+            vec![SupervisorAction::Fence { server: n("ms1"), incarnation: inc.clone(), late_ms: 5 }]
+        );
+        assert_eq!(sup.tick(Mono(200)), vec![]);
+        assert_eq!(
+            sup.on_exit(&n("ms1"), &inc, ExitKind::KilledByUs, Mono(210)),
+            vec![SupervisorAction::Down { server: n("ms1"), state: "FENCED" }]
+        );
+    }
+
+    #[test]
+    fn crashes_back_off_then_give_up() {
+        let mut sup = Supervisor::new(RestartPolicy { base_ms: 100, max_ms: 1000, max_in_row: 3, stable_ms: 10_000 });
+        let mut delays = vec![];
+        for i in 0..4u64 {
+            let inc = Incarnation(format!("{i}"));
+            sup.on_started(&n("ms1"), inc.clone(), Mono(i * 10));
+            match sup.on_exit(&n("ms1"), &inc, ExitKind::Crash, Mono(i * 10 + 5)).as_slice() {
+                [SupervisorAction::Restart { delay_ms, handover_from, .. }] => {
+                    assert_eq!(handover_from, &inc);
+                    delays.push(*delay_ms)
+                }
+                [SupervisorAction::Down { state, .. }] => assert_eq!(*state, "FAILED"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(delays, vec![0, 100, 200]);
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(ExitKind::classify(Some(0), false), ExitKind::Clean);
+        assert_eq!(ExitKind::classify(Some(75), false), ExitKind::Fenced);
+        assert_eq!(ExitKind::classify(Some(78), false), ExitKind::ConfigError);
+        assert_eq!(ExitKind::classify(None, false), ExitKind::Crash);
+        assert_eq!(ExitKind::classify(None, true), ExitKind::KilledByUs);
+    }
+}
