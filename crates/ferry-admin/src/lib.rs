@@ -1,1 +1,16 @@
-//! ferry-admin
+//! ferry-admin: the Administration Server (DESIGN §1). Holds the domain configuration and
+//! persists changes (versioned), serves each server its configuration, gives the run-time
+//! view of the domain (lease table + Node Managers), keeps the event log, and orchestrates
+//! start cluster, start, stop and manual migration (Figure 7-3) through Node Managers.
+//!
+//! **Architecture Invariant:** the admin is not on the failover path. Nothing in automatic
+//! migration waits for it; servers fall back to their cached configuration when it is down.
+
+mod config;
+mod events;
+mod http;
+mod ops;
+mod state;
+
+pub use http::router;
+pub use state::{run, AdminOptions};

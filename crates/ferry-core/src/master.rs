@@ -16,9 +16,18 @@ pub enum MasterAction {
     /// Ask `machine`'s Node Manager to start `server`. `in_place` means on the machine it
     /// failed on, killing whatever is left of the old process first. `power_fence` names a
     /// machine to power-fence (the cluster's `fence_command`) before starting elsewhere.
-    Start { server: ServerName, machine: MachineName, in_place: bool, power_fence: Option<MachineName> },
+    Start {
+        server: ServerName,
+        machine: MachineName,
+        in_place: bool,
+        power_fence: Option<MachineName>,
+    },
     /// Something for the event log: `kind` is a stable word, `message` for people.
-    Event { kind: &'static str, server: ServerName, message: String },
+    Event {
+        kind: &'static str,
+        server: ServerName,
+        message: String,
+    },
 }
 
 /// What a Node Manager said to a start command.
@@ -73,13 +82,20 @@ pub struct Planner {
 
 impl Planner {
     pub fn new(cluster: ClusterName) -> Self {
-        Planner { cluster, tracks: BTreeMap::new() }
+        Planner {
+            cluster,
+            tracks: BTreeMap::new(),
+        }
     }
 
     /// The timings for this planner's cluster in `domain`.
     pub fn timing(&self, domain: &Domain) -> MasterTiming {
         let c = domain.cluster(&self.cluster);
-        let max_ttl_ms = domain.servers_in(&self.cluster).map(|s| s.lease_ttl().as_millis() as u64).max().unwrap_or(0);
+        let max_ttl_ms = domain
+            .servers_in(&self.cluster)
+            .map(|s| s.lease_ttl().as_millis() as u64)
+            .max()
+            .unwrap_or(0);
         MasterTiming {
             grace_ms: c.map_or(0, |c| c.fencing_grace_period.as_millis() as u64),
             start_timeout_ms: (max_ttl_ms * 2).max(5_000),
@@ -111,8 +127,12 @@ impl Planner {
         let mut out = Vec::new();
         let mut seen = Vec::new();
         for lease in leases {
-            let Some(server) = lease.server() else { continue };
-            let Some(cfg) = domain.server(server) else { continue };
+            let Some(server) = lease.server() else {
+                continue;
+            };
+            let Some(cfg) = domain.server(server) else {
+                continue;
+            };
             if cfg.cluster != self.cluster {
                 continue;
             }
@@ -123,7 +143,9 @@ impl Planner {
                     if !lease.is_expired() {
                         continue;
                     }
-                    let Some(machine) = lease.machine.clone() else { continue };
+                    let Some(machine) = lease.machine.clone() else {
+                        continue;
+                    };
                     out.push(MasterAction::Event {
                         kind: "lease-expired",
                         server: server.clone(),
@@ -138,7 +160,9 @@ impl Planner {
                             incarnation: lease.incarnation.clone(),
                             epoch: lease.epoch,
                             failed_on: machine,
-                            phase: Phase::Grace { until: now + timing.grace_ms },
+                            phase: Phase::Grace {
+                                until: now + timing.grace_ms,
+                            },
                             tried: Vec::new(),
                             circuit: 0,
                             power_fenced: false,
@@ -181,9 +205,13 @@ impl Planner {
         timing: &MasterTiming,
         out: &mut Vec<MasterAction>,
     ) {
-        let Some(track) = self.tracks.get_mut(server) else { return };
+        let Some(track) = self.tracks.get_mut(server) else {
+            return;
+        };
         let due = match &track.phase {
-            Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => now >= *until,
+            Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => {
+                now >= *until
+            }
             Phase::Commanding { .. } | Phase::GaveUp => false,
         };
         if !due {
@@ -216,10 +244,17 @@ impl Planner {
         now: Mono,
         out: &mut Vec<MasterAction>,
     ) {
-        let Some(cfg) = domain.server(server) else { return };
+        let Some(cfg) = domain.server(server) else {
+            return;
+        };
         let mut order = vec![track.failed_on.clone()];
         if cfg.auto_migration {
-            order.extend(domain.candidates_for(cfg).into_iter().filter(|m| m != &track.failed_on));
+            order.extend(
+                domain
+                    .candidates_for(cfg)
+                    .into_iter()
+                    .filter(|m| m != &track.failed_on),
+            );
         }
         match order.into_iter().find(|m| !track.tried.contains(m)) {
             Some(machine) => {
@@ -232,7 +267,9 @@ impl Planner {
                     _ => None,
                 };
                 track.tried.push(machine.clone());
-                track.phase = Phase::Commanding { machine: machine.clone() };
+                track.phase = Phase::Commanding {
+                    machine: machine.clone(),
+                };
                 out.push(MasterAction::Event {
                     kind: if in_place { "restart-in-place" } else { "migrate" },
                     server: server.clone(),
@@ -242,7 +279,12 @@ impl Planner {
                         format!("migrating {server} from {} to {machine}", track.failed_on)
                     },
                 });
-                out.push(MasterAction::Start { server: server.clone(), machine, in_place, power_fence });
+                out.push(MasterAction::Start {
+                    server: server.clone(),
+                    machine,
+                    in_place,
+                    power_fence,
+                });
             }
             None => {
                 track.circuit += 1;
@@ -257,7 +299,9 @@ impl Planner {
                         ),
                     });
                 } else {
-                    track.phase = Phase::Backoff { until: now + timing.retry_delay_ms };
+                    track.phase = Phase::Backoff {
+                        until: now + timing.retry_delay_ms,
+                    };
                     out.push(MasterAction::Event {
                         kind: "backoff",
                         server: server.clone(),
@@ -284,13 +328,22 @@ impl Planner {
     ) -> Vec<MasterAction> {
         let timing = self.timing(domain);
         let mut out = Vec::new();
-        let Some(track) = self.tracks.get_mut(server) else { return out };
-        if track.phase != (Phase::Commanding { machine: machine.clone() }) {
+        let Some(track) = self.tracks.get_mut(server) else {
+            return out;
+        };
+        if track.phase
+            != (Phase::Commanding {
+                machine: machine.clone(),
+            })
+        {
             return out;
         }
         match result {
             CommandResult::Accepted => {
-                track.phase = Phase::Awaiting { machine: machine.clone(), until: now + timing.start_timeout_ms };
+                track.phase = Phase::Awaiting {
+                    machine: machine.clone(),
+                    until: now + timing.start_timeout_ms,
+                };
             }
             CommandResult::Unreachable(e) | CommandResult::Refused(e) => {
                 out.push(MasterAction::Event {
@@ -309,7 +362,9 @@ impl Planner {
         self.tracks
             .values()
             .filter_map(|t| match t.phase {
-                Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => Some(until),
+                Phase::Grace { until }
+                | Phase::Awaiting { until, .. }
+                | Phase::Backoff { until } => Some(until),
                 _ => None,
             })
             .min()

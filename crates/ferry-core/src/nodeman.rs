@@ -25,8 +25,10 @@ pub enum ExitKind {
 impl ExitKind {
     /// Classifies an exit status: `code` if it exited, `signal` if a signal killed it.
     pub fn classify(code: Option<i32>, killed_by_us: bool) -> ExitKind {
-        if killed_by_us {
-            return ExitKind::KilledByUs;
+        match code {
+            Some(0) => return ExitKind::Clean,
+            _ if killed_by_us => return ExitKind::KilledByUs,
+            _ => {}
         }
         match code {
             Some(0) => ExitKind::Clean,
@@ -41,11 +43,22 @@ impl ExitKind {
 pub enum SupervisorAction {
     /// Restart on this machine now or after `delay_ms`, handing the lease over from the
     /// incarnation that was reaped (rule 4).
-    Restart { server: ServerName, handover_from: Incarnation, delay_ms: u64 },
+    Restart {
+        server: ServerName,
+        handover_from: Incarnation,
+        delay_ms: u64,
+    },
     /// SIGKILL the server's whole session: its deadline passed (rule 3).
-    Fence { server: ServerName, incarnation: Incarnation, late_ms: u64 },
+    Fence {
+        server: ServerName,
+        incarnation: Incarnation,
+        late_ms: u64,
+    },
     /// Leave it down; the state word says why.
-    Down { server: ServerName, state: &'static str },
+    Down {
+        server: ServerName,
+        state: &'static str,
+    },
 }
 
 /// Restart backoff (rule 9): the first crash restarts at once, each further crash in a row
@@ -62,7 +75,12 @@ pub struct RestartPolicy {
 
 impl Default for RestartPolicy {
     fn default() -> Self {
-        RestartPolicy { base_ms: 100, max_ms: 30_000, max_in_row: 5, stable_ms: 60_000 }
+        RestartPolicy {
+            base_ms: 100,
+            max_ms: 30_000,
+            max_in_row: 5,
+            stable_ms: 60_000,
+        }
     }
 }
 
@@ -94,14 +112,21 @@ pub struct StaleMaster {
 
 impl Supervisor {
     pub fn new(policy: RestartPolicy) -> Self {
-        Supervisor { policy, ..Default::default() }
+        Supervisor {
+            policy,
+            ..Default::default()
+        }
     }
 
     /// Rule 5: accepts a master's command only if its epoch is the highest seen.
     pub fn check_master(&mut self, cluster: &ClusterName, epoch: Epoch) -> Result<(), StaleMaster> {
         let highest = self.master_epochs.entry(cluster.clone()).or_default();
         if epoch < *highest && !self.bugs.no_nm_epoch_check() {
-            return Err(StaleMaster { cluster: cluster.clone(), got: epoch, highest: *highest });
+            return Err(StaleMaster {
+                cluster: cluster.clone(),
+                got: epoch,
+                highest: *highest,
+            });
         }
         *highest = (*highest).max(epoch);
         Ok(())
@@ -116,7 +141,13 @@ impl Supervisor {
         let crashes_in_row = self.servers.get(server).map_or(0, |s| s.crashes_in_row);
         self.servers.insert(
             server.clone(),
-            Supervised { incarnation, started_at: now, deadline: None, crashes_in_row, fenced: false },
+            Supervised {
+                incarnation,
+                started_at: now,
+                deadline: None,
+                crashes_in_row,
+                fenced: false,
+            },
         );
     }
 
@@ -161,39 +192,73 @@ impl Supervisor {
 
     /// Earliest deadline being watched.
     pub fn next_wakeup(&self) -> Option<Mono> {
-        self.servers.values().filter(|s| !s.fenced).filter_map(|s| s.deadline).min()
+        self.servers
+            .values()
+            .filter(|s| !s.fenced)
+            .filter_map(|s| s.deadline)
+            .min()
     }
 
     /// The server process was reaped.
-    pub fn on_exit(&mut self, server: &ServerName, incarnation: &Incarnation, kind: ExitKind, now: Mono) -> Vec<SupervisorAction> {
-        let Some(s) = self.servers.get_mut(server) else { return vec![] };
+    pub fn on_exit(
+        &mut self,
+        server: &ServerName,
+        incarnation: &Incarnation,
+        kind: ExitKind,
+        now: Mono,
+    ) -> Vec<SupervisorAction> {
+        let Some(s) = self.servers.get_mut(server) else {
+            return vec![];
+        };
         if &s.incarnation != incarnation {
             return vec![];
         }
         s.deadline = None;
         let fenced_by_us = s.fenced;
         match kind {
-            ExitKind::Clean => vec![SupervisorAction::Down { server: server.clone(), state: "SHUTDOWN" }],
-            ExitKind::Fenced => vec![SupervisorAction::Down { server: server.clone(), state: "FENCED" }],
-            ExitKind::ConfigError => vec![SupervisorAction::Down { server: server.clone(), state: "FAILED_CONFIG" }],
+            ExitKind::Clean => vec![SupervisorAction::Down {
+                server: server.clone(),
+                state: "SHUTDOWN",
+            }],
+            ExitKind::Fenced => vec![SupervisorAction::Down {
+                server: server.clone(),
+                state: "FENCED",
+            }],
+            ExitKind::ConfigError => vec![SupervisorAction::Down {
+                server: server.clone(),
+                state: "FAILED_CONFIG",
+            }],
             ExitKind::KilledByUs if fenced_by_us => {
-                vec![SupervisorAction::Down { server: server.clone(), state: "FENCED" }]
+                vec![SupervisorAction::Down {
+                    server: server.clone(),
+                    state: "FENCED",
+                }]
             }
-            ExitKind::KilledByUs => vec![SupervisorAction::Down { server: server.clone(), state: "SHUTDOWN" }],
+            ExitKind::KilledByUs => vec![SupervisorAction::Down {
+                server: server.clone(),
+                state: "SHUTDOWN",
+            }],
             ExitKind::Crash => {
                 if now.since(s.started_at) >= self.policy.stable_ms {
                     s.crashes_in_row = 0;
                 }
                 s.crashes_in_row += 1;
                 if s.crashes_in_row > self.policy.max_in_row {
-                    return vec![SupervisorAction::Down { server: server.clone(), state: "FAILED" }];
+                    return vec![SupervisorAction::Down {
+                        server: server.clone(),
+                        state: "FAILED",
+                    }];
                 }
                 let delay_ms = if s.crashes_in_row == 1 {
                     0
                 } else {
                     (self.policy.base_ms << (s.crashes_in_row - 2).min(20)).min(self.policy.max_ms)
                 };
-                vec![SupervisorAction::Restart { server: server.clone(), handover_from: incarnation.clone(), delay_ms }]
+                vec![SupervisorAction::Restart {
+                    server: server.clone(),
+                    handover_from: incarnation.clone(),
+                    delay_ms,
+                }]
             }
         }
     }
@@ -235,24 +300,43 @@ mod tests {
         assert_eq!(sup.tick(Mono(99)), vec![]);
         assert_eq!(
             sup.tick(Mono(105)),
-            vec![SupervisorAction::Fence { server: n("ms1"), incarnation: inc.clone(), late_ms: 5 }]
+            vec![SupervisorAction::Fence {
+                server: n("ms1"),
+                incarnation: inc.clone(),
+                late_ms: 5
+            }]
         );
         assert_eq!(sup.tick(Mono(200)), vec![]);
         assert_eq!(
             sup.on_exit(&n("ms1"), &inc, ExitKind::KilledByUs, Mono(210)),
-            vec![SupervisorAction::Down { server: n("ms1"), state: "FENCED" }]
+            vec![SupervisorAction::Down {
+                server: n("ms1"),
+                state: "FENCED"
+            }]
         );
     }
 
     #[test]
     fn crashes_back_off_then_give_up() {
-        let mut sup = Supervisor::new(RestartPolicy { base_ms: 100, max_ms: 1000, max_in_row: 3, stable_ms: 10_000 });
+        let mut sup = Supervisor::new(RestartPolicy {
+            base_ms: 100,
+            max_ms: 1000,
+            max_in_row: 3,
+            stable_ms: 10_000,
+        });
         let mut delays = vec![];
         for i in 0..4u64 {
             let inc = Incarnation(format!("{i}"));
             sup.on_started(&n("ms1"), inc.clone(), Mono(i * 10));
-            match sup.on_exit(&n("ms1"), &inc, ExitKind::Crash, Mono(i * 10 + 5)).as_slice() {
-                [SupervisorAction::Restart { delay_ms, handover_from, .. }] => {
+            match sup
+                .on_exit(&n("ms1"), &inc, ExitKind::Crash, Mono(i * 10 + 5))
+                .as_slice()
+            {
+                [SupervisorAction::Restart {
+                    delay_ms,
+                    handover_from,
+                    ..
+                }] => {
                     assert_eq!(handover_from, &inc);
                     delays.push(*delay_ms)
                 }

@@ -5,8 +5,10 @@
 //! takes a timestamp from the caller; every row read comes back with `remaining_ms` computed
 //! by the store at the moment of the read.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_core::domain::redact_url;
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
@@ -26,11 +28,23 @@ pub struct AcquireRequest {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Someone else holds a live lease.
-    #[error("lease {name} is held by {owner} on {machine} (epoch {epoch}, {remaining_ms} ms left)")]
-    Held { name: LeaseName, owner: String, machine: String, epoch: Epoch, remaining_ms: i64 },
+    #[error(
+        "lease {name} is held by {owner} on {machine} (epoch {epoch}, {remaining_ms} ms left)"
+    )]
+    Held {
+        name: LeaseName,
+        owner: String,
+        machine: String,
+        epoch: Epoch,
+        remaining_ms: i64,
+    },
     /// The caller's incarnation or epoch no longer holds the lease (renew, release, handover).
     #[error("lease {name} is no longer held by incarnation {incarnation}: {detail}")]
-    Lost { name: LeaseName, incarnation: Incarnation, detail: String },
+    Lost {
+        name: LeaseName,
+        incarnation: Incarnation,
+        detail: String,
+    },
     /// The store could not be reached or failed; the call may succeed later.
     #[error("lease table at {data_source} is unavailable")]
     Unavailable {
@@ -38,18 +52,27 @@ pub enum StoreError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The call did not finish within the store's call timeout (rule 7).
+    /// The call did not finish within the store's call timeout (rule 7). Its outcome is
+    /// unknown: the change may still have been made. Retrying is safe, since acquire,
+    /// handover, renew and release by the same incarnation are idempotent.
     #[error("lease table at {data_source} did not answer within {timeout_ms} ms")]
-    Timeout { data_source: String, timeout_ms: u64 },
-    /// The table is missing or of another version.
-    #[error("lease table at {data_source}: {detail}; run `ferry leasing init --data-source {data_source}`")]
+    Timeout {
+        data_source: String,
+        timeout_ms: u64,
+    },
+    /// The table is missing or of another version. `detail` says what to do (for a missing
+    /// table: run `ferry leasing init --data-source URL`).
+    #[error("lease table at {data_source}: {detail}")]
     Schema { data_source: String, detail: String },
 }
 
 impl StoreError {
     /// True when the answer says nothing about ownership (retry may help).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. } | StoreError::Timeout { .. })
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
+        )
     }
 }
 
@@ -59,35 +82,172 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// row's epoch (the fencing token), and epochs never go backwards, even across release.
 #[async_trait::async_trait]
 pub trait LeaseStore: Send + Sync + 'static {
-    /// Takes the lease if it is absent, released, or expired by the store's clock. Taking a
-    /// lease the same incarnation already holds renews it and keeps its epoch (a retried
-    /// acquire whose first answer was lost).
+    /// Takes the lease if it is absent, released, or expired by the store's clock. A new row
+    /// starts at epoch 1; taking an existing row bumps its epoch. Taking a lease the same
+    /// incarnation (same owner and machine) already holds live renews it and keeps its epoch
+    /// (a retried acquire whose first answer was lost); once it has expired, taking it again
+    /// bumps the epoch like any other owner change. Otherwise fails with `Held`.
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease>;
 
     /// Rule 4: takes the lease from `from`, an incarnation the caller's Node Manager saw
     /// exit, without waiting for it to expire. Fails with `Lost` if the row's incarnation is
     /// not `from` (someone else took it meanwhile); succeeds like `acquire` if the lease is
-    /// free anyway.
+    /// free anyway. A retried handover whose first answer was lost (the row is held live by
+    /// the request's own incarnation) succeeds without a second epoch bump.
     async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> Result<Lease>;
 
     /// Extends the lease by `ttl` from the store's now. Fails with `Lost` unless the row is
     /// held, unexpired, by `incarnation` at `epoch`.
-    async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease>;
+    async fn renew(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: Epoch,
+        ttl: Duration,
+    ) -> Result<Lease>;
 
-    /// Gives the lease back (marks the row released; the epoch stays). Fails with `Lost`
-    /// unless held by `incarnation` at `epoch`.
-    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()>;
+    /// Gives the lease back (marks the row released; the epoch, owner and machine stay).
+    /// Fails with `Lost` unless the row is `incarnation`'s at `epoch`: held (live or expired
+    /// but not yet taken) or already released by it (a retried release succeeds).
+    async fn release(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: Epoch,
+    ) -> Result<()>;
 
     /// One lease, if its row exists.
     async fn get(&self, name: &LeaseName) -> Result<Option<Lease>>;
 
-    /// Every row, ordered by name.
+    /// Every row, ordered by name: the bytewise order of the `server/ms1` form (in
+    /// PostgreSQL, `ORDER BY name COLLATE "C"`).
     async fn list(&self) -> Result<Vec<Lease>>;
 
-    /// Held leases whose expiry has passed by the store's clock. Its cost follows the
-    /// number of expired leases, not of all leases (an index on the expiry).
+    /// Held leases whose expiry has passed by the store's clock (`remaining_ms <= 0`), oldest
+    /// expiry first; released rows are never listed. Its cost follows the number of expired
+    /// leases, not of all leases (an index on the expiry).
     async fn expired(&self) -> Result<Vec<Lease>>;
 
     /// The data source, without any password, for messages.
     fn describe(&self) -> String;
+}
+
+/// The call timeout for the one-off administrative calls (`ferry leasing init|reset`).
+pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens the lease table named by `data_source` (`sqlite://PATH` or a bare path; later
+/// `postgres://...`). Does not create the table: the first call reports a `Schema` error if
+/// it is missing. Opening itself is bounded by `call_timeout` too (rule 7).
+pub async fn open(data_source: &str, call_timeout: Duration) -> Result<Arc<dyn LeaseStore>> {
+    Ok(Arc::new(open_sqlite(data_source, call_timeout).await?))
+}
+
+/// Opens the lease table and creates it if it is absent: what the daemons do at start.
+pub async fn open_and_init(
+    data_source: &str,
+    call_timeout: Duration,
+) -> Result<Arc<dyn LeaseStore>> {
+    let store = open_sqlite(data_source, call_timeout).await?;
+    store.init().await?;
+    Ok(Arc::new(store))
+}
+
+/// `ferry leasing init --data-source URL`: creates the lease table if absent (idempotent);
+/// fails with `Schema` if a table of another version is there.
+pub async fn init(data_source: &str) -> Result<()> {
+    open_sqlite(data_source, ADMIN_CALL_TIMEOUT)
+        .await?
+        .init()
+        .await
+}
+
+/// `ferry leasing reset --data-source URL`: drops the lease table and creates it empty.
+/// Every lease is forgotten, so epochs restart at 1: only for a cluster that is stopped.
+pub async fn reset(data_source: &str) -> Result<()> {
+    open_sqlite(data_source, ADMIN_CALL_TIMEOUT)
+        .await?
+        .reset()
+        .await
+}
+
+/// The one backend built so far; PostgreSQL will add a match arm (and `init`/`reset`
+/// will dispatch the same way).
+async fn open_sqlite(data_source: &str, call_timeout: Duration) -> Result<sqlite::SqliteStore> {
+    match backend(data_source)? {
+        Backend::Sqlite => sqlite::SqliteStore::open_bounded(data_source, call_timeout).await,
+    }
+}
+
+/// The lease table implementations this build knows.
+enum Backend {
+    Sqlite,
+}
+
+/// Why a data source was refused before any connection was tried.
+#[derive(Debug, thiserror::Error)]
+enum DataSourceError {
+    #[error("PostgreSQL leasing is not built yet; use sqlite://PATH")]
+    PostgresNotBuilt,
+    #[error("unknown data source scheme `{scheme}://`; use sqlite://PATH")]
+    UnknownScheme { scheme: String },
+}
+
+fn backend(data_source: &str) -> Result<Backend> {
+    let refuse = |e: DataSourceError| StoreError::Unavailable {
+        data_source: redact_url(data_source),
+        source: Box::new(e),
+    };
+    match data_source.split_once("://") {
+        None => Ok(Backend::Sqlite),
+        Some(("sqlite", _)) => Ok(Backend::Sqlite),
+        Some(("postgres" | "postgresql", _)) => Err(refuse(DataSourceError::PostgresNotBuilt)),
+        Some((scheme, _)) => Err(refuse(DataSourceError::UnknownScheme {
+            scheme: scheme.to_string(),
+        })),
+    }
+}
+
+/// Runs blocking set-up work (opening a file) on the blocking pool, bounded by `timeout`.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    data_source: &str,
+    timeout: Duration,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(StoreError::Unavailable {
+            data_source: redact_url(data_source),
+            source: Box::new(join),
+        }),
+        Err(_elapsed) => Err(StoreError::Timeout {
+            data_source: redact_url(data_source),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres_is_refused_clearly() {
+        let err = open("postgres://u:pw@db/ferry", Duration::from_secs(1))
+            .await
+            .err();
+        let text = err.map(|e| {
+            format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )
+        });
+        let text = text.unwrap_or_default();
+        assert!(
+            text.contains("PostgreSQL leasing is not built yet"),
+            "{text}"
+        );
+        assert!(!text.contains("pw"), "{text}");
+    }
 }

@@ -1,1 +1,746 @@
-//! SQLite lease table.
+//! The SQLite lease table: one file shared by every ferry process on a host (or on a
+//! shared disk), the zero-setup data source for demos and small clusters.
+//!
+//! Why it is built this way (DESIGN §3):
+//! - **Rule 1, the store's clock:** every state change reads "now" from SQLite
+//!   (`julianday('now')`) inside its own write transaction and decides expiry from it; no
+//!   method takes a timestamp from the caller.
+//! - **Rule 7, bounded calls:** the rusqlite work runs on the blocking pool under
+//!   `tokio::time::timeout(call_timeout)`, and SQLite's `busy_timeout` equals the call
+//!   timeout, so a locked or slow file answers `Timeout`/`Unavailable` instead of holding the
+//!   caller past its deadline. The connection sits behind an async mutex: callers queue
+//!   without occupying blocking threads, and a call that outlives its caller holds at most
+//!   one blocking thread (it finishes, or fails at the busy timeout, in the background; its
+//!   caller has already been told `Timeout`, which means "outcome unknown").
+//! - **Rule 8, durable writes:** WAL journal with `synchronous=FULL`.
+//! - **Several processes, one file:** each state change is one `BEGIN IMMEDIATE`
+//!   transaction (read the row, decide, write the whole row), so SQLite's write lock
+//!   serialises changes across processes and no two of them can both bump an epoch.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::lease::{Lease, LeaseState};
+use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::{AcquireRequest, LeaseStore, Result, StoreError};
+
+/// The DDL `ferry leasing init` runs; idempotent.
+pub const SCHEMA_SQL: &str = include_str!("../schema/sqlite.sql");
+
+/// The version `SCHEMA_SQL` writes into `ferry_schema` and the only one this build reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The store's clock in Unix milliseconds, evaluated by SQLite.
+const NOW_MS_SQL: &str = "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+const COLUMNS: &str =
+    "name, owner, machine, incarnation, epoch, state, expires_at_ms, renewed_at_ms";
+
+/// A lease table in one SQLite file.
+pub struct SqliteStore {
+    conn: Arc<tokio::sync::Mutex<Conn>>,
+    /// `sqlite://` and the absolute path: what `--data-source` accepts from any directory.
+    data_source: Arc<str>,
+    call_timeout: Duration,
+}
+
+struct Conn {
+    db: Connection,
+    /// Whether `ferry_schema` has been seen at [`SCHEMA_VERSION`] through this connection.
+    schema_checked: bool,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("data_source", &self.data_source)
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the file named by `sqlite://PATH` or a bare `PATH`, and
+    /// its parent directories. Does not create the lease table: the first call then fails
+    /// with `Schema`. Blocks for at most about `call_timeout` (the busy timeout); async
+    /// callers should use [`SqliteStore::open_bounded`] or [`crate::open`], which run this
+    /// on the blocking pool.
+    pub fn open(url_or_path: &str, call_timeout: Duration) -> Result<SqliteStore> {
+        let raw = url_or_path.strip_prefix("sqlite://").unwrap_or(url_or_path);
+        let unavailable = |data_source: String, e: SetupError| StoreError::Unavailable {
+            data_source,
+            source: Box::new(e),
+        };
+        if let Some((scheme, _)) = raw.split_once("://") {
+            let scheme = scheme.to_string();
+            return Err(unavailable(
+                ferry_core::domain::redact_url(url_or_path),
+                SetupError::NotSqlite { scheme },
+            ));
+        }
+        if raw.is_empty() {
+            return Err(unavailable(url_or_path.to_string(), SetupError::EmptyPath));
+        }
+        let path = std::path::absolute(raw).map_err(|source| {
+            unavailable(
+                url_or_path.to_string(),
+                SetupError::Path {
+                    path: PathBuf::from(raw),
+                    source,
+                },
+            )
+        })?;
+        let data_source = format!("sqlite://{}", path.display());
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| {
+                unavailable(
+                    data_source.clone(),
+                    SetupError::CreateDir {
+                        path: parent.to_path_buf(),
+                        source,
+                    },
+                )
+            })?;
+        }
+        let db = connect(&path, call_timeout).map_err(|source| {
+            unavailable(
+                data_source.clone(),
+                SetupError::Open {
+                    path: path.clone(),
+                    source,
+                },
+            )
+        })?;
+        Ok(SqliteStore {
+            conn: Arc::new(tokio::sync::Mutex::new(Conn {
+                db,
+                schema_checked: false,
+            })),
+            data_source: data_source.into(),
+            call_timeout,
+        })
+    }
+
+    /// [`SqliteStore::open`] then [`SqliteStore::init`]: the daemons create the table on
+    /// first use.
+    pub async fn open_and_init(url_or_path: &str, call_timeout: Duration) -> Result<SqliteStore> {
+        let store = Self::open_bounded(url_or_path, call_timeout).await?;
+        store.init().await?;
+        Ok(store)
+    }
+
+    /// [`SqliteStore::open`] on the blocking pool, bounded by `call_timeout` (rule 7).
+    pub async fn open_bounded(url_or_path: &str, call_timeout: Duration) -> Result<SqliteStore> {
+        let owned = url_or_path.to_string();
+        crate::off_runtime(url_or_path, call_timeout, move || {
+            Self::open(&owned, call_timeout)
+        })
+        .await
+    }
+
+    /// Creates the lease table if it is absent (idempotent). Fails with `Schema` if a table
+    /// of another version is there, without touching it.
+    pub async fn init(&self) -> Result<()> {
+        self.call(Check::Creates, |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            match read_version(&tx)? {
+                Version::Absent | Version::Is(SCHEMA_VERSION) | Version::Empty => {}
+                Version::Is(found) => return Err(Failure::Schema(SchemaProblem::Version(found))),
+                Version::Several => return Err(Failure::Schema(SchemaProblem::Several)),
+            }
+            tx.execute_batch(SCHEMA_SQL)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Drops the lease table and creates it empty, whatever version it had. Every lease and
+    /// epoch is forgotten: only for a stopped cluster.
+    pub async fn reset(&self) -> Result<()> {
+        self.call(Check::Creates, |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(
+                "DROP TABLE IF EXISTS ferry_leases; DROP TABLE IF EXISTS ferry_schema;",
+            )?;
+            tx.execute_batch(SCHEMA_SQL)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The call timeout this handle was opened with.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Runs `work` on the blocking pool with the connection, within the call timeout.
+    async fn call<T, F>(&self, check: Check, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let attempt = async move {
+            // Waiting for the connection counts against the deadline but occupies no thread.
+            let mut guard = conn.lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let conn = &mut *guard;
+                if check == Check::Schema && !conn.schema_checked {
+                    check_schema(&conn.db)?;
+                    conn.schema_checked = true;
+                }
+                let value = work(&mut conn.db)?;
+                if check == Check::Creates {
+                    conn.schema_checked = true;
+                }
+                Ok::<T, Failure>(value)
+            })
+            .await
+        };
+        match tokio::time::timeout(self.call_timeout, attempt).await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(failure))) => Err(failure.into_store_error(&self.data_source)),
+            Ok(Err(join)) => Err(StoreError::Unavailable {
+                data_source: self.data_source.to_string(),
+                source: Box::new(join),
+            }),
+            Err(_elapsed) => Err(StoreError::Timeout {
+                data_source: self.data_source.to_string(),
+                timeout_ms: u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+}
+
+/// Opens the connection with the settings rules 7 and 8 need.
+fn connect(path: &Path, call_timeout: Duration) -> rusqlite::Result<Connection> {
+    let db = Connection::open(path)?;
+    db.busy_timeout(call_timeout)?;
+    let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        // Still durable with synchronous=FULL, but writers block readers.
+        tracing::warn!(path = %path.display(), mode, "the lease table file cannot use WAL");
+    }
+    db.pragma_update(None, "synchronous", "FULL")?;
+    Ok(db)
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for SqliteStore {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Lease> {
+        let req = req.clone();
+        self.call(Check::Schema, move |db| take(db, &req, Take::Acquire))
+            .await
+    }
+
+    async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> Result<Lease> {
+        let req = req.clone();
+        let from = from.clone();
+        self.call(Check::Schema, move |db| {
+            take(db, &req, Take::Handover(&from))
+        })
+        .await
+    }
+
+    async fn renew(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: Epoch,
+        ttl: Duration,
+    ) -> Result<Lease> {
+        let name = name.clone();
+        let incarnation = incarnation.clone();
+        self.call(Check::Schema, move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = store_now_ms(&tx)?;
+            let lost = |detail: String| {
+                Failure::Store(StoreError::Lost {
+                    name: name.clone(),
+                    incarnation: incarnation.clone(),
+                    detail,
+                })
+            };
+            let Some(mut row) = read_row(&tx, &name.to_string())? else {
+                return Err(lost("the lease does not exist".to_string()));
+            };
+            if let Some(why) = not_theirs(&row, &incarnation, epoch) {
+                return Err(lost(why));
+            }
+            if !row.held {
+                return Err(lost(format!("it was released at epoch {}", row.epoch)));
+            }
+            if row.expires_at_ms <= now {
+                let ago = now.saturating_sub(row.expires_at_ms);
+                return Err(lost(format!(
+                    "it expired {ago} ms ago by the store's clock"
+                )));
+            }
+            row.expires_at_ms = now.saturating_add(ttl_ms(ttl));
+            row.renewed_at_ms = now;
+            write_row(&tx, &row)?;
+            tx.commit()?;
+            Ok(row.to_lease(now)?)
+        })
+        .await
+    }
+
+    async fn release(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: Epoch,
+    ) -> Result<()> {
+        let name = name.clone();
+        let incarnation = incarnation.clone();
+        self.call(Check::Schema, move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = store_now_ms(&tx)?;
+            let lost = |detail: String| {
+                Failure::Store(StoreError::Lost {
+                    name: name.clone(),
+                    incarnation: incarnation.clone(),
+                    detail,
+                })
+            };
+            let Some(mut row) = read_row(&tx, &name.to_string())? else {
+                return Err(lost("the lease does not exist".to_string()));
+            };
+            if let Some(why) = not_theirs(&row, &incarnation, epoch) {
+                return Err(lost(why));
+            }
+            if !row.held {
+                // A retried release whose first answer was lost.
+                return Ok(());
+            }
+            row.held = false;
+            // The lease ends now; an already expired one keeps its expiry for display.
+            row.expires_at_ms = row.expires_at_ms.min(now);
+            write_row(&tx, &row)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, name: &LeaseName) -> Result<Option<Lease>> {
+        let name = name.to_string();
+        self.call(Check::Schema, move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let now = store_now_ms(&tx)?;
+            match read_row(&tx, &name)? {
+                Some(row) => Ok(Some(row.to_lease(now)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Lease>> {
+        self.call(Check::Schema, |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let now = store_now_ms(&tx)?;
+            let sql = format!("SELECT {COLUMNS} FROM ferry_leases ORDER BY name");
+            read_rows(&tx, &sql, params![], now)
+        })
+        .await
+    }
+
+    async fn expired(&self) -> Result<Vec<Lease>> {
+        self.call(Check::Schema, |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let now = store_now_ms(&tx)?;
+            read_rows(&tx, EXPIRED_SQL, params![now], now)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        self.data_source.to_string()
+    }
+}
+
+/// The expiry scan. `state = 'held'` is spelt literally so SQLite can use the partial index
+/// on held rows' expiry (see `schema/sqlite.sql`).
+pub const EXPIRED_SQL: &str = "SELECT name, owner, machine, incarnation, epoch, state, \
+     expires_at_ms, renewed_at_ms FROM ferry_leases \
+     WHERE state = 'held' AND expires_at_ms <= ?1 ORDER BY expires_at_ms, name";
+
+#[derive(Clone, Copy)]
+enum Take<'a> {
+    Acquire,
+    Handover(&'a Incarnation),
+}
+
+/// `acquire` and `handover`: one write transaction that reads the row, decides by the
+/// store's clock, and writes the whole row.
+fn take(db: &mut Connection, req: &AcquireRequest, how: Take<'_>) -> Result<Lease, Failure> {
+    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let now = store_now_ms(&tx)?;
+    let name = req.name.to_string();
+    let old = read_row(&tx, &name)?;
+    let epoch = match &old {
+        None => 1,
+        Some(row) => {
+            let live = row.held && row.expires_at_ms > now;
+            let same_holder = row.incarnation == req.incarnation.0
+                && row.owner == req.owner.as_str()
+                && row.machine == req.machine.as_str();
+            if live && same_holder {
+                // A retry whose first answer was lost: renew, keep the epoch.
+                row.epoch
+            } else if !live || matches!(how, Take::Handover(from) if row.incarnation == from.0) {
+                row.epoch.checked_add(1).ok_or_else(|| {
+                    Failure::Corrupt(CorruptRow {
+                        name: name.clone(),
+                        why: "its epoch cannot grow any further".to_string(),
+                    })
+                })?
+            } else {
+                return Err(Failure::Store(match how {
+                    Take::Acquire => StoreError::Held {
+                        name: req.name.clone(),
+                        owner: row.owner.clone(),
+                        machine: row.machine.clone(),
+                        epoch: Epoch(row.epoch),
+                        remaining_ms: row.expires_at_ms.saturating_sub(now),
+                    },
+                    Take::Handover(from) => StoreError::Lost {
+                        name: req.name.clone(),
+                        incarnation: from.clone(),
+                        detail: holder(row),
+                    },
+                }));
+            }
+        }
+    };
+    let row = Row {
+        name,
+        owner: req.owner.to_string(),
+        machine: req.machine.to_string(),
+        incarnation: req.incarnation.0.clone(),
+        epoch,
+        held: true,
+        expires_at_ms: now.saturating_add(ttl_ms(req.ttl)),
+        renewed_at_ms: now,
+    };
+    // Epochs never go backwards (STYLE habit 4); `row.epoch` is computed above, not input.
+    debug_assert!(!matches!(&old, Some(o) if o.epoch > row.epoch));
+    write_row(&tx, &row)?;
+    tx.commit()?;
+    Ok(row.to_lease(now)?)
+}
+
+/// Why `incarnation` at `epoch` does not own `row`, if it does not.
+fn not_theirs(row: &Row, incarnation: &Incarnation, epoch: Epoch) -> Option<String> {
+    if row.incarnation != incarnation.0 {
+        Some(holder(row))
+    } else if row.epoch != epoch.0 {
+        Some(format!("the lease is at epoch {}, not {epoch}", row.epoch))
+    } else {
+        None
+    }
+}
+
+/// Who has the row now, for `Lost` details.
+fn holder(row: &Row) -> String {
+    let Row {
+        owner,
+        machine,
+        incarnation,
+        epoch,
+        ..
+    } = row;
+    if row.held {
+        format!("now held by {owner} on {machine}, incarnation {incarnation}, epoch {epoch}")
+    } else {
+        format!("released by {owner} on {machine}, incarnation {incarnation}, epoch {epoch}")
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn store_now_ms(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
+    tx.query_row(NOW_MS_SQL, [], |r| r.get(0))
+}
+
+/// One row of `ferry_leases`, checked on the way in (`Row::from_sql`).
+struct Row {
+    name: String,
+    owner: String,
+    machine: String,
+    incarnation: String,
+    epoch: u64,
+    held: bool,
+    expires_at_ms: i64,
+    renewed_at_ms: i64,
+}
+
+impl Row {
+    /// Reads the columns in [`COLUMNS`] order; an impossible value is a `CorruptRow`, not
+    /// a panic, whoever wrote it.
+    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Row, CorruptRow>> {
+        let name: String = r.get(0)?;
+        let epoch: i64 = r.get(4)?;
+        let state: String = r.get(5)?;
+        let bad = |why: String| {
+            Ok(Err(CorruptRow {
+                name: name.clone(),
+                why,
+            }))
+        };
+        let epoch = match u64::try_from(epoch) {
+            Ok(e) if e >= 1 => e,
+            _ => return bad(format!("epoch {epoch} is below 1")),
+        };
+        let held = match state.as_str() {
+            "held" => true,
+            "released" => false,
+            _ => return bad(format!("state {state:?} is neither 'held' nor 'released'")),
+        };
+        Ok(Ok(Row {
+            owner: r.get(1)?,
+            machine: r.get(2)?,
+            incarnation: r.get(3)?,
+            epoch,
+            held,
+            expires_at_ms: r.get(6)?,
+            renewed_at_ms: r.get(7)?,
+            name,
+        }))
+    }
+
+    /// The row as everyone else sees it, timed against the store's `now`.
+    fn to_lease(&self, now: i64) -> Result<Lease, CorruptRow> {
+        let bad = |why: String| CorruptRow {
+            name: self.name.clone(),
+            why,
+        };
+        Ok(Lease {
+            name: LeaseName::parse(&self.name).map_err(|e| bad(e.to_string()))?,
+            owner: Some(ServerName::new(self.owner.as_str()).map_err(|e| bad(e.to_string()))?),
+            machine: Some(MachineName::new(self.machine.as_str()).map_err(|e| bad(e.to_string()))?),
+            incarnation: Some(Incarnation(self.incarnation.clone())),
+            epoch: Epoch(self.epoch),
+            state: if self.held {
+                LeaseState::Held
+            } else {
+                LeaseState::Released
+            },
+            remaining_ms: self.expires_at_ms.saturating_sub(now),
+            since_renewal_ms: now.saturating_sub(self.renewed_at_ms),
+        })
+    }
+}
+
+fn read_row(tx: &Transaction<'_>, name: &str) -> Result<Option<Row>, Failure> {
+    let sql = format!("SELECT {COLUMNS} FROM ferry_leases WHERE name = ?1");
+    match tx
+        .query_row(&sql, params![name], Row::from_sql)
+        .optional()?
+    {
+        Some(row) => Ok(Some(row?)),
+        None => Ok(None),
+    }
+}
+
+fn read_rows(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+    now: i64,
+) -> Result<Vec<Lease>, Failure> {
+    let mut stmt = tx.prepare(sql)?;
+    let rows = stmt.query_map(params, Row::from_sql)?;
+    let mut leases = Vec::new();
+    for row in rows {
+        leases.push(row??.to_lease(now)?);
+    }
+    Ok(leases)
+}
+
+fn write_row(tx: &Transaction<'_>, row: &Row) -> Result<(), Failure> {
+    let epoch = i64::try_from(row.epoch).map_err(|_| {
+        Failure::Corrupt(CorruptRow {
+            name: row.name.clone(),
+            why: format!("epoch {} does not fit the table", row.epoch),
+        })
+    })?;
+    tx.execute(
+        "INSERT INTO ferry_leases (name, owner, machine, incarnation, epoch, state, \
+             expires_at_ms, renewed_at_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, \
+             machine = excluded.machine, incarnation = excluded.incarnation, \
+             epoch = excluded.epoch, state = excluded.state, \
+             expires_at_ms = excluded.expires_at_ms, renewed_at_ms = excluded.renewed_at_ms",
+        params![
+            row.name,
+            row.owner,
+            row.machine,
+            row.incarnation,
+            epoch,
+            if row.held { "held" } else { "released" },
+            row.expires_at_ms,
+            row.renewed_at_ms,
+        ],
+    )?;
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Check `ferry_schema` once per connection before the first lease call.
+    Schema,
+    /// `init` and `reset` look at the schema themselves; success leaves it checked.
+    Creates,
+}
+
+enum Version {
+    Absent,
+    Empty,
+    Is(i64),
+    Several,
+}
+
+fn read_version(db: &Connection) -> rusqlite::Result<Version> {
+    let exists: bool = db.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ferry_schema')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(Version::Absent);
+    }
+    let (count, version): (i64, Option<i64>) =
+        db.query_row("SELECT count(*), max(version) FROM ferry_schema", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok(match (count, version) {
+        (0, _) | (_, None) => Version::Empty,
+        (1, Some(v)) => Version::Is(v),
+        _ => Version::Several,
+    })
+}
+
+fn check_schema(db: &Connection) -> Result<(), Failure> {
+    match read_version(db)? {
+        Version::Is(SCHEMA_VERSION) => Ok(()),
+        Version::Absent => Err(Failure::Schema(SchemaProblem::Missing)),
+        Version::Empty => Err(Failure::Schema(SchemaProblem::NoVersion)),
+        Version::Is(found) => Err(Failure::Schema(SchemaProblem::Version(found))),
+        Version::Several => Err(Failure::Schema(SchemaProblem::Several)),
+    }
+}
+
+/// What went wrong inside a call, before the data source is attached.
+enum Failure {
+    Sql(rusqlite::Error),
+    Corrupt(CorruptRow),
+    Schema(SchemaProblem),
+    Store(StoreError),
+}
+
+enum SchemaProblem {
+    Missing,
+    NoVersion,
+    Version(i64),
+    Several,
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<CorruptRow> for Failure {
+    fn from(e: CorruptRow) -> Self {
+        Failure::Corrupt(e)
+    }
+}
+
+impl Failure {
+    fn into_store_error(self, data_source: &str) -> StoreError {
+        let init = format!("run `ferry leasing init --data-source {data_source}`");
+        let schema = |detail: String| StoreError::Schema {
+            data_source: data_source.to_string(),
+            detail,
+        };
+        let unavailable =
+            |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Unavailable {
+                data_source: data_source.to_string(),
+                source,
+            };
+        match self {
+            Failure::Store(e) => e,
+            Failure::Schema(SchemaProblem::Missing) => {
+                schema(format!("the lease table does not exist; {init}"))
+            }
+            Failure::Schema(SchemaProblem::NoVersion) => {
+                schema(format!("the lease table has no schema version; {init}"))
+            }
+            Failure::Schema(SchemaProblem::Version(found)) => schema(format!(
+                "the lease table has schema version {found} but this ferry reads version \
+                 {SCHEMA_VERSION}; use a ferry that reads version {found}, or stop every \
+                 server and run `ferry leasing reset --data-source {data_source}` (forgets \
+                 every lease)"
+            )),
+            Failure::Schema(SchemaProblem::Several) => schema(format!(
+                "ferry_schema holds several versions; stop every server and run \
+                 `ferry leasing reset --data-source {data_source}` (forgets every lease)"
+            )),
+            Failure::Sql(rusqlite::Error::SqliteFailure(_, Some(msg)))
+                if msg.starts_with("no such table") || msg.starts_with("no such column") =>
+            {
+                schema(format!(
+                    "the lease table is missing or malformed ({msg}); {init}"
+                ))
+            }
+            Failure::Sql(e) => unavailable(Box::new(e)),
+            Failure::Corrupt(e) => unavailable(Box::new(e)),
+        }
+    }
+}
+
+/// A row no ferry would have written (edited by hand, or a bug): reported, never a panic.
+#[derive(Debug, thiserror::Error)]
+#[error("row {name:?} of ferry_leases is invalid: {why}")]
+struct CorruptRow {
+    name: String,
+    why: String,
+}
+
+/// Why the file could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("the data source names no file; use sqlite://PATH")]
+    EmptyPath,
+    #[error("`{scheme}://` is not an SQLite data source; use sqlite://PATH")]
+    NotSqlite { scheme: String },
+    #[error("cannot resolve path {path:?}")]
+    Path {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create directory {path:?} for the lease table")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open {path:?} as an SQLite database")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+}

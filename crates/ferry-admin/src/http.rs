@@ -1,0 +1,367 @@
+//! The Administration Server's HTTP API, `/api/v1`, plus `/metrics`. Bad input gets a 4xx
+//! with `{error, detail}` and changes nothing.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_api::{DomainUpdate, ErrorBody, Event, MigrateRequest, StopRequest};
+use ferry_core::ServerName;
+use ferry_host::files;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::ops::ApiError;
+use crate::state::AdminState;
+
+/// The admin's routes over `state` (also used by tests with `oneshot`).
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/v1/domain", get(get_domain).put(put_domain))
+        .route("/api/v1/servers", get(servers))
+        .route("/api/v1/servers/{name}/config", get(server_config))
+        .route("/api/v1/servers/{name}/start", post(start))
+        .route("/api/v1/servers/{name}/stop", post(stop))
+        .route("/api/v1/servers/{name}/migrate", post(migrate))
+        .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/clusters/{name}/start", post(start_cluster))
+        .route("/api/v1/machines", get(machines))
+        .route("/api/v1/leases", get(leases))
+        .route("/api/v1/operations/{id}", get(operation))
+        .route("/api/v1/events", get(events).post(post_events))
+        .route("/api/v1/events/stream", get(event_stream))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}
+
+fn error(status: u16, msg: impl Into<String>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        Json(ErrorBody {
+            error: msg.into(),
+            detail: serde_json::Value::Null,
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.status, self.error)
+    }
+}
+
+fn store_error(e: ferry_store::StoreError) -> Response {
+    error(503, format!("cannot read the lease table: {e}"))
+}
+
+async fn not_found() -> Response {
+    error(404, "no such endpoint: the API lives under /api/v1 (domain, servers, clusters, machines, leases, operations, events)")
+}
+
+async fn index(State(s): State<Arc<AdminState>>) -> Response {
+    let d = s.domain();
+    let text = format!(
+        "ferry Administration Server of domain {} (configuration version {})\nAPI: /api/v1/servers, /api/v1/clusters, /api/v1/machines, /api/v1/leases, /api/v1/events, /metrics\n",
+        d.domain.name, d.version
+    );
+    text.into_response()
+}
+
+async fn get_domain(State(s): State<Arc<AdminState>>) -> Response {
+    Json(s.domain()).into_response()
+}
+
+async fn put_domain(
+    State(s): State<Arc<AdminState>>,
+    body: Result<Json<DomainUpdate>, JsonRejection>,
+) -> Response {
+    let Json(update) = match body {
+        Ok(b) => b,
+        Err(e) => return error(400, format!("bad domain update: {}", e.body_text())),
+    };
+    if let Err(errs) = update.domain.validate() {
+        let detail: Vec<_> = errs
+            .errors
+            .iter()
+            .map(|e| serde_json::json!({"field": e.field, "message": e.message}))
+            .collect();
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ErrorBody {
+                error: format!(
+                    "the new configuration is invalid: {}",
+                    errs.errors
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                detail: detail.into(),
+            }),
+        )
+            .into_response();
+    }
+    let current = s.domain();
+    if update.domain.leasing != current.domain.leasing {
+        return error(409, "the leasing basis and data source cannot change while the domain runs: stop the whole cluster, edit the domain file and restart the Administration Server");
+    }
+    let mut cfg = s.config.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(expected) = update.expected_version {
+        if expected != cfg.current.version {
+            return error(409, format!("the configuration changed meanwhile: version {} is current, not {expected}; fetch it again and reapply", cfg.current.version));
+        }
+    }
+    match cfg.update(update.domain) {
+        Ok(v) => {
+            let out = cfg.current.clone();
+            drop(cfg);
+            s.event(
+                "config-changed",
+                None,
+                None,
+                None,
+                format!("configuration version {v} accepted"),
+            );
+            Json(out).into_response()
+        }
+        Err(e) => error(500, format!("could not persist the configuration: {e:#}")),
+    }
+}
+
+async fn servers(State(s): State<Arc<AdminState>>) -> Response {
+    match s.servers().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn server_config(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    let d = s.domain();
+    let known = ServerName::new(name.as_str())
+        .ok()
+        .and_then(|n| d.domain.server(&n).map(|_| ()));
+    if known.is_none() {
+        return error(
+            404,
+            format!(
+                "unknown server {name:?}: it is not defined in domain {}",
+                d.domain.name
+            ),
+        );
+    }
+    Json(d).into_response()
+}
+
+async fn clusters(State(s): State<Arc<AdminState>>) -> Response {
+    match s.clusters().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn machines(State(s): State<Arc<AdminState>>) -> Response {
+    Json(s.machines().await).into_response()
+}
+
+async fn leases(State(s): State<Arc<AdminState>>) -> Response {
+    match s.store.list().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+async fn start(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    match s.start_server(&name).await {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn stop(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Option<Json<StopRequest>>,
+) -> Response {
+    let force = body.map(|b| b.0.force).unwrap_or(false);
+    match s.stop_server(&name, force).await {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn migrate(
+    State(s): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    body: Result<Json<MigrateRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                400,
+                format!(
+                    "bad migrate request (expected {{\"to\": \"MACHINE\"}}): {}",
+                    e.body_text()
+                ),
+            )
+        }
+    };
+    match s.migrate(&name, &req.to).await {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn start_cluster(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    match s.start_cluster(&name).await {
+        Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn operation(State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return error(400, format!("operation id {id:?} is not a number"));
+    };
+    match s.ops.get(id) {
+        Some(op) => Json(op).into_response(),
+        None => error(
+            404,
+            format!("no operation {id} (operations are kept in memory until the admin restarts)"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct Since {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(s): State<Arc<AdminState>>,
+    q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(400, "bad query: use ?since=ID&limit=N with whole numbers");
+    };
+    Json(
+        s.events
+            .since(q.since, q.limit.unwrap_or(10_000).min(10_000)),
+    )
+    .into_response()
+}
+
+async fn post_events(
+    State(s): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Result<Json<Vec<Event>>, JsonRejection>,
+) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        Some(t) if files::secrets_equal(t, &s.secret) => {}
+        Some(_) => return error(403, "wrong domain secret"),
+        None => {
+            return error(
+                401,
+                "posting events needs the domain secret as `Authorization: Bearer SECRET`",
+            )
+        }
+    }
+    let Json(events) = match body {
+        Ok(b) => b,
+        Err(e) => return error(400, format!("bad events: {}", e.body_text())),
+    };
+    if events.len() > 1_000 {
+        return error(413, "at most 1000 events per request");
+    }
+    let n = events.len();
+    for mut e in events {
+        e.message.truncate(4_000);
+        s.events.append(e);
+    }
+    Json(serde_json::json!({ "accepted": n })).into_response()
+}
+
+async fn event_stream(
+    State(s): State<Arc<AdminState>>,
+    q: Result<Query<Since>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let since = q.map(|Query(q)| q.since).unwrap_or(0);
+    let rx = s.events.tx.subscribe();
+    let backlog = s.events.since(since, 10_000);
+    let last = backlog.last().map_or(since, |e| e.id);
+    let head = futures_util::stream::iter(backlog.into_iter().map(Ok::<Event, Infallible>));
+    let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| async move {
+        match r {
+            Ok(e) if e.id > last => Some(Ok(e)),
+            _ => None,
+        }
+    });
+    let stream = head.chain(live).map(|r: Result<Event, Infallible>| {
+        r.map(|e| {
+            SseEvent::default()
+                .id(e.id.to_string())
+                .event(e.kind.clone())
+                .data(serde_json::to_string(&e).unwrap_or_default())
+        })
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    let mut out = String::new();
+    out.push_str("# HELP ferry_events_total Events recorded by the Administration Server.\n# TYPE ferry_events_total counter\n");
+    out.push_str(&format!("ferry_events_total {}\n", s.events.count()));
+    out.push_str(&format!(
+        "# TYPE ferry_admin_start_time_seconds gauge\nferry_admin_start_time_seconds {}\n",
+        s.started_ms / 1000
+    ));
+    match s.store.list().await {
+        Ok(leases) => {
+            out.push_str("# HELP ferry_lease_remaining_seconds Time left on each lease by the store's clock.\n# TYPE ferry_lease_remaining_seconds gauge\n");
+            for l in &leases {
+                out.push_str(&format!(
+                    "ferry_lease_remaining_seconds{{lease=\"{}\"}} {:.3}\n",
+                    l.name,
+                    l.remaining_ms as f64 / 1000.0
+                ));
+            }
+            out.push_str("# HELP ferry_lease_epoch Fencing token of each lease.\n# TYPE ferry_lease_epoch gauge\n");
+            for l in &leases {
+                out.push_str(&format!(
+                    "ferry_lease_epoch{{lease=\"{}\"}} {}\n",
+                    l.name, l.epoch
+                ));
+            }
+            out.push_str("# TYPE ferry_lease_table_up gauge\nferry_lease_table_up 1\n");
+        }
+        Err(_) => out.push_str("# TYPE ferry_lease_table_up gauge\nferry_lease_table_up 0\n"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}

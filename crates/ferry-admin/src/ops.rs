@@ -1,0 +1,538 @@
+//! Orchestration: start cluster, start, stop, and manual migration (Figure 7-3), each an
+//! operation whose steps are recorded (for `ferry migrate --wait`) and logged as events.
+//! Requests are checked before anything is touched, so a refused request disturbs nothing.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_api::{NmStart, NmStop, Operation, Origin, Step};
+use ferry_core::lease::Lease;
+use ferry_core::{ClusterName, LeaseName, MachineName, ServerName};
+use ferry_host::clock;
+
+use crate::state::AdminState;
+
+/// A refusal answered to the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: u16,
+    pub error: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Operations {
+    next: AtomicU64,
+    ops: Mutex<BTreeMap<u64, Operation>>,
+}
+
+const KEEP_OPS: usize = 1_000;
+
+impl Operations {
+    fn create(&self, kind: &str, target: &str) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.insert(
+            id,
+            Operation {
+                id,
+                kind: kind.into(),
+                target: target.into(),
+                state: "running".into(),
+                steps: vec![],
+                error: None,
+            },
+        );
+        while ops.len() > KEEP_OPS {
+            let first = *ops.keys().next().unwrap_or(&0);
+            ops.remove(&first);
+        }
+        id
+    }
+
+    pub fn get(&self, id: u64) -> Option<Operation> {
+        self.ops.lock().ok()?.get(&id).cloned()
+    }
+
+    fn update(&self, id: u64, f: impl FnOnce(&mut Operation)) {
+        if let Ok(mut ops) = self.ops.lock() {
+            if let Some(op) = ops.get_mut(&id) {
+                f(op);
+            }
+        }
+    }
+}
+
+impl AdminState {
+    fn step(
+        &self,
+        op: u64,
+        kind: &str,
+        server: &ServerName,
+        machine: Option<&MachineName>,
+        message: String,
+    ) {
+        self.ops.update(op, |o| {
+            o.steps.push(Step {
+                at_ms: clock::wall_ms(),
+                message: message.clone(),
+            })
+        });
+        self.event(
+            kind,
+            Some(server.as_str()),
+            machine.map(|m| m.as_str()),
+            None,
+            message,
+        );
+    }
+
+    fn finish(&self, op: u64, result: Result<String, String>) {
+        self.ops.update(op, |o| match result {
+            Ok(msg) => {
+                o.steps.push(Step {
+                    at_ms: clock::wall_ms(),
+                    message: msg,
+                });
+                o.state = "succeeded".into();
+            }
+            Err(e) => {
+                o.state = "failed".into();
+                o.error = Some(e);
+            }
+        });
+    }
+
+    fn server_cfg(&self, name: &str) -> Result<ferry_core::domain::Server, ApiError> {
+        let d = self.domain().domain;
+        let server = ServerName::new(name).map_err(|e| ApiError::new(400, e.to_string()))?;
+        d.server(&server).cloned().ok_or_else(|| {
+            let known: Vec<_> = d.servers.iter().map(|s| s.name.to_string()).collect();
+            ApiError::new(
+                404,
+                format!(
+                    "unknown server {server}: domain {} defines {}",
+                    d.name,
+                    known.join(", ")
+                ),
+            )
+        })
+    }
+
+    async fn lease_of(&self, server: &ServerName) -> Result<Option<Lease>, ApiError> {
+        self.store
+            .get(&LeaseName::Server(server.clone()))
+            .await
+            .map_err(|e| ApiError::new(503, format!("cannot read the lease table: {e}")))
+    }
+
+    /// Where the server runs now: the machine of its live lease, else a Node Manager that
+    /// reports a live process for it.
+    async fn locate(&self, server: &ServerName) -> Result<Option<MachineName>, ApiError> {
+        if let Some(l) = self.lease_of(server).await? {
+            if l.is_live() {
+                return Ok(l.machine);
+            }
+        }
+        for v in self.poll_nms().await {
+            if let Ok(list) = v.result {
+                if list
+                    .iter()
+                    .any(|e| e.name == server.as_str() && e.pid.is_some())
+                {
+                    return Ok(Some(v.machine));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits until the server's lease satisfies `done`; the answer or a timeout message.
+    async fn wait_lease(
+        &self,
+        server: &ServerName,
+        timeout: Duration,
+        done: impl Fn(&Option<Lease>) -> bool,
+    ) -> Result<Option<Lease>, String> {
+        let until = clock::now() + timeout;
+        loop {
+            match self.store.get(&LeaseName::Server(server.clone())).await {
+                Ok(l) if done(&l) => return Ok(l),
+                Ok(_) | Err(_) if clock::now() >= until => {
+                    return Err(format!(
+                        "timed out after {} ms waiting for {server}'s lease",
+                        timeout.as_millis()
+                    ))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    fn start_timeout(server: &ferry_core::domain::Server) -> Duration {
+        (server.lease_ttl() * 2 + Duration::from_secs(10)).max(Duration::from_secs(15))
+    }
+
+    /// `ferry start SERVER`: start it on its home machine (Figure 7-1 steps 2-3).
+    pub async fn start_server(self: &Arc<Self>, name: &str) -> Result<Operation, ApiError> {
+        let cfg = self.server_cfg(name)?;
+        if let Some(l) = self.lease_of(&cfg.name).await?.filter(|l| l.is_live()) {
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "{} is already running on {} (epoch {}, lease {} ms left); to move it use `ferry migrate {} --to MACHINE`",
+                    cfg.name,
+                    l.machine.as_ref().map_or("?", |m| m.as_str()),
+                    l.epoch,
+                    l.remaining_ms,
+                    cfg.name
+                ),
+            ));
+        }
+        let op = self.ops.create("start", cfg.name.as_str());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let r = me.start_on(op, &cfg, &cfg.machine).await;
+            me.finish(op, r);
+        });
+        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+    }
+
+    async fn start_on(
+        &self,
+        op: u64,
+        cfg: &ferry_core::domain::Server,
+        machine: &MachineName,
+    ) -> Result<String, String> {
+        let nm = self
+            .nm(machine, Duration::from_secs(10))
+            .ok_or_else(|| format!("machine {machine} is not defined"))?;
+        self.step(
+            op,
+            "contact-nm",
+            &cfg.name,
+            Some(machine),
+            format!(
+                "contacting the Node Manager on {machine} to start {}",
+                cfg.name
+            ),
+        );
+        let ack = nm
+            .start(
+                cfg.name.as_str(),
+                &NmStart {
+                    origin: Origin::Admin,
+                    in_place: false,
+                },
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "the Node Manager on {machine} could not start {}: {e}",
+                    cfg.name
+                )
+            })?;
+        self.step(
+            op,
+            "nm-started",
+            &cfg.name,
+            Some(machine),
+            format!("Node Manager on {machine}: {}", ack.message),
+        );
+        let l = self
+            .wait_lease(&cfg.name, Self::start_timeout(cfg), |l| {
+                l.as_ref()
+                    .is_some_and(|l| l.is_live() && l.machine.as_ref() == Some(machine))
+            })
+            .await?;
+        let epoch = l.map(|l| l.epoch.0).unwrap_or(0);
+        Ok(format!(
+            "{} obtained its lease on {machine} (epoch {epoch})",
+            cfg.name
+        ))
+    }
+
+    /// `ferry start-cluster CLUSTER` (Figure 7-1): start every server not already running.
+    pub async fn start_cluster(self: &Arc<Self>, name: &str) -> Result<Operation, ApiError> {
+        let d = self.domain().domain;
+        let cluster = ClusterName::new(name).map_err(|e| ApiError::new(400, e.to_string()))?;
+        if d.cluster(&cluster).is_none() {
+            let known: Vec<_> = d.clusters.iter().map(|c| c.name.to_string()).collect();
+            return Err(ApiError::new(
+                404,
+                format!(
+                    "unknown cluster {cluster}: domain {} defines {}",
+                    d.name,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let servers: Vec<_> = d.servers_in(&cluster).cloned().collect();
+        let op = self.ops.create("start-cluster", cluster.as_str());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tasks = Vec::new();
+            let mut first_error = None;
+            let mut servers = servers.into_iter();
+            // Figure 7-1 step 6: "because Managed Server 1 starts up first, it also obtains a
+            // cluster master lease". The first server starts alone; the rest together.
+            if let Some(first) = servers.next() {
+                let first_started = match me.lease_of(&first.name).await {
+                    Ok(Some(l)) if l.is_live() => Ok(()),
+                    _ => me.start_on(op, &first, &first.machine).await.map(|msg| {
+                        me.step(op, "start-complete", &first.name, Some(&first.machine), msg)
+                    }),
+                };
+                if let Err(e) = first_started {
+                    first_error = Some(e);
+                }
+                let until = clock::now() + first.lease_ttl();
+                while clock::now() < until {
+                    match me.store.get(&LeaseName::Master(cluster.clone())).await {
+                        Ok(Some(l)) if l.is_live() => break,
+                        _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }
+            for s in servers {
+                let me2 = me.clone();
+                tasks.push(tokio::spawn(async move {
+                    match me2.lease_of(&s.name).await {
+                        Ok(Some(l)) if l.is_live() => {
+                            let m = l.machine.map(|m| m.to_string()).unwrap_or_default();
+                            me2.step(
+                                op,
+                                "already-running",
+                                &s.name,
+                                None,
+                                format!("{} is already running on {m}", s.name),
+                            );
+                            Ok(())
+                        }
+                        _ => me2.start_on(op, &s, &s.machine).await.map(|msg| {
+                            me2.step(op, "start-complete", &s.name, Some(&s.machine), msg)
+                        }),
+                    }
+                }));
+            }
+            let mut errors: Vec<String> = first_error.into_iter().collect();
+            for t in tasks {
+                match t.await {
+                    Ok(Err(e)) => errors.push(e),
+                    Err(e) => errors.push(e.to_string()),
+                    Ok(Ok(())) => {}
+                }
+            }
+            me.finish(
+                op,
+                if errors.is_empty() {
+                    Ok(format!("cluster {cluster} started"))
+                } else {
+                    Err(errors.join("; "))
+                },
+            );
+        });
+        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+    }
+
+    /// `ferry stop SERVER [--force]`: through its Node Manager, which releases its lease.
+    pub async fn stop_server(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+    ) -> Result<Operation, ApiError> {
+        let cfg = self.server_cfg(name)?;
+        let Some(machine) = self.locate(&cfg.name).await? else {
+            return Err(ApiError::new(409, format!("{} is not running", cfg.name)));
+        };
+        let op = self.ops.create("stop", cfg.name.as_str());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let r = me
+                .stop_on(op, &cfg, &machine, force)
+                .await
+                .map(|_| format!("{} stopped", cfg.name));
+            me.finish(op, r);
+        });
+        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+    }
+
+    async fn stop_on(
+        &self,
+        op: u64,
+        cfg: &ferry_core::domain::Server,
+        machine: &MachineName,
+        force: bool,
+    ) -> Result<(), String> {
+        let budget = cfg.shutdown_timeout + Duration::from_secs(15);
+        let nm = self
+            .nm(machine, budget)
+            .ok_or_else(|| format!("machine {machine} is not defined"))?;
+        self.step(
+            op,
+            "contact-nm",
+            &cfg.name,
+            Some(machine),
+            format!(
+                "contacting the Node Manager on {machine} to stop {}{}",
+                cfg.name,
+                if force { " (forced)" } else { "" }
+            ),
+        );
+        let ack = nm
+            .stop(
+                cfg.name.as_str(),
+                &NmStop {
+                    origin: Origin::Admin,
+                    force,
+                    timeout_ms: None,
+                },
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "the Node Manager on {machine} could not stop {}: {e}",
+                    cfg.name
+                )
+            })?;
+        self.step(
+            op,
+            "nm-stopped",
+            &cfg.name,
+            Some(machine),
+            format!("Node Manager on {machine}: {}", ack.message),
+        );
+        let l = self
+            .wait_lease(&cfg.name, Duration::from_secs(5), |l| {
+                l.as_ref().is_none_or(|l| !l.is_live())
+            })
+            .await?;
+        if let Some(l) = l {
+            self.step(
+                op,
+                "lease-removed",
+                &cfg.name,
+                Some(machine),
+                format!("{}'s lease row is released (epoch {})", cfg.name, l.epoch),
+            );
+        }
+        Ok(())
+    }
+
+    /// `ferry migrate SERVER --to MACHINE` (Figure 7-3), also used for failback.
+    pub async fn migrate(self: &Arc<Self>, name: &str, to: &str) -> Result<Operation, ApiError> {
+        let cfg = self.server_cfg(name)?;
+        let d = self.domain().domain;
+        let target = MachineName::new(to).map_err(|e| ApiError::new(400, e.to_string()))?;
+        if d.machine(&target).is_none() {
+            let known: Vec<_> = d.machines.iter().map(|m| m.name.to_string()).collect();
+            return Err(ApiError::new(
+                404,
+                format!(
+                    "unknown machine {target}: domain {} defines {}",
+                    d.name,
+                    known.join(", ")
+                ),
+            ));
+        }
+        let mut allowed = vec![cfg.machine.clone()];
+        allowed.extend(
+            d.candidates_for(&cfg)
+                .into_iter()
+                .filter(|m| m != &cfg.machine),
+        );
+        if !allowed.contains(&target) {
+            let list: Vec<_> = allowed.iter().map(|m| m.to_string()).collect();
+            return Err(ApiError::new(
+                409,
+                format!(
+                    "{target} is not a candidate machine for {}: it may run on {}",
+                    cfg.name,
+                    list.join(", ")
+                ),
+            ));
+        }
+        let from = self.locate(&cfg.name).await?;
+        if from.as_ref() == Some(&target) {
+            return Err(ApiError::new(
+                409,
+                format!("{} is already running on {target}", cfg.name),
+            ));
+        }
+        let op = self.ops.create("migrate", cfg.name.as_str());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let r = me.migrate_steps(op, &cfg, from, &target).await;
+            me.finish(op, r);
+        });
+        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+    }
+
+    async fn migrate_steps(
+        &self,
+        op: u64,
+        cfg: &ferry_core::domain::Server,
+        from: Option<MachineName>,
+        to: &MachineName,
+    ) -> Result<String, String> {
+        match &from {
+            Some(m) => {
+                self.step(
+                    op,
+                    "migration-start",
+                    &cfg.name,
+                    Some(m),
+                    format!("migrating {} from {m} to {to}", cfg.name),
+                );
+                if let Err(e) = self.stop_on(op, cfg, m, false).await {
+                    // The source machine may be dead: then its lease must run out first.
+                    self.step(
+                        op,
+                        "migration-wait",
+                        &cfg.name,
+                        Some(m),
+                        format!(
+                            "{e}; waiting for {}'s lease to expire before starting it on {to}",
+                            cfg.name
+                        ),
+                    );
+                    self.wait_lease(&cfg.name, cfg.lease_ttl() + Duration::from_secs(5), |l| {
+                        l.as_ref().is_none_or(|l| !l.is_live())
+                    })
+                    .await?;
+                }
+            }
+            None => self.step(
+                op,
+                "migration-start",
+                &cfg.name,
+                None,
+                format!("{} is not running; starting it on {to}", cfg.name),
+            ),
+        }
+        self.start_on(op, cfg, to)
+            .await
+            .map(|msg| format!("{msg}: migration to {to} complete"))
+    }
+}
+
+fn placeholder(id: u64) -> Operation {
+    Operation {
+        id,
+        kind: String::new(),
+        target: String::new(),
+        state: "running".into(),
+        steps: vec![],
+        error: None,
+    }
+}

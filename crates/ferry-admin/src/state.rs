@@ -1,0 +1,291 @@
+//! The Administration Server's state and its run-time view of the domain.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_api::{
+    ClusterStatus, Event, MachineStatus, NmClient, NmServer, ServerStatus, VersionedDomain,
+};
+use ferry_core::lease::{Lease, LeaseState};
+use ferry_core::{LeaseName, MachineName};
+use ferry_host::{clock, files};
+use ferry_store::LeaseStore;
+
+use crate::config::ConfigStore;
+use crate::events::EventLog;
+use crate::ops::Operations;
+
+#[derive(Debug, Clone)]
+pub struct AdminOptions {
+    pub domain_file: PathBuf,
+    pub data_dir: PathBuf,
+    /// Overrides `[admin] listen`.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+pub struct AdminState {
+    pub(crate) config: Mutex<ConfigStore>,
+    pub(crate) store: Arc<dyn LeaseStore>,
+    pub(crate) events: EventLog,
+    pub(crate) ops: Operations,
+    pub(crate) secret: String,
+    pub(crate) started_ms: u64,
+}
+
+/// What the admin learned from one Node Manager.
+pub(crate) struct NmView {
+    pub machine: MachineName,
+    pub addr: String,
+    pub result: Result<Vec<NmServer>, String>,
+}
+
+impl AdminState {
+    pub fn domain(&self) -> VersionedDomain {
+        self.config
+            .lock()
+            .map(|c| c.current.clone())
+            .unwrap_or_else(|p| p.into_inner().current.clone())
+    }
+
+    pub fn nm(&self, machine: &MachineName, timeout: Duration) -> Option<NmClient> {
+        let d = self.domain();
+        let m = d.domain.machine(machine)?;
+        Some(NmClient::new(
+            &m.node_manager.to_string(),
+            &self.secret,
+            timeout,
+        ))
+    }
+
+    /// Records an event from the admin itself.
+    pub fn event(
+        &self,
+        kind: &str,
+        server: Option<&str>,
+        machine: Option<&str>,
+        epoch: Option<u64>,
+        message: String,
+    ) {
+        tracing::info!(kind, "{message}");
+        self.events.append(Event {
+            id: 0,
+            at_ms: clock::wall_ms(),
+            source: "admin".into(),
+            kind: kind.into(),
+            server: server.map(Into::into),
+            machine: machine.map(Into::into),
+            epoch,
+            message,
+        });
+    }
+
+    /// Asks every Node Manager what it runs, concurrently, with a short timeout.
+    pub(crate) async fn poll_nms(&self) -> Vec<NmView> {
+        let d = self.domain();
+        let mut tasks = Vec::new();
+        for m in &d.domain.machines {
+            let client = NmClient::new(
+                &m.node_manager.to_string(),
+                &self.secret,
+                Duration::from_millis(800),
+            );
+            let name = m.name.clone();
+            let addr = m.node_manager.to_string();
+            tasks.push(tokio::spawn(async move {
+                let result = client.servers().await.map_err(|e| e.to_string());
+                NmView {
+                    machine: name,
+                    addr,
+                    result,
+                }
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            if let Ok(v) = t.await {
+                out.push(v);
+            }
+        }
+        out
+    }
+
+    pub async fn machines(&self) -> Vec<MachineStatus> {
+        self.poll_nms()
+            .await
+            .into_iter()
+            .map(|v| MachineStatus {
+                name: v.machine.to_string(),
+                node_manager: v.addr,
+                reachable: v.result.is_ok(),
+                error: v.result.as_ref().err().cloned(),
+                servers: v.result.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// The run-time view: the lease table says who holds what; Node Managers say what runs.
+    pub async fn servers(&self) -> Result<Vec<ServerStatus>, ferry_store::StoreError> {
+        let d = self.domain().domain;
+        let leases = self.store.list().await?;
+        let by_name: BTreeMap<LeaseName, Lease> =
+            leases.into_iter().map(|l| (l.name.clone(), l)).collect();
+        let nms = self.poll_nms().await;
+        let mut out = Vec::new();
+        for s in &d.servers {
+            let lease = by_name.get(&LeaseName::Server(s.name.clone()));
+            let master = by_name
+                .get(&LeaseName::Master(s.cluster.clone()))
+                .is_some_and(|m| m.is_live() && m.owner.as_ref() == Some(&s.name));
+            // The Node Manager entries for this server that have a live process.
+            let mut nm_entry: Option<(MachineName, NmServer)> = None;
+            for v in &nms {
+                if let Ok(list) = &v.result {
+                    if let Some(e) = list.iter().find(|e| e.name == s.name.as_str()) {
+                        let live = e.pid.is_some();
+                        let better = match &nm_entry {
+                            None => true,
+                            Some((_, cur)) => live && cur.pid.is_none(),
+                        };
+                        let on_lease_machine =
+                            lease.and_then(|l| l.machine.as_ref()) == Some(&v.machine);
+                        if better || (on_lease_machine && live) {
+                            nm_entry = Some((v.machine.clone(), e.clone()));
+                        }
+                    }
+                }
+            }
+            let (state, machine) = match (lease, &nm_entry) {
+                (Some(l), _) if l.is_live() => (
+                    "RUNNING".to_string(),
+                    l.machine.as_ref().map(|m| m.to_string()),
+                ),
+                (_, Some((m, e))) if e.pid.is_some() => (e.state.clone(), Some(m.to_string())),
+                (Some(l), _) if l.is_expired() => (
+                    "EXPIRED".to_string(),
+                    l.machine.as_ref().map(|m| m.to_string()),
+                ),
+                (_, Some((m, e))) => (e.state.clone(), Some(m.to_string())),
+                (Some(l), None) if l.state == LeaseState::Released => (
+                    "SHUTDOWN".to_string(),
+                    l.machine.as_ref().map(|m| m.to_string()),
+                ),
+                _ => ("SHUTDOWN".to_string(), None),
+            };
+            let pid = nm_entry
+                .as_ref()
+                .filter(|(m, _)| Some(m.as_str()) == machine.as_deref())
+                .and_then(|(_, e)| e.pid);
+            out.push(ServerStatus {
+                name: s.name.to_string(),
+                cluster: s.cluster.to_string(),
+                state,
+                machine,
+                home_machine: s.machine.to_string(),
+                pid,
+                epoch: lease.map(|l| l.epoch.0),
+                incarnation: lease.and_then(|l| l.incarnation.as_ref().map(|i| i.0.clone())),
+                lease_remaining_ms: lease
+                    .filter(|l| l.state == LeaseState::Held)
+                    .map(|l| l.remaining_ms),
+                master,
+                floating_ip: s.floating_ip.map(|i| i.to_string()),
+                auto_migration: s.auto_migration,
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn clusters(&self) -> Result<Vec<ClusterStatus>, ferry_store::StoreError> {
+        let d = self.domain().domain;
+        let mut out = Vec::new();
+        for c in &d.clusters {
+            let lease = self
+                .store
+                .get(&LeaseName::Master(c.name.clone()))
+                .await?
+                .filter(|l| l.is_live());
+            out.push(ClusterStatus {
+                name: c.name.to_string(),
+                master: lease
+                    .as_ref()
+                    .and_then(|l| l.owner.as_ref().map(|o| o.to_string())),
+                master_epoch: lease.as_ref().map(|l| l.epoch.0),
+                master_lease_remaining_ms: lease.as_ref().map(|l| l.remaining_ms),
+                servers: d.servers_in(&c.name).map(|s| s.name.to_string()).collect(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Runs the Administration Server until Ctrl-C or SIGTERM.
+pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let (config, note) = ConfigStore::open(&opts.data_dir, &opts.domain_file)?;
+    let secret_path = opts.data_dir.join("secret");
+    let secret = files::secret(&secret_path, true, rand::random).with_context(|| {
+        format!(
+            "cannot read or create the domain secret {}",
+            secret_path.display()
+        )
+    })?;
+    let domain = config.current.clone();
+    let ds = domain.domain.leasing.data_source.clone();
+    let store = ferry_store::open(&ds, Duration::from_secs(5))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the lease table {}",
+                ferry_core::domain::redact_url(&ds)
+            )
+        })?;
+    if ds.starts_with("sqlite://") {
+        // The embedded lease table is created on first use; a production database is
+        // prepared by its operator with `ferry leasing init`.
+        ferry_store::init(&ds)
+            .await
+            .with_context(|| format!("cannot create the lease table {ds}"))?;
+    }
+    let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
+    let state = Arc::new(AdminState {
+        config: Mutex::new(config),
+        store: Arc::from(store),
+        events: EventLog::open(opts.data_dir.join("events.jsonl")),
+        ops: Operations::default(),
+        secret,
+        started_ms: clock::wall_ms(),
+    });
+    if let Some(n) = note {
+        state.event("config-imported", None, None, None, n);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([admin] listen)"))?;
+    state.event(
+        "admin-started",
+        None,
+        None,
+        None,
+        format!(
+            "Administration Server of domain {} listening on {listen} (configuration version {})",
+            domain.domain.name, domain.version
+        ),
+    );
+    let app = crate::http::router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}

@@ -1,0 +1,235 @@
+//! Wire types. Field names are stable: `ferry status -o json` prints [`ServerStatus`] as is.
+
+use ferry_core::domain::Domain;
+use serde::{Deserialize, Serialize};
+
+/// Every 4xx/5xx answer carries this body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+/// The domain configuration with its version (bumped on every accepted change).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionedDomain {
+    pub version: u64,
+    pub domain: Domain,
+}
+
+/// `PUT /api/v1/domain`: replace the configuration. With `expected_version`, the change is
+/// refused if someone else changed it first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainUpdate {
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+    pub domain: Domain,
+}
+
+/// One server in the run-time view (`GET /api/v1/servers`, `ferry status -o json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub name: String,
+    pub cluster: String,
+    /// RUNNING, STARTING, STOPPING, SHUTDOWN, FENCED, FAILED, FAILED_CONFIG, EXPIRED, UNKNOWN.
+    pub state: String,
+    /// Where it runs (or last ran): the lease's machine, else the Node Manager's.
+    pub machine: Option<String>,
+    pub home_machine: String,
+    pub pid: Option<i32>,
+    pub epoch: Option<u64>,
+    pub incarnation: Option<String>,
+    /// Time left on the server lease by the store's clock; negative once expired.
+    pub lease_remaining_ms: Option<i64>,
+    /// Whether this server holds its cluster's master lease.
+    pub master: bool,
+    pub floating_ip: Option<String>,
+    pub auto_migration: bool,
+}
+
+/// `GET /api/v1/clusters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub master: Option<String>,
+    pub master_epoch: Option<u64>,
+    pub master_lease_remaining_ms: Option<i64>,
+    pub servers: Vec<String>,
+}
+
+/// `GET /api/v1/machines`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachineStatus {
+    pub name: String,
+    pub node_manager: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub servers: Vec<NmServer>,
+}
+
+/// An entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Assigned by the Administration Server, increasing.
+    #[serde(default)]
+    pub id: u64,
+    /// Wall-clock milliseconds since the Unix epoch at the source.
+    pub at_ms: u64,
+    /// `admin`, `nodemanager/MACHINE`, `server/NAME`.
+    pub source: String,
+    /// A stable word: `server-started`, `lease-acquired`, `fenced`, `master-acquired`, ...
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    pub message: String,
+}
+
+/// `POST /api/v1/servers/{name}/migrate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    pub to: String,
+}
+
+/// `POST /api/v1/servers/{name}/stop`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StopRequest {
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// A long-running action of the Administration Server (start cluster, stop, migrate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    pub id: u64,
+    /// `start-cluster`, `start`, `stop`, `migrate`.
+    pub kind: String,
+    pub target: String,
+    /// `running`, `succeeded`, `failed`.
+    pub state: String,
+    pub steps: Vec<Step>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub at_ms: u64,
+    pub message: String,
+}
+
+// ---- Node Manager ----
+
+/// Who sends a Node Manager command: the Administration Server, or a cluster master with
+/// its master lease epoch (rule 5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Origin {
+    Admin,
+    Master {
+        cluster: String,
+        epoch: u64,
+        server: String,
+    },
+}
+
+/// `POST /nm/v1/servers/{name}/start`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NmStart {
+    pub origin: Origin,
+    /// Kill whatever is left of an earlier process of this server first (the master's
+    /// restart in place of a hung server).
+    #[serde(default)]
+    pub in_place: bool,
+}
+
+/// `POST /nm/v1/servers/{name}/stop`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NmStop {
+    pub origin: Origin,
+    #[serde(default)]
+    pub force: bool,
+    /// Graceful stop budget before the kill; the server's `shutdown_timeout` if absent.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// A server as its Node Manager sees it (`GET /nm/v1/servers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NmServer {
+    pub name: String,
+    /// STARTING, RUNNING, STOPPING, SHUTDOWN, FENCED, FAILED, FAILED_CONFIG.
+    pub state: String,
+    pub pid: Option<i32>,
+    pub incarnation: Option<String>,
+    pub epoch: Option<u64>,
+    /// Time left before this Node Manager fences the server (rule 3).
+    pub deadline_in_ms: Option<i64>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub master: bool,
+}
+
+/// `POST /nm/v1/...` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NmAck {
+    pub server: String,
+    pub state: String,
+    pub pid: Option<i32>,
+    pub message: String,
+}
+
+/// `GET /nm/v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NmHealth {
+    pub machine: String,
+    pub version: String,
+}
+
+// ---- Node Manager ⇄ server local channel ----
+
+/// The first and only line a Node Manager writes to a server's stdin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    pub machine: String,
+    pub incarnation: String,
+    /// Rule 4: the incarnation this Node Manager reaped, whose lease may be handed over.
+    pub handover_from: Option<String>,
+    pub admin_url: String,
+    /// The domain secret, for calls to other Node Managers when this server is master.
+    pub secret: String,
+    /// Directory for the cached configuration (Figure 7-1 step 5).
+    pub cache_dir: String,
+    /// The Node Manager's own copy of the domain, if it has one: the last fallback when the
+    /// admin is down and nothing is cached on this machine.
+    pub domain: Option<VersionedDomain>,
+}
+
+/// What a server reports to its Node Manager, one JSON object per stdout line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "kebab-case")]
+pub enum Report {
+    /// A new local lease deadline on CLOCK_BOOTTIME (ms): fence the server if it passes.
+    Deadline { at_ms: u64 },
+    /// The server lease is held: services are starting.
+    Acquired { epoch: u64 },
+    /// Services answered their health checks.
+    Running,
+    /// The server took or lost its cluster's master role.
+    Master { held: bool, epoch: u64 },
+    /// Released the lease on a clean stop: stop watching its deadline.
+    Released,
+    /// For the event log.
+    /// `server` names the server the event is about when it is not the reporter (the
+    /// cluster master reports on others).
+    Event {
+        kind: String,
+        message: String,
+        epoch: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
+    },
+}

@@ -1,0 +1,113 @@
+//! Files the daemons share: the domain file (read and resolved against its directory), the
+//! domain secret (0600), and small state files written atomically.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_core::domain::{ConfigError, ConfigErrors, Domain};
+
+/// Reads, parses and validates a domain file; a relative `sqlite://` path is made absolute
+/// against the file's directory, so every process agrees on one lease table.
+pub fn load_domain(path: &Path) -> Result<Domain, ConfigErrors> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: name.clone(),
+        errors: vec![ConfigError {
+            field: String::new(),
+            line: None,
+            column: None,
+            message: format!("cannot read the domain file: {e}"),
+        }],
+    })?;
+    let mut domain = Domain::parse(&name, &text)?;
+    resolve_paths(&mut domain, &domain_dir(path));
+    Ok(domain)
+}
+
+/// The directory relative paths of a domain file are resolved against.
+pub fn domain_dir(path: &Path) -> PathBuf {
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+/// Makes a relative `sqlite://` data source absolute against `base`.
+pub fn resolve_paths(domain: &mut Domain, base: &Path) {
+    if let Some(rest) = domain.leasing.data_source.strip_prefix("sqlite://") {
+        if !rest.starts_with('/') {
+            domain.leasing.data_source = format!("sqlite://{}", base.join(rest).display());
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file, fsync, rename) with `mode`.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reads the domain secret at `path`, creating it (32 random bytes, hex, mode 0600) when
+/// `create` and it does not exist yet.
+pub fn secret(
+    path: &Path,
+    create: bool,
+    random: impl FnOnce() -> [u8; 32],
+) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        Ok(_) | Err(_) if create => {
+            let hex: String = random().iter().map(|b| format!("{b:02x}")).collect();
+            write_atomic(path, hex.as_bytes(), 0o600)?;
+            Ok(hex)
+        }
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is empty", path.display()),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits up to `patience` for a secret file another process creates.
+pub async fn wait_for_secret(path: &Path, patience: Duration) -> std::io::Result<String> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match secret(path, false, || [0; 32]) {
+            Ok(s) => return Ok(s),
+            Err(e) if waited >= patience => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                waited += Duration::from_millis(100);
+            }
+        }
+    }
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

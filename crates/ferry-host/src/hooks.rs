@@ -1,0 +1,128 @@
+//! The floating-IP and mount hooks (the `wlsifconfig.sh` equivalents, DESIGN §4). A hook is an
+//! executable run with a timeout; its output goes to the Node Manager's log. Without an
+//! `ifconfig` hook the built-in action applies: on one host (no interface configured) it
+//! is a logged no-op; moving addresses for real between hosts is part 3's built-in action.
+
+use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ferry_core::domain::Machine;
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hook {hook} could not be started")]
+    Spawn {
+        hook: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("hook {hook} {args} did not finish within {timeout_ms} ms and was killed")]
+    Timeout {
+        hook: String,
+        args: String,
+        timeout_ms: u64,
+    },
+    #[error("hook {hook} {args} failed with {status}: {output}")]
+    Failed {
+        hook: String,
+        args: String,
+        status: String,
+        output: String,
+    },
+}
+
+/// Runs `hook ARGS...` with a timeout; returns its combined output.
+pub async fn run_hook(hook: &str, args: &[String], timeout: Duration) -> Result<String, HookError> {
+    let mut cmd = tokio::process::Command::new(hook);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.kill_on_drop(true);
+    cmd.process_group(0);
+    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
+        hook: hook.into(),
+        source,
+    })?;
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let joined = args.join(" ");
+    let work = async {
+        let mut out = String::new();
+        let mut err = String::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.read_to_string(&mut out).await;
+        }
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_string(&mut err).await;
+        }
+        let status = child.wait().await;
+        (out + &err, status)
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Err(_) => Err(HookError::Timeout {
+            hook: hook.into(),
+            args: joined,
+            timeout_ms: timeout.as_millis() as u64,
+        }),
+        Ok((output, Ok(status))) if status.success() => Ok(output),
+        Ok((output, status)) => Err(HookError::Failed {
+            hook: hook.into(),
+            args: joined,
+            status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+            output: output.trim().chars().take(2000).collect(),
+        }),
+    }
+}
+
+/// `addif` or `removeif`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpAction {
+    Add,
+    Remove,
+}
+
+/// Moves a floating IP onto or off `machine`. Returns a line for the log saying what was done.
+pub async fn floating_ip(
+    machine: &Machine,
+    action: IpAction,
+    ip: Ipv4Addr,
+) -> Result<String, HookError> {
+    let verb = match action {
+        IpAction::Add => "addif",
+        IpAction::Remove => "removeif",
+    };
+    let iface = machine.interface.clone().unwrap_or_else(|| "lo".into());
+    let mask = machine.netmask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
+    match &machine.hooks.ifconfig {
+        Some(hook) => {
+            let args = vec![verb.to_string(), iface.clone(), ip.to_string(), mask.to_string()];
+            let out = run_hook(hook, &args, machine.hooks.timeout).await?;
+            Ok(format!("{hook} {verb} {iface} {ip} {mask}: ok {}", out.trim()))
+        }
+        None => Ok(format!(
+            "floating IP {ip}: built-in {verb} on {iface}/{mask} is a no-op on a single host (configure hooks.ifconfig to move it)"
+        )),
+    }
+}
+
+/// `mount` or `unmount` for a server, when the machine has a mount hook.
+pub async fn mount(
+    machine: &Machine,
+    mount: bool,
+    server: &str,
+) -> Result<Option<String>, HookError> {
+    let Some(hook) = &machine.hooks.mount else {
+        return Ok(None);
+    };
+    let verb = if mount { "mount" } else { "unmount" };
+    let out = run_hook(
+        hook,
+        &[verb.to_string(), server.to_string()],
+        machine.hooks.timeout,
+    )
+    .await?;
+    Ok(Some(format!("{hook} {verb} {server}: ok {}", out.trim())))
+}

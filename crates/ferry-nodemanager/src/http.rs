@@ -1,0 +1,120 @@
+//! The Node Manager's HTTP API, `/nm/v1`. Every route requires the domain secret as a bearer
+//! token (mutual TLS replaces it in part 4); bad input gets a 4xx with `{error, detail}`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ferry_api::{ErrorBody, NmHealth, NmStart, NmStop};
+use ferry_core::ServerName;
+use ferry_host::files;
+
+use crate::manager::{Nm, Refusal};
+
+pub(crate) fn router(nm: Arc<Nm>) -> Router {
+    Router::new()
+        .route("/nm/v1/health", get(health))
+        .route("/nm/v1/servers", get(servers))
+        .route("/nm/v1/servers/{name}/start", post(start))
+        .route("/nm/v1/servers/{name}/stop", post(stop))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(nm.clone(), auth))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(nm)
+}
+
+fn error(status: u16, msg: impl Into<String>) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        code,
+        Json(ErrorBody {
+            error: msg.into(),
+            detail: serde_json::Value::Null,
+        }),
+    )
+        .into_response()
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.error)
+    }
+}
+
+async fn auth(State(nm): State<Arc<Nm>>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if files::secrets_equal(token, &nm.opts.secret) => next.run(req).await,
+        Some(_) => error(403, "wrong domain secret: this Node Manager belongs to another domain, or the secret was regenerated; use the secret file of this domain's Administration Server"),
+        None => error(401, "missing credentials: Node Manager calls need the domain secret as `Authorization: Bearer SECRET`"),
+    }
+}
+
+async fn not_found() -> Response {
+    error(404, "no such Node Manager endpoint: see /nm/v1/health, /nm/v1/servers, /nm/v1/servers/NAME/start|stop")
+}
+
+async fn health(State(nm): State<Arc<Nm>>) -> Json<NmHealth> {
+    Json(NmHealth {
+        machine: nm.opts.machine.to_string(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn servers(State(nm): State<Arc<Nm>>) -> Json<Vec<ferry_api::NmServer>> {
+    Json(nm.snapshot())
+}
+
+fn server_name(name: &str) -> Result<ServerName, Response> {
+    ServerName::new(name).map_err(|e| error(400, e.to_string()))
+}
+
+async fn start(
+    State(nm): State<Arc<Nm>>,
+    Path(name): Path<String>,
+    body: Result<Json<NmStart>, JsonRejection>,
+) -> Response {
+    let server = match server_name(&name) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Json(cmd) = match body {
+        Ok(b) => b,
+        Err(e) => return error(400, format!("bad start command: {}", e.body_text())),
+    };
+    match nm.start(&server, &cmd.origin, cmd.in_place, None).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn stop(
+    State(nm): State<Arc<Nm>>,
+    Path(name): Path<String>,
+    body: Result<Json<NmStop>, JsonRejection>,
+) -> Response {
+    let server = match server_name(&name) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Json(cmd) = match body {
+        Ok(b) => b,
+        Err(e) => return error(400, format!("bad stop command: {}", e.body_text())),
+    };
+    match nm
+        .stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms)
+        .await
+    {
+        Ok(ack) => Json(ack).into_response(),
+        Err(r) => r.into_response(),
+    }
+}

@@ -1,0 +1,957 @@
+//! The Node Manager's state and the supervision of its server processes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_api::{
+    AdminClient, Bootstrap, EventSink, NmAck, NmServer, Origin, Report, VersionedDomain,
+};
+use ferry_core::domain::Domain;
+use ferry_core::nodeman::{ExitKind, RestartPolicy, Supervisor, SupervisorAction};
+use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
+use ferry_host::hooks::{self, IpAction};
+use ferry_host::{clock, files, process};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// How the Node Manager is started (`ferry nodemanager`).
+#[derive(Debug, Clone)]
+pub struct NmOptions {
+    pub machine: MachineName,
+    /// The domain file, if given; its `[admin] listen` is the admin's address.
+    pub domain_file: Option<PathBuf>,
+    pub admin_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub secret: String,
+    /// The `ferry` executable to start servers with.
+    pub ferry_exe: PathBuf,
+}
+
+/// One server process (or the memory of one) on this machine.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Proc {
+    pub state: &'static str,
+    pub pid: Option<i32>,
+    pub incarnation: Option<Incarnation>,
+    pub epoch: Option<u64>,
+    pub deadline: Option<Mono>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    pub master: bool,
+    /// Set when this Node Manager stops or kills the process on purpose.
+    pub stopping: bool,
+    pub fenced: bool,
+    pub ip_plumbed: bool,
+}
+
+pub(crate) struct Nm {
+    pub opts: NmOptions,
+    pub domain: Mutex<VersionedDomain>,
+    pub sup: Mutex<Supervisor>,
+    pub procs: Mutex<BTreeMap<ServerName, Proc>>,
+    pub events: EventSink,
+    pub wake: tokio::sync::Notify,
+    /// Serialises start and stop of one server (two commands must not interleave).
+    pub locks: Mutex<BTreeMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// An error answered to a caller: HTTP status and message.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub status: u16,
+    pub error: String,
+}
+
+impl Refusal {
+    pub fn new(status: u16, error: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            error: error.into(),
+        }
+    }
+}
+
+impl Nm {
+    pub fn domain(&self) -> VersionedDomain {
+        self.domain
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn machine_name(&self) -> &str {
+        self.opts.machine.as_str()
+    }
+
+    fn lock_for(&self, server: &ServerName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(server.clone()).or_default().clone()
+    }
+
+    fn server_dir(&self, server: &ServerName) -> PathBuf {
+        self.opts.data_dir.join("servers").join(server.as_str())
+    }
+
+    fn set_state(&self, server: &ServerName, state: &'static str) {
+        if let Ok(mut procs) = self.procs.lock() {
+            procs.entry(server.clone()).or_default().state = state;
+        }
+        // The seed's server.state file: the first line is the state.
+        let _ = files::write_atomic(
+            &self.server_dir(server).join("state"),
+            format!("{state}\n").as_bytes(),
+            0o644,
+        );
+    }
+
+    pub fn snapshot(&self) -> Vec<NmServer> {
+        let now = clock::now();
+        let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        procs
+            .iter()
+            .map(|(name, p)| NmServer {
+                name: name.to_string(),
+                state: p.state.to_string(),
+                pid: p.pid,
+                incarnation: p.incarnation.as_ref().map(|i| i.0.clone()),
+                epoch: p.epoch,
+                deadline_in_ms: p.deadline.map(|d| d.0 as i64 - now.0 as i64),
+                restarts: p.restarts,
+                last_exit: p.last_exit.clone(),
+                master: p.master,
+            })
+            .collect()
+    }
+
+    fn ack(&self, server: &ServerName, message: impl Into<String>) -> NmAck {
+        let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+        let p = procs.get(server).cloned().unwrap_or_default();
+        NmAck {
+            server: server.to_string(),
+            state: p.state.to_string(),
+            pid: p.pid,
+            message: message.into(),
+        }
+    }
+
+    /// Checks who is asking: a master's command must carry the highest master epoch seen for
+    /// a cluster this server belongs to (rule 5).
+    fn check_origin(
+        &self,
+        domain: &Domain,
+        server: &ServerName,
+        origin: &Origin,
+    ) -> Result<(), Refusal> {
+        if let Origin::Master {
+            cluster,
+            epoch,
+            server: from,
+        } = origin
+        {
+            let cluster =
+                ClusterName::new(cluster.as_str()).map_err(|e| Refusal::new(400, e.to_string()))?;
+            let cfg = domain
+                .server(server)
+                .ok_or_else(|| Refusal::new(404, format!("unknown server {server}")))?;
+            if cfg.cluster != cluster {
+                return Err(Refusal::new(
+                    403,
+                    format!("the master of cluster {cluster} may not command {server}, which belongs to {}", cfg.cluster),
+                ));
+            }
+            let mut sup = self.sup.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(stale) = sup.check_master(&cluster, Epoch(*epoch)) {
+                self.events.emit(
+                    "stale-master-refused",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    Some(*epoch),
+                    format!("refused a command from {from}: {stale}"),
+                );
+                return Err(Refusal::new(409, stale.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts `server` here. Idempotent: a server already running here is left alone
+    /// unless `in_place` asks to replace what is left of it.
+    pub async fn start(
+        self: &Arc<Self>,
+        server: &ServerName,
+        origin: &Origin,
+        in_place: bool,
+        handover_from: Option<Incarnation>,
+    ) -> Result<NmAck, Refusal> {
+        let domain = self.domain();
+        let cfg = domain.domain.server(server).cloned().ok_or_else(|| {
+            Refusal::new(
+                404,
+                format!(
+                    "unknown server {server}: it is not defined in domain {}",
+                    domain.domain.name
+                ),
+            )
+        })?;
+        let machine = domain
+            .domain
+            .machine(&self.opts.machine)
+            .cloned()
+            .ok_or_else(|| {
+                Refusal::new(
+                    409,
+                    format!("machine {} is not defined in the domain", self.opts.machine),
+                )
+            })?;
+        let allowed = cfg.machine == self.opts.machine
+            || domain
+                .domain
+                .candidates_for(&cfg)
+                .contains(&self.opts.machine);
+        if !allowed {
+            return Err(Refusal::new(
+                409,
+                format!(
+                    "server {server} may not run on {}: it is neither its home machine ({}) nor one of its candidate machines",
+                    self.opts.machine, cfg.machine
+                ),
+            ));
+        }
+        self.check_origin(&domain.domain, server, origin)?;
+        let lock = self.lock_for(server);
+        let _guard = lock.lock().await;
+
+        let running = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs.get(server).and_then(|p| {
+                p.pid
+                    .filter(|&pid| process::alive(pid))
+                    .map(|pid| (pid, p.clone()))
+            })
+        };
+        let mut handover_from = handover_from;
+        if let Some((pid, p)) = running {
+            if !in_place {
+                return Ok(self.ack(
+                    server,
+                    format!("{server} is already running here (pid {pid})"),
+                ));
+            }
+            self.events.emit(
+                "kill",
+                Some(server.as_str()),
+                Some(self.machine_name()),
+                p.epoch,
+                format!(
+                    "killing what is left of {server} (pid {pid}) before restarting it in place"
+                ),
+            );
+            self.kill_and_wait(server, pid).await;
+            // This Node Manager reaped that incarnation itself: it may hand its lease over.
+            handover_from = p.incarnation.clone();
+        }
+        if let Some(sup) = self.sup.lock().ok().as_mut() {
+            if !matches!(origin, Origin::Admin) || handover_from.is_none() {
+                sup.reset_crashes(server);
+            }
+        }
+
+        // Floating IP and disks first: the server must find them in place (Figure 7-2).
+        let ip_plumbed = self
+            .procs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(server).map(|p| p.ip_plumbed))
+            .unwrap_or(false);
+        if let (Some(ip), false) = (cfg.floating_ip, ip_plumbed) {
+            match hooks::floating_ip(&machine, IpAction::Add, ip).await {
+                Ok(line) => self.events.emit(
+                    "addif",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    None,
+                    line,
+                ),
+                Err(e) => {
+                    self.set_state(server, "FAILED");
+                    let msg = format!("not starting {server}: adding floating IP {ip} failed: {e}");
+                    self.events.emit(
+                        "start-failed",
+                        Some(server.as_str()),
+                        Some(self.machine_name()),
+                        None,
+                        msg.clone(),
+                    );
+                    return Err(Refusal::new(502, msg));
+                }
+            }
+            if let Ok(mut procs) = self.procs.lock() {
+                procs.entry(server.clone()).or_default().ip_plumbed = true;
+            }
+        }
+        match hooks::mount(&machine, true, server.as_str()).await {
+            Ok(Some(line)) => self.events.emit(
+                "mount",
+                Some(server.as_str()),
+                Some(self.machine_name()),
+                None,
+                line,
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                self.set_state(server, "FAILED");
+                let msg = format!("not starting {server}: mount hook failed: {e}");
+                self.events.emit(
+                    "start-failed",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    None,
+                    msg.clone(),
+                );
+                self.remove_ip(server).await;
+                return Err(Refusal::new(502, msg));
+            }
+        }
+        self.spawn_server(server, &domain, handover_from)
+            .map_err(|e| {
+                let msg = format!("could not start {server}: {e:#}");
+                self.events.emit(
+                    "start-failed",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    None,
+                    msg.clone(),
+                );
+                Refusal::new(500, msg)
+            })?;
+        Ok(self.ack(server, format!("started {server} on {}", self.opts.machine)))
+    }
+
+    fn spawn_server(
+        self: &Arc<Self>,
+        server: &ServerName,
+        domain: &VersionedDomain,
+        handover_from: Option<Incarnation>,
+    ) -> anyhow::Result<()> {
+        let incarnation = Incarnation::from_random(rand::random());
+        let dir = self.server_dir(server);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let spec = process::SpawnSpec {
+            program: self.opts.ferry_exe.clone(),
+            args: vec!["server".into(), server.to_string()],
+            env: vec![("FERRY_LOG_TARGET".into(), "stderr".into())],
+            env_remove: vec!["FERRY_SECRET".into()],
+            log_file: Some(dir.join("server.log")),
+            stdout_piped: true,
+            stdin_piped: true,
+            new_session: true,
+            new_group: false,
+            cwd: Some(dir.clone()),
+        };
+        let mut child = process::spawn(&spec).context("spawn failed")?;
+        let pid = child.id().map(|p| p as i32);
+        let boot = Bootstrap {
+            machine: self.opts.machine.to_string(),
+            incarnation: incarnation.0.clone(),
+            handover_from: handover_from.as_ref().map(|i| i.0.clone()),
+            admin_url: self.admin_url(&domain.domain),
+            secret: self.opts.secret.clone(),
+            cache_dir: dir.display().to_string(),
+            domain: Some(domain.clone()),
+        };
+        let mut line = serde_json::to_vec(&boot)?;
+        line.push(b'\n');
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let now = clock::now();
+        {
+            let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            let p = procs.entry(server.clone()).or_default();
+            let restarts = if handover_from.is_some() {
+                p.restarts + 1
+            } else {
+                p.restarts
+            };
+            *p = Proc {
+                state: "STARTING",
+                pid,
+                incarnation: Some(incarnation.clone()),
+                restarts,
+                ip_plumbed: p.ip_plumbed,
+                ..Default::default()
+            };
+        }
+        self.set_state(server, "STARTING");
+        if let Some(pid) = pid {
+            let _ = files::write_atomic(
+                &dir.join("pid"),
+                format!("{pid} {incarnation}\n").as_bytes(),
+                0o644,
+            );
+        }
+        self.sup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_started(server, incarnation.clone(), now);
+        self.events.emit(
+            "server-started",
+            Some(server.as_str()),
+            Some(self.machine_name()),
+            None,
+            match &handover_from {
+                Some(old) => format!("started {server} (pid {}, incarnation {incarnation}) taking over from reaped incarnation {old}", pid.unwrap_or(0)),
+                None => format!("started {server} (pid {}, incarnation {incarnation})", pid.unwrap_or(0)),
+            },
+        );
+        let nm = self.clone();
+        let server = server.clone();
+        tokio::spawn(async move {
+            if let Some(mut stdin) = stdin {
+                let _ = stdin.write_all(&line).await;
+                drop(stdin);
+            }
+            if let Some(out) = stdout {
+                let mut lines = BufReader::new(out).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    nm.on_report(&server, &incarnation, &l);
+                }
+            }
+            let status = child.wait().await;
+            nm.on_exit(&server, &incarnation, status).await;
+        });
+        Ok(())
+    }
+
+    fn admin_url(&self, domain: &Domain) -> String {
+        self.opts
+            .admin_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", domain.admin.listen))
+    }
+
+    fn on_report(&self, server: &ServerName, incarnation: &Incarnation, line: &str) {
+        let Ok(report) = serde_json::from_str::<Report>(line) else {
+            tracing::debug!(server = %server, "ignoring a line that is not a report: {line}");
+            return;
+        };
+        let current = |p: &Proc| p.incarnation.as_ref() == Some(incarnation);
+        match report {
+            Report::Deadline { at_ms } => {
+                self.sup
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_deadline(server, incarnation, Mono(at_ms));
+                if let Ok(mut procs) = self.procs.lock() {
+                    if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
+                        p.deadline = Some(Mono(at_ms));
+                    }
+                }
+                self.wake.notify_one();
+            }
+            Report::Acquired { epoch } => {
+                if let Ok(mut procs) = self.procs.lock() {
+                    if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
+                        p.epoch = Some(epoch);
+                    }
+                }
+            }
+            Report::Running => self.set_state(server, "RUNNING"),
+            Report::Master { held, .. } => {
+                if let Ok(mut procs) = self.procs.lock() {
+                    if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
+                        p.master = held;
+                    }
+                }
+            }
+            Report::Released => {
+                self.sup
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_released(server, incarnation);
+                if let Ok(mut procs) = self.procs.lock() {
+                    if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
+                        p.deadline = None;
+                    }
+                }
+            }
+            Report::Event {
+                kind,
+                message,
+                epoch,
+                server: about,
+            } => {
+                self.events.push(ferry_api::Event {
+                    id: 0,
+                    at_ms: clock::wall_ms(),
+                    source: format!("server/{server}"),
+                    kind,
+                    server: Some(about.unwrap_or_else(|| server.to_string())),
+                    machine: Some(self.opts.machine.to_string()),
+                    epoch,
+                    message,
+                });
+            }
+        }
+    }
+
+    async fn on_exit(
+        self: &Arc<Self>,
+        server: &ServerName,
+        incarnation: &Incarnation,
+        status: std::io::Result<std::process::ExitStatus>,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let (code, desc) = match &status {
+            Ok(s) => (
+                s.code(),
+                s.code().map_or_else(
+                    || format!("killed by signal {}", s.signal().unwrap_or(0)),
+                    |c| format!("exit code {c}"),
+                ),
+            ),
+            Err(e) => (None, format!("wait failed: {e}")),
+        };
+        // Whatever the server left behind in its session dies with it.
+        let pid = {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            procs
+                .get(server)
+                .filter(|p| p.incarnation.as_ref() == Some(incarnation))
+                .and_then(|p| p.pid)
+        };
+        let Some(pid) = pid else { return };
+        process::kill_session(pid);
+        let (stopping, fenced, epoch) = {
+            let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            let p = procs.entry(server.clone()).or_default();
+            p.pid = None;
+            p.deadline = None;
+            p.master = false;
+            p.last_exit = Some(desc.clone());
+            (p.stopping, p.fenced, p.epoch)
+        };
+        let kind = ExitKind::classify(code, stopping || fenced);
+        let actions = self.sup.lock().unwrap_or_else(|p| p.into_inner()).on_exit(
+            server,
+            incarnation,
+            kind,
+            clock::now(),
+        );
+        self.events.emit(
+            "server-exited",
+            Some(server.as_str()),
+            Some(self.machine_name()),
+            epoch,
+            format!("{server} (incarnation {incarnation}) ended: {desc} ({kind:?})"),
+        );
+        for action in actions {
+            match action {
+                SupervisorAction::Restart {
+                    server,
+                    handover_from,
+                    delay_ms,
+                } => {
+                    self.set_state(&server, "RESTARTING");
+                    let nm = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                        nm.events.emit(
+                            "restart-in-place",
+                            Some(server.as_str()),
+                            Some(nm.machine_name()),
+                            None,
+                            format!("{server} crashed; restarting it on {} at once (after {delay_ms} ms) with a lease handover", nm.opts.machine),
+                        );
+                        if let Err(r) = nm
+                            .start(&server, &Origin::Admin, false, Some(handover_from))
+                            .await
+                        {
+                            tracing::warn!("restart of {server} failed: {}", r.error);
+                        }
+                    });
+                }
+                SupervisorAction::Down { server, state } => {
+                    self.set_state(&server, state);
+                    self.remove_ip(&server).await;
+                    if let Some(machine) = self.domain().domain.machine(&self.opts.machine).cloned()
+                    {
+                        if let Err(e) = hooks::mount(&machine, false, server.as_str()).await {
+                            self.events.emit(
+                                "unmount-failed",
+                                Some(server.as_str()),
+                                Some(self.machine_name()),
+                                None,
+                                e.to_string(),
+                            );
+                        }
+                    }
+                }
+                SupervisorAction::Fence { .. } => {}
+            }
+        }
+    }
+
+    async fn remove_ip(&self, server: &ServerName) {
+        let plumbed = self
+            .procs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(server).map(|p| p.ip_plumbed))
+            .unwrap_or(false);
+        if !plumbed {
+            return;
+        }
+        let domain = self.domain().domain;
+        let (Some(cfg), Some(machine)) =
+            (domain.server(server), domain.machine(&self.opts.machine))
+        else {
+            return;
+        };
+        if let Some(ip) = cfg.floating_ip {
+            match hooks::floating_ip(machine, IpAction::Remove, ip).await {
+                Ok(line) => self.events.emit(
+                    "removeif",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    None,
+                    line,
+                ),
+                Err(e) => self.events.emit(
+                    "removeif-failed",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    None,
+                    e.to_string(),
+                ),
+            }
+        }
+        if let Ok(mut procs) = self.procs.lock() {
+            if let Some(p) = procs.get_mut(server) {
+                p.ip_plumbed = false;
+            }
+        }
+    }
+
+    /// SIGKILLs a server's session and waits until its supervision task has reaped it.
+    async fn kill_and_wait(&self, server: &ServerName, pid: i32) {
+        if let Ok(mut procs) = self.procs.lock() {
+            if let Some(p) = procs.get_mut(server) {
+                p.stopping = true;
+            }
+        }
+        process::kill_session(pid);
+        self.wait_exit(server, Duration::from_secs(10)).await;
+    }
+
+    async fn wait_exit(&self, server: &ServerName, patience: Duration) -> bool {
+        let until = clock::now() + patience;
+        loop {
+            let gone = self
+                .procs
+                .lock()
+                .ok()
+                .map(|p| p.get(server).is_none_or(|p| p.pid.is_none()))
+                .unwrap_or(true);
+            if gone {
+                return true;
+            }
+            if clock::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops a server: SIGTERM (it stops its services and releases its lease), then SIGKILL
+    /// of its session after the timeout; `force` kills at once. A killed server's lease is
+    /// released here, so the cluster master does not restart what an operator stopped.
+    pub async fn stop(
+        self: &Arc<Self>,
+        server: &ServerName,
+        origin: &Origin,
+        force: bool,
+        timeout_ms: Option<u64>,
+    ) -> Result<NmAck, Refusal> {
+        let domain = self.domain();
+        let cfg = domain.domain.server(server).cloned().ok_or_else(|| {
+            Refusal::new(
+                404,
+                format!(
+                    "unknown server {server}: it is not defined in domain {}",
+                    domain.domain.name
+                ),
+            )
+        })?;
+        self.check_origin(&domain.domain, server, origin)?;
+        let lock = self.lock_for(server);
+        let _guard = lock.lock().await;
+        let p = self
+            .procs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(server).cloned())
+            .unwrap_or_default();
+        let Some(pid) = p.pid.filter(|&pid| process::alive(pid)) else {
+            return Ok(self.ack(
+                server,
+                format!("{server} is not running on {}", self.opts.machine),
+            ));
+        };
+        if let Ok(mut procs) = self.procs.lock() {
+            if let Some(p) = procs.get_mut(server) {
+                p.stopping = true;
+            }
+        }
+        self.set_state(server, "STOPPING");
+        let timeout =
+            Duration::from_millis(timeout_ms.unwrap_or(cfg.shutdown_timeout.as_millis() as u64));
+        let mut forced = force;
+        if !force {
+            self.events.emit(
+                "stop",
+                Some(server.as_str()),
+                Some(self.machine_name()),
+                p.epoch,
+                format!("asking {server} (pid {pid}) to shut down gracefully"),
+            );
+            process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+            if !self.wait_exit(server, timeout).await {
+                self.events.emit(
+                    "stop-timeout",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    p.epoch,
+                    format!(
+                        "{server} did not stop within {} ms; killing it",
+                        timeout.as_millis()
+                    ),
+                );
+                forced = true;
+            }
+        }
+        if forced {
+            self.events.emit(
+                "kill",
+                Some(server.as_str()),
+                Some(self.machine_name()),
+                p.epoch,
+                format!("killing {server} (pid {pid}) and its services"),
+            );
+            process::kill_session(pid);
+            self.wait_exit(server, Duration::from_secs(10)).await;
+            if let (Some(inc), Some(epoch)) = (p.incarnation.clone(), p.epoch) {
+                self.release_for(&domain.domain, server, &inc, epoch).await;
+            }
+        }
+        self.set_state(server, "SHUTDOWN");
+        Ok(self.ack(server, format!("stopped {server} on {}", self.opts.machine)))
+    }
+
+    /// Releases the lease of an incarnation this Node Manager killed and reaped.
+    async fn release_for(
+        &self,
+        domain: &Domain,
+        server: &ServerName,
+        inc: &Incarnation,
+        epoch: u64,
+    ) {
+        let ds = domain.leasing.data_source.clone();
+        let result = async {
+            let store = ferry_store::open(&ds, Duration::from_secs(2)).await?;
+            store
+                .release(&LeaseName::Server(server.clone()), inc, Epoch(epoch))
+                .await
+        }
+        .await;
+        match result {
+            Ok(()) => self.events.emit(
+                "lease-released",
+                Some(server.as_str()),
+                Some(self.machine_name()),
+                Some(epoch),
+                format!("released the lease of killed {server} (epoch {epoch})"),
+            ),
+            Err(e) => tracing::info!("lease of {server} not released after kill: {e}"),
+        }
+    }
+
+    /// Rule 3: fences servers whose deadline passed, for ever (spawn it).
+    async fn fence_loop(self: Arc<Self>) {
+        loop {
+            let next = self.sup.lock().ok().and_then(|s| s.next_wakeup());
+            let wait = async {
+                match next {
+                    Some(at) => clock::sleep_until(at).await,
+                    None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                }
+            };
+            tokio::select! {
+                _ = wait => {}
+                _ = self.wake.notified() => continue,
+            }
+            let actions = self
+                .sup
+                .lock()
+                .map(|mut s| s.tick(clock::now()))
+                .unwrap_or_default();
+            for a in actions {
+                if let SupervisorAction::Fence {
+                    server,
+                    incarnation,
+                    late_ms,
+                } = a
+                {
+                    let pid = {
+                        let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+                        match procs
+                            .get_mut(&server)
+                            .filter(|p| p.incarnation.as_ref() == Some(&incarnation))
+                        {
+                            Some(p) => {
+                                p.fenced = true;
+                                p.pid
+                            }
+                            None => None,
+                        }
+                    };
+                    if let Some(pid) = pid {
+                        let n = process::kill_session(pid);
+                        self.events.emit(
+                            "fenced",
+                            Some(server.as_str()),
+                            Some(self.machine_name()),
+                            None,
+                            format!("{server} (pid {pid}) missed its lease deadline by {late_ms} ms; the Node Manager killed its {n} processes"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps the domain configuration fresh from the admin (it may change through the API).
+    async fn refresh_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let url = self.admin_url(&self.domain().domain);
+            let admin = AdminClient::new(&url, Duration::from_secs(2));
+            if let Ok(d) = admin.domain().await {
+                let mut cur = self.domain.lock().unwrap_or_else(|p| p.into_inner());
+                if d.version > cur.version || d.domain != cur.domain {
+                    *cur = d.clone();
+                    let _ = files::write_atomic(
+                        &self.opts.data_dir.join("domain-cache.json"),
+                        &serde_json::to_vec(&d).unwrap_or_default(),
+                        0o600,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Runs a Node Manager until Ctrl-C or SIGTERM.
+pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let cache = opts.data_dir.join("domain-cache.json");
+    let domain = load_initial_domain(&opts, &cache).await?;
+    let _ = files::write_atomic(&cache, &serde_json::to_vec(&domain)?, 0o600);
+    let machine = domain.domain.machine(&opts.machine).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "machine {} is not defined in domain {}: add a [[machines]] entry named {} or pass the right --machine",
+            opts.machine,
+            domain.domain.name,
+            opts.machine
+        )
+    })?;
+    let admin_url = opts
+        .admin_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", domain.domain.admin.listen));
+    let events = EventSink::new(format!("nodemanager/{}", opts.machine), clock::wall_ms);
+    tokio::spawn(events.clone().deliver(AdminClient::with_secret(
+        &admin_url,
+        &opts.secret,
+        Duration::from_secs(2),
+    )));
+    let nm = Arc::new(Nm {
+        opts: opts.clone(),
+        domain: Mutex::new(domain),
+        sup: Mutex::new(Supervisor::new(RestartPolicy::default())),
+        procs: Mutex::default(),
+        events,
+        wake: tokio::sync::Notify::new(),
+        locks: Mutex::default(),
+    });
+    tokio::spawn(nm.clone().fence_loop());
+    tokio::spawn(nm.clone().refresh_loop());
+    let listener = tokio::net::TcpListener::bind(machine.node_manager)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (node_manager of machine {})",
+                machine.node_manager, opts.machine
+            )
+        })?;
+    nm.events.emit(
+        "nodemanager-started",
+        None,
+        Some(opts.machine.as_str()),
+        None,
+        format!(
+            "Node Manager for {} listening on {}",
+            opts.machine, machine.node_manager
+        ),
+    );
+    let app = crate::http::router(nm.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    // Leave servers running: a Node Manager restart must not take the domain down.
+    Ok(())
+}
+
+async fn load_initial_domain(
+    opts: &NmOptions,
+    cache: &std::path::Path,
+) -> anyhow::Result<VersionedDomain> {
+    let from_file = match &opts.domain_file {
+        Some(path) => Some(files::load_domain(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+        None => None,
+    };
+    let admin_url = opts.admin_url.clone().or_else(|| {
+        from_file
+            .as_ref()
+            .map(|d| format!("http://{}", d.admin.listen))
+    });
+    if let Some(url) = admin_url {
+        if let Ok(d) = AdminClient::new(&url, Duration::from_secs(2))
+            .domain()
+            .await
+        {
+            return Ok(d);
+        }
+    }
+    if let Some(domain) = from_file {
+        return Ok(VersionedDomain { version: 0, domain });
+    }
+    let text = std::fs::read(cache).with_context(|| {
+        format!(
+            "the Administration Server is unreachable and there is no cached configuration at {}",
+            cache.display()
+        )
+    })?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}

@@ -1,0 +1,342 @@
+//! The cluster-master role inside a running server: holds `master/CLUSTER` with its own
+//! keeper (the renewals are the master's heartbeats, visible to every server in the table),
+//! scans the lease table every interval, and enacts the planner's decisions through Node
+//! Managers, each command stamped with the master lease's epoch (rule 5) and sent only while
+//! the master's own deadline has not passed (rule 6).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ferry_api::{NmClient, NmStart, Origin, Report};
+use ferry_core::keeper::{Keeper, KeeperAction, KeeperTiming};
+use ferry_core::master::{CommandResult, MasterAction, Planner};
+use ferry_core::{LeaseName, Mono, ServerName};
+use ferry_host::clock;
+
+use crate::runtime::{Ctx, Msg};
+
+pub(crate) struct MasterRole {
+    keeper: Keeper,
+    timing: KeeperTiming,
+    planner: Option<Planner>,
+    epoch: Option<u64>,
+    scan_in_flight: bool,
+    next_scan: Mono,
+    /// When to start competing again after losing the role.
+    retry_at: Option<Mono>,
+}
+
+impl MasterRole {
+    pub fn new(ctx: &Ctx, server_timing: KeeperTiming) -> Self {
+        let mut timing = server_timing;
+        timing.acquire_patience_ms = None;
+        let now = clock::now();
+        let _ = ctx;
+        MasterRole {
+            keeper: Keeper::new(timing, now),
+            timing,
+            planner: None,
+            epoch: None,
+            scan_in_flight: false,
+            next_scan: now,
+            retry_at: None,
+        }
+    }
+
+    fn lease(ctx: &Ctx) -> LeaseName {
+        LeaseName::Master(ctx.server.cluster.clone())
+    }
+
+    pub fn next_wakeup(&self, now: Mono) -> Mono {
+        let mut w = self.keeper.next_wakeup().unwrap_or(now + 1000);
+        if let Some(r) = self.retry_at {
+            w = w.min(r);
+        }
+        if let Some(at) = self.scan_due() {
+            w = w.min(at);
+        }
+        w
+    }
+
+    /// When the next scan is due: every interval, and also at once when the planner has a
+    /// grace period or a wait ending (so the master acts at that instant, not a scan later).
+    fn scan_due(&self) -> Option<Mono> {
+        if self.scan_in_flight {
+            return None;
+        }
+        let p = self.planner.as_ref()?;
+        Some(
+            p.next_wakeup()
+                .map_or(self.next_scan, |w| w.min(self.next_scan)),
+        )
+    }
+
+    pub fn tick(&mut self, ctx: &Ctx, now: Mono) {
+        if let Some(at) = self.retry_at {
+            if now < at {
+                return;
+            }
+            self.retry_at = None;
+            self.keeper = Keeper::new(self.timing, now);
+        }
+        let actions = self.keeper.tick(now);
+        self.on_keeper(ctx, actions);
+        if self.keeper.held(now).is_some() && self.scan_due().is_some_and(|at| now >= at) {
+            self.next_scan = now + self.timing.interval_ms;
+            self.scan_in_flight = true;
+            let store = ctx.store.clone();
+            let tracked: Vec<ServerName> = self
+                .planner
+                .as_ref()
+                .map(|p| p.in_progress().into_iter().map(|(s, _)| s).collect())
+                .unwrap_or_default();
+            let tx = ctx.tx.clone();
+            tokio::spawn(async move {
+                // The scan reads only expired rows plus the rows being worked on, so its cost
+                // follows the failures, not the size of the domain.
+                let r = async {
+                    let mut leases = store.expired().await?;
+                    let have: BTreeSet<LeaseName> = leases.iter().map(|l| l.name.clone()).collect();
+                    for s in tracked {
+                        let name = LeaseName::Server(s);
+                        if !have.contains(&name) {
+                            if let Some(l) = store.get(&name).await? {
+                                leases.push(l);
+                            }
+                        }
+                    }
+                    Ok(leases)
+                }
+                .await;
+                let _ = tx.send(Msg::Scan(r)).await;
+            });
+        }
+    }
+
+    fn on_keeper(&mut self, ctx: &Ctx, actions: Vec<KeeperAction>) {
+        for a in actions {
+            match a {
+                KeeperAction::Acquire => {
+                    let store = ctx.store.clone();
+                    let req = ctx.request(Self::lease(ctx));
+                    let tx = ctx.tx.clone();
+                    tokio::spawn(async move {
+                        let r = store.acquire(&req).await;
+                        let _ = tx.send(Msg::MasterAcquire(r)).await;
+                    });
+                }
+                KeeperAction::Renew { epoch } => {
+                    let store = ctx.store.clone();
+                    let name = Self::lease(ctx);
+                    let inc = ctx.incarnation.clone();
+                    let ttl = Duration::from_millis(self.timing.ttl_ms);
+                    let tx = ctx.tx.clone();
+                    tokio::spawn(async move {
+                        let r = store.renew(&name, &inc, epoch, ttl).await;
+                        let _ = tx.send(Msg::MasterRenew(r)).await;
+                    });
+                }
+                KeeperAction::Acquired { epoch } => {
+                    self.epoch = Some(epoch.0);
+                    self.planner = Some(Planner::new(ctx.server.cluster.clone()));
+                    self.next_scan = clock::now();
+                    ctx.report(&Report::Master {
+                        held: true,
+                        epoch: epoch.0,
+                    });
+                    ctx.event(
+                        "master-acquired",
+                        Some(epoch.0),
+                        format!(
+                            "{} is now cluster master of {} (master epoch {epoch})",
+                            ctx.name, ctx.server.cluster
+                        ),
+                    );
+                }
+                KeeperAction::Deadline { .. } => {}
+                KeeperAction::Fence { reason } => {
+                    let epoch = self.epoch.take().unwrap_or(0);
+                    self.planner = None;
+                    ctx.report(&Report::Master { held: false, epoch });
+                    ctx.event(
+                        "master-lost",
+                        Some(epoch),
+                        format!(
+                            "{} gave up the cluster master role of {}: {reason}",
+                            ctx.name, ctx.server.cluster
+                        ),
+                    );
+                    self.retry_at = Some(clock::now() + self.timing.interval_ms);
+                }
+                KeeperAction::Release { .. } => {}
+            }
+        }
+    }
+
+    pub fn on_msg(&mut self, ctx: &Ctx, now: Mono, msg: Msg) {
+        match msg {
+            Msg::MasterAcquire(r) => {
+                let actions = match r {
+                    Ok(lease) => self.keeper.on_acquired(now, lease.epoch),
+                    Err(e) => self.keeper.on_acquire_failed(now, e.to_string()),
+                };
+                self.on_keeper(ctx, actions);
+            }
+            Msg::MasterRenew(r) => {
+                let actions = match r {
+                    Ok(_) => self.keeper.on_renewed(now),
+                    Err(e @ ferry_store::StoreError::Lost { .. }) => {
+                        self.keeper.on_lost(now, e.to_string())
+                    }
+                    Err(e) => self.keeper.on_renew_failed(now, e.to_string()),
+                };
+                self.on_keeper(ctx, actions);
+            }
+            Msg::Scan(r) => {
+                self.scan_in_flight = false;
+                match r {
+                    Ok(leases) => {
+                        let actions = match self.planner.as_mut() {
+                            Some(p) => p.on_scan(now, &leases, &ctx.domain),
+                            None => return,
+                        };
+                        self.enact(ctx, actions);
+                    }
+                    // Rule: the master never acts on a table it cannot read.
+                    Err(e) => tracing::warn!("cluster master cannot read the lease table: {e}"),
+                }
+            }
+            Msg::NmResult {
+                server,
+                machine,
+                result,
+            } => {
+                let actions = match self.planner.as_mut() {
+                    Some(p) => p.on_command_result(now, &server, &machine, result, &ctx.domain),
+                    None => return,
+                };
+                self.enact(ctx, actions);
+            }
+            _ => {}
+        }
+    }
+
+    fn enact(&mut self, ctx: &Ctx, actions: Vec<MasterAction>) {
+        for a in actions {
+            match a {
+                MasterAction::Event {
+                    kind,
+                    server,
+                    message,
+                } => {
+                    tracing::info!(kind, server = %server, "{message}");
+                    ctx.report(&Report::Event {
+                        kind: kind.into(),
+                        message,
+                        epoch: self.epoch,
+                        server: Some(server.to_string()),
+                    });
+                }
+                MasterAction::Start {
+                    server,
+                    machine,
+                    in_place,
+                    power_fence,
+                } => {
+                    // Rule 6: act only while the master lease is valid by our own deadline.
+                    let Some((epoch, _)) = self.keeper.held(clock::now()) else {
+                        tracing::warn!("not starting {server} on {machine}: the master lease is no longer held");
+                        continue;
+                    };
+                    let Some(m) = ctx.domain.machine(&machine) else {
+                        continue;
+                    };
+                    let timeout =
+                        Duration::from_millis((self.timing.interval_ms * 2).clamp(200, 2_000));
+                    // Connect fails fast on a dead machine; a live one may take a moment to answer.
+                    let nm = NmClient::new(
+                        &m.node_manager.to_string(),
+                        &ctx.secret,
+                        timeout.max(Duration::from_secs(1)),
+                    );
+                    let cmd = NmStart {
+                        origin: Origin::Master {
+                            cluster: ctx.server.cluster.to_string(),
+                            epoch: epoch.0,
+                            server: ctx.name.to_string(),
+                        },
+                        in_place,
+                    };
+                    let fence_cmd = power_fence.as_ref().and_then(|_| {
+                        ctx.domain
+                            .cluster(&ctx.server.cluster)?
+                            .fence_command
+                            .clone()
+                    });
+                    let tx = ctx.tx.clone();
+                    tokio::spawn(async move {
+                        if let (Some(cmd), Some(failed)) = (fence_cmd, power_fence) {
+                            let mut args: Vec<String> = cmd[1..].to_vec();
+                            args.push(failed.to_string());
+                            args.push(server.to_string());
+                            if let Err(e) =
+                                ferry_host::hooks::run_hook(&cmd[0], &args, Duration::from_secs(30))
+                                    .await
+                            {
+                                let result = CommandResult::Refused(format!(
+                                    "power fence of {failed} failed: {e}"
+                                ));
+                                let _ = tx
+                                    .send(Msg::NmResult {
+                                        server,
+                                        machine,
+                                        result,
+                                    })
+                                    .await;
+                                return;
+                            }
+                        }
+                        let result = match nm.start(server.as_str(), &cmd).await {
+                            Ok(_) => CommandResult::Accepted,
+                            Err(e) if e.is_unreachable() => {
+                                CommandResult::Unreachable(e.to_string())
+                            }
+                            Err(e) => CommandResult::Refused(e.to_string()),
+                        };
+                        let _ = tx
+                            .send(Msg::NmResult {
+                                server,
+                                machine,
+                                result,
+                            })
+                            .await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Gives the master lease back on a graceful stop, so another server takes over at once.
+    pub async fn release(&mut self, ctx: &Ctx) {
+        let now = clock::now();
+        for a in self.keeper.release(now) {
+            if let KeeperAction::Release { epoch } = a {
+                match ctx
+                    .store
+                    .release(&Self::lease(ctx), &ctx.incarnation, epoch)
+                    .await
+                {
+                    Ok(()) => ctx.event(
+                        "master-released",
+                        Some(epoch.0),
+                        format!(
+                            "{} released the cluster master role of {}",
+                            ctx.name, ctx.server.cluster
+                        ),
+                    ),
+                    Err(e) => tracing::info!("master lease not released: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! The server runtime's main loop: one task that owns the lease keeper, the services and
+//! the master role; store calls, health checks and Node Manager calls run as side tasks and
+//! report back over a channel, so nothing slow ever stands between the loop and a deadline.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_api::{AdminClient, Bootstrap, Report, VersionedDomain};
+use ferry_core::domain::{Domain, Server};
+use ferry_core::keeper::{Keeper, KeeperAction, KeeperTiming};
+use ferry_core::lease::Lease;
+use ferry_core::{Incarnation, LeaseName, MachineName, Mono, ServerName};
+use ferry_host::{clock, files};
+use ferry_store::{AcquireRequest, LeaseStore, StoreError};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
+
+use crate::master::MasterRole;
+use crate::services::{self, Running, ServiceEnv};
+
+/// Exit status of a server that fenced itself or never obtained its lease.
+pub const EXIT_FENCED: i32 = 75;
+/// Exit status of a server that cannot run with the configuration it has.
+pub const EXIT_CONFIG: i32 = 78;
+/// Exit status when a hosted service died (the Node Manager restarts the server at once).
+const EXIT_SERVICE_DIED: i32 = 70;
+
+/// Answers that side tasks send back to the loop.
+pub(crate) enum Msg {
+    ServerAcquire(Result<Lease, StoreError>),
+    ServerRenew(Result<Lease, StoreError>),
+    MasterAcquire(Result<Lease, StoreError>),
+    MasterRenew(Result<Lease, StoreError>),
+    Scan(Result<Vec<Lease>, StoreError>),
+    NmResult {
+        server: ServerName,
+        machine: MachineName,
+        result: ferry_core::master::CommandResult,
+    },
+    Health(Vec<(String, Result<(), String>)>),
+}
+
+/// What every part of the runtime shares.
+pub(crate) struct Ctx {
+    pub name: ServerName,
+    pub machine: MachineName,
+    pub incarnation: Incarnation,
+    pub domain: Domain,
+    pub server: Server,
+    pub store: Arc<dyn LeaseStore>,
+    pub secret: String,
+    pub tx: mpsc::Sender<Msg>,
+}
+
+impl Ctx {
+    pub fn report(&self, r: &Report) {
+        report(r);
+    }
+
+    pub fn event(&self, kind: &str, epoch: Option<u64>, message: String) {
+        tracing::info!(kind, "{message}");
+        report(&Report::Event {
+            kind: kind.into(),
+            message,
+            epoch,
+            server: None,
+        });
+    }
+
+    pub fn request(&self, name: LeaseName) -> AcquireRequest {
+        AcquireRequest {
+            name,
+            owner: self.name.clone(),
+            machine: self.machine.clone(),
+            incarnation: self.incarnation.clone(),
+            ttl: self.server.lease_ttl(),
+        }
+    }
+}
+
+/// Writes one report line to the Node Manager; a closed channel (Node Manager gone) is
+/// ignored: the server keeps running on its own lease.
+fn report(r: &Report) {
+    use std::io::Write;
+    if let Ok(line) = serde_json::to_string(r) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+/// Runs `ferry server NAME`; returns the process's exit status.
+pub async fn run(name: ServerName) -> i32 {
+    let boot = match read_bootstrap().await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ferry server {name}: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let machine = match MachineName::new(boot.machine.as_str()) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ferry server {name}: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let cache_dir = PathBuf::from(&boot.cache_dir);
+    let Some(domain) = obtain_config(&name, &boot, &cache_dir).await else {
+        return EXIT_CONFIG;
+    };
+    let Some(server) = domain.domain.server(&name).cloned() else {
+        eprintln!(
+            "ferry server {name}: server {name} is not defined in domain {} (version {})",
+            domain.domain.name, domain.version
+        );
+        return EXIT_CONFIG;
+    };
+    let mut timing = KeeperTiming::new(
+        server.health_check_interval,
+        server.health_check_periods_until_fencing,
+    );
+    // Patience to take the lease: long enough for a dead holder's lease to run out.
+    timing.acquire_patience_ms = Some(timing.ttl_ms + 2 * timing.interval_ms);
+    let store = match ferry_store::open(
+        &domain.domain.leasing.data_source,
+        Duration::from_millis(timing.request_timeout_ms()),
+    )
+    .await
+    {
+        Ok(s) => Arc::<dyn LeaseStore>::from(s),
+        Err(e) => {
+            eprintln!("ferry server {name}: cannot open the lease table: {e}");
+            return if matches!(e, StoreError::Schema { .. }) {
+                EXIT_CONFIG
+            } else {
+                EXIT_FENCED
+            };
+        }
+    };
+    let (tx, rx) = mpsc::channel(256);
+    let ctx = Ctx {
+        name,
+        machine,
+        incarnation: Incarnation(boot.incarnation.clone()),
+        domain: domain.domain.clone(),
+        server,
+        store,
+        secret: boot.secret.clone(),
+        tx,
+    };
+    let handover = boot.handover_from.clone().map(Incarnation);
+    Runtime::new(ctx, timing, handover, cache_dir).run(rx).await
+}
+
+async fn read_bootstrap() -> Result<Bootstrap, String> {
+    let mut line = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    match tokio::time::timeout(Duration::from_secs(10), stdin.read_line(&mut line)).await {
+        Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).map_err(|e| format!("bad bootstrap message from the Node Manager: {e}")),
+        _ => Err("no bootstrap message on stdin: `ferry server` is started by a Node Manager (`ferry start NAME`), not by hand".into()),
+    }
+}
+
+/// Figure 7-1 steps 4 and 5: fetch the configuration from the admin and cache it; when the
+/// admin is down, use the cached copy (managed server independence), then the Node
+/// Manager's copy.
+async fn obtain_config(
+    name: &ServerName,
+    boot: &Bootstrap,
+    cache_dir: &std::path::Path,
+) -> Option<VersionedDomain> {
+    let cache = cache_dir.join("config-cache.json");
+    let admin = AdminClient::new(&boot.admin_url, Duration::from_secs(2));
+    match admin.server_config(name.as_str()).await {
+        Ok(d) => {
+            if let Ok(bytes) = serde_json::to_vec(&d) {
+                if let Err(e) = files::write_atomic(&cache, &bytes, 0o600) {
+                    tracing::warn!(
+                        "could not cache the configuration at {}: {e}",
+                        cache.display()
+                    );
+                }
+            }
+            report(&Report::Event {
+                kind: "config-obtained".into(),
+                message: format!("{name} obtained configuration version {} from the Administration Server and cached it", d.version),
+                epoch: None,
+                server: None,
+            });
+            return Some(d);
+        }
+        Err(e) => {
+            tracing::warn!("Administration Server unavailable ({e}); using cached configuration")
+        }
+    }
+    if let Some(d) = std::fs::read(&cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<VersionedDomain>(&b).ok())
+    {
+        report(&Report::Event {
+            kind: "config-cached".into(),
+            message: format!("{name} started from its cached configuration version {} (Administration Server unreachable)", d.version),
+            epoch: None,
+            server: None,
+        });
+        return Some(d);
+    }
+    if let Some(d) = boot.domain.clone() {
+        report(&Report::Event {
+            kind: "config-cached".into(),
+            message: format!("{name} started from the Node Manager's copy of the configuration (version {}; Administration Server unreachable)", d.version),
+            epoch: None,
+            server: None,
+        });
+        return Some(d);
+    }
+    eprintln!("ferry server {name}: the Administration Server at {} is unreachable and no configuration is cached", boot.admin_url);
+    None
+}
+
+struct Runtime {
+    ctx: Ctx,
+    keeper: Keeper,
+    handover: Option<Incarnation>,
+    dir: PathBuf,
+    services: Vec<Running>,
+    epoch: Option<u64>,
+    running_reported: bool,
+    unhealthy_reported: bool,
+    health_in_flight: bool,
+    next_health: Mono,
+    master: Option<MasterRole>,
+}
+
+enum Flow {
+    Continue,
+    Exit(i32),
+}
+
+impl Runtime {
+    fn new(ctx: Ctx, timing: KeeperTiming, handover: Option<Incarnation>, dir: PathBuf) -> Self {
+        let now = clock::now();
+        Runtime {
+            keeper: Keeper::new(timing, now),
+            ctx,
+            handover,
+            dir,
+            services: Vec::new(),
+            epoch: None,
+            running_reported: false,
+            unhealthy_reported: false,
+            health_in_flight: false,
+            next_health: now,
+            master: None,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> i32 {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("cannot install the SIGTERM handler: {e}");
+                    return EXIT_CONFIG;
+                }
+            };
+        loop {
+            let now = clock::now();
+            let actions = self.keeper.tick(now);
+            if let Flow::Exit(code) = self.on_keeper(actions).await {
+                return code;
+            }
+            if let Some(m) = self.master.as_mut() {
+                m.tick(&self.ctx, now);
+            }
+            if let Flow::Exit(code) = self.check_services(now) {
+                return code;
+            }
+            let mut wake = self.keeper.next_wakeup().unwrap_or(now + 1000);
+            if self.epoch.is_some() {
+                wake = wake.min(self.next_health);
+            }
+            if let Some(m) = &self.master {
+                wake = wake.min(m.next_wakeup(now));
+            }
+            // Never spin: even a due wakeup yields to the side tasks for a moment.
+            let wake = wake.max(now + 1);
+            tokio::select! {
+                biased;
+                _ = term.recv() => return self.shutdown().await,
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { continue };
+                    if let Flow::Exit(code) = self.on_msg(msg).await {
+                        return code;
+                    }
+                }
+                _ = clock::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn on_msg(&mut self, msg: Msg) -> Flow {
+        let now = clock::now();
+        match msg {
+            Msg::ServerAcquire(r) => {
+                let actions = match r {
+                    Ok(lease) => self.keeper.on_acquired(now, lease.epoch),
+                    Err(e) => {
+                        if matches!(e, StoreError::Lost { .. }) {
+                            // The handover was refused: someone took the lease meanwhile.
+                            self.handover = None;
+                        }
+                        self.keeper.on_acquire_failed(now, e.to_string())
+                    }
+                };
+                self.on_keeper(actions).await
+            }
+            Msg::ServerRenew(r) => {
+                let actions = match r {
+                    Ok(_) => self.keeper.on_renewed(now),
+                    Err(e @ StoreError::Lost { .. }) => self.keeper.on_lost(now, e.to_string()),
+                    Err(e) => self.keeper.on_renew_failed(now, e.to_string()),
+                };
+                self.on_keeper(actions).await
+            }
+            Msg::Health(results) => {
+                self.health_in_flight = false;
+                self.on_health(now, results);
+                Flow::Continue
+            }
+            other => {
+                if let Some(m) = self.master.as_mut() {
+                    m.on_msg(&self.ctx, now, other);
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn on_keeper(&mut self, actions: Vec<KeeperAction>) -> Flow {
+        for action in actions {
+            match action {
+                KeeperAction::Acquire => {
+                    let store = self.ctx.store.clone();
+                    let req = self.ctx.request(LeaseName::Server(self.ctx.name.clone()));
+                    let handover = self.handover.clone();
+                    let tx = self.ctx.tx.clone();
+                    tokio::spawn(async move {
+                        let r = match handover {
+                            Some(from) => store.handover(&req, &from).await,
+                            None => store.acquire(&req).await,
+                        };
+                        let _ = tx.send(Msg::ServerAcquire(r)).await;
+                    });
+                }
+                KeeperAction::Renew { epoch } => {
+                    let store = self.ctx.store.clone();
+                    let name = LeaseName::Server(self.ctx.name.clone());
+                    let inc = self.ctx.incarnation.clone();
+                    let ttl = self.ctx.server.lease_ttl();
+                    let tx = self.ctx.tx.clone();
+                    tokio::spawn(async move {
+                        let r = store.renew(&name, &inc, epoch, ttl).await;
+                        let _ = tx.send(Msg::ServerRenew(r)).await;
+                    });
+                }
+                KeeperAction::Deadline { at } => self.ctx.report(&Report::Deadline { at_ms: at.0 }),
+                KeeperAction::Acquired { epoch } => {
+                    self.epoch = Some(epoch.0);
+                    self.ctx.report(&Report::Acquired { epoch: epoch.0 });
+                    self.ctx.event(
+                        "lease-acquired",
+                        Some(epoch.0),
+                        format!(
+                            "{} obtained its server lease on {} (epoch {}, ttl {} ms){}",
+                            self.ctx.name,
+                            self.ctx.machine,
+                            epoch,
+                            self.keeper.timing.ttl_ms,
+                            if self.handover.is_some() {
+                                " by handover from the reaped incarnation"
+                            } else {
+                                ""
+                            }
+                        ),
+                    );
+                    let env = ServiceEnv {
+                        server: &self.ctx.server,
+                        machine: self.ctx.machine.as_str(),
+                        epoch: epoch.0,
+                        incarnation: &self.ctx.incarnation.0,
+                    };
+                    match services::start_all(&env, &self.dir) {
+                        Ok(s) => self.services = s,
+                        Err(e) => {
+                            self.ctx.event(
+                                "start-failed",
+                                Some(epoch.0),
+                                format!("{}: {e}", self.ctx.name),
+                            );
+                            self.release_all().await;
+                            return Flow::Exit(EXIT_CONFIG);
+                        }
+                    }
+                    self.next_health = clock::now();
+                    // Figure 7-1 step 6: the server tries for the master role once it runs.
+                    self.master = Some(MasterRole::new(&self.ctx, self.keeper.timing));
+                }
+                KeeperAction::Fence { reason } => {
+                    services::kill_all(&mut self.services);
+                    let msg = format!("{} {reason}; its services were killed", self.ctx.name);
+                    eprintln!("<Error> <Cluster> <FERRY-000150> <{msg}>");
+                    self.ctx.event("fenced", self.epoch, msg);
+                    return Flow::Exit(EXIT_FENCED);
+                }
+                KeeperAction::Release { epoch } => self.release_server_lease(epoch).await,
+            }
+        }
+        Flow::Continue
+    }
+
+    fn check_services(&mut self, now: Mono) -> Flow {
+        if self.epoch.is_none() || self.services.is_empty() {
+            return Flow::Continue;
+        }
+        if let Some((svc, status)) = services::exited(&mut self.services) {
+            services::kill_all(&mut self.services);
+            self.ctx.event(
+                "service-died",
+                self.epoch,
+                format!("service {svc} of {} ended ({status}); the server exits so its Node Manager restarts it", self.ctx.name),
+            );
+            return Flow::Exit(EXIT_SERVICE_DIED);
+        }
+        if now >= self.next_health && !self.health_in_flight {
+            self.next_health = now + self.keeper.timing.interval_ms;
+            self.health_in_flight = true;
+            let checks: Vec<_> = self
+                .services
+                .iter()
+                .filter_map(|s| s.health.clone().map(|h| (s.name.clone(), h)))
+                .collect();
+            let timeout = Duration::from_millis(self.keeper.timing.request_timeout_ms());
+            let tx = self.ctx.tx.clone();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for (name, h) in checks {
+                    out.push((name, services::check(&h, timeout).await));
+                }
+                let _ = tx.send(Msg::Health(out)).await;
+            });
+        }
+        Flow::Continue
+    }
+
+    fn on_health(&mut self, now: Mono, results: Vec<(String, Result<(), String>)>) {
+        let mut healthy = true;
+        let mut problems = Vec::new();
+        for (name, r) in results {
+            let Some(svc) = self.services.iter_mut().find(|s| s.name == name) else {
+                continue;
+            };
+            match r {
+                Ok(()) => svc.healthy_once = true,
+                Err(e) => {
+                    let starting = !svc.healthy_once
+                        && now.since(svc.started_at) < svc.start_timeout.as_millis() as u64;
+                    if !starting {
+                        healthy = false;
+                        problems.push(format!("{name}: {e}"));
+                    }
+                }
+            }
+        }
+        self.keeper.set_healthy(healthy);
+        if !healthy && !self.unhealthy_reported {
+            self.unhealthy_reported = true;
+            self.ctx.event(
+                "unhealthy",
+                self.epoch,
+                format!(
+                    "{} stops renewing its lease: {}",
+                    self.ctx.name,
+                    problems.join("; ")
+                ),
+            );
+        }
+        if healthy && self.services.iter().all(|s| s.healthy_once) && !self.running_reported {
+            self.running_reported = true;
+            self.ctx.report(&Report::Running);
+            self.ctx.event(
+                "server-running",
+                self.epoch,
+                format!(
+                    "{} is running on {}: its services answer",
+                    self.ctx.name, self.ctx.machine
+                ),
+            );
+        }
+    }
+
+    async fn release_server_lease(&self, epoch: ferry_core::Epoch) {
+        let r = self
+            .ctx
+            .store
+            .release(
+                &LeaseName::Server(self.ctx.name.clone()),
+                &self.ctx.incarnation,
+                epoch,
+            )
+            .await;
+        match r {
+            Ok(()) => self.ctx.event(
+                "lease-released",
+                Some(epoch.0),
+                format!("{} removed its lease (epoch {epoch})", self.ctx.name),
+            ),
+            Err(e) => self.ctx.event(
+                "lease-release-failed",
+                Some(epoch.0),
+                format!("{}: {e}", self.ctx.name),
+            ),
+        }
+    }
+
+    async fn release_all(&mut self) {
+        if let Some(m) = self.master.as_mut() {
+            m.release(&self.ctx).await;
+        }
+        for action in self.keeper.release(clock::now()) {
+            if let KeeperAction::Release { epoch } = action {
+                self.release_server_lease(epoch).await;
+            }
+        }
+        self.ctx.report(&Report::Released);
+    }
+
+    /// SIGTERM: stop the services, give the leases back (Figure 7-3 step 4), exit 0.
+    async fn shutdown(&mut self) -> i32 {
+        self.ctx.event(
+            "server-stopping",
+            self.epoch,
+            format!("{} is shutting down gracefully", self.ctx.name),
+        );
+        let patience = self.ctx.server.shutdown_timeout * 8 / 10;
+        services::stop_all(&mut self.services, patience).await;
+        self.release_all().await;
+        0
+    }
+}

@@ -1,0 +1,188 @@
+//! Hosted services: started after the lease is held, each in a process group of its own in
+//! the server's session, with the DESIGN §4 environment; health-checked every interval.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_core::domain::{Health, Server, Service};
+use ferry_host::process::{self, SpawnSpec};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub(crate) struct Running {
+    pub name: String,
+    pub child: tokio::process::Child,
+    pub pid: i32,
+    pub health: Option<Health>,
+    pub start_timeout: Duration,
+    pub started_at: ferry_core::Mono,
+    pub healthy_once: bool,
+}
+
+/// The environment every hosted service gets (DESIGN §4).
+pub(crate) struct ServiceEnv<'a> {
+    pub server: &'a Server,
+    pub machine: &'a str,
+    pub epoch: u64,
+    pub incarnation: &'a str,
+}
+
+pub(crate) fn start_all(env: &ServiceEnv<'_>, dir: &Path) -> Result<Vec<Running>, String> {
+    let mut out = Vec::new();
+    for svc in &env.server.services {
+        match start_one(env, svc, dir) {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                kill_all(&mut out);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn start_one(env: &ServiceEnv<'_>, svc: &Service, dir: &Path) -> Result<Running, String> {
+    let mut vars: Vec<(String, String)> = vec![
+        ("FERRY_SERVER".into(), env.server.name.to_string()),
+        ("FERRY_MACHINE".into(), env.machine.into()),
+        ("FERRY_CLUSTER".into(), env.server.cluster.to_string()),
+        ("FERRY_FENCING_TOKEN".into(), env.epoch.to_string()),
+        (
+            "FERRY_FLOATING_IP".into(),
+            env.server
+                .floating_ip
+                .map(|i| i.to_string())
+                .unwrap_or_default(),
+        ),
+        ("FERRY_INCARNATION".into(), env.incarnation.into()),
+        ("FERRY_SERVICE".into(), svc.name.clone()),
+    ];
+    vars.extend(svc.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let spec = SpawnSpec {
+        program: svc.command[0].clone().into(),
+        args: svc.command[1..].to_vec(),
+        env: vars,
+        env_remove: vec!["FERRY_SECRET".into(), "FERRY_LOG_TARGET".into()],
+        log_file: Some(dir.join(format!("{}.log", svc.name))),
+        new_group: true,
+        ..Default::default()
+    };
+    let child = process::spawn(&spec).map_err(|e| {
+        format!(
+            "cannot start service {} ({}): {e}",
+            svc.name, svc.command[0]
+        )
+    })?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    Ok(Running {
+        name: svc.name.clone(),
+        child,
+        pid,
+        health: svc.health.clone(),
+        start_timeout: svc.start_timeout,
+        started_at: ferry_host::clock::now(),
+        healthy_once: svc.health.is_none(),
+    })
+}
+
+/// SIGKILLs every service's process group at once (fencing).
+pub(crate) fn kill_all(services: &mut [Running]) {
+    for s in services.iter() {
+        process::signal_group(s.pid, Signal::SIGKILL);
+    }
+}
+
+/// SIGTERM, wait up to `patience`, then SIGKILL (graceful stop).
+pub(crate) async fn stop_all(services: &mut [Running], patience: Duration) {
+    for s in services.iter() {
+        process::signal_group(s.pid, Signal::SIGTERM);
+    }
+    let deadline = ferry_host::clock::now() + patience;
+    for s in services.iter_mut() {
+        let left = Duration::from_millis(deadline.since(ferry_host::clock::now()));
+        if tokio::time::timeout(left, s.child.wait()).await.is_err() {
+            process::signal_group(s.pid, Signal::SIGKILL);
+            let _ = s.child.wait().await;
+        }
+    }
+    kill_all(services);
+}
+
+/// The first service whose process has ended, with how it ended.
+pub(crate) fn exited(services: &mut [Running]) -> Option<(String, String)> {
+    for s in services.iter_mut() {
+        if let Ok(Some(status)) = s.child.try_wait() {
+            return Some((s.name.clone(), status.to_string()));
+        }
+    }
+    None
+}
+
+/// Runs one health check with a timeout.
+pub(crate) async fn check(health: &Health, timeout: Duration) -> Result<(), String> {
+    let work = async {
+        match health {
+            Health::Tcp(addr) => tcp(*addr).await,
+            Health::Http(url) => http(url).await,
+            Health::Exec(cmd) => exec(cmd).await,
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
+}
+
+async fn tcp(addr: SocketAddr) -> Result<(), String> {
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("tcp {addr}: {e}"))
+}
+
+/// A minimal HTTP/1.0 GET (the services are local; a client crate would be overkill here).
+async fn http(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("not an http:// URL: {url}"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut s = tokio::net::TcpStream::connect(hostport)
+        .await
+        .map_err(|e| format!("http {url}: {e}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("http {url}: {e}"))?;
+    let mut buf = vec![0u8; 64];
+    let n = s
+        .read(&mut buf)
+        .await
+        .map_err(|e| format!("http {url}: {e}"))?;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let code = head.split_whitespace().nth(1).unwrap_or("");
+    if code.starts_with('2') || code.starts_with('3') {
+        Ok(())
+    } else {
+        Err(format!("http {url}: status {code:?}"))
+    }
+}
+
+async fn exec(cmd: &[String]) -> Result<(), String> {
+    let mut c = tokio::process::Command::new(&cmd[0]);
+    c.args(&cmd[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c.kill_on_drop(true);
+    let status = c
+        .status()
+        .await
+        .map_err(|e| format!("exec {}: {e}", cmd[0]))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("exec {}: {status}", cmd[0]))
+    }
+}

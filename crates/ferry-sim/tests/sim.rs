@@ -1,0 +1,281 @@
+//! The simulation gate (DESIGN §5, STYLE habit 12): a fixed sweep of seeds on every
+//! `cargo test`, a wider one on demand, regression seeds, a calm failover against DESIGN
+//! §3's bound, and the planted bugs the simulation must catch to be trusted.
+//!
+//! Replay one seed with its full trace:
+//! `FERRY_SIM_SEED=1234 cargo test -p ferry-sim --test sim replay -- --nocapture`
+//! (add `FERRY_SIM_BUG=no_nm_epoch_check` to replay a planted bug's seed).
+//! Widen the sweep: `FERRY_SIM_SEEDS=5000 cargo test -p ferry-sim --release --test sim sweep`
+//! (`FERRY_SIM_SEED_START` moves its first seed).
+
+use ferry_core::time::Bugs;
+use ferry_sim::{run, run_scenario, Fault, Outcome, Property, Scenario, SimConfig, Stats, Target};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+    )
+}
+
+fn bugs_from_env() -> Bugs {
+    let mut bugs = Bugs::NONE;
+    if let Ok(list) = std::env::var("FERRY_SIM_BUG") {
+        for b in list.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+            match b {
+                "deadline_after_response" => bugs.deadline_after_response = true,
+                "no_nm_epoch_check" => bugs.no_nm_epoch_check = true,
+                "no_self_fence" => bugs.no_self_fence = true,
+                "master_no_wait" => bugs.master_no_wait = true,
+                other => panic!("unknown FERRY_SIM_BUG {other:?}"),
+            }
+        }
+    }
+    bugs
+}
+
+fn replay_command(cfg: &SimConfig) -> String {
+    let mut bugs = Vec::new();
+    let b = cfg.bugs;
+    for (on, name) in [
+        (b.deadline_after_response, "deadline_after_response"),
+        (b.no_nm_epoch_check, "no_nm_epoch_check"),
+        (b.no_self_fence, "no_self_fence"),
+        (b.master_no_wait, "master_no_wait"),
+    ] {
+        if on {
+            bugs.push(name);
+        }
+    }
+    let mut env = format!("FERRY_SIM_SEED={}", cfg.seed);
+    if !bugs.is_empty() {
+        env += &format!(" FERRY_SIM_BUG={}", bugs.join(","));
+    }
+    if let Some(g) = cfg.grace_ms {
+        env += &format!(" FERRY_SIM_GRACE_MS={g}");
+    }
+    format!("{env} cargo test -p ferry-sim --test sim replay -- --nocapture")
+}
+
+/// The violations of a run, the tail of its trace, and how to replay it.
+fn explain(cfg: &SimConfig, out: &Outcome) -> String {
+    let traced = run(&SimConfig {
+        trace: true,
+        ..cfg.clone()
+    });
+    let tail: Vec<&String> = traced.trace.iter().rev().take(120).collect();
+    let mut s = format!("seed {} violates:\n", cfg.seed);
+    for v in &out.violations {
+        s += &format!("  {v}\n");
+    }
+    s += &format!(
+        "scenario: {:#?}\n--- last trace lines ---\n",
+        out.scenario.faults
+    );
+    for l in tail.into_iter().rev() {
+        s += l;
+        s.push('\n');
+    }
+    s += &format!("--- replay: {}\n", replay_command(cfg));
+    s
+}
+
+fn check_seed(cfg: &SimConfig) -> Outcome {
+    let out = run(cfg);
+    assert!(out.violations.is_empty(), "{}", explain(cfg, &out));
+    out
+}
+
+#[test]
+fn sweep() {
+    let n = env_u64("FERRY_SIM_SEEDS").unwrap_or(200);
+    let start = env_u64("FERRY_SIM_SEED_START").unwrap_or(0);
+    let mut total = Stats::default();
+    for seed in start..start + n {
+        let out = check_seed(&SimConfig::new(seed));
+        total.add(&out.stats);
+    }
+    println!("{n} seeds from {start} passed every property; totals: {total:#?}");
+    assert!(
+        total.migrations > 0 && total.keeper_fences > 0 && total.nm_fences > 0,
+        "{total:#?}"
+    );
+}
+
+#[test]
+fn replay() {
+    let Some(seed) = env_u64("FERRY_SIM_SEED") else {
+        return;
+    };
+    let cfg = SimConfig {
+        seed,
+        bugs: bugs_from_env(),
+        grace_ms: env_u64("FERRY_SIM_GRACE_MS"),
+        trace: true,
+    };
+    let out = run(&cfg);
+    for l in &out.trace {
+        println!("{l}");
+    }
+    println!("scenario: {:#?}", out.scenario);
+    println!("stats: {:#?}", out.stats);
+    for v in &out.violations {
+        println!("VIOLATION {v}");
+    }
+    assert!(
+        out.violations.is_empty(),
+        "seed {seed}: {} violations",
+        out.violations.len()
+    );
+}
+
+/// Seeds that once found something (a simulator bug or a hard corner); they must pass.
+const REGRESSION_SEEDS: &[u64] = &[];
+
+#[test]
+fn regression_seeds() {
+    for &seed in REGRESSION_SEEDS {
+        check_seed(&SimConfig::new(seed));
+    }
+}
+
+/// One machine dies in a calm cluster: the server is back within DESIGN §3's bound, plus the
+/// in-place attempt on the dead machine (one command timeout), plus the master's takeover
+/// when the dead machine was the master's, plus a few message delays.
+#[test]
+fn calm_failover_within_design_bound() {
+    let mut worst = 0u64;
+    for seed in 0..40 {
+        let cfg = SimConfig::new(seed);
+        let mut sc = Scenario::generate(&cfg);
+        sc.loss = 0.0;
+        sc.long_p = 0.0;
+        let crash_at = 3_000;
+        sc.faults = vec![(
+            crash_at,
+            Fault::CrashMachine {
+                target: Target::HostOf(1),
+                down_ms: 1_000_000,
+            },
+        )];
+        sc.heal_at_ms = 30_000;
+        let out = run_scenario(&cfg, sc);
+        assert!(out.violations.is_empty(), "{}", explain(&cfg, &out));
+        let victim = &out.scenario.servers[1].name;
+        let Some(crashed) = out
+            .runs
+            .iter()
+            .find(|r| &r.server == victim && r.end_ms == Some(crash_at))
+            .cloned()
+        else {
+            panic!(
+                "seed {seed}: {victim} was not running when its machine died: {:#?}",
+                out.runs
+            )
+        };
+        let back = out
+            .runs
+            .iter()
+            .filter(|r| &r.server == victim && r.start_ms > crash_at)
+            .map(|r| r.start_ms)
+            .min()
+            .unwrap_or_else(|| panic!("seed {seed}: {victim} never ran again"));
+        let master_died = out.master_died_at.contains(&crash_at);
+        let allowed = out.design_bound_ms
+            + out.cmd_timeout_ms
+            + if master_died { out.takeover_ms } else { 0 }
+            + 6 * out.scenario.max_delay_ms
+            + 2;
+        let took = back - crash_at;
+        worst = worst.max(took * 1000 / allowed);
+        assert!(
+            took <= allowed,
+            "seed {seed}: {victim} (on {}) back after {took} ms, allowed {allowed} ms (master died: {master_died})\n{}",
+            crashed.machine,
+            explain(&cfg, &out)
+        );
+    }
+    println!(
+        "calm failover: worst case used {}.{}% of the allowed time",
+        worst / 10,
+        worst % 10
+    );
+}
+
+/// Runs seeds with a planted bug until one breaks one of `expect`; returns that seed.
+fn hunt(bugs: Bugs, grace_ms: Option<u64>, expect: &[Property], max_seeds: u64) -> u64 {
+    for seed in 0..max_seeds {
+        let cfg = SimConfig {
+            seed,
+            bugs,
+            grace_ms,
+            trace: false,
+        };
+        let out = run(&cfg);
+        if let Some(v) = out.violations.iter().find(|v| expect.contains(&v.property)) {
+            println!(
+                "caught at seed {seed}: {v}\n  replay: {}",
+                replay_command(&cfg)
+            );
+            return seed;
+        }
+    }
+    panic!(
+        "planted bug {bugs:?} went unnoticed for {max_seeds} seeds (expected one of {expect:?})"
+    );
+}
+
+#[test]
+fn planted_bugs_need_the_feature() {
+    let all = Bugs {
+        deadline_after_response: true,
+        no_nm_epoch_check: true,
+        no_self_fence: true,
+        master_no_wait: true,
+    };
+    assert!(
+        all.deadline_after_response()
+            && all.no_nm_epoch_check()
+            && all.no_self_fence()
+            && all.master_no_wait(),
+        "ferry-core must be built with `planted-bugs` for the hunts below"
+    );
+}
+
+#[test]
+fn planted_deadline_after_response_is_caught() {
+    let bugs = Bugs {
+        deadline_after_response: true,
+        ..Bugs::NONE
+    };
+    hunt(bugs, None, &[Property::Safety], 400);
+}
+
+#[test]
+fn planted_no_nm_epoch_check_is_caught() {
+    let bugs = Bugs {
+        no_nm_epoch_check: true,
+        ..Bugs::NONE
+    };
+    hunt(bugs, None, &[Property::StaleCommand], 400);
+}
+
+#[test]
+fn planted_no_self_fence_is_caught() {
+    let bugs = Bugs {
+        no_self_fence: true,
+        ..Bugs::NONE
+    };
+    hunt(bugs, Some(0), &[Property::Safety], 400);
+}
+
+#[test]
+fn planted_master_no_wait_is_caught() {
+    let bugs = Bugs {
+        master_no_wait: true,
+        ..Bugs::NONE
+    };
+    hunt(bugs, None, &[Property::OneMaster], 400);
+}

@@ -1,0 +1,383 @@
+//! Command-line parsing and dispatch.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry_core::{MachineName, ServerName};
+
+/// Exit status when the command could not do what was asked.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit status for a command-line or domain-file error.
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Keeps pinned servers alive: automatic whole server migration with leases, fencing and floating IPs"
+)]
+pub struct Cli {
+    /// The Administration Server's URL, for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_ADMIN",
+        default_value = "http://127.0.0.1:7001"
+    )]
+    pub admin: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the Administration Server.
+    Admin {
+        #[arg(long)]
+        domain: PathBuf,
+        /// Where the configuration versions, the secret and the event log live
+        /// [default: DOMAIN_DIR/data/admin].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listen here instead of the domain file's `[admin] listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run the Node Manager of one machine.
+    Nodemanager {
+        #[arg(long)]
+        machine: String,
+        #[arg(long, conflicts_with = "admin_url")]
+        domain: Option<PathBuf>,
+        /// Fetch the domain from this Administration Server instead of a file.
+        #[arg(long = "admin-url")]
+        admin_url: Option<String>,
+        /// [default: DOMAIN_DIR/data/nm-MACHINE]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The domain secret [default: DOMAIN_DIR/data/admin/secret; or $FERRY_SECRET].
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// Run a migratable server (started by a Node Manager, not by hand).
+    Server { name: String },
+    /// Check a domain file and print every problem with its line.
+    Validate { file: PathBuf },
+    /// Start every server of a cluster on its home machine (Figure 7-1).
+    StartCluster {
+        cluster: String,
+        /// Wait until every server holds its lease.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start a server on its home machine.
+    Start {
+        server: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a server through its Node Manager (graceful, then forced after its shutdown_timeout).
+    Stop {
+        server: String,
+        /// Kill at once instead of asking it to shut down.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Move a server to another machine (manual migration and failback, Figure 7-3).
+    Migrate {
+        server: String,
+        #[arg(long)]
+        to: String,
+        /// Show the migration's steps as they happen and wait for the end.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the servers: state, machine, epoch, lease left, master.
+    Status {
+        #[arg(long)]
+        watch: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Show the lease table.
+    Leases {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Show the event log: migrations, fencing, elections.
+    Events {
+        #[arg(long)]
+        follow: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Create or re-create the lease table (the leasing.ddl equivalent).
+    Leasing {
+        #[command(subcommand)]
+        action: LeasingAction,
+    },
+    /// Play the seed's Figures 7-1, 7-2 and 7-3 live with real processes on this host.
+    Demo {
+        /// Exit when the demo is done instead of keeping the cluster up.
+        #[arg(long)]
+        exit_after: bool,
+        /// Where to write the domain file and data [default: a new temporary directory].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Lease table to use [default: sqlite in DIR].
+        #[arg(long)]
+        data_source: Option<String>,
+    },
+    /// A small HTTP service that answers with its server, machine and fencing token (the
+    /// demo's hosted service).
+    #[command(hide = true)]
+    DemoService {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Append a line every 10 ms while running, for the no-two-instances check.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeasingAction {
+    /// Create the lease table if it does not exist.
+    Init {
+        #[arg(long)]
+        data_source: String,
+    },
+    /// Drop and re-create the lease table (test environments only).
+    Reset {
+        #[arg(long)]
+        data_source: String,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            std::process::exit(EXIT_FAILED);
+        }
+    }
+}
+
+/// Parses the command line and runs it; returns the exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Server { name } => {
+            init_tracing("info");
+            let name = match ServerName::new(name) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("ferry server: {e}");
+                    return ferry_server::EXIT_CONFIG;
+                }
+            };
+            // A small runtime: a server must stay light (DESIGN §6: under 15 MiB).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => rt.block_on(ferry_server::run(name)),
+                Err(e) => {
+                    eprintln!("ferry server: cannot start the async runtime: {e}");
+                    EXIT_FAILED
+                }
+            }
+        }
+        Cmd::Validate { file } => validate(&file),
+        Cmd::DemoService { listen, journal } => {
+            runtime().block_on(crate::demo_service::run(listen, journal))
+        }
+        Cmd::Admin {
+            domain,
+            data_dir,
+            listen,
+        } => {
+            init_tracing("info");
+            let data_dir = data_dir.unwrap_or_else(|| {
+                ferry_host::files::domain_dir(&domain)
+                    .join("data")
+                    .join("admin")
+            });
+            let opts = ferry_admin::AdminOptions {
+                domain_file: domain,
+                data_dir,
+                listen,
+            };
+            report(runtime().block_on(ferry_admin::run(opts)), "ferry admin")
+        }
+        Cmd::Nodemanager {
+            machine,
+            domain,
+            admin_url,
+            data_dir,
+            secret_file,
+        } => {
+            init_tracing("info");
+            let rt = runtime();
+            report(
+                rt.block_on(nodemanager(
+                    machine,
+                    domain,
+                    admin_url,
+                    data_dir,
+                    secret_file,
+                )),
+                "ferry nodemanager",
+            )
+        }
+        Cmd::Leasing { action } => {
+            let rt = runtime();
+            let (ds, reset) = match &action {
+                LeasingAction::Init { data_source } => (data_source.clone(), false),
+                LeasingAction::Reset { data_source } => (data_source.clone(), true),
+            };
+            let shown = ferry_core::domain::redact_url(&ds);
+            let r = rt.block_on(async {
+                if reset {
+                    ferry_store::reset(&ds).await
+                } else {
+                    ferry_store::init(&ds).await
+                }
+            });
+            match r {
+                Ok(()) => {
+                    println!(
+                        "lease table at {shown} {}",
+                        if reset {
+                            "re-created (every lease was dropped)"
+                        } else {
+                            "is ready"
+                        }
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("ferry leasing: {e}");
+                    EXIT_FAILED
+                }
+            }
+        }
+        Cmd::Demo {
+            exit_after,
+            dir,
+            data_source,
+        } => {
+            init_tracing("warn");
+            report(
+                runtime().block_on(crate::demo::run(exit_after, dir, data_source)),
+                "ferry demo",
+            )
+        }
+        cmd => {
+            init_tracing("warn");
+            runtime().block_on(crate::client::run(&cli.admin, cmd))
+        }
+    }
+}
+
+fn report(r: anyhow::Result<()>, what: &str) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            EXIT_FAILED
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> i32 {
+    match ferry_host::files::load_domain(file) {
+        Ok(d) => {
+            println!(
+                "{}: domain {} is valid: {} machines, {} clusters, {} servers",
+                file.display(),
+                d.name,
+                d.machines.len(),
+                d.clusters.len(),
+                d.servers.len()
+            );
+            0
+        }
+        Err(errs) => {
+            eprintln!("{errs}");
+            eprintln!(
+                "{} problem{} found",
+                errs.errors.len(),
+                if errs.errors.len() == 1 { "" } else { "s" }
+            );
+            EXIT_USAGE
+        }
+    }
+}
+
+async fn nodemanager(
+    machine: String,
+    domain: Option<PathBuf>,
+    admin_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    secret_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let machine = MachineName::new(machine)?;
+    let base = domain.as_deref().map(ferry_host::files::domain_dir);
+    let data_dir = match (data_dir, &base) {
+        (Some(d), _) => d,
+        (None, Some(b)) => b.join("data").join(format!("nm-{machine}")),
+        (None, None) => {
+            anyhow::bail!("--data-dir is needed when the domain comes from --admin-url")
+        }
+    };
+    let secret = match std::env::var("FERRY_SECRET") {
+        Ok(s) if !s.is_empty() => s,
+        _ => {
+            let path = match (secret_file, &base) {
+                (Some(p), _) => p,
+                (None, Some(b)) => b.join("data").join("admin").join("secret"),
+                (None, None) => {
+                    anyhow::bail!("give the domain secret with --secret-file or $FERRY_SECRET")
+                }
+            };
+            ferry_host::files::wait_for_secret(&path, Duration::from_secs(30)).await.map_err(|e| {
+                anyhow::anyhow!("cannot read the domain secret {}: {e}; start the Administration Server first (it creates the secret), or pass --secret-file", path.display())
+            })?
+        }
+    };
+    let ferry_exe = std::env::current_exe()?;
+    let opts = ferry_nodemanager::NmOptions {
+        machine,
+        domain_file: domain,
+        admin_url,
+        data_dir,
+        secret,
+        ferry_exe,
+    };
+    ferry_nodemanager::run(opts).await
+}

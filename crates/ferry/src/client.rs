@@ -1,0 +1,209 @@
+//! The client commands: they talk to the Administration Server's API and print tables, or
+//! stable JSON with `-o json`.
+
+use std::time::Duration;
+
+use ferry_api::{AdminClient, ClientError, Operation};
+use ferry_host::clock;
+
+use crate::cli::{Cmd, Output, EXIT_FAILED};
+
+/// Exit status when the Administration Server cannot be reached.
+const EXIT_UNREACHABLE: i32 = 3;
+
+pub(crate) async fn run(admin_url: &str, cmd: Cmd) -> i32 {
+    let admin = AdminClient::new(admin_url, Duration::from_secs(30));
+    match dispatch(&admin, cmd).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            if e.is_unreachable() {
+                eprintln!("hint: is the Administration Server running? pass --admin URL or set FERRY_ADMIN (now {})", admin.base());
+                EXIT_UNREACHABLE
+            } else {
+                EXIT_FAILED
+            }
+        }
+    }
+}
+
+async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
+    match cmd {
+        Cmd::StartCluster { cluster, wait } => {
+            let op = admin.start_cluster(&cluster).await?;
+            follow(admin, op, wait).await
+        }
+        Cmd::Start { server, wait } => {
+            let op = admin.start(&server).await?;
+            follow(admin, op, wait).await
+        }
+        Cmd::Stop {
+            server,
+            force,
+            wait,
+        } => {
+            let op = admin.stop(&server, force).await?;
+            follow(admin, op, wait).await
+        }
+        Cmd::Migrate { server, to, wait } => {
+            let op = admin.migrate(&server, &to).await?;
+            follow(admin, op, wait).await
+        }
+        Cmd::Status { watch, output } => loop {
+            let servers = admin.servers().await?;
+            let text = match output {
+                Output::Json => serde_json::to_string_pretty(&servers).unwrap_or_default(),
+                Output::Text => status_table(&servers),
+            };
+            if watch {
+                // Clear the screen and redraw, like `watch`.
+                print!(
+                    "\x1b[2J\x1b[H{}  (every 1s, Ctrl-C to stop)\n\n{text}\n",
+                    admin.base()
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            } else {
+                println!("{text}");
+                return Ok(0);
+            }
+        },
+        Cmd::Leases { output } => {
+            let leases = admin.leases().await?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&leases).unwrap_or_default()
+                ),
+                Output::Text => {
+                    println!(
+                        "{:<24} {:<10} {:<12} {:>6} {:<8} {:>10} {:<16}",
+                        "LEASE", "OWNER", "MACHINE", "EPOCH", "STATE", "LEFT", "INCARNATION"
+                    );
+                    for l in leases {
+                        println!(
+                            "{:<24} {:<10} {:<12} {:>6} {:<8} {:>10} {:<16}",
+                            l.name.to_string(),
+                            l.owner.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+                            l.machine
+                                .map(|o| o.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                            l.epoch.0,
+                            format!("{:?}", l.state).to_lowercase(),
+                            left(
+                                Some(l.remaining_ms),
+                                l.state == ferry_core::lease::LeaseState::Held
+                            ),
+                            l.incarnation.map(|i| i.0).unwrap_or_else(|| "-".into()),
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Events { follow, output } => {
+            let mut since = 0;
+            loop {
+                let events = admin.events(since).await?;
+                for e in &events {
+                    since = since.max(e.id);
+                    match output {
+                        Output::Json => {
+                            println!("{}", serde_json::to_string(e).unwrap_or_default())
+                        }
+                        Output::Text => println!(
+                            "{} {:<24} {:<20} {}",
+                            clock::format_wall(e.at_ms),
+                            e.source,
+                            e.kind,
+                            e.message
+                        ),
+                    }
+                }
+                if !follow {
+                    return Ok(0);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        _ => Ok(EXIT_FAILED),
+    }
+}
+
+fn left(ms: Option<i64>, held: bool) -> String {
+    match ms {
+        Some(ms) if held && ms > 0 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) if held => format!("expired {:.1}s", -ms as f64 / 1000.0),
+        _ => "-".into(),
+    }
+}
+
+fn status_table(servers: &[ferry_api::ServerStatus]) -> String {
+    let mut out = format!(
+        "{:<12} {:<12} {:<14} {:<12} {:>8} {:>6} {:>14} {:<6}\n",
+        "SERVER", "CLUSTER", "STATE", "MACHINE", "PID", "EPOCH", "LEASE LEFT", "MASTER"
+    );
+    for s in servers {
+        out.push_str(&format!(
+            "{:<12} {:<12} {:<14} {:<12} {:>8} {:>6} {:>14} {:<6}\n",
+            s.name,
+            s.cluster,
+            s.state,
+            s.machine.clone().unwrap_or_else(|| "-".into()),
+            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.epoch.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            left(s.lease_remaining_ms, s.lease_remaining_ms.is_some()),
+            if s.master { "yes" } else { "" },
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// Prints an operation's steps as they happen (with `wait`) or just its id.
+async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, ClientError> {
+    if !wait {
+        println!(
+            "operation {} ({} {}) accepted; follow it with `ferry events --follow`",
+            op.id, op.kind, op.target
+        );
+        return Ok(0);
+    }
+    let started = clock::now();
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar.set_message(format!("{} {}", op.kind, op.target));
+    let mut shown = 0;
+    loop {
+        let cur = admin.operation(op.id).await?;
+        for s in cur.steps.iter().skip(shown) {
+            bar.println(format!(
+                "  [{:>6.2}s] {}",
+                clock::now().since(started) as f64 / 1000.0,
+                s.message
+            ));
+        }
+        shown = cur.steps.len();
+        match cur.state.as_str() {
+            "succeeded" => {
+                bar.finish_and_clear();
+                println!(
+                    "{} {} succeeded in {:.2}s",
+                    cur.kind,
+                    cur.target,
+                    clock::now().since(started) as f64 / 1000.0
+                );
+                return Ok(0);
+            }
+            "failed" => {
+                bar.finish_and_clear();
+                eprintln!(
+                    "{} {} failed: {}",
+                    cur.kind,
+                    cur.target,
+                    cur.error.unwrap_or_default()
+                );
+                return Ok(EXIT_FAILED);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

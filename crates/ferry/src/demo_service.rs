@@ -1,0 +1,86 @@
+//! The demo's hosted service: answers every HTTP request with the server, machine and
+//! fencing token it runs under, and (optionally) appends a line to a journal every 10 ms
+//! while it runs, so tests can prove no two instances ever ran at once.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One journal line: who was alive at `t_ms` (CLOCK_BOOTTIME, comparable across processes).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct JournalLine {
+    pub t_ms: u64,
+    pub server: String,
+    pub machine: String,
+    pub epoch: u64,
+    pub pid: u32,
+}
+
+pub async fn run(listen: SocketAddr, journal: Option<PathBuf>) -> i32 {
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    let server = env("FERRY_SERVER");
+    let machine = env("FERRY_MACHINE");
+    let epoch: u64 = env("FERRY_FENCING_TOKEN").parse().unwrap_or(0);
+    let incarnation = env("FERRY_INCARNATION");
+    let pid = std::process::id();
+    if let Some(path) = journal {
+        let line = JournalLine {
+            t_ms: 0,
+            server: server.clone(),
+            machine: machine.clone(),
+            epoch,
+            pid,
+        };
+        std::thread::spawn(move || journal_loop(path, line));
+    }
+    // Bind with retries: the previous instance's socket may linger for a moment.
+    let mut listener = None;
+    for _ in 0..200 {
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => {
+                listener = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let Some(listener) = listener else {
+        eprintln!("demo-service: cannot listen on {listen}");
+        return 1;
+    };
+    let body = serde_json::json!({ "server": server, "machine": machine, "fencing_token": epoch, "incarnation": incarnation, "pid": pid }).to_string();
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+/// A plain thread so a busy runtime cannot delay the heartbeat lines.
+fn journal_loop(path: PathBuf, mut line: JournalLine) {
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    else {
+        return;
+    };
+    loop {
+        line.t_ms = ferry_host::clock::now().0;
+        if let Ok(s) = serde_json::to_string(&line) {
+            let _ = writeln!(f, "{s}");
+        }
+        #[allow(clippy::disallowed_methods)] // a dedicated thread, not a runtime worker
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

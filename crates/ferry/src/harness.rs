@@ -1,0 +1,464 @@
+//! A whole domain of real `ferry` processes on one host: an Administration Server and one
+//! Node Manager per machine, each tagged in its environment so that "kill machine C" can
+//! find and kill every process of that machine, whoever its parent is by then. Shared by
+//! `ferry demo`, the process tests and the benchmark. Dropping a [`Harness`] kills everything
+//! it started, also when a test fails.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ferry_api::{AdminClient, NmClient, ServerStatus};
+use ferry_host::{clock, process};
+
+use crate::demo_service::JournalLine;
+
+/// The environment variable every process of a harness machine carries.
+pub const TAG_VAR: &str = "FERRY_MACHINE_TAG";
+
+/// One migratable server of a harness domain.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    pub name: String,
+    pub home: String,
+    pub candidates: Vec<String>,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct DomainSpec {
+    pub name: String,
+    pub machines: Vec<String>,
+    pub cluster: String,
+    /// The cluster's `migration_candidates`.
+    pub cluster_candidates: Vec<String>,
+    pub servers: Vec<ServerSpec>,
+    pub interval_ms: u64,
+    pub periods: u32,
+    pub grace_ms: u64,
+    /// `None`: SQLite in the harness directory.
+    pub data_source: Option<String>,
+    /// Give every service a journal (for the no-two-instances check).
+    pub journal: bool,
+    pub shutdown_timeout_ms: u64,
+}
+
+impl DomainSpec {
+    /// The demo's domain: machines B, C, D; ms1 at home on B, ms2 on C (Figure 7-1).
+    pub fn figure_7_1(interval_ms: u64, periods: u32, grace_ms: u64) -> Self {
+        let m = |s: &str| s.to_string();
+        DomainSpec {
+            name: "demo".into(),
+            machines: vec![m("machine-b"), m("machine-c"), m("machine-d")],
+            cluster: "cluster-1".into(),
+            cluster_candidates: vec![m("machine-b"), m("machine-c"), m("machine-d")],
+            servers: vec![
+                ServerSpec {
+                    name: m("ms1"),
+                    home: m("machine-b"),
+                    candidates: vec![m("machine-d"), m("machine-c")],
+                },
+                ServerSpec {
+                    name: m("ms2"),
+                    home: m("machine-c"),
+                    candidates: vec![m("machine-d"), m("machine-b")],
+                },
+            ],
+            interval_ms,
+            periods,
+            grace_ms,
+            data_source: None,
+            journal: true,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A free TCP port on loopback (bound and released; good enough on a quiet host).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub struct Harness {
+    pub dir: PathBuf,
+    pub domain_file: PathBuf,
+    pub admin_url: String,
+    pub spec: DomainSpec,
+    pub exe: PathBuf,
+    /// Where each server's service answers (the "floating" address on one host).
+    pub service_addr: BTreeMap<String, SocketAddr>,
+    pub nm_addr: BTreeMap<String, SocketAddr>,
+    tag: String,
+    children: Vec<tokio::process::Child>,
+    /// Keeps a temporary directory alive (and removes it) when the harness made one.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Harness {
+    /// Writes the domain file and starts the Administration Server and every Node Manager.
+    pub async fn start(
+        spec: DomainSpec,
+        exe: &Path,
+        dir: Option<PathBuf>,
+    ) -> anyhow::Result<Harness> {
+        let (dir, tmp) = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(&d)?;
+                (std::fs::canonicalize(&d)?, None)
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("ferry-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let admin_port = free_port()?;
+        let mut nm_addr = BTreeMap::new();
+        for m in &spec.machines {
+            nm_addr.insert(m.clone(), SocketAddr::from(([127, 0, 0, 1], free_port()?)));
+        }
+        let mut service_addr = BTreeMap::new();
+        for s in &spec.servers {
+            service_addr.insert(
+                s.name.clone(),
+                SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            );
+        }
+        let tag = format!("ferry-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let domain_file = dir.join("domain.toml");
+        let text = domain_toml(&spec, &dir, admin_port, &nm_addr, &service_addr, exe);
+        std::fs::write(&domain_file, text)
+            .with_context(|| format!("cannot write {}", domain_file.display()))?;
+        let mut h = Harness {
+            dir: dir.clone(),
+            domain_file,
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
+            spec,
+            exe: exe.to_path_buf(),
+            service_addr,
+            nm_addr,
+            tag,
+            children: Vec::new(),
+            _tmp: tmp,
+        };
+        h.start_admin().await?;
+        for m in h.spec.machines.clone() {
+            h.start_nm(&m).await?;
+        }
+        Ok(h)
+    }
+
+    pub fn admin(&self) -> AdminClient {
+        AdminClient::new(&self.admin_url, Duration::from_secs(30))
+    }
+
+    fn machine_tag(&self, machine: &str) -> String {
+        format!("{}/{machine}", self.tag)
+    }
+
+    fn spawn(&mut self, args: Vec<String>, tag: String, log: &str) -> anyhow::Result<()> {
+        let spec = process::SpawnSpec {
+            program: self.exe.clone(),
+            args,
+            env: vec![(TAG_VAR.into(), tag), ("FERRY_LOG".into(), "info".into())],
+            log_file: Some(self.dir.join("logs").join(log)),
+            new_group: true,
+            ..Default::default()
+        };
+        let child = process::spawn(&spec)
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Starts (or restarts) the Administration Server and waits until it answers.
+    pub async fn start_admin(&mut self) -> anyhow::Result<()> {
+        let args = vec![
+            "admin".into(),
+            "--domain".into(),
+            self.domain_file.display().to_string(),
+        ];
+        let tag = self.machine_tag("admin");
+        self.spawn(args, tag, "admin.log")?;
+        let admin = self.admin();
+        wait_until(
+            Duration::from_secs(20),
+            "the Administration Server to answer",
+            || async { admin.domain().await.is_ok() },
+        )
+        .await
+    }
+
+    /// Kills the Administration Server (SIGKILL).
+    pub fn kill_admin(&self) -> usize {
+        process::kill_tagged(TAG_VAR, &self.machine_tag("admin"))
+    }
+
+    /// Starts (or restarts) a machine's Node Manager and waits until it answers.
+    pub async fn start_nm(&mut self, machine: &str) -> anyhow::Result<()> {
+        let args = vec![
+            "nodemanager".into(),
+            "--machine".into(),
+            machine.into(),
+            "--domain".into(),
+            self.domain_file.display().to_string(),
+        ];
+        let tag = self.machine_tag(machine);
+        self.spawn(args, tag, &format!("nm-{machine}.log"))?;
+        let secret = self.secret().await?;
+        let addr = self
+            .nm_addr
+            .get(machine)
+            .context("unknown machine")?
+            .to_string();
+        let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
+        wait_until(
+            Duration::from_secs(20),
+            &format!("the Node Manager of {machine} to answer"),
+            || async { nm.health().await.is_ok() },
+        )
+        .await
+    }
+
+    /// The domain secret the admin created.
+    pub async fn secret(&self) -> anyhow::Result<String> {
+        let path = self.dir.join("data").join("admin").join("secret");
+        Ok(ferry_host::files::wait_for_secret(&path, Duration::from_secs(20)).await?)
+    }
+
+    /// A crash of the whole machine: SIGKILL of its Node Manager and every process it started.
+    pub fn kill_machine(&self, machine: &str) -> usize {
+        process::kill_tagged(TAG_VAR, &self.machine_tag(machine))
+    }
+
+    /// Every live process of a machine.
+    pub fn machine_pids(&self, machine: &str) -> Vec<i32> {
+        process::pids_with_env(TAG_VAR, &self.machine_tag(machine))
+            .into_iter()
+            .filter(|&p| process::alive(p))
+            .collect()
+    }
+
+    pub fn journal_path(&self, server: &str) -> PathBuf {
+        self.dir.join("journal").join(format!("{server}.jsonl"))
+    }
+
+    /// Asks a server's service who answers at its address right now.
+    pub async fn who_answers(&self, server: &str) -> Option<serde_json::Value> {
+        let addr = *self.service_addr.get(server)?;
+        probe(addr, Duration::from_millis(300)).await
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Vec<ServerStatus>> {
+        Ok(self.admin().servers().await?)
+    }
+
+    /// Waits until `server` is RUNNING on `machine` (lease held there).
+    pub async fn wait_running_on(
+        &self,
+        server: &str,
+        machine: &str,
+        patience: Duration,
+    ) -> anyhow::Result<ServerStatus> {
+        let admin = self.admin();
+        let until = clock::now() + patience;
+        loop {
+            if let Ok(list) = admin.servers().await {
+                if let Some(s) = list.into_iter().find(|s| s.name == server) {
+                    if s.state == "RUNNING" && s.machine.as_deref() == Some(machine) {
+                        return Ok(s);
+                    }
+                    if clock::now() >= until {
+                        bail!("{server} is not running on {machine} after {patience:?}: {s:?}");
+                    }
+                }
+            }
+            if clock::now() >= until {
+                bail!("{server} is not running on {machine} after {patience:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Kills every process this harness started, on every machine.
+    pub fn shutdown(&mut self) {
+        let mut tags: Vec<String> = self
+            .spec
+            .machines
+            .iter()
+            .map(|m| self.machine_tag(m))
+            .collect();
+        tags.push(self.machine_tag("admin"));
+        for t in tags {
+            process::kill_tagged(TAG_VAR, &t);
+        }
+        for c in &mut self.children {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// One HTTP GET to a demo service; its JSON answer, if any.
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let work = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let text = String::from_utf8_lossy(&buf);
+        let body = text.split("\r\n\r\n").nth(1)?;
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(timeout, work).await.ok().flatten()
+}
+
+/// Polls `cond` every 20 ms until it holds or `patience` runs out.
+pub async fn wait_until<F, Fut>(patience: Duration, what: &str, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = clock::now() + patience;
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if clock::now() >= until {
+            bail!("timed out after {patience:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn domain_toml(
+    spec: &DomainSpec,
+    dir: &Path,
+    admin_port: u16,
+    nms: &BTreeMap<String, SocketAddr>,
+    services: &BTreeMap<String, SocketAddr>,
+    exe: &Path,
+) -> String {
+    let ds = spec
+        .data_source
+        .clone()
+        .unwrap_or_else(|| "sqlite://data/leases.db".into());
+    let mut t = format!(
+        "# Written by ferry's harness: {} machines, cluster {}.\nname = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[leasing]\nbasis = \"database\"\ndata_source = \"{ds}\"\n",
+        spec.machines.len(),
+        spec.cluster,
+        spec.name
+    );
+    for m in &spec.machines {
+        t += &format!(
+            "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{}\"\n",
+            nms[m]
+        );
+    }
+    t += &format!(
+        "\n[[clusters]]\nname = \"{}\"\nmigration_candidates = [{}]\nfencing_grace_period = \"{}ms\"\nmigration_retry_delay = \"{}ms\"\n",
+        spec.cluster,
+        list(&spec.cluster_candidates),
+        spec.grace_ms,
+        spec.interval_ms * 10
+    );
+    for (i, s) in spec.servers.iter().enumerate() {
+        let addr = services[&s.name];
+        let mut cmd = vec![
+            exe.display().to_string(),
+            "demo-service".into(),
+            "--listen".into(),
+            addr.to_string(),
+        ];
+        if spec.journal {
+            cmd.push("--journal".into());
+            cmd.push(
+                dir.join("journal")
+                    .join(format!("{}.jsonl", s.name))
+                    .display()
+                    .to_string(),
+            );
+        }
+        t += &format!(
+            "\n[[servers]]\nname = \"{}\"\ncluster = \"{}\"\nmachine = \"{}\"\nfloating_ip = \"198.18.1.{}\"\ncandidate_machines = [{}]\nhealth_check_interval = \"{}ms\"\nhealth_check_periods_until_fencing = {}\nshutdown_timeout = \"{}ms\"\n\n[[servers.services]]\nname = \"hello\"\ncommand = [{}]\nhealth = {{ tcp = \"{addr}\" }}\n",
+            s.name,
+            spec.cluster,
+            s.home,
+            101 + i,
+            list(&s.candidates),
+            spec.interval_ms,
+            spec.periods,
+            spec.shutdown_timeout_ms,
+            list(&cmd),
+        );
+    }
+    if spec.journal {
+        let _ = std::fs::create_dir_all(dir.join("journal"));
+    }
+    t
+}
+
+/// What the journals say about one server: its instances in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub epoch: u64,
+    pub pid: u32,
+    pub machine: String,
+    pub first_ms: u64,
+    pub last_ms: u64,
+}
+
+/// Checks the safety property on a service journal: instances never overlap in time, and
+/// each later instance has a larger fencing token. Returns the instances in order.
+pub fn check_journal(path: &Path) -> anyhow::Result<Vec<Instance>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut by_instance: BTreeMap<(u64, u32), Instance> = BTreeMap::new();
+    for line in text.lines() {
+        let Ok(j) = serde_json::from_str::<JournalLine>(line) else {
+            continue;
+        };
+        let e = by_instance.entry((j.epoch, j.pid)).or_insert(Instance {
+            epoch: j.epoch,
+            pid: j.pid,
+            machine: j.machine.clone(),
+            first_ms: j.t_ms,
+            last_ms: j.t_ms,
+        });
+        e.first_ms = e.first_ms.min(j.t_ms);
+        e.last_ms = e.last_ms.max(j.t_ms);
+    }
+    let mut list: Vec<Instance> = by_instance.into_values().collect();
+    list.sort_by_key(|i| i.first_ms);
+    for w in list.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        if a.last_ms >= b.first_ms {
+            bail!("two instances ran at once: epoch {} pid {} on {} until {} ms, and epoch {} pid {} on {} from {} ms", a.epoch, a.pid, a.machine, a.last_ms, b.epoch, b.pid, b.machine, b.first_ms);
+        }
+        if b.epoch <= a.epoch {
+            bail!(
+                "fencing token went backwards: epoch {} (pid {}) followed epoch {} (pid {})",
+                b.epoch,
+                b.pid,
+                a.epoch,
+                a.pid
+            );
+        }
+    }
+    Ok(list)
+}
