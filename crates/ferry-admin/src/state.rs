@@ -253,7 +253,7 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
     let state = Arc::new(AdminState {
         config: Mutex::new(config),
-        store: Arc::from(store),
+        store,
         events: EventLog::open(opts.data_dir.join("events.jsonl")),
         ops: Operations::default(),
         secret,

@@ -202,3 +202,14 @@ pub fn kill_tagged(key: &str, value: &str) -> usize {
     }
     total
 }
+
+/// [`kill_session`], then waits (up to `patience`) until the kernel has finished them off.
+pub async fn kill_session_and_wait(sid: i32, patience: std::time::Duration) -> usize {
+    let n = kill_session(sid);
+    let until = crate::clock::now() + patience;
+    while !session_members(sid).is_empty() && crate::clock::now() < until {
+        kill_session(sid);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    n
+}

@@ -74,8 +74,8 @@ async fn servers(State(nm): State<Arc<Nm>>) -> Json<Vec<ferry_api::NmServer>> {
     Json(nm.snapshot())
 }
 
-fn server_name(name: &str) -> Result<ServerName, Response> {
-    ServerName::new(name).map_err(|e| error(400, e.to_string()))
+fn server_name(name: &str) -> Result<ServerName, Refusal> {
+    ServerName::new(name).map_err(|e| Refusal::new(400, e.to_string()))
 }
 
 async fn start(
@@ -85,7 +85,7 @@ async fn start(
 ) -> Response {
     let server = match server_name(&name) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Json(cmd) = match body {
         Ok(b) => b,
@@ -104,7 +104,7 @@ async fn stop(
 ) -> Response {
     let server = match server_name(&name) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Json(cmd) = match body {
         Ok(b) => b,

@@ -818,7 +818,7 @@ impl Nm {
                         }
                     };
                     if let Some(pid) = pid {
-                        let n = process::kill_session(pid);
+                        let n = process::kill_session_and_wait(pid, Duration::from_secs(1)).await;
                         self.events.emit(
                             "fenced",
                             Some(server.as_str()),

@@ -129,7 +129,7 @@ pub async fn run(name: ServerName) -> i32 {
     )
     .await
     {
-        Ok(s) => Arc::<dyn LeaseStore>::from(s),
+        Ok(s) => s,
         Err(e) => {
             eprintln!("ferry server {name}: cannot open the lease table: {e}");
             return if matches!(e, StoreError::Schema { .. }) {

@@ -5,6 +5,10 @@
 //!    killed, or crashes; on a frozen host they do not run while it is frozen.
 //! 2. **Epochs**: every instance that starts services holds a strictly larger epoch than the
 //!    previous one of its server; every master tenure a larger master epoch than the last.
+//! 2b. **Fence before expiry** (rule 2): whenever a keeper moves its deadline, that local
+//!    instant (in true time, plus the worst timer latency) lies before the store's expiry of
+//!    the grant it holds. Property 1 rests on it; checking it directly catches a broken
+//!    deadline long before two instances happen to overlap.
 //! 3. **One master**: when a master sends a command, no other master believes it holds the
 //!    master lease (rule 6); and no Node Manager executes a command whose master epoch is
 //!    lower than one it has already seen (rule 5).
@@ -24,6 +28,8 @@ pub enum Property {
     Safety,
     /// An instance started services without a larger epoch than its predecessor.
     Epoch,
+    /// A holder's local deadline fell after the store's expiry of its lease (rule 2).
+    FenceBeforeExpiry,
     /// Two masters acted at once (rule 6).
     OneMaster,
     /// A Node Manager executed a command from a master it knew to be deposed (rule 5).
@@ -39,6 +45,7 @@ impl fmt::Display for Property {
         let s = match self {
             Property::Safety => "safety (two instances ran services at once)",
             Property::Epoch => "epoch monotonicity",
+            Property::FenceBeforeExpiry => "holder fences before the store expires (rule 2)",
             Property::OneMaster => "one master (rule 6)",
             Property::StaleCommand => "stale master command executed (rule 5)",
             Property::Liveness => "liveness after healing",

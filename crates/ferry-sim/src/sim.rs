@@ -170,7 +170,9 @@ enum StoreOp {
 
 #[derive(Debug, Clone)]
 enum StoreReply {
-    Lease(Lease),
+    /// A grant, with the true instant the store will consider it expired (known to the
+    /// checker only; the holder sees the `Lease`).
+    Lease(Lease, u64),
     Leases(Vec<Lease>),
     Refused(StoreError),
     Unavailable,
@@ -352,6 +354,10 @@ struct Inst {
     req: Option<Req>,
     services_up: bool,
     epoch: Epoch,
+    /// The latest true instant the store granted this process's server lease until.
+    granted_until: u64,
+    /// The same for its master lease.
+    mgranted_until: u64,
     // The cluster-master side of the process.
     mk: Option<Keeper>,
     mreq: Option<Req>,
@@ -763,7 +769,7 @@ impl Sim {
                         self.checker.violate(Property::Epoch, self.now, detail);
                     }
                     match r {
-                        Ok(l) => StoreReply::Lease(l),
+                        Ok(l) => self.granted(l),
                         Err(e) => StoreReply::Refused(e),
                     }
                 }
@@ -777,7 +783,7 @@ impl Sim {
                         .store
                         .renew(self.now, &name, &incarnation, epoch, ttl_ms)
                     {
-                        Ok(l) => StoreReply::Lease(l),
+                        Ok(l) => self.granted(l),
                         Err(e) => StoreReply::Refused(e),
                     }
                 }
@@ -786,7 +792,7 @@ impl Sim {
         };
         if self.cfg.trace {
             let said = match &reply {
-                StoreReply::Lease(l) => format!(
+                StoreReply::Lease(l, _) => format!(
                     "granted {} epoch {} ({} ms)",
                     l.name, l.epoch, l.remaining_ms
                 ),
@@ -797,6 +803,29 @@ impl Sim {
             tr!(self, "  store -> {}: {said}", self.who(from));
         }
         self.send(self.db, Node::Inst(from), Payload::StoreResp { req, reply });
+    }
+
+    /// A grant as the holder receives it, tagged with the true instant of its expiry.
+    fn granted(&self, l: Lease) -> StoreReply {
+        let store_now = self.store.clock.mono(self.now);
+        let expires = Mono((store_now.0 as i64 + l.remaining_ms).max(0) as u64);
+        let until = self.store.clock.true_at(expires, self.now);
+        StoreReply::Lease(l, until)
+    }
+
+    /// Rule 2: the holder's local deadline, in true time and with its timer's worst latency,
+    /// must fall before the store's expiry of what it was granted.
+    fn check_deadline(&mut self, i: InstId, which: &str, at: Mono, granted_until: u64) {
+        let h = self.insts[i].host;
+        let fence_by = self.hosts[h].clock.true_at(at, 0) + TIMER_JITTER_MS;
+        if fence_by >= granted_until {
+            let detail = format!(
+                "{} moves its {which} lease deadline to {at} (true {fence_by} ms) but the store expires it at {granted_until} ms",
+                self.who(i)
+            );
+            self.checker
+                .violate(Property::FenceBeforeExpiry, self.now, detail);
+        }
     }
 
     // ---------------------------------------------------------------- Node Manager
@@ -920,6 +949,8 @@ impl Sim {
             req: None,
             services_up: false,
             epoch: Epoch(0),
+            granted_until: 0,
+            mgranted_until: 0,
             mk: None,
             mreq: None,
             tenure: None,
@@ -1127,7 +1158,8 @@ impl Sim {
             return;
         };
         let acts = match (kind, reply) {
-            (ReqKind::Acquire, StoreReply::Lease(l)) => {
+            (ReqKind::Acquire, StoreReply::Lease(l, until)) => {
+                inst.granted_until = inst.granted_until.max(until);
                 inst.handover_from = None;
                 k.on_acquired(local, l.epoch)
             }
@@ -1136,7 +1168,10 @@ impl Sim {
                 k.on_acquire_failed(local, d)
             }
             (ReqKind::Acquire, _) => k.on_acquire_failed(local, "lease table unavailable".into()),
-            (_, StoreReply::Lease(_)) => k.on_renewed(local),
+            (_, StoreReply::Lease(_, until)) => {
+                inst.granted_until = inst.granted_until.max(until);
+                k.on_renewed(local)
+            }
             (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => {
                 k.on_lost(local, d)
             }
@@ -1146,16 +1181,20 @@ impl Sim {
     }
 
     fn master_reply(&mut self, i: InstId, local: Mono, kind: ReqKind, reply: StoreReply) {
-        let Some(k) = self.insts[i].mk.as_mut() else {
+        let inst = &mut self.insts[i];
+        let Some(k) = inst.mk.as_mut() else {
             return;
         };
+        if let StoreReply::Lease(_, until) = reply {
+            inst.mgranted_until = inst.mgranted_until.max(until);
+        }
         let acts = match (kind, reply) {
-            (ReqKind::Acquire, StoreReply::Lease(l)) => k.on_acquired(local, l.epoch),
+            (ReqKind::Acquire, StoreReply::Lease(l, _)) => k.on_acquired(local, l.epoch),
             (ReqKind::Acquire, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => {
                 k.on_acquire_failed(local, d)
             }
             (ReqKind::Acquire, _) => k.on_acquire_failed(local, "lease table unavailable".into()),
-            (_, StoreReply::Lease(_)) => k.on_renewed(local),
+            (_, StoreReply::Lease(..)) => k.on_renewed(local),
             (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => {
                 k.on_lost(local, d)
             }
@@ -1228,6 +1267,7 @@ impl Sim {
                 KeeperAction::Deadline { at } => {
                     let (h, server, inc) =
                         (inst.host, inst.server.clone(), inst.incarnation.clone());
+                    self.check_deadline(i, "server", at, inst.granted_until);
                     if let Some(nm) = self.hosts[h].nm.as_mut() {
                         nm.sup.on_deadline(&server, &inc, at);
                     }
@@ -1288,7 +1328,10 @@ impl Sim {
                     self.store_request(i, Slot::Master, ReqKind::Renew, op);
                 }
                 KeeperAction::Acquired { epoch } => self.begin_tenure(i, epoch, true),
-                KeeperAction::Deadline { .. } | KeeperAction::Release { .. } => {}
+                KeeperAction::Deadline { at } => {
+                    self.check_deadline(i, "master", at, inst.mgranted_until)
+                }
+                KeeperAction::Release { .. } => {}
                 KeeperAction::Fence { reason } => {
                     let why = format!("master role lost: {reason}");
                     self.end_tenure(i, &why);

@@ -279,3 +279,26 @@ fn planted_master_no_wait_is_caught() {
     };
     hunt(bugs, None, &[Property::OneMaster], 400);
 }
+
+#[test]
+#[ignore]
+fn explore() {
+    let n = env_u64("FERRY_SIM_SEEDS").unwrap_or(2000);
+    let bugs = bugs_from_env();
+    let mut found = std::collections::BTreeMap::new();
+    for seed in 0..n {
+        let out = run(&SimConfig {
+            seed,
+            bugs,
+            grace_ms: env_u64("FERRY_SIM_GRACE_MS"),
+            trace: false,
+        });
+        let mut props: Vec<Property> = out.violations.iter().map(|v| v.property).collect();
+        props.dedup();
+        for p in props {
+            let e = found.entry(p).or_insert((0, seed));
+            e.0 += 1;
+        }
+    }
+    println!("{n} seeds: {found:?}");
+}

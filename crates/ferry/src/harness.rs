@@ -261,12 +261,27 @@ impl Harness {
         machine: &str,
         patience: Duration,
     ) -> anyhow::Result<ServerStatus> {
+        self.wait_running_after(server, machine, 0, patience).await
+    }
+
+    /// Waits until `server` is RUNNING on `machine` with an epoch above `epoch`: a new
+    /// instance, not the one that was there.
+    pub async fn wait_running_after(
+        &self,
+        server: &str,
+        machine: &str,
+        epoch: u64,
+        patience: Duration,
+    ) -> anyhow::Result<ServerStatus> {
         let admin = self.admin();
         let until = clock::now() + patience;
         loop {
             if let Ok(list) = admin.servers().await {
                 if let Some(s) = list.into_iter().find(|s| s.name == server) {
-                    if s.state == "RUNNING" && s.machine.as_deref() == Some(machine) {
+                    if s.state == "RUNNING"
+                        && s.machine.as_deref() == Some(machine)
+                        && s.epoch.unwrap_or(0) > epoch
+                    {
                         return Ok(s);
                     }
                     if clock::now() >= until {

@@ -1,0 +1,498 @@
+//! Real-process tests on loopback (DESIGN §5 "processes"): every scenario starts a whole
+//! domain (an Administration Server and three Node Managers) with fast timings, injects a
+//! failure with real signals, waits for the domain to heal, and checks the safety property
+//! on the services' own journals: no two instances of a server ever ran at once, and every
+//! new instance carries a larger fencing token. Waits have generous deadlines; timings are
+//! measured by the benchmark, not asserted here.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ferry::harness::{check_journal, wait_until, DomainSpec, Harness};
+use ferry_api::{NmClient, NmStart, Origin};
+use nix::sys::signal::Signal;
+
+/// One domain at a time: two cores shared by parallel domains would make leases of a few
+/// hundred milliseconds flap for reasons that have nothing to do with the test.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn exe() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+fn spec() -> DomainSpec {
+    // 200 ms x 3 = 600 ms leases, 200 ms grace: fast, yet far from the scheduler's noise.
+    DomainSpec::figure_7_1(200, 3, 200)
+}
+
+async fn started() -> Harness {
+    let h = Harness::start(spec(), exe(), None)
+        .await
+        .expect("domain starts");
+    let admin = h.admin();
+    admin
+        .start_cluster("cluster-1")
+        .await
+        .expect("start-cluster accepted");
+    h.wait_running_on("ms1", "machine-b", PATIENCE)
+        .await
+        .expect("ms1 runs on machine-b");
+    h.wait_running_on("ms2", "machine-c", PATIENCE)
+        .await
+        .expect("ms2 runs on machine-c");
+    h
+}
+
+async fn status_of(h: &Harness, server: &str) -> ferry_api::ServerStatus {
+    h.status()
+        .await
+        .expect("status")
+        .into_iter()
+        .find(|s| s.name == server)
+        .expect("server listed")
+}
+
+async fn events(h: &Harness) -> Vec<ferry_api::Event> {
+    h.admin().events(0).await.expect("events")
+}
+
+fn assert_safe(h: &Harness) {
+    for s in ["ms1", "ms2"] {
+        let list = check_journal(&h.journal_path(s))
+            .unwrap_or_else(|e| panic!("safety violated for {s}: {e}"));
+        assert!(!list.is_empty(), "{s} never ran");
+    }
+}
+
+/// Figures 7-1, 7-2 and 7-3: a machine dies, its server moves, an operator moves it back.
+#[tokio::test]
+async fn kill_machine_then_failback() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = started().await;
+    let before = status_of(&h, "ms2").await;
+    assert!(
+        status_of(&h, "ms1").await.master,
+        "the first server started is the cluster master"
+    );
+
+    assert!(
+        h.kill_machine("machine-c") >= 3,
+        "machine-c had a Node Manager, a server and a service"
+    );
+    let after = h
+        .wait_running_on("ms2", "machine-d", PATIENCE)
+        .await
+        .expect("ms2 migrated to machine-d");
+    assert!(
+        after.epoch > before.epoch,
+        "the new instance has a larger fencing token"
+    );
+    let answer = h.who_answers("ms2").await.expect("ms2's service answers");
+    assert_eq!(answer["machine"], "machine-d");
+    assert_eq!(answer["fencing_token"], after.epoch.unwrap());
+    let ev = events(&h).await;
+    for kind in [
+        "lease-expired",
+        "restart-in-place",
+        "machine-failed",
+        "migrate",
+    ] {
+        assert!(
+            ev.iter()
+                .any(|e| e.kind == kind && e.server.as_deref() == Some("ms2")),
+            "no {kind} event for ms2"
+        );
+    }
+    assert!(
+        h.machine_pids("machine-c").is_empty(),
+        "nothing of machine-c survived"
+    );
+
+    // Failback (Figure 7-3): machine C is repaired and ms2 moves back by hand.
+    h.start_nm("machine-c")
+        .await
+        .expect("machine-c's Node Manager restarts");
+    let op = h
+        .admin()
+        .migrate("ms2", "machine-c")
+        .await
+        .expect("migration accepted");
+    let admin = h.admin();
+    wait_until(PATIENCE, "the failback to finish", || async {
+        admin
+            .operation(op.id)
+            .await
+            .map(|o| o.state != "running")
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    let op = admin.operation(op.id).await.unwrap();
+    assert_eq!(op.state, "succeeded", "{op:?}");
+    let back = h
+        .wait_running_after("ms2", "machine-c", after.epoch.unwrap(), PATIENCE)
+        .await
+        .unwrap();
+    assert!(back.epoch > after.epoch);
+    // ms1 was never disturbed.
+    let ms1 = status_of(&h, "ms1").await;
+    assert_eq!(ms1.epoch, Some(1));
+    assert_safe(&h);
+}
+
+/// A hung server (SIGSTOP): its Node Manager fences it at its deadline (rule 3), then the
+/// cluster master has that Node Manager restart it in place (Figure 7-2 note).
+#[tokio::test]
+async fn hung_server_is_fenced_and_restarted_in_place() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let h = started().await;
+    let before = status_of(&h, "ms2").await;
+    let pid = before.pid.expect("ms2 has a pid");
+    assert!(ferry_host::process::signal(pid, Signal::SIGSTOP));
+    let admin = h.admin();
+    wait_until(
+        PATIENCE,
+        "a fenced event from machine-c's Node Manager",
+        || async {
+            admin
+                .events(0)
+                .await
+                .map(|ev| {
+                    ev.iter()
+                        .any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c")
+                })
+                .unwrap_or(false)
+        },
+    )
+    .await
+    .unwrap();
+    wait_until(PATIENCE, "the hung server to be gone", || async {
+        !ferry_host::process::alive(pid)
+    })
+    .await
+    .unwrap();
+    let after = h
+        .wait_running_after("ms2", "machine-c", before.epoch.unwrap(), PATIENCE)
+        .await
+        .expect("ms2 restarted in place");
+    assert!(after.epoch > before.epoch);
+    assert_ne!(after.pid, Some(pid));
+    let ev = events(&h).await;
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == "restart-in-place" && e.server.as_deref() == Some("ms2")));
+    assert_safe(&h);
+}
+
+/// A crashed server is restarted on its own machine at once, taking its lease over from the
+/// reaped incarnation (rule 4) instead of waiting for it to expire.
+#[tokio::test]
+async fn crashed_server_restarts_at_once_by_handover() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let h = started().await;
+    let before = status_of(&h, "ms1").await;
+    let pid = before.pid.expect("ms1 has a pid");
+    assert!(ferry_host::process::signal(pid, Signal::SIGKILL));
+    let admin = h.admin();
+    wait_until(PATIENCE, "ms1 to run again with a new epoch", || async {
+        admin
+            .servers()
+            .await
+            .ok()
+            .and_then(|l| l.into_iter().find(|s| s.name == "ms1"))
+            .is_some_and(|s| {
+                s.state == "RUNNING"
+                    && s.epoch > before.epoch
+                    && s.machine.as_deref() == Some("machine-b")
+                    && s.pid.is_some()
+                    && s.pid != Some(pid)
+            })
+    })
+    .await
+    .unwrap();
+    let ev = events(&h).await;
+    assert!(
+        ev.iter().any(|e| e.kind == "lease-acquired"
+            && e.server.as_deref() == Some("ms1")
+            && e.message.contains("handover")),
+        "ms1 took its lease by handover"
+    );
+    assert!(
+        !ev.iter()
+            .any(|e| e.kind == "lease-expired" && e.server.as_deref() == Some("ms1")),
+        "the lease never had to expire"
+    );
+    assert_safe(&h);
+}
+
+/// The cluster master's machine dies: another server takes the master role once the master
+/// lease expires, and migrates the dead master's server.
+#[tokio::test]
+async fn master_machine_dies_another_server_takes_over() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let h = started().await;
+    assert!(status_of(&h, "ms1").await.master);
+    h.kill_machine("machine-b");
+    // ms1's candidates are machine-d first.
+    h.wait_running_on("ms1", "machine-d", PATIENCE)
+        .await
+        .expect("ms1 migrated to machine-d");
+    let ms2 = status_of(&h, "ms2").await;
+    assert_eq!(ms2.machine.as_deref(), Some("machine-c"));
+    let ev = events(&h).await;
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == "master-acquired" && e.source == "server/ms2"),
+        "ms2 became master"
+    );
+    assert_safe(&h);
+}
+
+/// Managed server independence: with the Administration Server down, servers keep running,
+/// and a crashed server restarts from its cached configuration.
+#[tokio::test]
+async fn admin_down_servers_keep_running_and_restart_from_cache() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = started().await;
+    let before = status_of(&h, "ms1").await;
+    assert!(h.kill_admin() >= 1);
+    // Several lease periods pass without the admin.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a = h.who_answers("ms1").await.expect("ms1 still answers");
+    assert_eq!(a["fencing_token"], before.epoch.unwrap());
+    // Crash ms1's runtime: its Node Manager restarts it with the cached configuration.
+    assert!(ferry_host::process::signal(
+        before.pid.unwrap(),
+        Signal::SIGKILL
+    ));
+    let addr = h.service_addr["ms1"];
+    wait_until(
+        PATIENCE,
+        "ms1 to answer with a new fencing token",
+        || async {
+            ferry::harness::probe(addr, Duration::from_millis(300))
+                .await
+                .is_some_and(|v| v["fencing_token"].as_u64() > before.epoch)
+        },
+    )
+    .await
+    .unwrap();
+    // The admin comes back and learns what happened while it was away.
+    h.start_admin().await.unwrap();
+    let admin = h.admin();
+    wait_until(PATIENCE, "the queued events to reach the admin", || async {
+        admin
+            .events(0)
+            .await
+            .map(|ev| {
+                ev.iter()
+                    .any(|e| e.kind == "config-cached" && e.server.as_deref() == Some("ms1"))
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_of(&h, "ms1").await.state, "RUNNING");
+    assert_safe(&h);
+}
+
+/// Stop releases the lease (the master does not resurrect a stopped server); start brings it
+/// back on its home machine.
+#[tokio::test]
+async fn stop_is_respected_and_start_brings_it_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let h = started().await;
+    let admin = h.admin();
+    let op = admin.stop("ms2", false).await.expect("stop accepted");
+    wait_until(PATIENCE, "the stop to finish", || async {
+        admin
+            .operation(op.id)
+            .await
+            .map(|o| o.state == "succeeded")
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    // Longer than ttl + grace + a scan: the master must leave it alone.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let s = status_of(&h, "ms2").await;
+    assert_eq!(s.state, "SHUTDOWN", "{s:?}");
+    assert!(h.who_answers("ms2").await.is_none());
+    // A forced stop releases the lease too.
+    admin.start("ms2").await.expect("start accepted");
+    h.wait_running_on("ms2", "machine-c", PATIENCE)
+        .await
+        .unwrap();
+    let op = admin.stop("ms2", true).await.expect("forced stop accepted");
+    wait_until(PATIENCE, "the forced stop to finish", || async {
+        admin
+            .operation(op.id)
+            .await
+            .map(|o| o.state == "succeeded")
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(status_of(&h, "ms2").await.state, "SHUTDOWN");
+    assert_safe(&h);
+}
+
+/// Bad input gets a clear error and disturbs nothing.
+#[tokio::test]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let h = started().await;
+    let admin = h.admin();
+    let before = h.status().await.unwrap();
+
+    let e = admin.migrate("ms2", "machine-x").await.unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    assert!(e.to_string().contains("unknown machine machine-x"), "{e}");
+    let e = admin.migrate("nosuch", "machine-d").await.unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    assert!(e.to_string().contains("unknown server nosuch"), "{e}");
+    let e = admin.start("ms2").await.unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    assert!(
+        e.to_string().contains("already running on machine-c"),
+        "{e}"
+    );
+    let e = admin.migrate("ms2", "machine-c").await.unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    let e = admin.start_cluster("nosuch").await.unwrap_err();
+    assert_eq!(e.status(), Some(404));
+
+    // A Node Manager refuses callers without the secret, or with a wrong one.
+    let addr = h.nm_addr["machine-c"].to_string();
+    let cmd = NmStart {
+        origin: Origin::Admin,
+        in_place: true,
+    };
+    let e = NmClient::new(&addr, "wrong", Duration::from_secs(2))
+        .start("ms2", &cmd)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let raw = reqwest::Client::new()
+        .post(format!("http://{addr}/nm/v1/servers/ms2/start"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 401);
+    // A stale master epoch is refused (rule 5).
+    let secret = h.secret().await.unwrap();
+    let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
+    let stale = NmStart {
+        origin: Origin::Master {
+            cluster: "cluster-1".into(),
+            epoch: 0,
+            server: "ms1".into(),
+        },
+        in_place: true,
+    };
+    let ok = NmStart {
+        origin: Origin::Master {
+            cluster: "cluster-1".into(),
+            epoch: 7,
+            server: "ms1".into(),
+        },
+        in_place: false,
+    };
+    nm.start("ms2", &ok)
+        .await
+        .expect("a current master may ask (ms2 already runs: no-op)");
+    let e = nm.start("ms2", &stale).await.unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    assert!(e.to_string().contains("stale cluster master"), "{e}");
+    // Malformed bodies.
+    let raw = reqwest::Client::new()
+        .post(format!("{}/api/v1/servers/ms2/migrate", h.admin_url))
+        .header("content-type", "application/json")
+        .body("{\"to\": 5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+    let body: serde_json::Value = raw.json().await.unwrap();
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("bad migrate request"));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = h.status().await.unwrap();
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(
+            (a.state.as_str(), &a.machine, a.epoch, a.pid),
+            (b.state.as_str(), &b.machine, b.epoch, b.pid),
+            "nothing changed"
+        );
+    }
+    assert_safe(&h);
+}
+
+/// `ferry validate` prints every problem with file, line and field, and exits non-zero.
+#[test]
+fn validate_reports_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"name = "d"
+[leasing]
+data_source = "sqlite://x.db"
+
+[[machines]]
+name = "m1"
+node_manager = "127.0.0.1:5556"
+
+[[clusters]]
+name = "c1"
+
+[[servers]]
+name = "ms1"
+cluster = "c1"
+machine = "m2"
+candidate_machines = ["m9"]
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(exe())
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:15:11: servers[0].machine: unknown machine \"m2\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:16:23: servers[0].candidate_machines[0]: unknown machine \"m9\""),
+        "{err}"
+    );
+    assert!(err.contains("2 problems found"), "{err}");
+
+    std::fs::write(
+        &path,
+        "name = \"d\"\n[leasing]\ndata_source = \"sqlite://x.db\"\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(exe())
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:4:1:") && err.contains("unknown field `bogus`"),
+        "{err}"
+    );
+}
