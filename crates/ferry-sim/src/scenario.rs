@@ -261,16 +261,17 @@ impl Scenario {
                 target: target(rng),
                 ms: span(rng, interval / 2, 3 * ttl),
             },
-            20..=24 => Fault::FreezeThenIsolate {
+            // Short pauses (a stalled VM) end before the lease deadline more often than not.
+            20..=29 => Fault::FreezeThenIsolate {
                 target: target(rng),
-                freeze_ms: span(rng, interval / 2, ttl),
+                freeze_ms: span(rng, interval / 4, ttl / 2),
                 cut_ms: span(rng, ttl, 6 * ttl),
             },
-            25..=34 => Fault::Hang {
+            30..=37 => Fault::Hang {
                 target: proc_target(rng),
                 ms: span(rng, interval, 4 * ttl),
             },
-            35..=44 => Fault::CrashProcess {
+            38..=44 => Fault::CrashProcess {
                 target: proc_target(rng),
             },
             45..=69 => {
@@ -295,9 +296,14 @@ impl Scenario {
                     ms: span(rng, interval, 6 * ttl),
                 }
             }
+            // Slow but answering within the request timeout, or slower than any timeout.
             75..=89 => Fault::Slow {
                 target: target(rng),
-                extra_ms: span(rng, interval / 2, 4 * ttl),
+                extra_ms: if rng.gen_bool(0.5) {
+                    span(rng, interval / 4, 3 * interval / 4)
+                } else {
+                    span(rng, interval / 2, 4 * ttl)
+                },
                 ms: span(rng, ttl, 6 * ttl),
             },
             90..=95 => {

@@ -1,0 +1,283 @@
+//! Table tests of the pure core: the cluster-master planner (Figure 7-2, target selection,
+//! rule 9) and the domain file's validation (every message names the field and its line).
+
+use std::time::Duration;
+
+use ferry_core::domain::Domain;
+use ferry_core::lease::{Lease, LeaseState};
+use ferry_core::master::{CommandResult, MasterAction, Planner};
+use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
+
+const DOMAIN: &str = r#"
+name = "t"
+[leasing]
+data_source = "sqlite://leases.db"
+
+[[machines]]
+name = "b"
+node_manager = "127.0.0.1:5001"
+[[machines]]
+name = "c"
+node_manager = "127.0.0.1:5002"
+[[machines]]
+name = "d"
+node_manager = "127.0.0.1:5003"
+[[machines]]
+name = "e"
+node_manager = "127.0.0.1:5004"
+
+[[clusters]]
+name = "c1"
+migration_candidates = ["b", "c", "e"]
+fencing_grace_period = "1s"
+additional_auto_migration_attempts = 1
+migration_retry_delay = "10s"
+
+[[servers]]
+name = "ms1"
+cluster = "c1"
+machine = "b"
+candidate_machines = ["d"]
+health_check_interval = "100ms"
+
+[[servers]]
+name = "ms2"
+cluster = "c1"
+machine = "c"
+auto_migration = false
+"#;
+
+fn domain() -> Domain {
+    Domain::parse("t.toml", DOMAIN).expect("valid")
+}
+
+fn s(n: &str) -> ServerName {
+    ServerName::new(n).unwrap()
+}
+fn m(n: &str) -> MachineName {
+    MachineName::new(n).unwrap()
+}
+
+fn lease(server: &str, machine: &str, epoch: u64, remaining_ms: i64) -> Lease {
+    Lease {
+        name: LeaseName::Server(s(server)),
+        owner: Some(s(server)),
+        machine: Some(m(machine)),
+        incarnation: Some(Incarnation(format!("inc{epoch}"))),
+        epoch: Epoch(epoch),
+        state: LeaseState::Held,
+        remaining_ms,
+        since_renewal_ms: 300 - remaining_ms,
+    }
+}
+
+fn starts(actions: &[MasterAction]) -> Vec<(String, String, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            MasterAction::Start { server, machine, in_place, .. } => Some((server.to_string(), machine.to_string(), *in_place)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kinds(actions: &[MasterAction]) -> Vec<&'static str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            MasterAction::Event { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn candidates_are_the_servers_then_the_clusters() {
+    let d = domain();
+    let ms1 = d.server(&s("ms1")).unwrap();
+    assert_eq!(d.candidates_for(ms1), vec![m("d"), m("b"), m("c"), m("e")]);
+}
+
+#[test]
+fn live_leases_need_nothing() {
+    let d = domain();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    assert!(p.on_scan(Mono(0), &[lease("ms1", "b", 1, 200)], &d).is_empty());
+    assert!(p.in_progress().is_empty());
+}
+
+#[test]
+fn expired_lease_waits_grace_then_restarts_in_place_then_migrates_in_order() {
+    let d = domain();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let expired = [lease("ms1", "b", 3, -5)];
+    let a = p.on_scan(Mono(1_000), &expired, &d);
+    assert_eq!(kinds(&a), vec!["lease-expired"]);
+    assert!(starts(&a).is_empty(), "nothing before the grace period ends");
+    assert_eq!(p.next_wakeup(), Some(Mono(2_000)));
+    assert!(starts(&p.on_scan(Mono(1_999), &expired, &d)).is_empty());
+    // Grace over, still expired: restart where it failed first (Figure 7-2 step 3).
+    let a = p.on_scan(Mono(2_000), &expired, &d);
+    assert_eq!(starts(&a), vec![("ms1".into(), "b".into(), true)]);
+    // Machine b is unreachable: its own candidate d next (step 4), never b again.
+    let a = p.on_command_result(Mono(2_010), &s("ms1"), &m("b"), CommandResult::Unreachable("refused".into()), &d);
+    assert_eq!(starts(&a), vec![("ms1".into(), "d".into(), false)]);
+    // d refuses (a hook failed): then the cluster's list, skipping b which already failed.
+    let a = p.on_command_result(Mono(2_020), &s("ms1"), &m("d"), CommandResult::Refused("hook failed".into()), &d);
+    assert_eq!(starts(&a), vec![("ms1".into(), "c".into(), false)]);
+    // c accepts; the server takes its lease with a new epoch: done.
+    assert!(p.on_command_result(Mono(2_030), &s("ms1"), &m("c"), CommandResult::Accepted, &d).is_empty());
+    let a = p.on_scan(Mono(2_100), &[lease("ms1", "c", 4, 300)], &d);
+    assert_eq!(kinds(&a), vec!["server-recovered"]);
+    assert!(p.in_progress().is_empty());
+}
+
+#[test]
+fn a_start_that_never_takes_the_lease_moves_on() {
+    let d = domain();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let expired = [lease("ms1", "b", 3, -5)];
+    p.on_scan(Mono(0), &expired, &d);
+    p.on_scan(Mono(1_000), &expired, &d);
+    p.on_command_result(Mono(1_000), &s("ms1"), &m("b"), CommandResult::Accepted, &d);
+    // Start timeout: max(2 x the cluster's longest ttl (ms2: 30 s), 5 s) = 60 s.
+    assert!(starts(&p.on_scan(Mono(60_999), &expired, &d)).is_empty());
+    let a = p.on_scan(Mono(61_000), &expired, &d);
+    assert_eq!(kinds(&a), vec!["start-timeout", "migrate"]);
+    assert_eq!(starts(&a), vec![("ms1".into(), "d".into(), false)]);
+}
+
+#[test]
+fn every_candidate_failing_backs_off_then_gives_up() {
+    let d = domain();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let expired = [lease("ms1", "b", 3, -5)];
+    p.on_scan(Mono(0), &expired, &d);
+    let mut now = 1_000;
+    let mut a = p.on_scan(Mono(now), &expired, &d);
+    let mut tried = Vec::new();
+    for circuit in 0..2 {
+        while let Some((_, machine, _)) = starts(&a).first().cloned() {
+            tried.push(machine.clone());
+            now += 1;
+            a = p.on_command_result(Mono(now), &s("ms1"), &m(&machine), CommandResult::Unreachable("down".into()), &d);
+        }
+        if circuit == 0 {
+            assert_eq!(kinds(&a).last(), Some(&"backoff"));
+            now += 10_000;
+            a = p.on_scan(Mono(now), &expired, &d);
+        }
+    }
+    assert_eq!(kinds(&a).last(), Some(&"gave-up"));
+    assert_eq!(tried, vec!["b", "d", "c", "e", "b", "d", "c", "e"]);
+    assert!(starts(&p.on_scan(Mono(now + 100_000), &expired, &d)).is_empty(), "gave up for good");
+    // An operator starts it by hand: the new lease ends the episode.
+    p.on_scan(Mono(now + 100_001), &[lease("ms1", "b", 4, 300)], &d);
+    assert!(p.in_progress().is_empty());
+}
+
+#[test]
+fn without_auto_migration_only_restart_in_place() {
+    let d = domain();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let expired = [lease("ms2", "c", 1, -1)];
+    p.on_scan(Mono(0), &expired, &d);
+    let a = p.on_scan(Mono(1_000), &expired, &d);
+    assert_eq!(starts(&a), vec![("ms2".into(), "c".into(), true)]);
+    let a = p.on_command_result(Mono(1_001), &s("ms2"), &m("c"), CommandResult::Unreachable("down".into()), &d);
+    assert!(starts(&a).is_empty());
+    assert_eq!(kinds(&a).last(), Some(&"backoff"));
+}
+
+#[test]
+fn zero_grace_acts_in_the_same_scan_and_power_fences_once() {
+    let text = DOMAIN.replace("fencing_grace_period = \"1s\"", "fencing_grace_period = \"0s\"\nfence_command = [\"/bin/true\"]");
+    let d = Domain::parse("t.toml", &text).unwrap();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let a = p.on_scan(Mono(0), &[lease("ms1", "b", 3, -5)], &d);
+    assert_eq!(starts(&a), vec![("ms1".into(), "b".into(), true)]);
+    let a = p.on_command_result(Mono(1), &s("ms1"), &m("b"), CommandResult::Unreachable("down".into()), &d);
+    match &a[..] {
+        [MasterAction::Event { .. }, MasterAction::Event { .. }, MasterAction::Start { machine, power_fence, .. }] => {
+            assert_eq!(machine, &m("d"));
+            assert_eq!(power_fence, &Some(m("b")), "the failed machine is power-fenced before a move");
+        }
+        other => panic!("{other:?}"),
+    }
+    let a = p.on_command_result(Mono(2), &s("ms1"), &m("d"), CommandResult::Refused("x".into()), &d);
+    assert!(a.iter().all(|x| !matches!(x, MasterAction::Start { power_fence: Some(_), .. })), "only once");
+}
+
+#[test]
+fn released_and_foreign_leases_are_ignored() {
+    let d = domain();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let mut released = lease("ms1", "b", 3, -5);
+    released.state = LeaseState::Released;
+    let mut foreign = lease("other", "b", 1, -5);
+    foreign.name = LeaseName::Server(s("other"));
+    assert!(p.on_scan(Mono(0), &[released, foreign], &d).is_empty());
+}
+
+#[test]
+fn defaults_are_the_seeds() {
+    let text = r#"
+name = "t"
+[leasing]
+data_source = "sqlite://x"
+[[machines]]
+name = "b"
+node_manager = "127.0.0.1:5001"
+[[clusters]]
+name = "c1"
+migration_candidates = ["b"]
+[[servers]]
+name = "ms1"
+cluster = "c1"
+machine = "b"
+"#;
+    let d = Domain::parse("t.toml", text).unwrap();
+    let s = &d.servers[0];
+    assert_eq!(s.health_check_interval, Duration::from_secs(10));
+    assert_eq!(s.health_check_periods_until_fencing, 3);
+    assert_eq!(s.lease_ttl(), Duration::from_secs(30));
+    assert_eq!(d.clusters[0].fencing_grace_period, Duration::from_secs(30));
+    assert_eq!(d.clusters[0].additional_auto_migration_attempts, 3);
+    assert_eq!(d.clusters[0].migration_retry_delay, Duration::from_secs(180));
+    assert!(s.auto_migration);
+    assert_eq!(d.admin.listen.to_string(), "127.0.0.1:7001");
+}
+
+/// Each bad domain file and the exact first line of its report.
+#[test]
+fn domain_errors_name_line_and_field() {
+    let base = DOMAIN;
+    let cases: &[(&str, &str, &str)] = &[
+        ("name = \"t\"", "name = \"t\"\nbogus = 1", "t.toml:3:1: unknown field `bogus`"),
+        ("machine = \"b\"", "machine = \"zz\"", "t.toml:29:11: servers[0].machine: unknown machine \"zz\": define it under [[machines]]"),
+        ("candidate_machines = [\"d\"]", "candidate_machines = [\"d\", \"q\"]", "t.toml:30:28: servers[0].candidate_machines[1]: unknown machine \"q\""),
+        ("cluster = \"c1\"\nmachine = \"c\"", "cluster = \"c9\"\nmachine = \"c\"", "t.toml:35:11: servers[1].cluster: unknown cluster \"c9\""),
+        ("health_check_interval = \"100ms\"", "health_check_interval = \"fast\"", "t.toml:31:25: invalid duration \"fast\""),
+        ("name = \"d\"\nnode_manager = \"127.0.0.1:5003\"", "name = \"b\"\nnode_manager = \"127.0.0.1:5003\"", "t.toml:13:8: machines[2].name: machine \"b\" is defined twice"),
+        ("node_manager = \"127.0.0.1:5004\"", "node_manager = \"127.0.0.1:5001\"", "t.toml:17:16: machines[3].node_manager: address 127.0.0.1:5001 is already used by machine b"),
+        ("migration_candidates = [\"b\", \"c\", \"e\"]", "migration_candidates = [\"b\", \"x\"]", "t.toml:21:30: clusters[0].migration_candidates[1]: unknown machine \"x\""),
+        ("data_source = \"sqlite://leases.db\"", "data_source = \"mysql://u:pw@h/db\"", "t.toml:4:15: leasing.data_source: unsupported data source \"mysql://u:***@h/db\""),
+        ("health_check_interval = \"100ms\"", "health_check_interval = \"100ms\"\nhealth_check_periods_until_fencing = 1", "t.toml:32:38: servers[0].health_check_periods_until_fencing: must be at least 2"),
+        ("node_manager = \"127.0.0.1:5001\"", "node_manager = \"localhost\"", "t.toml:8:16: invalid socket address syntax"),
+    ];
+    for (from, to, want) in cases {
+        assert!(base.contains(from), "case text {from:?} not in the base domain");
+        let text = base.replacen(from, to, 1);
+        let err = Domain::parse("t.toml", &text).expect_err(want).to_string();
+        assert!(err.lines().next().unwrap_or("").starts_with(want), "want {want:?}\n got {err}");
+    }
+}
+
+#[test]
+fn migratable_server_needs_a_candidate() {
+    let text = DOMAIN.replace("migration_candidates = [\"b\", \"c\", \"e\"]", "migration_candidates = []").replace("candidate_machines = [\"d\"]\n", "");
+    let err = Domain::parse("t.toml", &text).unwrap_err().to_string();
+    assert!(err.contains("servers[0].candidate_machines: a migratable server needs at least one candidate machine"), "{err}");
+    // ms2 has auto_migration = false: no candidate needed.
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
