@@ -105,7 +105,8 @@ impl MasterRole {
                             }
                         }
                     }
-                    Ok(leases)
+                    let next = store.next_expiry_ms().await?;
+                    Ok((leases, next))
                 }
                 .await;
                 let _ = tx.send(Msg::Scan(r)).await;
@@ -195,7 +196,13 @@ impl MasterRole {
             Msg::Scan(r) => {
                 self.scan_in_flight = false;
                 match r {
-                    Ok(leases) => {
+                    Ok((leases, next_expiry)) => {
+                        // Look again at the instant the next lease runs out (DESIGN §3: the
+                        // master's detection delay is then ~0 instead of up to one interval).
+                        if let Some(ms) = next_expiry {
+                            let at = now + (ms.max(0) as u64 + 1);
+                            self.next_scan = self.next_scan.min(at);
+                        }
                         let actions = match self.planner.as_mut() {
                             Some(p) => p.on_scan(now, &leases, &ctx.domain),
                             None => return,

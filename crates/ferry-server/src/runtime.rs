@@ -32,7 +32,8 @@ pub(crate) enum Msg {
     ServerRenew(Result<Lease, StoreError>),
     MasterAcquire(Result<Lease, StoreError>),
     MasterRenew(Result<Lease, StoreError>),
-    Scan(Result<Vec<Lease>, StoreError>),
+    /// The expired (and tracked) leases, and the ms until the next lease expires.
+    Scan(Result<(Vec<Lease>, Option<i64>), StoreError>),
     NmResult {
         server: ServerName,
         machine: MachineName,

@@ -61,6 +61,7 @@ checks![
     handover_of_free_lease_succeeds,
     list_is_ordered_by_name,
     expired_lists_only_expired_held_rows,
+    next_expiry_follows_the_soonest_lease,
     concurrent_acquires_have_one_winner,
     epochs_increase_over_owner_changes,
 ];
@@ -568,6 +569,36 @@ async fn expired_lists_only_expired_held_rows(s: Arc<dyn LeaseStore>) {
     assert!(
         expired.is_empty(),
         "a re-acquired row is still listed as expired: {expired:?}"
+    );
+}
+
+async fn next_expiry_follows_the_soonest_lease(s: Arc<dyn LeaseStore>) {
+    // Other rows may share the store, so only upper bounds can be asserted.
+    let long = server("next-long");
+    let short = server("next-short");
+    let r = request(&long, "ms1", "machine-a", "inc-next-long", LONG_TTL);
+    ok("acquire long", s.acquire(&r).await);
+    let n = ok("next_expiry_ms", s.next_expiry_ms().await);
+    assert!(
+        n.is_some_and(|n| n <= LONG_TTL_MS),
+        "next expiry with a 60 s lease held: {n:?}"
+    );
+    let r = request(
+        &short,
+        "ms1",
+        "machine-a",
+        "inc-next-short",
+        Duration::from_secs(2),
+    );
+    ok("acquire short", s.acquire(&r).await);
+    let n = ok("next_expiry_ms", s.next_expiry_ms().await);
+    assert!(
+        n.is_some_and(|n| n <= 2_000),
+        "next expiry with a 2 s lease held: {n:?}"
+    );
+    ok(
+        "release short",
+        s.release(&short, &r.incarnation, Epoch(1)).await,
     );
 }
 

@@ -128,6 +128,19 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// leases, not of all leases (an index on the expiry).
     async fn expired(&self) -> Result<Vec<Lease>>;
 
+    /// Milliseconds (by the store's clock) until the next live lease expires, or `None` when
+    /// no live lease is held (leases already expired are not counted). Lets the cluster master look at the table at the instant a lease
+    /// runs out instead of up to a scan interval later. Implementations answer from the
+    /// expiry index; the default reads the whole table.
+    async fn next_expiry_ms(&self) -> Result<Option<i64>> {
+        let leases = self.list().await?;
+        Ok(leases
+            .iter()
+            .filter(|l| l.is_live())
+            .map(|l| l.remaining_ms)
+            .min())
+    }
+
     /// The data source, without any password, for messages.
     fn describe(&self) -> String;
 }

@@ -360,10 +360,25 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
+    async fn next_expiry_ms(&self) -> Result<Option<i64>> {
+        self.call(Check::Schema, |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let now = store_now_ms(&tx)?;
+            let next: Option<i64> = tx.query_row(NEXT_EXPIRY_SQL, params![now], |r| r.get(0))?;
+            Ok(next.map(|at| at - now))
+        })
+        .await
+    }
+
     fn describe(&self) -> String {
         self.data_source.to_string()
     }
 }
+
+/// The earliest expiry still to come of a held lease, from the same partial index as the
+/// expiry scan.
+pub const NEXT_EXPIRY_SQL: &str =
+    "SELECT MIN(expires_at_ms) FROM ferry_leases WHERE state = 'held' AND expires_at_ms > ?1";
 
 /// The expiry scan. `state = 'held'` is spelt literally so SQLite can use the partial index
 /// on held rows' expiry (see `schema/sqlite.sql`).
