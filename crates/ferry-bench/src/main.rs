@@ -1,1 +1,200 @@
-fn main() {}
+//! `ferry-bench`: the benchmarks behind DESIGN §6, run against real `ferry` processes on this
+//! host (the harness of `ferry demo` and the process tests), printed as markdown tables.
+//!
+//! * `failover`: machine-c dies, ms2 migrates to machine-d; detection, lease and
+//!   client-visible outage against the liveness bound of DESIGN §3.
+//! * `restart`: ms1's `ferry server` is SIGKILLed and restarted in place; against 50 ms.
+//! * `all`: both with their defaults.
+//!
+//! Needs the `ferry` binary of the same profile next to this one:
+//! `cargo build --release -p ferry -p ferry-bench && target/release/ferry-bench all`.
+
+mod common;
+mod failover;
+mod restart;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use ferry_host::clock;
+use serde::Serialize;
+
+use crate::common::{MachineFacts, Timings};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry-bench",
+    about = "Failover and restart benchmarks of ferry on this host (DESIGN §6)"
+)]
+struct Cli {
+    /// Write the raw samples, settings and machine facts as JSON to this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Keep every run's domain (logs, lease table, journals) under this directory
+    /// (default: a new ferry-bench-* directory in the temporary directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The ferry executable (default: `ferry` next to this executable).
+    #[arg(long, global = true, value_name = "PATH")]
+    ferry: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Kill machine-c and measure ms2's migration to machine-d.
+    Failover(FailoverArgs),
+    /// SIGKILL ms1's server process and measure its in-place restart.
+    Restart(RestartArgs),
+    /// Both scenarios with their defaults.
+    All,
+}
+
+#[derive(Args, Debug, Clone)]
+struct FailoverArgs {
+    /// Runs (each on a fresh domain).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// health_check_interval.
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+    /// health_check_periods_until_fencing.
+    #[arg(long, default_value_t = 3)]
+    periods: u32,
+    /// fencing_grace_period.
+    #[arg(long, default_value_t = 100)]
+    grace_ms: u64,
+}
+
+impl Default for FailoverArgs {
+    fn default() -> Self {
+        FailoverArgs {
+            runs: 20,
+            interval_ms: 100,
+            periods: 3,
+            grace_ms: 100,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct RestartArgs {
+    /// Runs (each on a fresh domain).
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
+    /// health_check_interval.
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+    /// health_check_periods_until_fencing.
+    #[arg(long, default_value_t = 3)]
+    periods: u32,
+    /// fencing_grace_period.
+    #[arg(long, default_value_t = 100)]
+    grace_ms: u64,
+}
+
+impl Default for RestartArgs {
+    fn default() -> Self {
+        RestartArgs {
+            runs: 30,
+            interval_ms: 100,
+            periods: 3,
+            grace_ms: 100,
+        }
+    }
+}
+
+/// What `--json` writes.
+#[derive(Serialize)]
+struct JsonOut {
+    machine: MachineFacts,
+    ferry: String,
+    dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failover: Option<failover::FailoverReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<restart::RestartReport>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("ferry-bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let exe = common::ferry_exe(cli.ferry.clone())?;
+    let base = match &cli.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("ferry-bench-{}", clock::wall_ms())),
+    };
+    std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let (fo, rs) = match &cli.cmd {
+        Cmd::Failover(a) => (Some(a.clone()), None),
+        Cmd::Restart(a) => (None, Some(a.clone())),
+        Cmd::All => (Some(FailoverArgs::default()), Some(RestartArgs::default())),
+    };
+
+    let facts = MachineFacts::read();
+    println!("# ferry-bench\n");
+    println!(
+        "host: {} cores, kernel {}, CPU {}; load average at start {} (the host is shared)",
+        facts.nproc, facts.kernel, facts.cpu, facts.loadavg
+    );
+    println!("ferry: {}", exe.display());
+    println!(
+        "runs' domains (logs, lease tables, journals): {}",
+        base.display()
+    );
+    println!(
+        "times in ms; p50/p99 are nearest-rank (p99 is the maximum below 100 runs); every run starts a fresh domain (Administration Server, Node Managers of machine-b, -c, -d; ms1 on machine-b is cluster master, ms2 on machine-c)"
+    );
+
+    let mut out = JsonOut {
+        machine: facts,
+        ferry: exe.display().to_string(),
+        dir: base.display().to_string(),
+        failover: None,
+        restart: None,
+    };
+    if let Some(a) = fo {
+        let t = Timings {
+            interval_ms: a.interval_ms,
+            periods: a.periods,
+            grace_ms: a.grace_ms,
+        };
+        anyhow::ensure!(
+            a.interval_ms > 0 && a.periods > 0,
+            "interval and periods must be positive"
+        );
+        let rep = failover::run(&exe, &base.join("failover"), a.runs, t).await?;
+        failover::print(&rep);
+        out.failover = Some(rep);
+    }
+    if let Some(a) = rs {
+        let t = Timings {
+            interval_ms: a.interval_ms,
+            periods: a.periods,
+            grace_ms: a.grace_ms,
+        };
+        anyhow::ensure!(
+            a.interval_ms > 0 && a.periods > 0,
+            "interval and periods must be positive"
+        );
+        let rep = restart::run(&exe, &base.join("restart"), a.runs, t).await?;
+        restart::print(&rep);
+        out.restart = Some(rep);
+    }
+    if let Some(path) = &cli.json {
+        let text = serde_json::to_string_pretty(&out)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("\nraw samples: {}", path.display());
+    }
+    Ok(())
+}

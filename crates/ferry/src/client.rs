@@ -168,18 +168,29 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
         return Ok(0);
     }
     let started = clock::now();
-    let bar = indicatif::ProgressBar::new_spinner();
+    // A spinner on a terminal; plain lines in a pipe or a log (indicatif hides itself there).
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let tty = !bar.is_hidden();
     bar.enable_steady_tick(Duration::from_millis(100));
     bar.set_message(format!("{} {}", op.kind, op.target));
     let mut shown = 0;
     loop {
         let cur = admin.operation(op.id).await?;
         for s in cur.steps.iter().skip(shown) {
-            bar.println(format!(
+            let line = format!(
                 "  [{:>6.2}s] {}",
                 clock::now().since(started) as f64 / 1000.0,
                 s.message
-            ));
+            );
+            if tty {
+                bar.println(line);
+            } else {
+                println!("{line}");
+            }
         }
         shown = cur.steps.len();
         match cur.state.as_str() {

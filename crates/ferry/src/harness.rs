@@ -250,6 +250,27 @@ impl Harness {
         probe(addr, Duration::from_millis(300)).await
     }
 
+    /// Waits until `server`'s service answers from `machine`; returns the answer.
+    pub async fn wait_answer_from(
+        &self,
+        server: &str,
+        machine: &str,
+        patience: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let until = clock::now() + patience;
+        loop {
+            if let Some(v) = self.who_answers(server).await {
+                if v["machine"] == machine {
+                    return Ok(v);
+                }
+            }
+            if clock::now() >= until {
+                bail!("{server} did not answer from {machine} within {patience:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn status(&self) -> anyhow::Result<Vec<ServerStatus>> {
         Ok(self.admin().servers().await?)
     }

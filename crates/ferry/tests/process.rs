@@ -90,8 +90,10 @@ async fn kill_machine_then_failback() {
         after.epoch > before.epoch,
         "the new instance has a larger fencing token"
     );
-    let answer = h.who_answers("ms2").await.expect("ms2's service answers");
-    assert_eq!(answer["machine"], "machine-d");
+    let answer = h
+        .wait_answer_from("ms2", "machine-d", PATIENCE)
+        .await
+        .expect("ms2's service answers");
     assert_eq!(answer["fencing_token"], after.epoch.unwrap());
     let ev = events(&h).await;
     for kind in [
@@ -495,4 +497,166 @@ candidate_machines = ["m9"]
         err.contains("bad.toml:4:1:") && err.contains("unknown field `bogus`"),
         "{err}"
     );
+}
+
+fn ferry_cli(admin: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(exe())
+        .args(args)
+        .env("FERRY_ADMIN", admin)
+        .output()
+        .expect("ferry runs")
+}
+
+/// The command line drives a domain as DESIGN §4 says, with stable `-o json`.
+#[tokio::test]
+async fn the_command_line_drives_the_domain() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let h = Harness::start(spec(), exe(), None)
+        .await
+        .expect("domain starts");
+    let url = h.admin_url.clone();
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || ferry_cli(&url, &["start-cluster", "cluster-1", "--wait"])
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("start-cluster cluster-1 succeeded"));
+
+    let out = ferry_cli(&url, &["status", "-o", "json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status -o json is JSON");
+    let list = v.as_array().expect("a list");
+    assert_eq!(list.len(), 2);
+    for s in list {
+        for field in [
+            "name",
+            "cluster",
+            "state",
+            "machine",
+            "pid",
+            "epoch",
+            "lease_remaining_ms",
+            "master",
+        ] {
+            assert!(s.get(field).is_some(), "status -o json lacks {field}: {s}");
+        }
+        assert_eq!(s["state"], "RUNNING");
+    }
+    assert_eq!(
+        list.iter().filter(|s| s["master"] == true).count(),
+        1,
+        "exactly one master"
+    );
+
+    let out = ferry_cli(&url, &["leases", "-o", "json"]);
+    let leases: Vec<ferry_core::lease::Lease> =
+        serde_json::from_slice(&out.stdout).expect("leases -o json");
+    assert_eq!(
+        leases.len(),
+        3,
+        "two server leases and the master lease: {leases:?}"
+    );
+
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || ferry_cli(&url, &["migrate", "ms1", "--to", "machine-d", "--wait"])
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "contacting the Node Manager on machine-b to stop ms1",
+        "contacting the Node Manager on machine-d to start ms1",
+        "obtained its lease on machine-d",
+    ] {
+        assert!(
+            text.contains(step),
+            "migrate --wait did not show {step:?}:\n{text}"
+        );
+    }
+
+    let out = ferry_cli(&url, &["events", "-o", "json"]);
+    let events: Vec<ferry_api::Event> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert!(events.iter().any(|e| e.kind == "master-acquired"));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "lease-released" && e.server.as_deref() == Some("ms1")));
+
+    let out = ferry_cli(&url, &["migrate", "ms1", "--to", "machine-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown machine machine-q"));
+    let out = ferry_cli("http://127.0.0.1:1", &["status"]);
+    assert_eq!(out.status.code(), Some(3), "an unreachable admin is exit 3");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the Administration Server running?"));
+    assert_safe(&h);
+}
+
+/// Configuration changes made through the API are versioned, persisted, survive a restart of
+/// the Administration Server, and reach the Node Managers.
+#[tokio::test]
+async fn configuration_changes_persist() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = Harness::start(spec(), exe(), None)
+        .await
+        .expect("domain starts");
+    let admin = h.admin();
+    let v1 = admin.domain().await.unwrap();
+    assert_eq!(v1.version, 1);
+    let mut d = v1.domain.clone();
+    d.servers[0].shutdown_timeout = Duration::from_secs(7);
+    let v2 = admin
+        .put_domain(&ferry_api::DomainUpdate {
+            expected_version: Some(1),
+            domain: d.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    // A stale writer is refused; an invalid configuration is refused with the field named.
+    let e = admin
+        .put_domain(&ferry_api::DomainUpdate {
+            expected_version: Some(1),
+            domain: d.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    let mut bad = d.clone();
+    bad.servers[0].candidate_machines = vec![ferry_core::MachineName::new("nowhere").unwrap()];
+    let e = admin
+        .put_domain(&ferry_api::DomainUpdate {
+            expected_version: None,
+            domain: bad,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(422));
+    assert!(
+        e.to_string().contains("servers[0].candidate_machines[0]"),
+        "{e}"
+    );
+    // Restart the admin: version 2 is still current.
+    h.kill_admin();
+    h.start_admin().await.unwrap();
+    let again = h.admin().domain().await.unwrap();
+    assert_eq!(again.version, 2);
+    assert_eq!(
+        again.domain.servers[0].shutdown_timeout,
+        Duration::from_secs(7)
+    );
+    assert!(h.dir.join("data/admin/history/domain-v2.toml").exists());
 }

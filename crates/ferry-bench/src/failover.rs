@@ -1,0 +1,329 @@
+//! Scenario 1, automatic migration (Figure 7-2): machine-c dies (SIGKILL of its Node Manager,
+//! ms2 and ms2's service) at a random phase of the renewal cycle; measured from the kill:
+//! when the cluster master (ms1) saw ms2's lease expired, when it ordered ms2 onto machine-d,
+//! when ms2 held its lease there, and when a client probing ms2's address every 2 ms got an
+//! answer from machine-d. Every run starts a fresh domain, so every run starts from the same
+//! state (no restart history, no earlier failover, ms1 master), and checks the journals.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry::harness::Harness;
+use ferry_host::clock;
+use serde::Serialize;
+
+use crate::common::{self, Timings, PATIENCE};
+use crate::stats::{header, row, summarize};
+
+/// One run's raw sample; every `_ms` is from the kill instant.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FailoverRun {
+    pub run: usize,
+    pub dir: String,
+    /// Domains started for this run (more than one when ms1 did not become master).
+    pub setup_attempts: u32,
+    /// How far into a renewal interval the kill fell (random), ms.
+    pub phase_ms: u64,
+    pub processes_killed: usize,
+    pub token_before: u64,
+    pub token_after: u64,
+    /// `lease-expired` of ms2, reported by the cluster master.
+    pub detect_ms: Option<i64>,
+    /// `restart-in-place` of ms2 (the master first tries machine-c's Node Manager).
+    pub restart_in_place_ms: Option<i64>,
+    /// `migrate` of ms2 to machine-d.
+    pub migrate_ms: Option<i64>,
+    /// `server-started` of ms2 by machine-d's Node Manager.
+    pub started_ms: Option<i64>,
+    /// `lease-acquired` of ms2 on machine-d.
+    pub leased_ms: Option<i64>,
+    /// First answer of ms2's service from machine-d (the client-visible outage).
+    pub answered_ms: Option<i64>,
+    /// answered - migrate: how long starting ms2 on machine-d took.
+    pub start_ms: Option<i64>,
+    /// The full liveness bound for this run: timers + one scan interval + `start_ms`.
+    pub bound_ms: Option<i64>,
+    pub over_bound: bool,
+    /// `None` when the journals show no two instances at once; else the violation.
+    pub safety_violation: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    pub timings: Timings,
+    pub runs_requested: usize,
+    pub mode: &'static str,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+    pub runs: Vec<FailoverRun>,
+}
+
+const MODE: &str = "fresh domain per run";
+
+pub async fn run(
+    exe: &Path,
+    base: &Path,
+    runs: usize,
+    t: Timings,
+) -> anyhow::Result<FailoverReport> {
+    let loadavg_before = common::loadavg();
+    let mut out = Vec::new();
+    for i in 1..=runs {
+        let r = one(exe, &base.join(format!("run-{i:02}")), i, t).await;
+        eprintln!("failover {i}/{runs}: {}", progress(&r));
+        out.push(r);
+    }
+    Ok(FailoverReport {
+        timings: t,
+        runs_requested: runs,
+        mode: MODE,
+        loadavg_before,
+        loadavg_after: common::loadavg(),
+        runs: out,
+    })
+}
+
+fn progress(r: &FailoverRun) -> String {
+    if let Some(e) = &r.error {
+        return format!("FAILED: {e} (see {})", r.dir);
+    }
+    let f = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+    format!(
+        "phase {} ms; detect {} migrate {} leased {} answered {} ms (bound {}){}{}",
+        r.phase_ms,
+        f(r.detect_ms),
+        f(r.migrate_ms),
+        f(r.leased_ms),
+        f(r.answered_ms),
+        f(r.bound_ms),
+        if r.over_bound { "  OVER BOUND" } else { "" },
+        match &r.safety_violation {
+            Some(v) => format!("  SAFETY VIOLATION: {v}"),
+            None => String::new(),
+        }
+    )
+}
+
+async fn one(exe: &Path, dir: &Path, run: usize, t: Timings) -> FailoverRun {
+    let mut r = FailoverRun {
+        run,
+        dir: dir.display().to_string(),
+        ..Default::default()
+    };
+    let (h, d, attempts) = common::setup(exe, dir, run, t).await;
+    r.dir = d.display().to_string();
+    r.setup_attempts = attempts;
+    let h = match h {
+        Ok(h) => h,
+        Err(e) => {
+            r.error = Some(e);
+            return r;
+        }
+    };
+    if let Err(e) = measure(&h, &mut r, t).await {
+        r.error = Some(format!("{e:#}"));
+    }
+    r.safety_violation = common::safety(&h).err();
+    r
+}
+
+async fn measure(h: &Harness, r: &mut FailoverRun, t: Timings) -> anyhow::Result<()> {
+    let addr = h.service_addr["ms2"];
+    let (_, before) = common::probe_until(addr, PATIENCE, |v| v["machine"] == "machine-c").await?;
+    r.token_before = before["fencing_token"].as_u64().unwrap_or(0);
+    r.phase_ms = common::settle_random_phase(t).await;
+    let since = common::last_event_id(h).await?;
+    let pids = h.machine_pids("machine-c");
+    anyhow::ensure!(
+        pids.len() >= 3,
+        "machine-c runs {} processes, expected its Node Manager, ms2 and ms2's service",
+        pids.len()
+    );
+
+    // The failure: stop and kill machine-c's processes found beforehand, then sweep.
+    let t0 = clock::now().ms();
+    let t0_wall = clock::wall_ms();
+    common::stop_and_kill(&pids);
+    r.processes_killed = pids.len() + h.kill_machine("machine-c");
+
+    let token_before = r.token_before;
+    let (answered, after) = common::probe_until(addr, PATIENCE, |v| {
+        v["machine"] == "machine-d" && v["fencing_token"].as_u64().unwrap_or(0) > token_before
+    })
+    .await?;
+    r.answered_ms = Some(answered as i64 - t0 as i64);
+    r.token_after = after["fencing_token"].as_u64().unwrap_or(0);
+
+    let is =
+        |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms2");
+    let on_d = |e: &ferry_api::Event| e.machine.as_deref() == Some("machine-d");
+    let events = common::events_until(h, since, "lease-acquired of ms2 on machine-d", |e| {
+        is(e, "lease-acquired") && on_d(e)
+    })
+    .await?;
+    r.detect_ms = common::first_after(&events, t0_wall, |e| is(e, "lease-expired"));
+    r.restart_in_place_ms = common::first_after(&events, t0_wall, |e| is(e, "restart-in-place"));
+    r.migrate_ms = common::first_after(&events, t0_wall, |e| is(e, "migrate"));
+    r.started_ms = common::first_after(&events, t0_wall, |e| is(e, "server-started") && on_d(e));
+    r.leased_ms = common::first_after(&events, t0_wall, |e| is(e, "lease-acquired") && on_d(e));
+    if let (Some(a), Some(m)) = (r.answered_ms, r.migrate_ms) {
+        let start = a - m;
+        let bound = (t.timers_ms() + t.interval_ms) as i64 + start;
+        r.start_ms = Some(start);
+        r.bound_ms = Some(bound);
+        r.over_bound = a > bound;
+    }
+    // Give the Administration Server a moment to persist the tail of the story for the logs.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+/// The markdown report of the scenario.
+pub fn print(rep: &FailoverReport) {
+    let t = rep.timings;
+    let ok: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.error.is_none()).collect();
+    let col =
+        |f: fn(&FailoverRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
+    let timers = t.timers_ms();
+    let scan = t.interval_ms;
+    println!("\n## failover: machine-c killed, ms2 migrates to machine-d (Figure 7-2)\n");
+    println!(
+        "settings: health_check_interval {} ms x {} periods = lease {} ms, fencing_grace_period {} ms; {} runs, {}; \
+         kill = SIGSTOP+SIGKILL of machine-c's Node Manager, ms2 and ms2's service after 2 renewal intervals plus a random phase of one interval; \
+         client probes ms2's address every {} ms; event times are the sources' wall clocks; load average {} before, {} after\n",
+        t.interval_ms,
+        t.periods,
+        t.ttl_ms(),
+        t.grace_ms,
+        rep.runs_requested,
+        rep.mode,
+        common::PROBE_EVERY.as_millis(),
+        rep.loadavg_before,
+        rep.loadavg_after
+    );
+    println!("{}", header("ms from the kill until", "bound (ms)"));
+    println!(
+        "{}",
+        row(
+            "master (ms1) saw ms2's lease expired (`lease-expired`)",
+            col(|r| r.detect_ms),
+            &format!("<= lease + scan = {}", t.ttl_ms() + scan)
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "master ordered ms2 onto machine-d (`migrate`)",
+            col(|r| r.migrate_ms),
+            &format!("<= lease + scan + grace = {}", timers + scan)
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "machine-d's Node Manager started ms2 (`server-started`)",
+            col(|r| r.started_ms),
+            ""
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "ms2 holds its lease on machine-d (`lease-acquired`)",
+            col(|r| r.leased_ms),
+            ""
+        )
+    );
+    let start_p50 = summarize(col(|r| r.start_ms)).map_or(0, |s| s.p50);
+    println!(
+        "{}",
+        row(
+            "**client: ms2's service answers from machine-d (outage)**",
+            col(|r| r.answered_ms),
+            &format!(
+                "interval x periods + grace = {timers}; full DESIGN §3 bound = {timers} + {scan} scan + start time (p50 {start_p50}) = {}",
+                timers + scan + start_p50 as u64
+            )
+        )
+    );
+    println!(
+        "{}",
+        row(
+            "start time on machine-d (`migrate` -> answers)",
+            col(|r| r.start_ms),
+            ""
+        )
+    );
+    let n = ok.len();
+    let over_timers = ok
+        .iter()
+        .filter(|r| r.answered_ms.is_some_and(|a| a > timers as i64))
+        .count();
+    let over: Vec<&&FailoverRun> = ok.iter().filter(|r| r.over_bound).collect();
+    let unsafe_runs: Vec<&FailoverRun> = rep
+        .runs
+        .iter()
+        .filter(|r| r.safety_violation.is_some())
+        .collect();
+    println!();
+    println!("- outage over interval x periods + grace ({timers} ms): {over_timers}/{n} runs (expected: that bound leaves out the scan delay and the start time)");
+    println!(
+        "- outage over the full liveness bound ({timers} + {scan} scan + that run's start time): **{}/{n} runs**{}",
+        over.len(),
+        if over.is_empty() { "" } else { "  <- FLAGGED" }
+    );
+    for r in &over {
+        println!(
+            "  - run {}: outage {} ms > bound {} ms (detect {:?}, migrate {:?}, start {:?}); logs in {}",
+            r.run,
+            r.answered_ms.unwrap_or(0),
+            r.bound_ms.unwrap_or(0),
+            r.detect_ms,
+            r.migrate_ms,
+            r.start_ms,
+            r.dir
+        );
+    }
+    if let Some(s) = summarize(col(|r| r.answered_ms)) {
+        println!(
+            "- DESIGN §6 target p50 outage < 500 ms: p50 {} ms, {}",
+            s.p50,
+            if s.p50 < 500 { "met" } else { "**NOT MET**" }
+        );
+    }
+    println!(
+        "- safety (journals: never two instances at once, fencing tokens increase): {}/{} runs clean{}",
+        rep.runs.len() - unsafe_runs.len(),
+        rep.runs.len(),
+        if unsafe_runs.is_empty() {
+            ""
+        } else {
+            "  <- VIOLATION"
+        }
+    );
+    for r in unsafe_runs {
+        println!(
+            "  - run {}: {} ({})",
+            r.run,
+            r.safety_violation.as_deref().unwrap_or(""),
+            r.dir
+        );
+    }
+    let failed: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.error.is_some()).collect();
+    if !failed.is_empty() {
+        println!("- failed runs (not in the table): {}", failed.len());
+        for r in failed {
+            println!(
+                "  - run {}: {} ({})",
+                r.run,
+                r.error.as_deref().unwrap_or(""),
+                r.dir
+            );
+        }
+    }
+    let retried = rep.runs.iter().filter(|r| r.setup_attempts > 1).count();
+    if retried > 0 {
+        println!("- runs whose first domain did not make ms1 master (domain restarted before measuring): {retried}");
+    }
+}
