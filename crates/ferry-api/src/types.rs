@@ -212,7 +212,9 @@ pub struct Bootstrap {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "report", rename_all = "kebab-case")]
 pub enum Report {
-    /// A new local lease deadline on CLOCK_BOOTTIME (ms): fence the server if it passes.
+    /// The Node Manager's fencing deadline on CLOCK_BOOTTIME (ms): kill the server's session
+    /// if it passes without a later one (rule 3). The server sets it half its safety margin
+    /// after its own deadline, still before the store can expire the lease.
     Deadline { at_ms: u64 },
     /// The server lease is held: services are starting.
     Acquired { epoch: u64 },

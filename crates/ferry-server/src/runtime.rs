@@ -367,7 +367,13 @@ impl Runtime {
                         let _ = tx.send(Msg::ServerRenew(r)).await;
                     });
                 }
-                KeeperAction::Deadline { at } => self.ctx.report(&Report::Deadline { at_ms: at.0 }),
+                // The Node Manager's fence is the backstop for a hung server (rule 3): it
+                // fires half a margin after the server's own, still before the store can
+                // expire the lease, so a healthy server always fences itself first.
+                KeeperAction::Deadline { at } => {
+                    let backstop = at + self.keeper.timing.margin_ms / 2;
+                    self.ctx.report(&Report::Deadline { at_ms: backstop.0 })
+                }
                 KeeperAction::Acquired { epoch } => {
                     self.epoch = Some(epoch.0);
                     self.ctx.report(&Report::Acquired { epoch: epoch.0 });

@@ -186,3 +186,61 @@ async fn exec(cmd: &[String]) -> Result<(), String> {
         Err(format!("exec {}: {status}", cmd[0]))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_checks_tell_up_from_down() {
+        let t = Duration::from_millis(500);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A tiny HTTP server: 200 on /ok, 503 elsewhere.
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /ok ");
+                let line = if ok {
+                    "HTTP/1.0 200 OK\r\n\r\n"
+                } else {
+                    "HTTP/1.0 503 Unavailable\r\n\r\n"
+                };
+                let _ = s.write_all(line.as_bytes()).await;
+            }
+        });
+        assert!(check(&Health::Tcp(addr), t).await.is_ok());
+        assert!(check(&Health::Http(format!("http://{addr}/ok")), t)
+            .await
+            .is_ok());
+        let e = check(&Health::Http(format!("http://{addr}/bad")), t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("503"), "{e}");
+        assert!(check(&Health::Exec(vec!["true".into()]), t).await.is_ok());
+        assert!(check(&Health::Exec(vec!["false".into()]), t).await.is_err());
+        let e = check(&Health::Exec(vec!["/no/such/program".into()]), t)
+            .await
+            .unwrap_err();
+        assert!(e.contains("/no/such/program"), "{e}");
+        // A port nobody listens on.
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(check(&Health::Tcp(free), t).await.is_err());
+        // A check that hangs is cut off by the timeout.
+        let e = check(
+            &Health::Exec(vec!["sleep".into(), "5".into()]),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("no answer within 100 ms"), "{e}");
+    }
+}

@@ -3,18 +3,20 @@
 //! 1. **Safety** (DESIGN §3): at no instant do two instances of one server run their hosted
 //!    services. An instance runs them from `KeeperAction::Acquired` until it is fenced,
 //!    killed, or crashes; on a frozen host they do not run while it is frozen.
-//! 2. **Epochs**: every instance that starts services holds a strictly larger epoch than the
-//!    previous one of its server; every master tenure a larger master epoch than the last.
-//! 2b. **Fence before expiry** (rule 2): whenever a keeper moves its deadline, that local
+//! 2. **Fence before expiry** (rule 2): whenever a keeper moves its deadline, that local
 //!    instant (in true time, plus the worst timer latency) lies before the store's expiry of
-//!    the grant it holds. Property 1 rests on it; checking it directly catches a broken
-//!    deadline long before two instances happen to overlap.
-//! 3. **One master**: when a master sends a command, no other master believes it holds the
+//!    the grant it holds. Safety rests on it; checking it directly catches a broken deadline
+//!    long before two instances happen to overlap.
+//! 3. **Epochs**: every instance that starts services holds a strictly larger epoch than the
+//!    previous one of its server; every master tenure a larger master epoch than the last
+//!    (the same process may come back at its own epoch); the store's epochs never go back.
+//! 4. **One master**: when a master sends a command, no other master believes it holds the
 //!    master lease (rule 6); and no Node Manager executes a command whose master epoch is
 //!    lower than one it has already seen (rule 5).
-//! 4. **Liveness**: once the faults stop, every server with `auto_migration` runs again
+//! 5. **Liveness**: once the faults stop, every server with `auto_migration` runs again
 //!    within the bound (see `Sim::heal_bound_ms`) and still runs at the end.
-//! 5. **Validate**: every keeper's `validate()` holds after every transition.
+//! 6. **Validate**: every keeper's `validate()` holds after every transition (the planner
+//!    and the supervisor have no `validate()` yet).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -142,7 +144,7 @@ impl Checker {
                 );
             }
         }
-        if self.last_master.map_or(true, |(last, _)| epoch >= last) {
+        if self.last_master.is_none_or(|(last, _)| epoch >= last) {
             self.last_master = Some((epoch, instance));
         }
     }
@@ -218,7 +220,7 @@ impl Checker {
     pub fn first_run_since(&self, server: &ServerName, from_ms: u64) -> Option<u64> {
         self.runs
             .iter()
-            .filter(|r| &r.server == server && r.end_ms.map_or(true, |e| e > from_ms))
+            .filter(|r| &r.server == server && r.end_ms.is_none_or(|e| e > from_ms))
             .map(|r| r.start_ms.max(from_ms))
             .min()
     }

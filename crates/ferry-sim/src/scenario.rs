@@ -331,7 +331,7 @@ impl Scenario {
 
     /// The scenario's domain file, as an operator would write it.
     pub fn domain_toml(&self) -> String {
-        let ms = |v: u64| format!("{}", humanize(Duration::from_millis(v)));
+        let ms = |v: u64| humanize(Duration::from_millis(v));
         let mut t =
             String::from("name = \"sim\"\n\n[leasing]\ndata_source = \"sqlite://sim.db\"\n");
         for (i, m) in self.machines.iter().enumerate() {

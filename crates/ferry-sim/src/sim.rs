@@ -75,6 +75,9 @@ pub struct Outcome {
     pub cmd_timeout_ms: u64,
     /// When a process holding the master role died (crash, kill, power loss).
     pub master_died_at: Vec<u64>,
+    /// The longest a migratable server took to run again once the faults stopped (or the
+    /// operator restarted a dead cluster).
+    pub slowest_recovery_ms: u64,
 }
 
 impl Outcome {
@@ -1052,7 +1055,7 @@ impl Sim {
             return;
         };
         let at = self.hosts[h].clock.true_at(w, self.now) + self.rng.gen_range(0..=TIMER_JITTER_MS);
-        if nm.wake_at.map_or(true, |cur| cur < self.now || at < cur) {
+        if nm.wake_at.is_none_or(|cur| cur < self.now || at < cur) {
             let boot = self.hosts[h].boot;
             self.hosts[h].nm.as_mut().expect("up").wake_at = Some(at);
             self.schedule(at, Ev::NmWake { host: h, boot });
@@ -1544,7 +1547,7 @@ impl Sim {
         let Some(w) = wake else { return };
         let at = self.hosts[inst.host].clock.true_at(w, self.now)
             + self.rng.gen_range(0..=TIMER_JITTER_MS);
-        if inst.wake_at.map_or(true, |cur| cur < self.now || at < cur) {
+        if inst.wake_at.is_none_or(|cur| cur < self.now || at < cur) {
             self.insts[i].wake_at = Some(at);
             self.schedule(at, Ev::InstWake(i));
         }
@@ -2101,11 +2104,16 @@ impl Sim {
 
     fn finish(mut self, heal_at: u64, bound: u64, end: u64) -> Outcome {
         let base = self.operator_at_ms.unwrap_or(heal_at).max(heal_at);
+        let mut slowest_recovery_ms = 0;
         for spec in self.sc.servers.clone() {
             if !spec.auto_migration {
                 continue;
             }
-            match self.checker.first_run_since(&spec.name, heal_at) {
+            let first = self.checker.first_run_since(&spec.name, heal_at);
+            if let Some(t) = first {
+                slowest_recovery_ms = slowest_recovery_ms.max(t.saturating_sub(base));
+            }
+            match first {
                 Some(t) if t <= base + bound => {}
                 Some(t) => self.checker.violate(
                     Property::Liveness,
@@ -2135,6 +2143,7 @@ impl Sim {
         }
         self.now = end;
         Outcome {
+            slowest_recovery_ms,
             design_bound_ms: self.design_bound_ms(),
             takeover_ms: self.takeover_ms(),
             cmd_timeout_ms: self.cmd_timeout_ms,

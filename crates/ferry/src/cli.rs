@@ -205,7 +205,13 @@ pub fn main() -> i32 {
                 .enable_all()
                 .build();
             match rt {
-                Ok(rt) => rt.block_on(ferry_server::run(name)),
+                Ok(rt) => {
+                    let code = rt.block_on(ferry_server::run(name));
+                    // Exit now: a store call stuck on the blocking pool must not hold a
+                    // fenced server up until its Node Manager kills it.
+                    rt.shutdown_background();
+                    code
+                }
                 Err(e) => {
                     eprintln!("ferry server: cannot start the async runtime: {e}");
                     EXIT_FAILED

@@ -660,3 +660,48 @@ async fn configuration_changes_persist() {
     );
     assert!(h.dir.join("data/admin/history/domain-v2.toml").exists());
 }
+
+/// Losing the lease table: every server fails to renew and shuts itself down before its
+/// lease can expire (rule 2), with the seed's message, and exits 75.
+#[tokio::test]
+async fn lost_lease_table_makes_every_server_fence_itself() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let h = started().await;
+    // Take the database's write lock and keep it: every renewal now times out.
+    let db = rusqlite::Connection::open(h.dir.join("data/leases.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let secret = h.secret().await.unwrap();
+    for (server, machine) in [("ms1", "machine-b"), ("ms2", "machine-c")] {
+        let nm = NmClient::new(
+            &h.nm_addr[machine].to_string(),
+            &secret,
+            Duration::from_secs(2),
+        );
+        wait_until(PATIENCE, &format!("{server} to fence itself"), || async {
+            nm.servers()
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().find(|s| s.name == server))
+                .is_some_and(|s| {
+                    s.state == "FENCED" && s.last_exit.as_deref() == Some("exit code 75")
+                })
+        })
+        .await
+        .unwrap();
+        let log = std::fs::read_to_string(
+            h.dir
+                .join(format!("data/nm-{machine}/servers/{server}/server.log")),
+        )
+        .unwrap();
+        assert!(
+            log.contains("failed to reach the lease table for lease renewal"),
+            "{server}'s log says why:\n{log}"
+        );
+        assert!(
+            h.who_answers(server).await.is_none(),
+            "{server}'s service was killed"
+        );
+    }
+    db.execute_batch("ROLLBACK").unwrap();
+    assert_safe(&h);
+}
