@@ -226,7 +226,11 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let (config, note) = ConfigStore::open(&opts.data_dir, &opts.domain_file)?;
-    let secret_path = opts.data_dir.join("secret");
+    let secret_path = files::secret_path(&opts.domain_file);
+    if let Some(dir) = secret_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    }
     let secret = files::secret(&secret_path, true, rand::random).with_context(|| {
         format!(
             "cannot read or create the domain secret {}",

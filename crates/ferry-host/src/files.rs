@@ -46,6 +46,12 @@ pub fn resolve_paths(domain: &mut Domain, base: &Path) {
     }
 }
 
+/// Where a domain's secret lives: next to the domain file, in `.ferry/secret` (mode 0600),
+/// so every process started with the same domain file finds it, whatever its data directory.
+pub fn secret_path(domain_file: &Path) -> PathBuf {
+    domain_dir(domain_file).join(".ferry").join("secret")
+}
+
 /// Writes `contents` to `path` atomically (temp file, fsync, rename) with `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {

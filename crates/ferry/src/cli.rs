@@ -62,7 +62,8 @@ pub enum Cmd {
         /// [default: DOMAIN_DIR/data/nm-MACHINE]
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The domain secret [default: DOMAIN_DIR/data/admin/secret; or $FERRY_SECRET].
+        /// The domain secret [default: $FERRY_SECRET, else DOMAIN_DIR/.ferry/secret, which the
+        /// Administration Server creates].
         #[arg(long)]
         secret_file: Option<PathBuf>,
     },
@@ -366,7 +367,9 @@ async fn nodemanager(
         _ => {
             let path = match (secret_file, &base) {
                 (Some(p), _) => p,
-                (None, Some(b)) => b.join("data").join("admin").join("secret"),
+                (None, Some(_)) => ferry_host::files::secret_path(
+                    domain.as_deref().unwrap_or(std::path::Path::new(".")),
+                ),
                 (None, None) => {
                     anyhow::bail!("give the domain secret with --secret-file or $FERRY_SECRET")
                 }

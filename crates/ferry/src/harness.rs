@@ -223,7 +223,7 @@ impl Harness {
 
     /// The domain secret the admin created.
     pub async fn secret(&self) -> anyhow::Result<String> {
-        let path = self.dir.join("data").join("admin").join("secret");
+        let path = ferry_host::files::secret_path(&self.domain_file);
         Ok(ferry_host::files::wait_for_secret(&path, Duration::from_secs(20)).await?)
     }
 
