@@ -42,11 +42,14 @@ impl ExitKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SupervisorAction {
     /// Restart on this machine now or after `delay_ms`, handing the lease over from the
-    /// incarnation that was reaped (rule 4).
+    /// incarnation that was reaped (rule 4). With `if_unclaimed`, first check that the
+    /// lease still names that incarnation: a server that fenced itself is brought back
+    /// when the lease table returns, but not if the master has meanwhile moved it.
     Restart {
         server: ServerName,
         handover_from: Incarnation,
         delay_ms: u64,
+        if_unclaimed: bool,
     },
     /// SIGKILL the server's whole session: its deadline passed (rule 3).
     Fence {
@@ -71,6 +74,10 @@ pub struct RestartPolicy {
     pub max_in_row: u32,
     /// A run at least this long resets the count.
     pub stable_ms: u64,
+    /// First delay before restarting a server that fenced itself; doubles up to
+    /// `fenced_max_ms` while it keeps fencing (a lease table that is down).
+    pub fenced_base_ms: u64,
+    pub fenced_max_ms: u64,
 }
 
 impl Default for RestartPolicy {
@@ -80,6 +87,8 @@ impl Default for RestartPolicy {
             max_ms: 30_000,
             max_in_row: 5,
             stable_ms: 60_000,
+            fenced_base_ms: 1_000,
+            fenced_max_ms: 10_000,
         }
     }
 }
@@ -90,6 +99,7 @@ struct Supervised {
     started_at: Mono,
     deadline: Option<Mono>,
     crashes_in_row: u32,
+    fenced_in_row: u32,
     fenced: bool,
 }
 
@@ -138,7 +148,10 @@ impl Supervisor {
 
     /// A server process was started (fresh or restarted).
     pub fn on_started(&mut self, server: &ServerName, incarnation: Incarnation, now: Mono) {
-        let crashes_in_row = self.servers.get(server).map_or(0, |s| s.crashes_in_row);
+        let (crashes_in_row, fenced_in_row) = self
+            .servers
+            .get(server)
+            .map_or((0, 0), |s| (s.crashes_in_row, s.fenced_in_row));
         self.servers.insert(
             server.clone(),
             Supervised {
@@ -146,6 +159,7 @@ impl Supervisor {
                 started_at: now,
                 deadline: None,
                 crashes_in_row,
+                fenced_in_row,
                 fenced: false,
             },
         );
@@ -220,10 +234,26 @@ impl Supervisor {
                 server: server.clone(),
                 state: "SHUTDOWN",
             }],
-            ExitKind::Fenced => vec![SupervisorAction::Down {
-                server: server.clone(),
-                state: "FENCED",
-            }],
+            ExitKind::Fenced => {
+                if now.since(s.started_at) >= self.policy.stable_ms {
+                    s.fenced_in_row = 0;
+                }
+                s.fenced_in_row += 1;
+                let delay_ms = (self.policy.fenced_base_ms << (s.fenced_in_row - 1).min(20))
+                    .min(self.policy.fenced_max_ms);
+                vec![
+                    SupervisorAction::Down {
+                        server: server.clone(),
+                        state: "FENCED",
+                    },
+                    SupervisorAction::Restart {
+                        server: server.clone(),
+                        handover_from: incarnation.clone(),
+                        delay_ms,
+                        if_unclaimed: true,
+                    },
+                ]
+            }
             ExitKind::ConfigError => vec![SupervisorAction::Down {
                 server: server.clone(),
                 state: "FAILED_CONFIG",
@@ -258,15 +288,17 @@ impl Supervisor {
                     server: server.clone(),
                     handover_from: incarnation.clone(),
                     delay_ms,
+                    if_unclaimed: false,
                 }]
             }
         }
     }
 
-    /// Forgets a server's restart count (an operator or master started it deliberately).
+    /// Forgets a server's restart counts (an operator or master started it deliberately).
     pub fn reset_crashes(&mut self, server: &ServerName) {
         if let Some(s) = self.servers.get_mut(server) {
             s.crashes_in_row = 0;
+            s.fenced_in_row = 0;
         }
     }
 }
@@ -317,12 +349,41 @@ mod tests {
     }
 
     #[test]
+    fn a_fenced_server_comes_back_if_its_lease_is_unclaimed_with_growing_delays() {
+        let mut sup = Supervisor::default();
+        let mut delays = vec![];
+        for i in 0..6u64 {
+            let inc = Incarnation(format!("{i}"));
+            sup.on_started(&n("ms1"), inc.clone(), Mono(i * 10));
+            match sup
+                .on_exit(&n("ms1"), &inc, ExitKind::Fenced, Mono(i * 10 + 5))
+                .as_slice()
+            {
+                [SupervisorAction::Down {
+                    state: "FENCED", ..
+                }, SupervisorAction::Restart {
+                    handover_from,
+                    delay_ms,
+                    if_unclaimed: true,
+                    ..
+                }] => {
+                    assert_eq!(handover_from, &inc);
+                    delays.push(*delay_ms);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(delays, vec![1_000, 2_000, 4_000, 8_000, 10_000, 10_000]);
+    }
+
+    #[test]
     fn crashes_back_off_then_give_up() {
         let mut sup = Supervisor::new(RestartPolicy {
             base_ms: 100,
             max_ms: 1000,
             max_in_row: 3,
             stable_ms: 10_000,
+            ..RestartPolicy::default()
         });
         let mut delays = vec![];
         for i in 0..4u64 {

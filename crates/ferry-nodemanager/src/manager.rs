@@ -44,6 +44,9 @@ pub(crate) struct Proc {
     pub stopping: bool,
     pub fenced: bool,
     pub ip_plumbed: bool,
+    /// Bumped by every explicit start or stop: a pending automatic restart that sees it
+    /// changed gives way to what the operator or the master asked for.
+    pub generation: u64,
 }
 
 pub(crate) struct Nm {
@@ -55,6 +58,8 @@ pub(crate) struct Nm {
     pub wake: tokio::sync::Notify,
     /// Serialises start and stop of one server (two commands must not interleave).
     pub locks: Mutex<BTreeMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
+    /// The lease table, opened on first use (releases after a kill, restart checks).
+    pub store: tokio::sync::Mutex<Option<Arc<dyn ferry_store::LeaseStore>>>,
 }
 
 /// An error answered to a caller: HTTP status and message.
@@ -79,6 +84,112 @@ impl Nm {
             .lock()
             .map(|d| d.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn generation(&self, server: &ServerName) -> u64 {
+        self.procs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(server).map(|p| p.generation))
+            .unwrap_or(0)
+    }
+
+    fn bump_generation(&self, server: &ServerName) {
+        if let Ok(mut procs) = self.procs.lock() {
+            procs.entry(server.clone()).or_default().generation += 1;
+        }
+    }
+
+    /// The lease table, opened once and kept.
+    async fn store(&self) -> Result<Arc<dyn ferry_store::LeaseStore>, ferry_store::StoreError> {
+        let mut guard = self.store.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let ds = self.domain().domain.leasing.data_source.clone();
+        let s = ferry_store::open(&ds, Duration::from_secs(2)).await?;
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Brings back a server that fenced itself (its lease table was unreachable), as soon as
+    /// the table answers again and still names the fenced incarnation: the domain returns to
+    /// its configured state without an operator. If the master moved the server meanwhile,
+    /// or an operator or the master gave a command, this gives way.
+    async fn restart_if_unclaimed(
+        self: Arc<Self>,
+        server: ServerName,
+        old: Incarnation,
+        delay_ms: u64,
+        generation: u64,
+    ) {
+        let mut delay = delay_ms;
+        let mut told = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let current = self
+                .procs
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&server).map(|p| (p.generation, p.pid)));
+            if current.is_none_or(|(g, pid)| g != generation || pid.is_some()) {
+                return;
+            }
+            let lease = match self.store().await {
+                Ok(store) => store.get(&LeaseName::Server(server.clone())).await,
+                Err(e) => Err(e),
+            };
+            match lease {
+                Ok(l)
+                    if l.as_ref()
+                        .is_none_or(|l| l.incarnation.as_ref() == Some(&old)) =>
+                {
+                    self.events.emit(
+                        "restart-after-fence",
+                        Some(server.as_str()),
+                        Some(self.machine_name()),
+                        None,
+                        format!("the lease table answers again and still names {server}'s fenced incarnation {old}; restarting it on {}", self.opts.machine),
+                    );
+                    if let Err(r) = self
+                        .start(&server, &Origin::Admin, false, Some(old.clone()))
+                        .await
+                    {
+                        tracing::warn!("restart of {server} failed: {}", r.error);
+                    }
+                    return;
+                }
+                Ok(Some(l)) => {
+                    self.events.emit(
+                        "not-restarting",
+                        Some(server.as_str()),
+                        Some(self.machine_name()),
+                        Some(l.epoch.0),
+                        format!(
+                            "not restarting fenced {server} here: its lease now belongs to incarnation {} on {} (epoch {})",
+                            l.incarnation.map(|i| i.0).unwrap_or_default(),
+                            l.machine.map(|m| m.to_string()).unwrap_or_default(),
+                            l.epoch
+                        ),
+                    );
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    if !told {
+                        told = true;
+                        self.events.emit(
+                            "waiting-for-lease-table",
+                            Some(server.as_str()),
+                            Some(self.machine_name()),
+                            None,
+                            format!("{server} fenced itself; it will be restarted here once the lease table answers again ({e})"),
+                        );
+                    }
+                    delay = (delay * 2).min(10_000);
+                }
+            }
+        }
     }
 
     fn machine_name(&self) -> &str {
@@ -222,6 +333,9 @@ impl Nm {
         self.check_origin(&domain.domain, server, origin)?;
         let lock = self.lock_for(server);
         let _guard = lock.lock().await;
+        if handover_from.is_none() {
+            self.bump_generation(server);
+        }
 
         let running = {
             let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
@@ -553,6 +667,20 @@ impl Nm {
                     server,
                     handover_from,
                     delay_ms,
+                    if_unclaimed: true,
+                } => {
+                    let nm = self.clone();
+                    let generation = self.generation(&server);
+                    tokio::spawn(async move {
+                        nm.restart_if_unclaimed(server, handover_from, delay_ms, generation)
+                            .await;
+                    });
+                }
+                SupervisorAction::Restart {
+                    server,
+                    handover_from,
+                    delay_ms,
+                    if_unclaimed: false,
                 } => {
                     self.set_state(&server, "RESTARTING");
                     let nm = self.clone();
@@ -688,6 +816,7 @@ impl Nm {
         self.check_origin(&domain.domain, server, origin)?;
         let lock = self.lock_for(server);
         let _guard = lock.lock().await;
+        self.bump_generation(server);
         let p = self
             .procs
             .lock()
@@ -743,7 +872,7 @@ impl Nm {
             process::kill_session(pid);
             self.wait_exit(server, Duration::from_secs(10)).await;
             if let (Some(inc), Some(epoch)) = (p.incarnation.clone(), p.epoch) {
-                self.release_for(&domain.domain, server, &inc, epoch).await;
+                self.release_for(server, &inc, epoch).await;
             }
         }
         self.set_state(server, "SHUTDOWN");
@@ -751,16 +880,9 @@ impl Nm {
     }
 
     /// Releases the lease of an incarnation this Node Manager killed and reaped.
-    async fn release_for(
-        &self,
-        domain: &Domain,
-        server: &ServerName,
-        inc: &Incarnation,
-        epoch: u64,
-    ) {
-        let ds = domain.leasing.data_source.clone();
+    async fn release_for(&self, server: &ServerName, inc: &Incarnation, epoch: u64) {
         let result = async {
-            let store = ferry_store::open(&ds, Duration::from_secs(2)).await?;
+            let store = self.store().await?;
             store
                 .release(&LeaseName::Server(server.clone()), inc, Epoch(epoch))
                 .await
@@ -886,6 +1008,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
         events,
         wake: tokio::sync::Notify::new(),
         locks: Mutex::default(),
+        store: tokio::sync::Mutex::new(None),
     });
     tokio::spawn(nm.clone().fence_loop());
     tokio::spawn(nm.clone().refresh_loop());

@@ -662,7 +662,8 @@ async fn configuration_changes_persist() {
 }
 
 /// Losing the lease table: every server fails to renew and shuts itself down before its
-/// lease can expire (rule 2), with the seed's message, and exits 75.
+/// lease can expire (rule 2), with the seed's message, and exits 75. When the table comes
+/// back, the domain returns to its configured state without an operator.
 #[tokio::test]
 async fn lost_lease_table_makes_every_server_fence_itself() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -702,6 +703,28 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
             "{server}'s service was killed"
         );
     }
+    // The table comes back: Node Managers restart the servers they own, which take their
+    // leases over from their fenced incarnations, with no operator.
     db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    let ms1 = h
+        .wait_running_after("ms1", "machine-b", 1, PATIENCE)
+        .await
+        .expect("ms1 back on machine-b");
+    let ms2 = h
+        .wait_running_after("ms2", "machine-c", 1, PATIENCE)
+        .await
+        .expect("ms2 back on machine-c");
+    assert!(ms1.master || ms2.master, "someone is cluster master again");
+    h.wait_answer_from("ms1", "machine-b", PATIENCE)
+        .await
+        .unwrap();
+    h.wait_answer_from("ms2", "machine-c", PATIENCE)
+        .await
+        .unwrap();
+    let ev = events(&h).await;
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == "restart-after-fence" && e.server.as_deref() == Some("ms2")));
     assert_safe(&h);
 }
