@@ -206,12 +206,29 @@ pub struct Bootstrap {
     /// The Node Manager's own copy of the domain, if it has one: the last fallback when the
     /// admin is down and nothing is cached on this machine.
     pub domain: Option<VersionedDomain>,
+    /// The Node Manager's local channel (a Unix socket) for [`Report`]s. A server reconnects
+    /// to it when its Node Manager restarts, so a new Node Manager adopts running servers.
+    /// Without it, reports go to stdout.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 /// What a server reports to its Node Manager, one JSON object per stdout line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "report", rename_all = "kebab-case")]
 pub enum Report {
+    /// The first line on every connection to the Node Manager's channel: who is speaking.
+    /// A Node Manager that does not know this incarnation (it restarted) adopts the server.
+    Hello {
+        server: String,
+        incarnation: String,
+        pid: u32,
+        epoch: Option<u64>,
+        master: bool,
+    },
+    /// The server is about to exit with `code` (for an adopted server, which the Node
+    /// Manager cannot wait for).
+    Exiting { code: i32 },
     /// The Node Manager's fencing deadline on CLOCK_BOOTTIME (ms): kill the server's session
     /// if it passes without a later one (rule 3). The server sets it half its safety margin
     /// after its own deadline, still before the store can expire the lease.

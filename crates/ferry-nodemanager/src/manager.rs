@@ -47,6 +47,8 @@ pub(crate) struct Proc {
     /// Bumped by every explicit start or stop: a pending automatic restart that sees it
     /// changed gives way to what the operator or the master asked for.
     pub generation: u64,
+    /// The exit status the server announced (all an adopted server leaves behind).
+    pub exit_hint: Option<i32>,
 }
 
 pub(crate) struct Nm {
@@ -459,7 +461,7 @@ impl Nm {
             env: vec![("FERRY_LOG_TARGET".into(), "stderr".into())],
             env_remove: vec!["FERRY_SECRET".into()],
             log_file: Some(dir.join("server.log")),
-            stdout_piped: true,
+            stdout_piped: false,
             stdin_piped: true,
             new_session: true,
             new_group: false,
@@ -475,11 +477,11 @@ impl Nm {
             secret: self.opts.secret.clone(),
             cache_dir: dir.display().to_string(),
             domain: Some(domain.clone()),
+            channel: Some(self.channel_path().display().to_string()),
         };
         let mut line = serde_json::to_vec(&boot)?;
         line.push(b'\n');
         let stdin = child.stdin.take();
-        let stdout = child.stdout.take();
         let now = clock::now();
         {
             let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
@@ -527,14 +529,9 @@ impl Nm {
                 let _ = stdin.write_all(&line).await;
                 drop(stdin);
             }
-            if let Some(out) = stdout {
-                let mut lines = BufReader::new(out).lines();
-                while let Ok(Some(l)) = lines.next_line().await {
-                    nm.on_report(&server, &incarnation, &l);
-                }
-            }
             let status = child.wait().await;
-            nm.on_exit(&server, &incarnation, status).await;
+            let (code, desc) = describe_exit(&status);
+            nm.on_exit(&server, &incarnation, code, desc).await;
         });
         Ok(())
     }
@@ -544,6 +541,116 @@ impl Nm {
             .admin_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", domain.admin.listen))
+    }
+
+    fn channel_path(&self) -> PathBuf {
+        self.opts.data_dir.join("nm.sock")
+    }
+
+    /// Serves one connection on the local channel: a server says `Hello`, then reports.
+    async fn serve_channel(self: Arc<Self>, stream: tokio::net::UnixStream) {
+        let mut lines = BufReader::new(stream).lines();
+        let Ok(Some(first)) = lines.next_line().await else {
+            return;
+        };
+        let Ok(Report::Hello {
+            server,
+            incarnation,
+            pid,
+            epoch,
+            master,
+        }) = serde_json::from_str::<Report>(&first)
+        else {
+            tracing::warn!("ignoring a channel connection that did not start with hello: {first}");
+            return;
+        };
+        let (Ok(server), incarnation) = (ServerName::new(server), Incarnation(incarnation)) else {
+            return;
+        };
+        if !self.adopt(&server, &incarnation, pid as i32, epoch, master) {
+            return;
+        }
+        while let Ok(Some(l)) = lines.next_line().await {
+            self.on_report(&server, &incarnation, &l);
+        }
+    }
+
+    /// Makes sure the Node Manager knows the server that said hello. A server this Node
+    /// Manager started is known; one started by an earlier Node Manager of this machine
+    /// (which crashed or was restarted) is adopted: supervised, fenced and stoppable again.
+    fn adopt(
+        self: &Arc<Self>,
+        server: &ServerName,
+        incarnation: &Incarnation,
+        pid: i32,
+        epoch: Option<u64>,
+        master: bool,
+    ) -> bool {
+        {
+            let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = procs.get(server) {
+                if p.incarnation.as_ref() == Some(incarnation) {
+                    return true;
+                }
+                if p.pid.is_some_and(process::alive) {
+                    tracing::warn!("{server}: a second incarnation {incarnation} said hello while {:?} runs; ignoring it", p.incarnation);
+                    return false;
+                }
+            }
+        }
+        // It must really be that server, leading its own session.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_server = args
+            .windows(2)
+            .any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
+        if !is_server || process::proc_stat(pid).is_none_or(|s| s.session != pid) {
+            tracing::warn!("{server}: pid {pid} is not a `ferry server {server}` session leader; not adopting it");
+            return false;
+        }
+        {
+            let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
+            let p = procs.entry(server.clone()).or_default();
+            p.state = "RUNNING";
+            p.pid = Some(pid);
+            p.incarnation = Some(incarnation.clone());
+            p.epoch = epoch;
+            p.master = master;
+            p.ip_plumbed = true;
+            p.stopping = false;
+            p.fenced = false;
+        }
+        self.sup
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_started(server, incarnation.clone(), clock::now());
+        self.set_state(server, "RUNNING");
+        self.events.emit(
+            "adopted",
+            Some(server.as_str()),
+            Some(self.machine_name()),
+            epoch,
+            format!("adopted {server} (pid {pid}, incarnation {incarnation}) started by an earlier Node Manager of {}", self.opts.machine),
+        );
+        // Not our child: watch for its end instead of waiting for it.
+        let nm = self.clone();
+        let (server, incarnation) = (server.clone(), incarnation.clone());
+        tokio::spawn(async move {
+            while process::alive(pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let hint = nm
+                .procs
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&server).and_then(|p| p.exit_hint));
+            let desc = hint.map_or_else(
+                || "ended (adopted; exit status unknown)".to_string(),
+                |c| format!("exit code {c}"),
+            );
+            nm.on_exit(&server, &incarnation, hint, desc).await;
+        });
+        true
     }
 
     fn on_report(&self, server: &ServerName, incarnation: &Incarnation, line: &str) {
@@ -573,6 +680,14 @@ impl Nm {
                 }
             }
             Report::Running => self.set_state(server, "RUNNING"),
+            Report::Hello { .. } => {}
+            Report::Exiting { code } => {
+                if let Ok(mut procs) = self.procs.lock() {
+                    if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
+                        p.exit_hint = Some(code);
+                    }
+                }
+            }
             Report::Master { held, .. } => {
                 if let Ok(mut procs) = self.procs.lock() {
                     if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
@@ -615,19 +730,9 @@ impl Nm {
         self: &Arc<Self>,
         server: &ServerName,
         incarnation: &Incarnation,
-        status: std::io::Result<std::process::ExitStatus>,
+        code: Option<i32>,
+        desc: String,
     ) {
-        use std::os::unix::process::ExitStatusExt;
-        let (code, desc) = match &status {
-            Ok(s) => (
-                s.code(),
-                s.code().map_or_else(
-                    || format!("killed by signal {}", s.signal().unwrap_or(0)),
-                    |c| format!("exit code {c}"),
-                ),
-            ),
-            Err(e) => (None, format!("wait failed: {e}")),
-        };
         // Whatever the server left behind in its session dies with it.
         let pid = {
             let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
@@ -1012,6 +1117,28 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     });
     tokio::spawn(nm.clone().fence_loop());
     tokio::spawn(nm.clone().refresh_loop());
+    // The local channel: servers (also those of an earlier Node Manager) report here.
+    let sock = nm.channel_path();
+    let _ = std::fs::remove_file(&sock);
+    let channel = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("cannot create the local channel {}", sock.display()))?;
+    let _ = std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600));
+    {
+        let nm = nm.clone();
+        tokio::spawn(async move {
+            loop {
+                match channel.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(nm.clone().serve_channel(stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!("local channel: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(machine.node_manager)
         .await
         .with_context(|| {
@@ -1076,5 +1203,20 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// The exit code (if it exited) and a description of how a process ended.
+fn describe_exit(status: &std::io::Result<std::process::ExitStatus>) -> (Option<i32>, String) {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => (
+            s.code(),
+            s.code().map_or_else(
+                || format!("killed by signal {}", s.signal().unwrap_or(0)),
+                |c| format!("exit code {c}"),
+            ),
+        ),
+        Err(e) => (None, format!("wait failed: {e}")),
     }
 }

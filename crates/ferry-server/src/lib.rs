@@ -4,6 +4,7 @@
 //! renews the lease while they are healthy, fences itself at its deadline (rule 2), and
 //! competes for its cluster's master lease.
 
+mod channel;
 mod master;
 mod runtime;
 mod services;

@@ -141,6 +141,7 @@ impl MasterRole {
                     self.epoch = Some(epoch.0);
                     self.planner = Some(Planner::new(ctx.server.cluster.clone()));
                     self.next_scan = clock::now();
+                    crate::channel::update_hello(None, Some(true));
                     ctx.report(&Report::Master {
                         held: true,
                         epoch: epoch.0,
@@ -158,6 +159,7 @@ impl MasterRole {
                 KeeperAction::Fence { reason } => {
                     let epoch = self.epoch.take().unwrap_or(0);
                     self.planner = None;
+                    crate::channel::update_hello(None, Some(false));
                     ctx.report(&Report::Master { held: false, epoch });
                     ctx.event(
                         "master-lost",

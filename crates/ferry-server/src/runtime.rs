@@ -80,19 +80,21 @@ impl Ctx {
     }
 }
 
-/// Writes one report line to the Node Manager; a closed channel (Node Manager gone) is
-/// ignored: the server keeps running on its own lease.
+/// Sends one report to the Node Manager (see `channel`): a Node Manager that is gone does
+/// not stop the server, which keeps running on its own lease.
 fn report(r: &Report) {
-    use std::io::Write;
-    if let Ok(line) = serde_json::to_string(r) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
+    crate::channel::send(r);
 }
 
-/// Runs `ferry server NAME`; returns the process's exit status.
+/// Runs `ferry server NAME`; returns the process's exit status (told to the Node Manager
+/// first, which cannot wait for a server it adopted).
 pub async fn run(name: ServerName) -> i32 {
+    let code = run_inner(name).await;
+    report(&Report::Exiting { code });
+    code
+}
+
+async fn run_inner(name: ServerName) -> i32 {
     let boot = match read_bootstrap().await {
         Ok(b) => b,
         Err(e) => {
@@ -107,6 +109,16 @@ pub async fn run(name: ServerName) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    crate::channel::init(
+        boot.channel.clone(),
+        Report::Hello {
+            server: name.to_string(),
+            incarnation: boot.incarnation.clone(),
+            pid: std::process::id(),
+            epoch: None,
+            master: false,
+        },
+    );
     let cache_dir = PathBuf::from(&boot.cache_dir);
     let Some(domain) = obtain_config(&name, &boot, &cache_dir).await else {
         return EXIT_CONFIG;
@@ -376,6 +388,7 @@ impl Runtime {
                 }
                 KeeperAction::Acquired { epoch } => {
                     self.epoch = Some(epoch.0);
+                    crate::channel::update_hello(Some(epoch.0), None);
                     self.ctx.report(&Report::Acquired { epoch: epoch.0 });
                     self.ctx.event(
                         "lease-acquired",

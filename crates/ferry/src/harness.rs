@@ -232,6 +232,20 @@ impl Harness {
         process::kill_tagged(TAG_VAR, &self.machine_tag(machine))
     }
 
+    /// A crash of the Node Manager alone (SIGKILL); its servers keep running.
+    pub fn kill_nm_only(&self, machine: &str) -> usize {
+        let mut n = 0;
+        for pid in self.machine_pids(machine) {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.split(|&b| b == 0).any(|a| a == b"nodemanager")
+                && process::signal(pid, nix::sys::signal::Signal::SIGKILL)
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Every live process of a machine.
     pub fn machine_pids(&self, machine: &str) -> Vec<i32> {
         process::pids_with_env(TAG_VAR, &self.machine_tag(machine))

@@ -728,3 +728,77 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
         .any(|e| e.kind == "restart-after-fence" && e.server.as_deref() == Some("ms2")));
     assert_safe(&h);
 }
+
+/// A Node Manager crash leaves its servers running; the restarted Node Manager adopts them
+/// through its local channel and fences them again (rule 3) and can stop them.
+#[tokio::test]
+async fn restarted_node_manager_adopts_its_running_servers() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut h = started().await;
+    let before = status_of(&h, "ms2").await;
+    assert_eq!(h.kill_nm_only("machine-c"), 1);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mid = status_of(&h, "ms2").await;
+    assert_eq!(
+        (mid.state.as_str(), mid.epoch),
+        ("RUNNING", before.epoch),
+        "ms2 kept running without its Node Manager"
+    );
+    h.start_nm("machine-c").await.unwrap();
+    let admin = h.admin();
+    wait_until(PATIENCE, "the new Node Manager to adopt ms2", || async {
+        admin
+            .events(0)
+            .await
+            .map(|ev| {
+                ev.iter()
+                    .any(|e| e.kind == "adopted" && e.server.as_deref() == Some("ms2"))
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    let secret = h.secret().await.unwrap();
+    let nm = NmClient::new(
+        &h.nm_addr["machine-c"].to_string(),
+        &secret,
+        Duration::from_secs(2),
+    );
+    let seen = nm
+        .servers()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "ms2")
+        .expect("adopted ms2 is listed");
+    assert_eq!(seen.pid, before.pid);
+    assert!(
+        seen.deadline_in_ms.is_some(),
+        "the adopted server reports its deadline again"
+    );
+    // Rule 3 works again: a hung adopted server is fenced by the new Node Manager.
+    assert!(ferry_host::process::signal(
+        before.pid.unwrap(),
+        Signal::SIGSTOP
+    ));
+    wait_until(
+        PATIENCE,
+        "the new Node Manager to fence the hung ms2",
+        || async {
+            admin
+                .events(0)
+                .await
+                .map(|ev| {
+                    ev.iter()
+                        .any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c")
+                })
+                .unwrap_or(false)
+        },
+    )
+    .await
+    .unwrap();
+    h.wait_running_after("ms2", "machine-c", before.epoch.unwrap(), PATIENCE)
+        .await
+        .expect("ms2 restarted in place");
+    assert_safe(&h);
+}

@@ -1,0 +1,135 @@
+//! The server's side of its local channel to its Node Manager (rule 3's deadline reports,
+//! state, events): JSON lines over the Node Manager's Unix socket. If the Node Manager
+//! restarts, the next report reconnects and introduces itself again with `Hello`, followed
+//! by the latest deadline, so the new Node Manager adopts the server and its fence works at
+//! once. Writes are short and time-limited so a stuck Node Manager cannot hold the server.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use ferry_api::Report;
+
+/// Lines kept while the Node Manager is away (events mostly; the deadline is kept apart).
+const BUFFER: usize = 200;
+
+struct Channel {
+    path: Option<String>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    stream: Option<UnixStream>,
+    hello: Option<Report>,
+    last_deadline: Option<String>,
+    pending: VecDeque<String>,
+}
+
+static CHANNEL: OnceLock<Channel> = OnceLock::new();
+
+/// Sets where reports go (once, at start-up) and who the server is.
+pub(crate) fn init(path: Option<String>, hello: Report) {
+    let _ = CHANNEL.set(Channel {
+        path,
+        state: Mutex::new(State {
+            hello: Some(hello),
+            ..Default::default()
+        }),
+    });
+}
+
+/// Updates what the next `Hello` says (epoch and master role), for a reconnect.
+pub(crate) fn update_hello(epoch: Option<u64>, master: Option<bool>) {
+    let Some(ch) = CHANNEL.get() else { return };
+    if let Ok(mut st) = ch.state.lock() {
+        if let Some(Report::Hello {
+            epoch: e,
+            master: m,
+            ..
+        }) = st.hello.as_mut()
+        {
+            if epoch.is_some() {
+                *e = epoch;
+            }
+            if let Some(v) = master {
+                *m = v;
+            }
+        }
+    }
+}
+
+/// Sends one report; never blocks for long, never fails the caller.
+pub(crate) fn send(r: &Report) {
+    let Ok(line) = serde_json::to_string(r) else {
+        return;
+    };
+    let Some(ch) = CHANNEL.get() else {
+        stdout_line(&line);
+        return;
+    };
+    let Some(path) = ch.path.as_deref() else {
+        stdout_line(&line);
+        return;
+    };
+    let Ok(mut st) = ch.state.lock() else { return };
+    if matches!(r, Report::Deadline { .. }) {
+        st.last_deadline = Some(line.clone());
+    }
+    if st.stream.is_none() {
+        connect(&mut st, path);
+    }
+    let ok = match st.stream.as_mut() {
+        Some(s) => write_line(s, &line).is_ok(),
+        None => false,
+    };
+    if !ok {
+        st.stream = None;
+        if !matches!(r, Report::Deadline { .. }) {
+            if st.pending.len() >= BUFFER {
+                st.pending.pop_front();
+            }
+            st.pending.push_back(line);
+        }
+    }
+}
+
+fn connect(st: &mut State, path: &str) {
+    let Ok(mut s) = UnixStream::connect(path) else {
+        return;
+    };
+    let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
+    let mut lines: Vec<String> = Vec::new();
+    if let Some(h) = st
+        .hello
+        .as_ref()
+        .and_then(|h| serde_json::to_string(h).ok())
+    {
+        lines.push(h);
+    }
+    if let Some(d) = st.last_deadline.clone() {
+        lines.push(d);
+    }
+    lines.extend(st.pending.iter().cloned());
+    for l in &lines {
+        if write_line(&mut s, l).is_err() {
+            return;
+        }
+    }
+    st.pending.clear();
+    st.stream = Some(s);
+}
+
+fn write_line(s: &mut UnixStream, line: &str) -> std::io::Result<()> {
+    s.write_all(line.as_bytes())?;
+    s.write_all(b"\n")?;
+    s.flush()
+}
+
+fn stdout_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
