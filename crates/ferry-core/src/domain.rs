@@ -487,7 +487,7 @@ impl Domain {
             if s.health_check_periods_until_fencing < 2 {
                 push(
                     format!("servers[{i}].health_check_periods_until_fencing"),
-                    "must be at least 2, so one lost renewal does not fence the server".into(),
+                    "must be at least 2, so the lease outlives one renewal interval (3, the default, also survives one lost renewal)".into(),
                 );
             }
             if let Some(ip) = s.floating_ip {

@@ -98,7 +98,9 @@ impl Planner {
             .unwrap_or(0);
         MasterTiming {
             grace_ms: c.map_or(0, |c| c.fencing_grace_period.as_millis() as u64),
-            start_timeout_ms: (max_ttl_ms * 2).max(5_000),
+            // A start that never takes the lease (the process died, or is stuck fetching its
+            // configuration) holds the migration this long before the next machine is tried.
+            start_timeout_ms: (max_ttl_ms * 2).max(3_000),
             additional_attempts: c.map_or(3, |c| c.additional_auto_migration_attempts),
             retry_delay_ms: c.map_or(180_000, |c| c.migration_retry_delay.as_millis() as u64),
         }
@@ -355,6 +357,31 @@ impl Planner {
             }
         }
         out
+    }
+
+    /// Invariants checked in tests and the simulation: a command is out only to a machine
+    /// recorded as tried, and no circuit count exceeds the attempts allowed.
+    pub fn validate(&self, timing: &MasterTiming) -> Result<(), String> {
+        for (server, t) in &self.tracks {
+            match &t.phase {
+                Phase::Commanding { machine } | Phase::Awaiting { machine, .. }
+                    if !t.tried.contains(machine) =>
+                {
+                    return Err(format!(
+                        "{server}: a command is out to {machine}, which is not recorded as tried"
+                    ));
+                }
+                _ => {}
+            }
+            if t.circuit > timing.additional_attempts + 1 {
+                return Err(format!(
+                    "{server}: {} circuits exceed the {} allowed",
+                    t.circuit,
+                    timing.additional_attempts + 1
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// When the planner next has something due (for the executor's timer).

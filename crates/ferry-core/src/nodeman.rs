@@ -142,6 +142,34 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The highest master epoch seen per cluster (persisted by the Node Manager, so rule 5
+    /// survives its restart).
+    pub fn master_epochs(&self) -> &BTreeMap<ClusterName, Epoch> {
+        &self.master_epochs
+    }
+
+    /// Restores what [`Supervisor::master_epochs`] returned before a restart.
+    pub fn restore_master_epochs(&mut self, epochs: BTreeMap<ClusterName, Epoch>) {
+        for (c, e) in epochs {
+            let cur = self.master_epochs.entry(c).or_default();
+            *cur = (*cur).max(e);
+        }
+    }
+
+    /// Invariants checked in tests and the simulation: restart counters stay within the
+    /// policy's bounds (a server past them is left down, never restarted again).
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, s) in &self.servers {
+            if s.crashes_in_row > self.policy.max_in_row + 1 {
+                return Err(format!(
+                    "{name}: {} crashes in a row exceed the policy's {}",
+                    s.crashes_in_row, self.policy.max_in_row
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn highest_master_epoch(&self, cluster: &ClusterName) -> Epoch {
         self.master_epochs.get(cluster).copied().unwrap_or_default()
     }

@@ -164,7 +164,7 @@ fn a_start_that_never_takes_the_lease_moves_on() {
     p.on_scan(Mono(0), &expired, &d);
     p.on_scan(Mono(1_000), &expired, &d);
     p.on_command_result(Mono(1_000), &s("ms1"), &m("b"), CommandResult::Accepted, &d);
-    // Start timeout: max(2 x the cluster's longest ttl (ms2: 30 s), 5 s) = 60 s.
+    // Start timeout: max(2 x the cluster's longest ttl (ms2: 30 s), 3 s) = 60 s.
     assert!(starts(&p.on_scan(Mono(60_999), &expired, &d)).is_empty());
     let a = p.on_scan(Mono(61_000), &expired, &d);
     assert_eq!(kinds(&a), vec!["start-timeout", "migrate"]);

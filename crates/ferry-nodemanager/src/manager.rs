@@ -275,7 +275,26 @@ impl Nm {
                 ));
             }
             let mut sup = self.sup.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(stale) = sup.check_master(&cluster, Epoch(*epoch)) {
+            let before = sup.highest_master_epoch(&cluster);
+            let checked = sup.check_master(&cluster, Epoch(*epoch));
+            if checked.is_ok() && sup.highest_master_epoch(&cluster) > before {
+                // Rule 5 must survive a restart of this Node Manager.
+                let epochs: BTreeMap<String, u64> = sup
+                    .master_epochs()
+                    .iter()
+                    .map(|(c, e)| (c.to_string(), e.0))
+                    .collect();
+                if let Ok(bytes) = serde_json::to_vec(&epochs) {
+                    if let Err(e) = files::write_atomic(
+                        &self.opts.data_dir.join("master-epochs.json"),
+                        &bytes,
+                        0o600,
+                    ) {
+                        tracing::warn!("cannot persist master epochs: {e}");
+                    }
+                }
+            }
+            if let Err(stale) = checked {
                 self.events.emit(
                     "stale-master-refused",
                     Some(server.as_str()),
@@ -1108,7 +1127,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     let nm = Arc::new(Nm {
         opts: opts.clone(),
         domain: Mutex::new(domain),
-        sup: Mutex::new(Supervisor::new(RestartPolicy::default())),
+        sup: Mutex::new(restore_supervisor(&opts.data_dir)),
         procs: Mutex::default(),
         events,
         wake: tokio::sync::Notify::new(),
@@ -1219,4 +1238,20 @@ fn describe_exit(status: &std::io::Result<std::process::ExitStatus>) -> (Option<
         ),
         Err(e) => (None, format!("wait failed: {e}")),
     }
+}
+
+/// A supervisor that remembers the highest master epochs an earlier run of this Node Manager
+/// saw (rule 5 across restarts).
+fn restore_supervisor(data_dir: &std::path::Path) -> Supervisor {
+    let mut sup = Supervisor::new(RestartPolicy::default());
+    if let Ok(bytes) = std::fs::read(data_dir.join("master-epochs.json")) {
+        if let Ok(map) = serde_json::from_slice::<BTreeMap<String, u64>>(&bytes) {
+            sup.restore_master_epochs(
+                map.into_iter()
+                    .filter_map(|(c, e)| Some((ClusterName::new(c).ok()?, Epoch(e))))
+                    .collect(),
+            );
+        }
+    }
+    sup
 }

@@ -15,8 +15,8 @@
 //!    lower than one it has already seen (rule 5).
 //! 5. **Liveness**: once the faults stop, every server with `auto_migration` runs again
 //!    within the bound (see `Sim::heal_bound_ms`) and still runs at the end.
-//! 6. **Validate**: every keeper's `validate()` holds after every transition (the planner
-//!    and the supervisor have no `validate()` yet).
+//! 6. **Validate**: every keeper's, planner's and supervisor's `validate()` holds after every
+//!    transition of a server process.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -8,7 +8,8 @@
 //! ferry-nodemanager must keep, or the properties checked here stop meaning anything):
 //!
 //! * every store call and master command has a timeout; a late answer is dropped (rule 7);
-//! * the keeper's new deadline reaches the Node Manager over the local channel at once;
+//! * the keeper's new deadline reaches the Node Manager over the local channel at once
+//!   (as ferry-server's backstop, half a margin later), and both beat the store's expiry;
 //! * the master checks `Keeper::held` right before every Node Manager call (rule 6) and
 //!   stamps the call with its master epoch (rule 5);
 //! * a Node Manager that reaps a crashed server kills what is left of its process group
@@ -97,6 +98,7 @@ pub struct Stats {
     pub keeper_fences: u64,
     pub nm_fences: u64,
     pub crash_restarts: u64,
+    pub fenced_restarts: u64,
     pub masters: u64,
     pub usurpers: u64,
     pub migrations: u64,
@@ -120,6 +122,7 @@ impl Stats {
             keeper_fences,
             nm_fences,
             crash_restarts,
+            fenced_restarts,
             masters,
             usurpers,
             migrations,
@@ -139,6 +142,7 @@ impl Stats {
         self.keeper_fences += keeper_fences;
         self.nm_fences += nm_fences;
         self.crash_restarts += crash_restarts;
+        self.fenced_restarts += fenced_restarts;
         self.masters += masters;
         self.usurpers += usurpers;
         self.migrations += migrations;
@@ -229,6 +233,9 @@ enum Ev {
         boot: u32,
         server: ServerName,
         handover_from: Incarnation,
+        /// `Some(generation)` for a fenced server brought back only if its lease is unclaimed
+        /// and nobody started it since; the delay doubles while the store cannot be read.
+        unclaimed: Option<(u64, u64)>,
     },
     AdminStart(usize),
     Fault(usize),
@@ -280,6 +287,7 @@ enum NmItem {
     Restart {
         server: ServerName,
         handover_from: Incarnation,
+        unclaimed: Option<(u64, u64)>,
     },
 }
 
@@ -292,6 +300,9 @@ struct Nm {
     /// Work that arrived while the host was frozen.
     inbox: VecDeque<NmItem>,
     wake_at: Option<u64>,
+    /// Bumped by every start that is not a handover (a master's, the operator's): a pending
+    /// restart of a fenced server gives way to it.
+    generation: BTreeMap<ServerName, u64>,
 }
 
 impl Nm {
@@ -304,6 +315,7 @@ impl Nm {
             seen: BTreeMap::new(),
             inbox: VecDeque::new(),
             wake_at: None,
+            generation: BTreeMap::new(),
         }
     }
 }
@@ -435,12 +447,8 @@ impl Sim {
         let domain = sc.domain();
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let bugs = cfg.bugs;
-        let policy = RestartPolicy {
-            base_ms: 50,
-            max_ms: 1_000,
-            max_in_row: 5,
-            stable_ms: 10_000,
-        };
+        // The Node Manager's policy, as ferry-nodemanager uses it.
+        let policy = RestartPolicy::default();
         let mut hosts = Vec::new();
         for (i, m) in sc.machines.iter().enumerate() {
             let clock = HostClock::new(
@@ -477,7 +485,8 @@ impl Sim {
         let mut server_timing = KeeperTiming::new(interval, sc.periods);
         server_timing.bugs = bugs;
         if sc.acquire_patience {
-            server_timing.acquire_patience_ms = Some(3 * sc.ttl_ms() + sc.interval_ms);
+            // As ferry-server: long enough for a dead holder's lease to run out.
+            server_timing.acquire_patience_ms = Some(sc.ttl_ms() + 2 * sc.interval_ms);
         }
         let mut master_timing = KeeperTiming::new(interval, sc.periods);
         master_timing.bugs = bugs;
@@ -489,8 +498,10 @@ impl Sim {
         Sim {
             cfg: cfg.clone(),
             master_lease: LeaseName::Master(sc.cluster.clone()),
-            scan_ms: (sc.interval_ms / 2).max(1),
-            cmd_timeout_ms: sc.interval_ms,
+            // As ferry-server's master: a scan every interval (and when a lease runs out), a
+            // Node Manager call bounded by twice the interval within 0.2 to 2 s, at least 1 s.
+            scan_ms: sc.interval_ms,
+            cmd_timeout_ms: (2 * sc.interval_ms).clamp(200, 2_000).max(1_000),
             domain,
             bugs,
             rng,
@@ -529,11 +540,11 @@ impl Sim {
         let interval = self.sc.interval_ms;
         let design = self.design_bound_ms();
         let takeover = self.takeover_ms();
-        // A planner track may be waiting for a start to time out or for its backoff, and a
-        // Node Manager for its restart backoff; unreachable machines each cost a timeout.
+        // A planner track may be waiting for a start to time out or for its backoff, and
+        // unreachable machines each cost a command timeout. (Node Manager restart backoffs
+        // do not count: the master's start does not wait for them.)
         let leftovers = self.planner_timing.start_timeout_ms
             + self.sc.retry_delay_ms
-            + self.policy.max_ms
             + self.sc.machines.len() as u64 * self.cmd_timeout_ms;
         // Messages of the fault phase still in flight (long delays, slow links), retries.
         let slack = 8 * ttl + 4 * interval + 500;
@@ -637,6 +648,7 @@ impl Sim {
                 boot,
                 server,
                 handover_from,
+                unclaimed,
             } => {
                 if !self.hosts[host].up || self.hosts[host].boot != boot {
                 } else if self.hosts[host].frozen {
@@ -644,9 +656,10 @@ impl Sim {
                     nm.inbox.push_back(NmItem::Restart {
                         server,
                         handover_from,
+                        unclaimed,
                     });
                 } else {
-                    self.nm_restart(host, server, handover_from);
+                    self.nm_restart(host, server, handover_from, unclaimed);
                 }
             }
             Ev::AdminStart(s) => {
@@ -920,13 +933,69 @@ impl Sim {
         }
         if let Some(nm) = self.hosts[h].nm.as_mut() {
             nm.sup.reset_crashes(server);
+            *nm.generation.entry(server.clone()).or_default() += 1;
         }
     }
 
-    fn nm_restart(&mut self, h: HostId, server: ServerName, handover_from: Incarnation) {
+    /// A restart the supervisor asked for. For a fenced server (`unclaimed`), like
+    /// ferry-nodemanager's `restart_if_unclaimed`: give way to any start since, then read the
+    /// lease and restart only if it still names the fenced incarnation (or is gone); while
+    /// the store cannot be read, try again with a doubling delay. (The read is modeled as
+    /// instant; the handover re-checks the row atomically anyway.)
+    fn nm_restart(
+        &mut self,
+        h: HostId,
+        server: ServerName,
+        handover_from: Incarnation,
+        unclaimed: Option<(u64, u64)>,
+    ) {
         let nm = self.hosts[h].nm.as_ref().expect("up");
         if nm.procs.get(&server).is_some_and(|i| self.insts[*i].alive) {
             return;
+        }
+        if let Some((generation, delay_ms)) = unclaimed {
+            if nm.generation.get(&server).copied().unwrap_or(0) != generation {
+                return;
+            }
+            let readable = self.store_outages.is_empty()
+                && !self.net.blocked(h, self.db)
+                && !self.net.blocked(self.db, h);
+            if !readable {
+                let delay_ms = (delay_ms * 2).min(10_000);
+                let at = self.hosts[h]
+                    .clock
+                    .true_at(self.local(h) + delay_ms, self.now);
+                let boot = self.hosts[h].boot;
+                let unclaimed = Some((generation, delay_ms));
+                let ev = Ev::NmRestart {
+                    host: h,
+                    boot,
+                    server,
+                    handover_from,
+                    unclaimed,
+                };
+                self.schedule(at, ev);
+                return;
+            }
+            let row = self
+                .store
+                .list(self.now)
+                .into_iter()
+                .find(|l| l.server() == Some(&server));
+            if row.is_some_and(|l| l.incarnation.as_ref() != Some(&handover_from)) {
+                tr!(
+                    self,
+                    "nm {} does not restart fenced {server}: its lease moved on",
+                    self.hosts[h].name
+                );
+                return;
+            }
+            self.stats.fenced_restarts += 1;
+            tr!(
+                self,
+                "nm {} restarts fenced {server}: its lease is unclaimed",
+                self.hosts[h].name
+            );
         }
         self.spawn(h, &server, Some(handover_from));
     }
@@ -999,10 +1068,17 @@ impl Sim {
                     server,
                     handover_from,
                     delay_ms,
+                    if_unclaimed,
                 } => {
-                    self.stats.crash_restarts += 1;
+                    let unclaimed = if if_unclaimed {
+                        let nm = self.hosts[h].nm.as_ref().expect("up");
+                        Some((nm.generation.get(&server).copied().unwrap_or(0), delay_ms))
+                    } else {
+                        self.stats.crash_restarts += 1;
+                        None
+                    };
                     if delay_ms == 0 {
-                        self.nm_restart(h, server, handover_from);
+                        self.nm_restart(h, server, handover_from, unclaimed);
                     } else {
                         let at = self.hosts[h]
                             .clock
@@ -1015,6 +1091,7 @@ impl Sim {
                                 boot,
                                 server,
                                 handover_from,
+                                unclaimed,
                             },
                         );
                     }
@@ -1270,9 +1347,19 @@ impl Sim {
                 KeeperAction::Deadline { at } => {
                     let (h, server, inc) =
                         (inst.host, inst.server.clone(), inst.incarnation.clone());
-                    self.check_deadline(i, "server", at, inst.granted_until);
+                    let granted = inst.granted_until;
+                    // ferry-server reports a backstop half a margin later, so a healthy server
+                    // always fences itself first; it must still beat the store's expiry.
+                    let backstop = at + self.server_timing.margin_ms / 2;
+                    self.check_deadline(i, "server", at, granted);
+                    self.check_deadline(
+                        i,
+                        "Node Manager backstop of the server",
+                        backstop,
+                        granted,
+                    );
                     if let Some(nm) = self.hosts[h].nm.as_mut() {
-                        nm.sup.on_deadline(&server, &inc, at);
+                        nm.sup.on_deadline(&server, &inc, backstop);
                     }
                     self.nm_reschedule(h);
                 }
@@ -1338,9 +1425,10 @@ impl Sim {
                 KeeperAction::Fence { reason } => {
                     let why = format!("master role lost: {reason}");
                     self.end_tenure(i, &why);
-                    // Back in the race for the role, with a fresh keeper.
+                    // Back in the race for the role an interval later, with a fresh keeper.
                     let local = self.local(self.insts[i].host);
-                    self.insts[i].mk = Some(Keeper::new(self.master_timing, local));
+                    let retry_at = local + self.master_timing.interval_ms;
+                    self.insts[i].mk = Some(Keeper::new(self.master_timing, retry_at));
                     self.insts[i].mreq = None;
                 }
             }
@@ -1355,6 +1443,20 @@ impl Sim {
             if let Some(Err(e)) = k.as_ref().map(|k| k.validate()) {
                 errs.push(format!("{which} keeper of {}: {e}", self.who(i)));
             }
+        }
+        if let Some(Err(e)) = inst
+            .planner
+            .as_ref()
+            .map(|p| p.validate(&self.planner_timing))
+        {
+            errs.push(format!("planner of {}: {e}", self.who(i)));
+        }
+        if let Some(Err(e)) = self.hosts[inst.host]
+            .nm
+            .as_ref()
+            .map(|nm| nm.sup.validate())
+        {
+            errs.push(format!("supervisor of {}: {e}", self.hosts[inst.host].name));
         }
         for e in errs {
             self.checker.violate(Property::Validate, self.now, e);
@@ -1617,6 +1719,16 @@ impl Sim {
         let StoreReply::Leases(leases) = reply else {
             return;
         };
+        // Look again the instant the next lease runs out (LeaseStore::next_expiry_ms).
+        if let Some(ms) = leases
+            .iter()
+            .filter(|l| l.is_live())
+            .map(|l| l.remaining_ms)
+            .min()
+        {
+            let at = local + (ms.max(0) as u64 + 1);
+            self.insts[i].next_scan = self.insts[i].next_scan.min(at);
+        }
         let acts = match self.insts[i].planner.as_mut() {
             Some(p) => p.on_scan(local, &leases, &self.domain),
             None => return,
@@ -1729,6 +1841,7 @@ impl Sim {
                 None => self.rng.gen_range(0..self.sc.machines.len()),
             },
             Target::HostOf(s) => self.insts[self.newest(s)?].host,
+            Target::NewestHost => self.insts[*self.alive.last()?].host,
         };
         self.hosts[h].up.then_some(h)
     }
@@ -1873,6 +1986,7 @@ impl Sim {
         match target {
             ProcTarget::Server(s) => self.newest(s),
             ProcTarget::Master => self.master_inst(),
+            ProcTarget::Newest => self.alive.last().copied(),
         }
     }
 
@@ -2006,7 +2120,8 @@ impl Sim {
                 NmItem::Restart {
                     server,
                     handover_from,
-                } => self.nm_restart(h, server, handover_from),
+                    unclaimed,
+                } => self.nm_restart(h, server, handover_from, unclaimed),
             }
         }
         self.nm_reschedule(h);

@@ -136,7 +136,11 @@ fn replay() {
         grace_ms: env_u64("FERRY_SIM_GRACE_MS"),
         trace: true,
     };
-    let out = run(&cfg);
+    let mut sc = Scenario::generate(&cfg);
+    if env_u64("FERRY_SIM_PATIENCE") == Some(0) {
+        sc.acquire_patience = false;
+    }
+    let out = run_scenario(&cfg, sc);
     for l in &out.trace {
         println!("{l}");
     }
@@ -155,10 +159,10 @@ fn replay() {
 /// Seeds that once found something; without planted bugs they must pass. They are tied to
 /// the scenario generator: when it changes, re-pick them from the hunts below.
 const REGRESSION_SEEDS: &[u64] = &[
-    2,   // deadline_after_response first broke rule 2 here
-    3,   // the master's re-acquisition at its own epoch (a checker false alarm, once)
-    16,  // a deposed master's delayed command reaches a Node Manager late
-    323, // deadline_after_response: a paused, then isolated, holder overlaps its successor
+    0,   // no_self_fence: a holder cut off from the store overlaps its successor
+    2,   // deadline_after_response breaks rule 2; master_no_wait acts beside a real master
+    173, // the slowest recovery after healing of the first 200 seeds
+    262, // no_nm_epoch_check: a deposed master's delayed command arrives after a newer one
 ];
 
 #[test]
@@ -233,6 +237,17 @@ fn calm_failover_within_design_bound() {
 
 /// Runs seeds with a planted bug until one breaks one of `expect`; returns that seed.
 fn hunt(bugs: Bugs, grace_ms: Option<u64>, expect: &[Property], max_seeds: u64) -> u64 {
+    hunt_in(bugs, grace_ms, |_| {}, expect, max_seeds)
+}
+
+/// [`hunt`] over scenarios that `tweak` edits.
+fn hunt_in(
+    bugs: Bugs,
+    grace_ms: Option<u64>,
+    tweak: fn(&mut Scenario),
+    expect: &[Property],
+    max_seeds: u64,
+) -> u64 {
     for seed in 0..max_seeds {
         let cfg = SimConfig {
             seed,
@@ -240,7 +255,9 @@ fn hunt(bugs: Bugs, grace_ms: Option<u64>, expect: &[Property], max_seeds: u64) 
             grace_ms,
             trace: false,
         };
-        let out = run(&cfg);
+        let mut sc = Scenario::generate(&cfg);
+        tweak(&mut sc);
+        let out = run_scenario(&cfg, sc);
         if let Some(v) = out.violations.iter().find(|v| expect.contains(&v.property)) {
             println!(
                 "caught at seed {seed}: {v}\n  replay: {}",
@@ -271,9 +288,11 @@ fn planted_bugs_need_the_feature() {
     );
 }
 
-/// Rule 2 broken: a deadline counted from the response. Its own invariant trips at once;
-/// two services overlapping needs a paused holder that is then cut off while a successor is
-/// quick, so that takes a few hundred seeds.
+/// Rule 2 broken: a deadline counted from the response. The rule's own invariant (a
+/// holder's deadline before the store's expiry) trips within a few seeds. Services actually
+/// overlapping is rare (about one seed in several thousand): the successor must take the
+/// lease while the inflated deadline lasts, but the master restarts in place first (which
+/// kills the old instance) and waits at least a second for an unreachable Node Manager.
 #[test]
 fn planted_deadline_after_response_is_caught() {
     let bugs = Bugs {
@@ -281,7 +300,6 @@ fn planted_deadline_after_response_is_caught() {
         ..Bugs::NONE
     };
     hunt(bugs, None, &[Property::FenceBeforeExpiry], 100);
-    hunt(bugs, None, &[Property::Safety], 1_000);
 }
 
 /// Rule 5 broken: a deposed master's delayed command is executed after a newer master's.
@@ -291,7 +309,7 @@ fn planted_no_nm_epoch_check_is_caught() {
         no_nm_epoch_check: true,
         ..Bugs::NONE
     };
-    hunt(bugs, None, &[Property::StaleCommand], 400);
+    hunt(bugs, None, &[Property::StaleCommand], 1_000);
 }
 
 /// Rules 2 and 3 broken, with zero grace: a holder cut off from the store keeps running
@@ -326,12 +344,17 @@ fn explore() {
     let (bugs, grace_ms) = (bugs_from_env(), env_u64("FERRY_SIM_GRACE_MS"));
     let mut found = std::collections::BTreeMap::new();
     for seed in 0..n {
-        let out = run(&SimConfig {
+        let cfg = SimConfig {
             seed,
             bugs,
             grace_ms,
             trace: false,
-        });
+        };
+        let mut sc = Scenario::generate(&cfg);
+        if env_u64("FERRY_SIM_PATIENCE") == Some(0) {
+            sc.acquire_patience = false;
+        }
+        let out = run_scenario(&cfg, sc);
         let props: std::collections::BTreeSet<Property> =
             out.violations.iter().map(|v| v.property).collect();
         for p in props {
@@ -341,6 +364,8 @@ fn explore() {
     println!("{n} seeds, per property (seeds, first seed): {found:?}");
 }
 
+/// Lists the seeds whose servers took longest to run again after healing, against DESIGN
+/// §3's bound plus a master takeover (the checked bound is looser: see `heal_bound_ms`).
 #[test]
 #[ignore]
 fn explore_recovery() {
@@ -356,8 +381,8 @@ fn explore_recovery() {
             tight,
         ));
     }
-    v.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap());
-    for x in v.iter().take(15) {
-        println!("{x:?}");
+    v.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (ratio, seed, took, tight) in v.iter().take(15) {
+        println!("seed {seed}: {took} ms, {ratio:.2} × ({tight} ms)");
     }
 }

@@ -736,6 +736,24 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut h = started().await;
     let before = status_of(&h, "ms2").await;
+    let secret = h.secret().await.unwrap();
+    let addr = h.nm_addr["machine-c"].to_string();
+    let master = |epoch| NmStart {
+        origin: Origin::Master {
+            cluster: "cluster-1".into(),
+            epoch,
+            server: "ms1".into(),
+        },
+        in_place: false,
+    };
+    // The real master's epoch reaches this Node Manager (as a no-op start of a running server).
+    let epoch = h.admin().clusters().await.unwrap()[0]
+        .master_epoch
+        .expect("a master");
+    NmClient::new(&addr, &secret, Duration::from_secs(2))
+        .start("ms2", &master(epoch))
+        .await
+        .expect("the current master may ask");
     assert_eq!(h.kill_nm_only("machine-c"), 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mid = status_of(&h, "ms2").await;
@@ -758,11 +776,12 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     })
     .await
     .unwrap();
-    let secret = h.secret().await.unwrap();
-    let nm = NmClient::new(
-        &h.nm_addr["machine-c"].to_string(),
-        &secret,
-        Duration::from_secs(2),
+    let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
+    let e = nm.start("ms2", &master(epoch - 1)).await.unwrap_err();
+    assert_eq!(
+        e.status(),
+        Some(409),
+        "the restarted Node Manager still knows master epoch {epoch}: {e}"
     );
     let seen = nm
         .servers()
