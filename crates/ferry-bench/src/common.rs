@@ -238,7 +238,7 @@ pub async fn setup(
         let d = if attempt == 1 {
             dir.to_path_buf()
         } else {
-            dir.with_file_name(format!("run-{run:02}-setup-{attempt}"))
+            dir.with_file_name(format!("run-{run:03}-setup-{attempt}"))
         };
         match fresh_domain(exe, &d, t).await {
             Ok(h) => return (Ok(h), d, attempt),

@@ -20,6 +20,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use ferry_host::clock;
 use serde::Serialize;
+use tokio::signal::unix::SignalKind;
 
 use crate::common::{MachineFacts, Timings};
 
@@ -122,7 +123,17 @@ struct JsonOut {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = run(cli).await {
+    // On SIGINT or SIGTERM, drop the run in progress: its harness kills every process of
+    // its domain (a killed benchmark must not leave a domain running on a shared host).
+    let outcome = match tokio::signal::unix::signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            r = run(cli) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; the domain of the run in progress was stopped")),
+            _ = term.recv() => Err(anyhow::anyhow!("terminated; the domain of the run in progress was stopped")),
+        },
+        Err(_) => run(cli).await,
+    };
+    if let Err(e) = outcome {
         eprintln!("ferry-bench: {e:#}");
         std::process::exit(1);
     }

@@ -67,7 +67,7 @@ pub async fn run(
     let loadavg_before = common::loadavg();
     let mut out = Vec::new();
     for i in 1..=runs {
-        let r = one(exe, &base.join(format!("run-{i:02}")), i, t).await;
+        let r = one(exe, &base.join(format!("run-{i:03}")), i, t).await;
         eprintln!("restart {i}/{runs}: {}", progress(&r));
         out.push(r);
     }

@@ -360,7 +360,12 @@ pub async fn run(
         return Ok(());
     }
     println!("\nThe cluster stays up. In another terminal:\n  export FERRY_ADMIN={}\n  ferry status\n  ferry events\n  ferry migrate ms1 --to machine-d --wait\nPress Ctrl-C to stop every process.", h.admin_url);
-    let _ = tokio::signal::ctrl_c().await;
+    // Ctrl-C, or SIGTERM from a supervisor: either way every process goes.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
     h.shutdown();
     println!(
         "\nstopped every process; the domain's files stay in {}",
