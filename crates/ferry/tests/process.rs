@@ -6,7 +6,7 @@
 //! measured by the benchmark, not asserted here.
 
 use std::path::Path;
-use std::sync::Mutex;
+
 use std::time::Duration;
 
 use ferry::harness::{check_journal, wait_until, DomainSpec, Harness};
@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 
 /// One domain at a time: two cores shared by parallel domains would make leases of a few
 /// hundred milliseconds flap for reasons that have nothing to do with the test.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -70,7 +70,7 @@ fn assert_safe(h: &Harness) {
 /// Figures 7-1, 7-2 and 7-3: a machine dies, its server moves, an operator moves it back.
 #[tokio::test]
 async fn kill_machine_then_failback() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let mut h = started().await;
     let before = status_of(&h, "ms2").await;
     assert!(
@@ -149,7 +149,7 @@ async fn kill_machine_then_failback() {
 /// cluster master has that Node Manager restart it in place (Figure 7-2 note).
 #[tokio::test]
 async fn hung_server_is_fenced_and_restarted_in_place() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let h = started().await;
     let before = status_of(&h, "ms2").await;
     let pid = before.pid.expect("ms2 has a pid");
@@ -193,7 +193,7 @@ async fn hung_server_is_fenced_and_restarted_in_place() {
 /// reaped incarnation (rule 4) instead of waiting for it to expire.
 #[tokio::test]
 async fn crashed_server_restarts_at_once_by_handover() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let h = started().await;
     let before = status_of(&h, "ms1").await;
     let pid = before.pid.expect("ms1 has a pid");
@@ -234,7 +234,7 @@ async fn crashed_server_restarts_at_once_by_handover() {
 /// lease expires, and migrates the dead master's server.
 #[tokio::test]
 async fn master_machine_dies_another_server_takes_over() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let h = started().await;
     assert!(status_of(&h, "ms1").await.master);
     h.kill_machine("machine-b");
@@ -257,7 +257,7 @@ async fn master_machine_dies_another_server_takes_over() {
 /// and a crashed server restarts from its cached configuration.
 #[tokio::test]
 async fn admin_down_servers_keep_running_and_restart_from_cache() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let mut h = started().await;
     let before = status_of(&h, "ms1").await;
     assert!(h.kill_admin() >= 1);
@@ -305,7 +305,7 @@ async fn admin_down_servers_keep_running_and_restart_from_cache() {
 /// back on its home machine.
 #[tokio::test]
 async fn stop_is_respected_and_start_brings_it_back() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let h = started().await;
     let admin = h.admin();
     let op = admin.stop("ms2", false).await.expect("stop accepted");
@@ -346,7 +346,7 @@ async fn stop_is_respected_and_start_brings_it_back() {
 /// Bad input gets a clear error and disturbs nothing.
 #[tokio::test]
 async fn bad_requests_are_refused_and_change_nothing() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let h = started().await;
     let admin = h.admin();
     let before = h.status().await.unwrap();
@@ -510,7 +510,7 @@ fn ferry_cli(admin: &str, args: &[&str]) -> std::process::Output {
 /// The command line drives a domain as DESIGN §4 says, with stable `-o json`.
 #[tokio::test]
 async fn the_command_line_drives_the_domain() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let h = Harness::start(spec(), exe(), None)
         .await
         .expect("domain starts");
@@ -609,7 +609,7 @@ async fn the_command_line_drives_the_domain() {
 /// the Administration Server, and reach the Node Managers.
 #[tokio::test]
 async fn configuration_changes_persist() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let mut h = Harness::start(spec(), exe(), None)
         .await
         .expect("domain starts");
@@ -666,7 +666,7 @@ async fn configuration_changes_persist() {
 /// back, the domain returns to its configured state without an operator.
 #[tokio::test]
 async fn lost_lease_table_makes_every_server_fence_itself() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let h = started().await;
     // Take the database's write lock and keep it: every renewal now times out.
     let db = rusqlite::Connection::open(h.dir.join("data/leases.db")).unwrap();
@@ -733,7 +733,7 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
 /// through its local channel and fences them again (rule 3) and can stop them.
 #[tokio::test]
 async fn restarted_node_manager_adopts_its_running_servers() {
-    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SERIAL.lock().await;
     let mut h = started().await;
     let before = status_of(&h, "ms2").await;
     let secret = h.secret().await.unwrap();
