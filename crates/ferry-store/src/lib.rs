@@ -1,5 +1,6 @@
-//! ferry-store: the lease table (DESIGN §3). The [`LeaseStore`] trait, its SQLite
-//! implementation, and the conformance suite every implementation must pass.
+//! ferry-store: the lease table (DESIGN §3). The [`LeaseStore`] trait, its SQLite and
+//! PostgreSQL implementations, the conformance suite every implementation must pass, and
+//! private PostgreSQL servers for tests ([`testing`]).
 //!
 //! **Architecture Invariant:** expiry is decided by the store's own clock (rule 1). No method
 //! takes a timestamp from the caller; every row read comes back with `remaining_ms` computed
@@ -13,7 +14,10 @@ use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
 pub mod conformance;
+pub mod postgres;
+mod rules;
 pub mod sqlite;
+pub mod testing;
 
 /// What a holder asks for when it takes a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,11 +152,16 @@ pub trait LeaseStore: Send + Sync + 'static {
 /// The call timeout for the one-off administrative calls (`ferry leasing init|reset`).
 pub const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Opens the lease table named by `data_source` (`sqlite://PATH` or a bare path; later
-/// `postgres://...`). Does not create the table: the first call reports a `Schema` error if
-/// it is missing. Opening itself is bounded by `call_timeout` too (rule 7).
+/// Opens the lease table named by `data_source` (`sqlite://PATH` or a bare path,
+/// `postgres://...` or `postgresql://...`). Does not create the table: the first call
+/// reports a `Schema` error if it is missing. Opening itself is bounded by `call_timeout`
+/// too (rule 7); for PostgreSQL it makes the first connection, so a wrong address, user,
+/// password or database is reported here.
 pub async fn open(data_source: &str, call_timeout: Duration) -> Result<Arc<dyn LeaseStore>> {
-    Ok(Arc::new(open_sqlite(data_source, call_timeout).await?))
+    Ok(match open_backend(data_source, call_timeout).await? {
+        Opened::Sqlite(store) => Arc::new(store),
+        Opened::Postgres(store) => Arc::new(store),
+    })
 }
 
 /// Opens the lease table and creates it if it is absent: what the daemons do at start.
@@ -160,48 +169,66 @@ pub async fn open_and_init(
     data_source: &str,
     call_timeout: Duration,
 ) -> Result<Arc<dyn LeaseStore>> {
-    let store = open_sqlite(data_source, call_timeout).await?;
-    store.init().await?;
-    Ok(Arc::new(store))
+    Ok(match open_backend(data_source, call_timeout).await? {
+        Opened::Sqlite(store) => {
+            store.init().await?;
+            Arc::new(store)
+        }
+        Opened::Postgres(store) => {
+            store.init().await?;
+            Arc::new(store)
+        }
+    })
 }
 
 /// `ferry leasing init --data-source URL`: creates the lease table if absent (idempotent);
 /// fails with `Schema` if a table of another version is there.
 pub async fn init(data_source: &str) -> Result<()> {
-    open_sqlite(data_source, ADMIN_CALL_TIMEOUT)
-        .await?
-        .init()
-        .await
+    match open_backend(data_source, ADMIN_CALL_TIMEOUT).await? {
+        Opened::Sqlite(store) => store.init().await,
+        Opened::Postgres(store) => store.init().await,
+    }
 }
 
 /// `ferry leasing reset --data-source URL`: drops the lease table and creates it empty.
 /// Every lease is forgotten, so epochs restart at 1: only for a cluster that is stopped.
 pub async fn reset(data_source: &str) -> Result<()> {
-    open_sqlite(data_source, ADMIN_CALL_TIMEOUT)
-        .await?
-        .reset()
-        .await
+    match open_backend(data_source, ADMIN_CALL_TIMEOUT).await? {
+        Opened::Sqlite(store) => store.reset().await,
+        Opened::Postgres(store) => store.reset().await,
+    }
 }
 
-/// The one backend built so far; PostgreSQL will add a match arm (and `init`/`reset`
-/// will dispatch the same way).
-async fn open_sqlite(data_source: &str, call_timeout: Duration) -> Result<sqlite::SqliteStore> {
-    match backend(data_source)? {
-        Backend::Sqlite => sqlite::SqliteStore::open_bounded(data_source, call_timeout).await,
-    }
+/// An opened lease table, by backend (`init` and `reset` are not part of the trait).
+enum Opened {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PostgresStore),
+}
+
+async fn open_backend(data_source: &str, call_timeout: Duration) -> Result<Opened> {
+    Ok(match backend(data_source)? {
+        Backend::Sqlite => {
+            Opened::Sqlite(sqlite::SqliteStore::open_bounded(data_source, call_timeout).await?)
+        }
+        Backend::Postgres => {
+            Opened::Postgres(postgres::PostgresStore::open(data_source, call_timeout).await?)
+        }
+    })
 }
 
 /// The lease table implementations this build knows.
 enum Backend {
     Sqlite,
+    Postgres,
 }
 
 /// Why a data source was refused before any connection was tried.
 #[derive(Debug, thiserror::Error)]
 enum DataSourceError {
-    #[error("PostgreSQL leasing is not built yet; use sqlite://PATH")]
-    PostgresNotBuilt,
-    #[error("unknown data source scheme `{scheme}://`; use sqlite://PATH")]
+    #[error(
+        "unknown data source scheme `{scheme}://`; use sqlite://PATH or \
+         postgres://USER@HOST:PORT/DATABASE"
+    )]
     UnknownScheme { scheme: String },
 }
 
@@ -213,7 +240,7 @@ fn backend(data_source: &str) -> Result<Backend> {
     match data_source.split_once("://") {
         None => Ok(Backend::Sqlite),
         Some(("sqlite", _)) => Ok(Backend::Sqlite),
-        Some(("postgres" | "postgresql", _)) => Err(refuse(DataSourceError::PostgresNotBuilt)),
+        Some(("postgres" | "postgresql", _)) => Ok(Backend::Postgres),
         Some((scheme, _)) => Err(refuse(DataSourceError::UnknownScheme {
             scheme: scheme.to_string(),
         })),
@@ -244,8 +271,9 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn postgres_is_refused_clearly() {
-        let err = open("postgres://u:pw@db/ferry", Duration::from_secs(1))
+    async fn unreachable_postgres_is_reported_without_the_password() {
+        // Port 1 on the loopback: nothing listens there, so the connection is refused.
+        let err = open("postgres://u:pw@127.0.0.1:1/ferry", Duration::from_secs(5))
             .await
             .err();
         let text = err.map(|e| {
@@ -257,8 +285,9 @@ mod tests {
             )
         });
         let text = text.unwrap_or_default();
+        assert!(text.contains("cannot connect"), "{text}");
         assert!(
-            text.contains("PostgreSQL leasing is not built yet"),
+            text.contains("postgres://u:***@127.0.0.1:1/ferry"),
             "{text}"
         );
         assert!(!text.contains("pw"), "{text}");

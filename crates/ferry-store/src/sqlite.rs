@@ -21,10 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_core::lease::{Lease, LeaseState};
-use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
+use ferry_core::lease::Lease;
+use ferry_core::{Epoch, Incarnation, LeaseName};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
+use crate::rules::{self, CorruptRow, Refusal, Row, SchemaProblem, Take, Version};
 use crate::{AcquireRequest, LeaseStore, Result, StoreError};
 
 /// The DDL `ferry leasing init` runs; idempotent.
@@ -146,11 +147,9 @@ impl SqliteStore {
     pub async fn init(&self) -> Result<()> {
         self.call(Check::Creates, |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            match read_version(&tx)? {
-                Version::Absent | Version::Is(SCHEMA_VERSION) | Version::Empty => {}
-                Version::Is(found) => return Err(Failure::Schema(SchemaProblem::Version(found))),
-                Version::Several => return Err(Failure::Schema(SchemaProblem::Several)),
-            }
+            read_version(&tx)?
+                .check_init(SCHEMA_VERSION)
+                .map_err(Failure::Schema)?;
             tx.execute_batch(SCHEMA_SQL)?;
             tx.commit()?;
             Ok(())
@@ -259,30 +258,9 @@ impl LeaseStore for SqliteStore {
         self.call(Check::Schema, move |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = store_now_ms(&tx)?;
-            let lost = |detail: String| {
-                Failure::Store(StoreError::Lost {
-                    name: name.clone(),
-                    incarnation: incarnation.clone(),
-                    detail,
-                })
-            };
-            let Some(mut row) = read_row(&tx, &name.to_string())? else {
-                return Err(lost("the lease does not exist".to_string()));
-            };
-            if let Some(why) = not_theirs(&row, &incarnation, epoch) {
-                return Err(lost(why));
-            }
-            if !row.held {
-                return Err(lost(format!("it was released at epoch {}", row.epoch)));
-            }
-            if row.expires_at_ms <= now {
-                let ago = now.saturating_sub(row.expires_at_ms);
-                return Err(lost(format!(
-                    "it expired {ago} ms ago by the store's clock"
-                )));
-            }
-            row.expires_at_ms = now.saturating_add(ttl_ms(ttl));
-            row.renewed_at_ms = now;
+            let old = read_row(&tx, &name.to_string())?;
+            let row =
+                rules::renew(old, &name, &incarnation, epoch, ttl, now).map_err(Failure::Store)?;
             write_row(&tx, &row)?;
             tx.commit()?;
             Ok(row.to_lease(now)?)
@@ -301,26 +279,13 @@ impl LeaseStore for SqliteStore {
         self.call(Check::Schema, move |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = store_now_ms(&tx)?;
-            let lost = |detail: String| {
-                Failure::Store(StoreError::Lost {
-                    name: name.clone(),
-                    incarnation: incarnation.clone(),
-                    detail,
-                })
-            };
-            let Some(mut row) = read_row(&tx, &name.to_string())? else {
-                return Err(lost("the lease does not exist".to_string()));
-            };
-            if let Some(why) = not_theirs(&row, &incarnation, epoch) {
-                return Err(lost(why));
-            }
-            if !row.held {
+            let old = read_row(&tx, &name.to_string())?;
+            let Some(row) =
+                rules::release(old, &name, &incarnation, epoch, now).map_err(Failure::Store)?
+            else {
                 // A retried release whose first answer was lost.
                 return Ok(());
-            }
-            row.held = false;
-            // The lease ends now; an already expired one keeps its expiry for display.
-            row.expires_at_ms = row.expires_at_ms.min(now);
+            };
             write_row(&tx, &row)?;
             tx.commit()?;
             Ok(())
@@ -386,181 +351,43 @@ pub const EXPIRED_SQL: &str = "SELECT name, owner, machine, incarnation, epoch, 
      expires_at_ms, renewed_at_ms FROM ferry_leases \
      WHERE state = 'held' AND expires_at_ms <= ?1 ORDER BY expires_at_ms, name";
 
-#[derive(Clone, Copy)]
-enum Take<'a> {
-    Acquire,
-    Handover(&'a Incarnation),
-}
-
 /// `acquire` and `handover`: one write transaction that reads the row, decides by the
-/// store's clock, and writes the whole row.
+/// store's clock ([`rules::take`]), and writes the whole row.
 fn take(db: &mut Connection, req: &AcquireRequest, how: Take<'_>) -> Result<Lease, Failure> {
     let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let now = store_now_ms(&tx)?;
-    let name = req.name.to_string();
-    let old = read_row(&tx, &name)?;
-    let epoch = match &old {
-        None => 1,
-        Some(row) => {
-            let live = row.held && row.expires_at_ms > now;
-            let same_holder = row.incarnation == req.incarnation.0
-                && row.owner == req.owner.as_str()
-                && row.machine == req.machine.as_str();
-            if live && same_holder {
-                // A retry whose first answer was lost: renew, keep the epoch.
-                row.epoch
-            } else if !live || matches!(how, Take::Handover(from) if row.incarnation == from.0) {
-                row.epoch.checked_add(1).ok_or_else(|| {
-                    Failure::Corrupt(CorruptRow {
-                        name: name.clone(),
-                        why: "its epoch cannot grow any further".to_string(),
-                    })
-                })?
-            } else {
-                return Err(Failure::Store(match how {
-                    Take::Acquire => StoreError::Held {
-                        name: req.name.clone(),
-                        owner: row.owner.clone(),
-                        machine: row.machine.clone(),
-                        epoch: Epoch(row.epoch),
-                        remaining_ms: row.expires_at_ms.saturating_sub(now),
-                    },
-                    Take::Handover(from) => StoreError::Lost {
-                        name: req.name.clone(),
-                        incarnation: from.clone(),
-                        detail: holder(row),
-                    },
-                }));
-            }
-        }
-    };
-    let row = Row {
-        name,
-        owner: req.owner.to_string(),
-        machine: req.machine.to_string(),
-        incarnation: req.incarnation.0.clone(),
-        epoch,
-        held: true,
-        expires_at_ms: now.saturating_add(ttl_ms(req.ttl)),
-        renewed_at_ms: now,
-    };
-    // Epochs never go backwards (STYLE habit 4); `row.epoch` is computed above, not input.
-    debug_assert!(!matches!(&old, Some(o) if o.epoch > row.epoch));
+    let old = read_row(&tx, &req.name.to_string())?;
+    let row = rules::take(old.as_ref(), req, how, now).map_err(|refusal| match refusal {
+        Refusal::Store(e) => Failure::Store(e),
+        Refusal::Corrupt(e) => Failure::Corrupt(e),
+    })?;
     write_row(&tx, &row)?;
     tx.commit()?;
     Ok(row.to_lease(now)?)
-}
-
-/// Why `incarnation` at `epoch` does not own `row`, if it does not.
-fn not_theirs(row: &Row, incarnation: &Incarnation, epoch: Epoch) -> Option<String> {
-    if row.incarnation != incarnation.0 {
-        Some(holder(row))
-    } else if row.epoch != epoch.0 {
-        Some(format!("the lease is at epoch {}, not {epoch}", row.epoch))
-    } else {
-        None
-    }
-}
-
-/// Who has the row now, for `Lost` details.
-fn holder(row: &Row) -> String {
-    let Row {
-        owner,
-        machine,
-        incarnation,
-        epoch,
-        ..
-    } = row;
-    if row.held {
-        format!("now held by {owner} on {machine}, incarnation {incarnation}, epoch {epoch}")
-    } else {
-        format!("released by {owner} on {machine}, incarnation {incarnation}, epoch {epoch}")
-    }
-}
-
-fn ttl_ms(ttl: Duration) -> i64 {
-    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn store_now_ms(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
     tx.query_row(NOW_MS_SQL, [], |r| r.get(0))
 }
 
-/// One row of `ferry_leases`, checked on the way in (`Row::from_sql`).
-struct Row {
-    name: String,
-    owner: String,
-    machine: String,
-    incarnation: String,
-    epoch: u64,
-    held: bool,
-    expires_at_ms: i64,
-    renewed_at_ms: i64,
-}
-
-impl Row {
-    /// Reads the columns in [`COLUMNS`] order; an impossible value is a `CorruptRow`, not
-    /// a panic, whoever wrote it.
-    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Row, CorruptRow>> {
-        let name: String = r.get(0)?;
-        let epoch: i64 = r.get(4)?;
-        let state: String = r.get(5)?;
-        let bad = |why: String| {
-            Ok(Err(CorruptRow {
-                name: name.clone(),
-                why,
-            }))
-        };
-        let epoch = match u64::try_from(epoch) {
-            Ok(e) if e >= 1 => e,
-            _ => return bad(format!("epoch {epoch} is below 1")),
-        };
-        let held = match state.as_str() {
-            "held" => true,
-            "released" => false,
-            _ => return bad(format!("state {state:?} is neither 'held' nor 'released'")),
-        };
-        Ok(Ok(Row {
-            owner: r.get(1)?,
-            machine: r.get(2)?,
-            incarnation: r.get(3)?,
-            epoch,
-            held,
-            expires_at_ms: r.get(6)?,
-            renewed_at_ms: r.get(7)?,
-            name,
-        }))
-    }
-
-    /// The row as everyone else sees it, timed against the store's `now`.
-    fn to_lease(&self, now: i64) -> Result<Lease, CorruptRow> {
-        let bad = |why: String| CorruptRow {
-            name: self.name.clone(),
-            why,
-        };
-        Ok(Lease {
-            name: LeaseName::parse(&self.name).map_err(|e| bad(e.to_string()))?,
-            owner: Some(ServerName::new(self.owner.as_str()).map_err(|e| bad(e.to_string()))?),
-            machine: Some(MachineName::new(self.machine.as_str()).map_err(|e| bad(e.to_string()))?),
-            incarnation: Some(Incarnation(self.incarnation.clone())),
-            epoch: Epoch(self.epoch),
-            state: if self.held {
-                LeaseState::Held
-            } else {
-                LeaseState::Released
-            },
-            remaining_ms: self.expires_at_ms.saturating_sub(now),
-            since_renewal_ms: now.saturating_sub(self.renewed_at_ms),
-        })
-    }
+/// Reads the columns in [`COLUMNS`] order; an impossible value is a `CorruptRow`.
+fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Row, CorruptRow>> {
+    let state: String = r.get(5)?;
+    Ok(Row::from_columns(
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        &state,
+        r.get(6)?,
+        r.get(7)?,
+    ))
 }
 
 fn read_row(tx: &Transaction<'_>, name: &str) -> Result<Option<Row>, Failure> {
     let sql = format!("SELECT {COLUMNS} FROM ferry_leases WHERE name = ?1");
-    match tx
-        .query_row(&sql, params![name], Row::from_sql)
-        .optional()?
-    {
+    match tx.query_row(&sql, params![name], row_from_sql).optional()? {
         Some(row) => Ok(Some(row?)),
         None => Ok(None),
     }
@@ -573,7 +400,7 @@ fn read_rows(
     now: i64,
 ) -> Result<Vec<Lease>, Failure> {
     let mut stmt = tx.prepare(sql)?;
-    let rows = stmt.query_map(params, Row::from_sql)?;
+    let rows = stmt.query_map(params, row_from_sql)?;
     let mut leases = Vec::new();
     for row in rows {
         leases.push(row??.to_lease(now)?);
@@ -582,12 +409,7 @@ fn read_rows(
 }
 
 fn write_row(tx: &Transaction<'_>, row: &Row) -> Result<(), Failure> {
-    let epoch = i64::try_from(row.epoch).map_err(|_| {
-        Failure::Corrupt(CorruptRow {
-            name: row.name.clone(),
-            why: format!("epoch {} does not fit the table", row.epoch),
-        })
-    })?;
+    let epoch = row.stored_epoch()?;
     tx.execute(
         "INSERT INTO ferry_leases (name, owner, machine, incarnation, epoch, state, \
              expires_at_ms, renewed_at_ms) \
@@ -602,7 +424,7 @@ fn write_row(tx: &Transaction<'_>, row: &Row) -> Result<(), Failure> {
             row.machine,
             row.incarnation,
             epoch,
-            if row.held { "held" } else { "released" },
+            row.state(),
             row.expires_at_ms,
             row.renewed_at_ms,
         ],
@@ -618,13 +440,6 @@ enum Check {
     Creates,
 }
 
-enum Version {
-    Absent,
-    Empty,
-    Is(i64),
-    Several,
-}
-
 fn read_version(db: &Connection) -> rusqlite::Result<Version> {
     let exists: bool = db.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ferry_schema')",
@@ -638,21 +453,13 @@ fn read_version(db: &Connection) -> rusqlite::Result<Version> {
         db.query_row("SELECT count(*), max(version) FROM ferry_schema", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })?;
-    Ok(match (count, version) {
-        (0, _) | (_, None) => Version::Empty,
-        (1, Some(v)) => Version::Is(v),
-        _ => Version::Several,
-    })
+    Ok(Version::from_count_and_max(count, version))
 }
 
 fn check_schema(db: &Connection) -> Result<(), Failure> {
-    match read_version(db)? {
-        Version::Is(SCHEMA_VERSION) => Ok(()),
-        Version::Absent => Err(Failure::Schema(SchemaProblem::Missing)),
-        Version::Empty => Err(Failure::Schema(SchemaProblem::NoVersion)),
-        Version::Is(found) => Err(Failure::Schema(SchemaProblem::Version(found))),
-        Version::Several => Err(Failure::Schema(SchemaProblem::Several)),
-    }
+    read_version(db)?
+        .check(SCHEMA_VERSION)
+        .map_err(Failure::Schema)
 }
 
 /// What went wrong inside a call, before the data source is attached.
@@ -661,13 +468,6 @@ enum Failure {
     Corrupt(CorruptRow),
     Schema(SchemaProblem),
     Store(StoreError),
-}
-
-enum SchemaProblem {
-    Missing,
-    NoVersion,
-    Version(i64),
-    Several,
 }
 
 impl From<rusqlite::Error> for Failure {
@@ -684,11 +484,6 @@ impl From<CorruptRow> for Failure {
 
 impl Failure {
     fn into_store_error(self, data_source: &str) -> StoreError {
-        let init = format!("run `ferry leasing init --data-source {data_source}`");
-        let schema = |detail: String| StoreError::Schema {
-            data_source: data_source.to_string(),
-            detail,
-        };
         let unavailable =
             |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Unavailable {
                 data_source: data_source.to_string(),
@@ -696,41 +491,16 @@ impl Failure {
             };
         match self {
             Failure::Store(e) => e,
-            Failure::Schema(SchemaProblem::Missing) => {
-                schema(format!("the lease table does not exist; {init}"))
-            }
-            Failure::Schema(SchemaProblem::NoVersion) => {
-                schema(format!("the lease table has no schema version; {init}"))
-            }
-            Failure::Schema(SchemaProblem::Version(found)) => schema(format!(
-                "the lease table has schema version {found} but this ferry reads version \
-                 {SCHEMA_VERSION}; use a ferry that reads version {found}, or stop every \
-                 server and run `ferry leasing reset --data-source {data_source}` (forgets \
-                 every lease)"
-            )),
-            Failure::Schema(SchemaProblem::Several) => schema(format!(
-                "ferry_schema holds several versions; stop every server and run \
-                 `ferry leasing reset --data-source {data_source}` (forgets every lease)"
-            )),
+            Failure::Schema(problem) => problem.into_store_error(data_source, SCHEMA_VERSION),
             Failure::Sql(rusqlite::Error::SqliteFailure(_, Some(msg)))
                 if msg.starts_with("no such table") || msg.starts_with("no such column") =>
             {
-                schema(format!(
-                    "the lease table is missing or malformed ({msg}); {init}"
-                ))
+                rules::malformed(data_source, &msg)
             }
             Failure::Sql(e) => unavailable(Box::new(e)),
             Failure::Corrupt(e) => unavailable(Box::new(e)),
         }
     }
-}
-
-/// A row no ferry would have written (edited by hand, or a bug): reported, never a panic.
-#[derive(Debug, thiserror::Error)]
-#[error("row {name:?} of ferry_leases is invalid: {why}")]
-struct CorruptRow {
-    name: String,
-    why: String,
 }
 
 /// Why the file could not be opened.

@@ -110,6 +110,16 @@ pub async fn run(
     println!("ferry demo: whole server migration, live (WebLogic Server 10.3, chapter 7, Figures 7-1, 7-2, 7-3)\n");
     println!("domain file:  {}", dir.join("domain.toml").display());
     println!("timings:      health_check_interval {INTERVAL_MS} ms x {PERIODS} periods = lease {} ms; fencing_grace_period {GRACE_MS} ms", INTERVAL_MS * PERIODS as u64);
+    if let Some(ds) = &spec.data_source {
+        // A database named on the command line gets its lease table first (idempotent).
+        ferry_store::init(ds).await.with_context(|| {
+            format!(
+                "cannot prepare the lease table at {}",
+                ferry_core::domain::redact_url(ds)
+            )
+        })?;
+        println!("lease table:  {}", ferry_core::domain::redact_url(ds));
+    }
     let mut h = Harness::start(spec, &exe, Some(dir.clone())).await?;
     println!(
         "admin:        {}   (try: ferry status --admin {} in another terminal)",
