@@ -62,7 +62,10 @@ impl IntoResponse for ApiError {
 }
 
 fn store_error(e: ferry_store::StoreError) -> Response {
-    error(503, format!("cannot read the lease table: {e}"))
+    error(
+        503,
+        format!("cannot read the lease table: {}", ferry_store::chain(&e)),
+    )
 }
 
 async fn not_found() -> Response {

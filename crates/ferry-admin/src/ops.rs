@@ -133,7 +133,12 @@ impl AdminState {
         self.store
             .get(&LeaseName::Server(server.clone()))
             .await
-            .map_err(|e| ApiError::new(503, format!("cannot read the lease table: {e}")))
+            .map_err(|e| {
+                ApiError::new(
+                    503,
+                    format!("cannot read the lease table: {}", ferry_store::chain(&e)),
+                )
+            })
     }
 
     /// Where the server runs now: the machine of its live lease, else a Node Manager that

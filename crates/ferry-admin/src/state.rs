@@ -239,21 +239,16 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     })?;
     let domain = config.current.clone();
     let ds = domain.domain.leasing.data_source.clone();
-    let store = ferry_store::open(&ds, Duration::from_secs(5))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the lease table {}",
-                ferry_core::domain::redact_url(&ds)
-            )
-        })?;
-    if ds.starts_with("sqlite://") {
+    // The admin runs whatever state the lease table is in: its views answer with the
+    // table's error (and the fix) until it is reachable.
+    let store = ferry_store::open_lazy(&ds, Duration::from_secs(5));
+    let lease_table_problem = if ds.starts_with("sqlite://") {
         // The embedded lease table is created on first use; a production database is
         // prepared by its operator with `ferry leasing init`.
-        ferry_store::init(&ds)
-            .await
-            .with_context(|| format!("cannot create the lease table {ds}"))?;
-    }
+        ferry_store::init(&ds).await.err()
+    } else {
+        store.expired().await.err()
+    };
     let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
     let state = Arc::new(AdminState {
         config: Mutex::new(config),
@@ -263,6 +258,15 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         secret,
         started_ms: clock::wall_ms(),
     });
+    if let Some(e) = lease_table_problem {
+        state.event(
+            "lease-table-unavailable",
+            None,
+            None,
+            None,
+            format!("{}; the Administration Server runs anyway and its views answer with this error until the table is reachable", ferry_store::chain(&e)),
+        );
+    }
     if let Some(n) = note {
         state.event("config-imported", None, None, None, n);
     }

@@ -181,7 +181,7 @@ impl MasterRole {
             Msg::MasterAcquire(r) => {
                 let actions = match r {
                     Ok(lease) => self.keeper.on_acquired(now, lease.epoch),
-                    Err(e) => self.keeper.on_acquire_failed(now, e.to_string()),
+                    Err(e) => self.keeper.on_acquire_failed(now, ferry_store::chain(&e)),
                 };
                 self.on_keeper(ctx, actions);
             }
@@ -191,7 +191,7 @@ impl MasterRole {
                     Err(e @ ferry_store::StoreError::Lost { .. }) => {
                         self.keeper.on_lost(now, e.to_string())
                     }
-                    Err(e) => self.keeper.on_renew_failed(now, e.to_string()),
+                    Err(e) => self.keeper.on_renew_failed(now, ferry_store::chain(&e)),
                 };
                 self.on_keeper(ctx, actions);
             }

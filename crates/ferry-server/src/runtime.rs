@@ -136,22 +136,12 @@ async fn run_inner(name: ServerName) -> i32 {
     );
     // Patience to take the lease: long enough for a dead holder's lease to run out.
     timing.acquire_patience_ms = Some(timing.ttl_ms + 2 * timing.interval_ms);
-    let store = match ferry_store::open(
+    // Connected on first use: an unreachable table is then just a failed acquisition,
+    // retried within the acquire patience (and after it, by the Node Manager).
+    let store = ferry_store::open_lazy(
         &domain.domain.leasing.data_source,
         Duration::from_millis(timing.request_timeout_ms()),
-    )
-    .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ferry server {name}: cannot open the lease table: {e}");
-            return if matches!(e, StoreError::Schema { .. }) {
-                EXIT_CONFIG
-            } else {
-                EXIT_FENCED
-            };
-        }
-    };
+    );
     let (tx, rx) = mpsc::channel(256);
     let ctx = Ctx {
         name,
@@ -320,12 +310,22 @@ impl Runtime {
             Msg::ServerAcquire(r) => {
                 let actions = match r {
                     Ok(lease) => self.keeper.on_acquired(now, lease.epoch),
+                    Err(e @ StoreError::Schema { .. }) => {
+                        // Retrying cannot help: the table is missing or of another version.
+                        eprintln!("ferry server {}: {e}", self.ctx.name);
+                        self.ctx.event(
+                            "config-error",
+                            None,
+                            format!("{} cannot use the lease table: {e}", self.ctx.name),
+                        );
+                        return Flow::Exit(EXIT_CONFIG);
+                    }
                     Err(e) => {
                         if matches!(e, StoreError::Lost { .. }) {
                             // The handover was refused: someone took the lease meanwhile.
                             self.handover = None;
                         }
-                        self.keeper.on_acquire_failed(now, e.to_string())
+                        self.keeper.on_acquire_failed(now, ferry_store::chain(&e))
                     }
                 };
                 self.on_keeper(actions).await
@@ -334,7 +334,7 @@ impl Runtime {
                 let actions = match r {
                     Ok(_) => self.keeper.on_renewed(now),
                     Err(e @ StoreError::Lost { .. }) => self.keeper.on_lost(now, e.to_string()),
-                    Err(e) => self.keeper.on_renew_failed(now, e.to_string()),
+                    Err(e) => self.keeper.on_renew_failed(now, ferry_store::chain(&e)),
                 };
                 self.on_keeper(actions).await
             }

@@ -14,10 +14,13 @@ use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
 pub mod conformance;
+pub mod lazy;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
 pub mod testing;
+
+pub use lazy::open_lazy;
 
 /// What a holder asks for when it takes a lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +84,21 @@ impl StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An error with all its causes, `outer: inner: innermost`, for messages to operators.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
 
 /// A lease table. Every method is atomic; every change of owner or incarnation bumps the
 /// row's epoch (the fencing token), and epochs never go backwards, even across release.
