@@ -39,6 +39,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/events/stream", get(event_stream))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
 }
@@ -68,6 +69,13 @@ fn store_error(e: ferry_store::StoreError) -> Response {
     )
 }
 
+async fn method_not_allowed() -> Response {
+    error(
+        405,
+        "method not allowed on this endpoint: see the API list at /",
+    )
+}
+
 async fn not_found() -> Response {
     error(404, "no such endpoint: the API lives under /api/v1 (domain, servers, clusters, machines, leases, operations, events)")
 }
@@ -91,7 +99,12 @@ async fn put_domain(
 ) -> Response {
     let Json(update) = match body {
         Ok(b) => b,
-        Err(e) => return error(400, format!("bad domain update: {}", e.body_text())),
+        Err(e) => {
+            return error(
+                e.status().as_u16(),
+                format!("bad domain update: {}", e.body_text()),
+            )
+        }
     };
     if let Err(errs) = update.domain.validate() {
         let detail: Vec<_> = errs
@@ -212,7 +225,7 @@ async fn migrate(
         Ok(b) => b,
         Err(e) => {
             return error(
-                400,
+                e.status().as_u16(),
                 format!(
                     "bad migrate request (expected {{\"to\": \"MACHINE\"}}): {}",
                     e.body_text()
@@ -289,7 +302,12 @@ async fn post_events(
     }
     let Json(events) = match body {
         Ok(b) => b,
-        Err(e) => return error(400, format!("bad events: {}", e.body_text())),
+        Err(e) => {
+            return error(
+                e.status().as_u16(),
+                format!("bad events: {}", e.body_text()),
+            )
+        }
     };
     if events.len() > 1_000 {
         return error(413, "at most 1000 events per request");

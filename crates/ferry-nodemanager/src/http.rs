@@ -23,6 +23,7 @@ pub(crate) fn router(nm: Arc<Nm>) -> Router {
         .route("/nm/v1/servers/{name}/start", post(start))
         .route("/nm/v1/servers/{name}/stop", post(stop))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(nm.clone(), auth))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(nm)
@@ -59,6 +60,10 @@ async fn auth(State(nm): State<Arc<Nm>>, req: Request, next: Next) -> Response {
     }
 }
 
+async fn method_not_allowed() -> Response {
+    error(405, "method not allowed on this Node Manager endpoint")
+}
+
 async fn not_found() -> Response {
     error(404, "no such Node Manager endpoint: see /nm/v1/health, /nm/v1/servers, /nm/v1/servers/NAME/start|stop")
 }
@@ -89,7 +94,12 @@ async fn start(
     };
     let Json(cmd) = match body {
         Ok(b) => b,
-        Err(e) => return error(400, format!("bad start command: {}", e.body_text())),
+        Err(e) => {
+            return error(
+                e.status().as_u16(),
+                format!("bad start command: {}", e.body_text()),
+            )
+        }
     };
     match nm.start(&server, &cmd.origin, cmd.in_place, None).await {
         Ok(ack) => Json(ack).into_response(),
@@ -108,7 +118,12 @@ async fn stop(
     };
     let Json(cmd) = match body {
         Ok(b) => b,
-        Err(e) => return error(400, format!("bad stop command: {}", e.body_text())),
+        Err(e) => {
+            return error(
+                e.status().as_u16(),
+                format!("bad stop command: {}", e.body_text()),
+            )
+        }
     };
     match nm
         .stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms)

@@ -393,6 +393,31 @@ impl Nm {
             }
         }
 
+        // Never plumb a floating IP or start a second copy while another instance holds a
+        // live lease: the address must not be on two machines, and the copy could not run.
+        // (A handover restart replaces the holder this Node Manager just reaped.)
+        if handover_from.is_none() {
+            if let Ok(store) = self.store().await {
+                match store.get(&LeaseName::Server(server.clone())).await {
+                    Ok(Some(l)) if l.is_live() => {
+                        return Err(Refusal::new(
+                            409,
+                            format!(
+                                "{server} is running on {} (epoch {}, lease {} ms left); not starting a second copy on {}",
+                                l.machine.as_ref().map_or("?", |m| m.as_str()),
+                                l.epoch,
+                                l.remaining_ms,
+                                self.opts.machine
+                            ),
+                        ));
+                    }
+                    // An unreadable table is the server's problem to find out: it will not
+                    // start its services without the lease.
+                    _ => {}
+                }
+            }
+        }
+
         // Floating IP and disks first: the server must find them in place (Figure 7-2).
         let ip_plumbed = self
             .procs

@@ -419,7 +419,11 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(raw.status().as_u16(), 400);
+    assert_eq!(
+        raw.status().as_u16(),
+        422,
+        "a number where a machine name belongs"
+    );
     let body: serde_json::Value = raw.json().await.unwrap();
     assert!(body["error"]
         .as_str()
@@ -995,4 +999,281 @@ async fn misconfigured_postgres_gets_clear_errors_and_no_crash() {
             "a password leaked into the log"
         );
     }
+}
+
+/// Hostile input, table-driven: malformed (400), wrongly shaped (422), wrongly typed (415),
+/// oversized (413), unauthenticated (401) and unknown (404, 405) requests to the
+/// Administration Server and a Node Manager each get a 4xx with a JSON `error`, and
+/// the daemons and their servers keep running untouched.
+#[tokio::test]
+async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let before = h.status().await.unwrap();
+    let secret = h.secret().await.unwrap();
+    let nm = format!("http://{}", h.nm_addr["machine-c"]);
+    let admin = h.admin_url.clone();
+    let big = "x".repeat(2 * 1024 * 1024);
+    let long_name = "a".repeat(5000);
+    // (method, url, auth, content type, body, expected status)
+    let cases: Vec<(&str, String, bool, &str, String, u16)> = vec![
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/ms2/migrate"),
+            false,
+            "application/json",
+            "{\"to\": ".into(),
+            400,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/ms2/migrate"),
+            false,
+            "application/json",
+            "{}".into(),
+            422,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/ms2/migrate"),
+            false,
+            "application/json",
+            "{\"to\": 7}".into(),
+            422,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/ms2/migrate"),
+            false,
+            "text/plain",
+            "{\"to\":\"machine-d\"}".into(),
+            415,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/ms2/migrate"),
+            false,
+            "application/json",
+            big.clone(),
+            413,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/{long_name}/migrate"),
+            false,
+            "application/json",
+            "{\"to\":\"machine-d\"}".into(),
+            400,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/..%2F..%2Fetc/start"),
+            false,
+            "application/json",
+            "{}".into(),
+            400,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/servers/ms2/migrate"),
+            false,
+            "application/json",
+            "{\"to\":\"../../etc\"}".into(),
+            400,
+        ),
+        (
+            "PUT",
+            format!("{admin}/api/v1/domain"),
+            false,
+            "application/json",
+            "{\"domain\": {\"name\": 5}}".into(),
+            422,
+        ),
+        (
+            "PUT",
+            format!("{admin}/api/v1/domain"),
+            false,
+            "application/json",
+            "[]".into(),
+            422,
+        ),
+        (
+            "GET",
+            format!("{admin}/api/v1/events?since=-1"),
+            false,
+            "",
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            format!("{admin}/api/v1/operations/abc"),
+            false,
+            "",
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            format!("{admin}/api/v1/operations/999999"),
+            false,
+            "",
+            String::new(),
+            404,
+        ),
+        (
+            "DELETE",
+            format!("{admin}/api/v1/servers"),
+            false,
+            "",
+            String::new(),
+            405,
+        ),
+        (
+            "GET",
+            format!("{admin}/api/v2/anything"),
+            false,
+            "",
+            String::new(),
+            404,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/events"),
+            false,
+            "application/json",
+            "[]".into(),
+            401,
+        ),
+        (
+            "POST",
+            format!("{admin}/api/v1/events"),
+            true,
+            "application/json",
+            "{\"not\": \"a list\"}".into(),
+            422,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/servers/ms2/start"),
+            false,
+            "application/json",
+            "{}".into(),
+            401,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/servers/ms2/start"),
+            true,
+            "application/json",
+            "{".into(),
+            400,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/servers/ms2/start"),
+            true,
+            "application/json",
+            "{\"origin\": {\"kind\": \"root\"}}".into(),
+            422,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/servers/ms2/start"),
+            true,
+            "application/json",
+            big.clone(),
+            413,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/servers/nosuch/start"),
+            true,
+            "application/json",
+            "{\"origin\":{\"kind\":\"admin\"}}".into(),
+            404,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/servers/{long_name}/stop"),
+            true,
+            "application/json",
+            "{\"origin\":{\"kind\":\"admin\"}}".into(),
+            400,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/servers/ms1/start"),
+            true,
+            "application/json",
+            "{\"origin\":{\"kind\":\"admin\"}}".into(),
+            409,
+        ),
+        (
+            "POST",
+            format!("{nm}/nm/v1/exec"),
+            true,
+            "application/json",
+            "{\"command\": [\"/bin/sh\"]}".into(),
+            404,
+        ),
+    ];
+    // No pooled connections: a server may close one after refusing an oversized body.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for (method, url, auth, ctype, body, want) in cases {
+        let mut req = client.request(method.parse().unwrap(), &url);
+        if auth {
+            req = req.bearer_auth(&secret);
+        }
+        if !ctype.is_empty() {
+            req = req.header("content-type", ctype);
+        }
+        let shown = format!(
+            "{method} {} ({} bytes)",
+            &url[..url.len().min(90)],
+            body.len()
+        );
+        let oversized = body.len() > 1024 * 1024;
+        let resp = match req.body(body).send().await {
+            Ok(r) => r,
+            // A server that refuses an oversized body may answer 413 and close while the
+            // client is still sending: the client then sees a reset. Both are refusals.
+            Err(_) if oversized => continue,
+            Err(e) => panic!("{shown}: {}", e.without_url()),
+        };
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        assert_eq!(status, want, "{shown}: {text}");
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{shown}: not JSON: {text}"));
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{shown}: no error message: {text}"
+        );
+        assert!(!text.contains(&secret), "{shown}: the secret leaked");
+    }
+    // A connection that sends half a request and stalls does not hold anything up.
+    let mut stall = tokio::net::TcpStream::connect(h.nm_addr["machine-c"])
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stall,
+        b"POST /nm/v1/servers/ms2/stop HTTP/1.1\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = h.status().await.unwrap();
+    for (a, b) in before.iter().zip(&after) {
+        assert_eq!(
+            (a.state.as_str(), &a.machine, a.epoch, a.pid),
+            (b.state.as_str(), &b.machine, b.epoch, b.pid),
+            "nothing changed"
+        );
+    }
+    drop(stall);
+    assert_safe(&h);
 }
