@@ -8,4 +8,5 @@
 pub mod clock;
 pub mod files;
 pub mod hooks;
+pub mod ipaddr;
 pub mod process;

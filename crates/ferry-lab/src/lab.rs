@@ -1,0 +1,797 @@
+//! The lab itself: building the namespaces and the bridge, naming and addressing the nodes,
+//! running programs inside them, and tearing everything down again.
+//!
+//! Every command that changes the network names its namespace explicitly (`ip -n NS ...` or
+//! `ip netns exec NS ...`), and every namespace is checked not to be the root namespace right
+//! after it is created, so a bug here cannot reconfigure the host's own network.
+
+use std::ffi::OsStr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::cgroup::Cgroups;
+use crate::cmd::{checked, output, stderr_of, COMMAND_TIMEOUT};
+use crate::faults::Faults;
+use crate::stale::{check_tag, cleanup_stale, parse_pids, state_root, teardown, write_owner};
+use crate::{
+    in_lab_net, which, LabError, Result, CLIENT_ADDR, HOST_IFACE, SUBNET_PREFIX_LEN, SWITCH_ADDR,
+};
+
+/// The node name of the switch (namespace `{prefix}sw`, bridge `br0`, 198.18.1.1).
+pub const SWITCH: &str = "sw";
+/// The node name of the client (namespace `{prefix}client`, 198.18.1.2).
+pub const CLIENT: &str = "client";
+/// The last octet of the first machine's address (198.18.1.11); floating IPs start at .100.
+const FIRST_MACHINE_OCTET: u8 = 11;
+const LAST_MACHINE_OCTET: u8 = 99;
+/// Interface names are limited to 15 bytes (IFNAMSIZ - 1); ports are `sw-<machine>`.
+const MAX_MACHINE_NAME: usize = 15 - "sw-".len();
+
+/// Labs made by this process so far: the `N` of `TAG-PID-N-`.
+static LABS_MADE: AtomicUsize = AtomicUsize::new(0);
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabSpec {
+    /// A short tag (1-8 lowercase letters or digits, default `fl`); the lab's namespaces are
+    /// named `{prefix}-{pid}-{n}-{node}`, and `up` cleans up dead labs with the same tag.
+    pub prefix: String,
+    /// Machine names (lowercase letters, digits and `-`, at most 12 characters; not `sw` or
+    /// `client`), addressed 198.18.1.11, .12, ... in this order.
+    pub machines: Vec<String>,
+    /// Whether to add the client namespace (198.18.1.2).
+    pub with_client: bool,
+    /// Freeze with SIGSTOP/SIGCONT even where cgroup v2 is available (to test the fallback).
+    pub signal_freezer: bool,
+}
+
+impl LabSpec {
+    /// Machines named `machines`, with a client, tag `fl`.
+    pub fn new(machines: &[&str]) -> LabSpec {
+        LabSpec {
+            machines: machines.iter().map(|m| m.to_string()).collect(),
+            ..LabSpec::default()
+        }
+    }
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            prefix: "fl".into(),
+            machines: Vec::new(),
+            with_client: true,
+            signal_freezer: false,
+        }
+    }
+}
+
+/// How [`Lab::freeze`] stops a node's processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freezer {
+    /// cgroup v2 `cgroup.freeze` on the node's group (below `parent`): atomic, also catches
+    /// children forked meanwhile; processes show as sleeping (`S`), not stopped.
+    Cgroup { parent: PathBuf },
+    /// SIGSTOP to every process of the namespace, repeated until no new one appears, and
+    /// SIGCONT to the same processes on thaw. Used when cgroup v2 is unavailable (`reason`).
+    Signals { reason: String },
+}
+
+/// A lab of hosts: the switch, machines and maybe a client, each a network namespace. Torn
+/// down by [`Lab::down`] or on drop.
+#[derive(Debug)]
+pub struct Lab {
+    pub(crate) prefix: String,
+    pub(crate) machines: Vec<String>,
+    pub(crate) with_client: bool,
+    pub(crate) ip: PathBuf,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) cgroups: Option<Cgroups>,
+    freezer: Freezer,
+    pub(crate) faults: tokio::sync::Mutex<Faults>,
+    torn_down: bool,
+}
+
+/// A resolved node name.
+#[derive(Debug, Clone)]
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) ns: String,
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) is_switch: bool,
+}
+
+impl Node {
+    /// The node's port on the bridge (`sw-NAME`, in the switch namespace).
+    pub(crate) fn port(&self) -> String {
+        format!("sw-{}", self.name)
+    }
+}
+
+impl Lab {
+    /// Builds a lab (~0.1-0.3 s): cleans up stale labs with the same tag, then creates the
+    /// switch namespace with `br0`, one namespace per machine (and the client) wired to it,
+    /// and a cgroup per node. Refuses with [`LabError::Unavailable`] when not root or when
+    /// `ip` is missing, and with an error when a name or an address is invalid; on any
+    /// failure whatever was built is removed again.
+    pub async fn up(spec: LabSpec) -> Result<Lab> {
+        check_tag(&spec.prefix)?;
+        check_machines(&spec.machines)?;
+        // Every address the lab will configure, checked before anything is created.
+        for octet in [1, 2]
+            .into_iter()
+            .chain(machine_octets(spec.machines.len()))
+        {
+            guard(Ipv4Addr::new(198, 18, 1, octet))?;
+        }
+        if !is_root() {
+            return Err(LabError::unavailable(
+                "not running as root (network namespaces need CAP_SYS_ADMIN); run the tests as root",
+            ));
+        }
+        let ip = which("ip").ok_or_else(|| {
+            LabError::unavailable("ip (Debian package iproute2) is not installed")
+        })?;
+        if let Err(e) = cleanup_stale(&spec.prefix) {
+            eprintln!(
+                "warning: cleaning up stale labs failed: {}",
+                crate::chain(&e)
+            );
+        }
+        let n = LABS_MADE.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{}-{}-{n}-", spec.prefix, std::process::id());
+        // Leftovers of a dead process that had our pid.
+        teardown(&ip, &prefix)?;
+        let state_dir = state_root().join(&prefix);
+        make_dir(&state_root())?;
+        make_dir(&state_dir)?;
+        write_owner(&state_dir)?;
+        let (cgroups, freezer) = if spec.signal_freezer {
+            (
+                None,
+                Freezer::Signals {
+                    reason: "requested by the lab spec".into(),
+                },
+            )
+        } else {
+            match Cgroups::prepare() {
+                Ok(cg) => {
+                    let parent = cg.base().to_path_buf();
+                    (Some(cg), Freezer::Cgroup { parent })
+                }
+                Err(reason) => (None, Freezer::Signals { reason }),
+            }
+        };
+        let lab = Lab {
+            prefix,
+            machines: spec.machines,
+            with_client: spec.with_client,
+            ip,
+            state_dir,
+            cgroups,
+            freezer,
+            faults: tokio::sync::Mutex::new(Faults::default()),
+            torn_down: false,
+        };
+        // On error `lab` is dropped here, and its Drop removes what was built.
+        lab.build().await?;
+        Ok(lab)
+    }
+
+    /// [`Lab::up`], or `None` after printing why not when a prerequisite is missing outside
+    /// CI (see [`crate::or_skip`]).
+    pub async fn up_or_skip(spec: LabSpec) -> Option<Lab> {
+        crate::or_skip(Lab::up(spec).await)
+    }
+
+    /// Removes the labs with tag `tag` whose creating process is dead; see
+    /// [`crate::cleanup_stale`] (which [`Lab::up`] runs for its own tag).
+    pub fn cleanup_stale(tag: &str) -> Result<Vec<String>> {
+        cleanup_stale(tag)
+    }
+
+    /// Kills every process in the lab's namespaces and deletes the namespaces, the cgroups
+    /// and the state directory (blocking, ~50 ms).
+    pub fn down(mut self) -> Result<()> {
+        self.torn_down = true;
+        teardown(&self.ip, &self.prefix)
+    }
+
+    async fn build(&self) -> Result<()> {
+        let sw = self.node(SWITCH)?;
+        self.add_namespace(&sw).await?;
+        // A fixed MAC: otherwise br0 borrows a port's MAC and changes it as ports come and go,
+        // and whatever talks to 198.18.1.1 loses it.
+        self.ip_in(
+            &sw,
+            &[
+                "link",
+                "add",
+                "br0",
+                "address",
+                &mac_of(SWITCH_ADDR),
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+                "mcast_snooping",
+                "0",
+            ],
+        )
+        .await?;
+        self.ip_in(&sw, &["addr", "add", &cidr(SWITCH_ADDR)?, "dev", "br0"])
+            .await?;
+        self.ip_in(&sw, &["link", "set", "br0", "up"]).await?;
+        for name in self.hosts() {
+            let host = self.node(&name)?;
+            let port = host.port();
+            self.add_namespace(&host).await?;
+            // Created inside the switch namespace, the peer pushed straight into the host:
+            // nothing ever appears in the root namespace.
+            self.ip_in(
+                &sw,
+                &[
+                    "link", "add", &port, "type", "veth", "peer", "name", HOST_IFACE, "netns",
+                    &host.ns,
+                ],
+            )
+            .await?;
+            self.ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])
+                .await?;
+            self.ip_in(
+                &host,
+                &["link", "set", HOST_IFACE, "address", &mac_of(host.addr)],
+            )
+            .await?;
+            self.ip_in(
+                &host,
+                &["addr", "add", &cidr(host.addr)?, "dev", HOST_IFACE],
+            )
+            .await?;
+            self.ip_in(&host, &["link", "set", HOST_IFACE, "up"])
+                .await?;
+        }
+        for name in self.hosts() {
+            self.wait_port(&self.node(&name)?, true).await?;
+        }
+        Ok(())
+    }
+
+    /// `ip netns add`, the root-namespace check, loopback up, IPv6 off, the node's cgroup.
+    async fn add_namespace(&self, node: &Node) -> Result<()> {
+        checked(
+            tokio::process::Command::new(&self.ip)
+                .args(["netns", "add", &node.ns])
+                .stdin(Stdio::null()),
+            COMMAND_TIMEOUT,
+        )
+        .await?;
+        check_not_root_namespace(&node.ns)?;
+        self.ip_in(node, &["link", "set", "lo", "up"]).await?;
+        // IPv4 only: no link-local IPv6 addresses (outside 198.18.0.0/15) and no IPv6 chatter.
+        // /proc/sys/net belongs to the namespace of the process reading it, here the node's.
+        checked(
+            tokio::process::Command::new(&self.ip)
+                .args(["netns", "exec", &node.ns, "sh", "-c"])
+                .arg(
+                    "[ -d /proc/sys/net/ipv6 ] || exit 0; \
+                     echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6 && \
+                     echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+                )
+                .stdin(Stdio::null()),
+            COMMAND_TIMEOUT,
+        )
+        .await?;
+        if let Some(cg) = &self.cgroups {
+            cg.create(&node.ns)?;
+        }
+        Ok(())
+    }
+
+    /// `ip -n NS ARGS...`
+    pub(crate) async fn ip_in(&self, node: &Node, args: &[&str]) -> Result<String> {
+        checked(
+            tokio::process::Command::new(&self.ip)
+                .arg("-n")
+                .arg(&node.ns)
+                .args(args)
+                .stdin(Stdio::null()),
+            COMMAND_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Waits until the node's bridge port is (or is no longer) operationally up.
+    pub(crate) async fn wait_port(&self, node: &Node, up: bool) -> Result<()> {
+        let sw = self.node(SWITCH)?;
+        let port = node.port();
+        for _ in 0..400 {
+            let out = self
+                .ip_in(&sw, &["-o", "link", "show", "dev", &port])
+                .await?;
+            if out.contains("state UP") == up {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(LabError::Stuck(format!(
+            "port {port} of lab {} did not go {} within 2 s",
+            self.prefix,
+            if up { "up" } else { "down" }
+        )))
+    }
+
+    // ---- names and addresses ----
+
+    /// The lab's prefix, `TAG-PID-N-`: every namespace, cgroup and file of the lab starts
+    /// with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The machine names, in address order.
+    pub fn machines(&self) -> &[String] {
+        &self.machines
+    }
+
+    /// Machines and the client (the nodes with a cable to the switch).
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts = self.machines.clone();
+        if self.with_client {
+            hosts.push(CLIENT.into());
+        }
+        hosts
+    }
+
+    /// Every node: the switch, the machines, the client.
+    pub fn nodes(&self) -> Vec<String> {
+        let mut nodes = vec![SWITCH.to_string()];
+        nodes.extend(self.hosts());
+        nodes
+    }
+
+    pub(crate) fn node(&self, name: &str) -> Result<Node> {
+        let found = if name == SWITCH {
+            Some(SWITCH_ADDR)
+        } else if name == CLIENT && self.with_client {
+            Some(CLIENT_ADDR)
+        } else {
+            self.machines
+                .iter()
+                .position(|m| m == name)
+                .and_then(|i| u8::try_from(i).ok())
+                .map(|i| Ipv4Addr::new(198, 18, 1, FIRST_MACHINE_OCTET + i))
+        };
+        match found {
+            Some(addr) => Ok(Node {
+                name: name.to_string(),
+                ns: format!("{}{name}", self.prefix),
+                addr,
+                is_switch: name == SWITCH,
+            }),
+            None => Err(LabError::UnknownNode {
+                name: name.to_string(),
+                prefix: self.prefix.clone(),
+                known: self.nodes().join(", "),
+            }),
+        }
+    }
+
+    /// The network namespace of `node` (for `ip netns exec` by hand).
+    pub fn namespace(&self, node: &str) -> Result<String> {
+        Ok(self.node(node)?.ns)
+    }
+
+    /// The address of `node` on 198.18.1.0/24 (machines .11.., the client .2, `sw` .1).
+    pub fn addr(&self, node: &str) -> Result<Ipv4Addr> {
+        Ok(self.node(node)?.addr)
+    }
+
+    /// 198.18.1.1, the switch's own address (where PostgreSQL listens).
+    pub fn switch_addr(&self) -> Ipv4Addr {
+        SWITCH_ADDR
+    }
+
+    /// 198.18.1.2 (meaningful when the lab has a client).
+    pub fn client_addr(&self) -> Ipv4Addr {
+        CLIENT_ADDR
+    }
+
+    /// The fixed MAC of `node`'s interface: `02:00:c6:12:01:XX`, XX = last address octet.
+    pub fn mac(&self, node: &str) -> Result<String> {
+        Ok(mac_of(self.node(node)?.addr))
+    }
+
+    /// How [`Lab::freeze`] works on this host.
+    pub fn freezer(&self) -> &Freezer {
+        &self.freezer
+    }
+
+    /// The cgroup v2 directory of `node`, when cgroups are used.
+    pub fn cgroup(&self, node: &str) -> Result<Option<PathBuf>> {
+        let node = self.node(node)?;
+        Ok(self.cgroups.as_ref().map(|cg| cg.dir(&node.ns)))
+    }
+
+    /// A directory for this lab's files (logs, data); removed with the lab.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    // ---- running things ----
+
+    /// A command that runs `program` inside `node`'s namespace and cgroup: the caller adds
+    /// arguments, environment and stdio, then spawns it. (`sh` puts itself into the cgroup,
+    /// then execs `ip netns exec NS program ...`, which execs the program: the child's pid is
+    /// the program's.) Stdin is `/dev/null` unless the caller sets it.
+    pub fn command(
+        &self,
+        node: &str,
+        program: impl AsRef<OsStr>,
+    ) -> Result<tokio::process::Command> {
+        let node = self.node(node)?;
+        let procs = self
+            .cgroups
+            .as_ref()
+            .map(|cg| cg.dir(&node.ns).join("cgroup.procs"));
+        Ok(ns_command(&self.ip, &node.ns, procs.as_deref(), program))
+    }
+
+    /// Starts `program ARGS` in `node` (namespace and cgroup) with `env` added to the
+    /// environment, stdout and stderr appended to `log_file`, stdin from `/dev/null`.
+    pub fn spawn<S: AsRef<OsStr>>(
+        &self,
+        node: &str,
+        program: impl AsRef<OsStr>,
+        args: &[S],
+        env: &[(&str, &str)],
+        log_file: &Path,
+    ) -> Result<tokio::process::Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+            .map_err(LabError::io(format!("cannot open {}", log_file.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(LabError::io(format!("cannot open {}", log_file.display())))?;
+        let mut cmd = self.command(node, program.as_ref())?;
+        cmd.args(args).stdout(log).stderr(log2);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let command = crate::cmd::describe(cmd.as_std());
+        cmd.spawn()
+            .map_err(|source| LabError::Spawn { command, source })
+    }
+
+    /// Runs a one-shot command in `node`'s namespace (not in its cgroup, so it also runs
+    /// while the node is frozen) and gives its output, whatever the exit status; it is
+    /// killed after 20 s. A program that is not installed gives [`LabError::Unavailable`].
+    pub async fn run(&self, node: &str, argv: &[&str]) -> Result<Output> {
+        let node = self.node(node)?;
+        let Some((program, args)) = argv.split_first() else {
+            return Err(LabError::Spec("run needs a program".into()));
+        };
+        let mut cmd = ns_command(&self.ip, &node.ns, None, program);
+        cmd.args(args);
+        let out = output(&mut cmd, COMMAND_TIMEOUT).await?;
+        // `ip netns exec` says `exec of "X" failed: ...` and exits 255 when X cannot run.
+        if out.status.code() == Some(255) && stderr_of(&out).starts_with("exec of") {
+            return Err(LabError::unavailable(stderr_of(&out)));
+        }
+        Ok(out)
+    }
+
+    /// [`Lab::run`], failing unless the command exits 0; gives its stdout.
+    pub async fn exec(&self, node: &str, argv: &[&str]) -> Result<String> {
+        let out = self.run(node, argv).await?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(LabError::Command {
+                command: format!("{} (in {node})", argv.join(" ")),
+                status: out.status.to_string(),
+                stderr: stderr_of(&out),
+            })
+        }
+    }
+
+    /// The pids of every process in `node`'s namespace (`ip netns pids`).
+    pub async fn pids(&self, node: &str) -> Result<Vec<i32>> {
+        let node = self.node(node)?;
+        self.ns_pids(&node.ns).await
+    }
+
+    pub(crate) async fn ns_pids(&self, ns: &str) -> Result<Vec<i32>> {
+        let out = checked(
+            tokio::process::Command::new(&self.ip)
+                .args(["netns", "pids", ns])
+                .stdin(Stdio::null()),
+            COMMAND_TIMEOUT,
+        )
+        .await?;
+        Ok(parse_pids(&out))
+    }
+
+    /// Whether `from` gets an answer to one ping of `to` within 1 s.
+    pub async fn ping(&self, from: &str, to: Ipv4Addr) -> Result<bool> {
+        let to = to.to_string();
+        let out = self
+            .run(from, &["ping", "-c", "1", "-W", "1", "-q", &to])
+            .await?;
+        Ok(out.status.success())
+    }
+
+    /// Connects from `from` to `to` over TCP (bash's `/dev/tcp`) and reads what the server
+    /// sends until it closes or `timeout` runs out. `Some(text)` when the connection was
+    /// made (`text` possibly empty), `None` when it was refused or not made within `timeout`.
+    pub async fn connect(
+        &self,
+        from: &str,
+        to: SocketAddrV4,
+        timeout: Duration,
+    ) -> Result<Option<String>> {
+        let secs = format!("{:.3}", timeout.as_secs_f64());
+        let (ip, port) = (to.ip().to_string(), to.port().to_string());
+        let out = self
+            .run(
+                from,
+                &[
+                    "timeout",
+                    &secs,
+                    "bash",
+                    "-c",
+                    "exec 3<>\"/dev/tcp/$0/$1\" || exit 1; echo connected; exec cat <&3",
+                    &ip,
+                    &port,
+                ],
+            )
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.strip_prefix("connected\n").map(str::to_string))
+    }
+
+    /// The MAC `node` has in its neighbour (ARP) table for `ip`, if it has a usable entry.
+    pub async fn neighbour(&self, node: &str, ip: Ipv4Addr) -> Result<Option<String>> {
+        let node = self.node(node)?;
+        let iface = if node.is_switch { "br0" } else { HOST_IFACE };
+        let out = self
+            .ip_in(&node, &["neigh", "show", &ip.to_string(), "dev", iface])
+            .await?;
+        Ok(out
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_lowercase))
+    }
+
+    /// The IPv4 addresses (`A/P`) on `node`'s interface.
+    pub async fn addresses(&self, node: &str) -> Result<Vec<String>> {
+        let node = self.node(node)?;
+        let iface = if node.is_switch { "br0" } else { HOST_IFACE };
+        let out = self
+            .ip_in(&node, &["-o", "-4", "addr", "show", "dev", iface])
+            .await?;
+        Ok(inet_addresses(&out))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.torn_down {
+            if let Err(e) = teardown(&self.ip, &self.prefix) {
+                eprintln!(
+                    "warning: tearing down lab {} failed: {}",
+                    self.prefix,
+                    crate::chain(&e)
+                );
+            }
+        }
+    }
+}
+
+/// `ip netns exec NS program`, wrapped in `sh` that first joins the cgroup whose
+/// `cgroup.procs` is `procs` (before `ip netns exec` remounts `/sys` and hides it).
+pub(crate) fn ns_command(
+    ip: &Path,
+    ns: &str,
+    procs: Option<&Path>,
+    program: impl AsRef<OsStr>,
+) -> tokio::process::Command {
+    let mut cmd = match procs {
+        Some(procs) => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(r#"echo $$ > "$1" && shift && exec "$@""#)
+                .arg("ferry-lab")
+                .arg(procs)
+                .arg(ip);
+            c
+        }
+        None => tokio::process::Command::new(ip),
+    };
+    cmd.args(["netns", "exec", ns])
+        .arg(program)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The `A/P` after each `inet` of `ip -o -4 addr show` output.
+pub(crate) fn inet_addresses(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "inet")?;
+            words.next().map(str::to_string)
+        })
+        .collect()
+}
+
+/// `A/24`, refusing addresses outside 198.18.0.0/15.
+pub(crate) fn cidr(addr: Ipv4Addr) -> Result<String> {
+    guard(addr)?;
+    Ok(format!("{addr}/{SUBNET_PREFIX_LEN}"))
+}
+
+fn guard(addr: Ipv4Addr) -> Result<()> {
+    if in_lab_net(addr) {
+        Ok(())
+    } else {
+        Err(LabError::AddressOutsideLab { addr })
+    }
+}
+
+fn mac_of(addr: Ipv4Addr) -> String {
+    format!("02:00:c6:12:01:{:02x}", addr.octets()[3])
+}
+
+fn machine_octets(count: usize) -> impl Iterator<Item = u8> {
+    (0..count).map(|i| {
+        u8::try_from(i)
+            .ok()
+            .and_then(|i| FIRST_MACHINE_OCTET.checked_add(i))
+            .unwrap_or(u8::MAX)
+    })
+}
+
+fn check_machines(machines: &[String]) -> Result<()> {
+    let max = usize::from(LAST_MACHINE_OCTET - FIRST_MACHINE_OCTET) + 1;
+    if machines.len() > max {
+        return Err(LabError::Spec(format!(
+            "{} machines are too many: addresses 198.18.1.{FIRST_MACHINE_OCTET}-{LAST_MACHINE_OCTET} hold {max}",
+            machines.len()
+        )));
+    }
+    for (i, m) in machines.iter().enumerate() {
+        let ok = !m.is_empty()
+            && m.len() <= MAX_MACHINE_NAME
+            && m.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !m.starts_with('-');
+        if !ok {
+            return Err(LabError::Spec(format!(
+                "machine name {m:?} must be 1-{MAX_MACHINE_NAME} lowercase letters, digits or '-' \
+                 (its switch port sw-{m} must fit in 15 characters)"
+            )));
+        }
+        if m == SWITCH || m == CLIENT {
+            return Err(LabError::Spec(format!(
+                "machine name {m:?} is reserved for the lab's {} namespace",
+                if m == SWITCH { "switch" } else { "client" }
+            )));
+        }
+        if machines[..i].contains(m) {
+            return Err(LabError::Spec(format!("machine name {m:?} appears twice")));
+        }
+    }
+    Ok(())
+}
+
+fn make_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(LabError::io(format!("cannot create {}", dir.display())))?;
+    // The postgres user must be able to reach PostgreSQL's data below it.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(LabError::io(
+        format!("cannot set permissions of {}", dir.display()),
+    ))
+}
+
+/// Effective uid 0, from `/proc/self/status` (`Uid: real effective saved fs`).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Fails if the namespace `ns` (just created) is the one this process runs in or that of
+/// pid 1: a wrongly resolved name must never lead to configuring the host's network.
+fn check_not_root_namespace(ns: &str) -> Result<()> {
+    let path = format!("/run/netns/{ns}");
+    let theirs = std::fs::metadata(&path)
+        .map_err(LabError::io(format!("cannot inspect {path}")))?
+        .ino();
+    for own in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        if std::fs::metadata(own).is_ok_and(|m| m.ino() == theirs) {
+            return Err(LabError::RootNamespace { ns: ns.into() });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn machine_names_must_fit_a_port_name() {
+        assert!(check_machines(&names(&["a", "machine-b", "m12345678901"])).is_ok());
+        assert!(check_machines(&names(&["m123456789012"])).is_err());
+        assert!(check_machines(&names(&["A"])).is_err());
+        assert!(check_machines(&names(&["sw"])).is_err());
+        assert!(check_machines(&names(&["client"])).is_err());
+        assert!(check_machines(&names(&["a", "a"])).is_err());
+        assert!(check_machines(&names(&["-a"])).is_err());
+        assert!(check_machines(&names(&[""])).is_err());
+    }
+
+    #[test]
+    fn at_most_89_machines() {
+        let many: Vec<String> = (0..90).map(|i| format!("m{i}")).collect();
+        let e = check_machines(&many).unwrap_err();
+        assert!(e.to_string().contains("too many"), "{e}");
+        assert!(check_machines(&many[..89]).is_ok());
+    }
+
+    #[test]
+    fn addresses_outside_the_lab_net_are_refused() {
+        assert!(cidr(Ipv4Addr::new(198, 18, 1, 11)).is_ok());
+        let e = cidr(Ipv4Addr::new(10, 0, 0, 1)).unwrap_err();
+        assert!(matches!(e, LabError::AddressOutsideLab { .. }), "{e}");
+    }
+
+    #[test]
+    fn macs_are_fixed() {
+        assert_eq!(mac_of(Ipv4Addr::new(198, 18, 1, 11)), "02:00:c6:12:01:0b");
+    }
+
+    #[test]
+    fn inet_lines_parse() {
+        let out = "2: eth0    inet 198.18.1.11/24 brd 198.18.1.255 scope global eth0\\       valid_lft forever preferred_lft forever\n\
+                   2: eth0    inet 198.18.1.100/24 scope global secondary eth0\\       valid_lft forever preferred_lft forever\n";
+        assert_eq!(
+            inet_addresses(out),
+            vec!["198.18.1.11/24".to_string(), "198.18.1.100/24".to_string()]
+        );
+    }
+
+    #[test]
+    fn the_cgroup_wrapper_joins_then_execs() {
+        let cmd = ns_command(
+            Path::new("/usr/sbin/ip"),
+            "fl-1-0-a",
+            Some(Path::new("/cg/cgroup.procs")),
+            "sleep",
+        );
+        assert_eq!(
+            crate::cmd::describe(cmd.as_std()),
+            "/bin/sh -c echo $$ > \"$1\" && shift && exec \"$@\" ferry-lab /cg/cgroup.procs \
+             /usr/sbin/ip netns exec fl-1-0-a sleep"
+        );
+    }
+}
