@@ -31,6 +31,15 @@ pub enum HookError {
         status: String,
         output: String,
     },
+    /// The built-in floating-IP action failed (address in use, no such interface, ...).
+    #[error("built-in {verb} of {ip} on {iface} failed")]
+    Builtin {
+        verb: &'static str,
+        iface: String,
+        ip: Ipv4Addr,
+        #[source]
+        source: crate::ipaddr::IpAddrError,
+    },
 }
 
 /// Runs `hook ARGS...` with a timeout; returns its combined output.
@@ -94,17 +103,34 @@ pub async fn floating_ip(
         IpAction::Add => "addif",
         IpAction::Remove => "removeif",
     };
-    let iface = machine.interface.clone().unwrap_or_else(|| "lo".into());
     let mask = machine.netmask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
-    match &machine.hooks.ifconfig {
-        Some(hook) => {
-            let args = vec![verb.to_string(), iface.clone(), ip.to_string(), mask.to_string()];
-            let out = run_hook(hook, &args, machine.hooks.timeout).await?;
-            Ok(format!("{hook} {verb} {iface} {ip} {mask}: ok {}", out.trim()))
+    if let Some(hook) = &machine.hooks.ifconfig {
+        let iface = machine.interface.clone().unwrap_or_else(|| "eth0".into());
+        let args = vec![verb.to_string(), iface.clone(), ip.to_string(), mask.to_string()];
+        let out = run_hook(hook, &args, machine.hooks.timeout).await?;
+        return Ok(format!("{hook} {verb} {iface} {ip} {mask}: ok {}", out.trim()));
+    }
+    // Machines whose Node Manager listens on loopback share one host (the demo, the
+    // process tests): moving an address between them means nothing, and adding it to the
+    // host's real interface would be wrong. The built-in action only says what it would do.
+    if machine.node_manager.ip().is_loopback() {
+        return Ok(format!(
+            "floating IP {ip}: built-in {verb} skipped, machine {} shares this host (its Node Manager listens on loopback)",
+            machine.name
+        ));
+    }
+    let iface = machine.interface.clone().unwrap_or_else(|| "eth0".into());
+    let builtin = |source| HookError::Builtin { verb, iface: iface.clone(), ip, source };
+    match action {
+        IpAction::Add => {
+            let len = crate::ipaddr::prefix_len(mask).unwrap_or(24);
+            let how = crate::ipaddr::plumb(&iface, ip, len).await.map_err(builtin)?;
+            Ok(format!("floating IP {ip}/{len} on {iface}: {how:?}, announced with a gratuitous ARP"))
         }
-        None => Ok(format!(
-            "floating IP {ip}: built-in {verb} on {iface}/{mask} is a no-op on a single host (configure hooks.ifconfig to move it)"
-        )),
+        IpAction::Remove => {
+            crate::ipaddr::remove(&iface, ip).await.map_err(builtin)?;
+            Ok(format!("floating IP {ip} removed from {iface}"))
+        }
     }
 }
 

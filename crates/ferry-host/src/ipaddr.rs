@@ -115,13 +115,25 @@ pub async fn plumb(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<Plumbed>
     Ok(Plumbed::Added)
 }
 
+/// How long the built-in probe listens for a host that holds the address. On a LAN an
+/// answer takes well under a millisecond; the window leaves room for a busy host.
+pub const PROBE_WINDOW: Duration = Duration::from_millis(150);
+
 /// Whether another host on `iface`'s segment answers for `ip` (an ARP duplicate-address
-/// probe, sender 0.0.0.0: `arping -D -c 2 -w 1`; ~1 s when nobody answers). This host's own
-/// addresses do not count: check [`present`] for those.
+/// probe, sender 0.0.0.0). Uses a raw packet socket listening for [`PROBE_WINDOW`]; falls
+/// back to `arping -D -c 2 -w 1` (~1 s when nobody answers) if raw sockets are refused.
+/// This host's own addresses do not count: check [`present`] for those.
 pub async fn probe(iface: &str, ip: Ipv4Addr) -> Result<bool> {
     check_iface(iface)?;
     // A clear error for a missing interface, rather than arping's exit status 2.
     addresses(iface).await?;
+    let name = iface.to_string();
+    let fast = tokio::task::spawn_blocking(move || crate::arp::probe_blocking(&name, ip, PROBE_WINDOW)).await;
+    match fast {
+        Ok(Ok(answer)) => return Ok(answer),
+        Ok(Err(e)) => tracing::debug!("raw ARP probe on {iface} unavailable ({e}); using arping"),
+        Err(e) => tracing::debug!("raw ARP probe on {iface} failed ({e}); using arping"),
+    }
     let arping = tool("arping")?;
     let mut cmd = tokio::process::Command::new(arping);
     cmd.args(["-D", "-c", "2", "-w", "1", "-I", iface])

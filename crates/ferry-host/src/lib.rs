@@ -5,6 +5,7 @@
 //! calls `setsid`), and the only place the shells read time.
 #![allow(unsafe_code)]
 
+pub mod arp;
 pub mod clock;
 pub mod files;
 pub mod hooks;
