@@ -50,8 +50,17 @@ struct Http {
 
 impl Http {
     fn new(base: &str, secret: Option<String>, timeout: Duration) -> Self {
+        Http::with_connect(base, secret, timeout, timeout)
+    }
+
+    fn with_connect(
+        base: &str,
+        secret: Option<String>,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Self {
         let client = reqwest::Client::builder()
-            .connect_timeout(timeout)
+            .connect_timeout(connect)
             .timeout(timeout)
             .pool_max_idle_per_host(4)
             .no_proxy()
@@ -248,6 +257,19 @@ impl NmClient {
     pub fn new(addr: &str, secret: &str, timeout: Duration) -> Self {
         NmClient {
             http: Http::new(addr, Some(secret.to_string()), timeout),
+        }
+    }
+
+    /// A client that gives up connecting after `connect` (a dead machine answers nothing; a
+    /// live one accepts at once) but allows `timeout` for the whole call.
+    pub fn with_connect_timeout(
+        addr: &str,
+        secret: &str,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Self {
+        NmClient {
+            http: Http::with_connect(addr, Some(secret.to_string()), connect, timeout),
         }
     }
     pub async fn health(&self) -> Result<NmHealth, ClientError> {

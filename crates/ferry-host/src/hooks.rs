@@ -106,9 +106,17 @@ pub async fn floating_ip(
     let mask = machine.netmask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
     if let Some(hook) = &machine.hooks.ifconfig {
         let iface = machine.interface.clone().unwrap_or_else(|| "eth0".into());
-        let args = vec![verb.to_string(), iface.clone(), ip.to_string(), mask.to_string()];
+        let args = vec![
+            verb.to_string(),
+            iface.clone(),
+            ip.to_string(),
+            mask.to_string(),
+        ];
         let out = run_hook(hook, &args, machine.hooks.timeout).await?;
-        return Ok(format!("{hook} {verb} {iface} {ip} {mask}: ok {}", out.trim()));
+        return Ok(format!(
+            "{hook} {verb} {iface} {ip} {mask}: ok {}",
+            out.trim()
+        ));
     }
     // Machines whose Node Manager listens on loopback share one host (the demo, the
     // process tests): moving an address between them means nothing, and adding it to the
@@ -120,12 +128,21 @@ pub async fn floating_ip(
         ));
     }
     let iface = machine.interface.clone().unwrap_or_else(|| "eth0".into());
-    let builtin = |source| HookError::Builtin { verb, iface: iface.clone(), ip, source };
+    let builtin = |source| HookError::Builtin {
+        verb,
+        iface: iface.clone(),
+        ip,
+        source,
+    };
     match action {
         IpAction::Add => {
             let len = crate::ipaddr::prefix_len(mask).unwrap_or(24);
-            let how = crate::ipaddr::plumb(&iface, ip, len).await.map_err(builtin)?;
-            Ok(format!("floating IP {ip}/{len} on {iface}: {how:?}, announced with a gratuitous ARP"))
+            let how = crate::ipaddr::plumb(&iface, ip, len)
+                .await
+                .map_err(builtin)?;
+            Ok(format!(
+                "floating IP {ip}/{len} on {iface}: {how:?}, announced with a gratuitous ARP"
+            ))
         }
         IpAction::Remove => {
             crate::ipaddr::remove(&iface, ip).await.map_err(builtin)?;

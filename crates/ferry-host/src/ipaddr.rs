@@ -128,7 +128,9 @@ pub async fn probe(iface: &str, ip: Ipv4Addr) -> Result<bool> {
     // A clear error for a missing interface, rather than arping's exit status 2.
     addresses(iface).await?;
     let name = iface.to_string();
-    let fast = tokio::task::spawn_blocking(move || crate::arp::probe_blocking(&name, ip, PROBE_WINDOW)).await;
+    let fast =
+        tokio::task::spawn_blocking(move || crate::arp::probe_blocking(&name, ip, PROBE_WINDOW))
+            .await;
     match fast {
         Ok(Ok(answer)) => return Ok(answer),
         Ok(Err(e)) => tracing::debug!("raw ARP probe on {iface} unavailable ({e}); using arping"),

@@ -436,7 +436,10 @@ impl Nm {
                 ),
                 Err(e) => {
                     self.set_state(server, "FAILED");
-                    let msg = format!("not starting {server}: adding floating IP {ip} failed: {}", ferry_store::chain(&e));
+                    let msg = format!(
+                        "not starting {server}: adding floating IP {ip} failed: {}",
+                        ferry_store::chain(&e)
+                    );
                     self.events.emit(
                         "start-failed",
                         Some(server.as_str()),

@@ -260,13 +260,16 @@ impl MasterRole {
                     let Some(m) = ctx.domain.machine(&machine) else {
                         continue;
                     };
-                    let timeout =
-                        Duration::from_millis((self.timing.interval_ms * 2).clamp(200, 2_000));
-                    // Connect fails fast on a dead machine; a live one may take a moment to answer.
-                    let nm = NmClient::new(
+                    // A dead machine answers nothing: give up connecting after two intervals
+                    // (100 ms at least, a second at most). A live Node Manager accepts at once
+                    // and may take a while to plumb the IP and start the server.
+                    let connect =
+                        Duration::from_millis((self.timing.interval_ms * 2).clamp(100, 1_000));
+                    let nm = NmClient::with_connect_timeout(
                         &m.node_manager.to_string(),
                         &ctx.secret,
-                        timeout.max(Duration::from_secs(1)),
+                        connect,
+                        Duration::from_secs(10),
                     );
                     let cmd = NmStart {
                         origin: Origin::Master {

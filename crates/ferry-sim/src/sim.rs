@@ -501,7 +501,7 @@ impl Sim {
             // As ferry-server's master: a scan every interval (and when a lease runs out), a
             // Node Manager call bounded by twice the interval within 0.2 to 2 s, at least 1 s.
             scan_ms: sc.interval_ms,
-            cmd_timeout_ms: (2 * sc.interval_ms).clamp(200, 2_000).max(1_000),
+            cmd_timeout_ms: (2 * sc.interval_ms).clamp(100, 1_000),
             domain,
             bugs,
             rng,

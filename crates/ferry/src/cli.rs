@@ -138,6 +138,22 @@ pub enum Cmd {
         #[arg(long)]
         data_source: Option<String>,
     },
+    /// Show the machines: their Node Managers, whether they answer, what they run.
+    Machines {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// A client of a demo service: asks it who it is every few milliseconds and logs the
+    /// answers (what a user of the floating IP sees).
+    #[command(hide = true)]
+    DemoClient {
+        #[arg(long)]
+        target: std::net::SocketAddr,
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+    },
     /// A small HTTP service that answers with its server, machine and fencing token (the
     /// demo's hosted service).
     #[command(hide = true)]
@@ -220,6 +236,11 @@ pub fn main() -> i32 {
             }
         }
         Cmd::Validate { file } => validate(&file),
+        Cmd::DemoClient {
+            target,
+            log,
+            interval_ms,
+        } => runtime().block_on(crate::demo_service::run_client(target, log, interval_ms)),
         Cmd::DemoService { listen, journal } => {
             runtime().block_on(crate::demo_service::run(listen, journal))
         }

@@ -67,6 +67,40 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
                 return Ok(0);
             }
         },
+        Cmd::Machines { output } => {
+            let machines = admin.machines().await?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&machines).unwrap_or_default()
+                ),
+                Output::Text => {
+                    println!(
+                        "{:<14} {:<22} {:<10} SERVERS",
+                        "MACHINE", "NODE MANAGER", "REACHABLE"
+                    );
+                    for m in machines {
+                        let servers: Vec<String> = m
+                            .servers
+                            .iter()
+                            .map(|s| format!("{} ({})", s.name, s.state))
+                            .collect();
+                        println!(
+                            "{:<14} {:<22} {:<10} {}",
+                            m.name,
+                            m.node_manager,
+                            if m.reachable { "yes" } else { "NO" },
+                            if m.reachable {
+                                servers.join(", ")
+                            } else {
+                                m.error.unwrap_or_default()
+                            }
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
         Cmd::Leases { output } => {
             let leases = admin.leases().await?;
             match output {

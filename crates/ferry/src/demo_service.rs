@@ -84,3 +84,55 @@ fn journal_loop(path: PathBuf, mut line: JournalLine) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// One probe of a client: at `t_ms` (CLOCK_BOOTTIME) the service answered as `server` on
+/// `machine` with `epoch`, or did not answer (`ok` false).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ClientLine {
+    pub t_ms: u64,
+    pub ok: bool,
+    #[serde(default)]
+    pub machine: String,
+    #[serde(default)]
+    pub epoch: u64,
+    #[serde(default)]
+    pub pid: u32,
+}
+
+/// `ferry demo-client`: asks `target` who it is every `interval_ms` and appends each answer
+/// (or its absence) to `log`: what a user of the floating IP saw.
+pub async fn run_client(target: SocketAddr, log: PathBuf, interval_ms: u64) -> i32 {
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    else {
+        eprintln!("demo-client: cannot open {}", log.display());
+        return 1;
+    };
+    loop {
+        let t_ms = ferry_host::clock::now().0;
+        let answer =
+            crate::harness::probe(target, Duration::from_millis(interval_ms.max(20) * 4)).await;
+        let line = match answer {
+            Some(v) => ClientLine {
+                t_ms,
+                ok: true,
+                machine: v["machine"].as_str().unwrap_or_default().to_string(),
+                epoch: v["fencing_token"].as_u64().unwrap_or(0),
+                pid: v["pid"].as_u64().unwrap_or(0) as u32,
+            },
+            None => ClientLine {
+                t_ms,
+                ok: false,
+                machine: String::new(),
+                epoch: 0,
+                pid: 0,
+            },
+        };
+        if let Ok(s) = serde_json::to_string(&line) {
+            let _ = writeln!(f, "{s}");
+        }
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+}

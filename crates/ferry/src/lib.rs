@@ -7,3 +7,4 @@ mod client;
 pub mod demo;
 pub mod demo_service;
 pub mod harness;
+pub mod labdomain;

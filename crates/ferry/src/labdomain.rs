@@ -1,0 +1,394 @@
+//! A whole domain on lab hosts (ferry-lab): every machine its own network namespace with a
+//! Node Manager on its own address, the Administration Server and PostgreSQL in the switch
+//! namespace, floating IPs that really move between machines' `eth0`, and a client
+//! namespace that keeps asking the floating IP who answers. Used by the fault suite, the
+//! cross-host benchmark and `ferry demo --hosts`. Dropping it tears the lab down.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ferry_api::ServerStatus;
+use ferry_host::clock;
+use ferry_lab::{Lab, LabSpec, PgInLab, CLIENT, SWITCH};
+
+use crate::demo_service::ClientLine;
+use crate::harness::DomainSpec;
+
+/// Where the Administration Server listens in the lab.
+pub const ADMIN_PORT: u16 = 7001;
+/// Where each machine's Node Manager listens.
+pub const NM_PORT: u16 = 5556;
+/// Where each server's service listens on its floating IP.
+pub const SERVICE_PORT: u16 = 8080;
+
+pub struct LabDomain {
+    pub lab: Lab,
+    pub pg: PgInLab,
+    pub dir: PathBuf,
+    pub domain_file: PathBuf,
+    pub exe: PathBuf,
+    pub admin_url: String,
+    pub spec: DomainSpec,
+    /// Each server's floating address and service port.
+    pub floating: BTreeMap<String, SocketAddrV4>,
+    clients: Vec<tokio::process::Child>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl LabDomain {
+    /// Builds the lab and starts the domain in it; `None` when the lab cannot run here
+    /// (not root, tools missing; printed, and a failure under `CI=true`).
+    pub async fn start(
+        spec: DomainSpec,
+        exe: &Path,
+        dir: Option<PathBuf>,
+    ) -> anyhow::Result<Option<LabDomain>> {
+        let machines: Vec<&str> = spec.machines.iter().map(String::as_str).collect();
+        let lab_spec = LabSpec {
+            with_client: true,
+            ..LabSpec::new(&machines)
+        };
+        let Some(lab) = Lab::up_or_skip(lab_spec).await else {
+            return Ok(None);
+        };
+        let pg = lab
+            .start_postgres()
+            .await
+            .context("PostgreSQL in the lab")?;
+        let (dir, tmp) = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(&d)?;
+                (std::fs::canonicalize(&d)?, None)
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("ferry-lab-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(dir.join("logs"))?;
+        std::fs::create_dir_all(dir.join("journal"))?;
+        let mut floating = BTreeMap::new();
+        for (i, s) in spec.servers.iter().enumerate() {
+            floating.insert(
+                s.name.clone(),
+                SocketAddrV4::new(ferry_lab::floating_ip(i as u8)?, SERVICE_PORT),
+            );
+        }
+        let admin_url = format!("http://{}:{ADMIN_PORT}", lab.switch_addr());
+        let domain_file = dir.join("domain.toml");
+        std::fs::write(
+            &domain_file,
+            domain_toml(&spec, &lab, &pg, &floating, &dir, exe)?,
+        )?;
+        let d = LabDomain {
+            lab,
+            pg,
+            dir,
+            domain_file,
+            exe: exe.to_path_buf(),
+            admin_url,
+            spec,
+            floating,
+            clients: Vec::new(),
+            _tmp: tmp,
+        };
+        let out = d
+            .run_in(SWITCH, &["leasing", "init", "--data-source", &d.pg.url()])
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "ferry leasing init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        d.start_admin()?;
+        d.wait_cli_ok(&["machines"], Duration::from_secs(20))
+            .await
+            .context("the Administration Server did not answer")?;
+        for m in d.spec.machines.clone() {
+            d.start_nm(&m)?;
+        }
+        let machines = d.spec.machines.clone();
+        let until = clock::now() + Duration::from_secs(20);
+        loop {
+            let out = d.cli(&["machines", "-o", "json"]).await?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let up = v
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|m| m["reachable"] == true).count());
+            if up == machines.len() {
+                break;
+            }
+            if clock::now() >= until {
+                bail!("Node Managers did not all answer: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Some(d))
+    }
+
+    fn spawn(&self, node: &str, args: &[&str], log: &str) -> anyhow::Result<()> {
+        let child = self.lab.spawn(
+            node,
+            &self.exe,
+            args,
+            &[("FERRY_LOG", "info")],
+            &self.dir.join("logs").join(log),
+        )?;
+        // The lab owns the process (it kills everything in its namespaces); do not reap here.
+        std::mem::forget(child);
+        Ok(())
+    }
+
+    pub fn start_admin(&self) -> anyhow::Result<()> {
+        self.spawn(
+            SWITCH,
+            &["admin", "--domain", &self.domain_file.display().to_string()],
+            "admin.log",
+        )
+    }
+
+    pub fn start_nm(&self, machine: &str) -> anyhow::Result<()> {
+        self.spawn(
+            machine,
+            &[
+                "nodemanager",
+                "--machine",
+                machine,
+                "--domain",
+                &self.domain_file.display().to_string(),
+            ],
+            &format!("nm-{machine}.log"),
+        )
+    }
+
+    /// Runs `ferry ARGS` in `node`'s namespace.
+    pub async fn run_in(&self, node: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let exe = self.exe.display().to_string();
+        let mut argv = vec![exe.as_str()];
+        argv.extend_from_slice(args);
+        Ok(self.lab.run(node, &argv).await?)
+    }
+
+    /// Runs a client command against the lab's Administration Server (from the switch).
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut argv = vec!["--admin", self.admin_url.as_str()];
+        argv.extend_from_slice(args);
+        self.run_in(SWITCH, &argv).await
+    }
+
+    async fn wait_cli_ok(&self, args: &[&str], patience: Duration) -> anyhow::Result<()> {
+        let until = clock::now() + patience;
+        loop {
+            if self.cli(args).await.is_ok_and(|o| o.status.success()) {
+                return Ok(());
+            }
+            if clock::now() >= until {
+                bail!(
+                    "`ferry {}` did not succeed within {patience:?}",
+                    args.join(" ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Vec<ServerStatus>> {
+        let out = self.cli(&["status", "-o", "json"]).await?;
+        if !out.status.success() {
+            bail!("ferry status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub async fn events(&self) -> anyhow::Result<Vec<ferry_api::Event>> {
+        let out = self.cli(&["events", "-o", "json"]).await?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// Waits until `server` runs on `machine` with an epoch above `epoch`.
+    pub async fn wait_running(
+        &self,
+        server: &str,
+        machine: &str,
+        epoch: u64,
+        patience: Duration,
+    ) -> anyhow::Result<ServerStatus> {
+        let until = clock::now() + patience;
+        let mut last = None;
+        loop {
+            if let Ok(list) = self.status().await {
+                if let Some(s) = list.into_iter().find(|s| s.name == server) {
+                    if s.state == "RUNNING"
+                        && s.machine.as_deref() == Some(machine)
+                        && s.epoch.unwrap_or(0) > epoch
+                    {
+                        return Ok(s);
+                    }
+                    last = Some(s);
+                }
+            }
+            if clock::now() >= until {
+                bail!("{server} is not running on {machine} (epoch > {epoch}) after {patience:?}: {last:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a client in the client namespace that asks `server`'s floating IP who answers
+    /// every `interval_ms`; read its log with [`LabDomain::client_log`].
+    pub fn start_client(&mut self, server: &str, interval_ms: u64) -> anyhow::Result<PathBuf> {
+        let target = self
+            .floating
+            .get(server)
+            .context("unknown server")?
+            .to_string();
+        let log = self.dir.join(format!("client-{server}.jsonl"));
+        let child = self.lab.spawn(
+            CLIENT,
+            &self.exe,
+            &[
+                "demo-client",
+                "--target",
+                &target,
+                "--log",
+                &log.display().to_string(),
+                "--interval-ms",
+                &interval_ms.to_string(),
+            ],
+            &[],
+            &self.dir.join("logs").join(format!("client-{server}.log")),
+        )?;
+        self.clients.push(child);
+        Ok(log)
+    }
+
+    pub fn client_log(&self, server: &str) -> Vec<ClientLine> {
+        let path = self.dir.join(format!("client-{server}.jsonl"));
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The addresses on `machine`'s eth0.
+    pub async fn addresses(&self, machine: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self.lab.addresses(machine).await?)
+    }
+
+    pub fn journal_path(&self, server: &str) -> PathBuf {
+        self.dir.join("journal").join(format!("{server}.jsonl"))
+    }
+}
+
+/// What a client saw around a failure at `t0_ms` (CLOCK_BOOTTIME): the last answer before,
+/// the first answer after from another instance, and whether an older instance ever
+/// answered again after a newer one (which must never happen).
+#[derive(Debug, Clone)]
+pub struct ClientView {
+    pub last_before_ms: Option<u64>,
+    pub first_new_ms: Option<u64>,
+    pub new_machine: Option<String>,
+    pub outage_ms: Option<u64>,
+    pub went_back: Option<String>,
+}
+
+pub fn client_view(lines: &[ClientLine], t0_ms: u64, old_epoch: u64) -> ClientView {
+    let last_before_ms = lines
+        .iter()
+        .filter(|l| l.ok && l.t_ms < t0_ms)
+        .map(|l| l.t_ms)
+        .max();
+    let first_new = lines
+        .iter()
+        .find(|l| l.ok && l.t_ms >= t0_ms && l.epoch > old_epoch);
+    let mut went_back = None;
+    let mut highest = 0;
+    for l in lines.iter().filter(|l| l.ok) {
+        if l.epoch < highest {
+            went_back = Some(format!(
+                "epoch {} answered at {} ms after epoch {highest} had",
+                l.epoch, l.t_ms
+            ));
+            break;
+        }
+        highest = highest.max(l.epoch);
+    }
+    ClientView {
+        last_before_ms,
+        first_new_ms: first_new.map(|l| l.t_ms),
+        new_machine: first_new.map(|l| l.machine.clone()),
+        outage_ms: first_new.map(|l| l.t_ms.saturating_sub(t0_ms)),
+        went_back,
+    }
+}
+
+fn domain_toml(
+    spec: &DomainSpec,
+    lab: &Lab,
+    pg: &PgInLab,
+    floating: &BTreeMap<String, SocketAddrV4>,
+    dir: &Path,
+    exe: &Path,
+) -> anyhow::Result<String> {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut t = format!(
+        "# Written by ferry's lab harness: machines are network namespaces.\nname = \"{}\"\n\n[admin]\nlisten = \"{}:{ADMIN_PORT}\"\n\n[leasing]\nbasis = \"database\"\ndata_source = \"{}\"\n",
+        spec.name,
+        lab.switch_addr(),
+        pg.url()
+    );
+    for m in &spec.machines {
+        let addr: Ipv4Addr = lab.addr(m)?;
+        t += &format!(
+            "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{addr}:{NM_PORT}\"\ninterface = \"{}\"\nnetmask = \"255.255.255.0\"\n",
+            ferry_lab::HOST_IFACE
+        );
+    }
+    t += &format!(
+        "\n[[clusters]]\nname = \"{}\"\nmigration_candidates = [{}]\nfencing_grace_period = \"{}ms\"\nmigration_retry_delay = \"{}ms\"\n",
+        spec.cluster,
+        list(&spec.cluster_candidates),
+        spec.grace_ms,
+        spec.interval_ms * 10
+    );
+    for s in &spec.servers {
+        let fip = floating[&s.name];
+        let cmd = [
+            exe.display().to_string(),
+            "demo-service".into(),
+            "--listen".into(),
+            fip.to_string(),
+            "--journal".into(),
+            dir.join("journal")
+                .join(format!("{}.jsonl", s.name))
+                .display()
+                .to_string(),
+        ];
+        t += &format!(
+            "\n[[servers]]\nname = \"{}\"\ncluster = \"{}\"\nmachine = \"{}\"\nfloating_ip = \"{}\"\ncandidate_machines = [{}]\nhealth_check_interval = \"{}ms\"\nhealth_check_periods_until_fencing = {}\nshutdown_timeout = \"{}ms\"\n\n[[servers.services]]\nname = \"hello\"\ncommand = [{}]\nhealth = {{ tcp = \"{fip}\" }}\n",
+            s.name,
+            spec.cluster,
+            s.home,
+            fip.ip(),
+            list(&s.candidates),
+            spec.interval_ms,
+            spec.periods,
+            spec.shutdown_timeout_ms,
+            list(&cmd),
+        );
+    }
+    Ok(t)
+}
