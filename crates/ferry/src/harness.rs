@@ -43,6 +43,8 @@ pub struct DomainSpec {
     /// Give every service a journal (for the no-two-instances check).
     pub journal: bool,
     pub shutdown_timeout_ms: u64,
+    /// Per machine: an `ifconfig` hook and its timeout in ms.
+    pub ifconfig_hooks: Vec<(String, PathBuf, u64)>,
 }
 
 impl DomainSpec {
@@ -72,6 +74,7 @@ impl DomainSpec {
             data_source: None,
             journal: true,
             shutdown_timeout_ms: 5_000,
+            ifconfig_hooks: Vec::new(),
         }
     }
 }
@@ -107,6 +110,12 @@ impl Harness {
             Some(d) => {
                 std::fs::create_dir_all(&d)?;
                 (std::fs::canonicalize(&d)?, None)
+            }
+            // FERRY_TEST_KEEP=1 keeps the directory (logs, events, journals) for a post-mortem.
+            None if std::env::var_os("FERRY_TEST_KEEP").is_some() => {
+                let t = tempfile::Builder::new().prefix("ferry-").tempdir()?.keep();
+                eprintln!("harness directory kept: {}", t.display());
+                (t, None)
             }
             None => {
                 let t = tempfile::Builder::new().prefix("ferry-").tempdir()?;
@@ -419,6 +428,12 @@ fn domain_toml(
             "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{}\"\n",
             nms[m]
         );
+        if let Some((_, hook, timeout_ms)) = spec.ifconfig_hooks.iter().find(|(h, _, _)| h == m) {
+            t += &format!(
+                "hooks = {{ ifconfig = \"{}\", timeout = \"{timeout_ms}ms\" }}\n",
+                hook.display()
+            );
+        }
     }
     t += &format!(
         "\n[[clusters]]\nname = \"{}\"\nmigration_candidates = [{}]\nfencing_grace_period = \"{}ms\"\nmigration_retry_delay = \"{}ms\"\n",

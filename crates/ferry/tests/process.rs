@@ -1277,3 +1277,120 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
     drop(stall);
     assert_safe(&h);
 }
+
+/// Floating-IP hooks that fail or hang: the server is not started there, the error names
+/// the cause (in the event log), and the cluster master tries the next candidate machine;
+/// once a hook works again, the server runs.
+#[tokio::test]
+async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
+    let _g = SERIAL.lock().await;
+    let hooks = tempfile::tempdir().unwrap();
+    let write = |name: &str, body: &str| {
+        let p = hooks.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(&p).unwrap().permissions(),
+            0o755,
+        );
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    };
+    // The hooks misbehave only for ms2's floating IP (198.18.1.102); ms1 (the cluster
+    // master, on machine-b) is unaffected.
+    let ok_c = write("ok-c.sh", "echo plumbed $@");
+    let fails_d = write("fails-d.sh", "if [ \"$3\" = 198.18.1.102 ]; then echo \"address $3 is in use on $2\" >&2; exit 1; fi; echo ok");
+    let hangs_b = write(
+        "hangs-b.sh",
+        "if [ \"$1 $3\" = \"addif 198.18.1.102\" ]; then sleep 60; fi; echo ok",
+    );
+    let mut spec = spec();
+    spec.ifconfig_hooks = vec![
+        ("machine-c".into(), ok_c, 2_000),
+        ("machine-d".into(), fails_d, 2_000),
+        ("machine-b".into(), hangs_b.clone(), 300),
+    ];
+    let h = Harness::start(spec, exe(), None)
+        .await
+        .expect("domain starts");
+    let admin = h.admin();
+    admin.start_cluster("cluster-1").await.unwrap();
+    h.wait_running_on("ms1", "machine-b", PATIENCE)
+        .await
+        .unwrap();
+    let before = h
+        .wait_running_on("ms2", "machine-c", PATIENCE)
+        .await
+        .unwrap();
+    // A start on a machine whose hook fails is refused with the hook's words.
+    let secret = h.secret().await.unwrap();
+    let nm_d = NmClient::new(
+        &h.nm_addr["machine-d"].to_string(),
+        &secret,
+        Duration::from_secs(5),
+    );
+    h.kill_machine("machine-c");
+    // The master: machine-c is dead, machine-d's hook fails, machine-b's hangs and is killed.
+    wait_until(PATIENCE, "both hook failures in the event log", || async {
+        admin.events(0).await.is_ok_and(|ev| {
+            let d = ev.iter().any(|e| {
+                e.kind == "start-failed"
+                    && e.machine.as_deref() == Some("machine-d")
+                    && e.message.contains("is in use on")
+            });
+            let b = ev.iter().any(|e| {
+                e.kind == "start-failed"
+                    && e.machine.as_deref() == Some("machine-b")
+                    && e.message.contains("did not finish within 300 ms")
+            });
+            d && b
+        })
+    })
+    .await
+    .unwrap();
+    let ms2 = h
+        .status()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "ms2")
+        .unwrap();
+    assert_ne!(
+        ms2.state, "RUNNING",
+        "ms2 runs nowhere while every hook fails: {ms2:?}"
+    );
+    let e = nm_d
+        .start(
+            "ms2",
+            &NmStart {
+                origin: Origin::Admin,
+                in_place: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("is in use on"), "{e}");
+    // Machine-b's hook is repaired: the master's next circuit starts ms2 there.
+    std::fs::write(&hangs_b, "#!/bin/sh\necho ok\n").unwrap();
+    assert!(
+        h.who_answers("ms1").await.is_some(),
+        "ms1 was never disturbed"
+    );
+    let after = h
+        .wait_running_after(
+            "ms2",
+            "machine-b",
+            before.epoch.unwrap(),
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("ms2 runs on machine-b");
+    assert!(after.epoch > before.epoch);
+    let ev = events(&h).await;
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == "backoff" && e.server.as_deref() == Some("ms2")),
+        "the master paused between circuits"
+    );
+    let journal = check_journal(&h.journal_path("ms2")).expect("safety");
+    assert!(journal.len() >= 2);
+}
