@@ -46,6 +46,7 @@ struct Http {
     secret: Option<String>,
     client: reqwest::Client,
     timeout: Duration,
+    connect: Duration,
 }
 
 impl Http {
@@ -76,6 +77,7 @@ impl Http {
             secret,
             client,
             timeout,
+            connect,
         }
     }
 
@@ -115,7 +117,15 @@ impl Http {
     }
 
     fn transport(&self, url: &str, e: reqwest::Error) -> ClientError {
-        if e.is_timeout() {
+        if e.is_connect() && e.is_timeout() {
+            ClientError::Unreachable {
+                url: url.into(),
+                reason: format!(
+                    "no connection within {} ms (machine down or cut off?)",
+                    self.connect.as_millis()
+                ),
+            }
+        } else if e.is_timeout() {
             ClientError::Timeout {
                 url: url.into(),
                 timeout_ms: self.timeout.as_millis() as u64,

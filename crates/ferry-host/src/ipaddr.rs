@@ -117,7 +117,7 @@ pub async fn plumb(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<Plumbed>
 
 /// How long the built-in probe listens for a host that holds the address. On a LAN an
 /// answer takes well under a millisecond; the window leaves room for a busy host.
-pub const PROBE_WINDOW: Duration = Duration::from_millis(150);
+pub const PROBE_WINDOW: Duration = Duration::from_millis(100);
 
 /// Whether another host on `iface`'s segment answers for `ip` (an ARP duplicate-address
 /// probe, sender 0.0.0.0). Uses a raw packet socket listening for [`PROBE_WINDOW`]; falls

@@ -24,6 +24,11 @@ pub(crate) struct MasterRole {
     next_scan: Mono,
     /// When to start competing again after losing the role.
     retry_at: Option<Mono>,
+    /// What the master last heard from each Node Manager it may command: the instant of
+    /// the last answer and of the last failure. A machine silent for two intervals counts
+    /// as unreachable at once, so a failover does not first wait out a connect timeout.
+    reach: std::collections::BTreeMap<ferry_core::MachineName, (Option<Mono>, Option<Mono>)>,
+    next_ping: Mono,
 }
 
 impl MasterRole {
@@ -40,6 +45,8 @@ impl MasterRole {
             scan_in_flight: false,
             next_scan: now,
             retry_at: None,
+            reach: std::collections::BTreeMap::new(),
+            next_ping: now,
         }
     }
 
@@ -81,6 +88,10 @@ impl MasterRole {
         }
         let actions = self.keeper.tick(now);
         self.on_keeper(ctx, actions);
+        if self.planner.is_some() && now >= self.next_ping {
+            self.next_ping = now + self.timing.interval_ms;
+            self.ping_node_managers(ctx);
+        }
         if self.keeper.held(now).is_some() && self.scan_due().is_some_and(|at| now >= at) {
             self.next_scan = now + self.timing.interval_ms;
             self.scan_in_flight = true;
@@ -112,6 +123,40 @@ impl MasterRole {
                 let _ = tx.send(Msg::Scan(r)).await;
             });
         }
+    }
+
+    /// Asks every Node Manager this cluster may use whether it answers (one interval to
+    /// connect and answer).
+    fn ping_node_managers(&self, ctx: &Ctx) {
+        let mut machines: Vec<ferry_core::MachineName> = Vec::new();
+        for s in ctx.domain.servers_in(&ctx.server.cluster) {
+            for m in std::iter::once(s.machine.clone()).chain(ctx.domain.candidates_for(s)) {
+                if !machines.contains(&m) {
+                    machines.push(m);
+                }
+            }
+        }
+        let wait = Duration::from_millis(self.timing.interval_ms.clamp(50, 1_000));
+        for machine in machines {
+            let Some(m) = ctx.domain.machine(&machine) else {
+                continue;
+            };
+            let nm = NmClient::new(&m.node_manager.to_string(), &ctx.secret, wait);
+            let tx = ctx.tx.clone();
+            tokio::spawn(async move {
+                let ok = nm.health().await.is_ok();
+                let _ = tx.send(Msg::NmHealth { machine, ok }).await;
+            });
+        }
+    }
+
+    /// A machine that has not answered for two intervals, and failed since its last answer.
+    fn known_unreachable(&self, machine: &ferry_core::MachineName, now: Mono) -> Option<u64> {
+        let (ok, fail) = self.reach.get(machine)?;
+        let fail = (*fail)?;
+        let silent_since = ok.unwrap_or(Mono(0));
+        (fail > silent_since && now.since(silent_since) >= 2 * self.timing.interval_ms)
+            .then(|| now.since(silent_since))
     }
 
     fn on_keeper(&mut self, ctx: &Ctx, actions: Vec<KeeperAction>) {
@@ -215,6 +260,14 @@ impl MasterRole {
                     Err(e) => tracing::warn!("cluster master cannot read the lease table: {e}"),
                 }
             }
+            Msg::NmHealth { machine, ok } => {
+                let e = self.reach.entry(machine).or_default();
+                if ok {
+                    e.0 = Some(now);
+                } else {
+                    e.1 = Some(now);
+                }
+            }
             Msg::NmResult {
                 server,
                 machine,
@@ -260,6 +313,18 @@ impl MasterRole {
                     let Some(m) = ctx.domain.machine(&machine) else {
                         continue;
                     };
+                    if let Some(silent_ms) = self.known_unreachable(&machine, clock::now()) {
+                        // Figure 7-2 step 3 without the wait: the machine already stopped answering.
+                        let result = CommandResult::Unreachable(format!(
+                            "its Node Manager has not answered the master's checks for {silent_ms} ms"
+                        ));
+                        let _ = ctx.tx.try_send(Msg::NmResult {
+                            server,
+                            machine,
+                            result,
+                        });
+                        continue;
+                    }
                     // A dead machine answers nothing: give up connecting after two intervals
                     // (100 ms at least, a second at most). A live Node Manager accepts at once
                     // and may take a while to plumb the IP and start the server.

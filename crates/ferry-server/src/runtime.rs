@@ -40,6 +40,11 @@ pub(crate) enum Msg {
         result: ferry_core::master::CommandResult,
     },
     Health(Vec<(String, Result<(), String>)>),
+    /// The master's reachability check of one Node Manager.
+    NmHealth {
+        machine: MachineName,
+        ok: bool,
+    },
 }
 
 /// What every part of the runtime shares.

@@ -135,8 +135,12 @@ pub enum Cmd {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Lease table to use [default: sqlite in DIR].
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hosts")]
         data_source: Option<String>,
+        /// Play it on lab hosts (root only): machines as network namespaces, PostgreSQL in
+        /// the switch, a real floating IP that moves, and a client that watches it.
+        #[arg(long)]
+        hosts: bool,
     },
     /// Show the machines: their Node Managers, whether they answer, what they run.
     Machines {
@@ -318,6 +322,20 @@ pub fn main() -> i32 {
             exit_after,
             dir,
             data_source,
+            hosts: true,
+        } => {
+            let _ = data_source;
+            init_tracing("warn");
+            report(
+                runtime().block_on(crate::demo::run_hosts(exit_after, dir)),
+                "ferry demo --hosts",
+            )
+        }
+        Cmd::Demo {
+            exit_after,
+            dir,
+            data_source,
+            hosts: false,
         } => {
             init_tracing("warn");
             report(

@@ -130,12 +130,20 @@ impl LabDomain {
         Ok(Some(d))
     }
 
-    fn spawn(&self, node: &str, args: &[&str], log: &str) -> anyhow::Result<()> {
+    fn spawn(
+        &self,
+        node: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &str,
+    ) -> anyhow::Result<()> {
+        let mut all = vec![("FERRY_LOG", "info")];
+        all.extend_from_slice(env);
         let child = self.lab.spawn(
             node,
             &self.exe,
             args,
-            &[("FERRY_LOG", "info")],
+            &all,
             &self.dir.join("logs").join(log),
         )?;
         // The lab owns the process (it kills everything in its namespaces); do not reap here.
@@ -147,11 +155,19 @@ impl LabDomain {
         self.spawn(
             SWITCH,
             &["admin", "--domain", &self.domain_file.display().to_string()],
+            &[],
             "admin.log",
         )
     }
 
     pub fn start_nm(&self, machine: &str) -> anyhow::Result<()> {
+        self.start_nm_with_env(machine, &[])
+    }
+
+    /// [`LabDomain::start_nm`] with `env` added to the Node Manager's environment, which the
+    /// servers it starts (and their services) inherit: e.g. `LD_PRELOAD` of libfaketime to
+    /// give one machine its own wall clock.
+    pub fn start_nm_with_env(&self, machine: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
         self.spawn(
             machine,
             &[
@@ -161,8 +177,28 @@ impl LabDomain {
                 "--domain",
                 &self.domain_file.display().to_string(),
             ],
+            env,
             &format!("nm-{machine}.log"),
         )
+    }
+
+    /// Waits until the admin sees `machine`'s Node Manager answer.
+    pub async fn wait_nm(&self, machine: &str, patience: Duration) -> anyhow::Result<()> {
+        let until = clock::now() + patience;
+        loop {
+            let out = self.cli(&["machines", "-o", "json"]).await?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            if v.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|m| m["name"] == machine && m["reachable"] == true)
+            }) {
+                return Ok(());
+            }
+            if clock::now() >= until {
+                bail!("the Node Manager of {machine} did not answer within {patience:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Runs `ferry ARGS` in `node`'s namespace.
