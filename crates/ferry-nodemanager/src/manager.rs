@@ -308,15 +308,11 @@ impl Nm {
         Ok(())
     }
 
-    /// Starts `server` here. Idempotent: a server already running here is left alone
-    /// unless `in_place` asks to replace what is left of it.
-    pub async fn start(
-        self: &Arc<Self>,
+    /// The current domain and `server`'s configuration in it, or a 404 naming the domain.
+    fn server_cfg(
+        &self,
         server: &ServerName,
-        origin: &Origin,
-        in_place: bool,
-        handover_from: Option<Incarnation>,
-    ) -> Result<NmAck, Refusal> {
+    ) -> Result<(VersionedDomain, ferry_core::domain::Server), Refusal> {
         let domain = self.domain();
         let cfg = domain.domain.server(server).cloned().ok_or_else(|| {
             Refusal::new(
@@ -327,6 +323,19 @@ impl Nm {
                 ),
             )
         })?;
+        Ok((domain, cfg))
+    }
+
+    /// Starts `server` here. Idempotent: a server already running here is left alone
+    /// unless `in_place` asks to replace what is left of it.
+    pub async fn start(
+        self: &Arc<Self>,
+        server: &ServerName,
+        origin: &Origin,
+        in_place: bool,
+        handover_from: Option<Incarnation>,
+    ) -> Result<NmAck, Refusal> {
+        let (domain, cfg) = self.server_cfg(server)?;
         let machine = domain
             .domain
             .machine(&self.opts.machine)
@@ -955,16 +964,7 @@ impl Nm {
         force: bool,
         timeout_ms: Option<u64>,
     ) -> Result<NmAck, Refusal> {
-        let domain = self.domain();
-        let cfg = domain.domain.server(server).cloned().ok_or_else(|| {
-            Refusal::new(
-                404,
-                format!(
-                    "unknown server {server}: it is not defined in domain {}",
-                    domain.domain.name
-                ),
-            )
-        })?;
+        let (domain, cfg) = self.server_cfg(server)?;
         self.check_origin(&domain.domain, server, origin)?;
         let lock = self.lock_for(server);
         let _guard = lock.lock().await;
