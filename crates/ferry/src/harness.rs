@@ -45,6 +45,10 @@ pub struct DomainSpec {
     pub shutdown_timeout_ms: u64,
     /// Per machine: an `ifconfig` hook and its timeout in ms.
     pub ifconfig_hooks: Vec<(String, PathBuf, u64)>,
+    /// Lab only: a machine whose floating-IP interface is not `eth0`.
+    pub interfaces: Vec<(String, String)>,
+    /// Lab only: a server whose floating IP is not the lab's next one.
+    pub floating_ips: Vec<(String, std::net::Ipv4Addr)>,
 }
 
 impl DomainSpec {
@@ -75,6 +79,8 @@ impl DomainSpec {
             journal: true,
             shutdown_timeout_ms: 5_000,
             ifconfig_hooks: Vec::new(),
+            interfaces: Vec::new(),
+            floating_ips: Vec::new(),
         }
     }
 }

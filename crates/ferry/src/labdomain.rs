@@ -72,10 +72,11 @@ impl LabDomain {
         std::fs::create_dir_all(dir.join("journal"))?;
         let mut floating = BTreeMap::new();
         for (i, s) in spec.servers.iter().enumerate() {
-            floating.insert(
-                s.name.clone(),
-                SocketAddrV4::new(ferry_lab::floating_ip(i as u8)?, SERVICE_PORT),
-            );
+            let ip = match spec.floating_ips.iter().find(|(n, _)| n == &s.name) {
+                Some((_, ip)) => *ip,
+                None => ferry_lab::floating_ip(i as u8)?,
+            };
+            floating.insert(s.name.clone(), SocketAddrV4::new(ip, SERVICE_PORT));
         }
         let admin_url = format!("http://{}:{ADMIN_PORT}", lab.switch_addr());
         let domain_file = dir.join("domain.toml");
@@ -390,7 +391,7 @@ fn domain_toml(
         let addr: Ipv4Addr = lab.addr(m)?;
         t += &format!(
             "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{addr}:{NM_PORT}\"\ninterface = \"{}\"\nnetmask = \"255.255.255.0\"\n",
-            ferry_lab::HOST_IFACE
+            spec.interfaces.iter().find(|(n, _)| n == m).map_or(ferry_lab::HOST_IFACE, |(_, i)| i.as_str())
         );
     }
     t += &format!(
