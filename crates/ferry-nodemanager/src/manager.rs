@@ -1163,6 +1163,15 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
         store: tokio::sync::Mutex::new(None),
     });
     tokio::spawn(nm.clone().fence_loop());
+    // Open the lease table now: the first start command (a failover) must not pay for it.
+    {
+        let nm = nm.clone();
+        tokio::spawn(async move {
+            if let Err(e) = nm.store().await {
+                tracing::info!("lease table not reachable yet ({e}); will retry on first use");
+            }
+        });
+    }
     tokio::spawn(nm.clone().refresh_loop());
     // The local channel: servers (also those of an earlier Node Manager) report here.
     let sock = nm.channel_path();
