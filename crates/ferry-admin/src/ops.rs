@@ -511,10 +511,26 @@ impl AdminState {
                             cfg.name
                         ),
                     );
-                    self.wait_lease(&cfg.name, cfg.lease_ttl() + Duration::from_secs(5), |l| {
-                        l.as_ref().is_none_or(|l| !l.is_live())
-                    })
-                    .await?;
+                    // Meanwhile the cluster master may restart it (in place or elsewhere).
+                    let l = self
+                        .wait_lease(&cfg.name, cfg.lease_ttl() + Duration::from_secs(5), |l| {
+                            l.as_ref()
+                                .is_none_or(|l| !l.is_live() || l.machine.as_ref() != Some(m))
+                        })
+                        .await?;
+                    if let Some(l) = l.filter(|l| l.is_live()) {
+                        let there = l.machine.as_ref().map_or("?", |m| m.as_str());
+                        if l.machine.as_ref() == Some(to) {
+                            return Ok(format!(
+                                "the cluster master already restarted {} on {to} (epoch {}) while {m} was unreachable: migration to {to} complete",
+                                cfg.name, l.epoch
+                            ));
+                        }
+                        return Err(format!(
+                            "the cluster master restarted {} on {there} (epoch {}) while {m} was unreachable; it was not moved again: run `ferry migrate {} --to {to}` if it should still move",
+                            cfg.name, l.epoch, cfg.name
+                        ));
+                    }
                 }
             }
             None => self.step(

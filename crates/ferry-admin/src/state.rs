@@ -26,6 +26,9 @@ pub struct AdminOptions {
     pub listen: Option<std::net::SocketAddr>,
 }
 
+/// How long the admin waits for a Node Manager to accept a connection.
+const NM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub struct AdminState {
     pub(crate) config: Mutex<ConfigStore>,
     pub(crate) store: Arc<dyn LeaseStore>,
@@ -53,9 +56,12 @@ impl AdminState {
     pub fn nm(&self, machine: &MachineName, timeout: Duration) -> Option<NmClient> {
         let d = self.domain();
         let m = d.domain.machine(machine)?;
-        Some(NmClient::new(
+        // A dead machine does not answer a connect: give up on it after a few seconds, not
+        // after the whole budget of a command a live Node Manager may take long to finish.
+        Some(NmClient::with_connect_timeout(
             &m.node_manager.to_string(),
             &self.secret,
+            timeout.min(NM_CONNECT_TIMEOUT),
             timeout,
         ))
     }

@@ -405,25 +405,57 @@ impl Nm {
         // Never plumb a floating IP or start a second copy while another instance holds a
         // live lease: the address must not be on two machines, and the copy could not run.
         // (A handover restart replaces the holder this Node Manager just reaped.)
+        let mut lease_not_live = false;
         if handover_from.is_none() {
-            if let Ok(store) = self.store().await {
-                match store.get(&LeaseName::Server(server.clone())).await {
-                    Ok(Some(l)) if l.is_live() => {
-                        return Err(Refusal::new(
-                            409,
-                            format!(
-                                "{server} is running on {} (epoch {}, lease {} ms left); not starting a second copy on {}",
-                                l.machine.as_ref().map_or("?", |m| m.as_str()),
-                                l.epoch,
-                                l.remaining_ms,
-                                self.opts.machine
-                            ),
-                        ));
-                    }
-                    // An unreadable table is the server's problem to find out: it will not
-                    // start its services without the lease.
-                    _ => {}
+            let lease = match self.store().await {
+                Ok(store) => store.get(&LeaseName::Server(server.clone())).await,
+                Err(e) => Err(e),
+            };
+            match lease {
+                Ok(Some(l)) if l.is_live() => {
+                    return Err(Refusal::new(
+                        409,
+                        format!(
+                            "{server} is running on {} (epoch {}, lease {} ms left); not starting a second copy on {}",
+                            l.machine.as_ref().map_or("?", |m| m.as_str()),
+                            l.epoch,
+                            l.remaining_ms,
+                            self.opts.machine
+                        ),
+                    ));
                 }
+                Ok(_) => lease_not_live = true,
+                // A server started here could not take its lease either: refuse at once, so
+                // a cluster master moves on to another machine instead of waiting out its
+                // start timeout while this machine holds the floating IP.
+                Err(e) => {
+                    return Err(Refusal::new(
+                        503,
+                        format!(
+                            "not starting {server} on {}: this machine cannot read the lease table: {}",
+                            self.opts.machine,
+                            ferry_store::chain(&e)
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // An instance started by an earlier Node Manager of this machine that never said
+        // hello to this one (it hung while no Node Manager ran) is not supervised, so nothing
+        // fenced it at its deadline (rule 3): its services may still run. Its lease is gone
+        // (or the master says it failed), so kill it before another copy starts, as a
+        // restart in place kills what is left of a known instance.
+        if handover_from.is_none() && (lease_not_live || in_place) {
+            if let Some(orphan) = self.orphan(server) {
+                self.events.emit(
+                    "kill",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    None,
+                    format!("killing an earlier instance of {server} (pid {orphan}) that this Node Manager does not supervise before starting it"),
+                );
+                process::kill_session_and_wait(orphan, Duration::from_secs(1)).await;
             }
         }
 
@@ -499,6 +531,27 @@ impl Nm {
                 Refusal::new(500, msg)
             })?;
         Ok(self.ack(server, format!("started {server} on {}", self.opts.machine)))
+    }
+
+    /// The pid in `servers/NAME/pid` if it is a live `ferry server NAME` session leader that
+    /// this Node Manager does not supervise.
+    fn orphan(&self, server: &ServerName) -> Option<i32> {
+        let text = std::fs::read_to_string(self.server_dir(server).join("pid")).ok()?;
+        let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
+        let supervised = self
+            .procs
+            .lock()
+            .ok()
+            .and_then(|p| p.get(server).and_then(|p| p.pid));
+        if supervised == Some(pid) || !process::alive(pid) {
+            return None;
+        }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_server = args
+            .windows(2)
+            .any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
+        (is_server && process::proc_stat(pid).is_some_and(|s| s.session == pid)).then_some(pid)
     }
 
     fn spawn_server(
@@ -863,6 +916,24 @@ impl Nm {
                     });
                 }
                 SupervisorAction::Down { server, state } => {
+                    // Serialised with start and stop of this server: a start that raced with
+                    // this exit (a master's restart-in-place arriving as the old process dies)
+                    // must not find the floating IP "plumbed" and then lose it to this
+                    // removal. If such a start already ran, the address is the new
+                    // incarnation's: leave it.
+                    let lock = self.lock_for(&server);
+                    let _guard = lock.lock().await;
+                    let superseded = self
+                        .procs
+                        .lock()
+                        .map(|p| {
+                            p.get(&server)
+                                .is_some_and(|p| p.incarnation.as_ref() != Some(incarnation))
+                        })
+                        .unwrap_or(false);
+                    if superseded {
+                        continue;
+                    }
                     self.set_state(&server, state);
                     self.remove_ip(&server).await;
                     if let Some(machine) = self.domain().domain.machine(&self.opts.machine).cloned()
