@@ -19,7 +19,7 @@ use std::time::Duration;
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
-use crate::{AcquireRequest, LeaseStore, Result, StoreError};
+use crate::{AcquireRequest, LeaseStore, Renewal, Result, StoreError};
 
 /// A check's body, boxed so the checks fit in one table.
 pub type CheckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -64,6 +64,8 @@ checks![
     next_expiry_follows_the_soonest_lease,
     concurrent_acquires_have_one_winner,
     epochs_increase_over_owner_changes,
+    renew_many_decides_each_lease_like_renew,
+    overlapping_batches_all_renew,
 ];
 
 /// Runs every check in [`CHECKS`], each on a store from `make_fresh`, and panics at the
@@ -716,7 +718,225 @@ async fn epochs_increase_over_owner_changes(s: Arc<dyn LeaseStore>) {
     assert_eq!(got.epoch, e, "get disagrees with the last answer");
 }
 
+async fn renew_many_decides_each_lease_like_renew(s: Arc<dyn LeaseStore>) {
+    let none = ok("renew_many of an empty batch", s.renew_many(&[]).await);
+    assert!(none.is_empty(), "an empty batch answered {none:?}");
+
+    let valid = server("batch-valid");
+    let stale = server("batch-stale");
+    let stranger = server("batch-stranger");
+    let expired = server("batch-expired");
+    let missing = server("batch-missing");
+    let released = server("batch-released");
+    let last = server("batch-last");
+    let ten_s = Duration::from_secs(10);
+    let v = request(&valid, "ms1", "machine-a", "inc-valid", ten_s);
+    ok("acquire valid", s.acquire(&v).await);
+    // Handed over to a new incarnation (epoch 2); the batch renews at the old epoch.
+    let st1 = request(&stale, "ms2", "machine-a", "inc-stale-1", LONG_TTL);
+    ok("acquire stale", s.acquire(&st1).await);
+    let st2 = request(&stale, "ms2", "machine-a", "inc-stale-2", LONG_TTL);
+    ok("handover stale", s.handover(&st2, &st1.incarnation).await);
+    let sr = request(&stranger, "ms3", "machine-b", "inc-stranger", LONG_TTL);
+    ok("acquire stranger", s.acquire(&sr).await);
+    let ex = request(&expired, "ms4", "machine-a", "inc-expired", SHORT_TTL);
+    ok("acquire expired", s.acquire(&ex).await);
+    let rl = request(&released, "ms5", "machine-a", "inc-released", LONG_TTL);
+    ok("acquire released", s.acquire(&rl).await);
+    ok(
+        "release released",
+        s.release(&released, &rl.incarnation, Epoch(1)).await,
+    );
+    let la = request(&last, "ms6", "machine-c", "inc-last", ten_s);
+    ok("acquire last", s.acquire(&la).await);
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+
+    let names = [
+        &valid, &stale, &stranger, &expired, &missing, &released, &last,
+    ];
+    let mut before = Vec::new();
+    for name in names {
+        before.push(ok("get before the batch", s.get(name).await));
+    }
+    let renewal = |name: &LeaseName, incarnation: &str, epoch: u64| Renewal {
+        name: name.clone(),
+        incarnation: inc(incarnation),
+        epoch: Epoch(epoch),
+        ttl: LONG_TTL,
+    };
+    let batch = [
+        renewal(&valid, "inc-valid", 1),
+        renewal(&stale, "inc-stale-2", 1),
+        renewal(&stranger, "inc-intruder", 1),
+        renewal(&expired, "inc-expired", 1),
+        renewal(&missing, "inc-missing", 1),
+        renewal(&released, "inc-released", 1),
+        renewal(&valid, "inc-valid", 1),
+        // Another TTL in the same batch.
+        Renewal {
+            ttl: LONG_TTL * 2,
+            ..renewal(&last, "inc-last", 1)
+        },
+    ];
+    let outcomes = ok("renew_many of a mixed batch", s.renew_many(&batch).await);
+    assert_eq!(
+        outcomes.len(),
+        batch.len(),
+        "one outcome per renewal: {outcomes:?}"
+    );
+    let mut refused = Vec::new();
+    for (i, (r, outcome)) in batch.iter().zip(outcomes).enumerate() {
+        let what = format!("renewal {i} ({}) of the batch", r.name);
+        match i {
+            0 | 6 | 7 => {
+                let req = if i == 7 { &la } else { &v };
+                let longer = AcquireRequest {
+                    ttl: r.ttl,
+                    ..req.clone()
+                };
+                let lease = ok(&what, outcome);
+                assert_holds(&what, &lease, &longer, 1);
+                let floor = ms(r.ttl) - LONG_TTL_MS / 2;
+                assert!(
+                    lease.remaining_ms > floor,
+                    "{what}: a {} ms renewal left {} ms",
+                    ms(r.ttl),
+                    lease.remaining_ms
+                );
+                let got = expect_row(&format!("get after {what}"), s.get(&r.name).await);
+                assert!(
+                    got.remaining_ms > floor,
+                    "{what}: the row has {} ms left after a {} ms renewal",
+                    got.remaining_ms,
+                    ms(r.ttl)
+                );
+            }
+            _ => {
+                let (incarnation, detail) = lost(&what, outcome);
+                assert_eq!(
+                    incarnation, r.incarnation,
+                    "{what}: Lost names the wrong incarnation"
+                );
+                refused.push((what, r, detail));
+            }
+        }
+    }
+    // Every refusal says what `renew` says about the same lease (expiry ages aside).
+    for (what, r, detail) in refused {
+        let (_, single) = lost(
+            &format!("renew alone of {}", r.name),
+            s.renew(&r.name, &r.incarnation, r.epoch, r.ttl).await,
+        );
+        if r.name == expired {
+            // "it expired N ms ago": N grows between the two calls.
+            assert!(detail.contains("expired"), "{what}: {detail}");
+            assert_eq!(
+                without_numbers(&detail),
+                without_numbers(&single),
+                "{what}: the batch and renew disagree"
+            );
+        } else {
+            assert_eq!(detail, single, "{what}: the batch and renew disagree");
+        }
+    }
+    // Refused rows are untouched: same holder, epoch and state; the expired one stays
+    // expired, the missing one missing.
+    for (name, old) in names.iter().zip(before) {
+        let now = ok("get after the batch", s.get(name).await);
+        if *name == &valid || *name == &last {
+            let now = now.unwrap_or_else(|| panic!("{name} vanished"));
+            assert_eq!(now.epoch, Epoch(1), "the batch changed the epoch of {name}");
+            continue;
+        }
+        match (old, now) {
+            (None, None) => {}
+            (Some(old), Some(now)) => {
+                assert_eq!(
+                    (&now.owner, &now.incarnation, now.epoch, now.state),
+                    (&old.owner, &old.incarnation, old.epoch, old.state),
+                    "a refused renewal changed {name}"
+                );
+                assert!(
+                    now.remaining_ms <= old.remaining_ms,
+                    "a refused renewal extended {name}: {} -> {} ms",
+                    old.remaining_ms,
+                    now.remaining_ms
+                );
+                if *name == &expired {
+                    assert!(now.is_expired(), "the batch revived {name}: {now:?}");
+                }
+            }
+            (old, now) => panic!("{name} was {old:?} before the batch and is {now:?} after"),
+        }
+    }
+}
+
+async fn overlapping_batches_all_renew(s: Arc<dyn LeaseStore>) {
+    const LEASES: usize = 12;
+    const BATCHES: usize = 8;
+    const ROUNDS: usize = 4;
+    let mut renewals = Vec::new();
+    for i in 0..LEASES {
+        let name = server(&format!("shared-{i:02}"));
+        let incarnation = format!("inc-shared-{i}");
+        let req = request(&name, "ms1", "machine-a", &incarnation, LONG_TTL);
+        ok("acquire", s.acquire(&req).await);
+        renewals.push(Renewal {
+            name,
+            incarnation: inc(&incarnation),
+            epoch: Epoch(1),
+            ttl: LONG_TTL,
+        });
+    }
+    // Concurrent batches over the same rows in different orders: every renewal succeeds
+    // (no deadlock between batches, no refusal of a live holder).
+    for round in 0..ROUNDS {
+        let mut tasks = Vec::new();
+        for b in 0..BATCHES {
+            let mut batch = renewals.clone();
+            batch.rotate_left(b % LEASES);
+            if b % 2 == 1 {
+                batch.reverse();
+            }
+            let s = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                (batch.clone(), s.renew_many(&batch).await)
+            }));
+        }
+        for task in tasks {
+            let (batch, outcomes) = task
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: batch task failed: {e}"));
+            let outcomes = ok(&format!("round {round}: renew_many"), outcomes);
+            assert_eq!(outcomes.len(), batch.len(), "round {round}: outcomes");
+            for (r, outcome) in batch.iter().zip(outcomes) {
+                let lease = ok(&format!("round {round}: renewal of {}", r.name), outcome);
+                assert_eq!(
+                    (&lease.name, lease.epoch),
+                    (&r.name, Epoch(1)),
+                    "round {round}: outcomes out of order or epoch changed"
+                );
+            }
+        }
+    }
+}
+
 // ---- helpers ----
+
+/// `text` with every run of digits replaced by `#`: Lost details name ages in ms.
+fn without_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            if !out.ends_with('#') {
+                out.push('#');
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
 
 fn server(name: &str) -> LeaseName {
     LeaseName::Server(ServerName::new(name).unwrap_or_else(|e| panic!("test name: {e}")))

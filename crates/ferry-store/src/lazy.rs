@@ -82,6 +82,9 @@ impl LeaseStore for LazyStore {
     async fn next_expiry_ms(&self) -> Result<Option<i64>> {
         self.store().await?.next_expiry_ms().await
     }
+    async fn renew_many(&self, renewals: &[crate::Renewal]) -> Result<Vec<Result<Lease>>> {
+        self.store().await?.renew_many(renewals).await
+    }
     fn describe(&self) -> String {
         crate::postgres::redact(&self.data_source)
     }

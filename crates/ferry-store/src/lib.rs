@@ -32,6 +32,16 @@ pub struct AcquireRequest {
     pub ttl: Duration,
 }
 
+/// One renewal of a batch ([`LeaseStore::renew_many`]): the arguments of
+/// [`LeaseStore::renew`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    pub name: LeaseName,
+    pub incarnation: Incarnation,
+    pub epoch: Epoch,
+    pub ttl: Duration,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Someone else holds a live lease.
@@ -127,6 +137,27 @@ pub trait LeaseStore: Send + Sync + 'static {
         epoch: Epoch,
         ttl: Duration,
     ) -> Result<Lease>;
+
+    /// Renews several leases in one call, each exactly as [`LeaseStore::renew`] would: the
+    /// answer holds one outcome per renewal, in the order given, and each outcome is that
+    /// lease's own (`Ok` with the renewed lease, or `Lost` with the detail `renew` gives),
+    /// decided by the store's clock at the moment its row is locked. One refusal does not
+    /// affect the others; no epoch changes. A name given twice is renewed twice, in order.
+    ///
+    /// The outer error means the call as a whole failed (`Timeout`, `Unavailable`): as with a
+    /// `renew` that timed out, any of the renewals may or may not have been made. A holder
+    /// that computed its deadline from its own send instant before handing its renewal to the
+    /// batch keeps a valid deadline (rule 2): the store's now is later than that instant.
+    ///
+    /// The default calls `renew` for each in turn (each bounded by the call timeout, so the
+    /// whole call is not); the SQL stores override it with one transaction.
+    async fn renew_many(&self, renewals: &[Renewal]) -> Result<Vec<Result<Lease>>> {
+        let mut out = Vec::with_capacity(renewals.len());
+        for r in renewals {
+            out.push(self.renew(&r.name, &r.incarnation, r.epoch, r.ttl).await);
+        }
+        Ok(out)
+    }
 
     /// Gives the lease back (marks the row released; the epoch, owner and machine stay).
     /// Fails with `Lost` unless the row is `incarnation`'s at `epoch`: held (live or expired

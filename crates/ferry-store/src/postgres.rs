@@ -23,6 +23,12 @@
 //!   database turned it off, the session turns it back on.
 //! - **No password in messages:** [`PostgresStore::describe`] and every error name the data
 //!   source with the password replaced by `***`.
+//! - **Batched renewals:** [`LeaseStore::renew_many`] is one transaction of two round trips
+//!   whatever the batch size: lock every named row in name order (so two batches never
+//!   deadlock) and read the clock behind the locks, decide each renewal with
+//!   `rules::renew` in the order given, then write the renewed rows with one `UPDATE ...
+//!   WHERE name = ANY(...)` per TTL (they share their new times) and commit. Each lease's
+//!   outcome is the one `renew` would give.
 //! - **Pool:** a few connections per process (made on demand, [`DEFAULT_POOL_SIZE`]), so a
 //!   daemon's renewals do not queue behind its scans. Connections are plain TCP or Unix
 //!   socket today; `Transport` is where a TLS connector goes.
@@ -43,7 +49,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::rules::{self, CorruptRow, Refusal, Row, SchemaProblem, Take, Version};
-use crate::{AcquireRequest, LeaseStore, Result, StoreError};
+use crate::{AcquireRequest, LeaseStore, Renewal, Result, StoreError};
 
 /// The DDL `ferry leasing init` runs; idempotent.
 pub const SCHEMA_SQL: &str = include_str!("../schema/postgres.sql");
@@ -111,6 +117,32 @@ const UPDATE_SQL: &str = concat!(
     ", renewed_at = ",
     at_ms!("$8"),
     " WHERE name = $1"
+);
+
+/// Starts a batch's transaction. Its statements look rows up by primary key; with the
+/// default costs (`random_page_cost = 4`) the planner prices probes of a table whose
+/// names are not in physical order above reading the whole table once a batch is about 1%
+/// of it, and a whole-table read per batch makes a batch's cost follow the table's size.
+/// `enable_seqscan = off` for this transaction only keeps them on the index.
+const BEGIN_MANY_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL enable_seqscan = off";
+
+/// Locks the rows of a batch, in name order so that concurrent batches cannot deadlock.
+const LOCK_MANY_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM ferry_leases WHERE name = ANY($1) ORDER BY name FOR UPDATE"
+);
+
+/// Writes renewed rows of a batch that share their new expiry and renewal time (under the
+/// locks `LOCK_MANY_SQL` took; a renewal changes nothing else). `name = ANY($1)` is
+/// planned as probes of the primary key whatever the batch size, where a join with
+/// `unnest(...)` of a large batch is planned as a hash join over the whole table.
+const RENEW_MANY_SQL: &str = concat!(
+    "UPDATE ferry_leases SET expires_at = ",
+    at_ms!("$2"),
+    ", renewed_at = ",
+    at_ms!("$3"),
+    " WHERE name = ANY($1)"
 );
 
 const GET_SQL: &str = concat!(
@@ -348,6 +380,18 @@ impl LeaseStore for PostgresStore {
         .await
     }
 
+    async fn renew_many(&self, renewals: &[Renewal]) -> Result<Vec<Result<Lease>>> {
+        if renewals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = self.with_conn(RenewManyOp { renewals }).await?;
+        let names = &self.pool.names;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.map_err(|f| f.into_store_error(names)))
+            .collect())
+    }
+
     async fn release(
         &self,
         name: &LeaseName,
@@ -444,6 +488,118 @@ impl AsyncOp<Lease> for RenewOp<'_> {
                 Err(Failure::Store(e))
             }
         }
+    }
+}
+
+struct RenewManyOp<'a> {
+    renewals: &'a [Renewal],
+}
+
+impl AsyncOp<Vec<Result<Lease, Failure>>> for RenewManyOp<'_> {
+    async fn run(self, c: &Client) -> Result<Vec<Result<Lease, Failure>>, Failure> {
+        use std::collections::HashMap;
+
+        let mut names: Vec<String> = self.renewals.iter().map(|r| r.name.to_string()).collect();
+        names.sort_unstable();
+        names.dedup();
+        // Lock every row, then read the clock: the statements run in order, so the clock is
+        // read once every lock is granted (rule 1), as in `lock_row`.
+        let (_, locked, now) = try_join3(
+            c.batch_execute(BEGIN_MANY_SQL),
+            c.query_typed(LOCK_MANY_SQL, &[(&names, Type::TEXT_ARRAY)]),
+            c.query_typed_one(CLOCK_SQL, &[]),
+        )
+        .await?;
+        let now: i64 = now.try_get(0)?;
+        // Each named row as it stands in this transaction; a row that cannot be read is
+        // that lease's error, not the batch's.
+        let mut rows: HashMap<String, Result<Row, CorruptRow>> = HashMap::new();
+        for r in &locked {
+            let name: String = r.try_get(0)?;
+            let row = match row_from_pg(r) {
+                Ok(row) => Ok(row),
+                Err(Failure::Corrupt(e)) => Err(e),
+                Err(other) => return Err(other),
+            };
+            rows.insert(name, row);
+        }
+        let mut outcomes = Vec::with_capacity(self.renewals.len());
+        for (r, name) in self.renewals.iter().map(|r| (r, r.name.to_string())) {
+            let old = match rows.get(&name) {
+                None => None,
+                Some(Ok(row)) => Some(row.clone()),
+                Some(Err(e)) => {
+                    outcomes.push(Err(Failure::Corrupt(CorruptRow {
+                        name: e.name.clone(),
+                        why: e.why.clone(),
+                    })));
+                    continue;
+                }
+            };
+            match rules::renew(old, &r.name, &r.incarnation, r.epoch, r.ttl, now) {
+                Ok(row) => match row.to_lease(now) {
+                    Ok(lease) => {
+                        rows.insert(name, Ok(row));
+                        outcomes.push(Ok(lease));
+                    }
+                    Err(e) => outcomes.push(Err(Failure::Corrupt(e))),
+                },
+                Err(e) => outcomes.push(Err(Failure::Store(e))),
+            }
+        }
+        // The rows to write: those renewed (a name renewed twice is written once, as last
+        // renewed), grouped by their new times (one group unless the TTLs differ).
+        let mut groups: Vec<((i64, i64), Vec<String>)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (r, outcome) in self.renewals.iter().zip(&outcomes) {
+            let name = r.name.to_string();
+            if outcome.is_ok() && seen.insert(name.clone()) {
+                if let Some(Ok(row)) = rows.get(&name) {
+                    let times = (row.expires_at_ms, row.renewed_at_ms);
+                    match groups.iter_mut().find(|(t, _)| *t == times) {
+                        Some((_, names)) => names.push(name),
+                        None => groups.push((times, vec![name])),
+                    }
+                }
+            }
+        }
+        let Some(((expires, renewed), last)) = groups.pop() else {
+            c.batch_execute("ROLLBACK").await?;
+            return Ok(outcomes);
+        };
+        let mut updated = 0;
+        let mut expected = last.len() as u64;
+        for ((expires, renewed), names) in &groups {
+            expected += names.len() as u64;
+            updated += c
+                .execute_typed(
+                    RENEW_MANY_SQL,
+                    &[
+                        (names, Type::TEXT_ARRAY),
+                        (expires, Type::INT8),
+                        (renewed, Type::INT8),
+                    ],
+                )
+                .await?;
+        }
+        // Should the write fail, the server answers the pipelined COMMIT with a rollback.
+        let (last_updated, ()) = try_join(
+            c.execute_typed(
+                RENEW_MANY_SQL,
+                &[
+                    (&last, Type::TEXT_ARRAY),
+                    (&expires, Type::INT8),
+                    (&renewed, Type::INT8),
+                ],
+            ),
+            c.batch_execute("COMMIT"),
+        )
+        .await?;
+        if updated + last_updated != expected {
+            // Impossible while the rows are locked; say so rather than guess.
+            return Err(Failure::Busy(last.join(", ")));
+        }
+        Ok(outcomes)
     }
 }
 
@@ -1221,6 +1377,56 @@ mod tests {
             "1500ms"
         );
         assert_eq!(show(c, "application_name").await, "ferry");
+    }
+
+    #[tokio::test]
+    async fn a_large_batch_probes_the_primary_key() {
+        let Some(pg) = crate::testing::PgServer::start_or_skip() else {
+            return;
+        };
+        let store = PostgresStore::open_and_init(&pg.url(), Duration::from_secs(10))
+            .await
+            .expect("open");
+        pg.execute(
+            "INSERT INTO ferry_leases
+                 SELECT 'server/s' || i, 's' || i, 'm', 'i' || i, 1, 'held',
+                        now() + interval '1 hour', now()
+                 FROM generate_series(1, 100000) i;
+             ANALYZE ferry_leases;",
+        )
+        .await
+        .expect("fill the table");
+        // A batch of 1% of the table (a Node Manager's renewals of a few milliseconds).
+        let names: Vec<String> = (1..=1000).map(|i| format!("server/s{}", i * 100)).collect();
+        let c = pg.client().await.expect("client");
+        c.batch_execute(BEGIN_MANY_SQL).await.expect("begin");
+        for (sql, params) in [
+            (
+                LOCK_MANY_SQL,
+                vec![(&names as &(dyn ToSql + Sync), Type::TEXT_ARRAY)],
+            ),
+            (
+                RENEW_MANY_SQL,
+                vec![
+                    (&names as &(dyn ToSql + Sync), Type::TEXT_ARRAY),
+                    (&1i64, Type::INT8),
+                    (&2i64, Type::INT8),
+                ],
+            ),
+        ] {
+            let plan: Vec<String> = c
+                .query_typed(&format!("EXPLAIN {sql}"), &params)
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect();
+            let plan = plan.join("\n");
+            assert!(plan.contains("ferry_leases_pkey"), "{sql}\n{plan}");
+            assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
+        }
+        c.batch_execute("ROLLBACK").await.expect("rollback");
+        drop(store);
     }
 
     async fn show(c: &Client, what: &str) -> String {

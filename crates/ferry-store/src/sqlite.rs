@@ -16,6 +16,9 @@
 //! - **Several processes, one file:** each state change is one `BEGIN IMMEDIATE`
 //!   transaction (read the row, decide, write the whole row), so SQLite's write lock
 //!   serialises changes across processes and no two of them can both bump an epoch.
+//! - **Batched renewals:** [`LeaseStore::renew_many`] is one `BEGIN IMMEDIATE` transaction
+//!   (one fsync) that decides each renewal with `rules::renew` against the store's clock,
+//!   in the order given.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +29,7 @@ use ferry_core::{Epoch, Incarnation, LeaseName};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::rules::{self, CorruptRow, Refusal, Row, SchemaProblem, Take, Version};
-use crate::{AcquireRequest, LeaseStore, Result, StoreError};
+use crate::{AcquireRequest, LeaseStore, Renewal, Result, StoreError};
 
 /// The DDL `ferry leasing init` runs; idempotent.
 pub const SCHEMA_SQL: &str = include_str!("../schema/sqlite.sql");
@@ -264,6 +267,44 @@ impl LeaseStore for SqliteStore {
             write_row(&tx, &row)?;
             tx.commit()?;
             Ok(row.to_lease(now)?)
+        })
+        .await
+    }
+
+    async fn renew_many(&self, renewals: &[Renewal]) -> Result<Vec<Result<Lease>>> {
+        if renewals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let renewals = renewals.to_vec();
+        let data_source = Arc::clone(&self.data_source);
+        self.call(Check::Schema, move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let now = store_now_ms(&tx)?;
+            let mut outcomes = Vec::with_capacity(renewals.len());
+            for r in &renewals {
+                // A row that cannot be read is that lease's error, not the batch's.
+                let corrupt = |e: CorruptRow| Failure::Corrupt(e).into_store_error(&data_source);
+                let old = match read_row(&tx, &r.name.to_string()) {
+                    Ok(old) => old,
+                    Err(Failure::Corrupt(e)) => {
+                        outcomes.push(Err(corrupt(e)));
+                        continue;
+                    }
+                    Err(other) => return Err(other),
+                };
+                match rules::renew(old, &r.name, &r.incarnation, r.epoch, r.ttl, now) {
+                    Ok(row) => match row.to_lease(now) {
+                        Ok(lease) => {
+                            write_row(&tx, &row)?;
+                            outcomes.push(Ok(lease));
+                        }
+                        Err(e) => outcomes.push(Err(corrupt(e))),
+                    },
+                    Err(e) => outcomes.push(Err(e)),
+                }
+            }
+            tx.commit()?;
+            Ok(outcomes)
         })
         .await
     }

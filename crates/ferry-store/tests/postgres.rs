@@ -18,7 +18,7 @@ use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::postgres::{PostgresOptions, PostgresStore, EXPIRED_SQL, NEXT_EXPIRY_SQL};
 use ferry_store::testing::PgServer;
-use ferry_store::{conformance, AcquireRequest, LeaseStore, StoreError};
+use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, StoreError};
 use proptest::prelude::*;
 use tokio::time::Instant;
 
@@ -124,6 +124,12 @@ impl LeaseStore for TwoHandles {
         ttl: Duration,
     ) -> ferry_store::Result<Lease> {
         self.pick().renew(name, incarnation, epoch, ttl).await
+    }
+    async fn renew_many(
+        &self,
+        renewals: &[Renewal],
+    ) -> ferry_store::Result<Vec<ferry_store::Result<Lease>>> {
+        self.pick().renew_many(renewals).await
     }
     async fn release(
         &self,
@@ -1161,6 +1167,70 @@ async fn the_expiry_scan_uses_the_index() {
         next.is_some_and(|ms| ms > 3_500_000 && ms <= 3_600_000),
         "{next:?}"
     );
+}
+
+// ---- batched renewals ----
+
+/// Rule 1 for `renew_many`: a batch that waits for a row lock decides that row by the
+/// clock read after the lock is granted, and by the row as the lock holder left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_decides_each_row_after_its_lock_is_granted() {
+    let pg = pg_server!();
+    let store = Arc::new(open_and_init(&pg.url()).await);
+    let (a, b, c) = (server("a"), server("b"), server("c"));
+    store.acquire(&request(&a, "m", "ia")).await.expect("a");
+    let short = AcquireRequest {
+        ttl: Duration::from_millis(400),
+        ..request(&b, "m", "ib")
+    };
+    store.acquire(&short).await.expect("b");
+    store.acquire(&request(&c, "m", "ic")).await.expect("c");
+    let blocker = pg.client().await.expect("client");
+    blocker
+        .batch_execute(
+            "BEGIN; SELECT * FROM ferry_leases WHERE name IN ('server/b', 'server/c') FOR UPDATE",
+        )
+        .await
+        .expect("lock b and c");
+    let batch: Vec<Renewal> = [(&a, "ia"), (&b, "ib"), (&c, "ic")]
+        .into_iter()
+        .map(|(name, inc)| Renewal {
+            name: name.clone(),
+            incarnation: Incarnation(inc.into()),
+            epoch: Epoch(1),
+            ttl: Duration::from_secs(60),
+        })
+        .collect();
+    let task = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.renew_many(&batch).await })
+    };
+    // b expires while the batch waits; c is taken over by the lock holder.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        !task.is_finished(),
+        "the batch did not wait for the row locks"
+    );
+    blocker
+        .batch_execute(
+            "UPDATE ferry_leases SET incarnation = 'taker', machine = 'm2', epoch = 2 \
+             WHERE name = 'server/c'; COMMIT",
+        )
+        .await
+        .expect("take c over and unlock");
+    let outcomes = task.await.expect("task").expect("renew_many");
+    let mut outcomes = outcomes.into_iter();
+    let renewed = outcomes.next().expect("a").expect("a is renewed");
+    assert_eq!((renewed.name, renewed.epoch), (a, Epoch(1)));
+    let detail = lost_detail(outcomes.next().expect("b"));
+    assert!(detail.contains("expired"), "b: {detail}");
+    let detail = lost_detail(outcomes.next().expect("c"));
+    assert!(
+        detail.contains("now held by ms1 on m2, incarnation taker, epoch 2"),
+        "c: {detail}"
+    );
+    let got = store.get(&b).await.expect("get b").expect("row b");
+    assert!(got.is_expired(), "the batch revived b: {got:?}");
 }
 
 // ---- rule 7: calls are bounded ----

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::sqlite::{SqliteStore, EXPIRED_SQL};
-use ferry_store::{conformance, AcquireRequest, LeaseStore, StoreError};
+use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, StoreError};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -83,6 +83,12 @@ impl LeaseStore for TwoHandles {
     ) -> ferry_store::Result<Lease> {
         self.pick().renew(name, incarnation, epoch, ttl).await
     }
+    async fn renew_many(
+        &self,
+        renewals: &[Renewal],
+    ) -> ferry_store::Result<Vec<ferry_store::Result<Lease>>> {
+        self.pick().renew_many(renewals).await
+    }
     async fn release(
         &self,
         name: &LeaseName,
@@ -102,6 +108,67 @@ impl LeaseStore for TwoHandles {
     }
     fn describe(&self) -> String {
         format!("{} (two handles)", self.handles[0].describe())
+    }
+}
+
+/// The trait's default `renew_many` (one `renew` after another), as stores that do not
+/// override it get, against the batch checks of the suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_renew_many_passes_the_batch_checks() {
+    let dir = tempdir();
+    for (n, (name, check)) in conformance::CHECKS
+        .iter()
+        .filter(|(name, _)| name.contains("batch") || name.contains("renew_many"))
+        .enumerate()
+    {
+        let store = open_and_init(&dir.path().join(format!("default-{n}.db"))).await;
+        conformance::run_check(name, *check, Arc::new(OnlyRenew(store))).await;
+    }
+}
+
+/// Forwards everything but `renew_many`, which keeps the trait's default.
+struct OnlyRenew(SqliteStore);
+
+#[async_trait::async_trait]
+impl LeaseStore for OnlyRenew {
+    async fn acquire(&self, req: &AcquireRequest) -> ferry_store::Result<Lease> {
+        self.0.acquire(req).await
+    }
+    async fn handover(
+        &self,
+        req: &AcquireRequest,
+        from: &Incarnation,
+    ) -> ferry_store::Result<Lease> {
+        self.0.handover(req, from).await
+    }
+    async fn renew(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: Epoch,
+        ttl: Duration,
+    ) -> ferry_store::Result<Lease> {
+        self.0.renew(name, incarnation, epoch, ttl).await
+    }
+    async fn release(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: Epoch,
+    ) -> ferry_store::Result<()> {
+        self.0.release(name, incarnation, epoch).await
+    }
+    async fn get(&self, name: &LeaseName) -> ferry_store::Result<Option<Lease>> {
+        self.0.get(name).await
+    }
+    async fn list(&self) -> ferry_store::Result<Vec<Lease>> {
+        self.0.list().await
+    }
+    async fn expired(&self) -> ferry_store::Result<Vec<Lease>> {
+        self.0.expired().await
+    }
+    fn describe(&self) -> String {
+        format!("{} (default renew_many)", self.0.describe())
     }
 }
 
