@@ -394,29 +394,40 @@ impl AdminState {
                 if force { " (forced)" } else { "" }
             ),
         );
-        let ack = nm
-            .stop(
-                cfg.name.as_str(),
-                &NmStop {
-                    origin: Origin::Admin,
-                    force,
-                    timeout_ms: None,
-                },
-            )
-            .await
-            .map_err(|e| {
-                format!(
-                    "the Node Manager on {machine} could not stop {}: {e}",
-                    cfg.name
-                )
-            })?;
-        self.step(
-            op,
-            "nm-stopped",
-            &cfg.name,
-            Some(machine),
-            format!("Node Manager on {machine}: {}", ack.message),
-        );
+        let cmd = NmStop {
+            origin: Origin::Admin,
+            force,
+            timeout_ms: None,
+        };
+        let stop = nm.stop(cfg.name.as_str(), &cmd);
+        tokio::pin!(stop);
+        // The server releases its lease once its services are down. If its machine dies
+        // right then, the Node Manager's answer never comes: watch the lease too, and once
+        // it is released give the Node Manager a moment (it removes the floating IP) before
+        // going on without its answer.
+        let released = self.wait_lease(&cfg.name, budget, |l| {
+            l.as_ref().is_none_or(|l| !l.is_live())
+        });
+        let answer = tokio::select! {
+            r = &mut stop => Some(r),
+            r = released => match r {
+                Ok(_) => tokio::time::timeout(Duration::from_secs(2), &mut stop).await.ok(),
+                Err(_) => Some(stop.await),
+            },
+        };
+        match answer {
+            Some(r) => {
+                let ack = r.map_err(|e| format!("the Node Manager on {machine} could not stop {}: {e}", cfg.name))?;
+                self.step(op, "nm-stopped", &cfg.name, Some(machine), format!("Node Manager on {machine}: {}", ack.message));
+            }
+            None => self.step(
+                op,
+                "nm-silent",
+                &cfg.name,
+                Some(machine),
+                format!("{} released its lease but the Node Manager on {machine} stopped answering; going on without its answer", cfg.name),
+            ),
+        }
         let l = self
             .wait_lease(&cfg.name, Duration::from_secs(5), |l| {
                 l.as_ref().is_none_or(|l| !l.is_live())
