@@ -26,25 +26,20 @@ pub(crate) struct ConfigStore {
 
 fn hash(text: &str) -> u64 {
     // FNV-1a: stable across builds, unlike `DefaultHasher`.
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
 }
 
 impl ConfigStore {
     /// Loads the stored configuration, importing the domain file if it is new or changed.
     pub fn open(dir: &Path, domain_file: &Path) -> anyhow::Result<(ConfigStore, Option<String>)> {
-        let text = std::fs::read_to_string(domain_file)
-            .with_context(|| format!("cannot read {}", domain_file.display()))?;
+        let text =
+            std::fs::read_to_string(domain_file).with_context(|| format!("cannot read {}", domain_file.display()))?;
         let from_file = files::load_domain(domain_file).map_err(|e| anyhow::anyhow!("{e}"))?;
         let file_hash = hash(&text);
         let path = dir.join("domain.json");
         let stored: Option<Stored> = match std::fs::read(&path) {
             Ok(b) => Some(serde_json::from_slice(&b).with_context(|| {
-                format!(
-                    "{} is damaged; move it away to re-import the domain file",
-                    path.display()
-                )
+                format!("{} is damaged; move it away to re-import the domain file", path.display())
             })?),
             Err(_) => None,
         };
@@ -53,10 +48,7 @@ impl ConfigStore {
             Some(s) if s.file_hash == file_hash => ConfigStore {
                 dir: dir.into(),
                 file_hash,
-                current: VersionedDomain {
-                    version: s.version,
-                    domain: s.domain,
-                },
+                current: VersionedDomain { version: s.version, domain: s.domain },
             },
             Some(s) => {
                 note = Some(format!(
@@ -67,41 +59,23 @@ impl ConfigStore {
                 ConfigStore {
                     dir: dir.into(),
                     file_hash,
-                    current: VersionedDomain {
-                        version: s.version + 1,
-                        domain: from_file,
-                    },
+                    current: VersionedDomain { version: s.version + 1, domain: from_file },
                 }
             }
-            None => ConfigStore {
-                dir: dir.into(),
-                file_hash,
-                current: VersionedDomain {
-                    version: 1,
-                    domain: from_file,
-                },
-            },
+            None => {
+                ConfigStore { dir: dir.into(), file_hash, current: VersionedDomain { version: 1, domain: from_file } }
+            }
         };
         store.save()?;
         Ok((store, note))
     }
 
     fn save(&mut self) -> anyhow::Result<()> {
-        let stored = Stored {
-            version: self.current.version,
-            domain: self.current.domain.clone(),
-            file_hash: self.file_hash,
-        };
-        files::write_atomic(
-            &self.dir.join("domain.json"),
-            &serde_json::to_vec_pretty(&stored)?,
-            0o600,
-        )?;
+        let stored =
+            Stored { version: self.current.version, domain: self.current.domain.clone(), file_hash: self.file_hash };
+        files::write_atomic(&self.dir.join("domain.json"), &serde_json::to_vec_pretty(&stored)?, 0o600)?;
         let toml = toml::to_string_pretty(&self.current.domain)?;
-        let hist = self
-            .dir
-            .join("history")
-            .join(format!("domain-v{}.toml", self.current.version));
+        let hist = self.dir.join("history").join(format!("domain-v{}.toml", self.current.version));
         files::write_atomic(&hist, toml.as_bytes(), 0o600)?;
         Ok(())
     }
@@ -109,10 +83,7 @@ impl ConfigStore {
     /// Accepts a new configuration (already validated); returns the new version.
     pub fn update(&mut self, domain: Domain) -> anyhow::Result<u64> {
         let previous = self.current.clone();
-        self.current = VersionedDomain {
-            version: previous.version + 1,
-            domain,
-        };
+        self.current = VersionedDomain { version: previous.version + 1, domain };
         if let Err(e) = self.save() {
             self.current = previous;
             return Err(e);

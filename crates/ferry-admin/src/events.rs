@@ -37,21 +37,9 @@ impl EventLog {
             }
         }
         let next_id = events.back().map_or(1, |e| e.id + 1);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .ok();
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).ok();
         let (tx, _) = tokio::sync::broadcast::channel(1024);
-        EventLog {
-            inner: Mutex::new(Inner {
-                events,
-                next_id,
-                file,
-                path,
-            }),
-            tx,
-        }
+        EventLog { inner: Mutex::new(Inner { events, next_id, file, path }), tx }
     }
 
     pub fn append(&self, mut e: Event) -> u64 {
@@ -77,12 +65,7 @@ impl EventLog {
 
     pub fn since(&self, since: u64, limit: usize) -> Vec<Event> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.events
-            .iter()
-            .filter(|e| e.id > since)
-            .take(limit)
-            .cloned()
-            .collect()
+        g.events.iter().filter(|e| e.id > since).take(limit).cloned().collect()
     }
 
     pub fn count(&self) -> u64 {

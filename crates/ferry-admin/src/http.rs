@@ -46,14 +46,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
 
 fn error(status: u16, msg: impl Into<String>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        code,
-        Json(ErrorBody {
-            error: msg.into(),
-            detail: serde_json::Value::Null,
-        }),
-    )
-        .into_response()
+    (code, Json(ErrorBody { error: msg.into(), detail: serde_json::Value::Null })).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -63,17 +56,11 @@ impl IntoResponse for ApiError {
 }
 
 fn store_error(e: ferry_store::StoreError) -> Response {
-    error(
-        503,
-        format!("cannot read the lease table: {}", ferry_store::chain(&e)),
-    )
+    error(503, format!("cannot read the lease table: {}", ferry_store::chain(&e)))
 }
 
 async fn method_not_allowed() -> Response {
-    error(
-        405,
-        "method not allowed on this endpoint: see the API list at /",
-    )
+    error(405, "method not allowed on this endpoint: see the API list at /")
 }
 
 async fn not_found() -> Response {
@@ -93,35 +80,20 @@ async fn get_domain(State(s): State<Arc<AdminState>>) -> Response {
     Json(s.domain()).into_response()
 }
 
-async fn put_domain(
-    State(s): State<Arc<AdminState>>,
-    body: Result<Json<DomainUpdate>, JsonRejection>,
-) -> Response {
+async fn put_domain(State(s): State<Arc<AdminState>>, body: Result<Json<DomainUpdate>, JsonRejection>) -> Response {
     let Json(update) = match body {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status().as_u16(),
-                format!("bad domain update: {}", e.body_text()),
-            )
-        }
+        Err(e) => return error(e.status().as_u16(), format!("bad domain update: {}", e.body_text())),
     };
     if let Err(errs) = update.domain.validate() {
-        let detail: Vec<_> = errs
-            .errors
-            .iter()
-            .map(|e| serde_json::json!({"field": e.field, "message": e.message}))
-            .collect();
+        let detail: Vec<_> =
+            errs.errors.iter().map(|e| serde_json::json!({"field": e.field, "message": e.message})).collect();
         return (
             StatusCode::UNPROCESSABLE_ENTITY,
             Json(ErrorBody {
                 error: format!(
                     "the new configuration is invalid: {}",
-                    errs.errors
-                        .iter()
-                        .map(|e| e.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
+                    errs.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
                 ),
                 detail: detail.into(),
             }),
@@ -142,13 +114,7 @@ async fn put_domain(
         Ok(v) => {
             let out = cfg.current.clone();
             drop(cfg);
-            s.event(
-                "config-changed",
-                None,
-                None,
-                None,
-                format!("configuration version {v} accepted"),
-            );
+            s.event("config-changed", None, None, None, format!("configuration version {v} accepted"));
             Json(out).into_response()
         }
         Err(e) => error(500, format!("could not persist the configuration: {e:#}")),
@@ -164,17 +130,9 @@ async fn servers(State(s): State<Arc<AdminState>>) -> Response {
 
 async fn server_config(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
     let d = s.domain();
-    let known = ServerName::new(name.as_str())
-        .ok()
-        .and_then(|n| d.domain.server(&n).map(|_| ()));
+    let known = ServerName::new(name.as_str()).ok().and_then(|n| d.domain.server(&n).map(|_| ()));
     if known.is_none() {
-        return error(
-            404,
-            format!(
-                "unknown server {name:?}: it is not defined in domain {}",
-                d.domain.name
-            ),
-        );
+        return error(404, format!("unknown server {name:?}: it is not defined in domain {}", d.domain.name));
     }
     Json(d).into_response()
 }
@@ -204,11 +162,7 @@ async fn start(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Re
     }
 }
 
-async fn stop(
-    State(s): State<Arc<AdminState>>,
-    Path(name): Path<String>,
-    body: Option<Json<StopRequest>>,
-) -> Response {
+async fn stop(State(s): State<Arc<AdminState>>, Path(name): Path<String>, body: Option<Json<StopRequest>>) -> Response {
     let force = body.map(|b| b.0.force).unwrap_or(false);
     match s.stop_server(&name, force).await {
         Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
@@ -226,10 +180,7 @@ async fn migrate(
         Err(e) => {
             return error(
                 e.status().as_u16(),
-                format!(
-                    "bad migrate request (expected {{\"to\": \"MACHINE\"}}): {}",
-                    e.body_text()
-                ),
+                format!("bad migrate request (expected {{\"to\": \"MACHINE\"}}): {}", e.body_text()),
             )
         }
     };
@@ -252,10 +203,7 @@ async fn operation(State(s): State<Arc<AdminState>>, Path(id): Path<String>) -> 
     };
     match s.ops.get(id) {
         Some(op) => Json(op).into_response(),
-        None => error(
-            404,
-            format!("no operation {id} (operations are kept in memory until the admin restarts)"),
-        ),
+        None => error(404, format!("no operation {id} (operations are kept in memory until the admin restarts)")),
     }
 }
 
@@ -274,11 +222,7 @@ async fn events(
     let Ok(Query(q)) = q else {
         return error(400, "bad query: use ?since=ID&limit=N with whole numbers");
     };
-    Json(
-        s.events
-            .since(q.since, q.limit.unwrap_or(10_000).min(10_000)),
-    )
-    .into_response()
+    Json(s.events.since(q.since, q.limit.unwrap_or(10_000).min(10_000))).into_response()
 }
 
 async fn post_events(
@@ -293,21 +237,11 @@ async fn post_events(
     match token {
         Some(t) if files::secrets_equal(t, &s.secret) => {}
         Some(_) => return error(403, "wrong domain secret"),
-        None => {
-            return error(
-                401,
-                "posting events needs the domain secret as `Authorization: Bearer SECRET`",
-            )
-        }
+        None => return error(401, "posting events needs the domain secret as `Authorization: Bearer SECRET`"),
     }
     let Json(events) = match body {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status().as_u16(),
-                format!("bad events: {}", e.body_text()),
-            )
-        }
+        Err(e) => return error(e.status().as_u16(), format!("bad events: {}", e.body_text())),
     };
     if events.len() > 1_000 {
         return error(413, "at most 1000 events per request");
@@ -343,14 +277,14 @@ async fn event_stream(
                 .data(serde_json::to_string(&e).unwrap_or_default())
         })
     });
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     let mut out = String::new();
-    out.push_str("# HELP ferry_events_total Events recorded by the Administration Server.\n# TYPE ferry_events_total counter\n");
+    out.push_str(
+        "# HELP ferry_events_total Events recorded by the Administration Server.\n# TYPE ferry_events_total counter\n",
+    );
     out.push_str(&format!("ferry_events_total {}\n", s.events.count()));
     out.push_str(&format!(
         "# TYPE ferry_admin_start_time_seconds gauge\nferry_admin_start_time_seconds {}\n",
@@ -368,21 +302,11 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
             }
             out.push_str("# HELP ferry_lease_epoch Fencing token of each lease.\n# TYPE ferry_lease_epoch gauge\n");
             for l in &leases {
-                out.push_str(&format!(
-                    "ferry_lease_epoch{{lease=\"{}\"}} {}\n",
-                    l.name, l.epoch
-                ));
+                out.push_str(&format!("ferry_lease_epoch{{lease=\"{}\"}} {}\n", l.name, l.epoch));
             }
             out.push_str("# TYPE ferry_lease_table_up gauge\nferry_lease_table_up 1\n");
         }
         Err(_) => out.push_str("# TYPE ferry_lease_table_up gauge\nferry_lease_table_up 0\n"),
     }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response()
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

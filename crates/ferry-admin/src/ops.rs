@@ -23,10 +23,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, error: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            error: error.into(),
-        }
+        ApiError { status, error: error.into() }
     }
 }
 
@@ -74,36 +71,15 @@ impl Operations {
 }
 
 impl AdminState {
-    fn step(
-        &self,
-        op: u64,
-        kind: &str,
-        server: &ServerName,
-        machine: Option<&MachineName>,
-        message: String,
-    ) {
-        self.ops.update(op, |o| {
-            o.steps.push(Step {
-                at_ms: clock::wall_ms(),
-                message: message.clone(),
-            })
-        });
-        self.event(
-            kind,
-            Some(server.as_str()),
-            machine.map(|m| m.as_str()),
-            None,
-            message,
-        );
+    fn step(&self, op: u64, kind: &str, server: &ServerName, machine: Option<&MachineName>, message: String) {
+        self.ops.update(op, |o| o.steps.push(Step { at_ms: clock::wall_ms(), message: message.clone() }));
+        self.event(kind, Some(server.as_str()), machine.map(|m| m.as_str()), None, message);
     }
 
     fn finish(&self, op: u64, result: Result<String, String>) {
         self.ops.update(op, |o| match result {
             Ok(msg) => {
-                o.steps.push(Step {
-                    at_ms: clock::wall_ms(),
-                    message: msg,
-                });
+                o.steps.push(Step { at_ms: clock::wall_ms(), message: msg });
                 o.state = "succeeded".into();
             }
             Err(e) => {
@@ -118,14 +94,7 @@ impl AdminState {
         let server = ServerName::new(name).map_err(|e| ApiError::new(400, e.to_string()))?;
         d.server(&server).cloned().ok_or_else(|| {
             let known: Vec<_> = d.servers.iter().map(|s| s.name.to_string()).collect();
-            ApiError::new(
-                404,
-                format!(
-                    "unknown server {server}: domain {} defines {}",
-                    d.name,
-                    known.join(", ")
-                ),
-            )
+            ApiError::new(404, format!("unknown server {server}: domain {} defines {}", d.name, known.join(", ")))
         })
     }
 
@@ -133,12 +102,7 @@ impl AdminState {
         self.store
             .get(&LeaseName::Server(server.clone()))
             .await
-            .map_err(|e| {
-                ApiError::new(
-                    503,
-                    format!("cannot read the lease table: {}", ferry_store::chain(&e)),
-                )
-            })
+            .map_err(|e| ApiError::new(503, format!("cannot read the lease table: {}", ferry_store::chain(&e))))
     }
 
     /// Where the server runs now: the machine of its live lease, else a Node Manager that
@@ -151,10 +115,7 @@ impl AdminState {
         }
         for v in self.poll_nms().await {
             if let Ok(list) = v.result {
-                if list
-                    .iter()
-                    .any(|e| e.name == server.as_str() && e.pid.is_some())
-                {
+                if list.iter().any(|e| e.name == server.as_str() && e.pid.is_some()) {
                     return Ok(Some(v.machine));
                 }
             }
@@ -174,10 +135,7 @@ impl AdminState {
             match self.store.get(&LeaseName::Server(server.clone())).await {
                 Ok(l) if done(&l) => return Ok(l),
                 Ok(_) | Err(_) if clock::now() >= until => {
-                    return Err(format!(
-                        "timed out after {} ms waiting for {server}'s lease",
-                        timeout.as_millis()
-                    ))
+                    return Err(format!("timed out after {} ms waiting for {server}'s lease", timeout.as_millis()))
                 }
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -219,52 +177,27 @@ impl AdminState {
         cfg: &ferry_core::domain::Server,
         machine: &MachineName,
     ) -> Result<String, String> {
-        let nm = self
-            .nm(machine, Duration::from_secs(10))
-            .ok_or_else(|| format!("machine {machine} is not defined"))?;
+        let nm =
+            self.nm(machine, Duration::from_secs(10)).ok_or_else(|| format!("machine {machine} is not defined"))?;
         self.step(
             op,
             "contact-nm",
             &cfg.name,
             Some(machine),
-            format!(
-                "contacting the Node Manager on {machine} to start {}",
-                cfg.name
-            ),
+            format!("contacting the Node Manager on {machine} to start {}", cfg.name),
         );
         let ack = nm
-            .start(
-                cfg.name.as_str(),
-                &NmStart {
-                    origin: Origin::Admin,
-                    in_place: false,
-                },
-            )
+            .start(cfg.name.as_str(), &NmStart { origin: Origin::Admin, in_place: false })
             .await
-            .map_err(|e| {
-                format!(
-                    "the Node Manager on {machine} could not start {}: {e}",
-                    cfg.name
-                )
-            })?;
-        self.step(
-            op,
-            "nm-started",
-            &cfg.name,
-            Some(machine),
-            format!("Node Manager on {machine}: {}", ack.message),
-        );
+            .map_err(|e| format!("the Node Manager on {machine} could not start {}: {e}", cfg.name))?;
+        self.step(op, "nm-started", &cfg.name, Some(machine), format!("Node Manager on {machine}: {}", ack.message));
         let l = self
             .wait_lease(&cfg.name, Self::start_timeout(cfg), |l| {
-                l.as_ref()
-                    .is_some_and(|l| l.is_live() && l.machine.as_ref() == Some(machine))
+                l.as_ref().is_some_and(|l| l.is_live() && l.machine.as_ref() == Some(machine))
             })
             .await?;
         let epoch = l.map(|l| l.epoch.0).unwrap_or(0);
-        Ok(format!(
-            "{} obtained its lease on {machine} (epoch {epoch})",
-            cfg.name
-        ))
+        Ok(format!("{} obtained its lease on {machine} (epoch {epoch})", cfg.name))
     }
 
     /// `ferry start-cluster CLUSTER` (Figure 7-1): start every server not already running.
@@ -275,11 +208,7 @@ impl AdminState {
             let known: Vec<_> = d.clusters.iter().map(|c| c.name.to_string()).collect();
             return Err(ApiError::new(
                 404,
-                format!(
-                    "unknown cluster {cluster}: domain {} defines {}",
-                    d.name,
-                    known.join(", ")
-                ),
+                format!("unknown cluster {cluster}: domain {} defines {}", d.name, known.join(", ")),
             ));
         }
         let servers: Vec<_> = d.servers_in(&cluster).cloned().collect();
@@ -294,9 +223,10 @@ impl AdminState {
             if let Some(first) = servers.next() {
                 let first_started = match me.lease_of(&first.name).await {
                     Ok(Some(l)) if l.is_live() => Ok(()),
-                    _ => me.start_on(op, &first, &first.machine).await.map(|msg| {
-                        me.step(op, "start-complete", &first.name, Some(&first.machine), msg)
-                    }),
+                    _ => me
+                        .start_on(op, &first, &first.machine)
+                        .await
+                        .map(|msg| me.step(op, "start-complete", &first.name, Some(&first.machine), msg)),
                 };
                 if let Err(e) = first_started {
                     first_error = Some(e);
@@ -324,9 +254,10 @@ impl AdminState {
                             );
                             Ok(())
                         }
-                        _ => me2.start_on(op, &s, &s.machine).await.map(|msg| {
-                            me2.step(op, "start-complete", &s.name, Some(&s.machine), msg)
-                        }),
+                        _ => me2
+                            .start_on(op, &s, &s.machine)
+                            .await
+                            .map(|msg| me2.step(op, "start-complete", &s.name, Some(&s.machine), msg)),
                     }
                 }));
             }
@@ -340,22 +271,14 @@ impl AdminState {
             }
             me.finish(
                 op,
-                if errors.is_empty() {
-                    Ok(format!("cluster {cluster} started"))
-                } else {
-                    Err(errors.join("; "))
-                },
+                if errors.is_empty() { Ok(format!("cluster {cluster} started")) } else { Err(errors.join("; ")) },
             );
         });
         Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
     }
 
     /// `ferry stop SERVER [--force]`: through its Node Manager, which releases its lease.
-    pub async fn stop_server(
-        self: &Arc<Self>,
-        name: &str,
-        force: bool,
-    ) -> Result<Operation, ApiError> {
+    pub async fn stop_server(self: &Arc<Self>, name: &str, force: bool) -> Result<Operation, ApiError> {
         let cfg = self.server_cfg(name)?;
         let Some(machine) = self.locate(&cfg.name).await? else {
             return Err(ApiError::new(409, format!("{} is not running", cfg.name)));
@@ -363,10 +286,7 @@ impl AdminState {
         let op = self.ops.create("stop", cfg.name.as_str());
         let me = self.clone();
         tokio::spawn(async move {
-            let r = me
-                .stop_on(op, &cfg, &machine, force)
-                .await
-                .map(|_| format!("{} stopped", cfg.name));
+            let r = me.stop_on(op, &cfg, &machine, force).await.map(|_| format!("{} stopped", cfg.name));
             me.finish(op, r);
         });
         Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
@@ -380,9 +300,7 @@ impl AdminState {
         force: bool,
     ) -> Result<(), String> {
         let budget = cfg.shutdown_timeout + Duration::from_secs(15);
-        let nm = self
-            .nm(machine, budget)
-            .ok_or_else(|| format!("machine {machine} is not defined"))?;
+        let nm = self.nm(machine, budget).ok_or_else(|| format!("machine {machine} is not defined"))?;
         self.step(
             op,
             "contact-nm",
@@ -394,20 +312,14 @@ impl AdminState {
                 if force { " (forced)" } else { "" }
             ),
         );
-        let cmd = NmStop {
-            origin: Origin::Admin,
-            force,
-            timeout_ms: None,
-        };
+        let cmd = NmStop { origin: Origin::Admin, force, timeout_ms: None };
         let stop = nm.stop(cfg.name.as_str(), &cmd);
         tokio::pin!(stop);
         // The server releases its lease once its services are down. If its machine dies
         // right then, the Node Manager's answer never comes: watch the lease too, and once
         // it is released give the Node Manager a moment (it removes the floating IP) before
         // going on without its answer.
-        let released = self.wait_lease(&cfg.name, budget, |l| {
-            l.as_ref().is_none_or(|l| !l.is_live())
-        });
+        let released = self.wait_lease(&cfg.name, budget, |l| l.as_ref().is_none_or(|l| !l.is_live()));
         let answer = tokio::select! {
             r = &mut stop => Some(r),
             r = released => match r {
@@ -428,11 +340,7 @@ impl AdminState {
                 format!("{} released its lease but the Node Manager on {machine} stopped answering; going on without its answer", cfg.name),
             ),
         }
-        let l = self
-            .wait_lease(&cfg.name, Duration::from_secs(5), |l| {
-                l.as_ref().is_none_or(|l| !l.is_live())
-            })
-            .await?;
+        let l = self.wait_lease(&cfg.name, Duration::from_secs(5), |l| l.as_ref().is_none_or(|l| !l.is_live())).await?;
         if let Some(l) = l {
             self.step(
                 op,
@@ -454,36 +362,21 @@ impl AdminState {
             let known: Vec<_> = d.machines.iter().map(|m| m.name.to_string()).collect();
             return Err(ApiError::new(
                 404,
-                format!(
-                    "unknown machine {target}: domain {} defines {}",
-                    d.name,
-                    known.join(", ")
-                ),
+                format!("unknown machine {target}: domain {} defines {}", d.name, known.join(", ")),
             ));
         }
         let mut allowed = vec![cfg.machine.clone()];
-        allowed.extend(
-            d.candidates_for(&cfg)
-                .into_iter()
-                .filter(|m| m != &cfg.machine),
-        );
+        allowed.extend(d.candidates_for(&cfg).into_iter().filter(|m| m != &cfg.machine));
         if !allowed.contains(&target) {
             let list: Vec<_> = allowed.iter().map(|m| m.to_string()).collect();
             return Err(ApiError::new(
                 409,
-                format!(
-                    "{target} is not a candidate machine for {}: it may run on {}",
-                    cfg.name,
-                    list.join(", ")
-                ),
+                format!("{target} is not a candidate machine for {}: it may run on {}", cfg.name, list.join(", ")),
             ));
         }
         let from = self.locate(&cfg.name).await?;
         if from.as_ref() == Some(&target) {
-            return Err(ApiError::new(
-                409,
-                format!("{} is already running on {target}", cfg.name),
-            ));
+            return Err(ApiError::new(409, format!("{} is already running on {target}", cfg.name)));
         }
         let op = self.ops.create("migrate", cfg.name.as_str());
         let me = self.clone();
@@ -517,16 +410,12 @@ impl AdminState {
                         "migration-wait",
                         &cfg.name,
                         Some(m),
-                        format!(
-                            "{e}; waiting for {}'s lease to expire before starting it on {to}",
-                            cfg.name
-                        ),
+                        format!("{e}; waiting for {}'s lease to expire before starting it on {to}", cfg.name),
                     );
                     // Meanwhile the cluster master may restart it (in place or elsewhere).
                     let l = self
                         .wait_lease(&cfg.name, cfg.lease_ttl() + Duration::from_secs(5), |l| {
-                            l.as_ref()
-                                .is_none_or(|l| !l.is_live() || l.machine.as_ref() != Some(m))
+                            l.as_ref().is_none_or(|l| !l.is_live() || l.machine.as_ref() != Some(m))
                         })
                         .await?;
                     if let Some(l) = l.filter(|l| l.is_live()) {
@@ -552,19 +441,10 @@ impl AdminState {
                 format!("{} is not running; starting it on {to}", cfg.name),
             ),
         }
-        self.start_on(op, cfg, to)
-            .await
-            .map(|msg| format!("{msg}: migration to {to} complete"))
+        self.start_on(op, cfg, to).await.map(|msg| format!("{msg}: migration to {to} complete"))
     }
 }
 
 fn placeholder(id: u64) -> Operation {
-    Operation {
-        id,
-        kind: String::new(),
-        target: String::new(),
-        state: "running".into(),
-        steps: vec![],
-        error: None,
-    }
+    Operation { id, kind: String::new(), target: String::new(), state: "running".into(), steps: vec![], error: None }
 }

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_api::{
-    ClusterStatus, Event, MachineStatus, NmClient, NmServer, ServerStatus, VersionedDomain,
-};
+use ferry_api::{ClusterStatus, Event, MachineStatus, NmClient, NmServer, ServerStatus, VersionedDomain};
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{LeaseName, MachineName};
 use ferry_host::{clock, files};
@@ -47,10 +45,7 @@ pub(crate) struct NmView {
 
 impl AdminState {
     pub fn domain(&self) -> VersionedDomain {
-        self.config
-            .lock()
-            .map(|c| c.current.clone())
-            .unwrap_or_else(|p| p.into_inner().current.clone())
+        self.config.lock().map(|c| c.current.clone()).unwrap_or_else(|p| p.into_inner().current.clone())
     }
 
     pub fn nm(&self, machine: &MachineName, timeout: Duration) -> Option<NmClient> {
@@ -67,14 +62,7 @@ impl AdminState {
     }
 
     /// Records an event from the admin itself.
-    pub fn event(
-        &self,
-        kind: &str,
-        server: Option<&str>,
-        machine: Option<&str>,
-        epoch: Option<u64>,
-        message: String,
-    ) {
+    pub fn event(&self, kind: &str, server: Option<&str>, machine: Option<&str>, epoch: Option<u64>, message: String) {
         tracing::info!(kind, "{message}");
         self.events.append(Event {
             id: 0,
@@ -93,20 +81,12 @@ impl AdminState {
         let d = self.domain();
         let mut tasks = Vec::new();
         for m in &d.domain.machines {
-            let client = NmClient::new(
-                &m.node_manager.to_string(),
-                &self.secret,
-                Duration::from_millis(800),
-            );
+            let client = NmClient::new(&m.node_manager.to_string(), &self.secret, Duration::from_millis(800));
             let name = m.name.clone();
             let addr = m.node_manager.to_string();
             tasks.push(tokio::spawn(async move {
                 let result = client.servers().await.map_err(|e| e.to_string());
-                NmView {
-                    machine: name,
-                    addr,
-                    result,
-                }
+                NmView { machine: name, addr, result }
             }));
         }
         let mut out = Vec::new();
@@ -136,8 +116,7 @@ impl AdminState {
     pub async fn servers(&self) -> Result<Vec<ServerStatus>, ferry_store::StoreError> {
         let d = self.domain().domain;
         let leases = self.store.list().await?;
-        let by_name: BTreeMap<LeaseName, Lease> =
-            leases.into_iter().map(|l| (l.name.clone(), l)).collect();
+        let by_name: BTreeMap<LeaseName, Lease> = leases.into_iter().map(|l| (l.name.clone(), l)).collect();
         let nms = self.poll_nms().await;
         let mut out = Vec::new();
         for s in &d.servers {
@@ -155,8 +134,7 @@ impl AdminState {
                             None => true,
                             Some((_, cur)) => live && cur.pid.is_none(),
                         };
-                        let on_lease_machine =
-                            lease.and_then(|l| l.machine.as_ref()) == Some(&v.machine);
+                        let on_lease_machine = lease.and_then(|l| l.machine.as_ref()) == Some(&v.machine);
                         if better || (on_lease_machine && live) {
                             nm_entry = Some((v.machine.clone(), e.clone()));
                         }
@@ -164,26 +142,17 @@ impl AdminState {
                 }
             }
             let (state, machine) = match (lease, &nm_entry) {
-                (Some(l), _) if l.is_live() => (
-                    "RUNNING".to_string(),
-                    l.machine.as_ref().map(|m| m.to_string()),
-                ),
+                (Some(l), _) if l.is_live() => ("RUNNING".to_string(), l.machine.as_ref().map(|m| m.to_string())),
                 (_, Some((m, e))) if e.pid.is_some() => (e.state.clone(), Some(m.to_string())),
-                (Some(l), _) if l.is_expired() => (
-                    "EXPIRED".to_string(),
-                    l.machine.as_ref().map(|m| m.to_string()),
-                ),
+                (Some(l), _) if l.is_expired() => ("EXPIRED".to_string(), l.machine.as_ref().map(|m| m.to_string())),
                 (_, Some((m, e))) => (e.state.clone(), Some(m.to_string())),
-                (Some(l), None) if l.state == LeaseState::Released => (
-                    "SHUTDOWN".to_string(),
-                    l.machine.as_ref().map(|m| m.to_string()),
-                ),
+                (Some(l), None) if l.state == LeaseState::Released => {
+                    ("SHUTDOWN".to_string(), l.machine.as_ref().map(|m| m.to_string()))
+                }
                 _ => ("SHUTDOWN".to_string(), None),
             };
-            let pid = nm_entry
-                .as_ref()
-                .filter(|(m, _)| Some(m.as_str()) == machine.as_deref())
-                .and_then(|(_, e)| e.pid);
+            let pid =
+                nm_entry.as_ref().filter(|(m, _)| Some(m.as_str()) == machine.as_deref()).and_then(|(_, e)| e.pid);
             out.push(ServerStatus {
                 name: s.name.to_string(),
                 cluster: s.cluster.to_string(),
@@ -193,9 +162,7 @@ impl AdminState {
                 pid,
                 epoch: lease.map(|l| l.epoch.0),
                 incarnation: lease.and_then(|l| l.incarnation.as_ref().map(|i| i.0.clone())),
-                lease_remaining_ms: lease
-                    .filter(|l| l.state == LeaseState::Held)
-                    .map(|l| l.remaining_ms),
+                lease_remaining_ms: lease.filter(|l| l.state == LeaseState::Held).map(|l| l.remaining_ms),
                 master,
                 floating_ip: s.floating_ip.map(|i| i.to_string()),
                 auto_migration: s.auto_migration,
@@ -208,16 +175,10 @@ impl AdminState {
         let d = self.domain().domain;
         let mut out = Vec::new();
         for c in &d.clusters {
-            let lease = self
-                .store
-                .get(&LeaseName::Master(c.name.clone()))
-                .await?
-                .filter(|l| l.is_live());
+            let lease = self.store.get(&LeaseName::Master(c.name.clone())).await?.filter(|l| l.is_live());
             out.push(ClusterStatus {
                 name: c.name.to_string(),
-                master: lease
-                    .as_ref()
-                    .and_then(|l| l.owner.as_ref().map(|o| o.to_string())),
+                master: lease.as_ref().and_then(|l| l.owner.as_ref().map(|o| o.to_string())),
                 master_epoch: lease.as_ref().map(|l| l.epoch.0),
                 master_lease_remaining_ms: lease.as_ref().map(|l| l.remaining_ms),
                 servers: d.servers_in(&c.name).map(|s| s.name.to_string()).collect(),
@@ -237,12 +198,8 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
     }
-    let secret = files::secret(&secret_path, true, rand::random).with_context(|| {
-        format!(
-            "cannot read or create the domain secret {}",
-            secret_path.display()
-        )
-    })?;
+    let secret = files::secret(&secret_path, true, rand::random)
+        .with_context(|| format!("cannot read or create the domain secret {}", secret_path.display()))?;
     let domain = config.current.clone();
     let ds = domain.domain.leasing.data_source.clone();
     // The admin runs whatever state the lease table is in: its views answer with the
@@ -290,9 +247,7 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         ),
     );
     let app = crate::http::router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
 }
 

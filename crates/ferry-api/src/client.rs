@@ -15,11 +15,7 @@ pub enum ClientError {
     #[error("{url} did not answer within {timeout_ms} ms")]
     Timeout { url: String, timeout_ms: u64 },
     #[error("{error}")]
-    Api {
-        status: u16,
-        error: String,
-        detail: serde_json::Value,
-    },
+    Api { status: u16, error: String, detail: serde_json::Value },
     #[error("unexpected answer from {url}: {reason}")]
     Decode { url: String, reason: String },
 }
@@ -27,10 +23,7 @@ pub enum ClientError {
 impl ClientError {
     /// True when the peer could not be reached at all (as opposed to refusing).
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Unreachable { .. } | ClientError::Timeout { .. }
-        )
+        matches!(self, ClientError::Unreachable { .. } | ClientError::Timeout { .. })
     }
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -54,12 +47,7 @@ impl Http {
         Http::with_connect(base, secret, timeout, timeout)
     }
 
-    fn with_connect(
-        base: &str,
-        secret: Option<String>,
-        connect: Duration,
-        timeout: Duration,
-    ) -> Self {
+    fn with_connect(base: &str, secret: Option<String>, connect: Duration, timeout: Duration) -> Self {
         let client = reqwest::Client::builder()
             .connect_timeout(connect)
             .timeout(timeout)
@@ -72,20 +60,10 @@ impl Http {
         } else {
             format!("http://{}", base.trim_end_matches('/'))
         };
-        Http {
-            base,
-            secret,
-            client,
-            timeout,
-            connect,
-        }
+        Http { base, secret, client, timeout, connect }
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        req: reqwest::RequestBuilder,
-        url: &str,
-    ) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
         let req = match &self.secret {
             Some(s) => req.bearer_auth(s),
             None => req,
@@ -97,39 +75,23 @@ impl Http {
             let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
                 error: format!(
                     "{status} from {url}: {}",
-                    String::from_utf8_lossy(&bytes)
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
+                    String::from_utf8_lossy(&bytes).chars().take(200).collect::<String>()
                 ),
                 detail: serde_json::Value::Null,
             });
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                error: body.error,
-                detail: body.detail,
-            });
+            return Err(ClientError::Api { status: status.as_u16(), error: body.error, detail: body.detail });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url: url.into(),
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), reason: e.to_string() })
     }
 
     fn transport(&self, url: &str, e: reqwest::Error) -> ClientError {
         if e.is_connect() && e.is_timeout() {
             ClientError::Unreachable {
                 url: url.into(),
-                reason: format!(
-                    "no connection within {} ms (machine down or cut off?)",
-                    self.connect.as_millis()
-                ),
+                reason: format!("no connection within {} ms (machine down or cut off?)", self.connect.as_millis()),
             }
         } else if e.is_timeout() {
-            ClientError::Timeout {
-                url: url.into(),
-                timeout_ms: self.timeout.as_millis() as u64,
-            }
+            ClientError::Timeout { url: url.into(), timeout_ms: self.timeout.as_millis() as u64 }
         } else {
             let mut reason = e.to_string();
             let mut src = std::error::Error::source(&e);
@@ -137,10 +99,7 @@ impl Http {
                 reason = format!("{reason}: {s}");
                 src = s.source();
             }
-            ClientError::Unreachable {
-                url: url.into(),
-                reason,
-            }
+            ClientError::Unreachable { url: url.into(), reason }
         }
     }
 
@@ -149,20 +108,12 @@ impl Http {
         self.send(self.client.get(&url), &url).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.client.post(&url).json(body), &url).await
     }
 
-    async fn put<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T, ClientError> {
+    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.client.put(&url).json(body), &url).await
     }
@@ -176,15 +127,11 @@ pub struct AdminClient {
 
 impl AdminClient {
     pub fn new(url: &str, timeout: Duration) -> Self {
-        AdminClient {
-            http: Http::new(url, None, timeout),
-        }
+        AdminClient { http: Http::new(url, None, timeout) }
     }
     /// A client that authenticates with the domain secret (daemons posting events).
     pub fn with_secret(url: &str, secret: &str, timeout: Duration) -> Self {
-        AdminClient {
-            http: Http::new(url, Some(secret.to_string()), timeout),
-        }
+        AdminClient { http: Http::new(url, Some(secret.to_string()), timeout) }
     }
     pub fn base(&self) -> &str {
         &self.http.base
@@ -196,9 +143,7 @@ impl AdminClient {
         self.http.put("/api/v1/domain", update).await
     }
     pub async fn server_config(&self, server: &str) -> Result<VersionedDomain, ClientError> {
-        self.http
-            .get(&format!("/api/v1/servers/{server}/config"))
-            .await
+        self.http.get(&format!("/api/v1/servers/{server}/config")).await
     }
     pub async fn servers(&self) -> Result<Vec<ServerStatus>, ClientError> {
         self.http.get("/api/v1/servers").await
@@ -213,44 +158,22 @@ impl AdminClient {
         self.http.get("/api/v1/leases").await
     }
     pub async fn events(&self, since: u64) -> Result<Vec<Event>, ClientError> {
-        self.http
-            .get(&format!("/api/v1/events?since={since}"))
-            .await
+        self.http.get(&format!("/api/v1/events?since={since}")).await
     }
     pub async fn post_events(&self, events: &[Event]) -> Result<serde_json::Value, ClientError> {
         self.http.post("/api/v1/events", &events).await
     }
     pub async fn start_cluster(&self, cluster: &str) -> Result<Operation, ClientError> {
-        self.http
-            .post(
-                &format!("/api/v1/clusters/{cluster}/start"),
-                &serde_json::json!({}),
-            )
-            .await
+        self.http.post(&format!("/api/v1/clusters/{cluster}/start"), &serde_json::json!({})).await
     }
     pub async fn start(&self, server: &str) -> Result<Operation, ClientError> {
-        self.http
-            .post(
-                &format!("/api/v1/servers/{server}/start"),
-                &serde_json::json!({}),
-            )
-            .await
+        self.http.post(&format!("/api/v1/servers/{server}/start"), &serde_json::json!({})).await
     }
     pub async fn stop(&self, server: &str, force: bool) -> Result<Operation, ClientError> {
-        self.http
-            .post(
-                &format!("/api/v1/servers/{server}/stop"),
-                &StopRequest { force },
-            )
-            .await
+        self.http.post(&format!("/api/v1/servers/{server}/stop"), &StopRequest { force }).await
     }
     pub async fn migrate(&self, server: &str, to: &str) -> Result<Operation, ClientError> {
-        self.http
-            .post(
-                &format!("/api/v1/servers/{server}/migrate"),
-                &MigrateRequest { to: to.into() },
-            )
-            .await
+        self.http.post(&format!("/api/v1/servers/{server}/migrate"), &MigrateRequest { to: to.into() }).await
     }
     pub async fn operation(&self, id: u64) -> Result<Operation, ClientError> {
         self.http.get(&format!("/api/v1/operations/{id}")).await
@@ -265,22 +188,13 @@ pub struct NmClient {
 
 impl NmClient {
     pub fn new(addr: &str, secret: &str, timeout: Duration) -> Self {
-        NmClient {
-            http: Http::new(addr, Some(secret.to_string()), timeout),
-        }
+        NmClient { http: Http::new(addr, Some(secret.to_string()), timeout) }
     }
 
     /// A client that gives up connecting after `connect` (a dead machine answers nothing; a
     /// live one accepts at once) but allows `timeout` for the whole call.
-    pub fn with_connect_timeout(
-        addr: &str,
-        secret: &str,
-        connect: Duration,
-        timeout: Duration,
-    ) -> Self {
-        NmClient {
-            http: Http::with_connect(addr, Some(secret.to_string()), connect, timeout),
-        }
+    pub fn with_connect_timeout(addr: &str, secret: &str, connect: Duration, timeout: Duration) -> Self {
+        NmClient { http: Http::with_connect(addr, Some(secret.to_string()), connect, timeout) }
     }
     pub async fn health(&self) -> Result<NmHealth, ClientError> {
         self.http.get("/nm/v1/health").await
@@ -289,13 +203,9 @@ impl NmClient {
         self.http.get("/nm/v1/servers").await
     }
     pub async fn start(&self, server: &str, cmd: &NmStart) -> Result<NmAck, ClientError> {
-        self.http
-            .post(&format!("/nm/v1/servers/{server}/start"), cmd)
-            .await
+        self.http.post(&format!("/nm/v1/servers/{server}/start"), cmd).await
     }
     pub async fn stop(&self, server: &str, cmd: &NmStop) -> Result<NmAck, ClientError> {
-        self.http
-            .post(&format!("/nm/v1/servers/{server}/stop"), cmd)
-            .await
+        self.http.post(&format!("/nm/v1/servers/{server}/stop"), cmd).await
     }
 }

@@ -29,12 +29,7 @@ pub struct EventSink {
 impl EventSink {
     /// A sink for events from `source`; `wall_ms` stamps them (the shell's wall clock).
     pub fn new(source: impl Into<String>, wall_ms: fn() -> u64) -> Self {
-        EventSink {
-            source: source.into(),
-            queue: Arc::default(),
-            notify: Arc::default(),
-            wall_ms,
-        }
+        EventSink { source: source.into(), queue: Arc::default(), notify: Arc::default(), wall_ms }
     }
 
     /// Records an event: logged at once, delivered to the admin when it can be.
@@ -47,12 +42,7 @@ impl EventSink {
         message: impl Into<String>,
     ) {
         let message = message.into();
-        tracing::info!(
-            kind,
-            server = server.unwrap_or(""),
-            epoch = epoch.unwrap_or(0),
-            "{message}"
-        );
+        tracing::info!(kind, server = server.unwrap_or(""), epoch = epoch.unwrap_or(0), "{message}");
         self.push(Event {
             id: 0,
             at_ms: (self.wall_ms)(),

@@ -129,11 +129,7 @@ pub struct Step {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Origin {
     Admin,
-    Master {
-        cluster: String,
-        epoch: u64,
-        server: String,
-    },
+    Master { cluster: String, epoch: u64, server: String },
 }
 
 /// `POST /nm/v1/servers/{name}/start`.
@@ -187,6 +183,29 @@ pub struct NmAck {
 pub struct NmHealth {
     pub machine: String,
     pub version: String,
+    /// Lease renewals this Node Manager sent to the lease table for its servers, and in how
+    /// many batches (`renew_many` calls).
+    #[serde(default)]
+    pub renewals: u64,
+    #[serde(default)]
+    pub renewal_batches: u64,
+}
+
+/// What a Node Manager answers a server on its local channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    /// The outcome of [`Report::Renew`] `id`: renewed, lost (another owner, expired: fence),
+    /// or failed (the table did not answer: retry).
+    Renewed { id: u64, outcome: RenewOutcome, detail: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RenewOutcome {
+    Ok,
+    Lost,
+    Failed,
 }
 
 // ---- Node Manager ⇄ server local channel ----
@@ -219,13 +238,10 @@ pub struct Bootstrap {
 pub enum Report {
     /// The first line on every connection to the Node Manager's channel: who is speaking.
     /// A Node Manager that does not know this incarnation (it restarted) adopts the server.
-    Hello {
-        server: String,
-        incarnation: String,
-        pid: u32,
-        epoch: Option<u64>,
-        master: bool,
-    },
+    Hello { server: String, incarnation: String, pid: u32, epoch: Option<u64>, master: bool },
+    /// Renew this lease in the Node Manager's next batch (one `renew_many` for all its
+    /// servers). The server took its deadline's `t0` before sending this (rule 2).
+    Renew { id: u64, lease: String, incarnation: String, epoch: u64, ttl_ms: u64 },
     /// The server is about to exit with `code` (for an adopted server, which the Node
     /// Manager cannot wait for).
     Exiting { code: i32 },

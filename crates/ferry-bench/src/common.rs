@@ -56,11 +56,7 @@ pub fn ferry_exe(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if exe.is_file() {
         return Ok(exe);
     }
-    let cmd = if dir.ends_with("release") {
-        "cargo build --release -p ferry"
-    } else {
-        "cargo build -p ferry"
-    };
+    let cmd = if dir.ends_with("release") { "cargo build --release -p ferry" } else { "cargo build -p ferry" };
     bail!(
         "the ferry binary is missing: expected {} next to this benchmark.\nBuild it with the same profile first:\n    {cmd}",
         exe.display()
@@ -73,27 +69,16 @@ pub fn ferry_exe(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 pub async fn fresh_domain(exe: &Path, dir: &Path, t: Timings) -> anyhow::Result<Harness> {
     let spec = DomainSpec::figure_7_1(t.interval_ms, t.periods, t.grace_ms);
     let h = Harness::start(spec, exe, Some(dir.to_path_buf())).await?;
-    h.admin()
-        .start_cluster("cluster-1")
-        .await
-        .context("start-cluster refused")?;
+    h.admin().start_cluster("cluster-1").await.context("start-cluster refused")?;
     h.wait_running_on("ms1", "machine-b", PATIENCE).await?;
     h.wait_running_on("ms2", "machine-c", PATIENCE).await?;
     let admin = h.admin();
     wait_until(PATIENCE, "a cluster master", || async {
-        admin
-            .servers()
-            .await
-            .map(|l| l.iter().any(|s| s.master))
-            .unwrap_or(false)
+        admin.servers().await.map(|l| l.iter().any(|s| s.master)).unwrap_or(false)
     })
     .await?;
     let status = h.status().await?;
-    let master: Vec<&str> = status
-        .iter()
-        .filter(|s| s.master)
-        .map(|s| s.name.as_str())
-        .collect();
+    let master: Vec<&str> = status.iter().filter(|s| s.master).map(|s| s.name.as_str()).collect();
     if master != ["ms1"] {
         bail!("setup: the cluster master is {master:?}, not ms1");
     }
@@ -171,10 +156,7 @@ pub async fn events_until(
 
 /// The first event matching `pred`: its wall-clock time minus `t0_wall`, in ms.
 pub fn first_after(events: &[Event], t0_wall: u64, pred: impl Fn(&Event) -> bool) -> Option<i64> {
-    events
-        .iter()
-        .find(|e| pred(e))
-        .map(|e| e.at_ms as i64 - t0_wall as i64)
+    events.iter().find(|e| pred(e)).map(|e| e.at_ms as i64 - t0_wall as i64)
 }
 
 /// The safety check of both servers' journals: `Ok` or the violation.
@@ -227,19 +209,11 @@ pub fn loadavg() -> String {
 /// ms1 did not become master would measure a master takeover instead; rare, since ms1 is
 /// started first). Returns the domain (or the last setup error), its directory and the
 /// number of domains started.
-pub async fn setup(
-    exe: &Path,
-    dir: &Path,
-    run: usize,
-    t: Timings,
-) -> (Result<Harness, String>, PathBuf, u32) {
+pub async fn setup(exe: &Path, dir: &Path, run: usize, t: Timings) -> (Result<Harness, String>, PathBuf, u32) {
     let mut last = (Err(String::new()), dir.to_path_buf(), 0);
     for attempt in 1..=3u32 {
-        let d = if attempt == 1 {
-            dir.to_path_buf()
-        } else {
-            dir.with_file_name(format!("run-{run:03}-setup-{attempt}"))
-        };
+        let d =
+            if attempt == 1 { dir.to_path_buf() } else { dir.with_file_name(format!("run-{run:03}-setup-{attempt}")) };
         match fresh_domain(exe, &d, t).await {
             Ok(h) => return (Ok(h), d, attempt),
             Err(e) => last = (Err(format!("{e:#}")), d, attempt),

@@ -68,12 +68,7 @@ pub struct FailoverReport {
 
 const MODE: &str = "fresh domain per run";
 
-pub async fn run(
-    exe: &Path,
-    base: &Path,
-    runs: usize,
-    t: Timings,
-) -> anyhow::Result<FailoverReport> {
+pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings) -> anyhow::Result<FailoverReport> {
     let loadavg_before = common::loadavg();
     let mut out = Vec::new();
     for i in 1..=runs {
@@ -113,11 +108,7 @@ fn progress(r: &FailoverRun) -> String {
 }
 
 async fn one(exe: &Path, dir: &Path, run: usize, t: Timings) -> FailoverRun {
-    let mut r = FailoverRun {
-        run,
-        dir: dir.display().to_string(),
-        ..Default::default()
-    };
+    let mut r = FailoverRun { run, dir: dir.display().to_string(), ..Default::default() };
     let (h, d, attempts) = common::setup(exe, dir, run, t).await;
     r.dir = d.display().to_string();
     r.setup_attempts = attempts;
@@ -161,10 +152,8 @@ async fn measure(h: &Harness, r: &mut FailoverRun, t: Timings) -> anyhow::Result
     let q0 = clock::now().ms();
     let leases = h.admin().leases().await;
     let q1 = clock::now().ms();
-    if let Some(l) = leases.ok().and_then(|ls| {
-        ls.into_iter()
-            .find(|l| l.server().is_some_and(|s| s.as_str() == "ms2"))
-    }) {
+    if let Some(l) = leases.ok().and_then(|ls| ls.into_iter().find(|l| l.server().is_some_and(|s| s.as_str() == "ms2")))
+    {
         let at = ((q0 + q1) / 2) as i64 - t0 as i64;
         r.renewed_ms = Some(at - l.since_renewal_ms);
         r.expiry_ms = Some(at + l.remaining_ms);
@@ -178,13 +167,11 @@ async fn measure(h: &Harness, r: &mut FailoverRun, t: Timings) -> anyhow::Result
     r.answered_ms = Some(answered as i64 - t0 as i64);
     r.token_after = after["fencing_token"].as_u64().unwrap_or(0);
 
-    let is =
-        |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms2");
+    let is = |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms2");
     let on_d = |e: &ferry_api::Event| e.machine.as_deref() == Some("machine-d");
-    let events = common::events_until(h, since, "lease-acquired of ms2 on machine-d", |e| {
-        is(e, "lease-acquired") && on_d(e)
-    })
-    .await?;
+    let events =
+        common::events_until(h, since, "lease-acquired of ms2 on machine-d", |e| is(e, "lease-acquired") && on_d(e))
+            .await?;
     r.detect_ms = common::first_after(&events, t0_wall, |e| is(e, "lease-expired"));
     r.restart_in_place_ms = common::first_after(&events, t0_wall, |e| is(e, "restart-in-place"));
     r.migrate_ms = common::first_after(&events, t0_wall, |e| is(e, "migrate"));
@@ -209,8 +196,7 @@ async fn measure(h: &Harness, r: &mut FailoverRun, t: Timings) -> anyhow::Result
 pub fn print(rep: &FailoverReport) {
     let t = rep.timings;
     let ok: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.error.is_none()).collect();
-    let col =
-        |f: fn(&FailoverRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
+    let col = |f: fn(&FailoverRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
     let timers = t.timers_ms();
     let scan = t.interval_ms;
     println!("\n## failover: machine-c killed, ms2 migrates to machine-d (Figure 7-2)\n");
@@ -261,22 +247,8 @@ pub fn print(rep: &FailoverReport) {
             &format!("<= lease + scan + grace = {}", timers + scan)
         )
     );
-    println!(
-        "{}",
-        row(
-            "machine-d's Node Manager started ms2 (`server-started`)",
-            col(|r| r.started_ms),
-            ""
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "ms2 holds its lease on machine-d (`lease-acquired`)",
-            col(|r| r.leased_ms),
-            ""
-        )
-    );
+    println!("{}", row("machine-d's Node Manager started ms2 (`server-started`)", col(|r| r.started_ms), ""));
+    println!("{}", row("ms2 holds its lease on machine-d (`lease-acquired`)", col(|r| r.leased_ms), ""));
     let start_p50 = summarize(col(|r| r.start_ms)).map_or(0, |s| s.p50);
     println!(
         "{}",
@@ -289,25 +261,11 @@ pub fn print(rep: &FailoverReport) {
             )
         )
     );
-    println!(
-        "{}",
-        row(
-            "start time on machine-d (`migrate` -> answers)",
-            col(|r| r.start_ms),
-            ""
-        )
-    );
+    println!("{}", row("start time on machine-d (`migrate` -> answers)", col(|r| r.start_ms), ""));
     let n = ok.len();
-    let over_timers = ok
-        .iter()
-        .filter(|r| r.answered_ms.is_some_and(|a| a > timers as i64))
-        .count();
+    let over_timers = ok.iter().filter(|r| r.answered_ms.is_some_and(|a| a > timers as i64)).count();
     let over: Vec<&&FailoverRun> = ok.iter().filter(|r| r.over_bound).collect();
-    let unsafe_runs: Vec<&FailoverRun> = rep
-        .runs
-        .iter()
-        .filter(|r| r.safety_violation.is_some())
-        .collect();
+    let unsafe_runs: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.safety_violation.is_some()).collect();
     println!();
     println!("- outage over interval x periods + grace ({timers} ms): {over_timers}/{n} runs (that bound leaves out the detection lag and the start time)");
     println!(
@@ -348,30 +306,16 @@ pub fn print(rep: &FailoverReport) {
         "- safety (journals: never two instances at once, fencing tokens increase): {}/{} runs clean{}",
         rep.runs.len() - unsafe_runs.len(),
         rep.runs.len(),
-        if unsafe_runs.is_empty() {
-            ""
-        } else {
-            "  <- VIOLATION"
-        }
+        if unsafe_runs.is_empty() { "" } else { "  <- VIOLATION" }
     );
     for r in unsafe_runs {
-        println!(
-            "  - run {}: {} ({})",
-            r.run,
-            r.safety_violation.as_deref().unwrap_or(""),
-            r.dir
-        );
+        println!("  - run {}: {} ({})", r.run, r.safety_violation.as_deref().unwrap_or(""), r.dir);
     }
     let failed: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         println!("- failed runs (not in the table): {}", failed.len());
         for r in failed {
-            println!(
-                "  - run {}: {} ({})",
-                r.run,
-                r.error.as_deref().unwrap_or(""),
-                r.dir
-            );
+            println!("  - run {}: {} ({})", r.run, r.error.as_deref().unwrap_or(""), r.dir);
         }
     }
     let retried = rep.runs.iter().filter(|r| r.setup_attempts > 1).count();

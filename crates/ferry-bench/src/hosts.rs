@@ -72,11 +72,7 @@ pub enum Scenario {
 
 impl Scenario {
     fn timings(self) -> Option<Timings> {
-        let t = |interval_ms, grace_ms| Timings {
-            interval_ms,
-            periods: 3,
-            grace_ms,
-        };
+        let t = |interval_ms, grace_ms| Timings { interval_ms, periods: 3, grace_ms };
         match self {
             Scenario::Fast => Some(t(100, 100)),
             Scenario::Grace0 => Some(t(100, 0)),
@@ -155,24 +151,14 @@ pub struct HostsReport {
     pub keepalived: Option<Vec<KeepalivedRun>>,
 }
 
-pub async fn run(
-    a: HostsArgs,
-    exe: &Path,
-    base: &Path,
-    json: Option<PathBuf>,
-) -> anyhow::Result<()> {
+pub async fn run(a: HostsArgs, exe: &Path, base: &Path, json: Option<PathBuf>) -> anyhow::Result<()> {
     anyhow::ensure!(
         !a.advert_ms.is_empty() && a.advert_ms.iter().all(|&ms| ms >= 10),
         "--advert-ms values must be at least 10 (VRRP v3 counts centiseconds)"
     );
     let probe_exe = std::env::current_exe().context("cannot find this executable's path")?;
     let chosen: Vec<Scenario> = if a.only.is_empty() {
-        vec![
-            Scenario::Fast,
-            Scenario::Grace0,
-            Scenario::Keepalived,
-            Scenario::Tenfold,
-        ]
+        vec![Scenario::Fast, Scenario::Grace0, Scenario::Keepalived, Scenario::Tenfold]
     } else {
         a.only.clone()
     };
@@ -200,16 +186,9 @@ pub async fn run(
     let started = clock::now();
     let mut ferry: Vec<FerryScenario> = chosen
         .iter()
-        .filter_map(|&s| {
-            s.timings().map(|timings| FerryScenario {
-                scenario: s,
-                timings,
-                runs: Vec::new(),
-            })
-        })
+        .filter_map(|&s| s.timings().map(|timings| FerryScenario { scenario: s, timings, runs: Vec::new() }))
         .collect();
-    let mut keepalived: Option<Vec<KeepalivedRun>> =
-        chosen.contains(&Scenario::Keepalived).then(Vec::new);
+    let mut keepalived: Option<Vec<KeepalivedRun>> = chosen.contains(&Scenario::Keepalived).then(Vec::new);
     let most = chosen.iter().map(|&s| runs_of(s)).max().unwrap_or(0);
     for i in 1..=most {
         for &s in &chosen {
@@ -219,15 +198,9 @@ pub async fn run(
             let dir = base.join(s.name()).join(format!("run-{i:03}"));
             if s == Scenario::Keepalived {
                 for &advert in &a.advert_ms {
-                    let dir = base
-                        .join(format!("keepalived-{advert}ms"))
-                        .join(format!("run-{i:03}"));
+                    let dir = base.join(format!("keepalived-{advert}ms")).join(format!("run-{i:03}"));
                     let r = ka::one(exe, &probe_exe, &dir, i, advert, a.probe_every_ms).await;
-                    eprintln!(
-                        "keepalived {advert} ms {i}/{}: {}",
-                        runs_of(s),
-                        ka_progress(&r)
-                    );
+                    eprintln!("keepalived {advert} ms {i}/{}: {}", runs_of(s), ka_progress(&r));
                     if let Some(e) = &r.error {
                         if i == 1 && e.contains("cannot run here") {
                             bail!("keepalived: {e}");
@@ -311,16 +284,11 @@ fn ka_progress(r: &KeepalivedRun) -> String {
         f(r.answered_ms),
         f(r.demo_client_ms),
         if r.flaps > 0 {
-            format!(
-                "  FLAPPED ({} answers from the backup before the crash)",
-                r.flaps
-            )
+            format!("  FLAPPED ({} answers from the backup before the crash)", r.flaps)
         } else {
             String::new()
         },
-        r.went_back
-            .as_ref()
-            .map_or(String::new(), |v| format!("  WENT BACK: {v}"))
+        r.went_back.as_ref().map_or(String::new(), |v| format!("  WENT BACK: {v}"))
     )
 }
 
@@ -330,20 +298,12 @@ fn ka_progress(r: &KeepalivedRun) -> String {
 async fn setup(exe: &Path, dir: &Path, t: Timings) -> (anyhow::Result<LabDomain>, u32) {
     let mut last = Err(anyhow::anyhow!("not started"));
     for attempt in 1..=3u32 {
-        let d = if attempt == 1 {
-            dir.to_path_buf()
-        } else {
-            dir.join(format!("setup-{attempt}"))
-        };
+        let d = if attempt == 1 { dir.to_path_buf() } else { dir.join(format!("setup-{attempt}")) };
         last = setup_once(exe, &d, t).await;
         if last.is_ok() {
             return (last, attempt);
         }
-        if last
-            .as_ref()
-            .err()
-            .is_some_and(|e| format!("{e:#}").contains("cannot run here"))
-        {
+        if last.as_ref().err().is_some_and(|e| format!("{e:#}").contains("cannot run here")) {
             return (last, attempt);
         }
     }
@@ -363,14 +323,8 @@ async fn setup_once(exe: &Path, dir: &Path, t: Timings) -> anyhow::Result<LabDom
     d.wait_running("ms2", "machine-c", 0, PATIENCE).await?;
     let until = clock::now() + PATIENCE;
     loop {
-        let masters: Vec<String> = d
-            .status()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| s.master)
-            .map(|s| s.name)
-            .collect();
+        let masters: Vec<String> =
+            d.status().await.unwrap_or_default().into_iter().filter(|s| s.master).map(|s| s.name).collect();
         match masters.as_slice() {
             [m] if m == "ms1" => return Ok(d),
             [m] => bail!("setup: the cluster master is {m}, not ms1"),
@@ -380,19 +334,8 @@ async fn setup_once(exe: &Path, dir: &Path, t: Timings) -> anyhow::Result<LabDom
     }
 }
 
-async fn ferry_one(
-    exe: &Path,
-    probe_exe: &Path,
-    dir: &Path,
-    run: usize,
-    t: Timings,
-    every_ms: u64,
-) -> FerryRun {
-    let mut r = FerryRun {
-        run,
-        dir: dir.display().to_string(),
-        ..Default::default()
-    };
+async fn ferry_one(exe: &Path, probe_exe: &Path, dir: &Path, run: usize, t: Timings, every_ms: u64) -> FerryRun {
+    let mut r = FerryRun { run, dir: dir.display().to_string(), ..Default::default() };
     let (d, attempts) = setup(exe, dir, t).await;
     r.setup_attempts = attempts;
     let d = match d {
@@ -408,11 +351,7 @@ async fn ferry_one(
     }
     let mut bad: Vec<String> = ["ms1", "ms2"]
         .iter()
-        .filter_map(|s| {
-            check_journal(&d.journal_path(s))
-                .err()
-                .map(|e| format!("journal of {s}: {e:#}"))
-        })
+        .filter_map(|s| check_journal(&d.journal_path(s)).err().map(|e| format!("journal of {s}: {e:#}")))
         .collect();
     if let Some(v) = r.safety_violation.take() {
         bad.push(v);
@@ -432,24 +371,11 @@ async fn measure(
     let target = d.floating["ms2"].to_string();
     let probe_log = d.dir.join("probe-ms2.jsonl");
     let client_log = d.dir.join("client-ms2.jsonl");
-    ka::start_clients(
-        &d.lab,
-        exe,
-        probe_exe,
-        &d.dir.join("logs"),
-        &target,
-        &probe_log,
-        &client_log,
-        every_ms,
-    )?;
+    ka::start_clients(&d.lab, exe, probe_exe, &d.dir.join("logs"), &target, &probe_log, &client_log, every_ms)?;
     let until = clock::now() + PATIENCE;
     r.token_before = loop {
         let lines = hosts_probe::read(&probe_log);
-        if let Some(l) = lines
-            .iter()
-            .rev()
-            .find(|l| l.ok && l.machine == "machine-c")
-        {
+        if let Some(l) = lines.iter().rev().find(|l| l.ok && l.machine == "machine-c") {
             break l.epoch;
         }
         if clock::now() >= until {
@@ -473,10 +399,7 @@ async fn measure(
     let out = d.cli(&["leases", "-o", "json"]).await?;
     let q1 = clock::now().ms();
     let leases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    if let Some(l) = leases
-        .as_array()
-        .and_then(|a| a.iter().find(|l| l["name"] == "server/ms2"))
-    {
+    if let Some(l) = leases.as_array().and_then(|a| a.iter().find(|l| l["name"] == "server/ms2")) {
         if let Some(left) = l["remaining_ms"].as_i64() {
             r.expiry_ms = Some(((q0 + q1) / 2) as i64 - t0 as i64 + left);
         }
@@ -497,25 +420,16 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     r.answered_ms = Some(first);
-    if let Some(l) = hosts_probe::read(&probe_log)
-        .iter()
-        .find(|l| l.t0_ms >= t0 && accept(l))
-    {
+    if let Some(l) = hosts_probe::read(&probe_log).iter().find(|l| l.t0_ms >= t0 && accept(l)) {
         r.token_after = l.epoch;
     }
 
-    let is =
-        |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms2");
+    let is = |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms2");
     let on_d = |e: &ferry_api::Event| e.machine.as_deref() == Some("machine-d");
     let until = clock::now() + Duration::from_secs(10);
     let events = loop {
-        let ev: Vec<ferry_api::Event> = d
-            .events()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| e.id > since)
-            .collect();
+        let ev: Vec<ferry_api::Event> =
+            d.events().await.unwrap_or_default().into_iter().filter(|e| e.id > since).collect();
         if ev.iter().any(|e| is(e, "lease-acquired") && on_d(e)) || clock::now() >= until {
             break ev;
         }
@@ -537,9 +451,7 @@ async fn measure(
     // The serial client may still be inside its 80 ms timeout; let it and the journals
     // catch up, then read both clients' logs for an older instance after a newer one.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    r.demo_client_ms = ka::demo_client_first(&client_log, t0, |l| {
-        l.machine == "machine-d" && l.epoch > token_before
-    });
+    r.demo_client_ms = ka::demo_client_first(&client_log, t0, |l| l.machine == "machine-d" && l.epoch > token_before);
     let pv = hosts_probe::view(&hosts_probe::read(&probe_log), t0, "machine-c", accept);
     let cv = ferry::labdomain::client_view(
         &std::fs::read_to_string(&client_log)
@@ -568,15 +480,9 @@ fn span(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 
 fn print(rep: &HostsReport) {
     let ka_runs = |advert: u64| -> Vec<&KeepalivedRun> {
-        rep.keepalived
-            .iter()
-            .flatten()
-            .filter(|r| r.advert_ms == advert && r.error.is_none())
-            .collect()
+        rep.keepalived.iter().flatten().filter(|r| r.advert_ms == advert && r.error.is_none()).collect()
     };
-    let ka_p50 = |advert: u64| {
-        summarize(ka_runs(advert).iter().filter_map(|r| r.answered_ms)).map(|s| s.p50)
-    };
+    let ka_p50 = |advert: u64| summarize(ka_runs(advert).iter().filter_map(|r| r.answered_ms)).map(|s| s.p50);
     println!("\n## Outage seen by the client: machine crash → first answer from the new machine\n");
     println!(
         "crash = `Lab::crash` (switch cable pulled, every process of the machine SIGKILLed); client in its own namespace starting a connection to the floating IP every {} ms (overlapping; the first answer's arrival counts); each run a fresh lab, scenarios interleaved; {} s in all; load average at start {}, at end {}\n",
@@ -588,8 +494,7 @@ fn print(rep: &HostsReport) {
         let t = sc.timings;
         let ok: Vec<&FerryRun> = sc.runs.iter().filter(|r| r.error.is_none()).collect();
         let s = summarize(ok.iter().filter_map(|r| r.answered_ms));
-        let start_p50 = summarize(ok.iter().filter_map(|r| span(r.migrate_ms, r.answered_ms)))
-            .map_or(0, |s| s.p50);
+        let start_p50 = summarize(ok.iter().filter_map(|r| span(r.migrate_ms, r.answered_ms))).map_or(0, |s| s.p50);
         let over = ok.iter().filter(|r| r.over_bound).count();
         // Like with like: only for scenarios whose health-check interval is one of the
         // advert intervals keepalived ran with (then against each of them).
@@ -598,24 +503,15 @@ fn print(rep: &HostsReport) {
                 .advert_ms
                 .iter()
                 .filter_map(|&adv| {
-                    ka_p50(adv)
-                        .filter(|&k| k > 0)
-                        .map(|k| format!("{:.2} (advert {adv} ms)", s.p50 as f64 / k as f64))
+                    ka_p50(adv).filter(|&k| k > 0).map(|k| format!("{:.2} (advert {adv} ms)", s.p50 as f64 / k as f64))
                 })
                 .collect::<Vec<_>>()
                 .join(", "),
             _ => "- (no keepalived run at this interval)".into(),
         };
-        let (n, min, p50, p99, max) =
-            s.map_or((0, "-".into(), "-".into(), "-".into(), "-".into()), |s| {
-                (
-                    s.n,
-                    s.min.to_string(),
-                    s.p50.to_string(),
-                    s.p99.to_string(),
-                    s.max.to_string(),
-                )
-            });
+        let (n, min, p50, p99, max) = s.map_or((0, "-".into(), "-".into(), "-".into(), "-".into()), |s| {
+            (s.n, s.min.to_string(), s.p50.to_string(), s.p99.to_string(), s.max.to_string())
+        });
         println!(
             "| ferry {} | interval {} ms × {}, grace {} ms | {n} | {min} | {p50} | {p99} | {max} | {} | {} + {} + {start_p50} = {} | {over}/{} | {ratio} |",
             sc.scenario.name(),
@@ -646,27 +542,14 @@ fn print(rep: &HostsReport) {
         rep.ferry_scenarios
             .iter()
             .find(|f| f.scenario == s)
-            .and_then(|f| {
-                summarize(
-                    f.runs
-                        .iter()
-                        .filter(|r| r.error.is_none())
-                        .filter_map(|r| r.answered_ms),
-                )
-            })
+            .and_then(|f| summarize(f.runs.iter().filter(|r| r.error.is_none()).filter_map(|r| r.answered_ms)))
             .map(|s| s.p50)
     };
     let verdict = |ok: bool| if ok { "met" } else { "**NOT MET**" };
     println!();
     if let Some(fast) = p50(Scenario::Fast) {
-        println!(
-            "- issue target, ferry fast p50 under 1 s: {fast} ms, {}",
-            verdict(fast < 1_000)
-        );
-        println!(
-            "- DESIGN §6, ferry fast p50 under 500 ms: {fast} ms, {}",
-            verdict(fast < 500)
-        );
+        println!("- issue target, ferry fast p50 under 1 s: {fast} ms, {}", verdict(fast < 1_000));
+        println!("- DESIGN §6, ferry fast p50 under 500 ms: {fast} ms, {}", verdict(fast < 500));
     }
     if let (Some(g), Some(k)) = (p50(Scenario::Grace0), ka_p50(100)) {
         println!(
@@ -676,22 +559,13 @@ fn print(rep: &HostsReport) {
     }
 
     for sc in &rep.ferry_scenarios {
-        let ka_client_p50 = summarize(
-            ka_runs(sc.timings.interval_ms)
-                .iter()
-                .filter_map(|r| r.demo_client_ms),
-        )
-        .map(|s| s.p50);
+        let ka_client_p50 =
+            summarize(ka_runs(sc.timings.interval_ms).iter().filter_map(|r| r.demo_client_ms)).map(|s| s.p50);
         print_breakdown(sc, ka_client_p50);
     }
     for &adv in rep.advert_ms.iter().filter(|_| rep.keepalived.is_some()) {
         let ka_ok = ka_runs(adv);
-        let runs: Vec<&KeepalivedRun> = rep
-            .keepalived
-            .iter()
-            .flatten()
-            .filter(|r| r.advert_ms == adv)
-            .collect();
+        let runs: Vec<&KeepalivedRun> = rep.keepalived.iter().flatten().filter(|r| r.advert_ms == adv).collect();
         println!("\n### keepalived: advert_int {adv} ms\n");
         println!("{}", header("ms from the crash until", "note"));
         println!(
@@ -724,19 +598,10 @@ fn print(rep: &HostsReport) {
             "\n- runs where the backup answered before the crash (flapping: not a reliable setting): {flapped}/{}",
             runs.len()
         );
-        println!(
-            "- runs where machine-c answered after machine-d had: {back}/{}",
-            runs.len()
-        );
-        failed(
-            runs.iter()
-                .filter_map(|r| r.error.as_ref().map(|e| (r.run, e, &r.dir))),
-        );
+        println!("- runs where machine-c answered after machine-d had: {back}/{}", runs.len());
+        failed(runs.iter().filter_map(|r| r.error.as_ref().map(|e| (r.run, e, &r.dir))));
     }
-    println!(
-        "\n- configs, logs and raw client logs of every run: {}",
-        rep.dir
-    );
+    println!("\n- configs, logs and raw client logs of every run: {}", rep.dir);
 }
 
 fn failed<'a>(list: impl Iterator<Item = (usize, &'a String, &'a String)>) {
@@ -755,8 +620,7 @@ type Col<'a> = &'a dyn Fn(&FerryRun) -> Option<i64>;
 fn print_breakdown(sc: &FerryScenario, ka_client_p50: Option<i64>) {
     let t = sc.timings;
     let ok: Vec<&FerryRun> = sc.runs.iter().filter(|r| r.error.is_none()).collect();
-    let col =
-        |g: &dyn Fn(&FerryRun) -> Option<i64>| ok.iter().filter_map(|r| g(r)).collect::<Vec<_>>();
+    let col = |g: &dyn Fn(&FerryRun) -> Option<i64>| ok.iter().filter_map(|r| g(r)).collect::<Vec<_>>();
     let connect = (t.interval_ms * 2).clamp(100, 1_000);
     let probe = ferry_host::ipaddr::PROBE_WINDOW.as_millis();
     println!(
@@ -849,10 +713,7 @@ fn print_breakdown(sc: &FerryScenario, ka_client_p50: Option<i64>) {
     let n = ok.len();
     let over: Vec<&&FerryRun> = ok.iter().filter(|r| r.over_bound).collect();
     let timers = t.timers_ms() as i64;
-    let over_timers = ok
-        .iter()
-        .filter(|r| r.answered_ms.is_some_and(|a| a > timers))
-        .count();
+    let over_timers = ok.iter().filter(|r| r.answered_ms.is_some_and(|a| a > timers)).count();
     println!();
     println!("- outage over interval × periods + grace ({timers} ms): {over_timers}/{n} runs");
     println!(
@@ -862,19 +723,9 @@ fn print_breakdown(sc: &FerryScenario, ka_client_p50: Option<i64>) {
         if over.is_empty() { "" } else { "  <- FLAGGED" }
     );
     for r in &over {
-        println!(
-            "  - run {}: outage {} ms > bound {} ms; {}",
-            r.run,
-            f(r.answered_ms),
-            f(r.bound_ms),
-            r.dir
-        );
+        println!("  - run {}: outage {} ms > bound {} ms; {}", r.run, f(r.answered_ms), f(r.bound_ms), r.dir);
     }
-    let unsafe_runs: Vec<&FerryRun> = sc
-        .runs
-        .iter()
-        .filter(|r| r.safety_violation.is_some())
-        .collect();
+    let unsafe_runs: Vec<&FerryRun> = sc.runs.iter().filter(|r| r.safety_violation.is_some()).collect();
     println!(
         "- safety (journals: never two instances at once; clients: never an older instance after a newer one): {}/{} runs clean{}",
         sc.runs.len() - unsafe_runs.len(),
@@ -882,18 +733,9 @@ fn print_breakdown(sc: &FerryScenario, ka_client_p50: Option<i64>) {
         if unsafe_runs.is_empty() { "" } else { "  <- VIOLATION" }
     );
     for r in unsafe_runs {
-        println!(
-            "  - run {}: {} ({})",
-            r.run,
-            r.safety_violation.as_deref().unwrap_or(""),
-            r.dir
-        );
+        println!("  - run {}: {} ({})", r.run, r.safety_violation.as_deref().unwrap_or(""), r.dir);
     }
-    failed(
-        sc.runs
-            .iter()
-            .filter_map(|r| r.error.as_ref().map(|e| (r.run, e, &r.dir))),
-    );
+    failed(sc.runs.iter().filter_map(|r| r.error.as_ref().map(|e| (r.run, e, &r.dir))));
     let retried = sc.runs.iter().filter(|r| r.setup_attempts > 1).count();
     if retried > 0 {
         println!("- runs whose first lab did not make ms1 master (restarted before measuring): {retried}");

@@ -60,20 +60,8 @@ pub struct KeepalivedRun {
     pub error: Option<String>,
 }
 
-pub async fn one(
-    exe: &Path,
-    probe_exe: &Path,
-    dir: &Path,
-    run: usize,
-    advert_ms: u64,
-    every_ms: u64,
-) -> KeepalivedRun {
-    let mut r = KeepalivedRun {
-        run,
-        dir: dir.display().to_string(),
-        advert_ms,
-        ..Default::default()
-    };
+pub async fn one(exe: &Path, probe_exe: &Path, dir: &Path, run: usize, advert_ms: u64, every_ms: u64) -> KeepalivedRun {
+    let mut r = KeepalivedRun { run, dir: dir.display().to_string(), advert_ms, ..Default::default() };
     if let Err(e) = measure(exe, probe_exe, dir, advert_ms, every_ms, &mut r).await {
         r.error = Some(format!("{e:#}"));
     }
@@ -90,20 +78,14 @@ async fn measure(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let dir = std::fs::canonicalize(dir)?;
-    let lab = Lab::up(LabSpec::new(&[MASTER, BACKUP]))
-        .await
-        .context("the lab")?;
+    let lab = Lab::up(LabSpec::new(&[MASTER, BACKUP])).await.context("the lab")?;
     let target = format!("{VIP}:{PORT}");
     for (m, token) in [(MASTER, "1"), (BACKUP, "2")] {
         let child = lab.spawn(
             m,
             exe,
             &["demo-service", "--listen", &format!("0.0.0.0:{PORT}")],
-            &[
-                ("FERRY_MACHINE", m),
-                ("FERRY_SERVER", "vip"),
-                ("FERRY_FENCING_TOKEN", token),
-            ],
+            &[("FERRY_MACHINE", m), ("FERRY_SERVER", "vip"), ("FERRY_FENCING_TOKEN", token)],
             &dir.join(format!("service-{m}.log")),
         )?;
         // The lab kills everything in its namespaces; dropping the handle lets tokio reap it.
@@ -120,10 +102,7 @@ async fn measure(
     start_keepalived(&lab, &dir, BACKUP, "BACKUP", 253, advert_ms)?;
     let log_b = dir.join(format!("keepalived-{BACKUP}.log"));
     let until = clock::now() + PATIENCE;
-    while !std::fs::read_to_string(&log_b)
-        .unwrap_or_default()
-        .contains("Entering BACKUP STATE")
-    {
+    while !std::fs::read_to_string(&log_b).unwrap_or_default().contains("Entering BACKUP STATE") {
         if clock::now() >= until {
             bail!("keepalived on {BACKUP} did not enter the backup state");
         }
@@ -132,21 +111,9 @@ async fn measure(
 
     let probe_log = dir.join("probe.jsonl");
     let client_log = dir.join("client.jsonl");
-    start_clients(
-        &lab,
-        exe,
-        probe_exe,
-        &dir,
-        &target,
-        &probe_log,
-        &client_log,
-        every_ms,
-    )?;
+    start_clients(&lab, exe, probe_exe, &dir, &target, &probe_log, &client_log, every_ms)?;
     let until = clock::now() + PATIENCE;
-    while !hosts_probe::read(&probe_log)
-        .iter()
-        .any(|l| l.ok && l.machine == MASTER)
-    {
+    while !hosts_probe::read(&probe_log).iter().any(|l| l.ok && l.machine == MASTER) {
         if clock::now() >= until {
             bail!("the client got no answer from {MASTER} at {target}");
         }
@@ -203,11 +170,7 @@ fn start_keepalived(
 ) -> anyhow::Result<()> {
     let conf = dir.join(format!("keepalived-{machine}.conf"));
     std::fs::write(&conf, config(machine, state, priority, advert_ms))?;
-    let file = |what: &str| {
-        dir.join(format!("keepalived-{machine}.{what}.pid"))
-            .display()
-            .to_string()
-    };
+    let file = |what: &str| dir.join(format!("keepalived-{machine}.{what}.pid")).display().to_string();
     let child = lab.spawn(
         machine,
         "keepalived",
@@ -297,11 +260,7 @@ pub fn start_clients(
 
 /// The first answer `ferry demo-client` logged in `log` that `accept` takes, from a probe
 /// started at or after `t0_ms`: ms after `t0_ms`.
-pub fn demo_client_first(
-    log: &Path,
-    t0_ms: u64,
-    accept: impl Fn(&ClientLine) -> bool,
-) -> Option<i64> {
+pub fn demo_client_first(log: &Path, t0_ms: u64, accept: impl Fn(&ClientLine) -> bool) -> Option<i64> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -312,14 +271,10 @@ pub fn demo_client_first(
 
 /// `keepalived --version`'s number (it prints to stderr), or `?`.
 pub async fn version() -> String {
-    let out = tokio::process::Command::new("keepalived")
-        .arg("--version")
-        .output()
-        .await;
+    let out = tokio::process::Command::new("keepalived").arg("--version").output().await;
     out.ok()
         .and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stderr).into_owned()
-                + &String::from_utf8_lossy(&o.stdout);
+            let text = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
             text.split_whitespace()
                 .find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))
                 .map(|w| w[1..].to_string())
@@ -328,11 +283,7 @@ pub async fn version() -> String {
 }
 
 async fn has_vip(lab: &Lab, machine: &str) -> bool {
-    lab.addresses(machine)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .any(|a| a.starts_with(&format!("{VIP}/")))
+    lab.addresses(machine).await.unwrap_or_default().iter().any(|a| a.starts_with(&format!("{VIP}/")))
 }
 
 #[cfg(test)]

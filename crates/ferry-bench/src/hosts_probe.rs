@@ -77,13 +77,7 @@ pub async fn run(a: ProbeArgs) -> anyhow::Result<()> {
                         machine: v["machine"].as_str().unwrap_or_default().to_string(),
                         epoch: v["fencing_token"].as_u64().unwrap_or(0),
                     },
-                    None => ProbeLine {
-                        t0_ms,
-                        t_ms,
-                        ok: false,
-                        machine: String::new(),
-                        epoch: 0,
-                    },
+                    None => ProbeLine { t0_ms, t_ms, ok: false, machine: String::new(), epoch: 0 },
                 };
                 let _ = tx.send(line);
             });
@@ -100,11 +94,7 @@ pub async fn run(a: ProbeArgs) -> anyhow::Result<()> {
 
 /// The probe lines logged so far (a torn last line is skipped).
 pub fn read(path: &Path) -> Vec<ProbeLine> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 /// What the probes saw around a failure at `t0_ms`, as answers arrived (by `t_ms`).
@@ -124,33 +114,19 @@ pub struct ProbeView {
 
 /// Reads `lines` around a failure at `t0_ms`: `old_machine` held the address before, and
 /// `accept` says which answer counts as the new holder's.
-pub fn view(
-    lines: &[ProbeLine],
-    t0_ms: u64,
-    old_machine: &str,
-    accept: impl Fn(&ProbeLine) -> bool,
-) -> ProbeView {
+pub fn view(lines: &[ProbeLine], t0_ms: u64, old_machine: &str, accept: impl Fn(&ProbeLine) -> bool) -> ProbeView {
     let mut ok: Vec<&ProbeLine> = lines.iter().filter(|l| l.ok).collect();
     ok.sort_by_key(|l| l.t_ms);
     let mut v = ProbeView {
-        last_before_ago_ms: ok
-            .iter()
-            .filter(|l| l.t_ms < t0_ms)
-            .map(|l| t0_ms as i64 - l.t_ms as i64)
-            .min(),
-        foreign_before: ok
-            .iter()
-            .filter(|l| l.t0_ms < t0_ms && l.machine != old_machine)
-            .count(),
+        last_before_ago_ms: ok.iter().filter(|l| l.t_ms < t0_ms).map(|l| t0_ms as i64 - l.t_ms as i64).min(),
+        foreign_before: ok.iter().filter(|l| l.t0_ms < t0_ms && l.machine != old_machine).count(),
         ..ProbeView::default()
     };
     let first = ok.iter().find(|l| l.t0_ms >= t0_ms && accept(l));
     v.first_new_ms = first.map(|l| l.t_ms as i64 - t0_ms as i64);
     if let Some(first) = first {
-        v.went_back = ok
-            .iter()
-            .find(|l| l.t_ms > first.t_ms && (l.machine == old_machine || l.epoch < first.epoch))
-            .map(|l| {
+        v.went_back =
+            ok.iter().find(|l| l.t_ms > first.t_ms && (l.machine == old_machine || l.epoch < first.epoch)).map(|l| {
                 format!(
                     "{} (token {}) answered {} ms after the crash, after {} (token {}) had at {} ms",
                     l.machine,
@@ -170,13 +146,7 @@ mod tests {
     use super::*;
 
     fn l(t0_ms: u64, t_ms: u64, machine: &str, epoch: u64) -> ProbeLine {
-        ProbeLine {
-            t0_ms,
-            t_ms,
-            ok: !machine.is_empty(),
-            machine: machine.into(),
-            epoch,
-        }
+        ProbeLine { t0_ms, t_ms, ok: !machine.is_empty(), machine: machine.into(), epoch }
     }
 
     #[test]

@@ -52,12 +52,7 @@ pub struct LeasesArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Both)]
     pub mode: ModeArg,
     /// Server configurations, in order: default (as the tests start it), tuned.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "default,tuned"
-    )]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "default,tuned")]
     pub configs: Vec<ConfigArg>,
     /// health_check_interval: each lease is renewed once per interval.
     #[arg(long, default_value_t = 1000)]
@@ -178,10 +173,7 @@ pub async fn run(args: LeasesArgs, json: Option<PathBuf>) -> anyhow::Result<()> 
         ModeArg::Batched => vec![Mode::Batched],
         ModeArg::Both => vec![Mode::Batched, Mode::Single],
     };
-    let batching = Batching {
-        window_us: args.batch_window_ms * 1_000,
-        max: args.batch_max.max(1),
-    };
+    let batching = Batching { window_us: args.batch_window_ms * 1_000, max: args.batch_max.max(1) };
     let interval = Duration::from_millis(args.interval_ms.max(1));
 
     let facts = MachineFacts::read();
@@ -233,18 +225,12 @@ pub async fn run(args: LeasesArgs, json: Option<PathBuf>) -> anyhow::Result<()> 
                 })
                 .filter(|_| !args.no_skip)
                 .collect();
-            let size = one_size(
-                &server, &args, config, n, pool, interval, &modes, batching, with_scans, &failed,
-            )
-            .await
-            .with_context(|| format!("{} configuration, N = {n}", config.name()))?;
+            let size = one_size(&server, &args, config, n, pool, interval, &modes, batching, with_scans, &failed)
+                .await
+                .with_context(|| format!("{} configuration, N = {n}", config.name()))?;
             sizes.push(size);
         }
-        configs.push(ConfigReport {
-            config: config.name(),
-            settings,
-            sizes,
-        });
+        configs.push(ConfigReport { config: config.name(), settings, sizes });
     }
     let report = LeasesReport {
         machine: facts,
@@ -280,54 +266,27 @@ async fn one_size(
     let cname = config.name();
     let pm = server.postmaster_pid();
     let schema = format!("ferry_n{n}");
-    server
-        .execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await?;
+    server.execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await?;
     let url = server.url_in(&schema);
-    ferry_store::init(&url)
-        .await
-        .map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
-    let fleet =
-        Arc::new(Fleet::open(&url, n, args.node_managers, pool, interval, args.periods).await?);
+    ferry_store::init(&url).await.map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
+    let fleet = Arc::new(Fleet::open(&url, n, args.node_managers, pool, interval, args.periods).await?);
     let armed = leases_load::arm(&fleet, ACQUIRE_TTL).await?;
     let (count, secs) = (armed.acquired, armed.seconds);
-    server
-        .execute(&format!("ANALYZE {schema}.ferry_leases"))
-        .await?;
-    let create = CreateReport {
-        n,
-        seconds: secs,
-        per_s: count as f64 / secs.max(1e-6),
-    };
-    eprintln!(
-        "[{cname}] N = {n}: acquired {count} leases in {secs:.1} s ({:.0}/s)",
-        create.per_s
-    );
+    server.execute(&format!("ANALYZE {schema}.ferry_leases")).await?;
+    let create = CreateReport { n, seconds: secs, per_s: count as f64 / secs.max(1e-6) };
+    eprintln!("[{cname}] N = {n}: acquired {count} leases in {secs:.1} s ({:.0}/s)", create.per_s);
 
     let mut phases = Vec::new();
     let mut skipped = Vec::new();
     let (mut scans, mut during_scans) = (Vec::new(), None);
     for (k, &mode) in modes.iter().enumerate() {
         if let Some(&(_, at)) = failed.iter().find(|(m, _)| *m == mode) {
-            eprintln!(
-                "[{cname}] N = {n}: {} skipped (missed its target at N = {at})",
-                mode.name()
-            );
+            eprintln!("[{cname}] N = {n}: {} skipped (missed its target at N = {at})", mode.name());
             skipped.push((mode, at));
         } else {
             let armed = leases_load::arm(&fleet, ACQUIRE_TTL).await?;
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let mut phase = leases_load::drive(
-                Arc::clone(&fleet),
-                mode,
-                batching,
-                Some(args.seconds),
-                stop,
-                pm,
-            )
-            .await;
+            let mut phase = leases_load::drive(Arc::clone(&fleet), mode, batching, Some(args.seconds), stop, pm).await;
             phase.rearmed = armed.acquired;
             phase.arm_seconds = armed.seconds;
             eprintln!("[{cname}] N = {n}: {}", progress(&phase));
@@ -336,15 +295,9 @@ async fn one_size(
         if k == 0 && with_scans {
             let armed = leases_load::arm(&fleet, ACQUIRE_TTL).await?;
             let options = PostgresOptions::new(Duration::from_millis(args.interval_ms * 8 / 10));
-            let master = PostgresStore::open_with(
-                &url,
-                PostgresOptions {
-                    pool_size: 1,
-                    ..options
-                },
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
+            let master = PostgresStore::open_with(&url, PostgresOptions { pool_size: 1, ..options })
+                .await
+                .map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
             let mut counts: Vec<usize> = args
                 .expired_pct
                 .iter()
@@ -374,9 +327,7 @@ async fn one_size(
         }
     }
     drop(fleet);
-    server
-        .execute(&format!("DROP SCHEMA {schema} CASCADE"))
-        .await?;
+    server.execute(&format!("DROP SCHEMA {schema} CASCADE")).await?;
 
     // Closed-loop capacity on a copy of the table with the same N rows.
     let raw = format!("raw_n{n}");
@@ -386,29 +337,14 @@ async fn one_size(
     let mut baselines = Vec::new();
     let nm = args.node_managers;
     baselines.push(leases_load::capacity(&raw_url, n, c, nm, 1, secs, pm).await?);
-    baselines.push(
-        leases_load::capacity(&raw_url, n, c, nm, args.capacity_batch.max(2), secs, pm).await?,
-    );
+    baselines.push(leases_load::capacity(&raw_url, n, c, nm, args.capacity_batch.max(2), secs, pm).await?);
     baselines.push(leases_pg::raw_tokio(server, &raw, n, c, secs).await?);
     baselines.push(leases_pg::pgbench(server, &raw, n, c, secs).await?);
     for b in &baselines {
-        eprintln!(
-            "[{cname}] N = {n}: {} over {} connections: {:.0}/s",
-            b.what, b.connections, b.per_s
-        );
+        eprintln!("[{cname}] N = {n}: {} over {} connections: {:.0}/s", b.what, b.connections, b.per_s);
     }
-    server
-        .execute(&format!("DROP SCHEMA {raw} CASCADE"))
-        .await?;
-    Ok(SizeReport {
-        n,
-        create,
-        phases,
-        skipped,
-        scans,
-        during_scans,
-        baselines,
-    })
+    server.execute(&format!("DROP SCHEMA {raw} CASCADE")).await?;
+    Ok(SizeReport { n, create, phases, skipped, scans, during_scans, baselines })
 }
 
 fn progress(p: &PhaseReport) -> String {
@@ -460,18 +396,12 @@ fn thousands(x: f64) -> String {
 }
 
 fn cpu(c: &leases_pg::CpuUse) -> String {
-    format!(
-        "{:.2} / {:.2} / {:.2}",
-        c.client_cores, c.server_cores, c.machine_cores
-    )
+    format!("{:.2} / {:.2} / {:.2}", c.client_cores, c.server_cores, c.machine_cores)
 }
 
 /// The raw single-row UPDATE rate (pgbench) of the same configuration and N.
 fn pgbench_rate(size: &SizeReport) -> Option<f64> {
-    size.baselines
-        .iter()
-        .find(|b| b.what.starts_with("pgbench"))
-        .map(|b| b.per_s)
+    size.baselines.iter().find(|b| b.what.starts_with("pgbench")).map(|b| b.per_s)
 }
 
 fn print(r: &LeasesReport) {
@@ -496,20 +426,14 @@ fn print(r: &LeasesReport) {
         }
     }
     if r.configs.iter().any(|c| c.config == "tuned") {
-        let changed: Vec<String> = leases_pg::TUNED
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let changed: Vec<String> = leases_pg::TUNED.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
             "\ntuned = the test server's settings plus {}; fsync, synchronous_commit and full_page_writes stay on",
             changed.join(", ")
         );
     }
 
-    println!(
-        "\n## Renewals (open loop, each lease once per {} ms)\n",
-        r.args.interval_ms
-    );
+    println!("\n## Renewals (open loop, each lease once per {} ms)\n", r.args.interval_ms);
     println!("| config | N | mode | target/s | renewed in time/s | vs raw UPDATE | p50 ms | p99 ms | max ms | missed slots | lost / timeout / unavail / late / dropped | batch p50 / p99 / max | CPU cores client / server / machine |");
     println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|---|---|---|");
     for c in &r.configs {
@@ -519,11 +443,7 @@ fn print(r: &LeasesReport) {
                 .phases
                 .iter()
                 .map(|p| (p.mode.name().to_string(), p))
-                .chain(
-                    s.during_scans
-                        .iter()
-                        .map(|p| (format!("{} (during scans)", p.mode.name()), p)),
-                );
+                .chain(s.during_scans.iter().map(|p| (format!("{} (during scans)", p.mode.name()), p)));
             for (mode, at) in &s.skipped {
                 println!(
                     "| {} | {} | {} | {} | skipped: missed its target at N = {} | | | | | | | | |",
@@ -535,9 +455,7 @@ fn print(r: &LeasesReport) {
                 );
             }
             for (mode, p) in rows {
-                let ratio = raw.map_or("-".into(), |raw| {
-                    format!("{:.0}%", 100.0 * p.achieved_per_s / raw)
-                });
+                let ratio = raw.map_or("-".into(), |raw| format!("{:.0}%", 100.0 * p.achieved_per_s / raw));
                 let batch = match (p.batch_p50, p.batch_p99, p.batch_max) {
                     (Some(a), Some(b), Some(m)) => format!("{a} / {b} / {m}"),
                     _ => "-".into(),
@@ -580,8 +498,7 @@ fn print(r: &LeasesReport) {
                     b.what,
                     b.connections,
                     thousands(b.per_s),
-                    b.latency_avg_us
-                        .map_or("-".into(), |us| format!("{:.2}", us / 1e3)),
+                    b.latency_avg_us.map_or("-".into(), |us| format!("{:.2}", us / 1e3)),
                     b.latency_p50_us.map_or("-".into(), |us| ms(Some(us))),
                     b.latency_p99_us.map_or("-".into(), |us| ms(Some(us))),
                     b.errors,
@@ -595,11 +512,7 @@ fn print(r: &LeasesReport) {
     let scans: Vec<(&str, &ScanReport)> = r
         .configs
         .iter()
-        .flat_map(|c| {
-            c.sizes
-                .iter()
-                .flat_map(move |s| s.scans.iter().map(move |x| (c.config, x)))
-        })
+        .flat_map(|c| c.sizes.iter().flat_map(move |s| s.scans.iter().map(move |x| (c.config, x))))
         .collect();
     if !scans.is_empty() {
         println!(
@@ -628,10 +541,7 @@ fn print(r: &LeasesReport) {
         }
     }
 
-    if r.configs
-        .iter()
-        .any(|c| c.sizes.iter().any(|s| !s.scans.is_empty()))
-    {
+    if r.configs.iter().any(|c| c.sizes.iter().any(|s| !s.scans.is_empty())) {
         println!("\nrenewals running: the other leases renew meanwhile (in the first mode), so each scan also steps over the index entries their updates superseded since the previous scan (each renewal moves the row's entry in the expiry index); paused: the live leases were renewed once for 2 minutes and the scan is timed over the expired leases alone.");
     }
 
@@ -649,8 +559,5 @@ fn print(r: &LeasesReport) {
             );
         }
     }
-    println!(
-        "\nload average after: {}; whole run {:.0} s",
-        r.loadavg_after, r.seconds_total
-    );
+    println!("\nload average after: {}; whole run {:.0} s", r.loadavg_after, r.seconds_total);
 }

@@ -107,13 +107,9 @@ impl Fleet {
         let request_timeout = interval * 8 / 10;
         let mut stores = Vec::new();
         for _ in 0..node_managers {
-            let options = PostgresOptions {
-                pool_size,
-                ..PostgresOptions::new(request_timeout)
-            };
-            let store = PostgresStore::open_with(url, options)
-                .await
-                .map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
+            let options = PostgresOptions { pool_size, ..PostgresOptions::new(request_timeout) };
+            let store =
+                PostgresStore::open_with(url, options).await.map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
             stores.push(Arc::new(store));
         }
         let mut holders = Vec::with_capacity(n);
@@ -188,23 +184,13 @@ pub async fn arm(fleet: &Arc<Fleet>, ttl: Duration) -> anyhow::Result<Armed> {
         let chunks = Arc::new(chunks);
         let next = Arc::new(AtomicU64::new(0));
         for _ in 0..fleet.pool_size {
-            let (fleet, chunks, next, refused) = (
-                Arc::clone(fleet),
-                Arc::clone(&chunks),
-                Arc::clone(&next),
-                Arc::clone(&refused),
-            );
+            let (fleet, chunks, next, refused) =
+                (Arc::clone(fleet), Arc::clone(&chunks), Arc::clone(&next), Arc::clone(&refused));
             tasks.push(tokio::spawn(async move {
                 loop {
                     let k = next.fetch_add(1, Ordering::Relaxed) as usize;
                     let Some(chunk) = chunks.get(k) else { break };
-                    let renewals: Vec<Renewal> = chunk
-                        .iter()
-                        .map(|&i| Renewal {
-                            ttl,
-                            ..fleet.renewal(i)
-                        })
-                        .collect();
+                    let renewals: Vec<Renewal> = chunk.iter().map(|&i| Renewal { ttl, ..fleet.renewal(i) }).collect();
                     let t0 = micros();
                     let outcomes = fleet.stores[nm].renew_many(&renewals).await;
                     let mut refused = refused.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,11 +225,7 @@ pub async fn arm(fleet: &Arc<Fleet>, ttl: Duration) -> anyhow::Result<Armed> {
     want.extend(refused);
     let acquired = want.len();
     acquire(fleet, want, ttl).await?;
-    Ok(Armed {
-        renewed,
-        acquired,
-        seconds: (micros() - start) as f64 / 1e6,
-    })
+    Ok(Armed { renewed, acquired, seconds: (micros() - start) as f64 / 1e6 })
 }
 
 /// The batch size of [`arm`]'s renewals.
@@ -253,12 +235,7 @@ const ARM_BATCH: usize = 500;
 async fn acquire(fleet: &Arc<Fleet>, want: Vec<usize>, ttl: Duration) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for nm in 0..fleet.stores.len() {
-        let mine: Arc<Vec<usize>> = Arc::new(
-            want.iter()
-                .copied()
-                .filter(|&i| fleet.holders[i].nm == nm)
-                .collect(),
-        );
+        let mine: Arc<Vec<usize>> = Arc::new(want.iter().copied().filter(|&i| fleet.holders[i].nm == nm).collect());
         let next = Arc::new(AtomicU64::new(0));
         for _ in 0..fleet.pool_size {
             let (fleet, mine, next) = (Arc::clone(fleet), Arc::clone(&mine), Arc::clone(&next));
@@ -280,18 +257,11 @@ async fn acquire(fleet: &Arc<Fleet>, want: Vec<usize>, ttl: Duration) -> anyhow:
                         match fleet.stores[h.nm].acquire(&req).await {
                             Ok(lease) => {
                                 h.epoch.store(lease.epoch.0, Ordering::Relaxed);
-                                h.live_until
-                                    .store(t0 + ttl.as_micros() as u64, Ordering::Relaxed);
+                                h.live_until.store(t0 + ttl.as_micros() as u64, Ordering::Relaxed);
                                 break;
                             }
                             Err(e) if e.is_transient() && tries < 5 => tries += 1,
-                            Err(e) => {
-                                return Err(anyhow::anyhow!(
-                                    "acquiring {}: {}",
-                                    h.name,
-                                    ferry_store::chain(&e)
-                                ))
-                            }
+                            Err(e) => return Err(anyhow::anyhow!("acquiring {}: {}", h.name, ferry_store::chain(&e))),
                         }
                     }
                 }
@@ -331,14 +301,7 @@ fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Tally> {
 }
 
 /// Records one renewal's outcome (`due`: its `t0`).
-fn record(
-    fleet: &Fleet,
-    t: &mut Tally,
-    i: usize,
-    due: u64,
-    done: u64,
-    outcome: Result<&Lease, &StoreError>,
-) {
+fn record(fleet: &Fleet, t: &mut Tally, i: usize, due: u64, done: u64, outcome: Result<&Lease, &StoreError>) {
     t.done += 1;
     let h = &fleet.holders[i];
     match outcome {
@@ -350,8 +313,7 @@ fn record(
             } else {
                 t.late += 1;
             }
-            h.live_until
-                .store(due + fleet.ttl.as_micros() as u64, Ordering::Relaxed);
+            h.live_until.store(due + fleet.ttl.as_micros() as u64, Ordering::Relaxed);
         }
         Err(e) => {
             match e {
@@ -419,11 +381,7 @@ pub async fn drive(
     postmaster: Option<i32>,
 ) -> PhaseReport {
     let n = fleet.holders.len() as u64;
-    let renewing = fleet
-        .holders
-        .iter()
-        .filter(|h| !h.excluded.load(Ordering::Relaxed))
-        .count();
+    let renewing = fleet.holders.iter().filter(|h| !h.excluded.load(Ordering::Relaxed)).count();
     let tally: Shared = Arc::new(Mutex::new(Tally::default()));
     let cpu = CpuMeter::start(postmaster);
     let start = micros() + 5_000;
@@ -469,18 +427,12 @@ pub async fn drive(
         attempts += 1;
         match mode {
             Mode::Single => {
-                let (fleet, tally, inflight) = (
-                    Arc::clone(&fleet),
-                    Arc::clone(&tally),
-                    Arc::clone(&inflight),
-                );
+                let (fleet, tally, inflight) = (Arc::clone(&fleet), Arc::clone(&tally), Arc::clone(&inflight));
                 inflight.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
                     let h = &fleet.holders[i];
                     let epoch = Epoch(h.epoch.load(Ordering::Relaxed));
-                    let r = fleet.stores[h.nm]
-                        .renew(&h.name, &h.incarnation, epoch, fleet.ttl)
-                        .await;
+                    let r = fleet.stores[h.nm].renew(&h.name, &h.incarnation, epoch, fleet.ttl).await;
                     let done = micros();
                     record(&fleet, &mut lock(&tally), i, due, done, r.as_ref());
                     inflight.fetch_sub(1, Ordering::Relaxed);
@@ -531,11 +483,7 @@ pub async fn drive(
         achieved_per_s: t.ok as f64 / seconds.max(1e-6),
         p50_us: ranked(50.0),
         p99_us: ranked(99.0),
-        max_us: if t.lat_us.len() as u64 == attempts {
-            t.lat_us.last().map(|&v| v as u64)
-        } else {
-            None
-        },
+        max_us: if t.lat_us.len() as u64 == attempts { t.lat_us.last().map(|&v| v as u64) } else { None },
         batch_p50: pct(&t.batch_sizes, 50.0),
         batch_p99: pct(&t.batch_sizes, 99.0),
         batch_max: t.batch_sizes.last().map(|&v| v as u64),
@@ -587,9 +535,8 @@ async fn node_manager(
         }
         // A holder whose request timeout passed has given up on its renewal.
         let now = micros();
-        let (stale, batch): (Vec<_>, Vec<_>) = batch
-            .into_iter()
-            .partition(|&(_, due)| now.saturating_sub(due) > fleet.request_timeout_us);
+        let (stale, batch): (Vec<_>, Vec<_>) =
+            batch.into_iter().partition(|&(_, due)| now.saturating_sub(due) > fleet.request_timeout_us);
         if !stale.is_empty() {
             let mut t = lock(&tally);
             t.expired_in_queue += stale.len() as u64;
@@ -676,32 +623,18 @@ pub async fn scans(
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
 
-    let ScanPlan {
-        counts,
-        seconds: scan_seconds,
-        every,
-    } = plan;
+    let ScanPlan { counts, seconds: scan_seconds, every } = plan;
 
     let n = fleet.holders.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(n as u64));
     let stop = Arc::new(AtomicBool::new(false));
-    let driver = tokio::spawn(drive(
-        Arc::clone(fleet),
-        mode,
-        batching,
-        None,
-        Arc::clone(&stop),
-        postmaster,
-    ));
+    let driver = tokio::spawn(drive(Arc::clone(fleet), mode, batching, None, Arc::clone(&stop), postmaster));
     let mut out = Vec::new();
     let mut marked = 0;
     let ttl_us = fleet.ttl.as_micros() as u64;
     // Let the driver renew every lease once with the short TTL (they start with `arm`'s).
-    tokio::time::sleep(Duration::from_micros(
-        fleet.interval_us + fleet.request_timeout_us + 100_000,
-    ))
-    .await;
+    tokio::time::sleep(Duration::from_micros(fleet.interval_us + fleet.request_timeout_us + 100_000)).await;
     for &k in counts {
         for &i in &order[marked..k.min(n)] {
             fleet.holders[i].excluded.store(true, Ordering::Relaxed);
@@ -811,14 +744,9 @@ pub async fn capacity(
     let per_nm = connections.div_ceil(node_managers).max(1);
     let mut stores = Vec::new();
     for _ in 0..node_managers {
-        let options = PostgresOptions {
-            pool_size: per_nm,
-            ..PostgresOptions::new(Duration::from_secs(5))
-        };
+        let options = PostgresOptions { pool_size: per_nm, ..PostgresOptions::new(Duration::from_secs(5)) };
         stores.push(Arc::new(
-            PostgresStore::open_with(url, options)
-                .await
-                .map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?,
+            PostgresStore::open_with(url, options).await.map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?,
         ));
     }
     let tally: Shared = Arc::new(Mutex::new(Tally::default()));
@@ -852,10 +780,7 @@ pub async fn capacity(
                 let t0 = micros();
                 let outcome = if batch == 1 {
                     let r = &renewals[0];
-                    store
-                        .renew(&r.name, &r.incarnation, r.epoch, r.ttl)
-                        .await
-                        .map(|l| vec![Ok(l)])
+                    store.renew(&r.name, &r.incarnation, r.epoch, r.ttl).await.map(|l| vec![Ok(l)])
                 } else {
                     store.renew_many(&renewals).await
                 };

@@ -85,10 +85,7 @@ impl Server {
     /// Stops the server (after a checkpoint, so it restarts at once) and starts it again on
     /// the same port and data with the [`TUNED`] settings.
     pub async fn restart_tuned(&mut self) -> anyhow::Result<()> {
-        self.pg
-            .execute("CHECKPOINT")
-            .await
-            .context("checkpoint before the restart")?;
+        self.pg.execute("CHECKPOINT").await.context("checkpoint before the restart")?;
         self.pg.stop().context("stopping the server")?;
         let pg_ctl = bin_dir()?.join("pg_ctl");
         let data = self.pg.data_dir();
@@ -103,13 +100,8 @@ impl Server {
         }
         let log = root.join("log-tuned").display().to_string();
         let data_arg = data.display().to_string();
-        run_as_postgres(
-            &pg_ctl,
-            &[
-                "-D", &data_arg, "start", "-w", "-t", "60", "-l", &log, "-o", &options,
-            ],
-        )
-        .context("pg_ctl start with the tuned settings")?;
+        run_as_postgres(&pg_ctl, &["-D", &data_arg, "start", "-w", "-t", "60", "-l", &log, "-o", &options])
+            .context("pg_ctl start with the tuned settings")?;
         self.manual = Some(pg_ctl);
         Ok(())
     }
@@ -140,9 +132,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         if let Some(pg_ctl) = self.manual.take() {
             let data = self.pg.data_dir().display().to_string();
-            if let Err(e) =
-                run_as_postgres(&pg_ctl, &["-D", &data, "stop", "-m", "immediate", "-w"])
-            {
+            if let Err(e) = run_as_postgres(&pg_ctl, &["-D", &data, "stop", "-m", "immediate", "-w"]) {
                 eprintln!("warning: cannot stop the benchmark's PostgreSQL server: {e:#}");
             }
         }
@@ -170,10 +160,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// Runs a server binary, as `postgres` when we are root (PostgreSQL refuses root).
@@ -186,10 +173,8 @@ fn run_as_postgres(program: &Path, args: &[&str]) -> anyhow::Result<String> {
         Command::new(program)
     };
     cmd.args(args).current_dir(std::env::temp_dir());
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", program.display()))?;
+    let out =
+        cmd.stdin(std::process::Stdio::null()).output().with_context(|| format!("cannot run {}", program.display()))?;
     if !out.status.success() {
         bail!(
             "{} {}: {}{}",
@@ -214,15 +199,9 @@ pub fn lease_server(i: usize) -> String {
 /// table, for the raw baselines and the closed-loop capacity runs (row `i` is held by
 /// incarnation `inc-i` at epoch 1).
 pub async fn baseline_table(server: &Server, schema: &str, n: usize) -> anyhow::Result<String> {
-    server
-        .execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await?;
+    server.execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).await?;
     let url = server.url_in(schema);
-    ferry_store::init(&url)
-        .await
-        .map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
+    ferry_store::init(&url).await.map_err(|e| anyhow::anyhow!(ferry_store::chain(&e)))?;
     server
         .execute(&format!(
             "INSERT INTO {schema}.ferry_leases \
@@ -231,9 +210,7 @@ pub async fn baseline_table(server: &Server, schema: &str, n: usize) -> anyhow::
              FROM generate_series(1, {n}) AS i"
         ))
         .await?;
-    server
-        .execute(&format!("VACUUM ANALYZE {schema}.ferry_leases"))
-        .await?;
+    server.execute(&format!("VACUUM ANALYZE {schema}.ferry_leases")).await?;
     Ok(url)
 }
 
@@ -305,12 +282,7 @@ pub async fn pgbench(
     let _ = std::fs::remove_dir_all(&dir);
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!(
-            "pgbench failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            text.trim()
-        );
+        bail!("pgbench failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stderr).trim(), text.trim());
     }
     let field = |prefix: &str| -> Option<f64> {
         text.lines()
@@ -360,11 +332,8 @@ pub async fn raw_tokio(
     for (j, client) in clients.into_iter().enumerate() {
         let tally = Arc::clone(&tally);
         tasks.push(tokio::spawn(async move {
-            let stmt = client
-                .prepare(
-                    "UPDATE ferry_leases SET expires_at = now() + interval '3 s' WHERE name = $1",
-                )
-                .await?;
+            let stmt =
+                client.prepare("UPDATE ferry_leases SET expires_at = now() + interval '3 s' WHERE name = $1").await?;
             let mut rng = Rng::new(j as u64 + 1);
             let mut lat = Vec::new();
             let mut errors = 0u64;
@@ -473,11 +442,7 @@ impl CpuMeter {
         let cores = |ticks: u64| ticks as f64 / hz / secs.max(1e-6);
         CpuUse {
             client_cores: cores(proc_ticks("self", true).saturating_sub(self.client)),
-            server_cores: cores(
-                self.postmaster
-                    .map_or(0, server_ticks)
-                    .saturating_sub(self.server),
-            ),
+            server_cores: cores(self.postmaster.map_or(0, server_ticks).saturating_sub(self.server)),
             machine_cores: cores(machine_busy_ticks().saturating_sub(self.machine)),
         }
     }
@@ -537,11 +502,7 @@ fn machine_busy_ticks() -> u64 {
     let Some(line) = text.lines().next() else {
         return 0;
     };
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     let total: u64 = v.iter().take(8).sum();
     total.saturating_sub(v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0))
 }

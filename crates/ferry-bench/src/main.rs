@@ -94,12 +94,7 @@ struct FailoverArgs {
 
 impl Default for FailoverArgs {
     fn default() -> Self {
-        FailoverArgs {
-            runs: 20,
-            interval_ms: 100,
-            periods: 3,
-            grace_ms: 100,
-        }
+        FailoverArgs { runs: 20, interval_ms: 100, periods: 3, grace_ms: 100 }
     }
 }
 
@@ -121,12 +116,7 @@ struct RestartArgs {
 
 impl Default for RestartArgs {
     fn default() -> Self {
-        RestartArgs {
-            runs: 30,
-            interval_ms: 100,
-            periods: 3,
-            grace_ms: 100,
-        }
+        RestartArgs { runs: 30, interval_ms: 100, periods: 3, grace_ms: 100 }
     }
 }
 
@@ -191,10 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         facts.nproc, facts.kernel, facts.cpu, facts.loadavg
     );
     println!("ferry: {}", exe.display());
-    println!(
-        "runs' domains (logs, lease tables, journals): {}",
-        base.display()
-    );
+    println!("runs' domains (logs, lease tables, journals): {}", base.display());
     println!(
         "times in ms; p50/p99 are nearest-rank (p99 is the maximum below 100 runs); every run starts a fresh domain (Administration Server, Node Managers of machine-b, -c, -d; ms1 on machine-b is cluster master, ms2 on machine-c)"
     );
@@ -207,29 +194,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         restart: None,
     };
     if let Some(a) = fo {
-        let t = Timings {
-            interval_ms: a.interval_ms,
-            periods: a.periods,
-            grace_ms: a.grace_ms,
-        };
-        anyhow::ensure!(
-            a.interval_ms > 0 && a.periods > 0,
-            "interval and periods must be positive"
-        );
+        let t = Timings { interval_ms: a.interval_ms, periods: a.periods, grace_ms: a.grace_ms };
+        anyhow::ensure!(a.interval_ms > 0 && a.periods > 0, "interval and periods must be positive");
         let rep = failover::run(&exe, &base.join("failover"), a.runs, t).await?;
         failover::print(&rep);
         out.failover = Some(rep);
     }
     if let Some(a) = rs {
-        let t = Timings {
-            interval_ms: a.interval_ms,
-            periods: a.periods,
-            grace_ms: a.grace_ms,
-        };
-        anyhow::ensure!(
-            a.interval_ms > 0 && a.periods > 0,
-            "interval and periods must be positive"
-        );
+        let t = Timings { interval_ms: a.interval_ms, periods: a.periods, grace_ms: a.grace_ms };
+        anyhow::ensure!(a.interval_ms > 0 && a.periods > 0, "interval and periods must be positive");
         let rep = restart::run(&exe, &base.join("restart"), a.runs, t).await?;
         restart::print(&rep);
         out.restart = Some(rep);

@@ -55,15 +55,9 @@ pub struct RestartReport {
     pub runs: Vec<RestartRun>,
 }
 
-const MODE: &str =
-    "fresh domain per run (one crash each: the restart backoff would delay repeated crashes)";
+const MODE: &str = "fresh domain per run (one crash each: the restart backoff would delay repeated crashes)";
 
-pub async fn run(
-    exe: &Path,
-    base: &Path,
-    runs: usize,
-    t: Timings,
-) -> anyhow::Result<RestartReport> {
+pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings) -> anyhow::Result<RestartReport> {
     let loadavg_before = common::loadavg();
     let mut out = Vec::new();
     for i in 1..=runs {
@@ -101,11 +95,7 @@ fn progress(r: &RestartRun) -> String {
 }
 
 async fn one(exe: &Path, dir: &Path, run: usize, t: Timings) -> RestartRun {
-    let mut r = RestartRun {
-        run,
-        dir: dir.display().to_string(),
-        ..Default::default()
-    };
+    let mut r = RestartRun { run, dir: dir.display().to_string(), ..Default::default() };
     let (h, d, attempts) = common::setup(exe, dir, run, t).await;
     r.dir = d.display().to_string();
     r.setup_attempts = attempts;
@@ -130,21 +120,13 @@ async fn measure(h: &Harness, r: &mut RestartRun, t: Timings) -> anyhow::Result<
     r.phase_ms = common::settle_random_phase(t).await;
     let since = common::last_event_id(h).await?;
     let status = h.status().await?;
-    let ms1 = status
-        .iter()
-        .find(|s| s.name == "ms1")
-        .ok_or_else(|| anyhow::anyhow!("ms1 is not listed"))?;
-    let pid = ms1
-        .pid
-        .ok_or_else(|| anyhow::anyhow!("ms1 has no pid: {ms1:?}"))?;
+    let ms1 = status.iter().find(|s| s.name == "ms1").ok_or_else(|| anyhow::anyhow!("ms1 is not listed"))?;
+    let pid = ms1.pid.ok_or_else(|| anyhow::anyhow!("ms1 has no pid: {ms1:?}"))?;
     r.pid_before = pid;
 
     let t0 = clock::now().ms();
     let t0_wall = clock::wall_ms();
-    anyhow::ensure!(
-        ferry_host::process::signal(pid, Signal::SIGKILL),
-        "ms1 (pid {pid}) was already gone"
-    );
+    anyhow::ensure!(ferry_host::process::signal(pid, Signal::SIGKILL), "ms1 (pid {pid}) was already gone");
     let token_before = r.token_before;
     let (answered, after) = common::probe_until(addr, PATIENCE, |v| {
         v["machine"] == "machine-b" && v["fencing_token"].as_u64().unwrap_or(0) > token_before
@@ -153,20 +135,17 @@ async fn measure(h: &Harness, r: &mut RestartRun, t: Timings) -> anyhow::Result<
     r.answered_ms = Some(answered as i64 - t0 as i64);
     r.token_after = after["fencing_token"].as_u64().unwrap_or(0);
 
-    let is =
-        |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms1");
+    let is = |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms1");
     let events = common::events_until(h, since, "lease-acquired of the new ms1", |e| {
         is(e, "lease-acquired") && e.source == "server/ms1"
     })
     .await?;
     r.exited_ms = common::first_after(&events, t0_wall, |e| is(e, "server-exited"));
     r.started_ms = common::first_after(&events, t0_wall, |e| is(e, "server-started"));
-    r.leased_ms = common::first_after(&events, t0_wall, |e| {
-        is(e, "lease-acquired") && e.source == "server/ms1"
-    });
-    r.handover = events.iter().any(|e| {
-        is(e, "lease-acquired") && e.source == "server/ms1" && e.message.contains("handover")
-    }) && !events.iter().any(|e| is(e, "lease-expired"));
+    r.leased_ms = common::first_after(&events, t0_wall, |e| is(e, "lease-acquired") && e.source == "server/ms1");
+    r.handover =
+        events.iter().any(|e| is(e, "lease-acquired") && e.source == "server/ms1" && e.message.contains("handover"))
+            && !events.iter().any(|e| is(e, "lease-expired"));
     Ok(())
 }
 
@@ -174,8 +153,7 @@ async fn measure(h: &Harness, r: &mut RestartRun, t: Timings) -> anyhow::Result<
 pub fn print(rep: &RestartReport) {
     let t = rep.timings;
     let ok: Vec<&RestartRun> = rep.runs.iter().filter(|r| r.error.is_none()).collect();
-    let col =
-        |f: fn(&RestartRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
+    let col = |f: fn(&RestartRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
     println!("\n## in-place restart: ms1's `ferry server` process SIGKILLed, restarted by its Node Manager\n");
     println!(
         "settings: health_check_interval {} ms x {} periods = lease {} ms, fencing_grace_period {} ms; {} runs, {}; \
@@ -192,30 +170,9 @@ pub fn print(rep: &RestartReport) {
         rep.loadavg_after
     );
     println!("{}", header("ms from the SIGKILL until", "target (ms)"));
-    println!(
-        "{}",
-        row(
-            "Node Manager reaped it (`server-exited`)",
-            col(|r| r.exited_ms),
-            ""
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "Node Manager started the new ms1 (`server-started`)",
-            col(|r| r.started_ms),
-            ""
-        )
-    );
-    println!(
-        "{}",
-        row(
-            "new ms1 holds its lease (`lease-acquired`, handover)",
-            col(|r| r.leased_ms),
-            ""
-        )
-    );
+    println!("{}", row("Node Manager reaped it (`server-exited`)", col(|r| r.exited_ms), ""));
+    println!("{}", row("Node Manager started the new ms1 (`server-started`)", col(|r| r.started_ms), ""));
+    println!("{}", row("new ms1 holds its lease (`lease-acquired`, handover)", col(|r| r.leased_ms), ""));
     println!(
         "{}",
         row(
@@ -225,10 +182,7 @@ pub fn print(rep: &RestartReport) {
         )
     );
     let n = ok.len();
-    let over: Vec<&&RestartRun> = ok
-        .iter()
-        .filter(|r| r.answered_ms.is_some_and(|a| a >= TARGET_MS))
-        .collect();
+    let over: Vec<&&RestartRun> = ok.iter().filter(|r| r.answered_ms.is_some_and(|a| a >= TARGET_MS)).collect();
     println!();
     if let Some(s) = summarize(col(|r| r.answered_ms)) {
         println!(
@@ -251,43 +205,22 @@ pub fn print(rep: &RestartReport) {
         );
     }
     let no_handover = ok.iter().filter(|r| !r.handover).count();
-    println!(
-        "- lease taken over from the reaped incarnation (no expiry wait): {}/{n} runs",
-        n - no_handover
-    );
-    let unsafe_runs: Vec<&RestartRun> = rep
-        .runs
-        .iter()
-        .filter(|r| r.safety_violation.is_some())
-        .collect();
+    println!("- lease taken over from the reaped incarnation (no expiry wait): {}/{n} runs", n - no_handover);
+    let unsafe_runs: Vec<&RestartRun> = rep.runs.iter().filter(|r| r.safety_violation.is_some()).collect();
     println!(
         "- safety (journals: never two instances at once, fencing tokens increase): {}/{} runs clean{}",
         rep.runs.len() - unsafe_runs.len(),
         rep.runs.len(),
-        if unsafe_runs.is_empty() {
-            ""
-        } else {
-            "  <- VIOLATION"
-        }
+        if unsafe_runs.is_empty() { "" } else { "  <- VIOLATION" }
     );
     for r in unsafe_runs {
-        println!(
-            "  - run {}: {} ({})",
-            r.run,
-            r.safety_violation.as_deref().unwrap_or(""),
-            r.dir
-        );
+        println!("  - run {}: {} ({})", r.run, r.safety_violation.as_deref().unwrap_or(""), r.dir);
     }
     let failed: Vec<&RestartRun> = rep.runs.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         println!("- failed runs (not in the table): {}", failed.len());
         for r in failed {
-            println!(
-                "  - run {}: {} ({})",
-                r.run,
-                r.error.as_deref().unwrap_or(""),
-                r.dir
-            );
+            println!("  - run {}: {} ({})", r.run, r.error.as_deref().unwrap_or(""), r.dir);
         }
     }
 }

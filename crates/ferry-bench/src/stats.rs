@@ -24,13 +24,7 @@ pub fn summarize(samples: impl IntoIterator<Item = i64>) -> Option<Summary> {
         return None;
     }
     v.sort_unstable();
-    Some(Summary {
-        n: v.len(),
-        min: v[0],
-        p50: rank(&v, 50),
-        p99: rank(&v, 99),
-        max: v[v.len() - 1],
-    })
+    Some(Summary { n: v.len(), min: v[0], p50: rank(&v, 50), p99: rank(&v, 99), max: v[v.len() - 1] })
 }
 
 /// The header of a statistics table whose first column says what was measured.
@@ -41,10 +35,7 @@ pub fn header(first: &str, last: &str) -> String {
 /// One row: `what`, the summary of `samples` in ms, and `note` in the last column.
 pub fn row(what: &str, samples: impl IntoIterator<Item = i64>, note: &str) -> String {
     match summarize(samples) {
-        Some(s) => format!(
-            "| {what} | {} | {} | {} | {} | {} | {note} |",
-            s.n, s.min, s.p50, s.p99, s.max
-        ),
+        Some(s) => format!("| {what} | {} | {} | {} | {} | {} | {note} |", s.n, s.min, s.p50, s.p99, s.max),
         None => format!("| {what} | 0 | - | - | - | - | {note} |"),
     }
 }

@@ -45,9 +45,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            listen: default_admin_listen(),
-        }
+        Self { listen: default_admin_listen() }
     }
 }
 
@@ -279,10 +277,7 @@ impl fmt::Display for ConfigErrors {
 impl Domain {
     /// Parses and validates a domain file's text. `file` is only used in messages.
     pub fn parse(file: &str, text: &str) -> Result<Domain, ConfigErrors> {
-        let errs = |errors| ConfigErrors {
-            file: file.to_string(),
-            errors,
-        };
+        let errs = |errors| ConfigErrors { file: file.to_string(), errors };
         let domain: Domain = match toml::from_str(text) {
             Ok(d) => d,
             Err(e) => {
@@ -315,34 +310,22 @@ impl Domain {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(ConfigErrors {
-                file: "domain".into(),
-                errors: problems,
-            })
+            Err(ConfigErrors { file: "domain".into(), errors: problems })
         }
     }
 
     /// Every cross-reference and value problem, in file order.
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut out = Vec::new();
-        let mut push = |field: String, message: String| {
-            out.push(ConfigError {
-                field,
-                line: None,
-                column: None,
-                message,
-            })
-        };
+        let mut push =
+            |field: String, message: String| out.push(ConfigError { field, line: None, column: None, message });
         if self.name.trim().is_empty() {
             push("name".into(), "must not be empty".into());
         }
         match self.leasing.basis {
             LeasingBasis::Database => {
                 let ds = &self.leasing.data_source;
-                if !(ds.starts_with("sqlite://")
-                    || ds.starts_with("postgres://")
-                    || ds.starts_with("postgresql://"))
-                {
+                if !(ds.starts_with("sqlite://") || ds.starts_with("postgres://") || ds.starts_with("postgresql://")) {
                     push(
                         "leasing.data_source".into(),
                         format!(
@@ -352,28 +335,21 @@ impl Domain {
                     );
                 }
             }
-            LeasingBasis::Consensus => push(
-                "leasing.basis".into(),
-                "consensus leasing is not available yet: use basis = \"database\"".into(),
-            ),
+            LeasingBasis::Consensus => {
+                push("leasing.basis".into(), "consensus leasing is not available yet: use basis = \"database\"".into())
+            }
         }
 
         let mut machines = BTreeSet::new();
         let mut nm_addrs = BTreeMap::new();
         for (i, m) in self.machines.iter().enumerate() {
             if !machines.insert(&m.name) {
-                push(
-                    format!("machines[{i}].name"),
-                    format!("machine {:?} is defined twice", m.name.as_str()),
-                );
+                push(format!("machines[{i}].name"), format!("machine {:?} is defined twice", m.name.as_str()));
             }
             if let Some(other) = nm_addrs.insert(m.node_manager, &m.name) {
                 push(
                     format!("machines[{i}].node_manager"),
-                    format!(
-                        "address {} is already used by machine {other}",
-                        m.node_manager
-                    ),
+                    format!("address {} is already used by machine {other}", m.node_manager),
                 );
             }
             if m.node_manager == self.admin.listen {
@@ -385,18 +361,12 @@ impl Domain {
             if let Some(mask) = m.netmask {
                 let bits = u32::from(mask);
                 if bits.leading_ones() + bits.trailing_zeros() != 32 {
-                    push(
-                        format!("machines[{i}].netmask"),
-                        format!("{mask} is not a contiguous netmask"),
-                    );
+                    push(format!("machines[{i}].netmask"), format!("{mask} is not a contiguous netmask"));
                 }
             }
             if let Some(iface) = &m.interface {
                 if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
-                    push(
-                        format!("machines[{i}].interface"),
-                        format!("{iface:?} is not an interface name"),
-                    );
+                    push(format!("machines[{i}].interface"), format!("{iface:?} is not an interface name"));
                 }
             }
         }
@@ -404,28 +374,19 @@ impl Domain {
         let mut clusters = BTreeMap::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if clusters.insert(&c.name, c).is_some() {
-                push(
-                    format!("clusters[{i}].name"),
-                    format!("cluster {:?} is defined twice", c.name.as_str()),
-                );
+                push(format!("clusters[{i}].name"), format!("cluster {:?} is defined twice", c.name.as_str()));
             }
             for (j, m) in c.migration_candidates.iter().enumerate() {
                 if !machines.contains(m) {
                     push(
                         format!("clusters[{i}].migration_candidates[{j}]"),
-                        format!(
-                            "unknown machine {:?}: define it under [[machines]]",
-                            m.as_str()
-                        ),
+                        format!("unknown machine {:?}: define it under [[machines]]", m.as_str()),
                     );
                 }
             }
             if let Some(cmd) = &c.fence_command {
                 if cmd.is_empty() {
-                    push(
-                        format!("clusters[{i}].fence_command"),
-                        "must name a program".into(),
-                    );
+                    push(format!("clusters[{i}].fence_command"), "must name a program".into());
                 }
             }
         }
@@ -434,38 +395,26 @@ impl Domain {
         let mut ips = BTreeMap::new();
         for (i, s) in self.servers.iter().enumerate() {
             if !servers.insert(&s.name) {
-                push(
-                    format!("servers[{i}].name"),
-                    format!("server {:?} is defined twice", s.name.as_str()),
-                );
+                push(format!("servers[{i}].name"), format!("server {:?} is defined twice", s.name.as_str()));
             }
             let cluster = clusters.get(&s.cluster);
             if cluster.is_none() {
                 push(
                     format!("servers[{i}].cluster"),
-                    format!(
-                        "unknown cluster {:?}: define it under [[clusters]]",
-                        s.cluster.as_str()
-                    ),
+                    format!("unknown cluster {:?}: define it under [[clusters]]", s.cluster.as_str()),
                 );
             }
             if !machines.contains(&s.machine) {
                 push(
                     format!("servers[{i}].machine"),
-                    format!(
-                        "unknown machine {:?}: define it under [[machines]]",
-                        s.machine.as_str()
-                    ),
+                    format!("unknown machine {:?}: define it under [[machines]]", s.machine.as_str()),
                 );
             }
             for (j, m) in s.candidate_machines.iter().enumerate() {
                 if !machines.contains(m) {
                     push(
                         format!("servers[{i}].candidate_machines[{j}]"),
-                        format!(
-                            "unknown machine {:?}: define it under [[machines]]",
-                            m.as_str()
-                        ),
+                        format!("unknown machine {:?}: define it under [[machines]]", m.as_str()),
                     );
                 }
             }
@@ -479,10 +428,7 @@ impl Domain {
                 );
             }
             if s.health_check_interval.is_zero() {
-                push(
-                    format!("servers[{i}].health_check_interval"),
-                    "must be greater than zero".into(),
-                );
+                push(format!("servers[{i}].health_check_interval"), "must be greater than zero".into());
             }
             if s.health_check_periods_until_fencing < 2 {
                 push(
@@ -497,12 +443,8 @@ impl Domain {
                         format!("{ip} is already the floating IP of server {other}"),
                     );
                 }
-                if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()
-                {
-                    push(
-                        format!("servers[{i}].floating_ip"),
-                        format!("{ip} cannot be a floating IP"),
-                    );
+                if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+                    push(format!("servers[{i}].floating_ip"), format!("{ip} cannot be a floating IP"));
                 }
             }
             let mut names = BTreeSet::new();
@@ -510,10 +452,7 @@ impl Domain {
                 if svc.name.is_empty() || !names.insert(&svc.name) {
                     push(
                         format!("servers[{i}].services[{j}].name"),
-                        format!(
-                            "service names must be non-empty and unique within a server (got {:?})",
-                            svc.name
-                        ),
+                        format!("service names must be non-empty and unique within a server (got {:?})", svc.name),
                     );
                 }
                 if svc.command.is_empty() || svc.command[0].is_empty() {
@@ -555,14 +494,8 @@ impl Domain {
     /// `candidate_machines`, then its cluster's `migration_candidates`, without repeats.
     pub fn candidates_for(&self, server: &Server) -> Vec<MachineName> {
         let mut out: Vec<MachineName> = Vec::new();
-        let cluster = self
-            .cluster(&server.cluster)
-            .map(|c| c.migration_candidates.as_slice());
-        for m in server
-            .candidate_machines
-            .iter()
-            .chain(cluster.unwrap_or(&[]))
-        {
+        let cluster = self.cluster(&server.cluster).map(|c| c.migration_candidates.as_slice());
+        for m in server.candidate_machines.iter().chain(cluster.unwrap_or(&[])) {
             if !out.contains(m) {
                 out.push(m.clone());
             }

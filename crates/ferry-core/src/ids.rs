@@ -15,11 +15,7 @@ pub struct NameError {
 }
 
 fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
-    let err = |why| NameError {
-        kind,
-        name: name.to_string(),
-        why,
-    };
+    let err = |why| NameError { kind, name: name.to_string(), why };
     if name.is_empty() {
         return Err(err("must not be empty"));
     }
@@ -30,10 +26,7 @@ fn check_name(kind: &'static str, name: &str) -> Result<(), NameError> {
     if !first.is_ascii_alphanumeric() {
         return Err(err("must start with a letter or digit"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
         return Err(err("may hold only letters, digits, '-', '_' and '.'"));
     }
     Ok(())
@@ -103,9 +96,7 @@ name_type!(
 );
 
 /// The fencing token: bumped by the lease store on every change of owner or incarnation.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct Epoch(pub u64);
 
@@ -145,11 +136,7 @@ impl LeaseName {
         match s.split_once('/') {
             Some(("server", n)) => Ok(Self::Server(ServerName::new(n)?)),
             Some(("master", n)) => Ok(Self::Master(ClusterName::new(n)?)),
-            _ => Err(NameError {
-                kind: "lease",
-                name: s.to_string(),
-                why: "must be server/NAME or master/CLUSTER",
-            }),
+            _ => Err(NameError { kind: "lease", name: s.to_string(), why: "must be server/NAME or master/CLUSTER" }),
         }
     }
 }

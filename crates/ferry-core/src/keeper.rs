@@ -76,10 +76,7 @@ pub enum KeeperAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceReason {
     /// No successful renewal before the deadline.
-    DeadlinePassed {
-        since_renewal_ms: u64,
-        last_error: Option<String>,
-    },
+    DeadlinePassed { since_renewal_ms: u64, last_error: Option<String> },
     /// The store says another owner or incarnation holds the lease.
     Lost { detail: String },
     /// The lease could not be acquired within the patience.
@@ -89,10 +86,7 @@ pub enum FenceReason {
 impl std::fmt::Display for FenceReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            FenceReason::DeadlinePassed {
-                since_renewal_ms,
-                last_error,
-            } => {
+            FenceReason::DeadlinePassed { since_renewal_ms, last_error } => {
                 write!(
                     f,
                     "failed to reach the lease table for lease renewal in the past {:.1} seconds; shutting down before the lease can expire",
@@ -114,18 +108,9 @@ impl std::fmt::Display for FenceReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeeperState {
     /// Trying to take the lease since `since`.
-    Acquiring {
-        since: Mono,
-        next_at: Mono,
-        last_detail: Option<String>,
-    },
+    Acquiring { since: Mono, next_at: Mono, last_detail: Option<String> },
     /// Holding it: services may run until `deadline`.
-    Holding {
-        epoch: Epoch,
-        deadline: Mono,
-        renewed_at: Mono,
-        next_at: Mono,
-    },
+    Holding { epoch: Epoch, deadline: Mono, renewed_at: Mono, next_at: Mono },
     /// Gave it up for lost; terminal.
     Fenced,
     /// Released (or releasing) on a graceful stop; terminal.
@@ -151,11 +136,7 @@ impl Keeper {
     pub fn new(timing: KeeperTiming, now: Mono) -> Self {
         Keeper {
             timing,
-            state: KeeperState::Acquiring {
-                since: now,
-                next_at: now,
-                last_detail: None,
-            },
+            state: KeeperState::Acquiring { since: now, next_at: now, last_detail: None },
             in_flight: None,
             healthy: true,
             last_error: None,
@@ -169,9 +150,7 @@ impl Keeper {
     /// The epoch and deadline while the lease is held and the deadline has not passed.
     pub fn held(&self, now: Mono) -> Option<(Epoch, Mono)> {
         match self.state {
-            KeeperState::Holding {
-                epoch, deadline, ..
-            } if now < deadline => Some((epoch, deadline)),
+            KeeperState::Holding { epoch, deadline, .. } if now < deadline => Some((epoch, deadline)),
             _ => None,
         }
     }
@@ -193,9 +172,7 @@ impl Keeper {
                     Some(patience.map_or(next_at, |p| p.min(next_at)))
                 }
             }
-            KeeperState::Holding {
-                deadline, next_at, ..
-            } => {
+            KeeperState::Holding { deadline, next_at, .. } => {
                 if busy || !self.healthy {
                     Some(deadline)
                 } else {
@@ -216,18 +193,13 @@ impl Keeper {
     pub fn tick(&mut self, now: Mono) -> Vec<KeeperAction> {
         let mut out = Vec::new();
         match self.state.clone() {
-            KeeperState::Acquiring {
-                since,
-                next_at,
-                last_detail,
-            } => {
+            KeeperState::Acquiring { since, next_at, last_detail } => {
                 if let Some(p) = self.timing.acquire_patience_ms {
                     if now.since(since) >= p && self.in_flight.is_none() {
                         self.state = KeeperState::Fenced;
                         out.push(KeeperAction::Fence {
                             reason: FenceReason::NotAcquired {
-                                detail: last_detail
-                                    .unwrap_or_else(|| "no answer from the lease table".into()),
+                                detail: last_detail.unwrap_or_else(|| "no answer from the lease table".into()),
                             },
                         });
                         return out;
@@ -238,12 +210,7 @@ impl Keeper {
                     out.push(KeeperAction::Acquire);
                 }
             }
-            KeeperState::Holding {
-                epoch,
-                deadline,
-                renewed_at,
-                next_at,
-            } => {
+            KeeperState::Holding { epoch, deadline, renewed_at, next_at } => {
                 if now >= deadline && !self.timing.bugs.no_self_fence() {
                     self.state = KeeperState::Fenced;
                     self.in_flight = None;
@@ -276,10 +243,7 @@ impl Keeper {
         let deadline = self.deadline_for(req.sent_at, now);
         if now >= deadline {
             // Answered too late to be used safely: let the store expire it and try again.
-            self.retry_acquire(
-                now,
-                "the lease table answered after the lease's safe use had passed".into(),
-            );
+            self.retry_acquire(now, "the lease table answered after the lease's safe use had passed".into());
             return vec![];
         }
         self.last_error = None;
@@ -289,10 +253,7 @@ impl Keeper {
             renewed_at: req.sent_at,
             next_at: req.sent_at + self.timing.interval_ms,
         };
-        vec![
-            KeeperAction::Deadline { at: deadline },
-            KeeperAction::Acquired { epoch },
-        ]
+        vec![KeeperAction::Deadline { at: deadline }, KeeperAction::Acquired { epoch }]
     }
 
     /// The store refused: another holder has it (`detail` says who), or the call failed.
@@ -308,11 +269,8 @@ impl Keeper {
 
     fn retry_acquire(&mut self, now: Mono, detail: String) {
         if let KeeperState::Acquiring { since, .. } = self.state {
-            self.state = KeeperState::Acquiring {
-                since,
-                next_at: now + self.timing.interval_ms,
-                last_detail: Some(detail),
-            };
+            self.state =
+                KeeperState::Acquiring { since, next_at: now + self.timing.interval_ms, last_detail: Some(detail) };
         }
     }
 
@@ -321,10 +279,7 @@ impl Keeper {
         let Some(req) = self.in_flight.take() else {
             return vec![];
         };
-        let KeeperState::Holding {
-            epoch, deadline, ..
-        } = self.state
-        else {
+        let KeeperState::Holding { epoch, deadline, .. } = self.state else {
             return vec![];
         };
         if now >= deadline && !self.timing.bugs.no_self_fence() {
@@ -352,21 +307,10 @@ impl Keeper {
             return vec![];
         }
         self.last_error = Some(error);
-        if let KeeperState::Holding {
-            epoch,
-            deadline,
-            renewed_at,
-            ..
-        } = self.state
-        {
+        if let KeeperState::Holding { epoch, deadline, renewed_at, .. } = self.state {
             // Retry soon: a quarter interval, so a brief blip costs less than a period.
             let next_at = now + (self.timing.interval_ms / 4).max(1);
-            self.state = KeeperState::Holding {
-                epoch,
-                deadline,
-                renewed_at,
-                next_at,
-            };
+            self.state = KeeperState::Holding { epoch, deadline, renewed_at, next_at };
         }
         self.tick(now)
     }
@@ -382,9 +326,7 @@ impl Keeper {
             return vec![];
         }
         self.state = KeeperState::Fenced;
-        vec![KeeperAction::Fence {
-            reason: FenceReason::Lost { detail },
-        }]
+        vec![KeeperAction::Fence { reason: FenceReason::Lost { detail } }]
     }
 
     /// Graceful stop: release if held, otherwise just stop.
@@ -411,15 +353,8 @@ impl Keeper {
 
     /// Invariants checked after every transition in tests and the simulation.
     pub fn validate(&self) -> Result<(), String> {
-        if let KeeperState::Holding {
-            deadline,
-            renewed_at,
-            ..
-        } = self.state
-        {
-            if deadline.since(renewed_at) > self.timing.ttl_ms
-                && !self.timing.bugs.deadline_after_response()
-            {
+        if let KeeperState::Holding { deadline, renewed_at, .. } = self.state {
+            if deadline.since(renewed_at) > self.timing.ttl_ms && !self.timing.bugs.deadline_after_response() {
                 return Err(format!(
                     "deadline {deadline} lies more than a ttl ({} ms) after the renewal was sent at {renewed_at}",
                     self.timing.ttl_ms
@@ -455,39 +390,16 @@ mod tests {
         assert_eq!(k.tick(Mono(0)), vec![KeeperAction::Acquire]);
         assert_eq!(k.tick(Mono(5)), vec![], "one request at a time");
         let acts = k.on_acquired(Mono(10), Epoch(7));
-        assert_eq!(
-            acts,
-            vec![
-                KeeperAction::Deadline { at: Mono(267) },
-                KeeperAction::Acquired { epoch: Epoch(7) }
-            ]
-        );
+        assert_eq!(acts, vec![KeeperAction::Deadline { at: Mono(267) }, KeeperAction::Acquired { epoch: Epoch(7) }]);
         assert_eq!(k.tick(Mono(99)), vec![]);
-        assert_eq!(
-            k.tick(Mono(100)),
-            vec![KeeperAction::Renew { epoch: Epoch(7) }]
-        );
-        assert_eq!(
-            k.on_renewed(Mono(150)),
-            vec![KeeperAction::Deadline { at: Mono(367) }]
-        );
+        assert_eq!(k.tick(Mono(100)), vec![KeeperAction::Renew { epoch: Epoch(7) }]);
+        assert_eq!(k.on_renewed(Mono(150)), vec![KeeperAction::Deadline { at: Mono(367) }]);
         // The store goes silent.
-        assert_eq!(
-            k.tick(Mono(200)),
-            vec![KeeperAction::Renew { epoch: Epoch(7) }]
-        );
-        assert!(matches!(
-            k.on_renew_failed(Mono(280), "timeout".into()).as_slice(),
-            []
-        ));
+        assert_eq!(k.tick(Mono(200)), vec![KeeperAction::Renew { epoch: Epoch(7) }]);
+        assert!(matches!(k.on_renew_failed(Mono(280), "timeout".into()).as_slice(), []));
         let acts = k.tick(Mono(367));
         assert!(
-            matches!(
-                acts.as_slice(),
-                [KeeperAction::Fence {
-                    reason: FenceReason::DeadlinePassed { .. }
-                }]
-            ),
+            matches!(acts.as_slice(), [KeeperAction::Fence { reason: FenceReason::DeadlinePassed { .. } }]),
             "{acts:?}"
         );
         assert!(k.is_terminal());
@@ -502,10 +414,7 @@ mod tests {
         k.tick(Mono(100));
         // Answer arrives after the deadline of the previous renewal (267).
         let acts = k.on_renewed(Mono(300));
-        assert!(
-            matches!(acts.as_slice(), [KeeperAction::Fence { .. }]),
-            "{acts:?}"
-        );
+        assert!(matches!(acts.as_slice(), [KeeperAction::Fence { .. }]), "{acts:?}");
     }
 
     #[test]
@@ -515,10 +424,7 @@ mod tests {
         k.on_acquired(Mono(1), Epoch(1));
         k.set_healthy(false);
         assert_eq!(k.tick(Mono(100)), vec![]);
-        assert!(matches!(
-            k.tick(Mono(267)).as_slice(),
-            [KeeperAction::Fence { .. }]
-        ));
+        assert!(matches!(k.tick(Mono(267)).as_slice(), [KeeperAction::Fence { .. }]));
     }
 
     #[test]
@@ -534,12 +440,7 @@ mod tests {
         k.on_acquire_failed(Mono(210), "held by ms1@machine-b".into());
         let acts = k.tick(Mono(310));
         assert!(
-            matches!(
-                acts.as_slice(),
-                [KeeperAction::Fence {
-                    reason: FenceReason::NotAcquired { .. }
-                }]
-            ),
+            matches!(acts.as_slice(), [KeeperAction::Fence { reason: FenceReason::NotAcquired { .. } }]),
             "{acts:?}"
         );
     }
@@ -549,10 +450,7 @@ mod tests {
         let mut k = Keeper::new(timing(), Mono(0));
         k.tick(Mono(0));
         k.on_acquired(Mono(1), Epoch(3));
-        assert_eq!(
-            k.release(Mono(50)),
-            vec![KeeperAction::Release { epoch: Epoch(3) }]
-        );
+        assert_eq!(k.release(Mono(50)), vec![KeeperAction::Release { epoch: Epoch(3) }]);
         assert!(k.is_terminal());
     }
 }

@@ -16,18 +16,9 @@ pub enum MasterAction {
     /// Ask `machine`'s Node Manager to start `server`. `in_place` means on the machine it
     /// failed on, killing whatever is left of the old process first. `power_fence` names a
     /// machine to power-fence (the cluster's `fence_command`) before starting elsewhere.
-    Start {
-        server: ServerName,
-        machine: MachineName,
-        in_place: bool,
-        power_fence: Option<MachineName>,
-    },
+    Start { server: ServerName, machine: MachineName, in_place: bool, power_fence: Option<MachineName> },
     /// Something for the event log: `kind` is a stable word, `message` for people.
-    Event {
-        kind: &'static str,
-        server: ServerName,
-        message: String,
-    },
+    Event { kind: &'static str, server: ServerName, message: String },
 }
 
 /// What a Node Manager said to a start command.
@@ -82,20 +73,13 @@ pub struct Planner {
 
 impl Planner {
     pub fn new(cluster: ClusterName) -> Self {
-        Planner {
-            cluster,
-            tracks: BTreeMap::new(),
-        }
+        Planner { cluster, tracks: BTreeMap::new() }
     }
 
     /// The timings for this planner's cluster in `domain`.
     pub fn timing(&self, domain: &Domain) -> MasterTiming {
         let c = domain.cluster(&self.cluster);
-        let max_ttl_ms = domain
-            .servers_in(&self.cluster)
-            .map(|s| s.lease_ttl().as_millis() as u64)
-            .max()
-            .unwrap_or(0);
+        let max_ttl_ms = domain.servers_in(&self.cluster).map(|s| s.lease_ttl().as_millis() as u64).max().unwrap_or(0);
         MasterTiming {
             grace_ms: c.map_or(0, |c| c.fencing_grace_period.as_millis() as u64),
             // A start that never takes the lease (the process died, or is stuck fetching its
@@ -162,9 +146,7 @@ impl Planner {
                             incarnation: lease.incarnation.clone(),
                             epoch: lease.epoch,
                             failed_on: machine,
-                            phase: Phase::Grace {
-                                until: now + timing.grace_ms,
-                            },
+                            phase: Phase::Grace { until: now + timing.grace_ms },
                             tried: Vec::new(),
                             circuit: 0,
                             power_fenced: false,
@@ -211,9 +193,7 @@ impl Planner {
             return;
         };
         let due = match &track.phase {
-            Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => {
-                now >= *until
-            }
+            Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => now >= *until,
             Phase::Commanding { .. } | Phase::GaveUp => false,
         };
         if !due {
@@ -251,12 +231,7 @@ impl Planner {
         };
         let mut order = vec![track.failed_on.clone()];
         if cfg.auto_migration {
-            order.extend(
-                domain
-                    .candidates_for(cfg)
-                    .into_iter()
-                    .filter(|m| m != &track.failed_on),
-            );
+            order.extend(domain.candidates_for(cfg).into_iter().filter(|m| m != &track.failed_on));
         }
         match order.into_iter().find(|m| !track.tried.contains(m)) {
             Some(machine) => {
@@ -269,9 +244,7 @@ impl Planner {
                     _ => None,
                 };
                 track.tried.push(machine.clone());
-                track.phase = Phase::Commanding {
-                    machine: machine.clone(),
-                };
+                track.phase = Phase::Commanding { machine: machine.clone() };
                 out.push(MasterAction::Event {
                     kind: if in_place { "restart-in-place" } else { "migrate" },
                     server: server.clone(),
@@ -281,12 +254,7 @@ impl Planner {
                         format!("migrating {server} from {} to {machine}", track.failed_on)
                     },
                 });
-                out.push(MasterAction::Start {
-                    server: server.clone(),
-                    machine,
-                    in_place,
-                    power_fence,
-                });
+                out.push(MasterAction::Start { server: server.clone(), machine, in_place, power_fence });
             }
             None => {
                 track.circuit += 1;
@@ -301,9 +269,7 @@ impl Planner {
                         ),
                     });
                 } else {
-                    track.phase = Phase::Backoff {
-                        until: now + timing.retry_delay_ms,
-                    };
+                    track.phase = Phase::Backoff { until: now + timing.retry_delay_ms };
                     out.push(MasterAction::Event {
                         kind: "backoff",
                         server: server.clone(),
@@ -333,19 +299,12 @@ impl Planner {
         let Some(track) = self.tracks.get_mut(server) else {
             return out;
         };
-        if track.phase
-            != (Phase::Commanding {
-                machine: machine.clone(),
-            })
-        {
+        if track.phase != (Phase::Commanding { machine: machine.clone() }) {
             return out;
         }
         match result {
             CommandResult::Accepted => {
-                track.phase = Phase::Awaiting {
-                    machine: machine.clone(),
-                    until: now + timing.start_timeout_ms,
-                };
+                track.phase = Phase::Awaiting { machine: machine.clone(), until: now + timing.start_timeout_ms };
             }
             CommandResult::Unreachable(e) | CommandResult::Refused(e) => {
                 out.push(MasterAction::Event {
@@ -364,12 +323,8 @@ impl Planner {
     pub fn validate(&self, timing: &MasterTiming) -> Result<(), String> {
         for (server, t) in &self.tracks {
             match &t.phase {
-                Phase::Commanding { machine } | Phase::Awaiting { machine, .. }
-                    if !t.tried.contains(machine) =>
-                {
-                    return Err(format!(
-                        "{server}: a command is out to {machine}, which is not recorded as tried"
-                    ));
+                Phase::Commanding { machine } | Phase::Awaiting { machine, .. } if !t.tried.contains(machine) => {
+                    return Err(format!("{server}: a command is out to {machine}, which is not recorded as tried"));
                 }
                 _ => {}
             }
@@ -389,9 +344,7 @@ impl Planner {
         self.tracks
             .values()
             .filter_map(|t| match t.phase {
-                Phase::Grace { until }
-                | Phase::Awaiting { until, .. }
-                | Phase::Backoff { until } => Some(until),
+                Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => Some(until),
                 _ => None,
             })
             .min()

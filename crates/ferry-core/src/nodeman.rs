@@ -45,23 +45,11 @@ pub enum SupervisorAction {
     /// incarnation that was reaped (rule 4). With `if_unclaimed`, first check that the
     /// lease still names that incarnation: a server that fenced itself is brought back
     /// when the lease table returns, but not if the master has meanwhile moved it.
-    Restart {
-        server: ServerName,
-        handover_from: Incarnation,
-        delay_ms: u64,
-        if_unclaimed: bool,
-    },
+    Restart { server: ServerName, handover_from: Incarnation, delay_ms: u64, if_unclaimed: bool },
     /// SIGKILL the server's whole session: its deadline passed (rule 3).
-    Fence {
-        server: ServerName,
-        incarnation: Incarnation,
-        late_ms: u64,
-    },
+    Fence { server: ServerName, incarnation: Incarnation, late_ms: u64 },
     /// Leave it down; the state word says why.
-    Down {
-        server: ServerName,
-        state: &'static str,
-    },
+    Down { server: ServerName, state: &'static str },
 }
 
 /// Restart backoff (rule 9): the first crash restarts at once, each further crash in a row
@@ -113,7 +101,9 @@ pub struct Supervisor {
 
 /// A command from a deposed cluster master.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("stale cluster master: command carries master epoch {got} but epoch {highest} has been seen for cluster {cluster}")]
+#[error(
+    "stale cluster master: command carries master epoch {got} but epoch {highest} has been seen for cluster {cluster}"
+)]
 pub struct StaleMaster {
     pub cluster: ClusterName,
     pub got: Epoch,
@@ -122,21 +112,14 @@ pub struct StaleMaster {
 
 impl Supervisor {
     pub fn new(policy: RestartPolicy) -> Self {
-        Supervisor {
-            policy,
-            ..Default::default()
-        }
+        Supervisor { policy, ..Default::default() }
     }
 
     /// Rule 5: accepts a master's command only if its epoch is the highest seen.
     pub fn check_master(&mut self, cluster: &ClusterName, epoch: Epoch) -> Result<(), StaleMaster> {
         let highest = self.master_epochs.entry(cluster.clone()).or_default();
         if epoch < *highest && !self.bugs.no_nm_epoch_check() {
-            return Err(StaleMaster {
-                cluster: cluster.clone(),
-                got: epoch,
-                highest: *highest,
-            });
+            return Err(StaleMaster { cluster: cluster.clone(), got: epoch, highest: *highest });
         }
         *highest = (*highest).max(epoch);
         Ok(())
@@ -176,20 +159,11 @@ impl Supervisor {
 
     /// A server process was started (fresh or restarted).
     pub fn on_started(&mut self, server: &ServerName, incarnation: Incarnation, now: Mono) {
-        let (crashes_in_row, fenced_in_row) = self
-            .servers
-            .get(server)
-            .map_or((0, 0), |s| (s.crashes_in_row, s.fenced_in_row));
+        let (crashes_in_row, fenced_in_row) =
+            self.servers.get(server).map_or((0, 0), |s| (s.crashes_in_row, s.fenced_in_row));
         self.servers.insert(
             server.clone(),
-            Supervised {
-                incarnation,
-                started_at: now,
-                deadline: None,
-                crashes_in_row,
-                fenced_in_row,
-                fenced: false,
-            },
+            Supervised { incarnation, started_at: now, deadline: None, crashes_in_row, fenced_in_row, fenced: false },
         );
     }
 
@@ -234,11 +208,7 @@ impl Supervisor {
 
     /// Earliest deadline being watched.
     pub fn next_wakeup(&self) -> Option<Mono> {
-        self.servers
-            .values()
-            .filter(|s| !s.fenced)
-            .filter_map(|s| s.deadline)
-            .min()
+        self.servers.values().filter(|s| !s.fenced).filter_map(|s| s.deadline).min()
     }
 
     /// The server process was reaped.
@@ -258,22 +228,16 @@ impl Supervisor {
         s.deadline = None;
         let fenced_by_us = s.fenced;
         match kind {
-            ExitKind::Clean => vec![SupervisorAction::Down {
-                server: server.clone(),
-                state: "SHUTDOWN",
-            }],
+            ExitKind::Clean => vec![SupervisorAction::Down { server: server.clone(), state: "SHUTDOWN" }],
             ExitKind::Fenced => {
                 if now.since(s.started_at) >= self.policy.stable_ms {
                     s.fenced_in_row = 0;
                 }
                 s.fenced_in_row += 1;
-                let delay_ms = (self.policy.fenced_base_ms << (s.fenced_in_row - 1).min(20))
-                    .min(self.policy.fenced_max_ms);
+                let delay_ms =
+                    (self.policy.fenced_base_ms << (s.fenced_in_row - 1).min(20)).min(self.policy.fenced_max_ms);
                 vec![
-                    SupervisorAction::Down {
-                        server: server.clone(),
-                        state: "FENCED",
-                    },
+                    SupervisorAction::Down { server: server.clone(), state: "FENCED" },
                     SupervisorAction::Restart {
                         server: server.clone(),
                         handover_from: incarnation.clone(),
@@ -282,30 +246,18 @@ impl Supervisor {
                     },
                 ]
             }
-            ExitKind::ConfigError => vec![SupervisorAction::Down {
-                server: server.clone(),
-                state: "FAILED_CONFIG",
-            }],
+            ExitKind::ConfigError => vec![SupervisorAction::Down { server: server.clone(), state: "FAILED_CONFIG" }],
             ExitKind::KilledByUs if fenced_by_us => {
-                vec![SupervisorAction::Down {
-                    server: server.clone(),
-                    state: "FENCED",
-                }]
+                vec![SupervisorAction::Down { server: server.clone(), state: "FENCED" }]
             }
-            ExitKind::KilledByUs => vec![SupervisorAction::Down {
-                server: server.clone(),
-                state: "SHUTDOWN",
-            }],
+            ExitKind::KilledByUs => vec![SupervisorAction::Down { server: server.clone(), state: "SHUTDOWN" }],
             ExitKind::Crash => {
                 if now.since(s.started_at) >= self.policy.stable_ms {
                     s.crashes_in_row = 0;
                 }
                 s.crashes_in_row += 1;
                 if s.crashes_in_row > self.policy.max_in_row {
-                    return vec![SupervisorAction::Down {
-                        server: server.clone(),
-                        state: "FAILED",
-                    }];
+                    return vec![SupervisorAction::Down { server: server.clone(), state: "FAILED" }];
                 }
                 let delay_ms = if s.crashes_in_row == 1 {
                     0
@@ -360,19 +312,12 @@ mod tests {
         assert_eq!(sup.tick(Mono(99)), vec![]);
         assert_eq!(
             sup.tick(Mono(105)),
-            vec![SupervisorAction::Fence {
-                server: n("ms1"),
-                incarnation: inc.clone(),
-                late_ms: 5
-            }]
+            vec![SupervisorAction::Fence { server: n("ms1"), incarnation: inc.clone(), late_ms: 5 }]
         );
         assert_eq!(sup.tick(Mono(200)), vec![]);
         assert_eq!(
             sup.on_exit(&n("ms1"), &inc, ExitKind::KilledByUs, Mono(210)),
-            vec![SupervisorAction::Down {
-                server: n("ms1"),
-                state: "FENCED"
-            }]
+            vec![SupervisorAction::Down { server: n("ms1"), state: "FENCED" }]
         );
     }
 
@@ -383,18 +328,9 @@ mod tests {
         for i in 0..6u64 {
             let inc = Incarnation(format!("{i}"));
             sup.on_started(&n("ms1"), inc.clone(), Mono(i * 10));
-            match sup
-                .on_exit(&n("ms1"), &inc, ExitKind::Fenced, Mono(i * 10 + 5))
-                .as_slice()
-            {
-                [SupervisorAction::Down {
-                    state: "FENCED", ..
-                }, SupervisorAction::Restart {
-                    handover_from,
-                    delay_ms,
-                    if_unclaimed: true,
-                    ..
-                }] => {
+            match sup.on_exit(&n("ms1"), &inc, ExitKind::Fenced, Mono(i * 10 + 5)).as_slice() {
+                [SupervisorAction::Down { state: "FENCED", .. }, SupervisorAction::Restart { handover_from, delay_ms, if_unclaimed: true, .. }] =>
+                {
                     assert_eq!(handover_from, &inc);
                     delays.push(*delay_ms);
                 }
@@ -417,15 +353,8 @@ mod tests {
         for i in 0..4u64 {
             let inc = Incarnation(format!("{i}"));
             sup.on_started(&n("ms1"), inc.clone(), Mono(i * 10));
-            match sup
-                .on_exit(&n("ms1"), &inc, ExitKind::Crash, Mono(i * 10 + 5))
-                .as_slice()
-            {
-                [SupervisorAction::Restart {
-                    delay_ms,
-                    handover_from,
-                    ..
-                }] => {
+            match sup.on_exit(&n("ms1"), &inc, ExitKind::Crash, Mono(i * 10 + 5)).as_slice() {
+                [SupervisorAction::Restart { delay_ms, handover_from, .. }] => {
                     assert_eq!(handover_from, &inc);
                     delays.push(*delay_ms)
                 }

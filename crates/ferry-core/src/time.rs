@@ -63,12 +63,8 @@ pub struct Bugs {
 }
 
 impl Bugs {
-    pub const NONE: Bugs = Bugs {
-        deadline_after_response: false,
-        no_nm_epoch_check: false,
-        no_self_fence: false,
-        master_no_wait: false,
-    };
+    pub const NONE: Bugs =
+        Bugs { deadline_after_response: false, no_nm_epoch_check: false, no_self_fence: false, master_no_wait: false };
 
     pub fn deadline_after_response(&self) -> bool {
         cfg!(feature = "planted-bugs") && self.deadline_after_response

@@ -75,12 +75,9 @@ fn starts(actions: &[MasterAction]) -> Vec<(String, String, bool)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            MasterAction::Start {
-                server,
-                machine,
-                in_place,
-                ..
-            } => Some((server.to_string(), machine.to_string(), *in_place)),
+            MasterAction::Start { server, machine, in_place, .. } => {
+                Some((server.to_string(), machine.to_string(), *in_place))
+            }
             _ => None,
         })
         .collect()
@@ -107,9 +104,7 @@ fn candidates_are_the_servers_then_the_clusters() {
 fn live_leases_need_nothing() {
     let d = domain();
     let mut p = Planner::new(ClusterName::new("c1").unwrap());
-    assert!(p
-        .on_scan(Mono(0), &[lease("ms1", "b", 1, 200)], &d)
-        .is_empty());
+    assert!(p.on_scan(Mono(0), &[lease("ms1", "b", 1, 200)], &d).is_empty());
     assert!(p.in_progress().is_empty());
 }
 
@@ -120,37 +115,20 @@ fn expired_lease_waits_grace_then_restarts_in_place_then_migrates_in_order() {
     let expired = [lease("ms1", "b", 3, -5)];
     let a = p.on_scan(Mono(1_000), &expired, &d);
     assert_eq!(kinds(&a), vec!["lease-expired"]);
-    assert!(
-        starts(&a).is_empty(),
-        "nothing before the grace period ends"
-    );
+    assert!(starts(&a).is_empty(), "nothing before the grace period ends");
     assert_eq!(p.next_wakeup(), Some(Mono(2_000)));
     assert!(starts(&p.on_scan(Mono(1_999), &expired, &d)).is_empty());
     // Grace over, still expired: restart where it failed first (Figure 7-2 step 3).
     let a = p.on_scan(Mono(2_000), &expired, &d);
     assert_eq!(starts(&a), vec![("ms1".into(), "b".into(), true)]);
     // Machine b is unreachable: its own candidate d next (step 4), never b again.
-    let a = p.on_command_result(
-        Mono(2_010),
-        &s("ms1"),
-        &m("b"),
-        CommandResult::Unreachable("refused".into()),
-        &d,
-    );
+    let a = p.on_command_result(Mono(2_010), &s("ms1"), &m("b"), CommandResult::Unreachable("refused".into()), &d);
     assert_eq!(starts(&a), vec![("ms1".into(), "d".into(), false)]);
     // d refuses (a hook failed): then the cluster's list, skipping b which already failed.
-    let a = p.on_command_result(
-        Mono(2_020),
-        &s("ms1"),
-        &m("d"),
-        CommandResult::Refused("hook failed".into()),
-        &d,
-    );
+    let a = p.on_command_result(Mono(2_020), &s("ms1"), &m("d"), CommandResult::Refused("hook failed".into()), &d);
     assert_eq!(starts(&a), vec![("ms1".into(), "c".into(), false)]);
     // c accepts; the server takes its lease with a new epoch: done.
-    assert!(p
-        .on_command_result(Mono(2_030), &s("ms1"), &m("c"), CommandResult::Accepted, &d)
-        .is_empty());
+    assert!(p.on_command_result(Mono(2_030), &s("ms1"), &m("c"), CommandResult::Accepted, &d).is_empty());
     let a = p.on_scan(Mono(2_100), &[lease("ms1", "c", 4, 300)], &d);
     assert_eq!(kinds(&a), vec!["server-recovered"]);
     assert!(p.in_progress().is_empty());
@@ -184,13 +162,7 @@ fn every_candidate_failing_backs_off_then_gives_up() {
         while let Some((_, machine, _)) = starts(&a).first().cloned() {
             tried.push(machine.clone());
             now += 1;
-            a = p.on_command_result(
-                Mono(now),
-                &s("ms1"),
-                &m(&machine),
-                CommandResult::Unreachable("down".into()),
-                &d,
-            );
+            a = p.on_command_result(Mono(now), &s("ms1"), &m(&machine), CommandResult::Unreachable("down".into()), &d);
         }
         if circuit == 0 {
             assert_eq!(kinds(&a).last(), Some(&"backoff"));
@@ -200,10 +172,7 @@ fn every_candidate_failing_backs_off_then_gives_up() {
     }
     assert_eq!(kinds(&a).last(), Some(&"gave-up"));
     assert_eq!(tried, vec!["b", "d", "c", "e", "b", "d", "c", "e"]);
-    assert!(
-        starts(&p.on_scan(Mono(now + 100_000), &expired, &d)).is_empty(),
-        "gave up for good"
-    );
+    assert!(starts(&p.on_scan(Mono(now + 100_000), &expired, &d)).is_empty(), "gave up for good");
     // An operator starts it by hand: the new lease ends the episode.
     p.on_scan(Mono(now + 100_001), &[lease("ms1", "b", 4, 300)], &d);
     assert!(p.in_progress().is_empty());
@@ -217,66 +186,29 @@ fn without_auto_migration_only_restart_in_place() {
     p.on_scan(Mono(0), &expired, &d);
     let a = p.on_scan(Mono(1_000), &expired, &d);
     assert_eq!(starts(&a), vec![("ms2".into(), "c".into(), true)]);
-    let a = p.on_command_result(
-        Mono(1_001),
-        &s("ms2"),
-        &m("c"),
-        CommandResult::Unreachable("down".into()),
-        &d,
-    );
+    let a = p.on_command_result(Mono(1_001), &s("ms2"), &m("c"), CommandResult::Unreachable("down".into()), &d);
     assert!(starts(&a).is_empty());
     assert_eq!(kinds(&a).last(), Some(&"backoff"));
 }
 
 #[test]
 fn zero_grace_acts_in_the_same_scan_and_power_fences_once() {
-    let text = DOMAIN.replace(
-        "fencing_grace_period = \"1s\"",
-        "fencing_grace_period = \"0s\"\nfence_command = [\"/bin/true\"]",
-    );
+    let text = DOMAIN
+        .replace("fencing_grace_period = \"1s\"", "fencing_grace_period = \"0s\"\nfence_command = [\"/bin/true\"]");
     let d = Domain::parse("t.toml", &text).unwrap();
     let mut p = Planner::new(ClusterName::new("c1").unwrap());
     let a = p.on_scan(Mono(0), &[lease("ms1", "b", 3, -5)], &d);
     assert_eq!(starts(&a), vec![("ms1".into(), "b".into(), true)]);
-    let a = p.on_command_result(
-        Mono(1),
-        &s("ms1"),
-        &m("b"),
-        CommandResult::Unreachable("down".into()),
-        &d,
-    );
+    let a = p.on_command_result(Mono(1), &s("ms1"), &m("b"), CommandResult::Unreachable("down".into()), &d);
     match &a[..] {
-        [MasterAction::Event { .. }, MasterAction::Event { .. }, MasterAction::Start {
-            machine,
-            power_fence,
-            ..
-        }] => {
+        [MasterAction::Event { .. }, MasterAction::Event { .. }, MasterAction::Start { machine, power_fence, .. }] => {
             assert_eq!(machine, &m("d"));
-            assert_eq!(
-                power_fence,
-                &Some(m("b")),
-                "the failed machine is power-fenced before a move"
-            );
+            assert_eq!(power_fence, &Some(m("b")), "the failed machine is power-fenced before a move");
         }
         other => panic!("{other:?}"),
     }
-    let a = p.on_command_result(
-        Mono(2),
-        &s("ms1"),
-        &m("d"),
-        CommandResult::Refused("x".into()),
-        &d,
-    );
-    assert!(
-        a.iter().all(|x| !matches!(
-            x,
-            MasterAction::Start {
-                power_fence: Some(_),
-                ..
-            }
-        )),
-        "only once"
-    );
+    let a = p.on_command_result(Mono(2), &s("ms1"), &m("d"), CommandResult::Refused("x".into()), &d);
+    assert!(a.iter().all(|x| !matches!(x, MasterAction::Start { power_fence: Some(_), .. })), "only once");
 }
 
 #[test]
@@ -314,10 +246,7 @@ machine = "b"
     assert_eq!(s.lease_ttl(), Duration::from_secs(30));
     assert_eq!(d.clusters[0].fencing_grace_period, Duration::from_secs(30));
     assert_eq!(d.clusters[0].additional_auto_migration_attempts, 3);
-    assert_eq!(
-        d.clusters[0].migration_retry_delay,
-        Duration::from_secs(180)
-    );
+    assert_eq!(d.clusters[0].migration_retry_delay, Duration::from_secs(180));
     assert!(s.auto_migration);
     assert_eq!(d.admin.listen.to_string(), "127.0.0.1:7001");
 }
@@ -328,41 +257,75 @@ fn domain_errors_name_line_and_field() {
     let base = DOMAIN;
     let cases: &[(&str, &str, &str)] = &[
         ("name = \"t\"", "name = \"t\"\nbogus = 1", "t.toml:3:1: unknown field `bogus`"),
-        ("machine = \"b\"", "machine = \"zz\"", "t.toml:29:11: servers[0].machine: unknown machine \"zz\": define it under [[machines]]"),
-        ("candidate_machines = [\"d\"]", "candidate_machines = [\"d\", \"q\"]", "t.toml:30:28: servers[0].candidate_machines[1]: unknown machine \"q\""),
-        ("cluster = \"c1\"\nmachine = \"c\"", "cluster = \"c9\"\nmachine = \"c\"", "t.toml:35:11: servers[1].cluster: unknown cluster \"c9\""),
-        ("health_check_interval = \"100ms\"", "health_check_interval = \"fast\"", "t.toml:31:25: invalid duration \"fast\""),
-        ("name = \"d\"\nnode_manager = \"127.0.0.1:5003\"", "name = \"b\"\nnode_manager = \"127.0.0.1:5003\"", "t.toml:13:8: machines[2].name: machine \"b\" is defined twice"),
-        ("node_manager = \"127.0.0.1:5004\"", "node_manager = \"127.0.0.1:5001\"", "t.toml:17:16: machines[3].node_manager: address 127.0.0.1:5001 is already used by machine b"),
-        ("migration_candidates = [\"b\", \"c\", \"e\"]", "migration_candidates = [\"b\", \"x\"]", "t.toml:21:30: clusters[0].migration_candidates[1]: unknown machine \"x\""),
-        ("data_source = \"sqlite://leases.db\"", "data_source = \"mysql://u:pw@h/db\"", "t.toml:4:15: leasing.data_source: unsupported data source \"mysql://u:***@h/db\""),
-        ("health_check_interval = \"100ms\"", "health_check_interval = \"100ms\"\nhealth_check_periods_until_fencing = 1", "t.toml:32:38: servers[0].health_check_periods_until_fencing: must be at least 2"),
-        ("node_manager = \"127.0.0.1:5001\"", "node_manager = \"localhost\"", "t.toml:8:16: invalid socket address syntax"),
+        (
+            "machine = \"b\"",
+            "machine = \"zz\"",
+            "t.toml:29:11: servers[0].machine: unknown machine \"zz\": define it under [[machines]]",
+        ),
+        (
+            "candidate_machines = [\"d\"]",
+            "candidate_machines = [\"d\", \"q\"]",
+            "t.toml:30:28: servers[0].candidate_machines[1]: unknown machine \"q\"",
+        ),
+        (
+            "cluster = \"c1\"\nmachine = \"c\"",
+            "cluster = \"c9\"\nmachine = \"c\"",
+            "t.toml:35:11: servers[1].cluster: unknown cluster \"c9\"",
+        ),
+        (
+            "health_check_interval = \"100ms\"",
+            "health_check_interval = \"fast\"",
+            "t.toml:31:25: invalid duration \"fast\"",
+        ),
+        (
+            "name = \"d\"\nnode_manager = \"127.0.0.1:5003\"",
+            "name = \"b\"\nnode_manager = \"127.0.0.1:5003\"",
+            "t.toml:13:8: machines[2].name: machine \"b\" is defined twice",
+        ),
+        (
+            "node_manager = \"127.0.0.1:5004\"",
+            "node_manager = \"127.0.0.1:5001\"",
+            "t.toml:17:16: machines[3].node_manager: address 127.0.0.1:5001 is already used by machine b",
+        ),
+        (
+            "migration_candidates = [\"b\", \"c\", \"e\"]",
+            "migration_candidates = [\"b\", \"x\"]",
+            "t.toml:21:30: clusters[0].migration_candidates[1]: unknown machine \"x\"",
+        ),
+        (
+            "data_source = \"sqlite://leases.db\"",
+            "data_source = \"mysql://u:pw@h/db\"",
+            "t.toml:4:15: leasing.data_source: unsupported data source \"mysql://u:***@h/db\"",
+        ),
+        (
+            "health_check_interval = \"100ms\"",
+            "health_check_interval = \"100ms\"\nhealth_check_periods_until_fencing = 1",
+            "t.toml:32:38: servers[0].health_check_periods_until_fencing: must be at least 2",
+        ),
+        (
+            "node_manager = \"127.0.0.1:5001\"",
+            "node_manager = \"localhost\"",
+            "t.toml:8:16: invalid socket address syntax",
+        ),
     ];
     for (from, to, want) in cases {
-        assert!(
-            base.contains(from),
-            "case text {from:?} not in the base domain"
-        );
+        assert!(base.contains(from), "case text {from:?} not in the base domain");
         let text = base.replacen(from, to, 1);
         let err = Domain::parse("t.toml", &text).expect_err(want).to_string();
-        assert!(
-            err.lines().next().unwrap_or("").starts_with(want),
-            "want {want:?}\n got {err}"
-        );
+        assert!(err.lines().next().unwrap_or("").starts_with(want), "want {want:?}\n got {err}");
     }
 }
 
 #[test]
 fn migratable_server_needs_a_candidate() {
     let text = DOMAIN
-        .replace(
-            "migration_candidates = [\"b\", \"c\", \"e\"]",
-            "migration_candidates = []",
-        )
+        .replace("migration_candidates = [\"b\", \"c\", \"e\"]", "migration_candidates = []")
         .replace("candidate_machines = [\"d\"]\n", "");
     let err = Domain::parse("t.toml", &text).unwrap_err().to_string();
-    assert!(err.contains("servers[0].candidate_machines: a migratable server needs at least one candidate machine"), "{err}");
+    assert!(
+        err.contains("servers[0].candidate_machines: a migratable server needs at least one candidate machine"),
+        "{err}"
+    );
     // ms2 has auto_migration = false: no candidate needed.
     assert_eq!(err.lines().count(), 1, "{err}");
 }

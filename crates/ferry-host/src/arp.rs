@@ -16,18 +16,9 @@ pub fn probe_blocking(iface: &str, ip: Ipv4Addr, window: Duration) -> std::io::R
     let index = read_sys(iface, "ifindex")?
         .trim()
         .parse::<i32>()
-        .map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("ifindex of {iface}: {e}"),
-            )
-        })?;
-    let mac = parse_mac(read_sys(iface, "address")?.trim()).ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("no MAC address on {iface}"),
-        )
-    })?;
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("ifindex of {iface}: {e}")))?;
+    let mac = parse_mac(read_sys(iface, "address")?.trim())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no MAC address on {iface}")))?;
     let socket = RawSocket::open(index)?;
     let frame = probe_frame(mac, ip);
     let start = crate::clock::now();
@@ -113,11 +104,7 @@ impl RawSocket {
         // SAFETY: plain socket(2) and bind(2) calls with a zeroed, fully initialised
         // sockaddr_ll of the right size; the descriptor is owned by the returned value.
         unsafe {
-            let fd = libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_ARP.to_be()),
-            );
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(ETH_P_ARP.to_be()));
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -164,21 +151,13 @@ impl RawSocket {
 
     /// One frame, or `None` if none arrived within `wait`.
     fn recv(&self, buf: &mut [u8], wait: Duration) -> std::io::Result<Option<usize>> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: poll(2) on one valid pollfd; recv(2) into a buffer we own, within its length.
         unsafe {
             let rc = libc::poll(&mut pfd, 1, wait.as_millis().min(i32::MAX as u128) as i32);
             if rc < 0 {
                 let e = std::io::Error::last_os_error();
-                return if e.kind() == std::io::ErrorKind::Interrupted {
-                    Ok(None)
-                } else {
-                    Err(e)
-                };
+                return if e.kind() == std::io::ErrorKind::Interrupted { Ok(None) } else { Err(e) };
             }
             if rc == 0 {
                 return Ok(None);
@@ -220,14 +199,8 @@ mod tests {
         assert!(!claims(&reply, Ipv4Addr::new(198, 18, 1, 101), ours));
         let mut their_probe = probe;
         their_probe[22..28].copy_from_slice(&theirs);
-        assert!(
-            claims(&their_probe, ip, ours),
-            "someone else probing for it is a conflict too"
-        );
-        assert_eq!(
-            parse_mac("02:00:c6:12:01:0b"),
-            Some([2, 0, 0xc6, 0x12, 1, 0x0b])
-        );
+        assert!(claims(&their_probe, ip, ours), "someone else probing for it is a conflict too");
+        assert_eq!(parse_mac("02:00:c6:12:01:0b"), Some([2, 0, 0xc6, 0x12, 1, 0x0b]));
         assert_eq!(parse_mac("zz"), None);
     }
 }

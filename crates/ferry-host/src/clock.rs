@@ -23,10 +23,7 @@ pub fn now() -> Mono {
 /// for a lease decision.
 #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
 pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// How often a deadline sleeper re-reads BOOTTIME: tokio's timers run on the monotonic clock,
@@ -55,10 +52,7 @@ mod tests {
     #[test]
     fn formats_rfc3339() {
         assert_eq!(super::format_wall(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            super::format_wall(1_795_000_000_123),
-            "2026-11-18T11:06:40.123Z"
-        );
+        assert_eq!(super::format_wall(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
     }
 
     #[test]

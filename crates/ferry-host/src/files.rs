@@ -29,11 +29,7 @@ pub fn load_domain(path: &Path) -> Result<Domain, ConfigErrors> {
 /// The directory relative paths of a domain file are resolved against.
 pub fn domain_dir(path: &Path) -> PathBuf {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let dir = if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir
-    };
+    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
     std::fs::canonicalize(&dir).unwrap_or(dir)
 }
 
@@ -59,12 +55,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
     }
@@ -74,11 +65,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
 
 /// Reads the domain secret at `path`, creating it (32 random bytes, hex, mode 0600) when
 /// `create` and it does not exist yet.
-pub fn secret(
-    path: &Path,
-    create: bool,
-    random: impl FnOnce() -> [u8; 32],
-) -> std::io::Result<String> {
+pub fn secret(path: &Path, create: bool, random: impl FnOnce() -> [u8; 32]) -> std::io::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         Ok(_) | Err(_) if create => {
@@ -86,10 +73,7 @@ pub fn secret(
             write_atomic(path, hex.as_bytes(), 0o600)?;
             Ok(hex)
         }
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is empty", path.display()),
-        )),
+        Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{} is empty", path.display()))),
         Err(e) => Err(e),
     }
 }

@@ -19,18 +19,9 @@ pub enum HookError {
         source: std::io::Error,
     },
     #[error("hook {hook} {args} did not finish within {timeout_ms} ms and was killed")]
-    Timeout {
-        hook: String,
-        args: String,
-        timeout_ms: u64,
-    },
+    Timeout { hook: String, args: String, timeout_ms: u64 },
     #[error("hook {hook} {args} failed with {status}: {output}")]
-    Failed {
-        hook: String,
-        args: String,
-        status: String,
-        output: String,
-    },
+    Failed { hook: String, args: String, status: String, output: String },
     /// The built-in floating-IP action failed (address in use, no such interface, ...).
     #[error("built-in {verb} of {ip} on {iface} failed")]
     Builtin {
@@ -45,16 +36,10 @@ pub enum HookError {
 /// Runs `hook ARGS...` with a timeout; returns its combined output.
 pub async fn run_hook(hook: &str, args: &[String], timeout: Duration) -> Result<String, HookError> {
     let mut cmd = tokio::process::Command::new(hook);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.kill_on_drop(true);
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(|source| HookError::Spawn {
-        hook: hook.into(),
-        source,
-    })?;
+    let mut child = cmd.spawn().map_err(|source| HookError::Spawn { hook: hook.into(), source })?;
     let mut stdout = child.stdout.take();
     let mut stderr = child.stderr.take();
     let joined = args.join(" ");
@@ -71,11 +56,7 @@ pub async fn run_hook(hook: &str, args: &[String], timeout: Duration) -> Result<
         (out + &err, status)
     };
     match tokio::time::timeout(timeout, work).await {
-        Err(_) => Err(HookError::Timeout {
-            hook: hook.into(),
-            args: joined,
-            timeout_ms: timeout.as_millis() as u64,
-        }),
+        Err(_) => Err(HookError::Timeout { hook: hook.into(), args: joined, timeout_ms: timeout.as_millis() as u64 }),
         Ok((output, Ok(status))) if status.success() => Ok(output),
         Ok((output, status)) => Err(HookError::Failed {
             hook: hook.into(),
@@ -94,11 +75,7 @@ pub enum IpAction {
 }
 
 /// Moves a floating IP onto or off `machine`. Returns a line for the log saying what was done.
-pub async fn floating_ip(
-    machine: &Machine,
-    action: IpAction,
-    ip: Ipv4Addr,
-) -> Result<String, HookError> {
+pub async fn floating_ip(machine: &Machine, action: IpAction, ip: Ipv4Addr) -> Result<String, HookError> {
     let verb = match action {
         IpAction::Add => "addif",
         IpAction::Remove => "removeif",
@@ -106,17 +83,9 @@ pub async fn floating_ip(
     let mask = machine.netmask.unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
     if let Some(hook) = &machine.hooks.ifconfig {
         let iface = machine.interface.clone().unwrap_or_else(|| "eth0".into());
-        let args = vec![
-            verb.to_string(),
-            iface.clone(),
-            ip.to_string(),
-            mask.to_string(),
-        ];
+        let args = vec![verb.to_string(), iface.clone(), ip.to_string(), mask.to_string()];
         let out = run_hook(hook, &args, machine.hooks.timeout).await?;
-        return Ok(format!(
-            "{hook} {verb} {iface} {ip} {mask}: ok {}",
-            out.trim()
-        ));
+        return Ok(format!("{hook} {verb} {iface} {ip} {mask}: ok {}", out.trim()));
     }
     // Machines whose Node Manager listens on loopback share one host (the demo, the
     // process tests): moving an address between them means nothing, and adding it to the
@@ -128,21 +97,12 @@ pub async fn floating_ip(
         ));
     }
     let iface = machine.interface.clone().unwrap_or_else(|| "eth0".into());
-    let builtin = |source| HookError::Builtin {
-        verb,
-        iface: iface.clone(),
-        ip,
-        source,
-    };
+    let builtin = |source| HookError::Builtin { verb, iface: iface.clone(), ip, source };
     match action {
         IpAction::Add => {
             let len = crate::ipaddr::prefix_len(mask).unwrap_or(24);
-            let how = crate::ipaddr::plumb(&iface, ip, len)
-                .await
-                .map_err(builtin)?;
-            Ok(format!(
-                "floating IP {ip}/{len} on {iface}: {how:?}, announced with a gratuitous ARP"
-            ))
+            let how = crate::ipaddr::plumb(&iface, ip, len).await.map_err(builtin)?;
+            Ok(format!("floating IP {ip}/{len} on {iface}: {how:?}, announced with a gratuitous ARP"))
         }
         IpAction::Remove => {
             crate::ipaddr::remove(&iface, ip).await.map_err(builtin)?;
@@ -152,20 +112,11 @@ pub async fn floating_ip(
 }
 
 /// `mount` or `unmount` for a server, when the machine has a mount hook.
-pub async fn mount(
-    machine: &Machine,
-    mount: bool,
-    server: &str,
-) -> Result<Option<String>, HookError> {
+pub async fn mount(machine: &Machine, mount: bool, server: &str) -> Result<Option<String>, HookError> {
     let Some(hook) = &machine.hooks.mount else {
         return Ok(None);
     };
     let verb = if mount { "mount" } else { "unmount" };
-    let out = run_hook(
-        hook,
-        &[verb.to_string(), server.to_string()],
-        machine.hooks.timeout,
-    )
-    .await?;
+    let out = run_hook(hook, &[verb.to_string(), server.to_string()], machine.hooks.timeout).await?;
     Ok(Some(format!("{hook} {verb} {server}: ok {}", out.trim())))
 }

@@ -40,26 +40,15 @@ pub enum IpAddrError {
     #[error("interface {iface} does not exist in this network namespace; check the machine's `interface` setting")]
     NoSuchInterface { iface: String },
     #[error("prefix length /{prefix_len} for {ip} on {iface} is invalid (1-32)")]
-    BadPrefixLength {
-        iface: String,
-        ip: Ipv4Addr,
-        prefix_len: u8,
-    },
+    BadPrefixLength { iface: String, ip: Ipv4Addr, prefix_len: u8 },
     #[error("{ip} is outside every IPv4 subnet of {iface} ({subnets}); a floating IP must belong to a subnet the interface is on")]
-    OutsideSubnets {
-        iface: String,
-        ip: Ipv4Addr,
-        subnets: String,
-    },
+    OutsideSubnets { iface: String, ip: Ipv4Addr, subnets: String },
     #[error("cannot announce {ip} on {iface}: the address is not on the interface")]
     NotPresent { iface: String, ip: Ipv4Addr },
     #[error("another host answers for {ip} on {iface} (arp probe); not adding it")]
     InUse { iface: String, ip: Ipv4Addr },
     #[error("{tool} is not installed (Debian package {package})")]
-    ToolMissing {
-        tool: &'static str,
-        package: &'static str,
-    },
+    ToolMissing { tool: &'static str, package: &'static str },
     #[error("cannot run `{command}`")]
     Spawn {
         command: String,
@@ -69,11 +58,7 @@ pub enum IpAddrError {
     #[error("`{command}` did not finish within {timeout_ms} ms and was killed")]
     Timeout { command: String, timeout_ms: u64 },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Failed {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    Failed { command: String, status: String, stderr: String },
 }
 
 type Result<T, E = IpAddrError> = std::result::Result<T, E>;
@@ -105,10 +90,7 @@ pub async fn plumb(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<Plumbed>
     check_prefix_len(iface, ip, prefix_len)?;
     check_subnet(iface, ip, &addresses(iface).await?)?;
     if probe(iface, ip).await? {
-        return Err(IpAddrError::InUse {
-            iface: iface.into(),
-            ip,
-        });
+        return Err(IpAddrError::InUse { iface: iface.into(), ip });
     }
     add(iface, ip, prefix_len).await?;
     announce(iface, ip).await?;
@@ -131,9 +113,7 @@ pub async fn probe(iface: &str, ip: Ipv4Addr) -> Result<bool> {
     // A clear error for a missing interface, rather than arping's exit status 2.
     addresses(iface).await?;
     let name = iface.to_string();
-    let fast =
-        tokio::task::spawn_blocking(move || crate::arp::probe_blocking(&name, ip, PROBE_WINDOW))
-            .await;
+    let fast = tokio::task::spawn_blocking(move || crate::arp::probe_blocking(&name, ip, PROBE_WINDOW)).await;
     match fast {
         Ok(Ok(answer)) => return Ok(answer),
         Ok(Err(e)) => tracing::debug!("raw ARP probe on {iface} unavailable ({e}); using arping"),
@@ -141,8 +121,7 @@ pub async fn probe(iface: &str, ip: Ipv4Addr) -> Result<bool> {
     }
     let arping = tool("arping")?;
     let mut cmd = tokio::process::Command::new(arping);
-    cmd.args(["-D", "-c", "2", "-w", "1", "-I", iface])
-        .arg(ip.to_string());
+    cmd.args(["-D", "-c", "2", "-w", "1", "-I", iface]).arg(ip.to_string());
     let command = describe(&cmd);
     let out = run(&mut cmd, PROBE_TIMEOUT).await?;
     // iputils arping -D: 0 = no reply (address free), 1 = a reply (in use), 2 = error.
@@ -179,10 +158,7 @@ pub async fn add(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
 /// the background and is killed after [`ANNOUNCE_TIMEOUT`]. `ip` must be on `iface`.
 pub async fn announce(iface: &str, ip: Ipv4Addr) -> Result<()> {
     if !present(iface, ip).await? {
-        return Err(IpAddrError::NotPresent {
-            iface: iface.into(),
-            ip,
-        });
+        return Err(IpAddrError::NotPresent { iface: iface.into(), ip });
     }
     let arping = tool("arping")?;
     let mut cmd = tokio::process::Command::new(arping);
@@ -193,10 +169,7 @@ pub async fn announce(iface: &str, ip: Ipv4Addr) -> Result<()> {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let command = describe(&cmd);
-    let child = cmd.spawn().map_err(|source| IpAddrError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    let child = cmd.spawn().map_err(|source| IpAddrError::Spawn { command: command.clone(), source })?;
     tokio::spawn(async move {
         match tokio::time::timeout(ANNOUNCE_TIMEOUT, child.wait_with_output()).await {
             Ok(Ok(out)) if out.status.success() => {}
@@ -240,9 +213,7 @@ pub async fn addresses(iface: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
     let out = run(&mut cmd, IP_TIMEOUT).await?;
     if !out.status.success() {
         if stderr(&out).contains("does not exist") {
-            return Err(IpAddrError::NoSuchInterface {
-                iface: iface.into(),
-            });
+            return Err(IpAddrError::NoSuchInterface { iface: iface.into() });
         }
         return Err(failed(command, &out));
     }
@@ -262,9 +233,7 @@ fn parse_addresses(out: &str) -> Vec<(Ipv4Addr, u8)> {
 }
 
 fn in_subnet(ip: Ipv4Addr, net: Ipv4Addr, len: u8) -> bool {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(len.min(32)))
-        .unwrap_or(0);
+    let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
@@ -284,22 +253,14 @@ fn check_subnet(iface: &str, ip: Ipv4Addr, current: &[(Ipv4Addr, u8)]) -> Result
             .collect::<Vec<_>>()
             .join(", ")
     };
-    Err(IpAddrError::OutsideSubnets {
-        iface: iface.into(),
-        ip,
-        subnets,
-    })
+    Err(IpAddrError::OutsideSubnets { iface: iface.into(), ip, subnets })
 }
 
 fn check_prefix_len(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
     if (1..=32).contains(&prefix_len) {
         Ok(())
     } else {
-        Err(IpAddrError::BadPrefixLength {
-            iface: iface.into(),
-            ip,
-            prefix_len,
-        })
+        Err(IpAddrError::BadPrefixLength { iface: iface.into(), ip, prefix_len })
     }
 }
 
@@ -309,15 +270,11 @@ fn check_iface(iface: &str) -> Result<()> {
     let ok = !iface.is_empty()
         && iface.len() <= 15
         && !iface.starts_with('-')
-        && iface
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
+        && iface.chars().all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
     if ok {
         Ok(())
     } else {
-        Err(IpAddrError::BadInterfaceName {
-            iface: iface.into(),
-        })
+        Err(IpAddrError::BadInterfaceName { iface: iface.into() })
     }
 }
 
@@ -334,12 +291,7 @@ fn tool(name: &'static str) -> Result<PathBuf> {
         "ip" => (&IP, "iproute2"),
         _ => (&ARPING, "iputils-arping"),
     };
-    cell.get_or_init(|| find_on_path(name))
-        .clone()
-        .ok_or(IpAddrError::ToolMissing {
-            tool: name,
-            package,
-        })
+    cell.get_or_init(|| find_on_path(name)).clone().ok_or(IpAddrError::ToolMissing { tool: name, package })
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -362,21 +314,14 @@ fn describe(cmd: &tokio::process::Command) -> String {
 /// Runs `cmd` with output captured, killed after `timeout`.
 async fn run(cmd: &mut tokio::process::Command, timeout: Duration) -> Result<Output> {
     let command = describe(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|source| IpAddrError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| IpAddrError::Spawn { command: command.clone(), source })?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => Ok(out),
         Ok(Err(source)) => Err(IpAddrError::Spawn { command, source }),
-        Err(_) => Err(IpAddrError::Timeout {
-            command,
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        }),
+        Err(_) => {
+            Err(IpAddrError::Timeout { command, timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) })
+        }
     }
 }
 
@@ -389,11 +334,7 @@ fn failed(command: String, out: &Output) -> IpAddrError {
     if text.is_empty() {
         text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     }
-    IpAddrError::Failed {
-        command,
-        status: out.status.to_string(),
-        stderr: text.chars().take(2000).collect(),
-    }
+    IpAddrError::Failed { command, status: out.status.to_string(), stderr: text.chars().take(2000).collect() }
 }
 
 #[cfg(test)]
@@ -429,10 +370,7 @@ mod tests {
                    2: eth0    inet 198.18.1.100/32 scope global eth0\\       valid_lft forever preferred_lft forever\n";
         assert_eq!(
             parse_addresses(out),
-            vec![
-                (Ipv4Addr::new(198, 18, 1, 11), 24),
-                (Ipv4Addr::new(198, 18, 1, 100), 32)
-            ]
+            vec![(Ipv4Addr::new(198, 18, 1, 11), 24), (Ipv4Addr::new(198, 18, 1, 100), 32)]
         );
     }
 

@@ -44,20 +44,13 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<tokio::process::Child> {
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
     }
-    cmd.stdin(if spec.stdin_piped {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdin(if spec.stdin_piped { Stdio::piped() } else { Stdio::null() });
     match &spec.log_file {
         Some(path) => {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             let err = log.try_clone()?;
             if spec.stdout_piped {
                 cmd.stdout(Stdio::piped());
@@ -104,28 +97,19 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     let ppid = f.next()?.parse().ok()?;
     let pgrp = f.next()?.parse().ok()?;
     let session = f.next()?.parse().ok()?;
-    Some(ProcStat {
-        state,
-        ppid,
-        pgrp,
-        session,
-    })
+    Some(ProcStat { state, ppid, pgrp, session })
 }
 
 fn all_pids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return vec![];
     };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
 }
 
 /// Live (not zombie) members of session `sid`.
 pub fn session_members(sid: i32) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|&p| proc_stat(p).is_some_and(|s| s.session == sid && s.state != 'Z'))
-        .collect()
+    all_pids().into_iter().filter(|&p| proc_stat(p).is_some_and(|s| s.session == sid && s.state != 'Z')).collect()
 }
 
 /// SIGKILLs every process of session `sid`: stops them all first so none can fork a
@@ -185,10 +169,7 @@ pub fn pids_with_env(key: &str, value: &str) -> Vec<i32> {
 pub fn kill_tagged(key: &str, value: &str) -> usize {
     let mut total = 0;
     for _ in 0..10 {
-        let pids: Vec<i32> = pids_with_env(key, value)
-            .into_iter()
-            .filter(|&p| alive(p))
-            .collect();
+        let pids: Vec<i32> = pids_with_env(key, value).into_iter().filter(|&p| alive(p)).collect();
         if pids.is_empty() {
             break;
         }

@@ -29,13 +29,9 @@ impl Cgroups {
     pub(crate) fn prepare() -> std::result::Result<Cgroups, String> {
         let mount = v2_mount().ok_or_else(|| "no cgroup v2 hierarchy is mounted".to_string())?;
         let base = mount.join(PARENT);
-        std::fs::create_dir_all(&base)
-            .map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
         if !base.join("cgroup.freeze").is_file() {
-            return Err(format!(
-                "{} has no cgroup.freeze (kernel older than 5.2)",
-                base.display()
-            ));
+            return Err(format!("{} has no cgroup.freeze (kernel older than 5.2)", base.display()));
         }
         Ok(Cgroups { base })
     }
@@ -74,21 +70,14 @@ impl Cgroups {
                 std::io::ErrorKind::AlreadyExists => Ok(()),
                 _ => Err(e),
             })
-            .map_err(LabError::io(format!(
-                "cannot create cgroup {}",
-                dir.display()
-            )))
+            .map_err(LabError::io(format!("cannot create cgroup {}", dir.display())))
     }
 
     /// Whether `pid` is in the group of `ns` (read from `/proc/PID/cgroup`).
     pub(crate) fn contains(&self, ns: &str, pid: i32) -> bool {
         let suffix = format!("/{PARENT}/{ns}");
         std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map(|text| {
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("0::"))
-                    .any(|path| path.ends_with(&suffix))
-            })
+            .map(|text| text.lines().filter_map(|l| l.strip_prefix("0::")).any(|path| path.ends_with(&suffix)))
             .unwrap_or(false)
     }
 
@@ -147,19 +136,13 @@ pub(crate) fn blocking_pause() {
 }
 
 fn write(file: &Path, value: &str) -> Result<()> {
-    std::fs::write(file, value).map_err(LabError::io(format!(
-        "cannot write {value} to {}",
-        file.display()
-    )))
+    std::fs::write(file, value).map_err(LabError::io(format!("cannot write {value} to {}", file.display())))
 }
 
 /// `frozen` from `cgroup.events`.
 fn is_frozen(dir: &Path) -> Option<bool> {
     let events = std::fs::read_to_string(dir.join("cgroup.events")).ok()?;
-    events
-        .lines()
-        .find_map(|l| l.strip_prefix("frozen "))
-        .map(|v| v.trim() == "1")
+    events.lines().find_map(|l| l.strip_prefix("frozen ")).map(|v| v.trim() == "1")
 }
 
 /// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
@@ -194,12 +177,8 @@ mod tests {
         let hybrid = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs ro,mode=755\n\
                       31 30 0:27 / /sys/fs/cgroup/unified rw,relatime shared:5 - cgroup2 cgroup2 rw\n\
                       32 30 0:28 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n";
-        assert_eq!(
-            v2_mount_in(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified =
-            "30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(v2_mount_in(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified = "30 25 0:26 / /sys/fs/cgroup rw,nosuid,nodev - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(v2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
         let read_only = "30 25 0:26 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw\n";
         assert_eq!(v2_mount_in(read_only), None);

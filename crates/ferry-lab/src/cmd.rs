@@ -34,79 +34,48 @@ fn millis(d: Duration) -> u64 {
 /// Does not look at the exit status. Stdin is whatever `cmd` was given (inherit if unset).
 pub(crate) async fn output(cmd: &mut tokio::process::Command, timeout: Duration) -> Result<Output> {
     let command = describe(cmd.as_std());
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|source| LabError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| LabError::Spawn { command: command.clone(), source })?;
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => Ok(out),
-        Ok(Err(source)) => Err(LabError::Io {
-            what: format!("waiting for `{command}`"),
-            source,
-        }),
+        Ok(Err(source)) => Err(LabError::Io { what: format!("waiting for `{command}`"), source }),
         // Dropping the future dropped the child, and `kill_on_drop` killed it.
-        Err(_) => Err(LabError::Timeout {
-            command,
-            timeout_ms: millis(timeout),
-        }),
+        Err(_) => Err(LabError::Timeout { command, timeout_ms: millis(timeout) }),
     }
 }
 
 /// [`output`], then an error unless the command exited 0; gives its stdout.
-pub(crate) async fn checked(
-    cmd: &mut tokio::process::Command,
-    timeout: Duration,
-) -> Result<String> {
+pub(crate) async fn checked(cmd: &mut tokio::process::Command, timeout: Duration) -> Result<String> {
     let command = describe(cmd.as_std());
     let out = output(cmd, timeout).await?;
     into_stdout(command, out)
 }
 
 /// The blocking twin of [`output`], for `Drop` and stale cleanup.
-pub(crate) fn output_blocking(
-    cmd: &mut std::process::Command,
-    timeout: Duration,
-) -> Result<Output> {
+pub(crate) fn output_blocking(cmd: &mut std::process::Command, timeout: Duration) -> Result<Output> {
     let command = describe(cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(|source| LabError::Spawn {
-        command: command.clone(),
-        source,
-    })?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|source| LabError::Spawn { command: command.clone(), source })?;
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(timeout) {
-        Ok(result) => result.map_err(|source| LabError::Io {
-            what: format!("waiting for `{command}`"),
-            source,
-        }),
+        Ok(result) => result.map_err(|source| LabError::Io { what: format!("waiting for `{command}`"), source }),
         Err(_) => {
             // Not reaped yet (the helper thread still waits), so the pid is still ours.
             if let Ok(pid) = i32::try_from(pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             let _ = rx.recv_timeout(Duration::from_secs(1));
-            Err(LabError::Timeout {
-                command,
-                timeout_ms: millis(timeout),
-            })
+            Err(LabError::Timeout { command, timeout_ms: millis(timeout) })
         }
     }
 }
 
 /// [`output_blocking`], then an error unless the command exited 0; gives its stdout.
-pub(crate) fn checked_blocking(
-    cmd: &mut std::process::Command,
-    timeout: Duration,
-) -> Result<String> {
+pub(crate) fn checked_blocking(cmd: &mut std::process::Command, timeout: Duration) -> Result<String> {
     let command = describe(cmd);
     let out = output_blocking(cmd, timeout)?;
     into_stdout(command, out)
@@ -116,24 +85,12 @@ fn into_stdout(command: String, out: Output) -> Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(LabError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: stderr_of(&out),
-        })
+        Err(LabError::Command { command, status: out.status.to_string(), stderr: stderr_of(&out) })
     }
 }
 
 /// The trimmed stderr (or stdout when stderr is empty) of a command, at most 2000 chars.
 pub(crate) fn stderr_of(out: &Output) -> String {
-    let text = if out.stderr.is_empty() {
-        &out.stdout
-    } else {
-        &out.stderr
-    };
-    String::from_utf8_lossy(text)
-        .trim()
-        .chars()
-        .take(2000)
-        .collect()
+    let text = if out.stderr.is_empty() { &out.stdout } else { &out.stderr };
+    String::from_utf8_lossy(text).trim().chars().take(2000).collect()
 }

@@ -77,17 +77,13 @@ impl Lab {
         faults.stopped.remove(&node.name);
         drop(faults);
         let base = crate::lab::cidr(node.addr)?;
-        let out = self
-            .ip_in(&node, &["-o", "-4", "addr", "show", "dev", HOST_IFACE])
-            .await?;
+        let out = self.ip_in(&node, &["-o", "-4", "addr", "show", "dev", HOST_IFACE]).await?;
         for addr in inet_addresses(&out) {
             if addr != base {
-                self.ip_in(&node, &["addr", "del", &addr, "dev", HOST_IFACE])
-                    .await?;
+                self.ip_in(&node, &["addr", "del", &addr, "dev", HOST_IFACE]).await?;
             }
         }
-        self.ip_in(&node, &["neigh", "flush", "dev", HOST_IFACE])
-            .await?;
+        self.ip_in(&node, &["neigh", "flush", "dev", HOST_IFACE]).await?;
         Ok(())
     }
 
@@ -207,9 +203,8 @@ impl Lab {
     /// Replaces the lab's nftables table with one holding exactly `cuts` (atomically: one
     /// `nft -f` transaction).
     async fn apply_cuts(&self, cuts: &BTreeMap<String, Cut>) -> Result<()> {
-        let nft = which("nft").ok_or_else(|| {
-            LabError::unavailable("nft (Debian package nftables) is not installed")
-        })?;
+        let nft =
+            which("nft").ok_or_else(|| LabError::unavailable("nft (Debian package nftables) is not installed"))?;
         let file = self.state_dir.join("partitions.nft");
         std::fs::write(&file, render(cuts, &self.machines))
             .map_err(LabError::io(format!("cannot write {}", file.display())))?;
@@ -243,8 +238,7 @@ impl Lab {
     async fn set_cable(&self, node: &Node, up: bool) -> Result<()> {
         let sw = self.node(SWITCH)?;
         let state = if up { "up" } else { "down" };
-        self.ip_in(&sw, &["link", "set", &node.port(), state])
-            .await?;
+        self.ip_in(&sw, &["link", "set", &node.port(), state]).await?;
         self.wait_port(node, up).await
     }
 
@@ -260,9 +254,7 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Err(LabError::Stuck(format!(
-            "processes in namespace {ns} survived SIGKILL for 5 s"
-        )))
+        Err(LabError::Stuck(format!("processes in namespace {ns} survived SIGKILL for 5 s")))
     }
 }
 
@@ -272,9 +264,7 @@ async fn wait_stopped(pid: i32) -> Result<()> {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return Ok(()),
             Ok(stat) => {
-                let state = stat
-                    .rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next());
+                let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
                 if matches!(state, Some("T") | Some("t") | Some("Z") | Some("X")) {
                     return Ok(());
                 }
@@ -282,9 +272,7 @@ async fn wait_stopped(pid: i32) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Err(LabError::Stuck(format!(
-        "process {pid} did not stop within 2 s of SIGSTOP"
-    )))
+    Err(LabError::Stuck(format!("process {pid} did not stop within 2 s of SIGSTOP")))
 }
 
 /// The nftables script that makes the lab's table hold exactly `cuts`. `machines` are all
@@ -304,12 +292,8 @@ fn render(cuts: &BTreeMap<String, Cut>, machines: &[String]) -> String {
             Cut::FromPeers => {
                 for peer in machines.iter().filter(|m| *m != host) {
                     let peer = port(peer);
-                    forward.push(format!(
-                        "iifname {me} oifname {peer} ether type != arp drop"
-                    ));
-                    forward.push(format!(
-                        "iifname {peer} oifname {me} ether type != arp drop"
-                    ));
+                    forward.push(format!("iifname {me} oifname {peer} ether type != arp drop"));
+                    forward.push(format!("iifname {peer} oifname {me} ether type != arp drop"));
                 }
             }
             Cut::FromSwitch => {
@@ -325,15 +309,10 @@ fn render(cuts: &BTreeMap<String, Cut>, machines: &[String]) -> String {
         return text;
     }
     let _ = writeln!(text, "table bridge {TABLE} {{");
-    for (chain, hook, rules) in [
-        ("cut_forward", "forward", &forward),
-        ("cut_input", "input", &input),
-        ("cut_output", "output", &output),
-    ] {
-        let _ = writeln!(
-            text,
-            "  chain {chain} {{\n    type filter hook {hook} priority 0; policy accept;"
-        );
+    for (chain, hook, rules) in
+        [("cut_forward", "forward", &forward), ("cut_input", "input", &input), ("cut_output", "output", &output)]
+    {
+        let _ = writeln!(text, "  chain {chain} {{\n    type filter hook {hook} priority 0; policy accept;");
         for rule in rules {
             let _ = writeln!(text, "    {rule}");
         }
@@ -353,23 +332,14 @@ mod tests {
 
     #[test]
     fn no_cuts_only_removes_the_table() {
-        assert_eq!(
-            render(&BTreeMap::new(), &machines()),
-            "table bridge ferry_lab\ndelete table bridge ferry_lab\n"
-        );
+        assert_eq!(render(&BTreeMap::new(), &machines()), "table bridge ferry_lab\ndelete table bridge ferry_lab\n");
     }
 
     #[test]
     fn isolation_drops_everything_of_the_port() {
         let cuts = BTreeMap::from([("a".to_string(), Cut::Isolated)]);
         let text = render(&cuts, &machines());
-        for rule in [
-            "iifname \"sw-a\" drop",
-            "oifname \"sw-a\" drop",
-            "hook forward",
-            "hook input",
-            "hook output",
-        ] {
+        for rule in ["iifname \"sw-a\" drop", "oifname \"sw-a\" drop", "hook forward", "hook input", "hook output"] {
             assert!(text.contains(rule), "{rule} missing from\n{text}");
         }
         assert!(!text.contains("arp"), "{text}");
@@ -393,11 +363,7 @@ mod tests {
         let text = render(&cuts, &machines());
         assert!(text.contains("iifname \"sw-b\" ether type != arp drop"));
         assert!(text.contains("oifname \"sw-b\" ether type != arp drop"));
-        let forward = text
-            .split("cut_forward")
-            .nth(1)
-            .and_then(|t| t.split("cut_input").next())
-            .unwrap_or_default();
+        let forward = text.split("cut_forward").nth(1).and_then(|t| t.split("cut_input").next()).unwrap_or_default();
         assert!(!forward.contains("drop"), "peer traffic must pass:\n{text}");
     }
 }

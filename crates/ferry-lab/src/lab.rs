@@ -17,9 +17,7 @@ use crate::cgroup::Cgroups;
 use crate::cmd::{checked, output, stderr_of, COMMAND_TIMEOUT};
 use crate::faults::Faults;
 use crate::stale::{check_tag, cleanup_stale, parse_pids, state_root, teardown, write_owner};
-use crate::{
-    in_lab_net, which, LabError, Result, CLIENT_ADDR, HOST_IFACE, SUBNET_PREFIX_LEN, SWITCH_ADDR,
-};
+use crate::{in_lab_net, which, LabError, Result, CLIENT_ADDR, HOST_IFACE, SUBNET_PREFIX_LEN, SWITCH_ADDR};
 
 /// The node name of the switch (namespace `{prefix}sw`, bridge `br0`, 198.18.1.1).
 pub const SWITCH: &str = "sw";
@@ -52,21 +50,13 @@ pub struct LabSpec {
 impl LabSpec {
     /// Machines named `machines`, with a client, tag `fl`.
     pub fn new(machines: &[&str]) -> LabSpec {
-        LabSpec {
-            machines: machines.iter().map(|m| m.to_string()).collect(),
-            ..LabSpec::default()
-        }
+        LabSpec { machines: machines.iter().map(|m| m.to_string()).collect(), ..LabSpec::default() }
     }
 }
 
 impl Default for LabSpec {
     fn default() -> Self {
-        LabSpec {
-            prefix: "fl".into(),
-            machines: Vec::new(),
-            with_client: true,
-            signal_freezer: false,
-        }
+        LabSpec { prefix: "fl".into(), machines: Vec::new(), with_client: true, signal_freezer: false }
     }
 }
 
@@ -122,10 +112,7 @@ impl Lab {
         check_tag(&spec.prefix)?;
         check_machines(&spec.machines)?;
         // Every address the lab will configure, checked before anything is created.
-        for octet in [1, 2]
-            .into_iter()
-            .chain(machine_octets(spec.machines.len()))
-        {
+        for octet in [1, 2].into_iter().chain(machine_octets(spec.machines.len())) {
             guard(Ipv4Addr::new(198, 18, 1, octet))?;
         }
         if !is_root() {
@@ -133,14 +120,9 @@ impl Lab {
                 "not running as root (network namespaces need CAP_SYS_ADMIN); run the tests as root",
             ));
         }
-        let ip = which("ip").ok_or_else(|| {
-            LabError::unavailable("ip (Debian package iproute2) is not installed")
-        })?;
+        let ip = which("ip").ok_or_else(|| LabError::unavailable("ip (Debian package iproute2) is not installed"))?;
         if let Err(e) = cleanup_stale(&spec.prefix) {
-            eprintln!(
-                "warning: cleaning up stale labs failed: {}",
-                crate::chain(&e)
-            );
+            eprintln!("warning: cleaning up stale labs failed: {}", crate::chain(&e));
         }
         let n = LABS_MADE.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{}-{}-{n}-", spec.prefix, std::process::id());
@@ -151,12 +133,7 @@ impl Lab {
         make_dir(&state_dir)?;
         write_owner(&state_dir)?;
         let (cgroups, freezer) = if spec.signal_freezer {
-            (
-                None,
-                Freezer::Signals {
-                    reason: "requested by the lab spec".into(),
-                },
-            )
+            (None, Freezer::Signals { reason: "requested by the lab spec".into() })
         } else {
             match Cgroups::prepare() {
                 Ok(cg) => {
@@ -225,8 +202,7 @@ impl Lab {
             ],
         )
         .await?;
-        self.ip_in(&sw, &["addr", "add", &cidr(SWITCH_ADDR)?, "dev", "br0"])
-            .await?;
+        self.ip_in(&sw, &["addr", "add", &cidr(SWITCH_ADDR)?, "dev", "br0"]).await?;
         self.ip_in(&sw, &["link", "set", "br0", "up"]).await?;
         for name in self.hosts() {
             let host = self.node(&name)?;
@@ -234,28 +210,12 @@ impl Lab {
             self.add_namespace(&host).await?;
             // Created inside the switch namespace, the peer pushed straight into the host:
             // nothing ever appears in the root namespace.
-            self.ip_in(
-                &sw,
-                &[
-                    "link", "add", &port, "type", "veth", "peer", "name", HOST_IFACE, "netns",
-                    &host.ns,
-                ],
-            )
-            .await?;
-            self.ip_in(&sw, &["link", "set", &port, "master", "br0", "up"])
+            self.ip_in(&sw, &["link", "add", &port, "type", "veth", "peer", "name", HOST_IFACE, "netns", &host.ns])
                 .await?;
-            self.ip_in(
-                &host,
-                &["link", "set", HOST_IFACE, "address", &mac_of(host.addr)],
-            )
-            .await?;
-            self.ip_in(
-                &host,
-                &["addr", "add", &cidr(host.addr)?, "dev", HOST_IFACE],
-            )
-            .await?;
-            self.ip_in(&host, &["link", "set", HOST_IFACE, "up"])
-                .await?;
+            self.ip_in(&sw, &["link", "set", &port, "master", "br0", "up"]).await?;
+            self.ip_in(&host, &["link", "set", HOST_IFACE, "address", &mac_of(host.addr)]).await?;
+            self.ip_in(&host, &["addr", "add", &cidr(host.addr)?, "dev", HOST_IFACE]).await?;
+            self.ip_in(&host, &["link", "set", HOST_IFACE, "up"]).await?;
         }
         for name in self.hosts() {
             self.wait_port(&self.node(&name)?, true).await?;
@@ -266,9 +226,7 @@ impl Lab {
     /// `ip netns add`, the root-namespace check, loopback up, IPv6 off, the node's cgroup.
     async fn add_namespace(&self, node: &Node) -> Result<()> {
         checked(
-            tokio::process::Command::new(&self.ip)
-                .args(["netns", "add", &node.ns])
-                .stdin(Stdio::null()),
+            tokio::process::Command::new(&self.ip).args(["netns", "add", &node.ns]).stdin(Stdio::null()),
             COMMAND_TIMEOUT,
         )
         .await?;
@@ -297,11 +255,7 @@ impl Lab {
     /// `ip -n NS ARGS...`
     pub(crate) async fn ip_in(&self, node: &Node, args: &[&str]) -> Result<String> {
         checked(
-            tokio::process::Command::new(&self.ip)
-                .arg("-n")
-                .arg(&node.ns)
-                .args(args)
-                .stdin(Stdio::null()),
+            tokio::process::Command::new(&self.ip).arg("-n").arg(&node.ns).args(args).stdin(Stdio::null()),
             COMMAND_TIMEOUT,
         )
         .await
@@ -312,9 +266,7 @@ impl Lab {
         let sw = self.node(SWITCH)?;
         let port = node.port();
         for _ in 0..400 {
-            let out = self
-                .ip_in(&sw, &["-o", "link", "show", "dev", &port])
-                .await?;
+            let out = self.ip_in(&sw, &["-o", "link", "show", "dev", &port]).await?;
             if out.contains("state UP") == up {
                 return Ok(());
             }
@@ -430,16 +382,9 @@ impl Lab {
     /// arguments, environment and stdio, then spawns it. (`sh` puts itself into the cgroup,
     /// then execs `ip netns exec NS program ...`, which execs the program: the child's pid is
     /// the program's.) Stdin is `/dev/null` unless the caller sets it.
-    pub fn command(
-        &self,
-        node: &str,
-        program: impl AsRef<OsStr>,
-    ) -> Result<tokio::process::Command> {
+    pub fn command(&self, node: &str, program: impl AsRef<OsStr>) -> Result<tokio::process::Command> {
         let node = self.node(node)?;
-        let procs = self
-            .cgroups
-            .as_ref()
-            .map(|cg| cg.dir(&node.ns).join("cgroup.procs"));
+        let procs = self.cgroups.as_ref().map(|cg| cg.dir(&node.ns).join("cgroup.procs"));
         Ok(ns_command(&self.ip, &node.ns, procs.as_deref(), program))
     }
 
@@ -458,17 +403,14 @@ impl Lab {
             .append(true)
             .open(log_file)
             .map_err(LabError::io(format!("cannot open {}", log_file.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(LabError::io(format!("cannot open {}", log_file.display())))?;
+        let log2 = log.try_clone().map_err(LabError::io(format!("cannot open {}", log_file.display())))?;
         let mut cmd = self.command(node, program.as_ref())?;
         cmd.args(args).stdout(log).stderr(log2);
         for (k, v) in env {
             cmd.env(k, v);
         }
         let command = crate::cmd::describe(cmd.as_std());
-        cmd.spawn()
-            .map_err(|source| LabError::Spawn { command, source })
+        cmd.spawn().map_err(|source| LabError::Spawn { command, source })
     }
 
     /// Runs a one-shot command in `node`'s namespace (not in its cgroup, so it also runs
@@ -511,9 +453,7 @@ impl Lab {
 
     pub(crate) async fn ns_pids(&self, ns: &str) -> Result<Vec<i32>> {
         let out = checked(
-            tokio::process::Command::new(&self.ip)
-                .args(["netns", "pids", ns])
-                .stdin(Stdio::null()),
+            tokio::process::Command::new(&self.ip).args(["netns", "pids", ns]).stdin(Stdio::null()),
             COMMAND_TIMEOUT,
         )
         .await?;
@@ -523,21 +463,14 @@ impl Lab {
     /// Whether `from` gets an answer to one ping of `to` within 1 s.
     pub async fn ping(&self, from: &str, to: Ipv4Addr) -> Result<bool> {
         let to = to.to_string();
-        let out = self
-            .run(from, &["ping", "-c", "1", "-W", "1", "-q", &to])
-            .await?;
+        let out = self.run(from, &["ping", "-c", "1", "-W", "1", "-q", &to]).await?;
         Ok(out.status.success())
     }
 
     /// Connects from `from` to `to` over TCP (bash's `/dev/tcp`) and reads what the server
     /// sends until it closes or `timeout` runs out. `Some(text)` when the connection was
     /// made (`text` possibly empty), `None` when it was refused or not made within `timeout`.
-    pub async fn connect(
-        &self,
-        from: &str,
-        to: SocketAddrV4,
-        timeout: Duration,
-    ) -> Result<Option<String>> {
+    pub async fn connect(&self, from: &str, to: SocketAddrV4, timeout: Duration) -> Result<Option<String>> {
         let secs = format!("{:.3}", timeout.as_secs_f64());
         let (ip, port) = (to.ip().to_string(), to.port().to_string());
         let out = self
@@ -562,23 +495,15 @@ impl Lab {
     pub async fn neighbour(&self, node: &str, ip: Ipv4Addr) -> Result<Option<String>> {
         let node = self.node(node)?;
         let iface = if node.is_switch { "br0" } else { HOST_IFACE };
-        let out = self
-            .ip_in(&node, &["neigh", "show", &ip.to_string(), "dev", iface])
-            .await?;
-        Ok(out
-            .split_whitespace()
-            .skip_while(|w| *w != "lladdr")
-            .nth(1)
-            .map(str::to_lowercase))
+        let out = self.ip_in(&node, &["neigh", "show", &ip.to_string(), "dev", iface]).await?;
+        Ok(out.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).map(str::to_lowercase))
     }
 
     /// The IPv4 addresses (`A/P`) on `node`'s interface.
     pub async fn addresses(&self, node: &str) -> Result<Vec<String>> {
         let node = self.node(node)?;
         let iface = if node.is_switch { "br0" } else { HOST_IFACE };
-        let out = self
-            .ip_in(&node, &["-o", "-4", "addr", "show", "dev", iface])
-            .await?;
+        let out = self.ip_in(&node, &["-o", "-4", "addr", "show", "dev", iface]).await?;
         Ok(inet_addresses(&out))
     }
 }
@@ -587,11 +512,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if !self.torn_down {
             if let Err(e) = teardown(&self.ip, &self.prefix) {
-                eprintln!(
-                    "warning: tearing down lab {} failed: {}",
-                    self.prefix,
-                    crate::chain(&e)
-                );
+                eprintln!("warning: tearing down lab {} failed: {}", self.prefix, crate::chain(&e));
             }
         }
     }
@@ -608,18 +529,12 @@ pub(crate) fn ns_command(
     let mut cmd = match procs {
         Some(procs) => {
             let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c")
-                .arg(r#"echo $$ > "$1" && shift && exec "$@""#)
-                .arg("ferry-lab")
-                .arg(procs)
-                .arg(ip);
+            c.arg("-c").arg(r#"echo $$ > "$1" && shift && exec "$@""#).arg("ferry-lab").arg(procs).arg(ip);
             c
         }
         None => tokio::process::Command::new(ip),
     };
-    cmd.args(["netns", "exec", ns])
-        .arg(program)
-        .stdin(Stdio::null());
+    cmd.args(["netns", "exec", ns]).arg(program).stdin(Stdio::null());
     cmd
 }
 
@@ -653,12 +568,7 @@ fn mac_of(addr: Ipv4Addr) -> String {
 }
 
 fn machine_octets(count: usize) -> impl Iterator<Item = u8> {
-    (0..count).map(|i| {
-        u8::try_from(i)
-            .ok()
-            .and_then(|i| FIRST_MACHINE_OCTET.checked_add(i))
-            .unwrap_or(u8::MAX)
-    })
+    (0..count).map(|i| u8::try_from(i).ok().and_then(|i| FIRST_MACHINE_OCTET.checked_add(i)).unwrap_or(u8::MAX))
 }
 
 fn check_machines(machines: &[String]) -> Result<()> {
@@ -672,8 +582,7 @@ fn check_machines(machines: &[String]) -> Result<()> {
     for (i, m) in machines.iter().enumerate() {
         let ok = !m.is_empty()
             && m.len() <= MAX_MACHINE_NAME
-            && m.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && m.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !m.starts_with('-');
         if !ok {
             return Err(LabError::Spec(format!(
@@ -695,12 +604,10 @@ fn check_machines(machines: &[String]) -> Result<()> {
 }
 
 fn make_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(LabError::io(format!("cannot create {}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(LabError::io(format!("cannot create {}", dir.display())))?;
     // The postgres user must be able to reach PostgreSQL's data below it.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(LabError::io(
-        format!("cannot set permissions of {}", dir.display()),
-    ))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(LabError::io(format!("cannot set permissions of {}", dir.display())))
 }
 
 /// Effective uid 0, from `/proc/self/status` (`Uid: real effective saved fs`).
@@ -708,9 +615,7 @@ fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
+            s.lines().find_map(|l| l.strip_prefix("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
         })
         .unwrap_or(false)
 }
@@ -719,9 +624,7 @@ fn is_root() -> bool {
 /// pid 1: a wrongly resolved name must never lead to configuring the host's network.
 fn check_not_root_namespace(ns: &str) -> Result<()> {
     let path = format!("/run/netns/{ns}");
-    let theirs = std::fs::metadata(&path)
-        .map_err(LabError::io(format!("cannot inspect {path}")))?
-        .ino();
+    let theirs = std::fs::metadata(&path).map_err(LabError::io(format!("cannot inspect {path}")))?.ino();
     for own in ["/proc/self/ns/net", "/proc/1/ns/net"] {
         if std::fs::metadata(own).is_ok_and(|m| m.ino() == theirs) {
             return Err(LabError::RootNamespace { ns: ns.into() });
@@ -774,20 +677,12 @@ mod tests {
     fn inet_lines_parse() {
         let out = "2: eth0    inet 198.18.1.11/24 brd 198.18.1.255 scope global eth0\\       valid_lft forever preferred_lft forever\n\
                    2: eth0    inet 198.18.1.100/24 scope global secondary eth0\\       valid_lft forever preferred_lft forever\n";
-        assert_eq!(
-            inet_addresses(out),
-            vec!["198.18.1.11/24".to_string(), "198.18.1.100/24".to_string()]
-        );
+        assert_eq!(inet_addresses(out), vec!["198.18.1.11/24".to_string(), "198.18.1.100/24".to_string()]);
     }
 
     #[test]
     fn the_cgroup_wrapper_joins_then_execs() {
-        let cmd = ns_command(
-            Path::new("/usr/sbin/ip"),
-            "fl-1-0-a",
-            Some(Path::new("/cg/cgroup.procs")),
-            "sleep",
-        );
+        let cmd = ns_command(Path::new("/usr/sbin/ip"), "fl-1-0-a", Some(Path::new("/cg/cgroup.procs")), "sleep");
         assert_eq!(
             crate::cmd::describe(cmd.as_std()),
             "/bin/sh -c echo $$ > \"$1\" && shift && exec \"$@\" ferry-lab /cg/cgroup.procs \

@@ -68,9 +68,7 @@ pub fn in_lab_net(addr: Ipv4Addr) -> bool {
 /// The `n`th floating IP (`n` < 100): 198.18.1.100 + n.
 pub fn floating_ip(n: u8) -> Result<Ipv4Addr> {
     if n >= 100 {
-        return Err(LabError::Spec(format!(
-            "floating IP number {n} is out of range (0-99 give 198.18.1.100-199)"
-        )));
+        return Err(LabError::Spec(format!("floating IP number {n} is out of range (0-99 give 198.18.1.100-199)")));
     }
     Ok(Ipv4Addr::new(198, 18, 1, 100 + n))
 }
@@ -90,18 +88,10 @@ pub enum LabError {
     AddressOutsideLab { addr: Ipv4Addr },
     /// A name that is not a node of this lab.
     #[error("{name:?} is not a node of lab {prefix} (nodes: {known})")]
-    UnknownNode {
-        name: String,
-        prefix: String,
-        known: String,
-    },
+    UnknownNode { name: String, prefix: String, known: String },
     /// An operation that needs a machine or the client got the switch, or vice versa.
     #[error("{operation} does not apply to {node}: {why}")]
-    WrongNode {
-        operation: &'static str,
-        node: String,
-        why: &'static str,
-    },
+    WrongNode { operation: &'static str, node: String, why: &'static str },
     /// A namespace the lab was about to use turned out to be the root network namespace.
     #[error("namespace {ns} is the root network namespace; refusing to touch it")]
     RootNamespace { ns: String },
@@ -117,11 +107,7 @@ pub enum LabError {
     Timeout { command: String, timeout_ms: u64 },
     /// An external command failed.
     #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    Command { command: String, status: String, stderr: String },
     /// A file operation failed.
     #[error("{what}")]
     Io {
@@ -139,20 +125,11 @@ impl LabError {
     /// Whether a test should skip rather than fail: a prerequisite is missing and this is
     /// not CI.
     pub fn is_skip(&self) -> bool {
-        matches!(
-            self,
-            LabError::Unavailable {
-                required: false,
-                ..
-            }
-        )
+        matches!(self, LabError::Unavailable { required: false, .. })
     }
 
     pub(crate) fn unavailable(reason: impl Into<String>) -> LabError {
-        LabError::Unavailable {
-            reason: reason.into(),
-            required: std::env::var("CI").is_ok_and(|v| v == "true"),
-        }
+        LabError::Unavailable { reason: reason.into(), required: std::env::var("CI").is_ok_and(|v| v == "true") }
     }
 
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
@@ -202,10 +179,7 @@ pub fn require(tools: &[&str]) -> Result<()> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(LabError::unavailable(format!(
-            "missing {}",
-            missing.join(", ")
-        )))
+        Err(LabError::unavailable(format!("missing {}", missing.join(", "))))
     }
 }
 
@@ -231,16 +205,7 @@ pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(
-            [
-                "/usr/local/sbin",
-                "/usr/local/bin",
-                "/usr/sbin",
-                "/usr/bin",
-                "/sbin",
-                "/bin",
-            ]
-            .iter()
-            .map(PathBuf::from),
+            ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().map(PathBuf::from),
         )
         .map(|dir| dir.join(tool))
         .find(|p| p.is_file())

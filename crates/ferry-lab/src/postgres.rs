@@ -57,14 +57,10 @@ impl Lab {
     /// server binaries, `runuser` or the `postgres` user are missing.
     pub async fn start_postgres(&self) -> Result<PgInLab> {
         let bin = find_binaries()?;
-        let runuser = which("runuser").ok_or_else(|| {
-            LabError::unavailable("runuser (Debian package util-linux) is not installed")
-        })?;
+        let runuser = which("runuser")
+            .ok_or_else(|| LabError::unavailable("runuser (Debian package util-linux) is not installed"))?;
         let owner = postgres_user()?;
-        let template = TEMPLATE
-            .get_or_try_init(|| build_template(&bin, &runuser, owner))
-            .await?
-            .clone();
+        let template = TEMPLATE.get_or_try_init(|| build_template(&bin, &runuser, owner)).await?.clone();
         let dir = self.state_dir.join("pg");
         make_owned_dir(&dir, owner)?;
         checked(
@@ -80,10 +76,7 @@ impl Lab {
         let sw = self.node(SWITCH)?;
         let mut pg = PgInLab {
             ip: self.ip.clone(),
-            cgroup_procs: self
-                .cgroups
-                .as_ref()
-                .map(|cg| cg.dir(&sw.ns).join("cgroup.procs")),
+            cgroup_procs: self.cgroups.as_ref().map(|cg| cg.dir(&sw.ns).join("cgroup.procs")),
             sw_ns: sw.ns,
             bin,
             runuser,
@@ -134,36 +127,20 @@ impl PgInLab {
              -c shared_buffers=16MB -c max_connections=100",
             self.dir.join("sock").display()
         );
-        let mut cmd = ns_command(
-            &self.ip,
-            &self.sw_ns,
-            self.cgroup_procs.as_deref(),
-            &self.runuser,
-        );
+        let mut cmd = ns_command(&self.ip, &self.sw_ns, self.cgroup_procs.as_deref(), &self.runuser);
         cmd.args(["-u", "postgres", "--"])
             .arg(self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.join("data"))
             .arg("-l")
             .arg(self.log_file())
-            .args([
-                "-w",
-                "-t",
-                &START_WAIT_S.to_string(),
-                "-o",
-                &options,
-                "start",
-            ]);
+            .args(["-w", "-t", &START_WAIT_S.to_string(), "-o", &options, "start"]);
         match checked(&mut cmd, Duration::from_secs(START_WAIT_S + 10)).await {
             Ok(_) => {
                 self.running = true;
                 Ok(())
             }
-            Err(LabError::Command {
-                command,
-                status,
-                stderr,
-            }) => {
+            Err(LabError::Command { command, status, stderr }) => {
                 let log = std::fs::read_to_string(self.log_file()).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(10).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -216,8 +193,8 @@ impl PgInLab {
 
     fn signal_all(&self, signal: Signal) -> Result<()> {
         let pid_file = self.dir.join("data").join("postmaster.pid");
-        let text = std::fs::read_to_string(&pid_file)
-            .map_err(LabError::io(format!("cannot read {}", pid_file.display())))?;
+        let text =
+            std::fs::read_to_string(&pid_file).map_err(LabError::io(format!("cannot read {}", pid_file.display())))?;
         let postmaster: i32 = text
             .lines()
             .next()
@@ -267,11 +244,7 @@ fn children_of(parent: i32) -> Vec<i32> {
 /// The directory with `initdb`, `pg_ctl` and `postgres`: Debian's highest
 /// `/usr/lib/postgresql/*/bin`, else where the `initdb` on `PATH` really lives.
 fn find_binaries() -> Result<PathBuf> {
-    let has_all = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
+    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
     let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -300,8 +273,7 @@ fn find_binaries() -> Result<PathBuf> {
 
 /// The uid and gid of the `postgres` OS user, from /etc/passwd.
 fn postgres_user() -> Result<(u32, u32)> {
-    let passwd =
-        std::fs::read_to_string("/etc/passwd").map_err(LabError::io("cannot read /etc/passwd"))?;
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(LabError::io("cannot read /etc/passwd"))?;
     passwd
         .lines()
         .find_map(|l| {
@@ -313,27 +285,20 @@ fn postgres_user() -> Result<(u32, u32)> {
             let gid = f.next()?.parse().ok()?;
             Some((uid, gid))
         })
-        .ok_or_else(|| {
-            LabError::unavailable("there is no postgres user; apt-get install postgresql")
-        })
+        .ok_or_else(|| LabError::unavailable("there is no postgres user; apt-get install postgresql"))
 }
 
 fn make_owned_dir(dir: &Path, (uid, gid): (u32, u32)) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(LabError::io(format!("cannot create {}", dir.display())))?;
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(LabError::io(format!(
-        "cannot hand {} to the postgres user",
-        dir.display()
-    )))
+    std::fs::create_dir_all(dir).map_err(LabError::io(format!("cannot create {}", dir.display())))?;
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
+        .map_err(LabError::io(format!("cannot hand {} to the postgres user", dir.display())))
 }
 
 /// Builds (once per machine, version and format) an initialised cluster with the `ferry`
 /// superuser and database and a `pg_hba.conf` trusting the lab network.
 async fn build_template(bin: &Path, runuser: &Path, owner: (u32, u32)) -> Result<PathBuf> {
     let version = checked(
-        tokio::process::Command::new(bin.join("pg_ctl"))
-            .arg("--version")
-            .stdin(Stdio::null()),
+        tokio::process::Command::new(bin.join("pg_ctl")).arg("--version").stdin(Stdio::null()),
         COMMAND_TIMEOUT,
     )
     .await?;
@@ -344,10 +309,7 @@ async fn build_template(bin: &Path, runuser: &Path, owner: (u32, u32)) -> Result
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
         .collect();
-    let target = std::env::temp_dir().join(format!(
-        "ferry-lab-pg-template-{version}-f{TEMPLATE_FORMAT}-u{}",
-        owner.0
-    ));
+    let target = std::env::temp_dir().join(format!("ferry-lab-pg-template-{version}-f{TEMPLATE_FORMAT}-u{}", owner.0));
     if target.join("ready").is_file() {
         return Ok(target);
     }
@@ -370,10 +332,7 @@ async fn build_template(bin: &Path, runuser: &Path, owner: (u32, u32)) -> Result
         }
         Err(source) => {
             let _ = std::fs::remove_dir_all(&build);
-            Err(LabError::Io {
-                what: format!("cannot move the template cluster to {}", target.display()),
-                source,
-            })
+            Err(LabError::Io { what: format!("cannot move the template cluster to {}", target.display()), source })
         }
     }
 }
@@ -383,22 +342,11 @@ async fn fill_template(build: &Path, bin: &Path, runuser: &Path, owner: (u32, u3
     let data = build.join("data");
     let as_postgres = |program: &str| {
         let mut cmd = tokio::process::Command::new(runuser);
-        cmd.args(["-u", "postgres", "--"])
-            .arg(bin.join(program))
-            .stdin(Stdio::null());
+        cmd.args(["-u", "postgres", "--"]).arg(bin.join(program)).stdin(Stdio::null());
         cmd
     };
     let mut initdb = as_postgres("initdb");
-    initdb.arg("-D").arg(&data).args([
-        "-N",
-        "-A",
-        "trust",
-        "-U",
-        SUPERUSER,
-        "-E",
-        "UTF8",
-        "--locale=C",
-    ]);
+    initdb.arg("-D").arg(&data).args(["-N", "-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--locale=C"]);
     checked(&mut initdb, Duration::from_secs(120)).await?;
     let hba = data.join("pg_hba.conf");
     std::fs::write(
@@ -408,28 +356,19 @@ async fn fill_template(build: &Path, bin: &Path, runuser: &Path, owner: (u32, u3
          host all all 198.18.0.0/15 trust\n",
     )
     .map_err(LabError::io(format!("cannot write {}", hba.display())))?;
-    std::os::unix::fs::chown(&hba, Some(owner.0), Some(owner.1)).map_err(LabError::io(format!(
-        "cannot hand {} to postgres",
-        hba.display()
-    )))?;
+    std::os::unix::fs::chown(&hba, Some(owner.0), Some(owner.1))
+        .map_err(LabError::io(format!("cannot hand {} to postgres", hba.display())))?;
     // Single-user mode reads one statement per line from stdin.
     let script = build.join("create.sql");
     {
-        let mut f = std::fs::File::create(&script)
-            .map_err(LabError::io(format!("cannot write {}", script.display())))?;
+        let mut f =
+            std::fs::File::create(&script).map_err(LabError::io(format!("cannot write {}", script.display())))?;
         writeln!(f, "CREATE DATABASE {DATABASE} OWNER {SUPERUSER}")
             .map_err(LabError::io(format!("cannot write {}", script.display())))?;
     }
-    let stdin = std::fs::File::open(&script)
-        .map_err(LabError::io(format!("cannot read {}", script.display())))?;
+    let stdin = std::fs::File::open(&script).map_err(LabError::io(format!("cannot read {}", script.display())))?;
     let mut single = as_postgres("postgres");
-    single
-        .arg("--single")
-        .arg("-D")
-        .arg(&data)
-        .args(["-c", "fsync=off", "postgres"])
-        .stdin(stdin);
+    single.arg("--single").arg("-D").arg(&data).args(["-c", "fsync=off", "postgres"]).stdin(stdin);
     checked(&mut single, Duration::from_secs(120)).await?;
-    std::fs::write(build.join("ready"), b"ok\n")
-        .map_err(LabError::io("cannot mark the template cluster ready"))
+    std::fs::write(build.join("ready"), b"ok\n").map_err(LabError::io("cannot mark the template cluster ready"))
 }

@@ -24,17 +24,11 @@ pub(crate) fn state_root() -> PathBuf {
 
 /// Validates a lab tag (the `TAG` of `TAG-PID-N-`): 1-8 lowercase letters or digits.
 pub(crate) fn check_tag(tag: &str) -> Result<()> {
-    let ok = !tag.is_empty()
-        && tag.len() <= 8
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = !tag.is_empty() && tag.len() <= 8 && tag.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if ok {
         Ok(())
     } else {
-        Err(LabError::Spec(format!(
-            "lab prefix {tag:?} must be 1-8 lowercase letters or digits"
-        )))
+        Err(LabError::Spec(format!("lab prefix {tag:?} must be 1-8 lowercase letters or digits")))
     }
 }
 
@@ -55,8 +49,7 @@ pub(crate) fn parse_prefix(name: &str, tag: &str) -> Option<(String, u32)> {
 /// prefixes removed. [`crate::Lab::up`] calls this for its own tag.
 pub fn cleanup_stale(tag: &str) -> Result<Vec<String>> {
     check_tag(tag)?;
-    let ip = which("ip")
-        .ok_or_else(|| LabError::unavailable("ip (Debian package iproute2) is not installed"))?;
+    let ip = which("ip").ok_or_else(|| LabError::unavailable("ip (Debian package iproute2) is not installed"))?;
     let mut names: Vec<String> = list_namespaces_blocking(&ip)?;
     if let Some(cg) = Cgroups::existing() {
         names.extend(cg.names());
@@ -91,14 +84,9 @@ pub fn cleanup_stale(tag: &str) -> Result<Vec<String>> {
 /// reports the first one.
 pub(crate) fn teardown(ip: &Path, prefix: &str) -> Result<()> {
     // Never let a malformed prefix (say, an empty one) match other people's namespaces.
-    let valid = prefix
-        .split_once('-')
-        .and_then(|(tag, _)| parse_prefix(prefix, tag))
-        .is_some_and(|(p, _)| p == prefix);
+    let valid = prefix.split_once('-').and_then(|(tag, _)| parse_prefix(prefix, tag)).is_some_and(|(p, _)| p == prefix);
     if !valid {
-        return Err(LabError::Spec(format!(
-            "refusing to tear down {prefix:?}: not a lab prefix TAG-PID-N-"
-        )));
+        return Err(LabError::Spec(format!("refusing to tear down {prefix:?}: not a lab prefix TAG-PID-N-")));
     }
     let mut first_error: Option<LabError> = None;
     let mut note = |r: Result<()>| {
@@ -133,13 +121,7 @@ pub(crate) fn teardown(ip: &Path, prefix: &str) -> Result<()> {
     }
     for ns in &namespaces {
         // Deleting a namespace destroys its veth ends, and with them the peers in the switch.
-        note(
-            checked_blocking(
-                std::process::Command::new(ip).args(["netns", "del", ns]),
-                COMMAND_TIMEOUT,
-            )
-            .map(drop),
-        );
+        note(checked_blocking(std::process::Command::new(ip).args(["netns", "del", ns]), COMMAND_TIMEOUT).map(drop));
     }
     if let Some(cg) = &cgroups {
         for g in &groups {
@@ -150,10 +132,7 @@ pub(crate) fn teardown(ip: &Path, prefix: &str) -> Result<()> {
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => note(Err(LabError::Io {
-            what: format!("cannot remove {}", dir.display()),
-            source,
-        })),
+        Err(source) => note(Err(LabError::Io { what: format!("cannot remove {}", dir.display()), source })),
     }
     match first_error {
         Some(e) => Err(e),
@@ -163,33 +142,22 @@ pub(crate) fn teardown(ip: &Path, prefix: &str) -> Result<()> {
 
 /// The names of all network namespaces (`ip netns list`: `NAME` or `NAME (id: N)`).
 pub(crate) fn list_namespaces_blocking(ip: &Path) -> Result<Vec<String>> {
-    let out = checked_blocking(
-        std::process::Command::new(ip).args(["netns", "list"]),
-        COMMAND_TIMEOUT,
-    )?;
+    let out = checked_blocking(std::process::Command::new(ip).args(["netns", "list"]), COMMAND_TIMEOUT)?;
     Ok(parse_netns_list(&out))
 }
 
 pub(crate) fn parse_netns_list(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+    out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 pub(crate) fn parse_pids(out: &str) -> Vec<i32> {
-    out.split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
+    out.split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
 /// SIGKILLs every process in `ns` until none is left (up to ~5 s).
 fn kill_namespace_blocking(ip: &Path, ns: &str) -> Result<()> {
     for _ in 0..500 {
-        let out = checked_blocking(
-            std::process::Command::new(ip).args(["netns", "pids", ns]),
-            COMMAND_TIMEOUT,
-        )?;
+        let out = checked_blocking(std::process::Command::new(ip).args(["netns", "pids", ns]), COMMAND_TIMEOUT)?;
         let pids = parse_pids(&out);
         if pids.is_empty() {
             return Ok(());
@@ -199,9 +167,7 @@ fn kill_namespace_blocking(ip: &Path, ns: &str) -> Result<()> {
         }
         blocking_pause();
     }
-    Err(LabError::Stuck(format!(
-        "processes in namespace {ns} survived SIGKILL for 5 s"
-    )))
+    Err(LabError::Stuck(format!("processes in namespace {ns} survived SIGKILL for 5 s")))
 }
 
 /// Records who owns the lab in `dir/owner`: `PID STARTTIME PIDNS`.
@@ -244,9 +210,7 @@ fn start_time(pid: u32) -> Option<String> {
 }
 
 fn own_pid_namespace() -> Option<String> {
-    std::fs::read_link("/proc/self/ns/pid")
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
+    std::fs::read_link("/proc/self/ns/pid").ok().map(|p| p.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -255,14 +219,8 @@ mod tests {
 
     #[test]
     fn prefixes_parse_only_when_well_formed() {
-        assert_eq!(
-            parse_prefix("fl-123-4-sw", "fl"),
-            Some(("fl-123-4-".into(), 123))
-        );
-        assert_eq!(
-            parse_prefix("fl-123-4-", "fl"),
-            Some(("fl-123-4-".into(), 123))
-        );
+        assert_eq!(parse_prefix("fl-123-4-sw", "fl"), Some(("fl-123-4-".into(), 123)));
+        assert_eq!(parse_prefix("fl-123-4-", "fl"), Some(("fl-123-4-".into(), 123)));
         assert_eq!(parse_prefix("fl-123-sw", "fl"), None);
         assert_eq!(parse_prefix("fl-x-4-sw", "fl"), None);
         assert_eq!(parse_prefix("flx-123-4-sw", "fl"), None);

@@ -22,32 +22,19 @@ const OUTER_NETNS_VAR: &str = "FERRY_IPADDR_OUTER_NETNS";
 
 /// The network namespace this process is in (`net:[INODE]`).
 fn netns_id() -> std::io::Result<String> {
-    Ok(std::fs::read_link("/proc/self/ns/net")?
-        .to_string_lossy()
-        .into_owned())
+    Ok(std::fs::read_link("/proc/self/ns/net")?.to_string_lossy().into_owned())
 }
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 
 /// Runs `ops` (one per line: `VERB IFACE IP [PREFIX]`, or `sleep MS`) with `ipaddr` inside
 /// `machine`; one `Ok(value)` or `Err(message)` per operation.
-async fn in_machine(
-    lab: &Lab,
-    machine: &str,
-    ops: &[&str],
-) -> Result<Vec<std::result::Result<String, String>>> {
+async fn in_machine(lab: &Lab, machine: &str, ops: &[&str]) -> Result<Vec<std::result::Result<String, String>>> {
     let exe = std::env::current_exe()?;
     let mut cmd = lab.command(machine, &exe)?;
-    cmd.args([
-        "--exact",
-        "inside_a_lab_namespace",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(OPS_VAR, ops.join("\n"))
-    .env(OUTER_NETNS_VAR, netns_id()?)
-    .kill_on_drop(true);
+    cmd.args(["--exact", "inside_a_lab_namespace", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+        .env(OPS_VAR, ops.join("\n"))
+        .env(OUTER_NETNS_VAR, netns_id()?)
+        .kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .context("the helper in the lab namespace timed out")??;
@@ -62,11 +49,7 @@ async fn in_machine(
         })
         .collect();
     if !out.status.success() || results.len() != ops.len() {
-        bail!(
-            "the helper in {machine} failed ({}): {stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("the helper in {machine} failed ({}): {stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(results)
 }
@@ -75,8 +58,7 @@ async fn in_machine(
 #[test]
 #[ignore = "a helper: the other tests of this file run it inside a lab namespace"]
 fn inside_a_lab_namespace() {
-    let ops = std::env::var(OPS_VAR)
-        .expect("run only by the other tests of this file, with FERRY_IPADDR_OPS set");
+    let ops = std::env::var(OPS_VAR).expect("run only by the other tests of this file, with FERRY_IPADDR_OPS set");
     // The outer test passes the namespace it runs in (the root one); this must differ.
     let outer = std::env::var(OUTER_NETNS_VAR).ok();
     let own = netns_id().ok();
@@ -84,10 +66,7 @@ fn inside_a_lab_namespace() {
         outer.is_some() && own.is_some() && outer != own,
         "refusing to change addresses in the root network namespace ({outer:?} vs {own:?})"
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     rt.block_on(async {
         for op in ops.lines() {
             let words: Vec<&str> = op.split_whitespace().collect();
@@ -113,9 +92,7 @@ async fn run_op(words: &[&str]) -> std::result::Result<String, Box<dyn std::erro
         Ok(words.get(3).ok_or("no prefix length")?.parse()?)
     };
     Ok(match verb {
-        "add" => ipaddr::add(iface, ip, len()?)
-            .await
-            .map(|()| String::new())?,
+        "add" => ipaddr::add(iface, ip, len()?).await.map(|()| String::new())?,
         "remove" => ipaddr::remove(iface, ip).await.map(|()| String::new())?,
         "present" => ipaddr::present(iface, ip).await?.to_string(),
         "probe" => ipaddr::probe(iface, ip).await?.to_string(),
@@ -156,23 +133,13 @@ async fn add_present_remove_are_idempotent() -> Result {
     )
     .await?;
     assert_eq!(results, vec![ok("false"), ok(""), ok("true"), ok("")]);
-    assert_eq!(
-        lab.addresses("a").await?,
-        vec!["198.18.1.11/24", "198.18.1.100/24"]
-    );
+    assert_eq!(lab.addresses("a").await?, vec!["198.18.1.11/24", "198.18.1.100/24"]);
     assert_eq!(lab.addresses("b").await?, vec!["198.18.1.12/24"]);
     assert!(lab.ping("client", VIP).await?, "the added address answers");
 
-    let results = in_machine(
-        &lab,
-        "a",
-        &[
-            "remove eth0 198.18.1.100",
-            "present eth0 198.18.1.100",
-            "remove eth0 198.18.1.100",
-        ],
-    )
-    .await?;
+    let results =
+        in_machine(&lab, "a", &["remove eth0 198.18.1.100", "present eth0 198.18.1.100", "remove eth0 198.18.1.100"])
+            .await?;
     assert_eq!(results, vec![ok(""), ok("false"), ok("")]);
     assert_eq!(lab.addresses("a").await?, vec!["198.18.1.11/24"]);
     lab.down()?;
@@ -215,9 +182,7 @@ async fn announce_moves_the_clients_neighbour_entry() -> Result {
     let (results, switched_ms) = tokio::join!(announce, watch);
     assert_eq!(results?, vec![ok(""), ok("")]);
     let switched_ms = switched_ms?.context("the client's entry never pointed at b")?;
-    eprintln!(
-        "the client's neighbour entry pointed at b ~{switched_ms} ms after the helper started"
-    );
+    eprintln!("the client's neighbour entry pointed at b ~{switched_ms} ms after the helper started");
     assert!(lab.ping("client", VIP).await?);
 
     // Announcing an address that is not here is refused.
@@ -248,15 +213,8 @@ async fn the_probe_sees_an_address_another_machine_holds() -> Result {
     assert_eq!(results[0], ok("true"), "a holds .100");
     assert_eq!(results[1], ok("false"), "nobody holds .101");
     let refused = results[2].clone().unwrap_err();
-    assert!(
-        refused.contains("another host answers for 198.18.1.100 on eth0"),
-        "{refused}"
-    );
-    assert_eq!(
-        results[3],
-        ok("false"),
-        "a refused plumb must not add the address"
-    );
+    assert!(refused.contains("another host answers for 198.18.1.100 on eth0"), "{refused}");
+    assert_eq!(results[3], ok("false"), "a refused plumb must not add the address");
     lab.down()?;
     Ok(())
 }
@@ -279,10 +237,7 @@ async fn errors_name_the_interface_and_the_address() -> Result {
         ],
     )
     .await?;
-    let errors: Vec<String> = results
-        .into_iter()
-        .map(|r| r.expect_err("each of these must fail"))
-        .collect();
+    let errors: Vec<String> = results.into_iter().map(|r| r.expect_err("each of these must fail")).collect();
     let missing = "interface eth9 does not exist in this network namespace";
     assert!(errors[0].contains(missing), "{}", errors[0]);
     assert_eq!(

@@ -84,10 +84,7 @@ where
 
 /// The names of the network namespaces that start with `prefix`.
 fn namespaces_with(prefix: &str) -> Result<Vec<String>> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .context("ip netns list")?;
+    let out = std::process::Command::new("ip").args(["netns", "list"]).output().context("ip netns list")?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -98,10 +95,7 @@ fn namespaces_with(prefix: &str) -> Result<Vec<String>> {
 
 /// Link names in the root namespace (read only).
 fn root_links() -> Result<Vec<String>> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "link", "show"])
-        .output()
-        .context("ip -o link show")?;
+    let out = std::process::Command::new("ip").args(["-o", "link", "show"]).output().context("ip -o link show")?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -110,10 +104,7 @@ fn root_links() -> Result<Vec<String>> {
 }
 
 fn counter(file: &Path) -> u64 {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
 }
 
 #[allow(clippy::disallowed_methods)] // reason: measures how long the lab takes, for the test log
@@ -129,28 +120,17 @@ async fn invalid_specs_are_refused_before_anything_is_built() {
         (vec!["name-too-long"], "15 characters"),
         (vec!["a", "a"], "twice"),
     ] {
-        let spec = LabSpec {
-            machines: machines.iter().map(|m| m.to_string()).collect(),
-            ..LabSpec::default()
-        };
-        let e = Lab::up(spec)
-            .await
-            .expect_err("an invalid spec must be refused");
+        let spec = LabSpec { machines: machines.iter().map(|m| m.to_string()).collect(), ..LabSpec::default() };
+        let e = Lab::up(spec).await.expect_err("an invalid spec must be refused");
         assert!(e.to_string().contains(why), "{e}");
     }
-    let bad_tag = LabSpec {
-        prefix: "a-b".into(),
-        ..LabSpec::new(&["a"])
-    };
+    let bad_tag = LabSpec { prefix: "a-b".into(), ..LabSpec::new(&["a"]) };
     assert!(Lab::up(bad_tag).await.is_err());
     let prefix = format!("fl-{}-", std::process::id());
     // Nothing of this process's labs exists beyond those of tests running right now, and
     // none of those is named after the refused machines.
     for ns in namespaces_with(&prefix).unwrap() {
-        assert!(
-            !ns.ends_with("-Upper") && !ns.ends_with("-name-too-long"),
-            "{ns}"
-        );
+        assert!(!ns.ends_with("-Upper") && !ns.ends_with("-name-too-long"), "{ns}");
     }
 }
 
@@ -165,10 +145,7 @@ async fn up_and_down_leave_nothing_behind() -> Result {
     let prefix = lab.prefix().to_string();
     let mut found = namespaces_with(&prefix)?;
     found.sort();
-    let mut want: Vec<String> = ["a", "b", "client", "sw"]
-        .iter()
-        .map(|n| format!("{prefix}{n}"))
-        .collect();
+    let mut want: Vec<String> = ["a", "b", "client", "sw"].iter().map(|n| format!("{prefix}{n}")).collect();
     want.sort();
     assert_eq!(found, want);
     assert_eq!(lab.addr("a")?.to_string(), "198.18.1.11");
@@ -186,13 +163,9 @@ async fn up_and_down_leave_nothing_behind() -> Result {
             "lab link {name} appeared in the root namespace"
         );
     }
-    let root_addrs = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args(["-o", "-4", "addr"])
-            .output()?
-            .stdout,
-    )
-    .into_owned();
+    let root_addrs =
+        String::from_utf8_lossy(&std::process::Command::new("ip").args(["-o", "-4", "addr"]).output()?.stdout)
+            .into_owned();
     assert!(!root_addrs.contains("198.18.1."), "{root_addrs}");
     let cgroup = lab.cgroup("a")?;
     let state_dir = lab.state_dir().to_path_buf();
@@ -205,10 +178,7 @@ async fn up_and_down_leave_nothing_behind() -> Result {
     eprintln!("lab up {up_ms} ms, down {down_ms} ms");
     assert_eq!(namespaces_with(&prefix)?, Vec::<String>::new());
     let status = tokio::time::timeout(Duration::from_secs(5), sleeper.wait()).await??;
-    assert!(
-        !status.success(),
-        "the process in the lab must have been killed"
-    );
+    assert!(!status.success(), "the process in the lab must have been killed");
     if let Some(cg) = cgroup {
         assert!(!cg.exists(), "{} survived", cg.display());
     }
@@ -223,19 +193,14 @@ fn a_panicking_test_still_removes_its_lab() -> Result {
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
             let Some(lab) = Lab::up_or_skip(LabSpec::new(&["a"])).await else {
                 let _ = tx.send(None);
                 return;
             };
             let log = lab.state_dir().join("sleep.log");
-            let child = lab
-                .spawn("a", "sleep", &["1000"], &[], &log)
-                .expect("spawn");
+            let child = lab.spawn("a", "sleep", &["1000"], &[], &log).expect("spawn");
             let _ = tx.send(Some((lab.prefix().to_string(), child.id())));
             panic!("a test fails while its lab is up");
         });
@@ -248,10 +213,7 @@ fn a_panicking_test_still_removes_its_lab() -> Result {
     if let Some(pid) = pid {
         // Killed; at most a zombie until the runtime's orphan reaper collects it.
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            state.is_empty() || state.contains(") Z"),
-            "process {pid} survived: {state}"
-        );
+        assert!(state.is_empty() || state.contains(") Z"), "process {pid} survived: {state}");
     }
     Ok(())
 }
@@ -271,25 +233,16 @@ async fn stale_labs_of_dead_processes_are_removed() -> Result {
     };
     let stale = format!("flst-{dead_pid}-0-");
     let ns = format!("{stale}a");
-    let ok = std::process::Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()?;
+    let ok = std::process::Command::new("ip").args(["netns", "add", &ns]).status()?;
     ensure!(ok.success(), "ip netns add {ns}");
-    let mut orphan = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "sleep", "1000"])
-        .spawn()?;
+    let mut orphan = std::process::Command::new("ip").args(["netns", "exec", &ns, "sleep", "1000"]).spawn()?;
     let state_dir = std::env::temp_dir().join("ferry-lab").join(&stale);
     std::fs::create_dir_all(&state_dir)?;
     let pid_ns = std::fs::read_link("/proc/self/ns/pid")?;
-    std::fs::write(
-        state_dir.join("owner"),
-        format!("{dead_pid} 1 {}\n", pid_ns.display()),
-    )?;
+    std::fs::write(state_dir.join("owner"), format!("{dead_pid} 1 {}\n", pid_ns.display()))?;
     // Wait until the orphan runs inside the namespace.
     for _ in 0..300 {
-        let pids = std::process::Command::new("ip")
-            .args(["netns", "pids", &ns])
-            .output()?;
+        let pids = std::process::Command::new("ip").args(["netns", "pids", &ns]).output()?;
         if !pids.stdout.is_empty() {
             break;
         }
@@ -320,15 +273,9 @@ async fn the_client_reaches_every_machine_and_machines_reach_each_other() -> Res
     assert!(lab.ping("c", lab.switch_addr()).await?, "c -> switch");
     assert!(lab.ping("sw", lab.client_addr()).await?, "switch -> client");
     // Nothing beyond the lab: no default route, so other addresses are not even tried.
-    let out = lab
-        .run("a", &["ping", "-c", "1", "-W", "1", "192.0.2.1"])
-        .await?;
+    let out = lab.run("a", &["ping", "-c", "1", "-W", "1", "192.0.2.1"]).await?;
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unreachable"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unreachable"), "{}", String::from_utf8_lossy(&out.stderr));
     lab.down()?;
     Ok(())
 }
@@ -342,40 +289,26 @@ async fn spawned_programs_run_inside_their_machine() -> Result {
     let mut child = lab.spawn(
         "a",
         "sh",
-        &[
-            "-c",
-            "echo \"$GREETING\"; ip -o -4 addr show dev eth0; exec sleep 1000",
-        ],
+        &["-c", "echo \"$GREETING\"; ip -o -4 addr show dev eth0; exec sleep 1000"],
         &[("GREETING", "hello from a")],
         &log,
     )?;
     let pid = i32::try_from(child.id().context("pid")?)?;
-    let inside = eventually(Duration::from_secs(5), || async {
-        Ok(std::fs::read_to_string(&log)?.contains("198.18.1.11/24"))
-    })
-    .await?;
+    let inside =
+        eventually(Duration::from_secs(5), || async { Ok(std::fs::read_to_string(&log)?.contains("198.18.1.11/24")) })
+            .await?;
     let text = std::fs::read_to_string(&log)?;
     assert!(inside, "the program did not see a's address: {text}");
     assert!(text.starts_with("hello from a\n"), "{text}");
     assert!(lab.pids("a").await?.contains(&pid));
     assert!(!lab.pids("b").await?.contains(&pid));
-    let identify = std::process::Command::new("ip")
-        .args(["netns", "identify", &pid.to_string()])
-        .output()?;
-    assert_eq!(
-        String::from_utf8_lossy(&identify.stdout).trim(),
-        lab.namespace("a")?
-    );
+    let identify = std::process::Command::new("ip").args(["netns", "identify", &pid.to_string()]).output()?;
+    assert_eq!(String::from_utf8_lossy(&identify.stdout).trim(), lab.namespace("a")?);
     match lab.freezer() {
         Freezer::Cgroup { .. } => {
             let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
             let want = format!("/ferry-lab/{}", lab.namespace("a")?);
-            assert!(
-                cgroup
-                    .lines()
-                    .any(|l| l.starts_with("0::") && l.ends_with(&want)),
-                "not in {want}: {cgroup}"
-            );
+            assert!(cgroup.lines().any(|l| l.starts_with("0::") && l.ends_with(&want)), "not in {want}: {cgroup}");
         }
         Freezer::Signals { reason } => eprintln!("no cgroup v2 here ({reason})"),
     }
@@ -390,20 +323,12 @@ async fn crash_kills_everything_and_pulls_the_cable() -> Result {
         return Ok(());
     };
     let mut server = serve(&lab, "a").await?;
-    lab.exec(
-        "a",
-        &["ip", "addr", "add", "198.18.1.100/24", "dev", "eth0"],
-    )
-    .await?;
+    lab.exec("a", &["ip", "addr", "add", "198.18.1.100/24", "dev", "eth0"]).await?;
     expect_reach(&lab, &[("client", "a", true), ("b", "a", true)]).await?;
 
     lab.crash("a").await?;
     let status = tokio::time::timeout(Duration::from_secs(5), server.wait()).await??;
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "{status}"
-    );
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{status}");
     assert_eq!(lab.pids("a").await?, Vec::<i32>::new());
     assert!(!lab.ping("client", lab.addr("a")?).await?);
     expect_reach(&lab, &[("client", "a", false), ("b", "a", false)]).await?;
@@ -412,10 +337,7 @@ async fn crash_kills_everything_and_pulls_the_cable() -> Result {
 
     lab.revive("a").await?;
     let a = lab.addr("a")?;
-    let pings = eventually(Duration::from_secs(3), || async {
-        Ok(lab.ping("client", a).await?)
-    })
-    .await?;
+    let pings = eventually(Duration::from_secs(3), || async { Ok(lab.ping("client", a).await?) }).await?;
     assert!(pings, "a does not answer pings after revive");
     // Processes are not restarted: the port is closed (refused, not unreachable).
     assert!(!answers(&lab, "client", "a").await?);
@@ -442,13 +364,7 @@ async fn freeze_and_thaw(spec: LabSpec) -> Result {
     };
     let file = lab.state_dir().join("count");
     let log = lab.state_dir().join("count.log");
-    let _counter = lab.spawn(
-        "a",
-        PROBE,
-        &["count", &file.display().to_string()],
-        &[],
-        &log,
-    )?;
+    let _counter = lab.spawn("a", PROBE, &["count", &file.display().to_string()], &[], &log)?;
     let _server = serve(&lab, "a").await?;
     let file2 = file.clone();
     assert!(
@@ -466,18 +382,8 @@ async fn freeze_and_thaw(spec: LabSpec) -> Result {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(counter(&file), frozen_at, "the counter ran while frozen");
     // The kernel still completes the handshake; the frozen server never greets.
-    let greeting = lab
-        .connect(
-            "client",
-            SocketAddrV4::new(lab.addr("a")?, PORT),
-            Duration::from_millis(500),
-        )
-        .await?;
-    assert_eq!(
-        greeting.as_deref(),
-        Some(""),
-        "a frozen server must accept but not answer"
-    );
+    let greeting = lab.connect("client", SocketAddrV4::new(lab.addr("a")?, PORT), Duration::from_millis(500)).await?;
+    assert_eq!(greeting.as_deref(), Some(""), "a frozen server must accept but not answer");
     assert!(lab.is_frozen("a").await?);
 
     lab.thaw("a").await?;
@@ -503,11 +409,7 @@ async fn freeze_stops_a_machine_and_thaw_resumes_it() -> Result {
 
 #[tokio::test]
 async fn the_signal_freezer_fallback_works_too() -> Result {
-    freeze_and_thaw(LabSpec {
-        signal_freezer: true,
-        ..LabSpec::new(&["a"])
-    })
-    .await
+    freeze_and_thaw(LabSpec { signal_freezer: true, ..LabSpec::new(&["a"]) }).await
 }
 
 #[tokio::test]
@@ -515,11 +417,7 @@ async fn a_partitioned_machine_reaches_nobody() -> Result {
     let Some(lab) = lab(&["a", "b"], &["nft", "bash", "timeout"]).await else {
         return Ok(());
     };
-    let _servers = [
-        serve(&lab, "a").await?,
-        serve(&lab, "b").await?,
-        serve(&lab, "sw").await?,
-    ];
+    let _servers = [serve(&lab, "a").await?, serve(&lab, "b").await?, serve(&lab, "sw").await?];
     let started = stopwatch();
     lab.partition("a").await?;
     let cut_ms = started.elapsed().as_millis();
@@ -537,16 +435,12 @@ async fn a_partitioned_machine_reaches_nobody() -> Result {
     )
     .await?;
     // Links stay up: the machine cannot tell from its interface.
-    let link = lab
-        .exec("a", &["ip", "-o", "link", "show", "dev", "eth0"])
-        .await?;
+    let link = lab.exec("a", &["ip", "-o", "link", "show", "dev", "eth0"]).await?;
     assert!(link.contains("state UP"), "{link}");
 
     lab.heal().await?;
     let healed = eventually(Duration::from_secs(3), || async {
-        Ok(answers(&lab, "a", "b").await?
-            && answers(&lab, "a", "sw").await?
-            && answers(&lab, "client", "a").await?)
+        Ok(answers(&lab, "a", "b").await? && answers(&lab, "a", "sw").await? && answers(&lab, "client", "a").await?)
     })
     .await?;
     assert!(healed, "a partitioned machine did not come back after heal");
@@ -560,12 +454,8 @@ async fn partition_from_peers_keeps_the_switch() -> Result {
     let Some(lab) = lab(&["a", "b", "c"], &["nft", "bash", "timeout", "arping"]).await else {
         return Ok(());
     };
-    let _servers = [
-        serve(&lab, "a").await?,
-        serve(&lab, "b").await?,
-        serve(&lab, "c").await?,
-        serve(&lab, "sw").await?,
-    ];
+    let _servers =
+        [serve(&lab, "a").await?, serve(&lab, "b").await?, serve(&lab, "c").await?, serve(&lab, "sw").await?];
     lab.partition_from_peers("a").await?;
     expect_reach(
         &lab,
@@ -582,17 +472,8 @@ async fn partition_from_peers_keeps_the_switch() -> Result {
     .await?;
     // ARP still passes (an asymmetric cut that dropped ARP would also cut a from the switch's
     // neighbours): b resolves a's address.
-    let arp = lab
-        .run(
-            "b",
-            &["arping", "-c", "1", "-w", "1", "-I", "eth0", "198.18.1.11"],
-        )
-        .await?;
-    assert!(
-        arp.status.success(),
-        "{}",
-        String::from_utf8_lossy(&arp.stdout)
-    );
+    let arp = lab.run("b", &["arping", "-c", "1", "-w", "1", "-I", "eth0", "198.18.1.11"]).await?;
+    assert!(arp.status.success(), "{}", String::from_utf8_lossy(&arp.stdout));
     lab.heal().await?;
     let healed = eventually(Duration::from_secs(3), || async {
         Ok(answers(&lab, "a", "b").await? && answers(&lab, "c", "a").await?)
@@ -608,11 +489,7 @@ async fn partition_from_switch_keeps_the_peers() -> Result {
     let Some(lab) = lab(&["a", "b"], &["nft", "bash", "timeout"]).await else {
         return Ok(());
     };
-    let _servers = [
-        serve(&lab, "a").await?,
-        serve(&lab, "b").await?,
-        serve(&lab, "sw").await?,
-    ];
+    let _servers = [serve(&lab, "a").await?, serve(&lab, "b").await?, serve(&lab, "sw").await?];
     lab.partition_from_switch("a").await?;
     expect_reach(
         &lab,
@@ -652,23 +529,13 @@ async fn postgres_in_the_lab_serves_every_machine() -> Result {
         let isready = isready.clone();
         let lab = &lab;
         async move {
-            let out = lab
-                .run(
-                    node,
-                    &[&isready, "-h", "198.18.1.1", "-p", "5432", "-t", "1"],
-                )
-                .await?;
+            let out = lab.run(node, &[&isready, "-h", "198.18.1.1", "-p", "5432", "-t", "1"]).await?;
             anyhow::Ok(out.status.success())
         }
     };
     assert_eq!(pg.url(), "postgres://ferry@198.18.1.1:5432/ferry");
     assert!(ready("a").await?, "pg_isready from a");
-    let db = lab
-        .exec(
-            "b",
-            &[&psql, &pg.url(), "-Atc", "select current_database()"],
-        )
-        .await?;
+    let db = lab.exec("b", &[&psql, &pg.url(), "-Atc", "select current_database()"]).await?;
     assert_eq!(db.trim(), "ferry");
 
     // A machine cut off from the switch loses the database; the others keep it.
@@ -697,9 +564,7 @@ async fn names_that_are_not_nodes_are_errors() -> Result {
     assert!(e.to_string().contains("not a node"), "{e}");
     let e = lab.crash("sw").await.unwrap_err();
     assert!(e.to_string().contains("switch"), "{e}");
-    assert!(lab
-        .spawn("zz", "true", &[] as &[&str], &[], Path::new("/dev/null"))
-        .is_err());
+    assert!(lab.spawn("zz", "true", &[] as &[&str], &[], Path::new("/dev/null")).is_err());
     lab.down()?;
     Ok(())
 }

@@ -31,14 +31,7 @@ pub(crate) fn router(nm: Arc<Nm>) -> Router {
 
 fn error(status: u16, msg: impl Into<String>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (
-        code,
-        Json(ErrorBody {
-            error: msg.into(),
-            detail: serde_json::Value::Null,
-        }),
-    )
-        .into_response()
+    (code, Json(ErrorBody { error: msg.into(), detail: serde_json::Value::Null })).into_response()
 }
 
 impl IntoResponse for Refusal {
@@ -69,9 +62,12 @@ async fn not_found() -> Response {
 }
 
 async fn health(State(nm): State<Arc<Nm>>) -> Json<NmHealth> {
+    let (renewals, renewal_batches) = nm.renewal_counts.lock().map(|c| *c).unwrap_or_default();
     Json(NmHealth {
         machine: nm.opts.machine.to_string(),
         version: env!("CARGO_PKG_VERSION").into(),
+        renewals,
+        renewal_batches,
     })
 }
 
@@ -94,12 +90,7 @@ async fn start(
     };
     let Json(cmd) = match body {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status().as_u16(),
-                format!("bad start command: {}", e.body_text()),
-            )
-        }
+        Err(e) => return error(e.status().as_u16(), format!("bad start command: {}", e.body_text())),
     };
     match nm.start(&server, &cmd.origin, cmd.in_place, None).await {
         Ok(ack) => Json(ack).into_response(),
@@ -118,17 +109,9 @@ async fn stop(
     };
     let Json(cmd) = match body {
         Ok(b) => b,
-        Err(e) => {
-            return error(
-                e.status().as_u16(),
-                format!("bad stop command: {}", e.body_text()),
-            )
-        }
+        Err(e) => return error(e.status().as_u16(), format!("bad stop command: {}", e.body_text())),
     };
-    match nm
-        .stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms)
-        .await
-    {
+    match nm.stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms).await {
         Ok(ack) => Json(ack).into_response(),
         Err(r) => r.into_response(),
     }

@@ -6,9 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_api::{
-    AdminClient, Bootstrap, EventSink, NmAck, NmServer, Origin, Report, VersionedDomain,
-};
+use ferry_api::{AdminClient, Bootstrap, EventSink, NmAck, NmServer, Origin, Report, VersionedDomain};
 use ferry_core::domain::Domain;
 use ferry_core::nodeman::{ExitKind, RestartPolicy, Supervisor, SupervisorAction};
 use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
@@ -62,7 +60,24 @@ pub(crate) struct Nm {
     pub locks: Mutex<BTreeMap<ServerName, Arc<tokio::sync::Mutex<()>>>>,
     /// The lease table, opened on first use (releases after a kill, restart checks).
     pub store: tokio::sync::Mutex<Option<Arc<dyn ferry_store::LeaseStore>>>,
+    /// Renewals its servers handed over, waiting for the next batch.
+    pub renewals: Mutex<Vec<PendingRenewal>>,
+    pub renewal_wake: tokio::sync::Notify,
+    /// Renewals sent and `renew_many` calls made (for `/nm/v1/health`).
+    pub renewal_counts: Mutex<(u64, u64)>,
 }
+
+/// A renewal a server handed to this Node Manager, with where to send the answer.
+pub(crate) struct PendingRenewal {
+    pub id: u64,
+    pub renewal: ferry_store::Renewal,
+    pub reply: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
+}
+
+/// How long the batcher waits after the first renewal for others to join it.
+const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// The most renewals in one `renew_many`.
+const BATCH_MAX: usize = 1_000;
 
 /// An error answered to a caller: HTTP status and message.
 #[derive(Debug)]
@@ -73,27 +88,17 @@ pub(crate) struct Refusal {
 
 impl Refusal {
     pub fn new(status: u16, error: impl Into<String>) -> Self {
-        Refusal {
-            status,
-            error: error.into(),
-        }
+        Refusal { status, error: error.into() }
     }
 }
 
 impl Nm {
     pub fn domain(&self) -> VersionedDomain {
-        self.domain
-            .lock()
-            .map(|d| d.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.domain.lock().map(|d| d.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
     fn generation(&self, server: &ServerName) -> u64 {
-        self.procs
-            .lock()
-            .ok()
-            .and_then(|p| p.get(server).map(|p| p.generation))
-            .unwrap_or(0)
+        self.procs.lock().ok().and_then(|p| p.get(server).map(|p| p.generation)).unwrap_or(0)
     }
 
     fn bump_generation(&self, server: &ServerName) {
@@ -129,11 +134,7 @@ impl Nm {
         let mut told = false;
         loop {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            let current = self
-                .procs
-                .lock()
-                .ok()
-                .and_then(|p| p.get(&server).map(|p| (p.generation, p.pid)));
+            let current = self.procs.lock().ok().and_then(|p| p.get(&server).map(|p| (p.generation, p.pid)));
             if current.is_none_or(|(g, pid)| g != generation || pid.is_some()) {
                 return;
             }
@@ -142,10 +143,7 @@ impl Nm {
                 Err(e) => Err(e),
             };
             match lease {
-                Ok(l)
-                    if l.as_ref()
-                        .is_none_or(|l| l.incarnation.as_ref() == Some(&old)) =>
-                {
+                Ok(l) if l.as_ref().is_none_or(|l| l.incarnation.as_ref() == Some(&old)) => {
                     self.events.emit(
                         "restart-after-fence",
                         Some(server.as_str()),
@@ -153,10 +151,7 @@ impl Nm {
                         None,
                         format!("the lease table answers again and still names {server}'s fenced incarnation {old}; restarting it on {}", self.opts.machine),
                     );
-                    if let Err(r) = self
-                        .start(&server, &Origin::Admin, false, Some(old.clone()))
-                        .await
-                    {
+                    if let Err(r) = self.start(&server, &Origin::Admin, false, Some(old.clone())).await {
                         tracing::warn!("restart of {server} failed: {}", r.error);
                     }
                     return;
@@ -212,11 +207,7 @@ impl Nm {
             procs.entry(server.clone()).or_default().state = state;
         }
         // The seed's server.state file: the first line is the state.
-        let _ = files::write_atomic(
-            &self.server_dir(server).join("state"),
-            format!("{state}\n").as_bytes(),
-            0o644,
-        );
+        let _ = files::write_atomic(&self.server_dir(server).join("state"), format!("{state}\n").as_bytes(), 0o644);
     }
 
     pub fn snapshot(&self) -> Vec<NmServer> {
@@ -241,37 +232,22 @@ impl Nm {
     fn ack(&self, server: &ServerName, message: impl Into<String>) -> NmAck {
         let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         let p = procs.get(server).cloned().unwrap_or_default();
-        NmAck {
-            server: server.to_string(),
-            state: p.state.to_string(),
-            pid: p.pid,
-            message: message.into(),
-        }
+        NmAck { server: server.to_string(), state: p.state.to_string(), pid: p.pid, message: message.into() }
     }
 
     /// Checks who is asking: a master's command must carry the highest master epoch seen for
     /// a cluster this server belongs to (rule 5).
-    fn check_origin(
-        &self,
-        domain: &Domain,
-        server: &ServerName,
-        origin: &Origin,
-    ) -> Result<(), Refusal> {
-        if let Origin::Master {
-            cluster,
-            epoch,
-            server: from,
-        } = origin
-        {
-            let cluster =
-                ClusterName::new(cluster.as_str()).map_err(|e| Refusal::new(400, e.to_string()))?;
-            let cfg = domain
-                .server(server)
-                .ok_or_else(|| Refusal::new(404, format!("unknown server {server}")))?;
+    fn check_origin(&self, domain: &Domain, server: &ServerName, origin: &Origin) -> Result<(), Refusal> {
+        if let Origin::Master { cluster, epoch, server: from } = origin {
+            let cluster = ClusterName::new(cluster.as_str()).map_err(|e| Refusal::new(400, e.to_string()))?;
+            let cfg = domain.server(server).ok_or_else(|| Refusal::new(404, format!("unknown server {server}")))?;
             if cfg.cluster != cluster {
                 return Err(Refusal::new(
                     403,
-                    format!("the master of cluster {cluster} may not command {server}, which belongs to {}", cfg.cluster),
+                    format!(
+                        "the master of cluster {cluster} may not command {server}, which belongs to {}",
+                        cfg.cluster
+                    ),
                 ));
             }
             let mut sup = self.sup.lock().unwrap_or_else(|p| p.into_inner());
@@ -279,17 +255,10 @@ impl Nm {
             let checked = sup.check_master(&cluster, Epoch(*epoch));
             if checked.is_ok() && sup.highest_master_epoch(&cluster) > before {
                 // Rule 5 must survive a restart of this Node Manager.
-                let epochs: BTreeMap<String, u64> = sup
-                    .master_epochs()
-                    .iter()
-                    .map(|(c, e)| (c.to_string(), e.0))
-                    .collect();
+                let epochs: BTreeMap<String, u64> =
+                    sup.master_epochs().iter().map(|(c, e)| (c.to_string(), e.0)).collect();
                 if let Ok(bytes) = serde_json::to_vec(&epochs) {
-                    if let Err(e) = files::write_atomic(
-                        &self.opts.data_dir.join("master-epochs.json"),
-                        &bytes,
-                        0o600,
-                    ) {
+                    if let Err(e) = files::write_atomic(&self.opts.data_dir.join("master-epochs.json"), &bytes, 0o600) {
                         tracing::warn!("cannot persist master epochs: {e}");
                     }
                 }
@@ -309,19 +278,10 @@ impl Nm {
     }
 
     /// The current domain and `server`'s configuration in it, or a 404 naming the domain.
-    fn server_cfg(
-        &self,
-        server: &ServerName,
-    ) -> Result<(VersionedDomain, ferry_core::domain::Server), Refusal> {
+    fn server_cfg(&self, server: &ServerName) -> Result<(VersionedDomain, ferry_core::domain::Server), Refusal> {
         let domain = self.domain();
         let cfg = domain.domain.server(server).cloned().ok_or_else(|| {
-            Refusal::new(
-                404,
-                format!(
-                    "unknown server {server}: it is not defined in domain {}",
-                    domain.domain.name
-                ),
-            )
+            Refusal::new(404, format!("unknown server {server}: it is not defined in domain {}", domain.domain.name))
         })?;
         Ok((domain, cfg))
     }
@@ -336,21 +296,12 @@ impl Nm {
         handover_from: Option<Incarnation>,
     ) -> Result<NmAck, Refusal> {
         let (domain, cfg) = self.server_cfg(server)?;
-        let machine = domain
-            .domain
-            .machine(&self.opts.machine)
-            .cloned()
-            .ok_or_else(|| {
-                Refusal::new(
-                    409,
-                    format!("machine {} is not defined in the domain", self.opts.machine),
-                )
+        let machine =
+            domain.domain.machine(&self.opts.machine).cloned().ok_or_else(|| {
+                Refusal::new(409, format!("machine {} is not defined in the domain", self.opts.machine))
             })?;
-        let allowed = cfg.machine == self.opts.machine
-            || domain
-                .domain
-                .candidates_for(&cfg)
-                .contains(&self.opts.machine);
+        let allowed =
+            cfg.machine == self.opts.machine || domain.domain.candidates_for(&cfg).contains(&self.opts.machine);
         if !allowed {
             return Err(Refusal::new(
                 409,
@@ -369,28 +320,19 @@ impl Nm {
 
         let running = {
             let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-            procs.get(server).and_then(|p| {
-                p.pid
-                    .filter(|&pid| process::alive(pid))
-                    .map(|pid| (pid, p.clone()))
-            })
+            procs.get(server).and_then(|p| p.pid.filter(|&pid| process::alive(pid)).map(|pid| (pid, p.clone())))
         };
         let mut handover_from = handover_from;
         if let Some((pid, p)) = running {
             if !in_place {
-                return Ok(self.ack(
-                    server,
-                    format!("{server} is already running here (pid {pid})"),
-                ));
+                return Ok(self.ack(server, format!("{server} is already running here (pid {pid})")));
             }
             self.events.emit(
                 "kill",
                 Some(server.as_str()),
                 Some(self.machine_name()),
                 p.epoch,
-                format!(
-                    "killing what is left of {server} (pid {pid}) before restarting it in place"
-                ),
+                format!("killing what is left of {server} (pid {pid}) before restarting it in place"),
             );
             self.kill_and_wait(server, pid).await;
             // This Node Manager reaped that incarnation itself: it may hand its lease over.
@@ -460,27 +402,14 @@ impl Nm {
         }
 
         // Floating IP and disks first: the server must find them in place (Figure 7-2).
-        let ip_plumbed = self
-            .procs
-            .lock()
-            .ok()
-            .and_then(|p| p.get(server).map(|p| p.ip_plumbed))
-            .unwrap_or(false);
+        let ip_plumbed = self.procs.lock().ok().and_then(|p| p.get(server).map(|p| p.ip_plumbed)).unwrap_or(false);
         if let (Some(ip), false) = (cfg.floating_ip, ip_plumbed) {
             match hooks::floating_ip(&machine, IpAction::Add, ip).await {
-                Ok(line) => self.events.emit(
-                    "addif",
-                    Some(server.as_str()),
-                    Some(self.machine_name()),
-                    None,
-                    line,
-                ),
+                Ok(line) => self.events.emit("addif", Some(server.as_str()), Some(self.machine_name()), None, line),
                 Err(e) => {
                     self.set_state(server, "FAILED");
-                    let msg = format!(
-                        "not starting {server}: adding floating IP {ip} failed: {}",
-                        ferry_store::chain(&e)
-                    );
+                    let msg =
+                        format!("not starting {server}: adding floating IP {ip} failed: {}", ferry_store::chain(&e));
                     self.events.emit(
                         "start-failed",
                         Some(server.as_str()),
@@ -496,40 +425,21 @@ impl Nm {
             }
         }
         match hooks::mount(&machine, true, server.as_str()).await {
-            Ok(Some(line)) => self.events.emit(
-                "mount",
-                Some(server.as_str()),
-                Some(self.machine_name()),
-                None,
-                line,
-            ),
+            Ok(Some(line)) => self.events.emit("mount", Some(server.as_str()), Some(self.machine_name()), None, line),
             Ok(None) => {}
             Err(e) => {
                 self.set_state(server, "FAILED");
                 let msg = format!("not starting {server}: mount hook failed: {e}");
-                self.events.emit(
-                    "start-failed",
-                    Some(server.as_str()),
-                    Some(self.machine_name()),
-                    None,
-                    msg.clone(),
-                );
+                self.events.emit("start-failed", Some(server.as_str()), Some(self.machine_name()), None, msg.clone());
                 self.remove_ip(server).await;
                 return Err(Refusal::new(502, msg));
             }
         }
-        self.spawn_server(server, &domain, handover_from)
-            .map_err(|e| {
-                let msg = format!("could not start {server}: {e:#}");
-                self.events.emit(
-                    "start-failed",
-                    Some(server.as_str()),
-                    Some(self.machine_name()),
-                    None,
-                    msg.clone(),
-                );
-                Refusal::new(500, msg)
-            })?;
+        self.spawn_server(server, &domain, handover_from).map_err(|e| {
+            let msg = format!("could not start {server}: {e:#}");
+            self.events.emit("start-failed", Some(server.as_str()), Some(self.machine_name()), None, msg.clone());
+            Refusal::new(500, msg)
+        })?;
         Ok(self.ack(server, format!("started {server} on {}", self.opts.machine)))
     }
 
@@ -538,19 +448,13 @@ impl Nm {
     fn orphan(&self, server: &ServerName) -> Option<i32> {
         let text = std::fs::read_to_string(self.server_dir(server).join("pid")).ok()?;
         let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
-        let supervised = self
-            .procs
-            .lock()
-            .ok()
-            .and_then(|p| p.get(server).and_then(|p| p.pid));
+        let supervised = self.procs.lock().ok().and_then(|p| p.get(server).and_then(|p| p.pid));
         if supervised == Some(pid) || !process::alive(pid) {
             return None;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_server = args
-            .windows(2)
-            .any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
+        let is_server = args.windows(2).any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
         (is_server && process::proc_stat(pid).is_some_and(|s| s.session == pid)).then_some(pid)
     }
 
@@ -562,8 +466,7 @@ impl Nm {
     ) -> anyhow::Result<()> {
         let incarnation = Incarnation::from_random(rand::random());
         let dir = self.server_dir(server);
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let spec = process::SpawnSpec {
             program: self.opts.ferry_exe.clone(),
             args: vec!["server".into(), server.to_string()],
@@ -595,11 +498,7 @@ impl Nm {
         {
             let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
             let p = procs.entry(server.clone()).or_default();
-            let restarts = if handover_from.is_some() {
-                p.restarts + 1
-            } else {
-                p.restarts
-            };
+            let restarts = if handover_from.is_some() { p.restarts + 1 } else { p.restarts };
             *p = Proc {
                 state: "STARTING",
                 pid,
@@ -611,23 +510,19 @@ impl Nm {
         }
         self.set_state(server, "STARTING");
         if let Some(pid) = pid {
-            let _ = files::write_atomic(
-                &dir.join("pid"),
-                format!("{pid} {incarnation}\n").as_bytes(),
-                0o644,
-            );
+            let _ = files::write_atomic(&dir.join("pid"), format!("{pid} {incarnation}\n").as_bytes(), 0o644);
         }
-        self.sup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .on_started(server, incarnation.clone(), now);
+        self.sup.lock().unwrap_or_else(|p| p.into_inner()).on_started(server, incarnation.clone(), now);
         self.events.emit(
             "server-started",
             Some(server.as_str()),
             Some(self.machine_name()),
             None,
             match &handover_from {
-                Some(old) => format!("started {server} (pid {}, incarnation {incarnation}) taking over from reaped incarnation {old}", pid.unwrap_or(0)),
+                Some(old) => format!(
+                    "started {server} (pid {}, incarnation {incarnation}) taking over from reaped incarnation {old}",
+                    pid.unwrap_or(0)
+                ),
                 None => format!("started {server} (pid {}, incarnation {incarnation})", pid.unwrap_or(0)),
             },
         );
@@ -646,10 +541,7 @@ impl Nm {
     }
 
     fn admin_url(&self, domain: &Domain) -> String {
-        self.opts
-            .admin_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}", domain.admin.listen))
+        self.opts.admin_url.clone().unwrap_or_else(|| format!("http://{}", domain.admin.listen))
     }
 
     fn channel_path(&self) -> PathBuf {
@@ -658,17 +550,13 @@ impl Nm {
 
     /// Serves one connection on the local channel: a server says `Hello`, then reports.
     async fn serve_channel(self: Arc<Self>, stream: tokio::net::UnixStream) {
-        let mut lines = BufReader::new(stream).lines();
+        let (read, write) = stream.into_split();
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        let mut lines = BufReader::new(read).lines();
         let Ok(Some(first)) = lines.next_line().await else {
             return;
         };
-        let Ok(Report::Hello {
-            server,
-            incarnation,
-            pid,
-            epoch,
-            master,
-        }) = serde_json::from_str::<Report>(&first)
+        let Ok(Report::Hello { server, incarnation, pid, epoch, master }) = serde_json::from_str::<Report>(&first)
         else {
             tracing::warn!("ignoring a channel connection that did not start with hello: {first}");
             return;
@@ -680,7 +568,78 @@ impl Nm {
             return;
         }
         while let Ok(Some(l)) = lines.next_line().await {
+            if let Ok(Report::Renew { id, lease, incarnation: inc, epoch, ttl_ms }) = serde_json::from_str::<Report>(&l)
+            {
+                // A server may only renew its own lease.
+                let Ok(name) = LeaseName::parse(&lease) else { continue };
+                if name != LeaseName::Server(server.clone()) || inc != incarnation.0 {
+                    tracing::warn!("{server}: refusing to renew {lease} for incarnation {inc}");
+                    continue;
+                }
+                let renewal = ferry_store::Renewal {
+                    name,
+                    incarnation: Incarnation(inc),
+                    epoch: Epoch(epoch),
+                    ttl: Duration::from_millis(ttl_ms),
+                };
+                if let Ok(mut q) = self.renewals.lock() {
+                    q.push(PendingRenewal { id, renewal, reply: write.clone() });
+                }
+                self.renewal_wake.notify_one();
+                continue;
+            }
             self.on_report(&server, &incarnation, &l);
+        }
+    }
+
+    /// Sends the renewals of all this machine's servers to the lease table in batches:
+    /// one `renew_many` (one transaction) per window instead of one per server. Each lease is
+    /// decided exactly as `renew` would, and each server computed its deadline from the
+    /// instant before it handed its renewal over (rule 2), so batching weakens nothing.
+    async fn renewal_loop(self: Arc<Self>) {
+        loop {
+            self.renewal_wake.notified().await;
+            tokio::time::sleep(BATCH_WINDOW).await;
+            loop {
+                let batch: Vec<PendingRenewal> = match self.renewals.lock() {
+                    Ok(mut q) => {
+                        let n = q.len().min(BATCH_MAX);
+                        q.drain(..n).collect()
+                    }
+                    Err(_) => return,
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let renewals: Vec<ferry_store::Renewal> = batch.iter().map(|p| p.renewal.clone()).collect();
+                let result = match self.store().await {
+                    Ok(store) => store.renew_many(&renewals).await,
+                    Err(e) => Err(e),
+                };
+                if let Ok(mut c) = self.renewal_counts.lock() {
+                    c.0 += batch.len() as u64;
+                    c.1 += 1;
+                }
+                for (i, p) in batch.iter().enumerate() {
+                    let (outcome, detail) = match &result {
+                        Ok(outcomes) => match outcomes.get(i) {
+                            Some(Ok(_)) => (ferry_api::RenewOutcome::Ok, String::new()),
+                            Some(Err(e @ ferry_store::StoreError::Lost { .. })) => {
+                                (ferry_api::RenewOutcome::Lost, e.to_string())
+                            }
+                            Some(Err(e)) => (ferry_api::RenewOutcome::Failed, ferry_store::chain(e)),
+                            None => (ferry_api::RenewOutcome::Failed, "no outcome for this renewal".into()),
+                        },
+                        Err(e) => (ferry_api::RenewOutcome::Failed, ferry_store::chain(e)),
+                    };
+                    let reply = ferry_api::Reply::Renewed { id: p.id, outcome, detail };
+                    if let Ok(mut line) = serde_json::to_vec(&reply) {
+                        line.push(b'\n');
+                        let mut w = p.reply.lock().await;
+                        let _ = tokio::time::timeout(Duration::from_millis(100), w.write_all(&line)).await;
+                    }
+                }
+            }
         }
     }
 
@@ -702,7 +661,10 @@ impl Nm {
                     return true;
                 }
                 if p.pid.is_some_and(process::alive) {
-                    tracing::warn!("{server}: a second incarnation {incarnation} said hello while {:?} runs; ignoring it", p.incarnation);
+                    tracing::warn!(
+                        "{server}: a second incarnation {incarnation} said hello while {:?} runs; ignoring it",
+                        p.incarnation
+                    );
                     return false;
                 }
             }
@@ -710,9 +672,7 @@ impl Nm {
         // It must really be that server, leading its own session.
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_server = args
-            .windows(2)
-            .any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
+        let is_server = args.windows(2).any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
         if !is_server || process::proc_stat(pid).is_none_or(|s| s.session != pid) {
             tracing::warn!("{server}: pid {pid} is not a `ferry server {server}` session leader; not adopting it");
             return false;
@@ -729,17 +689,17 @@ impl Nm {
             p.stopping = false;
             p.fenced = false;
         }
-        self.sup
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .on_started(server, incarnation.clone(), clock::now());
+        self.sup.lock().unwrap_or_else(|p| p.into_inner()).on_started(server, incarnation.clone(), clock::now());
         self.set_state(server, "RUNNING");
         self.events.emit(
             "adopted",
             Some(server.as_str()),
             Some(self.machine_name()),
             epoch,
-            format!("adopted {server} (pid {pid}, incarnation {incarnation}) started by an earlier Node Manager of {}", self.opts.machine),
+            format!(
+                "adopted {server} (pid {pid}, incarnation {incarnation}) started by an earlier Node Manager of {}",
+                self.opts.machine
+            ),
         );
         // Not our child: watch for its end instead of waiting for it.
         let nm = self.clone();
@@ -748,15 +708,9 @@ impl Nm {
             while process::alive(pid) {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let hint = nm
-                .procs
-                .lock()
-                .ok()
-                .and_then(|p| p.get(&server).and_then(|p| p.exit_hint));
-            let desc = hint.map_or_else(
-                || "ended (adopted; exit status unknown)".to_string(),
-                |c| format!("exit code {c}"),
-            );
+            let hint = nm.procs.lock().ok().and_then(|p| p.get(&server).and_then(|p| p.exit_hint));
+            let desc =
+                hint.map_or_else(|| "ended (adopted; exit status unknown)".to_string(), |c| format!("exit code {c}"));
             nm.on_exit(&server, &incarnation, hint, desc).await;
         });
         true
@@ -770,10 +724,7 @@ impl Nm {
         let current = |p: &Proc| p.incarnation.as_ref() == Some(incarnation);
         match report {
             Report::Deadline { at_ms } => {
-                self.sup
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .on_deadline(server, incarnation, Mono(at_ms));
+                self.sup.lock().unwrap_or_else(|p| p.into_inner()).on_deadline(server, incarnation, Mono(at_ms));
                 if let Ok(mut procs) = self.procs.lock() {
                     if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
                         p.deadline = Some(Mono(at_ms));
@@ -789,7 +740,7 @@ impl Nm {
                 }
             }
             Report::Running => self.set_state(server, "RUNNING"),
-            Report::Hello { .. } => {}
+            Report::Hello { .. } | Report::Renew { .. } => {}
             Report::Exiting { code } => {
                 if let Ok(mut procs) = self.procs.lock() {
                     if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
@@ -805,22 +756,14 @@ impl Nm {
                 }
             }
             Report::Released => {
-                self.sup
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .on_released(server, incarnation);
+                self.sup.lock().unwrap_or_else(|p| p.into_inner()).on_released(server, incarnation);
                 if let Ok(mut procs) = self.procs.lock() {
                     if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {
                         p.deadline = None;
                     }
                 }
             }
-            Report::Event {
-                kind,
-                message,
-                epoch,
-                server: about,
-            } => {
+            Report::Event { kind, message, epoch, server: about } => {
                 self.events.push(ferry_api::Event {
                     id: 0,
                     at_ms: clock::wall_ms(),
@@ -845,10 +788,7 @@ impl Nm {
         // Whatever the server left behind in its session dies with it.
         let pid = {
             let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-            procs
-                .get(server)
-                .filter(|p| p.incarnation.as_ref() == Some(incarnation))
-                .and_then(|p| p.pid)
+            procs.get(server).filter(|p| p.incarnation.as_ref() == Some(incarnation)).and_then(|p| p.pid)
         };
         let Some(pid) = pid else { return };
         process::kill_session(pid);
@@ -862,12 +802,8 @@ impl Nm {
             (p.stopping, p.fenced, p.epoch)
         };
         let kind = ExitKind::classify(code, stopping || fenced);
-        let actions = self.sup.lock().unwrap_or_else(|p| p.into_inner()).on_exit(
-            server,
-            incarnation,
-            kind,
-            clock::now(),
-        );
+        let actions =
+            self.sup.lock().unwrap_or_else(|p| p.into_inner()).on_exit(server, incarnation, kind, clock::now());
         self.events.emit(
             "server-exited",
             Some(server.as_str()),
@@ -877,25 +813,14 @@ impl Nm {
         );
         for action in actions {
             match action {
-                SupervisorAction::Restart {
-                    server,
-                    handover_from,
-                    delay_ms,
-                    if_unclaimed: true,
-                } => {
+                SupervisorAction::Restart { server, handover_from, delay_ms, if_unclaimed: true } => {
                     let nm = self.clone();
                     let generation = self.generation(&server);
                     tokio::spawn(async move {
-                        nm.restart_if_unclaimed(server, handover_from, delay_ms, generation)
-                            .await;
+                        nm.restart_if_unclaimed(server, handover_from, delay_ms, generation).await;
                     });
                 }
-                SupervisorAction::Restart {
-                    server,
-                    handover_from,
-                    delay_ms,
-                    if_unclaimed: false,
-                } => {
+                SupervisorAction::Restart { server, handover_from, delay_ms, if_unclaimed: false } => {
                     self.set_state(&server, "RESTARTING");
                     let nm = self.clone();
                     tokio::spawn(async move {
@@ -907,10 +832,7 @@ impl Nm {
                             None,
                             format!("{server} crashed; restarting it on {} at once (after {delay_ms} ms) with a lease handover", nm.opts.machine),
                         );
-                        if let Err(r) = nm
-                            .start(&server, &Origin::Admin, false, Some(handover_from))
-                            .await
-                        {
+                        if let Err(r) = nm.start(&server, &Origin::Admin, false, Some(handover_from)).await {
                             tracing::warn!("restart of {server} failed: {}", r.error);
                         }
                     });
@@ -926,18 +848,14 @@ impl Nm {
                     let superseded = self
                         .procs
                         .lock()
-                        .map(|p| {
-                            p.get(&server)
-                                .is_some_and(|p| p.incarnation.as_ref() != Some(incarnation))
-                        })
+                        .map(|p| p.get(&server).is_some_and(|p| p.incarnation.as_ref() != Some(incarnation)))
                         .unwrap_or(false);
                     if superseded {
                         continue;
                     }
                     self.set_state(&server, state);
                     self.remove_ip(&server).await;
-                    if let Some(machine) = self.domain().domain.machine(&self.opts.machine).cloned()
-                    {
+                    if let Some(machine) = self.domain().domain.machine(&self.opts.machine).cloned() {
                         if let Err(e) = hooks::mount(&machine, false, server.as_str()).await {
                             self.events.emit(
                                 "unmount-failed",
@@ -955,30 +873,17 @@ impl Nm {
     }
 
     async fn remove_ip(&self, server: &ServerName) {
-        let plumbed = self
-            .procs
-            .lock()
-            .ok()
-            .and_then(|p| p.get(server).map(|p| p.ip_plumbed))
-            .unwrap_or(false);
+        let plumbed = self.procs.lock().ok().and_then(|p| p.get(server).map(|p| p.ip_plumbed)).unwrap_or(false);
         if !plumbed {
             return;
         }
         let domain = self.domain().domain;
-        let (Some(cfg), Some(machine)) =
-            (domain.server(server), domain.machine(&self.opts.machine))
-        else {
+        let (Some(cfg), Some(machine)) = (domain.server(server), domain.machine(&self.opts.machine)) else {
             return;
         };
         if let Some(ip) = cfg.floating_ip {
             match hooks::floating_ip(machine, IpAction::Remove, ip).await {
-                Ok(line) => self.events.emit(
-                    "removeif",
-                    Some(server.as_str()),
-                    Some(self.machine_name()),
-                    None,
-                    line,
-                ),
+                Ok(line) => self.events.emit("removeif", Some(server.as_str()), Some(self.machine_name()), None, line),
                 Err(e) => self.events.emit(
                     "removeif-failed",
                     Some(server.as_str()),
@@ -1009,12 +914,7 @@ impl Nm {
     async fn wait_exit(&self, server: &ServerName, patience: Duration) -> bool {
         let until = clock::now() + patience;
         loop {
-            let gone = self
-                .procs
-                .lock()
-                .ok()
-                .map(|p| p.get(server).is_none_or(|p| p.pid.is_none()))
-                .unwrap_or(true);
+            let gone = self.procs.lock().ok().map(|p| p.get(server).is_none_or(|p| p.pid.is_none())).unwrap_or(true);
             if gone {
                 return true;
             }
@@ -1040,17 +940,9 @@ impl Nm {
         let lock = self.lock_for(server);
         let _guard = lock.lock().await;
         self.bump_generation(server);
-        let p = self
-            .procs
-            .lock()
-            .ok()
-            .and_then(|p| p.get(server).cloned())
-            .unwrap_or_default();
+        let p = self.procs.lock().ok().and_then(|p| p.get(server).cloned()).unwrap_or_default();
         let Some(pid) = p.pid.filter(|&pid| process::alive(pid)) else {
-            return Ok(self.ack(
-                server,
-                format!("{server} is not running on {}", self.opts.machine),
-            ));
+            return Ok(self.ack(server, format!("{server} is not running on {}", self.opts.machine)));
         };
         if let Ok(mut procs) = self.procs.lock() {
             if let Some(p) = procs.get_mut(server) {
@@ -1058,8 +950,7 @@ impl Nm {
             }
         }
         self.set_state(server, "STOPPING");
-        let timeout =
-            Duration::from_millis(timeout_ms.unwrap_or(cfg.shutdown_timeout.as_millis() as u64));
+        let timeout = Duration::from_millis(timeout_ms.unwrap_or(cfg.shutdown_timeout.as_millis() as u64));
         let mut forced = force;
         if !force {
             self.events.emit(
@@ -1076,10 +967,7 @@ impl Nm {
                     Some(server.as_str()),
                     Some(self.machine_name()),
                     p.epoch,
-                    format!(
-                        "{server} did not stop within {} ms; killing it",
-                        timeout.as_millis()
-                    ),
+                    format!("{server} did not stop within {} ms; killing it", timeout.as_millis()),
                 );
                 forced = true;
             }
@@ -1106,9 +994,7 @@ impl Nm {
     async fn release_for(&self, server: &ServerName, inc: &Incarnation, epoch: u64) {
         let result = async {
             let store = self.store().await?;
-            store
-                .release(&LeaseName::Server(server.clone()), inc, Epoch(epoch))
-                .await
+            store.release(&LeaseName::Server(server.clone()), inc, Epoch(epoch)).await
         }
         .await;
         match result {
@@ -1137,24 +1023,12 @@ impl Nm {
                 _ = wait => {}
                 _ = self.wake.notified() => continue,
             }
-            let actions = self
-                .sup
-                .lock()
-                .map(|mut s| s.tick(clock::now()))
-                .unwrap_or_default();
+            let actions = self.sup.lock().map(|mut s| s.tick(clock::now())).unwrap_or_default();
             for a in actions {
-                if let SupervisorAction::Fence {
-                    server,
-                    incarnation,
-                    late_ms,
-                } = a
-                {
+                if let SupervisorAction::Fence { server, incarnation, late_ms } = a {
                     let pid = {
                         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
-                        match procs
-                            .get_mut(&server)
-                            .filter(|p| p.incarnation.as_ref() == Some(&incarnation))
-                        {
+                        match procs.get_mut(&server).filter(|p| p.incarnation.as_ref() == Some(&incarnation)) {
                             Some(p) => {
                                 p.fenced = true;
                                 p.pid
@@ -1213,16 +1087,9 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
             opts.machine
         )
     })?;
-    let admin_url = opts
-        .admin_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", domain.domain.admin.listen));
+    let admin_url = opts.admin_url.clone().unwrap_or_else(|| format!("http://{}", domain.domain.admin.listen));
     let events = EventSink::new(format!("nodemanager/{}", opts.machine), clock::wall_ms);
-    tokio::spawn(events.clone().deliver(AdminClient::with_secret(
-        &admin_url,
-        &opts.secret,
-        Duration::from_secs(2),
-    )));
+    tokio::spawn(events.clone().deliver(AdminClient::with_secret(&admin_url, &opts.secret, Duration::from_secs(2))));
     let nm = Arc::new(Nm {
         opts: opts.clone(),
         domain: Mutex::new(domain),
@@ -1232,8 +1099,12 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
         wake: tokio::sync::Notify::new(),
         locks: Mutex::default(),
         store: tokio::sync::Mutex::new(None),
+        renewals: Mutex::default(),
+        renewal_wake: tokio::sync::Notify::new(),
+        renewal_counts: Mutex::default(),
     });
     tokio::spawn(nm.clone().fence_loop());
+    tokio::spawn(nm.clone().renewal_loop());
     // Open the lease table now: the first start command (a failover) must not pay for it.
     {
         let nm = nm.clone();
@@ -1266,50 +1137,30 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(machine.node_manager)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (node_manager of machine {})",
-                machine.node_manager, opts.machine
-            )
-        })?;
+    let listener = tokio::net::TcpListener::bind(machine.node_manager).await.with_context(|| {
+        format!("cannot listen on {} (node_manager of machine {})", machine.node_manager, opts.machine)
+    })?;
     nm.events.emit(
         "nodemanager-started",
         None,
         Some(opts.machine.as_str()),
         None,
-        format!(
-            "Node Manager for {} listening on {}",
-            opts.machine, machine.node_manager
-        ),
+        format!("Node Manager for {} listening on {}", opts.machine, machine.node_manager),
     );
     let app = crate::http::router(nm.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     // Leave servers running: a Node Manager restart must not take the domain down.
     Ok(())
 }
 
-async fn load_initial_domain(
-    opts: &NmOptions,
-    cache: &std::path::Path,
-) -> anyhow::Result<VersionedDomain> {
+async fn load_initial_domain(opts: &NmOptions, cache: &std::path::Path) -> anyhow::Result<VersionedDomain> {
     let from_file = match &opts.domain_file {
         Some(path) => Some(files::load_domain(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
-    let admin_url = opts.admin_url.clone().or_else(|| {
-        from_file
-            .as_ref()
-            .map(|d| format!("http://{}", d.admin.listen))
-    });
+    let admin_url = opts.admin_url.clone().or_else(|| from_file.as_ref().map(|d| format!("http://{}", d.admin.listen)));
     if let Some(url) = admin_url {
-        if let Ok(d) = AdminClient::new(&url, Duration::from_secs(2))
-            .domain()
-            .await
-        {
+        if let Ok(d) = AdminClient::new(&url, Duration::from_secs(2)).domain().await {
             return Ok(d);
         }
     }
@@ -1317,10 +1168,7 @@ async fn load_initial_domain(
         return Ok(VersionedDomain { version: 0, domain });
     }
     let text = std::fs::read(cache).with_context(|| {
-        format!(
-            "the Administration Server is unreachable and there is no cached configuration at {}",
-            cache.display()
-        )
+        format!("the Administration Server is unreachable and there is no cached configuration at {}", cache.display())
     })?;
     Ok(serde_json::from_slice(&text)?)
 }
@@ -1339,10 +1187,8 @@ fn describe_exit(status: &std::io::Result<std::process::ExitStatus>) -> (Option<
     match status {
         Ok(s) => (
             s.code(),
-            s.code().map_or_else(
-                || format!("killed by signal {}", s.signal().unwrap_or(0)),
-                |c| format!("exit code {c}"),
-            ),
+            s.code()
+                .map_or_else(|| format!("killed by signal {}", s.signal().unwrap_or(0)), |c| format!("exit code {c}")),
         ),
         Err(e) => (None, format!("wait failed: {e}")),
     }
@@ -1355,9 +1201,7 @@ fn restore_supervisor(data_dir: &std::path::Path) -> Supervisor {
     if let Ok(bytes) = std::fs::read(data_dir.join("master-epochs.json")) {
         if let Ok(map) = serde_json::from_slice::<BTreeMap<String, u64>>(&bytes) {
             sup.restore_master_epochs(
-                map.into_iter()
-                    .filter_map(|(c, e)| Some((ClusterName::new(c).ok()?, Epoch(e))))
-                    .collect(),
+                map.into_iter().filter_map(|(c, e)| Some((ClusterName::new(c).ok()?, Epoch(e)))).collect(),
             );
         }
     }

@@ -18,6 +18,8 @@ const BUFFER: usize = 200;
 struct Channel {
     path: Option<String>,
     state: Mutex<State>,
+    /// Where the Node Manager's replies go (the runtime's channel).
+    on_reply: Box<dyn Fn(ferry_api::Reply) + Send + Sync>,
 }
 
 #[derive(Default)]
@@ -30,27 +32,18 @@ struct State {
 
 static CHANNEL: OnceLock<Channel> = OnceLock::new();
 
-/// Sets where reports go (once, at start-up) and who the server is.
-pub(crate) fn init(path: Option<String>, hello: Report) {
-    let _ = CHANNEL.set(Channel {
-        path,
-        state: Mutex::new(State {
-            hello: Some(hello),
-            ..Default::default()
-        }),
-    });
+/// Sets where reports go (once, at start-up), who the server is, and what to do with the
+/// Node Manager's replies (read on a thread of their own).
+pub(crate) fn init(path: Option<String>, hello: Report, on_reply: Box<dyn Fn(ferry_api::Reply) + Send + Sync>) {
+    let _ =
+        CHANNEL.set(Channel { path, state: Mutex::new(State { hello: Some(hello), ..Default::default() }), on_reply });
 }
 
 /// Updates what the next `Hello` says (epoch and master role), for a reconnect.
 pub(crate) fn update_hello(epoch: Option<u64>, master: Option<bool>) {
     let Some(ch) = CHANNEL.get() else { return };
     if let Ok(mut st) = ch.state.lock() {
-        if let Some(Report::Hello {
-            epoch: e,
-            master: m,
-            ..
-        }) = st.hello.as_mut()
-        {
+        if let Some(Report::Hello { epoch: e, master: m, .. }) = st.hello.as_mut() {
             if epoch.is_some() {
                 *e = epoch;
             }
@@ -61,20 +54,21 @@ pub(crate) fn update_hello(epoch: Option<u64>, master: Option<bool>) {
     }
 }
 
-/// Sends one report; never blocks for long, never fails the caller.
-pub(crate) fn send(r: &Report) {
+/// Sends one report; never blocks for long, never fails the caller. True when it reached a
+/// connected Node Manager (a renewal handed over can then be answered).
+pub(crate) fn send(r: &Report) -> bool {
     let Ok(line) = serde_json::to_string(r) else {
-        return;
+        return false;
     };
     let Some(ch) = CHANNEL.get() else {
         stdout_line(&line);
-        return;
+        return false;
     };
     let Some(path) = ch.path.as_deref() else {
         stdout_line(&line);
-        return;
+        return false;
     };
-    let Ok(mut st) = ch.state.lock() else { return };
+    let Ok(mut st) = ch.state.lock() else { return false };
     if matches!(r, Report::Deadline { .. }) {
         st.last_deadline = Some(line.clone());
     }
@@ -87,13 +81,15 @@ pub(crate) fn send(r: &Report) {
     };
     if !ok {
         st.stream = None;
-        if !matches!(r, Report::Deadline { .. }) {
+        // Deadlines are re-sent on reconnect; a renewal is retried by the keeper instead.
+        if !matches!(r, Report::Deadline { .. } | Report::Renew { .. }) {
             if st.pending.len() >= BUFFER {
                 st.pending.pop_front();
             }
             st.pending.push_back(line);
         }
     }
+    ok
 }
 
 fn connect(st: &mut State, path: &str) {
@@ -102,11 +98,7 @@ fn connect(st: &mut State, path: &str) {
     };
     let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
     let mut lines: Vec<String> = Vec::new();
-    if let Some(h) = st
-        .hello
-        .as_ref()
-        .and_then(|h| serde_json::to_string(h).ok())
-    {
+    if let Some(h) = st.hello.as_ref().and_then(|h| serde_json::to_string(h).ok()) {
         lines.push(h);
     }
     if let Some(d) = st.last_deadline.clone() {
@@ -119,7 +111,22 @@ fn connect(st: &mut State, path: &str) {
         }
     }
     st.pending.clear();
+    // The Node Manager's replies come back on the same connection.
+    if let Ok(reader) = s.try_clone() {
+        std::thread::spawn(move || read_replies(reader));
+    }
     st.stream = Some(s);
+}
+
+fn read_replies(stream: UnixStream) {
+    use std::io::BufRead;
+    let Some(ch) = CHANNEL.get() else { return };
+    for line in std::io::BufReader::new(stream).lines() {
+        let Ok(line) = line else { return };
+        if let Ok(reply) = serde_json::from_str::<ferry_api::Reply>(&line) {
+            (ch.on_reply)(reply);
+        }
+    }
 }
 
 fn write_line(s: &mut UnixStream, line: &str) -> std::io::Result<()> {

@@ -72,10 +72,7 @@ impl MasterRole {
             return None;
         }
         let p = self.planner.as_ref()?;
-        Some(
-            p.next_wakeup()
-                .map_or(self.next_scan, |w| w.min(self.next_scan)),
-        )
+        Some(p.next_wakeup().map_or(self.next_scan, |w| w.min(self.next_scan)))
     }
 
     pub fn tick(&mut self, ctx: &Ctx, now: Mono) {
@@ -155,8 +152,7 @@ impl MasterRole {
         let (ok, fail) = self.reach.get(machine)?;
         let fail = (*fail)?;
         let silent_since = ok.unwrap_or(Mono(0));
-        (fail > silent_since && now.since(silent_since) >= 2 * self.timing.interval_ms)
-            .then(|| now.since(silent_since))
+        (fail > silent_since && now.since(silent_since) >= 2 * self.timing.interval_ms).then(|| now.since(silent_since))
     }
 
     fn on_keeper(&mut self, ctx: &Ctx, actions: Vec<KeeperAction>) {
@@ -187,17 +183,11 @@ impl MasterRole {
                     self.planner = Some(Planner::new(ctx.server.cluster.clone()));
                     self.next_scan = clock::now();
                     crate::channel::update_hello(None, Some(true));
-                    ctx.report(&Report::Master {
-                        held: true,
-                        epoch: epoch.0,
-                    });
+                    ctx.report(&Report::Master { held: true, epoch: epoch.0 });
                     ctx.event(
                         "master-acquired",
                         Some(epoch.0),
-                        format!(
-                            "{} is now cluster master of {} (master epoch {epoch})",
-                            ctx.name, ctx.server.cluster
-                        ),
+                        format!("{} is now cluster master of {} (master epoch {epoch})", ctx.name, ctx.server.cluster),
                     );
                 }
                 KeeperAction::Deadline { .. } => {}
@@ -209,10 +199,7 @@ impl MasterRole {
                     ctx.event(
                         "master-lost",
                         Some(epoch),
-                        format!(
-                            "{} gave up the cluster master role of {}: {reason}",
-                            ctx.name, ctx.server.cluster
-                        ),
+                        format!("{} gave up the cluster master role of {}: {reason}", ctx.name, ctx.server.cluster),
                     );
                     self.retry_at = Some(clock::now() + self.timing.interval_ms);
                 }
@@ -233,9 +220,7 @@ impl MasterRole {
             Msg::MasterRenew(r) => {
                 let actions = match r {
                     Ok(_) => self.keeper.on_renewed(now),
-                    Err(e @ ferry_store::StoreError::Lost { .. }) => {
-                        self.keeper.on_lost(now, e.to_string())
-                    }
+                    Err(e @ ferry_store::StoreError::Lost { .. }) => self.keeper.on_lost(now, e.to_string()),
                     Err(e) => self.keeper.on_renew_failed(now, ferry_store::chain(&e)),
                 };
                 self.on_keeper(ctx, actions);
@@ -268,11 +253,7 @@ impl MasterRole {
                     e.1 = Some(now);
                 }
             }
-            Msg::NmResult {
-                server,
-                machine,
-                result,
-            } => {
+            Msg::NmResult { server, machine, result } => {
                 let actions = match self.planner.as_mut() {
                     Some(p) => p.on_command_result(now, &server, &machine, result, &ctx.domain),
                     None => return,
@@ -286,11 +267,7 @@ impl MasterRole {
     fn enact(&mut self, ctx: &Ctx, actions: Vec<MasterAction>) {
         for a in actions {
             match a {
-                MasterAction::Event {
-                    kind,
-                    server,
-                    message,
-                } => {
+                MasterAction::Event { kind, server, message } => {
                     tracing::info!(kind, server = %server, "{message}");
                     ctx.report(&Report::Event {
                         kind: kind.into(),
@@ -299,12 +276,7 @@ impl MasterRole {
                         server: Some(server.to_string()),
                     });
                 }
-                MasterAction::Start {
-                    server,
-                    machine,
-                    in_place,
-                    power_fence,
-                } => {
+                MasterAction::Start { server, machine, in_place, power_fence } => {
                     // Rule 6: act only while the master lease is valid by our own deadline.
                     let Some((epoch, _)) = self.keeper.held(clock::now()) else {
                         tracing::warn!("not starting {server} on {machine}: the master lease is no longer held");
@@ -318,18 +290,13 @@ impl MasterRole {
                         let result = CommandResult::Unreachable(format!(
                             "its Node Manager has not answered the master's checks for {silent_ms} ms"
                         ));
-                        let _ = ctx.tx.try_send(Msg::NmResult {
-                            server,
-                            machine,
-                            result,
-                        });
+                        let _ = ctx.tx.try_send(Msg::NmResult { server, machine, result });
                         continue;
                     }
                     // A dead machine answers nothing: give up connecting after two intervals
                     // (100 ms at least, a second at most). A live Node Manager accepts at once
                     // and may take a while to plumb the IP and start the server.
-                    let connect =
-                        Duration::from_millis((self.timing.interval_ms * 2).clamp(100, 1_000));
+                    let connect = Duration::from_millis((self.timing.interval_ms * 2).clamp(100, 1_000));
                     let nm = NmClient::with_connect_timeout(
                         &m.node_manager.to_string(),
                         &ctx.secret,
@@ -344,49 +311,27 @@ impl MasterRole {
                         },
                         in_place,
                     };
-                    let fence_cmd = power_fence.as_ref().and_then(|_| {
-                        ctx.domain
-                            .cluster(&ctx.server.cluster)?
-                            .fence_command
-                            .clone()
-                    });
+                    let fence_cmd = power_fence
+                        .as_ref()
+                        .and_then(|_| ctx.domain.cluster(&ctx.server.cluster)?.fence_command.clone());
                     let tx = ctx.tx.clone();
                     tokio::spawn(async move {
                         if let (Some(cmd), Some(failed)) = (fence_cmd, power_fence) {
                             let mut args: Vec<String> = cmd[1..].to_vec();
                             args.push(failed.to_string());
                             args.push(server.to_string());
-                            if let Err(e) =
-                                ferry_host::hooks::run_hook(&cmd[0], &args, Duration::from_secs(30))
-                                    .await
-                            {
-                                let result = CommandResult::Refused(format!(
-                                    "power fence of {failed} failed: {e}"
-                                ));
-                                let _ = tx
-                                    .send(Msg::NmResult {
-                                        server,
-                                        machine,
-                                        result,
-                                    })
-                                    .await;
+                            if let Err(e) = ferry_host::hooks::run_hook(&cmd[0], &args, Duration::from_secs(30)).await {
+                                let result = CommandResult::Refused(format!("power fence of {failed} failed: {e}"));
+                                let _ = tx.send(Msg::NmResult { server, machine, result }).await;
                                 return;
                             }
                         }
                         let result = match nm.start(server.as_str(), &cmd).await {
                             Ok(_) => CommandResult::Accepted,
-                            Err(e) if e.is_unreachable() => {
-                                CommandResult::Unreachable(e.to_string())
-                            }
+                            Err(e) if e.is_unreachable() => CommandResult::Unreachable(e.to_string()),
                             Err(e) => CommandResult::Refused(e.to_string()),
                         };
-                        let _ = tx
-                            .send(Msg::NmResult {
-                                server,
-                                machine,
-                                result,
-                            })
-                            .await;
+                        let _ = tx.send(Msg::NmResult { server, machine, result }).await;
                     });
                 }
             }
@@ -398,18 +343,11 @@ impl MasterRole {
         let now = clock::now();
         for a in self.keeper.release(now) {
             if let KeeperAction::Release { epoch } = a {
-                match ctx
-                    .store
-                    .release(&Self::lease(ctx), &ctx.incarnation, epoch)
-                    .await
-                {
+                match ctx.store.release(&Self::lease(ctx), &ctx.incarnation, epoch).await {
                     Ok(()) => ctx.event(
                         "master-released",
                         Some(epoch.0),
-                        format!(
-                            "{} released the cluster master role of {}",
-                            ctx.name, ctx.server.cluster
-                        ),
+                        format!("{} released the cluster master role of {}", ctx.name, ctx.server.cluster),
                     ),
                     Err(e) => tracing::info!("master lease not released: {e}"),
                 }

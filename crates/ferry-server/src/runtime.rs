@@ -40,6 +40,12 @@ pub(crate) enum Msg {
         result: ferry_core::master::CommandResult,
     },
     Health(Vec<(String, Result<(), String>)>),
+    /// The Node Manager's answer on the local channel (a batched renewal).
+    Reply(ferry_api::Reply),
+    /// A renewal handed to the Node Manager got no answer in time.
+    RenewTimeout {
+        id: u64,
+    },
     /// The master's reachability check of one Node Manager.
     NmHealth {
         machine: MachineName,
@@ -66,12 +72,7 @@ impl Ctx {
 
     pub fn event(&self, kind: &str, epoch: Option<u64>, message: String) {
         tracing::info!(kind, "{message}");
-        report(&Report::Event {
-            kind: kind.into(),
-            message,
-            epoch,
-            server: None,
-        });
+        report(&Report::Event { kind: kind.into(), message, epoch, server: None });
     }
 
     pub fn request(&self, name: LeaseName) -> AcquireRequest {
@@ -114,6 +115,8 @@ async fn run_inner(name: ServerName) -> i32 {
             return EXIT_CONFIG;
         }
     };
+    let (tx, rx) = mpsc::channel(256);
+    let replies = tx.clone();
     crate::channel::init(
         boot.channel.clone(),
         Report::Hello {
@@ -123,6 +126,10 @@ async fn run_inner(name: ServerName) -> i32 {
             epoch: None,
             master: false,
         },
+        // Read on the channel's own thread, outside the runtime.
+        Box::new(move |reply| {
+            let _ = replies.blocking_send(Msg::Reply(reply));
+        }),
     );
     let cache_dir = PathBuf::from(&boot.cache_dir);
     let Some(domain) = obtain_config(&name, &boot, &cache_dir).await else {
@@ -135,19 +142,13 @@ async fn run_inner(name: ServerName) -> i32 {
         );
         return EXIT_CONFIG;
     };
-    let mut timing = KeeperTiming::new(
-        server.health_check_interval,
-        server.health_check_periods_until_fencing,
-    );
+    let mut timing = KeeperTiming::new(server.health_check_interval, server.health_check_periods_until_fencing);
     // Patience to take the lease: long enough for a dead holder's lease to run out.
     timing.acquire_patience_ms = Some(timing.ttl_ms + 2 * timing.interval_ms);
     // Connected on first use: an unreachable table is then just a failed acquisition,
     // retried within the acquire patience (and after it, by the Node Manager).
-    let store = ferry_store::open_lazy(
-        &domain.domain.leasing.data_source,
-        Duration::from_millis(timing.request_timeout_ms()),
-    );
-    let (tx, rx) = mpsc::channel(256);
+    let store =
+        ferry_store::open_lazy(&domain.domain.leasing.data_source, Duration::from_millis(timing.request_timeout_ms()));
     let ctx = Ctx {
         name,
         machine,
@@ -174,26 +175,22 @@ async fn read_bootstrap() -> Result<Bootstrap, String> {
 /// Figure 7-1 steps 4 and 5: fetch the configuration from the admin and cache it; when the
 /// admin is down, use the cached copy (managed server independence), then the Node
 /// Manager's copy.
-async fn obtain_config(
-    name: &ServerName,
-    boot: &Bootstrap,
-    cache_dir: &std::path::Path,
-) -> Option<VersionedDomain> {
+async fn obtain_config(name: &ServerName, boot: &Bootstrap, cache_dir: &std::path::Path) -> Option<VersionedDomain> {
     let cache = cache_dir.join("config-cache.json");
     let admin = AdminClient::new(&boot.admin_url, Duration::from_secs(2));
     match admin.server_config(name.as_str()).await {
         Ok(d) => {
             if let Ok(bytes) = serde_json::to_vec(&d) {
                 if let Err(e) = files::write_atomic(&cache, &bytes, 0o600) {
-                    tracing::warn!(
-                        "could not cache the configuration at {}: {e}",
-                        cache.display()
-                    );
+                    tracing::warn!("could not cache the configuration at {}: {e}", cache.display());
                 }
             }
             report(&Report::Event {
                 kind: "config-obtained".into(),
-                message: format!("{name} obtained configuration version {} from the Administration Server and cached it", d.version),
+                message: format!(
+                    "{name} obtained configuration version {} from the Administration Server and cached it",
+                    d.version
+                ),
                 epoch: None,
                 server: None,
             });
@@ -203,13 +200,13 @@ async fn obtain_config(
             tracing::warn!("Administration Server unavailable ({e}); using cached configuration")
         }
     }
-    if let Some(d) = std::fs::read(&cache)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<VersionedDomain>(&b).ok())
-    {
+    if let Some(d) = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice::<VersionedDomain>(&b).ok()) {
         report(&Report::Event {
             kind: "config-cached".into(),
-            message: format!("{name} started from its cached configuration version {} (Administration Server unreachable)", d.version),
+            message: format!(
+                "{name} started from its cached configuration version {} (Administration Server unreachable)",
+                d.version
+            ),
             epoch: None,
             server: None,
         });
@@ -224,7 +221,10 @@ async fn obtain_config(
         });
         return Some(d);
     }
-    eprintln!("ferry server {name}: the Administration Server at {} is unreachable and no configuration is cached", boot.admin_url);
+    eprintln!(
+        "ferry server {name}: the Administration Server at {} is unreachable and no configuration is cached",
+        boot.admin_url
+    );
     None
 }
 
@@ -240,7 +240,15 @@ struct Runtime {
     health_in_flight: bool,
     next_health: Mono,
     master: Option<MasterRole>,
+    /// The renewal handed to the Node Manager's batch and not answered yet.
+    renew_pending: Option<u64>,
+    next_renew_id: u64,
+    /// After the Node Manager failed a renewal, this many renewals go straight to the table.
+    direct_renewals: u32,
 }
+
+/// Renewals that go straight to the lease table after the Node Manager failed one.
+const DIRECT_AFTER_NM_FAILURE: u32 = 10;
 
 enum Flow {
     Continue,
@@ -262,18 +270,20 @@ impl Runtime {
             health_in_flight: false,
             next_health: now,
             master: None,
+            renew_pending: None,
+            next_renew_id: 0,
+            direct_renewals: 0,
         }
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> i32 {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("cannot install the SIGTERM handler: {e}");
-                    return EXIT_CONFIG;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("cannot install the SIGTERM handler: {e}");
+                return EXIT_CONFIG;
+            }
+        };
         loop {
             let now = clock::now();
             let actions = self.keeper.tick(now);
@@ -343,6 +353,36 @@ impl Runtime {
                 };
                 self.on_keeper(actions).await
             }
+            Msg::Reply(ferry_api::Reply::Renewed { id, outcome, detail }) => {
+                if self.renew_pending != Some(id) {
+                    return Flow::Continue;
+                }
+                self.renew_pending = None;
+                let actions = match outcome {
+                    ferry_api::RenewOutcome::Ok => self.keeper.on_renewed(now),
+                    ferry_api::RenewOutcome::Lost => self.keeper.on_lost(now, detail),
+                    ferry_api::RenewOutcome::Failed => {
+                        self.direct_renewals = DIRECT_AFTER_NM_FAILURE;
+                        self.keeper.on_renew_failed(now, detail)
+                    }
+                };
+                self.on_keeper(actions).await
+            }
+            Msg::RenewTimeout { id } => {
+                if self.renew_pending != Some(id) {
+                    return Flow::Continue;
+                }
+                self.renew_pending = None;
+                self.direct_renewals = DIRECT_AFTER_NM_FAILURE;
+                let actions = self.keeper.on_renew_failed(
+                    now,
+                    format!(
+                        "the Node Manager did not answer the renewal within {} ms",
+                        self.keeper.timing.request_timeout_ms()
+                    ),
+                );
+                self.on_keeper(actions).await
+            }
             Msg::Health(results) => {
                 self.health_in_flight = false;
                 self.on_health(now, results);
@@ -374,6 +414,32 @@ impl Runtime {
                     });
                 }
                 KeeperAction::Renew { epoch } => {
+                    // Through the Node Manager's batch when it answers (one transaction for
+                    // all its servers); the keeper took t0 before this, so the deadline holds
+                    // (rule 2). If the Node Manager is gone or failed, straight to the table.
+                    if self.direct_renewals == 0 {
+                        self.next_renew_id += 1;
+                        let id = self.next_renew_id;
+                        let report = Report::Renew {
+                            id,
+                            lease: LeaseName::Server(self.ctx.name.clone()).to_string(),
+                            incarnation: self.ctx.incarnation.0.clone(),
+                            epoch: epoch.0,
+                            ttl_ms: self.ctx.server.lease_ttl().as_millis() as u64,
+                        };
+                        if crate::channel::send(&report) {
+                            self.renew_pending = Some(id);
+                            let tx = self.ctx.tx.clone();
+                            let wait = Duration::from_millis(self.keeper.timing.request_timeout_ms());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                let _ = tx.send(Msg::RenewTimeout { id }).await;
+                            });
+                            continue;
+                        }
+                    } else {
+                        self.direct_renewals -= 1;
+                    }
                     let store = self.ctx.store.clone();
                     let name = LeaseName::Server(self.ctx.name.clone());
                     let inc = self.ctx.incarnation.clone();
@@ -404,11 +470,7 @@ impl Runtime {
                             self.ctx.machine,
                             epoch,
                             self.keeper.timing.ttl_ms,
-                            if self.handover.is_some() {
-                                " by handover from the reaped incarnation"
-                            } else {
-                                ""
-                            }
+                            if self.handover.is_some() { " by handover from the reaped incarnation" } else { "" }
                         ),
                     );
                     let env = ServiceEnv {
@@ -420,11 +482,7 @@ impl Runtime {
                     match services::start_all(&env, &self.dir) {
                         Ok(s) => self.services = s,
                         Err(e) => {
-                            self.ctx.event(
-                                "start-failed",
-                                Some(epoch.0),
-                                format!("{}: {e}", self.ctx.name),
-                            );
+                            self.ctx.event("start-failed", Some(epoch.0), format!("{}: {e}", self.ctx.name));
                             self.release_all().await;
                             return Flow::Exit(EXIT_CONFIG);
                         }
@@ -455,18 +513,18 @@ impl Runtime {
             self.ctx.event(
                 "service-died",
                 self.epoch,
-                format!("service {svc} of {} ended ({status}); the server exits so its Node Manager restarts it", self.ctx.name),
+                format!(
+                    "service {svc} of {} ended ({status}); the server exits so its Node Manager restarts it",
+                    self.ctx.name
+                ),
             );
             return Flow::Exit(EXIT_SERVICE_DIED);
         }
         if now >= self.next_health && !self.health_in_flight {
             self.next_health = now + self.keeper.timing.interval_ms;
             self.health_in_flight = true;
-            let checks: Vec<_> = self
-                .services
-                .iter()
-                .filter_map(|s| s.health.clone().map(|h| (s.name.clone(), h)))
-                .collect();
+            let checks: Vec<_> =
+                self.services.iter().filter_map(|s| s.health.clone().map(|h| (s.name.clone(), h))).collect();
             let timeout = Duration::from_millis(self.keeper.timing.request_timeout_ms());
             let tx = self.ctx.tx.clone();
             tokio::spawn(async move {
@@ -490,8 +548,8 @@ impl Runtime {
             match r {
                 Ok(()) => svc.healthy_once = true,
                 Err(e) => {
-                    let starting = !svc.healthy_once
-                        && now.since(svc.started_at) < svc.start_timeout.as_millis() as u64;
+                    let starting =
+                        !svc.healthy_once && now.since(svc.started_at) < svc.start_timeout.as_millis() as u64;
                     if !starting {
                         healthy = false;
                         problems.push(format!("{name}: {e}"));
@@ -505,11 +563,7 @@ impl Runtime {
             self.ctx.event(
                 "unhealthy",
                 self.epoch,
-                format!(
-                    "{} stops renewing its lease: {}",
-                    self.ctx.name,
-                    problems.join("; ")
-                ),
+                format!("{} stops renewing its lease: {}", self.ctx.name, problems.join("; ")),
             );
         }
         if healthy && self.services.iter().all(|s| s.healthy_once) && !self.running_reported {
@@ -518,35 +572,20 @@ impl Runtime {
             self.ctx.event(
                 "server-running",
                 self.epoch,
-                format!(
-                    "{} is running on {}: its services answer",
-                    self.ctx.name, self.ctx.machine
-                ),
+                format!("{} is running on {}: its services answer", self.ctx.name, self.ctx.machine),
             );
         }
     }
 
     async fn release_server_lease(&self, epoch: ferry_core::Epoch) {
-        let r = self
-            .ctx
-            .store
-            .release(
-                &LeaseName::Server(self.ctx.name.clone()),
-                &self.ctx.incarnation,
-                epoch,
-            )
-            .await;
+        let r = self.ctx.store.release(&LeaseName::Server(self.ctx.name.clone()), &self.ctx.incarnation, epoch).await;
         match r {
             Ok(()) => self.ctx.event(
                 "lease-released",
                 Some(epoch.0),
                 format!("{} removed its lease (epoch {epoch})", self.ctx.name),
             ),
-            Err(e) => self.ctx.event(
-                "lease-release-failed",
-                Some(epoch.0),
-                format!("{}: {e}", self.ctx.name),
-            ),
+            Err(e) => self.ctx.event("lease-release-failed", Some(epoch.0), format!("{}: {e}", self.ctx.name)),
         }
     }
 
@@ -564,11 +603,7 @@ impl Runtime {
 
     /// SIGTERM: stop the services, give the leases back (Figure 7-3 step 4), exit 0.
     async fn shutdown(&mut self) -> i32 {
-        self.ctx.event(
-            "server-stopping",
-            self.epoch,
-            format!("{} is shutting down gracefully", self.ctx.name),
-        );
+        self.ctx.event("server-stopping", self.epoch, format!("{} is shutting down gracefully", self.ctx.name));
         let patience = self.ctx.server.shutdown_timeout * 8 / 10;
         services::stop_all(&mut self.services, patience).await;
         self.release_all().await;

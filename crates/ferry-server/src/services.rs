@@ -48,13 +48,7 @@ fn start_one(env: &ServiceEnv<'_>, svc: &Service, dir: &Path) -> Result<Running,
         ("FERRY_MACHINE".into(), env.machine.into()),
         ("FERRY_CLUSTER".into(), env.server.cluster.to_string()),
         ("FERRY_FENCING_TOKEN".into(), env.epoch.to_string()),
-        (
-            "FERRY_FLOATING_IP".into(),
-            env.server
-                .floating_ip
-                .map(|i| i.to_string())
-                .unwrap_or_default(),
-        ),
+        ("FERRY_FLOATING_IP".into(), env.server.floating_ip.map(|i| i.to_string()).unwrap_or_default()),
         ("FERRY_INCARNATION".into(), env.incarnation.into()),
         ("FERRY_SERVICE".into(), svc.name.clone()),
     ];
@@ -68,12 +62,8 @@ fn start_one(env: &ServiceEnv<'_>, svc: &Service, dir: &Path) -> Result<Running,
         new_group: true,
         ..Default::default()
     };
-    let child = process::spawn(&spec).map_err(|e| {
-        format!(
-            "cannot start service {} ({}): {e}",
-            svc.name, svc.command[0]
-        )
-    })?;
+    let child =
+        process::spawn(&spec).map_err(|e| format!("cannot start service {} ({}): {e}", svc.name, svc.command[0]))?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
     Ok(Running {
         name: svc.name.clone(),
@@ -134,32 +124,22 @@ pub(crate) async fn check(health: &Health, timeout: Duration) -> Result<(), Stri
 }
 
 async fn tcp(addr: SocketAddr) -> Result<(), String> {
-    tokio::net::TcpStream::connect(addr)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("tcp {addr}: {e}"))
+    tokio::net::TcpStream::connect(addr).await.map(|_| ()).map_err(|e| format!("tcp {addr}: {e}"))
 }
 
 /// A minimal HTTP/1.0 GET (the services are local; a client crate would be overkill here).
 async fn http(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("not an http:// URL: {url}"))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http:// URL: {url}"))?;
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let mut s = tokio::net::TcpStream::connect(hostport)
-        .await
-        .map_err(|e| format!("http {url}: {e}"))?;
+    let mut s = tokio::net::TcpStream::connect(hostport).await.map_err(|e| format!("http {url}: {e}"))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
         .await
         .map_err(|e| format!("http {url}: {e}"))?;
     let mut buf = vec![0u8; 64];
-    let n = s
-        .read(&mut buf)
-        .await
-        .map_err(|e| format!("http {url}: {e}"))?;
+    let n = s.read(&mut buf).await.map_err(|e| format!("http {url}: {e}"))?;
     let head = String::from_utf8_lossy(&buf[..n]);
     let code = head.split_whitespace().nth(1).unwrap_or("");
     if code.starts_with('2') || code.starts_with('3') {
@@ -176,10 +156,7 @@ async fn exec(cmd: &[String]) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     c.kill_on_drop(true);
-    let status = c
-        .status()
-        .await
-        .map_err(|e| format!("exec {}: {e}", cmd[0]))?;
+    let status = c.status().await.map_err(|e| format!("exec {}: {e}", cmd[0]))?;
     if status.success() {
         Ok(())
     } else {
@@ -205,42 +182,23 @@ mod tests {
                 let mut buf = [0u8; 256];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /ok ");
-                let line = if ok {
-                    "HTTP/1.0 200 OK\r\n\r\n"
-                } else {
-                    "HTTP/1.0 503 Unavailable\r\n\r\n"
-                };
+                let line = if ok { "HTTP/1.0 200 OK\r\n\r\n" } else { "HTTP/1.0 503 Unavailable\r\n\r\n" };
                 let _ = s.write_all(line.as_bytes()).await;
             }
         });
         assert!(check(&Health::Tcp(addr), t).await.is_ok());
-        assert!(check(&Health::Http(format!("http://{addr}/ok")), t)
-            .await
-            .is_ok());
-        let e = check(&Health::Http(format!("http://{addr}/bad")), t)
-            .await
-            .unwrap_err();
+        assert!(check(&Health::Http(format!("http://{addr}/ok")), t).await.is_ok());
+        let e = check(&Health::Http(format!("http://{addr}/bad")), t).await.unwrap_err();
         assert!(e.contains("503"), "{e}");
         assert!(check(&Health::Exec(vec!["true".into()]), t).await.is_ok());
         assert!(check(&Health::Exec(vec!["false".into()]), t).await.is_err());
-        let e = check(&Health::Exec(vec!["/no/such/program".into()]), t)
-            .await
-            .unwrap_err();
+        let e = check(&Health::Exec(vec!["/no/such/program".into()]), t).await.unwrap_err();
         assert!(e.contains("/no/such/program"), "{e}");
         // A port nobody listens on.
-        let free = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         assert!(check(&Health::Tcp(free), t).await.is_err());
         // A check that hangs is cut off by the timeout.
-        let e = check(
-            &Health::Exec(vec!["sleep".into(), "5".into()]),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap_err();
+        let e = check(&Health::Exec(vec!["sleep".into(), "5".into()]), Duration::from_millis(100)).await.unwrap_err();
         assert!(e.contains("no answer within 100 ms"), "{e}");
     }
 }

@@ -100,22 +100,12 @@ pub struct Checker {
 impl Checker {
     pub fn violate(&mut self, property: Property, at_ms: u64, detail: String) {
         if self.violations.len() < MAX_VIOLATIONS {
-            self.violations.push(Violation {
-                property,
-                at_ms,
-                detail,
-            });
+            self.violations.push(Violation { property, at_ms, detail });
         }
     }
 
     /// Property 2: an instance starts services with `epoch`.
-    pub fn services_acquired(
-        &mut self,
-        at_ms: u64,
-        server: &ServerName,
-        instance: usize,
-        epoch: Epoch,
-    ) {
+    pub fn services_acquired(&mut self, at_ms: u64, server: &ServerName, instance: usize, epoch: Epoch) {
         if let Some(last) = self.last_epoch.get(server) {
             if epoch <= *last {
                 self.violate(
@@ -138,9 +128,7 @@ impl Checker {
                 self.violate(
                     Property::Epoch,
                     at_ms,
-                    format!(
-                        "instance #{instance} becomes master at epoch {epoch}; #{by} was at {last}"
-                    ),
+                    format!("instance #{instance} becomes master at epoch {epoch}; #{by} was at {last}"),
                 );
             }
         }
@@ -150,14 +138,7 @@ impl Checker {
     }
 
     /// Property 1: an instance's services start (or resume after a freeze).
-    pub fn run_start(
-        &mut self,
-        at_ms: u64,
-        server: &ServerName,
-        instance: usize,
-        machine: &str,
-        epoch: Epoch,
-    ) {
+    pub fn run_start(&mut self, at_ms: u64, server: &ServerName, instance: usize, machine: &str, epoch: Epoch) {
         let open = self.running.entry(server.clone()).or_default();
         if open.contains_key(&instance) {
             return;
@@ -166,10 +147,7 @@ impl Checker {
             .values()
             .map(|r| {
                 let r = &self.runs[*r];
-                format!(
-                    "#{} on {} (epoch {}, since {} ms)",
-                    r.instance, r.machine, r.epoch, r.start_ms
-                )
+                format!("#{} on {} (epoch {}, since {} ms)", r.instance, r.machine, r.epoch, r.start_ms)
             })
             .collect();
         open.insert(instance, self.runs.len());
@@ -208,10 +186,7 @@ impl Checker {
 
     /// Property 3: reports two masters acting at once, once per pair of tenures.
     pub fn two_masters(&mut self, at_ms: u64, sender: usize, other: usize, detail: String) {
-        if self
-            .reported_pairs
-            .insert((sender.min(other), sender.max(other)))
-        {
+        if self.reported_pairs.insert((sender.min(other), sender.max(other))) {
             self.violate(Property::OneMaster, at_ms, detail);
         }
     }

@@ -26,11 +26,7 @@ pub struct HostClock {
 impl HostClock {
     /// A clock that reads `boot_mono_ms` at true time `now_ms` and runs `drift_ppm` off.
     pub fn new(drift_ppm: i64, boot_mono_ms: u64, now_ms: u64, wall_offset_ms: i64) -> Self {
-        let mut c = HostClock {
-            drift_ppm,
-            mono_at_zero_ms: 0,
-            wall_offset_ms,
-        };
+        let mut c = HostClock { drift_ppm, mono_at_zero_ms: 0, wall_offset_ms };
         c.mono_at_zero_ms = i128::from(boot_mono_ms) - c.scaled(now_ms);
         c
     }
@@ -54,11 +50,7 @@ impl HostClock {
     pub fn true_at(&self, at: Mono, not_before_ms: u64) -> u64 {
         let want = i128::from(at.0) - self.mono_at_zero_ms;
         let rate = PPM + i128::from(self.drift_ppm);
-        let guess = if want <= 0 {
-            0
-        } else {
-            ((want * PPM + rate - 1) / rate) as u64
-        };
+        let guess = if want <= 0 { 0 } else { ((want * PPM + rate - 1) / rate) as u64 };
         let mut t = guess.max(not_before_ms);
         while self.mono(t) < at {
             t += 1;
@@ -82,10 +74,7 @@ mod tests {
             for at in [123_456u64, 123_457, 130_000, 999_999] {
                 let t = c.true_at(Mono(at), 1_000);
                 assert!(c.mono(t) >= Mono(at));
-                assert!(
-                    t == 1_000 || c.mono(t - 1) < Mono(at),
-                    "drift {drift} at {at}: {t}"
-                );
+                assert!(t == 1_000 || c.mono(t - 1) < Mono(at), "drift {drift} at {at}: {t}");
             }
         }
     }

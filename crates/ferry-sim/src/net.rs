@@ -55,9 +55,7 @@ impl Net {
     }
 
     pub fn blocked(&self, from: usize, to: usize) -> bool {
-        self.cuts
-            .iter()
-            .any(|(_, pairs)| pairs.contains(&(from, to)))
+        self.cuts.iter().any(|(_, pairs)| pairs.contains(&(from, to)))
     }
 
     /// The delay of one message from `from` to `to`, or `None` if it is lost.
@@ -76,13 +74,7 @@ impl Net {
             d += rng.gen_range(self.long_ms.0..=self.long_ms.1.max(self.long_ms.0));
         }
         // A slow link adds its delay once per message, whichever end is slow.
-        d += self
-            .slow
-            .iter()
-            .filter(|(_, h, _)| *h == from || *h == to)
-            .map(|(_, _, extra)| *extra)
-            .max()
-            .unwrap_or(0);
+        d += self.slow.iter().filter(|(_, h, _)| *h == from || *h == to).map(|(_, _, extra)| *extra).max().unwrap_or(0);
         Some(d)
     }
 }

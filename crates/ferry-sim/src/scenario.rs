@@ -29,12 +29,7 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn new(seed: u64) -> Self {
-        SimConfig {
-            seed,
-            bugs: Bugs::NONE,
-            grace_ms: None,
-            trace: false,
-        }
+        SimConfig { seed, bugs: Bugs::NONE, grace_ms: None, trace: false }
     }
 }
 
@@ -92,10 +87,16 @@ pub enum Links {
 pub enum Fault {
     /// Power loss: every process on the machine dies at once; it boots again (a fresh Node
     /// Manager, no servers) after `down_ms`, or when the faults stop.
-    CrashMachine { target: Target, down_ms: u64 },
+    CrashMachine {
+        target: Target,
+        down_ms: u64,
+    },
     /// Suspend: nothing on the host runs, not even its hosted services; its boot-time clock
     /// keeps counting. On resume the deadline checks run before anything else.
-    Freeze { target: Target, ms: u64 },
+    Freeze {
+        target: Target,
+        ms: u64,
+    },
     /// Suspend, and on resume the host finds itself cut off (a paused VM moved onto a broken
     /// network).
     FreezeThenIsolate {
@@ -105,17 +106,25 @@ pub enum Fault {
     },
     /// SIGSTOP of a `ferry server` process: its keeper gets no events, but its hosted
     /// services keep running until the Node Manager fences them (rule 3). SIGCONT later.
-    Hang { target: ProcTarget, ms: u64 },
+    Hang {
+        target: ProcTarget,
+        ms: u64,
+    },
     /// The `ferry server` process crashes; its Node Manager reaps it, kills what is left of
     /// its process group and restarts it with a handover (rule 4).
-    CrashProcess { target: ProcTarget },
+    CrashProcess {
+        target: ProcTarget,
+    },
     Cut {
         target: Target,
         links: Links,
         ms: u64,
     },
     /// The machines split in two groups that cannot reach each other; all reach the store.
-    Split { side_a: Vec<usize>, ms: u64 },
+    Split {
+        side_a: Vec<usize>,
+        ms: u64,
+    },
     /// Every message to or from the host takes `extra_ms` longer.
     Slow {
         target: Target,
@@ -123,9 +132,14 @@ pub enum Fault {
         ms: u64,
     },
     /// The lease store refuses every call.
-    StoreOutage { ms: u64 },
+    StoreOutage {
+        ms: u64,
+    },
     /// The host's wall clock jumps (nothing in ferry's core may care).
-    ClockJump { target: Target, jump_ms: i64 },
+    ClockJump {
+        target: Target,
+        jump_ms: i64,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -165,28 +179,19 @@ impl Scenario {
     pub fn generate(cfg: &SimConfig) -> Scenario {
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5CE7_A210_F3E4_7AB1);
         let m = |s: &str| MachineName::new(s).expect("valid machine name");
-        let machines = vec![
-            m("machine-b"),
-            m("machine-c"),
-            m("machine-d"),
-            m("machine-e"),
-        ];
+        let machines = vec![m("machine-b"), m("machine-c"), m("machine-d"), m("machine-e")];
         let n_machines = machines.len();
         // Mostly the sub-second timings of DESIGN §6; sometimes slower ones, where a Node
         // Manager call's timeout (at least a second) is short next to a lease.
         let interval_ms = [100, 100, 150, 200, 500, 1_000][rng.gen_range(0..6)];
         let periods = rng.gen_range(2..=4u32);
         let ttl = interval_ms * u64::from(periods);
-        let grace_ms = cfg
-            .grace_ms
-            .unwrap_or([0, 0, 50, 200, ttl][rng.gen_range(0..5)]);
+        let grace_ms = cfg.grace_ms.unwrap_or([0, 0, 50, 200, ttl][rng.gen_range(0..5)]);
         let mut servers = Vec::new();
         let n_servers = rng.gen_range(3..=4usize);
         for i in 0..n_servers {
             let home = i % 3;
-            let mut candidates: Vec<usize> = (0..n_machines)
-                .filter(|c| *c != home && rng.gen_bool(0.5))
-                .collect();
+            let mut candidates: Vec<usize> = (0..n_machines).filter(|c| *c != home && rng.gen_bool(0.5)).collect();
             if rng.gen_bool(0.5) {
                 candidates.reverse();
             }
@@ -204,18 +209,13 @@ impl Scenario {
         let max_delay_ms = [2, 10, 25, 50][rng.gen_range(0..4)].min(interval_ms / 3);
         let loss = [0.0, 0.0, 0.005, 0.02][rng.gen_range(0..4)];
         let long_p = [0.0, 0.005, 0.02][rng.gen_range(0..3)];
-        let phase_ms = rng
-            .gen_range(8_000..=20_000u64)
-            .max(rng.gen_range(20..=40) * ttl);
+        let phase_ms = rng.gen_range(8_000..=20_000u64).max(rng.gen_range(20..=40) * ttl);
         let heal_at_ms = FAULTS_FROM_MS + phase_ms;
 
         let mut faults = Vec::new();
         for _ in 0..rng.gen_range(3..=12) {
             let at = FAULTS_FROM_MS + rng.gen_range(0..phase_ms);
-            faults.push((
-                at,
-                Self::draw_fault(&mut rng, interval_ms, ttl, n_machines, n_servers),
-            ));
+            faults.push((at, Self::draw_fault(&mut rng, interval_ms, ttl, n_machines, n_servers)));
         }
         faults.sort_by_key(|(at, _)| *at);
 
@@ -240,13 +240,7 @@ impl Scenario {
         }
     }
 
-    fn draw_fault(
-        rng: &mut StdRng,
-        interval: u64,
-        ttl: u64,
-        machines: usize,
-        servers: usize,
-    ) -> Fault {
+    fn draw_fault(rng: &mut StdRng, interval: u64, ttl: u64, machines: usize, servers: usize) -> Fault {
         let target = |rng: &mut StdRng| match rng.gen_range(0..10) {
             0..=3 => Target::Machine(rng.gen_range(0..machines)),
             4..=6 => Target::MasterHost,
@@ -258,51 +252,26 @@ impl Scenario {
             3..=4 => ProcTarget::Newest,
             _ => ProcTarget::Server(rng.gen_range(0..servers)),
         };
-        let span =
-            |rng: &mut StdRng, lo: u64, hi: u64| rng.gen_range(lo.max(1)..=hi.max(lo.max(1)));
+        let span = |rng: &mut StdRng, lo: u64, hi: u64| rng.gen_range(lo.max(1)..=hi.max(lo.max(1)));
         match rng.gen_range(0..100) {
-            0..=9 => Fault::CrashMachine {
-                target: target(rng),
-                down_ms: span(rng, ttl, 10 * ttl),
-            },
-            10..=19 => Fault::Freeze {
-                target: target(rng),
-                ms: span(rng, interval / 2, 3 * ttl),
-            },
+            0..=9 => Fault::CrashMachine { target: target(rng), down_ms: span(rng, ttl, 10 * ttl) },
+            10..=19 => Fault::Freeze { target: target(rng), ms: span(rng, interval / 2, 3 * ttl) },
             // Short pauses (a stalled VM) end before the lease deadline more often than not.
             20..=29 => Fault::FreezeThenIsolate {
                 target: target(rng),
                 freeze_ms: span(rng, interval / 4, ttl / 2),
                 cut_ms: span(rng, ttl, 6 * ttl),
             },
-            30..=37 => Fault::Hang {
-                target: proc_target(rng),
-                ms: span(rng, interval, 4 * ttl),
-            },
-            38..=44 => Fault::CrashProcess {
-                target: proc_target(rng),
-            },
+            30..=37 => Fault::Hang { target: proc_target(rng), ms: span(rng, interval, 4 * ttl) },
+            38..=44 => Fault::CrashProcess { target: proc_target(rng) },
             45..=69 => {
-                let links = [
-                    Links::Store,
-                    Links::Peers,
-                    Links::Full,
-                    Links::Full,
-                    Links::ToStore,
-                    Links::FromStore,
-                ][rng.gen_range(0..6)];
-                Fault::Cut {
-                    target: target(rng),
-                    links,
-                    ms: span(rng, interval, 6 * ttl),
-                }
+                let links = [Links::Store, Links::Peers, Links::Full, Links::Full, Links::ToStore, Links::FromStore]
+                    [rng.gen_range(0..6)];
+                Fault::Cut { target: target(rng), links, ms: span(rng, interval, 6 * ttl) }
             }
             70..=74 => {
                 let side_a = (0..machines).filter(|_| rng.gen_bool(0.5)).collect();
-                Fault::Split {
-                    side_a,
-                    ms: span(rng, interval, 6 * ttl),
-                }
+                Fault::Split { side_a, ms: span(rng, interval, 6 * ttl) }
             }
             // Slow but answering within the request timeout, or slower than any timeout.
             75..=89 => Fault::Slow {
@@ -315,20 +284,12 @@ impl Scenario {
                 ms: span(rng, ttl, 6 * ttl),
             },
             90..=95 => {
-                let ms = if rng.gen_bool(0.85) {
-                    span(rng, interval / 4, interval)
-                } else {
-                    span(rng, ttl, 2 * ttl)
-                };
+                let ms = if rng.gen_bool(0.85) { span(rng, interval / 4, interval) } else { span(rng, ttl, 2 * ttl) };
                 Fault::StoreOutage { ms }
             }
             _ => {
-                let jump_ms =
-                    rng.gen_range(1_000..=7_200_000i64) * if rng.gen_bool(0.5) { 1 } else { -1 };
-                Fault::ClockJump {
-                    target: target(rng),
-                    jump_ms,
-                }
+                let jump_ms = rng.gen_range(1_000..=7_200_000i64) * if rng.gen_bool(0.5) { 1 } else { -1 };
+                Fault::ClockJump { target: target(rng), jump_ms }
             }
         }
     }
@@ -340,13 +301,9 @@ impl Scenario {
     /// The scenario's domain file, as an operator would write it.
     pub fn domain_toml(&self) -> String {
         let ms = |v: u64| humanize(Duration::from_millis(v));
-        let mut t =
-            String::from("name = \"sim\"\n\n[leasing]\ndata_source = \"sqlite://sim.db\"\n");
+        let mut t = String::from("name = \"sim\"\n\n[leasing]\ndata_source = \"sqlite://sim.db\"\n");
         for (i, m) in self.machines.iter().enumerate() {
-            t += &format!(
-                "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"127.0.0.1:{}\"\n",
-                5556 + i
-            );
+            t += &format!("\n[[machines]]\nname = \"{m}\"\nnode_manager = \"127.0.0.1:{}\"\n", 5556 + i);
         }
         let all: Vec<String> = self.machines.iter().map(|m| format!("\"{m}\"")).collect();
         t += &format!(
@@ -358,11 +315,7 @@ impl Scenario {
             ms(self.retry_delay_ms),
         );
         for s in &self.servers {
-            let cands: Vec<String> = s
-                .candidates
-                .iter()
-                .map(|c| format!("\"{}\"", self.machines[*c]))
-                .collect();
+            let cands: Vec<String> = s.candidates.iter().map(|c| format!("\"{}\"", self.machines[*c])).collect();
             t += &format!(
                 "\n[[servers]]\nname = \"{}\"\ncluster = \"{}\"\nmachine = \"{}\"\nauto_migration = {}\ncandidate_machines = [{}]\nhealth_check_interval = \"{}\"\nhealth_check_periods_until_fencing = {}\n",
                 s.name,

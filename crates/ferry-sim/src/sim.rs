@@ -166,12 +166,7 @@ enum Node {
 #[derive(Debug, Clone)]
 enum StoreOp {
     Acquire(Acquire),
-    Renew {
-        name: LeaseName,
-        incarnation: Incarnation,
-        epoch: Epoch,
-        ttl_ms: u64,
-    },
+    Renew { name: LeaseName, incarnation: Incarnation, epoch: Epoch, ttl_ms: u64 },
     List,
 }
 
@@ -284,11 +279,7 @@ impl Ord for Scheduled {
 
 enum NmItem {
     Msg(Payload),
-    Restart {
-        server: ServerName,
-        handover_from: Incarnation,
-        unclaimed: Option<(u64, u64)>,
-    },
+    Restart { server: ServerName, handover_from: Incarnation, unclaimed: Option<(u64, u64)> },
 }
 
 struct Nm {
@@ -469,8 +460,7 @@ impl Sim {
             });
         }
         let db = hosts.len();
-        let store_clock =
-            HostClock::new(sc.store_drift_ppm, rng.gen_range(10_000..10_000_000), 0, 0);
+        let store_clock = HostClock::new(sc.store_drift_ppm, rng.gen_range(10_000..10_000_000), 0, 0);
         hosts.push(Host {
             name: "db".into(),
             machine: None,
@@ -563,11 +553,7 @@ impl Sim {
 
     fn schedule(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Scheduled {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        self.queue.push(Scheduled { at, seq: self.seq, ev });
     }
 
     fn local(&self, h: HostId) -> Mono {
@@ -643,21 +629,11 @@ impl Sim {
                 }
                 self.nm_tick(host);
             }
-            Ev::NmRestart {
-                host,
-                boot,
-                server,
-                handover_from,
-                unclaimed,
-            } => {
+            Ev::NmRestart { host, boot, server, handover_from, unclaimed } => {
                 if !self.hosts[host].up || self.hosts[host].boot != boot {
                 } else if self.hosts[host].frozen {
                     let nm = self.hosts[host].nm.as_mut().expect("up");
-                    nm.inbox.push_back(NmItem::Restart {
-                        server,
-                        handover_from,
-                        unclaimed,
-                    });
+                    nm.inbox.push_back(NmItem::Restart { server, handover_from, unclaimed });
                 } else {
                     self.nm_restart(host, server, handover_from, unclaimed);
                 }
@@ -678,11 +654,7 @@ impl Sim {
                     self.reboot(host);
                 }
             }
-            Ev::Thaw {
-                host,
-                token,
-                then_cut_ms,
-            } => {
+            Ev::Thaw { host, token, then_cut_ms } => {
                 let h = &self.hosts[host];
                 if h.up && h.frozen && h.freeze_token == token {
                     if let Some(ms) = then_cut_ms {
@@ -723,13 +695,7 @@ impl Sim {
         match self.net.delay(&mut self.rng, from, to_host) {
             None => {
                 self.stats.lost += 1;
-                tr!(
-                    self,
-                    "  lost {} -> {}: {:?}",
-                    self.hosts[from].name,
-                    self.hosts[to_host].name,
-                    payload
-                );
+                tr!(self, "  lost {} -> {}: {:?}", self.hosts[from].name, self.hosts[to_host].name, payload);
             }
             Some(d) => {
                 let boot = self.hosts[to_host].boot;
@@ -778,10 +744,7 @@ impl Sim {
                     let r = self.store.acquire(self.now, &a);
                     let after = self.store.epoch(&a.name);
                     if after < before {
-                        let detail = format!(
-                            "store epoch of {} went from {before} back to {after}",
-                            a.name
-                        );
+                        let detail = format!("store epoch of {} went from {before} back to {after}", a.name);
                         self.checker.violate(Property::Epoch, self.now, detail);
                     }
                     match r {
@@ -789,16 +752,8 @@ impl Sim {
                         Err(e) => StoreReply::Refused(e),
                     }
                 }
-                StoreOp::Renew {
-                    name,
-                    incarnation,
-                    epoch,
-                    ttl_ms,
-                } => {
-                    match self
-                        .store
-                        .renew(self.now, &name, &incarnation, epoch, ttl_ms)
-                    {
+                StoreOp::Renew { name, incarnation, epoch, ttl_ms } => {
+                    match self.store.renew(self.now, &name, &incarnation, epoch, ttl_ms) {
                         Ok(l) => self.granted(l),
                         Err(e) => StoreReply::Refused(e),
                     }
@@ -808,10 +763,7 @@ impl Sim {
         };
         if self.cfg.trace {
             let said = match &reply {
-                StoreReply::Lease(l, _) => format!(
-                    "granted {} epoch {} ({} ms)",
-                    l.name, l.epoch, l.remaining_ms
-                ),
+                StoreReply::Lease(l, _) => format!("granted {} epoch {} ({} ms)", l.name, l.epoch, l.remaining_ms),
                 StoreReply::Leases(l) => format!("{} rows", l.len()),
                 StoreReply::Refused(e) => format!("refused: {e:?}"),
                 StoreReply::Unavailable => "unavailable".into(),
@@ -839,8 +791,7 @@ impl Sim {
                 "{} moves its {which} lease deadline to {at} (true {fence_by} ms) but the store expires it at {granted_until} ms",
                 self.who(i)
             );
-            self.checker
-                .violate(Property::FenceBeforeExpiry, self.now, detail);
+            self.checker.violate(Property::FenceBeforeExpiry, self.now, detail);
         }
     }
 
@@ -852,16 +803,7 @@ impl Sim {
     }
 
     fn nm_handle(&mut self, h: HostId, payload: Payload) {
-        let Payload::Command {
-            id,
-            from,
-            tenure,
-            cluster,
-            epoch,
-            server,
-            in_place,
-        } = payload
-        else {
+        let Payload::Command { id, from, tenure, cluster, epoch, server, in_place } = payload else {
             return;
         };
         let nm = self.hosts[h].nm.as_mut().expect("up");
@@ -870,11 +812,7 @@ impl Sim {
         let result = match nm.sup.check_master(&cluster, epoch) {
             Err(e) => {
                 self.stats.stale_rejected += 1;
-                tr!(
-                    self,
-                    "nm {} refuses start {server} from tenure {tenure}: {e}",
-                    self.hosts[h].name
-                );
+                tr!(self, "nm {} refuses start {server} from tenure {tenure}: {e}", self.hosts[h].name);
                 CommandResult::Refused(e.to_string())
             }
             Ok(()) => {
@@ -883,8 +821,7 @@ impl Sim {
                         "Node Manager on {} executes `start {server}` from master tenure {tenure} at epoch {epoch}, after epoch {seen} reached it",
                         self.hosts[h].name
                     );
-                    self.checker
-                        .violate(Property::StaleCommand, self.now, detail);
+                    self.checker.violate(Property::StaleCommand, self.now, detail);
                 }
                 tr!(
                     self,
@@ -901,27 +838,14 @@ impl Sim {
     /// Starts `server` here; in place means kill what is left of it first (and hand over).
     fn nm_start(&mut self, h: HostId, server: &ServerName, in_place: bool) {
         let nm = self.hosts[h].nm.as_ref().expect("up");
-        let existing = nm
-            .procs
-            .get(server)
-            .copied()
-            .filter(|i| self.insts[*i].alive);
+        let existing = nm.procs.get(server).copied().filter(|i| self.insts[*i].alive);
         match existing {
             Some(old) if in_place => {
                 let inc = self.insts[old].incarnation.clone();
                 let local = self.local(h);
-                if self.insts[old]
-                    .keeper
-                    .as_ref()
-                    .is_some_and(|k| k.held(local).is_some())
-                {
+                if self.insts[old].keeper.as_ref().is_some_and(|k| k.held(local).is_some()) {
                     self.stats.healthy_killed += 1;
-                    tr!(
-                        self,
-                        "nm {} kills a healthy {} for an in-place restart",
-                        self.hosts[h].name,
-                        self.who(old)
-                    );
+                    tr!(self, "nm {} kills a healthy {} for an in-place restart", self.hosts[h].name, self.who(old));
                 }
                 self.inst_exit(old, ExitKind::KilledByUs, "killed for an in-place restart");
                 self.spawn(h, server, Some(inc));
@@ -942,13 +866,7 @@ impl Sim {
     /// lease and restart only if it still names the fenced incarnation (or is gone); while
     /// the store cannot be read, try again with a doubling delay. (The read is modeled as
     /// instant; the handover re-checks the row atomically anyway.)
-    fn nm_restart(
-        &mut self,
-        h: HostId,
-        server: ServerName,
-        handover_from: Incarnation,
-        unclaimed: Option<(u64, u64)>,
-    ) {
+    fn nm_restart(&mut self, h: HostId, server: ServerName, handover_from: Incarnation, unclaimed: Option<(u64, u64)>) {
         let nm = self.hosts[h].nm.as_ref().expect("up");
         if nm.procs.get(&server).is_some_and(|i| self.insts[*i].alive) {
             return;
@@ -957,55 +875,29 @@ impl Sim {
             if nm.generation.get(&server).copied().unwrap_or(0) != generation {
                 return;
             }
-            let readable = self.store_outages.is_empty()
-                && !self.net.blocked(h, self.db)
-                && !self.net.blocked(self.db, h);
+            let readable =
+                self.store_outages.is_empty() && !self.net.blocked(h, self.db) && !self.net.blocked(self.db, h);
             if !readable {
                 let delay_ms = (delay_ms * 2).min(10_000);
-                let at = self.hosts[h]
-                    .clock
-                    .true_at(self.local(h) + delay_ms, self.now);
+                let at = self.hosts[h].clock.true_at(self.local(h) + delay_ms, self.now);
                 let boot = self.hosts[h].boot;
                 let unclaimed = Some((generation, delay_ms));
-                let ev = Ev::NmRestart {
-                    host: h,
-                    boot,
-                    server,
-                    handover_from,
-                    unclaimed,
-                };
+                let ev = Ev::NmRestart { host: h, boot, server, handover_from, unclaimed };
                 self.schedule(at, ev);
                 return;
             }
-            let row = self
-                .store
-                .list(self.now)
-                .into_iter()
-                .find(|l| l.server() == Some(&server));
+            let row = self.store.list(self.now).into_iter().find(|l| l.server() == Some(&server));
             if row.is_some_and(|l| l.incarnation.as_ref() != Some(&handover_from)) {
-                tr!(
-                    self,
-                    "nm {} does not restart fenced {server}: its lease moved on",
-                    self.hosts[h].name
-                );
+                tr!(self, "nm {} does not restart fenced {server}: its lease moved on", self.hosts[h].name);
                 return;
             }
             self.stats.fenced_restarts += 1;
-            tr!(
-                self,
-                "nm {} restarts fenced {server}: its lease is unclaimed",
-                self.hosts[h].name
-            );
+            tr!(self, "nm {} restarts fenced {server}: its lease is unclaimed", self.hosts[h].name);
         }
         self.spawn(h, &server, Some(handover_from));
     }
 
-    fn spawn(
-        &mut self,
-        h: HostId,
-        server: &ServerName,
-        handover_from: Option<Incarnation>,
-    ) -> InstId {
+    fn spawn(&mut self, h: HostId, server: &ServerName, handover_from: Option<Incarnation>) -> InstId {
         let incarnation = Incarnation::from_random(self.rng.gen());
         let local = self.local(h);
         let id = self.insts.len();
@@ -1043,12 +935,7 @@ impl Sim {
         nm.sup.on_started(server, incarnation, local);
         let d = self.rng.gen_range(self.sc.start_ms.0..=self.sc.start_ms.1);
         self.schedule(self.now + d, Ev::InstStarted(id));
-        tr!(
-            self,
-            "spawn {} (handover from {:?})",
-            self.who(id),
-            self.insts[id].handover_from
-        );
+        tr!(self, "spawn {} (handover from {:?})", self.who(id), self.insts[id].handover_from);
         id
     }
 
@@ -1064,12 +951,7 @@ impl Sim {
     fn nm_actions(&mut self, h: HostId, acts: Vec<SupervisorAction>) {
         for a in acts {
             match a {
-                SupervisorAction::Restart {
-                    server,
-                    handover_from,
-                    delay_ms,
-                    if_unclaimed,
-                } => {
+                SupervisorAction::Restart { server, handover_from, delay_ms, if_unclaimed } => {
                     let unclaimed = if if_unclaimed {
                         let nm = self.hosts[h].nm.as_ref().expect("up");
                         Some((nm.generation.get(&server).copied().unwrap_or(0), delay_ms))
@@ -1080,30 +962,17 @@ impl Sim {
                     if delay_ms == 0 {
                         self.nm_restart(h, server, handover_from, unclaimed);
                     } else {
-                        let at = self.hosts[h]
-                            .clock
-                            .true_at(self.local(h) + delay_ms, self.now);
+                        let at = self.hosts[h].clock.true_at(self.local(h) + delay_ms, self.now);
                         let boot = self.hosts[h].boot;
-                        self.schedule(
-                            at,
-                            Ev::NmRestart {
-                                host: h,
-                                boot,
-                                server,
-                                handover_from,
-                                unclaimed,
-                            },
-                        );
+                        self.schedule(at, Ev::NmRestart { host: h, boot, server, handover_from, unclaimed });
                     }
                 }
-                SupervisorAction::Fence {
-                    server,
-                    incarnation,
-                    late_ms,
-                } => {
-                    let target = self.alive.iter().copied().find(|i| {
-                        self.insts[*i].host == h && self.insts[*i].incarnation == incarnation
-                    });
+                SupervisorAction::Fence { server, incarnation, late_ms } => {
+                    let target = self
+                        .alive
+                        .iter()
+                        .copied()
+                        .find(|i| self.insts[*i].host == h && self.insts[*i].incarnation == incarnation);
                     if let Some(i) = target {
                         self.stats.nm_fences += 1;
                         tr!(
@@ -1205,13 +1074,7 @@ impl Sim {
             Payload::CommandResp { id, result } => {
                 if let Some(cmd) = self.insts[i].cmds.remove(&id) {
                     let acts = match self.insts[i].planner.as_mut() {
-                        Some(p) => p.on_command_result(
-                            local,
-                            &cmd.server,
-                            &cmd.machine,
-                            result,
-                            &self.domain,
-                        ),
+                        Some(p) => p.on_command_result(local, &cmd.server, &cmd.machine, result, &self.domain),
                         None => vec![],
                     };
                     self.master_plan(i, acts);
@@ -1252,9 +1115,7 @@ impl Sim {
                 inst.granted_until = inst.granted_until.max(until);
                 k.on_renewed(local)
             }
-            (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => {
-                k.on_lost(local, d)
-            }
+            (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => k.on_lost(local, d),
             (_, _) => k.on_renew_failed(local, "lease table unavailable".into()),
         };
         self.server_actions(i, acts);
@@ -1275,9 +1136,7 @@ impl Sim {
             }
             (ReqKind::Acquire, _) => k.on_acquire_failed(local, "lease table unavailable".into()),
             (_, StoreReply::Lease(..)) => k.on_renewed(local),
-            (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => {
-                k.on_lost(local, d)
-            }
+            (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => k.on_lost(local, d),
             (_, _) => k.on_renew_failed(local, "lease table unavailable".into()),
         };
         self.master_keeper_actions(i, acts);
@@ -1286,16 +1145,8 @@ impl Sim {
     fn store_request(&mut self, i: InstId, slot: Slot, kind: ReqKind, op: StoreOp) {
         let id = self.id();
         let local = self.local(self.insts[i].host);
-        let timing = if slot == Slot::Server {
-            self.server_timing
-        } else {
-            self.master_timing
-        };
-        let req = Some(Req {
-            id,
-            kind,
-            timeout_at: local + timing.request_timeout_ms(),
-        });
+        let timing = if slot == Slot::Server { self.server_timing } else { self.master_timing };
+        let req = Some(Req { id, kind, timeout_at: local + timing.request_timeout_ms() });
         let inst = &mut self.insts[i];
         match slot {
             Slot::Server => inst.req = req,
@@ -1303,15 +1154,7 @@ impl Sim {
             Slot::Scan => inst.scan = req,
         }
         let host = inst.host;
-        self.send(
-            host,
-            Node::Store,
-            Payload::StoreReq {
-                req: id,
-                from: i,
-                op,
-            },
-        );
+        self.send(host, Node::Store, Payload::StoreReq { req: id, from: i, op });
     }
 
     fn server_actions(&mut self, i: InstId, acts: Vec<KeeperAction>) {
@@ -1335,29 +1178,18 @@ impl Sim {
                     self.store_request(i, Slot::Server, ReqKind::Acquire, op);
                 }
                 KeeperAction::Renew { epoch } => {
-                    let op = StoreOp::Renew {
-                        name,
-                        incarnation: inst.incarnation.clone(),
-                        epoch,
-                        ttl_ms,
-                    };
+                    let op = StoreOp::Renew { name, incarnation: inst.incarnation.clone(), epoch, ttl_ms };
                     self.store_request(i, Slot::Server, ReqKind::Renew, op);
                 }
                 KeeperAction::Acquired { epoch } => self.services_start(i, epoch),
                 KeeperAction::Deadline { at } => {
-                    let (h, server, inc) =
-                        (inst.host, inst.server.clone(), inst.incarnation.clone());
+                    let (h, server, inc) = (inst.host, inst.server.clone(), inst.incarnation.clone());
                     let granted = inst.granted_until;
                     // ferry-server reports a backstop half a margin later, so a healthy server
                     // always fences itself first; it must still beat the store's expiry.
                     let backstop = at + self.server_timing.margin_ms / 2;
                     self.check_deadline(i, "server", at, granted);
-                    self.check_deadline(
-                        i,
-                        "Node Manager backstop of the server",
-                        backstop,
-                        granted,
-                    );
+                    self.check_deadline(i, "Node Manager backstop of the server", backstop, granted);
                     if let Some(nm) = self.hosts[h].nm.as_mut() {
                         nm.sup.on_deadline(&server, &inc, backstop);
                     }
@@ -1385,8 +1217,7 @@ impl Sim {
         let (server, machine) = (inst.server.clone(), self.hosts[inst.host].name.clone());
         tr!(self, "services up: {} epoch {epoch}", self.who(i));
         self.checker.services_acquired(self.now, &server, i, epoch);
-        self.checker
-            .run_start(self.now, &server, i, &machine, epoch);
+        self.checker.run_start(self.now, &server, i, &machine, epoch);
     }
 
     fn master_keeper_actions(&mut self, i: InstId, acts: Vec<KeeperAction>) {
@@ -1418,9 +1249,7 @@ impl Sim {
                     self.store_request(i, Slot::Master, ReqKind::Renew, op);
                 }
                 KeeperAction::Acquired { epoch } => self.begin_tenure(i, epoch, true),
-                KeeperAction::Deadline { at } => {
-                    self.check_deadline(i, "master", at, inst.mgranted_until)
-                }
+                KeeperAction::Deadline { at } => self.check_deadline(i, "master", at, inst.mgranted_until),
                 KeeperAction::Release { .. } => {}
                 KeeperAction::Fence { reason } => {
                     let why = format!("master role lost: {reason}");
@@ -1444,18 +1273,10 @@ impl Sim {
                 errs.push(format!("{which} keeper of {}: {e}", self.who(i)));
             }
         }
-        if let Some(Err(e)) = inst
-            .planner
-            .as_ref()
-            .map(|p| p.validate(&self.planner_timing))
-        {
+        if let Some(Err(e)) = inst.planner.as_ref().map(|p| p.validate(&self.planner_timing)) {
             errs.push(format!("planner of {}: {e}", self.who(i)));
         }
-        if let Some(Err(e)) = self.hosts[inst.host]
-            .nm
-            .as_ref()
-            .map(|nm| nm.sup.validate())
-        {
+        if let Some(Err(e)) = self.hosts[inst.host].nm.as_ref().map(|nm| nm.sup.validate()) {
             errs.push(format!("supervisor of {}: {e}", self.hosts[inst.host].name));
         }
         for e in errs {
@@ -1497,30 +1318,18 @@ impl Sim {
     fn timeouts(&mut self, i: InstId) {
         let local = self.local(self.insts[i].host);
         const NO_ANSWER: &str = "no answer from the lease table within the request timeout";
-        if let Some(r) = self.insts[i]
-            .req
-            .filter(|r| local >= r.timeout_at && self.insts[i].alive)
-        {
+        if let Some(r) = self.insts[i].req.filter(|r| local >= r.timeout_at && self.insts[i].alive) {
             self.insts[i].req = None;
-            let k = self.insts[i]
-                .keeper
-                .as_mut()
-                .expect("a request implies a keeper");
+            let k = self.insts[i].keeper.as_mut().expect("a request implies a keeper");
             let acts = match r.kind {
                 ReqKind::Acquire => k.on_acquire_failed(local, NO_ANSWER.into()),
                 _ => k.on_renew_failed(local, NO_ANSWER.into()),
             };
             self.server_actions(i, acts);
         }
-        if let Some(r) = self.insts[i]
-            .mreq
-            .filter(|r| local >= r.timeout_at && self.insts[i].alive)
-        {
+        if let Some(r) = self.insts[i].mreq.filter(|r| local >= r.timeout_at && self.insts[i].alive) {
             self.insts[i].mreq = None;
-            let k = self.insts[i]
-                .mk
-                .as_mut()
-                .expect("a request implies a keeper");
+            let k = self.insts[i].mk.as_mut().expect("a request implies a keeper");
             let acts = match r.kind {
                 ReqKind::Acquire => k.on_acquire_failed(local, NO_ANSWER.into()),
                 _ => k.on_renew_failed(local, NO_ANSWER.into()),
@@ -1530,22 +1339,15 @@ impl Sim {
         if self.insts[i].scan.is_some_and(|r| local >= r.timeout_at) {
             self.insts[i].scan = None;
         }
-        let expired: Vec<u64> = self.insts[i]
-            .cmds
-            .iter()
-            .filter(|(_, c)| local >= c.timeout_at)
-            .map(|(id, _)| *id)
-            .collect();
+        let expired: Vec<u64> =
+            self.insts[i].cmds.iter().filter(|(_, c)| local >= c.timeout_at).map(|(id, _)| *id).collect();
         for id in expired {
             let Some(cmd) = self.insts[i].cmds.remove(&id) else {
                 continue;
             };
-            let result =
-                CommandResult::Unreachable(format!("no answer within {} ms", self.cmd_timeout_ms));
+            let result = CommandResult::Unreachable(format!("no answer within {} ms", self.cmd_timeout_ms));
             let acts = match self.insts[i].planner.as_mut() {
-                Some(p) => {
-                    p.on_command_result(local, &cmd.server, &cmd.machine, result, &self.domain)
-                }
+                Some(p) => p.on_command_result(local, &cmd.server, &cmd.machine, result, &self.domain),
                 None => vec![],
             };
             self.master_plan(i, acts);
@@ -1572,17 +1374,10 @@ impl Sim {
                 let epoch = self.tenures[self.insts[i].tenure.expect("tenure")].epoch;
                 let peers: Vec<InstId> = self.alive.iter().copied().filter(|j| *j != i).collect();
                 for j in peers {
-                    self.send(
-                        self.insts[i].host,
-                        Node::Inst(j),
-                        Payload::Heartbeat { from: i, epoch },
-                    );
+                    self.send(self.insts[i].host, Node::Inst(j), Payload::Heartbeat { from: i, epoch });
                 }
             }
-        } else if self.bugs.master_no_wait()
-            && inst.services_up
-            && local >= inst.last_hb + self.master_timing.ttl_ms
-        {
+        } else if self.bugs.master_no_wait() && inst.services_up && local >= inst.last_hb + self.master_timing.ttl_ms {
             // The planted bug: no heartbeat for a lease's worth of time, so take the role
             // without waiting for the store to grant the master lease.
             let epoch = Epoch(inst.hb_epoch.0 + 1);
@@ -1603,10 +1398,7 @@ impl Sim {
                 wake = Some(wake.map_or(m, |w| w.min(m)));
             }
         };
-        for (k, in_flight) in [
-            (&inst.keeper, inst.req.is_some()),
-            (&inst.mk, inst.mreq.is_some()),
-        ] {
+        for (k, in_flight) in [(&inst.keeper, inst.req.is_some()), (&inst.mk, inst.mreq.is_some())] {
             if let Some(k) = k {
                 match k.state() {
                     KeeperState::Acquiring { since, next_at, .. } => {
@@ -1617,9 +1409,7 @@ impl Sim {
                             add(*since + p);
                         }
                     }
-                    KeeperState::Holding {
-                        deadline, next_at, ..
-                    } => {
+                    KeeperState::Holding { deadline, next_at, .. } => {
                         add(*deadline);
                         if !in_flight {
                             add(*next_at);
@@ -1647,8 +1437,7 @@ impl Sim {
             add(inst.last_hb + self.master_timing.ttl_ms);
         }
         let Some(w) = wake else { return };
-        let at = self.hosts[inst.host].clock.true_at(w, self.now)
-            + self.rng.gen_range(0..=TIMER_JITTER_MS);
+        let at = self.hosts[inst.host].clock.true_at(w, self.now) + self.rng.gen_range(0..=TIMER_JITTER_MS);
         if inst.wake_at.is_none_or(|cur| cur < self.now || at < cur) {
             self.insts[i].wake_at = Some(at);
             self.schedule(at, Ev::InstWake(i));
@@ -1663,13 +1452,7 @@ impl Sim {
         }
         self.end_tenure(i, "takes the role for real");
         let t = self.tenures.len();
-        self.tenures.push(Tenure {
-            inst: i,
-            epoch,
-            legit,
-            start_ms: self.now,
-            end_ms: None,
-        });
+        self.tenures.push(Tenure { inst: i, epoch, legit, start_ms: self.now, end_ms: None });
         self.active_tenures.insert(t);
         self.stats.masters += 1;
         let local = self.local(self.insts[i].host);
@@ -1678,12 +1461,7 @@ impl Sim {
         inst.planner = Some(Planner::new(self.sc.cluster.clone()));
         inst.next_scan = local;
         inst.next_hb = local;
-        tr!(
-            self,
-            "master: {} tenure {t} epoch {epoch}{}",
-            self.who(i),
-            if legit { "" } else { " (usurped)" }
-        );
+        tr!(self, "master: {} tenure {t} epoch {epoch}{}", self.who(i), if legit { "" } else { " (usurped)" });
     }
 
     fn end_tenure(&mut self, i: InstId, why: &str) {
@@ -1709,10 +1487,7 @@ impl Sim {
             return true;
         }
         let local = self.local(inst.host);
-        inst.mk
-            .as_ref()
-            .and_then(|k| k.held(local))
-            .is_some_and(|(e, _)| e == ten.epoch)
+        inst.mk.as_ref().and_then(|k| k.held(local)).is_some_and(|(e, _)| e == ten.epoch)
     }
 
     fn scan_reply(&mut self, i: InstId, local: Mono, reply: StoreReply) {
@@ -1720,12 +1495,7 @@ impl Sim {
             return;
         };
         // Look again the instant the next lease runs out (LeaseStore::next_expiry_ms).
-        if let Some(ms) = leases
-            .iter()
-            .filter(|l| l.is_live())
-            .map(|l| l.remaining_ms)
-            .min()
-        {
+        if let Some(ms) = leases.iter().filter(|l| l.is_live()).map(|l| l.remaining_ms).min() {
             let at = local + (ms.max(0) as u64 + 1);
             self.insts[i].next_scan = self.insts[i].next_scan.min(at);
         }
@@ -1742,28 +1512,15 @@ impl Sim {
                 break;
             };
             match a {
-                MasterAction::Start {
-                    server,
-                    machine,
-                    in_place,
-                    ..
-                } => {
+                MasterAction::Start { server, machine, in_place, .. } => {
                     // Rule 6: act only while the master lease is valid by the local deadline.
                     if !self.believes(t) {
                         self.stats.rule6_skips += 1;
-                        tr!(
-                            self,
-                            "{} does not send start {server}: its master lease is no longer valid",
-                            self.who(i)
-                        );
+                        tr!(self, "{} does not send start {server}: its master lease is no longer valid", self.who(i));
                         continue;
                     }
-                    let others: Vec<usize> = self
-                        .active_tenures
-                        .iter()
-                        .copied()
-                        .filter(|o| *o != t && self.believes(*o))
-                        .collect();
+                    let others: Vec<usize> =
+                        self.active_tenures.iter().copied().filter(|o| *o != t && self.believes(*o)).collect();
                     for o in others {
                         let detail = format!(
                             "{} (tenure {t} since {} ms, epoch {}{}) sends `start {server}` to {machine} while {} (tenure {o} since {} ms, epoch {}{}) also holds the master role",
@@ -1778,47 +1535,22 @@ impl Sim {
                         );
                         self.checker.two_masters(self.now, t, o, detail);
                     }
-                    let Some(h) = self
-                        .hosts
-                        .iter()
-                        .position(|x| x.machine.as_ref() == Some(&machine))
-                    else {
+                    let Some(h) = self.hosts.iter().position(|x| x.machine.as_ref() == Some(&machine)) else {
                         continue;
                     };
                     let id = self.id();
                     let local = self.local(self.insts[i].host);
                     let epoch = self.tenures[t].epoch;
                     self.stats.commands += 1;
-                    tr!(
-                        self,
-                        "{} -> nm {machine}: start {server} (in place: {in_place}, epoch {epoch})",
-                        self.who(i)
-                    );
-                    self.insts[i].cmds.insert(
-                        id,
-                        Cmd {
-                            server: server.clone(),
-                            machine,
-                            timeout_at: local + self.cmd_timeout_ms,
-                        },
-                    );
+                    tr!(self, "{} -> nm {machine}: start {server} (in place: {in_place}, epoch {epoch})", self.who(i));
+                    self.insts[i]
+                        .cmds
+                        .insert(id, Cmd { server: server.clone(), machine, timeout_at: local + self.cmd_timeout_ms });
                     let cluster = self.sc.cluster.clone();
-                    let payload = Payload::Command {
-                        id,
-                        from: i,
-                        tenure: t,
-                        cluster,
-                        epoch,
-                        server,
-                        in_place,
-                    };
+                    let payload = Payload::Command { id, from: i, tenure: t, cluster, epoch, server, in_place };
                     self.send(self.insts[i].host, Node::Nm(h), payload);
                 }
-                MasterAction::Event {
-                    kind,
-                    server,
-                    message,
-                } => {
+                MasterAction::Event { kind, server, message } => {
                     match kind {
                         "migrate" => self.stats.migrations += 1,
                         "restart-in-place" => self.stats.in_place += 1,
@@ -1847,20 +1579,12 @@ impl Sim {
     }
 
     fn master_inst(&self) -> Option<InstId> {
-        self.active_tenures
-            .iter()
-            .rev()
-            .map(|t| self.tenures[*t].inst)
-            .find(|i| self.insts[*i].alive)
+        self.active_tenures.iter().rev().map(|t| self.tenures[*t].inst).find(|i| self.insts[*i].alive)
     }
 
     fn newest(&self, s: usize) -> Option<InstId> {
         let name = &self.sc.servers.get(s)?.name;
-        self.alive
-            .iter()
-            .rev()
-            .copied()
-            .find(|i| &self.insts[*i].server == name)
+        self.alive.iter().rev().copied().find(|i| &self.insts[*i].server == name)
     }
 
     fn inject(&mut self, fault: Fault) {
@@ -1882,33 +1606,15 @@ impl Sim {
                     return;
                 };
                 if let Some(token) = self.freeze(h) {
-                    self.schedule(
-                        self.now + ms,
-                        Ev::Thaw {
-                            host: h,
-                            token,
-                            then_cut_ms: None,
-                        },
-                    );
+                    self.schedule(self.now + ms, Ev::Thaw { host: h, token, then_cut_ms: None });
                 }
             }
-            Fault::FreezeThenIsolate {
-                target,
-                freeze_ms,
-                cut_ms,
-            } => {
+            Fault::FreezeThenIsolate { target, freeze_ms, cut_ms } => {
                 let Some(h) = self.resolve(target) else {
                     return;
                 };
                 if let Some(token) = self.freeze(h) {
-                    self.schedule(
-                        self.now + freeze_ms,
-                        Ev::Thaw {
-                            host: h,
-                            token,
-                            then_cut_ms: Some(cut_ms),
-                        },
-                    );
+                    self.schedule(self.now + freeze_ms, Ev::Thaw { host: h, token, then_cut_ms: Some(cut_ms) });
                 }
             }
             Fault::Hang { target, ms } => {
@@ -1950,11 +1656,7 @@ impl Sim {
                 self.net.cut(id, pairs);
                 self.schedule(self.now + ms, Ev::Uncut(id));
             }
-            Fault::Slow {
-                target,
-                extra_ms,
-                ms,
-            } => {
+            Fault::Slow { target, extra_ms, ms } => {
                 let Some(h) = self.resolve(target) else {
                     return;
                 };
@@ -1972,12 +1674,7 @@ impl Sim {
                     return;
                 };
                 self.hosts[h].clock.wall_offset_ms += jump_ms;
-                tr!(
-                    self,
-                    "wall clock of {} now reads {}",
-                    self.hosts[h].name,
-                    self.hosts[h].clock.wall_ms(self.now)
-                );
+                tr!(self, "wall clock of {} now reads {}", self.hosts[h].name, self.hosts[h].clock.wall_ms(self.now));
             }
         }
     }
@@ -2013,12 +1710,7 @@ impl Sim {
 
     fn crash_machine(&mut self, h: HostId) {
         tr!(self, "machine {} loses power", self.hosts[h].name);
-        let on_host: Vec<InstId> = self
-            .alive
-            .iter()
-            .copied()
-            .filter(|i| self.insts[*i].host == h)
-            .collect();
+        let on_host: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].host == h).collect();
         for i in on_host {
             if self.insts[i].tenure.is_some() {
                 self.master_died_at.push(self.now);
@@ -2044,18 +1736,9 @@ impl Sim {
         let boot_mono = self.rng.gen_range(3_000..20_000);
         let host = &mut self.hosts[h];
         host.up = true;
-        host.clock = HostClock::new(
-            host.clock.drift_ppm,
-            boot_mono,
-            self.now,
-            host.clock.wall_offset_ms,
-        );
+        host.clock = HostClock::new(host.clock.drift_ppm, boot_mono, self.now, host.clock.wall_offset_ms);
         host.nm = Some(Nm::new(self.policy, self.bugs));
-        tr!(
-            self,
-            "machine {} boots; its Node Manager starts empty",
-            self.hosts[h].name
-        );
+        tr!(self, "machine {} boots; its Node Manager starts empty", self.hosts[h].name);
     }
 
     /// Suspends a host; returns the token its thaw must carry.
@@ -2066,12 +1749,7 @@ impl Sim {
         tr!(self, "host {} freezes", self.hosts[h].name);
         self.hosts[h].frozen = true;
         self.hosts[h].freeze_token += 1;
-        let on_host: Vec<InstId> = self
-            .alive
-            .iter()
-            .copied()
-            .filter(|i| self.insts[*i].host == h)
-            .collect();
+        let on_host: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].host == h).collect();
         for i in on_host {
             if self.insts[i].services_up {
                 let server = self.insts[i].server.clone();
@@ -2087,12 +1765,7 @@ impl Sim {
         tr!(self, "host {} thaws", self.hosts[h].name);
         self.hosts[h].frozen = false;
         self.nm_tick(h);
-        let on_host: Vec<InstId> = self
-            .alive
-            .iter()
-            .copied()
-            .filter(|i| self.insts[*i].host == h)
-            .collect();
+        let on_host: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].host == h).collect();
         for &i in &on_host {
             if self.insts[i].alive && !self.insts[i].hung && self.insts[i].started {
                 self.deadline_checks(i);
@@ -2103,8 +1776,7 @@ impl Sim {
             if inst.alive && inst.services_up {
                 let (server, epoch) = (inst.server.clone(), inst.epoch);
                 let machine = self.hosts[h].name.clone();
-                self.checker
-                    .run_start(self.now, &server, i, &machine, epoch);
+                self.checker.run_start(self.now, &server, i, &machine, epoch);
             }
         }
         let queued: Vec<NmItem> = match self.hosts[h].nm.as_mut() {
@@ -2117,11 +1789,9 @@ impl Sim {
             }
             match item {
                 NmItem::Msg(p) => self.nm_handle(h, p),
-                NmItem::Restart {
-                    server,
-                    handover_from,
-                    unclaimed,
-                } => self.nm_restart(h, server, handover_from, unclaimed),
+                NmItem::Restart { server, handover_from, unclaimed } => {
+                    self.nm_restart(h, server, handover_from, unclaimed)
+                }
             }
         }
         self.nm_reschedule(h);
@@ -2179,12 +1849,7 @@ impl Sim {
                 self.thaw(h);
             }
         }
-        let hung: Vec<InstId> = self
-            .alive
-            .iter()
-            .copied()
-            .filter(|i| self.insts[*i].hung)
-            .collect();
+        let hung: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].hung).collect();
         for i in hung {
             self.resume(i);
         }
@@ -2233,27 +1898,16 @@ impl Sim {
                 Some(t) => self.checker.violate(
                     Property::Liveness,
                     t,
-                    format!(
-                        "{} ran again only {} ms after the faults stopped (bound {bound} ms)",
-                        spec.name,
-                        t - base
-                    ),
+                    format!("{} ran again only {} ms after the faults stopped (bound {bound} ms)", spec.name, t - base),
                 ),
                 None => self.checker.violate(
                     Property::Liveness,
                     end,
-                    format!(
-                        "{} never ran again after the faults stopped (bound {bound} ms)",
-                        spec.name
-                    ),
+                    format!("{} never ran again after the faults stopped (bound {bound} ms)", spec.name),
                 ),
             }
             if !self.checker.is_running(&spec.name) {
-                self.checker.violate(
-                    Property::Liveness,
-                    end,
-                    format!("{} is not running at the end", spec.name),
-                );
+                self.checker.violate(Property::Liveness, end, format!("{} is not running at the end", spec.name));
             }
         }
         self.now = end;

@@ -56,10 +56,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(clock: HostClock) -> Self {
-        Store {
-            clock,
-            rows: BTreeMap::new(),
-        }
+        Store { clock, rows: BTreeMap::new() }
     }
 
     fn now_ms(&self, t_ms: u64) -> u64 {
@@ -145,11 +142,7 @@ impl Store {
         let Some(r) = self.rows.get_mut(name) else {
             return Err(StoreError::Lost(format!("{name} has no row")));
         };
-        if r.state != LeaseState::Held
-            || &r.incarnation != incarnation
-            || r.epoch != epoch
-            || r.expires_at_ms <= now
-        {
+        if r.state != LeaseState::Held || &r.incarnation != incarnation || r.epoch != epoch || r.expires_at_ms <= now {
             return Err(StoreError::Lost(format!(
                 "{name} is {:?} by incarnation {} at epoch {} ({} ms left)",
                 r.state,
@@ -166,10 +159,7 @@ impl Store {
     /// Every row, ordered by name, with the time left by the store's clock.
     pub fn list(&self, t_ms: u64) -> Vec<Lease> {
         let now = self.now_ms(t_ms);
-        self.rows
-            .iter()
-            .map(|(n, r)| Self::view(n, r, now))
-            .collect()
+        self.rows.iter().map(|(n, r)| Self::view(n, r, now)).collect()
     }
 
     /// The epoch of a row (zero if absent), for the checker's own bookkeeping.
@@ -200,25 +190,14 @@ mod tests {
         assert_eq!(s.acquire(0, &req("a", None)).unwrap().epoch, Epoch(1));
         // Retried acquire by the same incarnation keeps the epoch.
         assert_eq!(s.acquire(10, &req("a", None)).unwrap().epoch, Epoch(1));
-        assert!(matches!(
-            s.acquire(20, &req("b", None)),
-            Err(StoreError::Held(_))
-        ));
-        assert!(matches!(
-            s.acquire(20, &req("b", Some("x"))),
-            Err(StoreError::Lost(_))
-        ));
+        assert!(matches!(s.acquire(20, &req("b", None)), Err(StoreError::Held(_))));
+        assert!(matches!(s.acquire(20, &req("b", Some("x"))), Err(StoreError::Lost(_))));
         // Handover from the reaped incarnation: at once, new epoch.
         assert_eq!(s.acquire(30, &req("b", Some("a"))).unwrap().epoch, Epoch(2));
-        assert!(s
-            .renew(40, &name, &Incarnation("a".into()), Epoch(1), 300)
-            .is_err());
-        s.renew(40, &name, &Incarnation("b".into()), Epoch(2), 300)
-            .unwrap();
+        assert!(s.renew(40, &name, &Incarnation("a".into()), Epoch(1), 300).is_err());
+        s.renew(40, &name, &Incarnation("b".into()), Epoch(2), 300).unwrap();
         // Expired by the store's clock: anyone may take it, the epoch moves on.
-        assert!(s
-            .renew(340, &name, &Incarnation("b".into()), Epoch(2), 300)
-            .is_err());
+        assert!(s.renew(340, &name, &Incarnation("b".into()), Epoch(2), 300).is_err());
         assert_eq!(s.acquire(340, &req("c", None)).unwrap().epoch, Epoch(3));
         assert_eq!(s.list(400)[0].remaining_ms, 240);
     }

@@ -13,11 +13,7 @@ use ferry_sim::{run, run_scenario, Fault, Outcome, Property, Scenario, SimConfig
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
-    Some(
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-    )
+    Some(v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
 }
 
 fn bugs_from_env() -> Bugs {
@@ -61,19 +57,13 @@ fn replay_command(cfg: &SimConfig) -> String {
 
 /// The violations of a run, the tail of its trace, and how to replay it.
 fn explain(cfg: &SimConfig, out: &Outcome) -> String {
-    let traced = run(&SimConfig {
-        trace: true,
-        ..cfg.clone()
-    });
+    let traced = run(&SimConfig { trace: true, ..cfg.clone() });
     let tail: Vec<&String> = traced.trace.iter().rev().take(120).collect();
     let mut s = format!("seed {} violates:\n", cfg.seed);
     for v in &out.violations {
         s += &format!("  {v}\n");
     }
-    s += &format!(
-        "scenario: {:#?}\n--- last trace lines ---\n",
-        out.scenario.faults
-    );
+    s += &format!("scenario: {:#?}\n--- last trace lines ---\n", out.scenario.faults);
     for l in tail.into_iter().rev() {
         s += l;
         s.push('\n');
@@ -107,18 +97,12 @@ fn sweep() {
         "{n} seeds from {start} passed every property; slowest recovery after healing used {:.0}% of its bound (seed {worst_seed}); {cluster_lost} seeds lost the whole cluster and needed the operator; totals: {total:#?}",
         worst * 100.0
     );
-    assert!(
-        total.migrations > 0 && total.keeper_fences > 0 && total.nm_fences > 0,
-        "{total:#?}"
-    );
+    assert!(total.migrations > 0 && total.keeper_fences > 0 && total.nm_fences > 0, "{total:#?}");
 }
 
 #[test]
 fn same_seed_same_run() {
-    let cfg = SimConfig {
-        trace: true,
-        ..SimConfig::new(7)
-    };
+    let cfg = SimConfig { trace: true, ..SimConfig::new(7) };
     let (a, b) = (run(&cfg), run(&cfg));
     assert_eq!(a.trace, b.trace);
     assert_eq!(a.stats, b.stats);
@@ -130,12 +114,7 @@ fn replay() {
     let Some(seed) = env_u64("FERRY_SIM_SEED") else {
         return;
     };
-    let cfg = SimConfig {
-        seed,
-        bugs: bugs_from_env(),
-        grace_ms: env_u64("FERRY_SIM_GRACE_MS"),
-        trace: true,
-    };
+    let cfg = SimConfig { seed, bugs: bugs_from_env(), grace_ms: env_u64("FERRY_SIM_GRACE_MS"), trace: true };
     let mut sc = Scenario::generate(&cfg);
     if env_u64("FERRY_SIM_PATIENCE") == Some(0) {
         sc.acquire_patience = false;
@@ -149,11 +128,7 @@ fn replay() {
     for v in &out.violations {
         println!("VIOLATION {v}");
     }
-    assert!(
-        out.violations.is_empty(),
-        "seed {seed}: {} violations",
-        out.violations.len()
-    );
+    assert!(out.violations.is_empty(), "seed {seed}: {} violations", out.violations.len());
 }
 
 /// Seeds that once found something; without planted bugs they must pass. They are tied to
@@ -184,27 +159,13 @@ fn calm_failover_within_design_bound() {
         sc.loss = 0.0;
         sc.long_p = 0.0;
         let crash_at = 3_000;
-        sc.faults = vec![(
-            crash_at,
-            Fault::CrashMachine {
-                target: Target::HostOf(1),
-                down_ms: 1_000_000,
-            },
-        )];
+        sc.faults = vec![(crash_at, Fault::CrashMachine { target: Target::HostOf(1), down_ms: 1_000_000 })];
         sc.heal_at_ms = 30_000;
         let out = run_scenario(&cfg, sc);
         assert!(out.violations.is_empty(), "{}", explain(&cfg, &out));
         let victim = &out.scenario.servers[1].name;
-        let Some(crashed) = out
-            .runs
-            .iter()
-            .find(|r| &r.server == victim && r.end_ms == Some(crash_at))
-            .cloned()
-        else {
-            panic!(
-                "seed {seed}: {victim} was not running when its machine died: {:#?}",
-                out.runs
-            )
+        let Some(crashed) = out.runs.iter().find(|r| &r.server == victim && r.end_ms == Some(crash_at)).cloned() else {
+            panic!("seed {seed}: {victim} was not running when its machine died: {:#?}", out.runs)
         };
         let back = out
             .runs
@@ -228,11 +189,7 @@ fn calm_failover_within_design_bound() {
             explain(&cfg, &out)
         );
     }
-    println!(
-        "calm failover: worst case used {}.{}% of the allowed time",
-        worst / 10,
-        worst % 10
-    );
+    println!("calm failover: worst case used {}.{}% of the allowed time", worst / 10, worst % 10);
 }
 
 /// Runs seeds with a planted bug until one breaks one of `expect`; returns that seed.
@@ -241,49 +198,26 @@ fn hunt(bugs: Bugs, grace_ms: Option<u64>, expect: &[Property], max_seeds: u64) 
 }
 
 /// [`hunt`] over scenarios that `tweak` edits.
-fn hunt_in(
-    bugs: Bugs,
-    grace_ms: Option<u64>,
-    tweak: fn(&mut Scenario),
-    expect: &[Property],
-    max_seeds: u64,
-) -> u64 {
+fn hunt_in(bugs: Bugs, grace_ms: Option<u64>, tweak: fn(&mut Scenario), expect: &[Property], max_seeds: u64) -> u64 {
     for seed in 0..max_seeds {
-        let cfg = SimConfig {
-            seed,
-            bugs,
-            grace_ms,
-            trace: false,
-        };
+        let cfg = SimConfig { seed, bugs, grace_ms, trace: false };
         let mut sc = Scenario::generate(&cfg);
         tweak(&mut sc);
         let out = run_scenario(&cfg, sc);
         if let Some(v) = out.violations.iter().find(|v| expect.contains(&v.property)) {
-            println!(
-                "caught at seed {seed}: {v}\n  replay: {}",
-                replay_command(&cfg)
-            );
+            println!("caught at seed {seed}: {v}\n  replay: {}", replay_command(&cfg));
             return seed;
         }
     }
-    panic!(
-        "planted bug {bugs:?} went unnoticed for {max_seeds} seeds (expected one of {expect:?})"
-    );
+    panic!("planted bug {bugs:?} went unnoticed for {max_seeds} seeds (expected one of {expect:?})");
 }
 
 #[test]
 fn planted_bugs_need_the_feature() {
-    let all = Bugs {
-        deadline_after_response: true,
-        no_nm_epoch_check: true,
-        no_self_fence: true,
-        master_no_wait: true,
-    };
+    let all =
+        Bugs { deadline_after_response: true, no_nm_epoch_check: true, no_self_fence: true, master_no_wait: true };
     assert!(
-        all.deadline_after_response()
-            && all.no_nm_epoch_check()
-            && all.no_self_fence()
-            && all.master_no_wait(),
+        all.deadline_after_response() && all.no_nm_epoch_check() && all.no_self_fence() && all.master_no_wait(),
         "ferry-core must be built with `planted-bugs` for the hunts below"
     );
 }
@@ -295,20 +229,14 @@ fn planted_bugs_need_the_feature() {
 /// kills the old instance) and waits at least a second for an unreachable Node Manager.
 #[test]
 fn planted_deadline_after_response_is_caught() {
-    let bugs = Bugs {
-        deadline_after_response: true,
-        ..Bugs::NONE
-    };
+    let bugs = Bugs { deadline_after_response: true, ..Bugs::NONE };
     hunt(bugs, None, &[Property::FenceBeforeExpiry], 100);
 }
 
 /// Rule 5 broken: a deposed master's delayed command is executed after a newer master's.
 #[test]
 fn planted_no_nm_epoch_check_is_caught() {
-    let bugs = Bugs {
-        no_nm_epoch_check: true,
-        ..Bugs::NONE
-    };
+    let bugs = Bugs { no_nm_epoch_check: true, ..Bugs::NONE };
     hunt(bugs, None, &[Property::StaleCommand], 1_000);
 }
 
@@ -316,10 +244,7 @@ fn planted_no_nm_epoch_check_is_caught() {
 /// while the master starts its server elsewhere.
 #[test]
 fn planted_no_self_fence_is_caught() {
-    let bugs = Bugs {
-        no_self_fence: true,
-        ..Bugs::NONE
-    };
+    let bugs = Bugs { no_self_fence: true, ..Bugs::NONE };
     hunt(bugs, Some(0), &[Property::Safety], 100);
 }
 
@@ -327,10 +252,7 @@ fn planted_no_self_fence_is_caught() {
 /// it stops hearing heartbeats, without the store granting it the master lease.
 #[test]
 fn planted_master_no_wait_is_caught() {
-    let bugs = Bugs {
-        master_no_wait: true,
-        ..Bugs::NONE
-    };
+    let bugs = Bugs { master_no_wait: true, ..Bugs::NONE };
     hunt(bugs, None, &[Property::OneMaster], 200);
 }
 
@@ -344,19 +266,13 @@ fn explore() {
     let (bugs, grace_ms) = (bugs_from_env(), env_u64("FERRY_SIM_GRACE_MS"));
     let mut found = std::collections::BTreeMap::new();
     for seed in 0..n {
-        let cfg = SimConfig {
-            seed,
-            bugs,
-            grace_ms,
-            trace: false,
-        };
+        let cfg = SimConfig { seed, bugs, grace_ms, trace: false };
         let mut sc = Scenario::generate(&cfg);
         if env_u64("FERRY_SIM_PATIENCE") == Some(0) {
             sc.acquire_patience = false;
         }
         let out = run_scenario(&cfg, sc);
-        let props: std::collections::BTreeSet<Property> =
-            out.violations.iter().map(|v| v.property).collect();
+        let props: std::collections::BTreeSet<Property> = out.violations.iter().map(|v| v.property).collect();
         for p in props {
             found.entry(p).or_insert((0, seed)).0 += 1;
         }
@@ -374,12 +290,7 @@ fn explore_recovery() {
     for seed in 0..n {
         let out = run(&SimConfig::new(seed));
         let tight = out.design_bound_ms + out.takeover_ms;
-        v.push((
-            out.slowest_recovery_ms as f64 / tight as f64,
-            seed,
-            out.slowest_recovery_ms,
-            tight,
-        ));
+        v.push((out.slowest_recovery_ms as f64 / tight as f64, seed, out.slowest_recovery_ms, tight));
     }
     v.sort_by(|a, b| b.0.total_cmp(&a.0));
     for (ratio, seed, took, tight) in v.iter().take(15) {

@@ -102,10 +102,7 @@ pub async fn run_check(name: &str, check: CheckFn, store: Arc<dyn LeaseStore>) {
         },
         Err(_elapsed) => {
             abort.abort();
-            panic!(
-                "conformance check `{name}` did not finish within {} s on {described}",
-                CHECK_TIMEOUT.as_secs()
-            )
+            panic!("conformance check `{name}` did not finish within {} s on {described}", CHECK_TIMEOUT.as_secs())
         }
     }
 }
@@ -114,10 +111,7 @@ pub async fn run_check(name: &str, check: CheckFn, store: Arc<dyn LeaseStore>) {
 
 async fn acquire_on_empty(s: Arc<dyn LeaseStore>) {
     let name = server("ms1");
-    assert!(
-        ok("get before any acquire", s.get(&name).await).is_none(),
-        "row exists before acquire"
-    );
+    assert!(ok("get before any acquire", s.get(&name).await).is_none(), "row exists before acquire");
     let req = request(&name, "ms1", "machine-a", "inc-a", LONG_TTL);
     let lease = ok("acquire on an empty table", s.acquire(&req).await);
     assert_holds("acquire on an empty table", &lease, &req, 1);
@@ -128,10 +122,7 @@ async fn acquire_on_empty(s: Arc<dyn LeaseStore>) {
     assert_eq!(listed.len(), 1, "list after acquire: {listed:?}");
     assert_holds("list after acquire", &listed[0], &req, 1);
     let expired = mine(ok("expired after acquire", s.expired().await), &[&name]);
-    assert!(
-        expired.is_empty(),
-        "a live lease is listed as expired: {expired:?}"
-    );
+    assert!(expired.is_empty(), "a live lease is listed as expired: {expired:?}");
 }
 
 async fn second_acquirer_is_refused(s: Arc<dyn LeaseStore>) {
@@ -139,13 +130,8 @@ async fn second_acquirer_is_refused(s: Arc<dyn LeaseStore>) {
     let first = request(&name, "ms1", "machine-a", "inc-1", LONG_TTL);
     ok("first acquire", s.acquire(&first).await);
     let second = request(&name, "ms2", "machine-b", "inc-2", LONG_TTL);
-    let (owner, machine, epoch, remaining_ms) =
-        held("acquire by a second server", s.acquire(&second).await);
-    assert_eq!(
-        (owner.as_str(), machine.as_str()),
-        ("ms1", "machine-a"),
-        "Held names the wrong holder"
-    );
+    let (owner, machine, epoch, remaining_ms) = held("acquire by a second server", s.acquire(&second).await);
+    assert_eq!((owner.as_str(), machine.as_str()), ("ms1", "machine-a"), "Held names the wrong holder");
     assert_eq!(epoch, Epoch(1), "Held reports the wrong epoch");
     assert!(
         remaining_ms > 0 && remaining_ms <= LONG_TTL_MS,
@@ -153,10 +139,7 @@ async fn second_acquirer_is_refused(s: Arc<dyn LeaseStore>) {
     );
     // The same server restarted (a new incarnation) must wait as well, or use handover.
     let restarted = request(&name, "ms1", "machine-a", "inc-3", LONG_TTL);
-    held(
-        "acquire by a new incarnation of the holder",
-        s.acquire(&restarted).await,
-    );
+    held("acquire by a new incarnation of the holder", s.acquire(&restarted).await);
     let got = expect_row("get after refused acquires", s.get(&name).await);
     assert_holds("get after refused acquires", &got, &first, 1);
 }
@@ -166,20 +149,10 @@ async fn reacquire_by_holder_keeps_epoch(s: Arc<dyn LeaseStore>) {
     let req = request(&name, "ms1", "machine-a", "inc-a", LONG_TTL);
     ok("first acquire", s.acquire(&req).await);
     // A retried acquire (its first answer lost) with a longer TTL.
-    let retry = AcquireRequest {
-        ttl: LONG_TTL * 2,
-        ..req.clone()
-    };
-    let lease = ok(
-        "re-acquire by the holding incarnation",
-        s.acquire(&retry).await,
-    );
+    let retry = AcquireRequest { ttl: LONG_TTL * 2, ..req.clone() };
+    let lease = ok("re-acquire by the holding incarnation", s.acquire(&retry).await);
     assert_holds("re-acquire by the holding incarnation", &lease, &retry, 1);
-    assert!(
-        lease.remaining_ms > LONG_TTL_MS,
-        "re-acquire did not extend the lease: {} ms left",
-        lease.remaining_ms
-    );
+    assert!(lease.remaining_ms > LONG_TTL_MS, "re-acquire did not extend the lease: {} ms left", lease.remaining_ms);
     let got = expect_row("get after re-acquire", s.get(&name).await);
     assert_holds("get after re-acquire", &got, &retry, 1);
 }
@@ -188,33 +161,14 @@ async fn renew_extends(s: Arc<dyn LeaseStore>) {
     let name = server("ms1");
     let req = request(&name, "ms1", "machine-a", "inc-a", Duration::from_secs(10));
     let lease = ok("acquire", s.acquire(&req).await);
-    let renewed = ok(
-        "renew by the holder",
-        s.renew(&name, &req.incarnation, lease.epoch, LONG_TTL)
-            .await,
-    );
-    let longer = AcquireRequest {
-        ttl: LONG_TTL,
-        ..req.clone()
-    };
+    let renewed = ok("renew by the holder", s.renew(&name, &req.incarnation, lease.epoch, LONG_TTL).await);
+    let longer = AcquireRequest { ttl: LONG_TTL, ..req.clone() };
     assert_holds("renew by the holder", &renewed, &longer, 1);
-    assert!(
-        renewed.remaining_ms > 10_000,
-        "renew with a {LONG_TTL_MS} ms TTL left only {} ms",
-        renewed.remaining_ms
-    );
+    assert!(renewed.remaining_ms > 10_000, "renew with a {LONG_TTL_MS} ms TTL left only {} ms", renewed.remaining_ms);
     let got = expect_row("get after renew", s.get(&name).await);
     assert_holds("get after renew", &got, &longer, 1);
-    assert!(
-        got.remaining_ms > 10_000,
-        "get after renew: {} ms left",
-        got.remaining_ms
-    );
-    let again = ok(
-        "second renew",
-        s.renew(&name, &req.incarnation, lease.epoch, LONG_TTL)
-            .await,
-    );
+    assert!(got.remaining_ms > 10_000, "get after renew: {} ms left", got.remaining_ms);
+    let again = ok("second renew", s.renew(&name, &req.incarnation, lease.epoch, LONG_TTL).await);
     assert_eq!(again.epoch, Epoch(1), "renew changed the epoch");
 }
 
@@ -223,23 +177,13 @@ async fn renew_by_stale_holder_is_lost(s: Arc<dyn LeaseStore>) {
     let req = request(&name, "ms1", "machine-a", "inc-a", LONG_TTL);
     ok("acquire", s.acquire(&req).await);
     let other = Incarnation("inc-b".to_string());
-    lost(
-        "renew at a later epoch",
-        s.renew(&name, &req.incarnation, Epoch(2), LONG_TTL).await,
-    );
-    lost(
-        "renew at epoch 0",
-        s.renew(&name, &req.incarnation, Epoch(0), LONG_TTL).await,
-    );
-    let (incarnation, _) = lost(
-        "renew by another incarnation",
-        s.renew(&name, &other, Epoch(1), LONG_TTL).await,
-    );
+    lost("renew at a later epoch", s.renew(&name, &req.incarnation, Epoch(2), LONG_TTL).await);
+    lost("renew at epoch 0", s.renew(&name, &req.incarnation, Epoch(0), LONG_TTL).await);
+    let (incarnation, _) = lost("renew by another incarnation", s.renew(&name, &other, Epoch(1), LONG_TTL).await);
     assert_eq!(incarnation, other, "Lost names the wrong incarnation");
     lost(
         "renew of a lease that does not exist",
-        s.renew(&server("nobody"), &req.incarnation, Epoch(1), LONG_TTL)
-            .await,
+        s.renew(&server("nobody"), &req.incarnation, Epoch(1), LONG_TTL).await,
     );
     let got = expect_row("get after refused renewals", s.get(&name).await);
     assert_holds("get after refused renewals", &got, &req, 1);
@@ -252,16 +196,8 @@ async fn lease_expires_by_store_clock(s: Arc<dyn LeaseStore>) {
     assert_holds("acquire with a short TTL", &lease, &req, 1);
     tokio::time::sleep(PAST_SHORT_TTL).await;
     let got = expect_row("get after the TTL", s.get(&name).await);
-    assert_eq!(
-        got.state,
-        LeaseState::Held,
-        "an expired lease must stay held until taken"
-    );
-    assert!(
-        got.remaining_ms <= 0,
-        "lease still has {} ms left after its TTL",
-        got.remaining_ms
-    );
+    assert_eq!(got.state, LeaseState::Held, "an expired lease must stay held until taken");
+    assert!(got.remaining_ms <= 0, "lease still has {} ms left after its TTL", got.remaining_ms);
     assert!(got.is_expired(), "is_expired() is false: {got:?}");
     assert!(
         got.since_renewal_ms >= ms(SHORT_TTL),
@@ -270,10 +206,7 @@ async fn lease_expires_by_store_clock(s: Arc<dyn LeaseStore>) {
     );
     assert_eq!(got.epoch, Epoch(1), "expiry changed the epoch");
     let listed = mine(ok("list after the TTL", s.list().await), &[&name]);
-    assert!(
-        listed.len() == 1 && listed[0].remaining_ms <= 0,
-        "list after the TTL: {listed:?}"
-    );
+    assert!(listed.len() == 1 && listed[0].remaining_ms <= 0, "list after the TTL: {listed:?}");
 }
 
 async fn acquire_after_expiry_bumps_epoch(s: Arc<dyn LeaseStore>) {
@@ -284,10 +217,7 @@ async fn acquire_after_expiry_bumps_epoch(s: Arc<dyn LeaseStore>) {
     let b = request(&name, "ms1", "machine-b", "inc-b", LONG_TTL);
     let lease = ok("acquire of an expired lease", s.acquire(&b).await);
     assert_holds("acquire of an expired lease", &lease, &b, 2);
-    lost(
-        "renew by the expired holder",
-        s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await,
-    );
+    lost("renew by the expired holder", s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await);
     held("acquire by the expired holder", s.acquire(&a).await);
     let got = expect_row("get after takeover", s.get(&name).await);
     assert_holds("get after takeover", &got, &b, 2);
@@ -298,22 +228,13 @@ async fn renew_after_expiry_is_lost(s: Arc<dyn LeaseStore>) {
     let a = request(&name, "ms1", "machine-a", "inc-a", SHORT_TTL);
     ok("acquire with a short TTL", s.acquire(&a).await);
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    lost(
-        "renew after expiry",
-        s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await,
-    );
+    lost("renew after expiry", s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await);
     let got = expect_row("get after a late renew", s.get(&name).await);
     assert!(got.is_expired(), "a late renew revived the lease: {got:?}");
     assert_eq!(got.epoch, Epoch(1), "a late renew changed the epoch");
     // The holder fenced at its deadline; holding again is a new holding with a new token.
-    let again = AcquireRequest {
-        ttl: LONG_TTL,
-        ..a.clone()
-    };
-    let lease = ok(
-        "acquire again by the expired holder",
-        s.acquire(&again).await,
-    );
+    let again = AcquireRequest { ttl: LONG_TTL, ..a.clone() };
+    let lease = ok("acquire again by the expired holder", s.acquire(&again).await);
     assert_holds("acquire again by the expired holder", &lease, &again, 2);
 }
 
@@ -321,69 +242,26 @@ async fn release_then_acquire_bumps_epoch(s: Arc<dyn LeaseStore>) {
     let name = server("ms1");
     let a = request(&name, "ms1", "machine-a", "inc-a", LONG_TTL);
     ok("acquire", s.acquire(&a).await);
-    ok(
-        "release by the holder",
-        s.release(&name, &a.incarnation, Epoch(1)).await,
-    );
-    ok(
-        "retried release",
-        s.release(&name, &a.incarnation, Epoch(1)).await,
-    );
+    ok("release by the holder", s.release(&name, &a.incarnation, Epoch(1)).await);
+    ok("retried release", s.release(&name, &a.incarnation, Epoch(1)).await);
     let got = expect_row("get after release", s.get(&name).await);
-    assert_eq!(
-        got.state,
-        LeaseState::Released,
-        "release did not mark the row: {got:?}"
-    );
+    assert_eq!(got.state, LeaseState::Released, "release did not mark the row: {got:?}");
     assert_eq!(got.epoch, Epoch(1), "release changed the epoch");
-    assert_eq!(
-        got.owner.as_ref().map(ServerName::as_str),
-        Some("ms1"),
-        "release forgot the owner"
-    );
-    assert_eq!(
-        got.machine.as_ref().map(MachineName::as_str),
-        Some("machine-a"),
-        "release forgot the machine"
-    );
-    assert!(
-        !got.is_live() && !got.is_expired(),
-        "a released row is live or expired: {got:?}"
-    );
-    lost(
-        "renew after release",
-        s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await,
-    );
+    assert_eq!(got.owner.as_ref().map(ServerName::as_str), Some("ms1"), "release forgot the owner");
+    assert_eq!(got.machine.as_ref().map(MachineName::as_str), Some("machine-a"), "release forgot the machine");
+    assert!(!got.is_live() && !got.is_expired(), "a released row is live or expired: {got:?}");
+    lost("renew after release", s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await);
 
     let b = request(&name, "ms1", "machine-b", "inc-b", LONG_TTL);
     let lease = ok("acquire of a released lease", s.acquire(&b).await);
     assert_holds("acquire of a released lease", &lease, &b, 2);
-    lost(
-        "release by the earlier holder",
-        s.release(&name, &a.incarnation, Epoch(1)).await,
-    );
-    ok(
-        "release by the second holder",
-        s.release(&name, &b.incarnation, Epoch(2)).await,
-    );
+    lost("release by the earlier holder", s.release(&name, &a.incarnation, Epoch(1)).await);
+    ok("release by the second holder", s.release(&name, &b.incarnation, Epoch(2)).await);
     let c = request(&name, "ms1", "machine-c", "inc-c", LONG_TTL);
-    assert_holds(
-        "third acquire",
-        &ok("third acquire", s.acquire(&c).await),
-        &c,
-        3,
-    );
-    ok(
-        "release by the third holder",
-        s.release(&name, &c.incarnation, Epoch(3)).await,
-    );
+    assert_holds("third acquire", &ok("third acquire", s.acquire(&c).await), &c, 3);
+    ok("release by the third holder", s.release(&name, &c.incarnation, Epoch(3)).await);
     // Even an incarnation that held the row before gets a new epoch.
-    assert_holds(
-        "acquire by an earlier incarnation",
-        &ok("acquire", s.acquire(&a).await),
-        &a,
-        4,
-    );
+    assert_holds("acquire by an earlier incarnation", &ok("acquire", s.acquire(&a).await), &a, 4);
 }
 
 async fn release_by_non_holder_is_lost(s: Arc<dyn LeaseStore>) {
@@ -391,18 +269,9 @@ async fn release_by_non_holder_is_lost(s: Arc<dyn LeaseStore>) {
     let a = request(&name, "ms1", "machine-a", "inc-a", LONG_TTL);
     ok("acquire", s.acquire(&a).await);
     let other = Incarnation("inc-b".to_string());
-    lost(
-        "release by another incarnation",
-        s.release(&name, &other, Epoch(1)).await,
-    );
-    lost(
-        "release at the wrong epoch",
-        s.release(&name, &a.incarnation, Epoch(2)).await,
-    );
-    lost(
-        "release of a missing lease",
-        s.release(&server("nobody"), &a.incarnation, Epoch(1)).await,
-    );
+    lost("release by another incarnation", s.release(&name, &other, Epoch(1)).await);
+    lost("release at the wrong epoch", s.release(&name, &a.incarnation, Epoch(2)).await);
+    lost("release of a missing lease", s.release(&server("nobody"), &a.incarnation, Epoch(1)).await);
     let got = expect_row("get after refused releases", s.get(&name).await);
     assert_holds("get after refused releases", &got, &a, 1);
 }
@@ -413,17 +282,11 @@ async fn handover_from_recorded_incarnation(s: Arc<dyn LeaseStore>) {
     ok("acquire", s.acquire(&a).await);
     // The Node Manager saw inc-a exit and restarts ms1 on the same machine at once.
     let b = request(&name, "ms1", "machine-a", "inc-b", LONG_TTL);
-    let lease = ok(
-        "handover from the recorded incarnation",
-        s.handover(&b, &a.incarnation).await,
-    );
+    let lease = ok("handover from the recorded incarnation", s.handover(&b, &a.incarnation).await);
     assert_holds("handover from the recorded incarnation", &lease, &b, 2);
     let got = expect_row("get after handover", s.get(&name).await);
     assert_holds("get after handover", &got, &b, 2);
-    lost(
-        "renew by the reaped incarnation",
-        s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await,
-    );
+    lost("renew by the reaped incarnation", s.renew(&name, &a.incarnation, Epoch(1), LONG_TTL).await);
     let retry = ok("retried handover", s.handover(&b, &a.incarnation).await);
     assert_holds("retried handover", &retry, &b, 2);
 }
@@ -441,10 +304,7 @@ async fn handover_from_wrong_incarnation_is_lost(s: Arc<dyn LeaseStore>) {
     // Once b has taken it over, a second handover from inc-a (by c) comes too late.
     ok("handover to b", s.handover(&b, &a.incarnation).await);
     let c = request(&name, "ms1", "machine-c", "inc-c", LONG_TTL);
-    lost(
-        "second handover from the same incarnation",
-        s.handover(&c, &a.incarnation).await,
-    );
+    lost("second handover from the same incarnation", s.handover(&c, &a.incarnation).await);
     let got = expect_row("get after the late handover", s.get(&name).await);
     assert_holds("get after the late handover", &got, &b, 2);
 }
@@ -453,48 +313,28 @@ async fn handover_of_free_lease_succeeds(s: Arc<dyn LeaseStore>) {
     let name = server("ms1");
     let stranger = Incarnation("inc-x".to_string());
     let a = request(&name, "ms1", "machine-a", "inc-a", LONG_TTL);
-    let lease = ok(
-        "handover of a missing lease",
-        s.handover(&a, &stranger).await,
-    );
+    let lease = ok("handover of a missing lease", s.handover(&a, &stranger).await);
     assert_holds("handover of a missing lease", &lease, &a, 1);
     ok("release", s.release(&name, &a.incarnation, Epoch(1)).await);
     let b = request(&name, "ms1", "machine-b", "inc-b", SHORT_TTL);
-    let lease = ok(
-        "handover of a released lease",
-        s.handover(&b, &stranger).await,
-    );
+    let lease = ok("handover of a released lease", s.handover(&b, &stranger).await);
     assert_holds("handover of a released lease", &lease, &b, 2);
     tokio::time::sleep(PAST_SHORT_TTL).await;
     let c = request(&name, "ms1", "machine-c", "inc-c", LONG_TTL);
-    let lease = ok(
-        "handover of an expired lease",
-        s.handover(&c, &stranger).await,
-    );
+    let lease = ok("handover of an expired lease", s.handover(&c, &stranger).await);
     assert_holds("handover of an expired lease", &lease, &c, 3);
 }
 
 async fn list_is_ordered_by_name(s: Arc<dyn LeaseStore>) {
     // Punctuation sorts differently under locale collations; the order is bytewise.
-    let names = [
-        server("ab"),
-        master("z"),
-        server("a_b"),
-        server("a-b"),
-        server("aB"),
-        server("a.b"),
-        master("cluster-1"),
-    ];
+    let names =
+        [server("ab"), master("z"), server("a_b"), server("a-b"), server("aB"), server("a.b"), master("cluster-1")];
     for (i, name) in names.iter().enumerate() {
         let req = request(name, "ms1", "machine-a", &format!("inc-{i}"), LONG_TTL);
         ok("acquire", s.acquire(&req).await);
     }
     let released = &names[2];
-    ok(
-        "release",
-        s.release(released, &Incarnation("inc-2".to_string()), Epoch(1))
-            .await,
-    );
+    ok("release", s.release(released, &Incarnation("inc-2".to_string()), Epoch(1)).await);
     let refs: Vec<&LeaseName> = names.iter().collect();
     let listed = mine(ok("list", s.list().await), &refs);
     let got: Vec<String> = listed.iter().map(|l| l.name.to_string()).collect();
@@ -502,20 +342,10 @@ async fn list_is_ordered_by_name(s: Arc<dyn LeaseStore>) {
     want.sort();
     assert_eq!(got, want, "list is not in bytewise name order");
     for lease in &listed {
-        assert!(
-            lease.remaining_ms <= LONG_TTL_MS,
-            "more than the TTL left: {lease:?}"
-        );
-        assert!(
-            lease.since_renewal_ms >= 0,
-            "negative since_renewal_ms: {lease:?}"
-        );
+        assert!(lease.remaining_ms <= LONG_TTL_MS, "more than the TTL left: {lease:?}");
+        assert!(lease.since_renewal_ms >= 0, "negative since_renewal_ms: {lease:?}");
         if &lease.name == released {
-            assert_eq!(
-                lease.state,
-                LeaseState::Released,
-                "released row listed as {lease:?}"
-            );
+            assert_eq!(lease.state, LeaseState::Released, "released row listed as {lease:?}");
         } else {
             assert!(lease.is_live(), "a live lease is listed as {lease:?}");
             assert_eq!(lease.epoch, Epoch(1), "unexpected epoch: {lease:?}");
@@ -535,43 +365,26 @@ async fn expired_lists_only_expired_held_rows(s: Arc<dyn LeaseStore>) {
     let released = server("released");
     let released_short = server("released-short");
     let names = [&live, &gone, &released, &released_short];
-    let req =
-        |name: &LeaseName, ttl| request(name, "ms1", "machine-a", &format!("inc-{name}"), ttl);
+    let req = |name: &LeaseName, ttl| request(name, "ms1", "machine-a", &format!("inc-{name}"), ttl);
     ok("acquire live", s.acquire(&req(&live, LONG_TTL)).await);
     ok("acquire gone", s.acquire(&req(&gone, SHORT_TTL)).await);
     let r = req(&released, LONG_TTL);
     ok("acquire released", s.acquire(&r).await);
-    ok(
-        "release released",
-        s.release(&released, &r.incarnation, Epoch(1)).await,
-    );
+    ok("release released", s.release(&released, &r.incarnation, Epoch(1)).await);
     let r = req(&released_short, SHORT_TTL);
     ok("acquire released-short", s.acquire(&r).await);
-    ok(
-        "release released-short",
-        s.release(&released_short, &r.incarnation, Epoch(1)).await,
-    );
+    ok("release released-short", s.release(&released_short, &r.incarnation, Epoch(1)).await);
     tokio::time::sleep(PAST_SHORT_TTL).await;
 
     let expired = mine(ok("expired", s.expired().await), &names);
     let got: Vec<&LeaseName> = expired.iter().map(|l| &l.name).collect();
-    assert_eq!(
-        got,
-        vec![&gone],
-        "expired() must list exactly the expired held rows: {expired:?}"
-    );
-    assert!(
-        expired[0].is_expired() && expired[0].epoch == Epoch(1),
-        "{expired:?}"
-    );
+    assert_eq!(got, vec![&gone], "expired() must list exactly the expired held rows: {expired:?}");
+    assert!(expired[0].is_expired() && expired[0].epoch == Epoch(1), "{expired:?}");
 
     let taker = request(&gone, "ms1", "machine-b", "inc-taker", LONG_TTL);
     ok("acquire of the expired row", s.acquire(&taker).await);
     let expired = mine(ok("expired after takeover", s.expired().await), &names);
-    assert!(
-        expired.is_empty(),
-        "a re-acquired row is still listed as expired: {expired:?}"
-    );
+    assert!(expired.is_empty(), "a re-acquired row is still listed as expired: {expired:?}");
 }
 
 async fn next_expiry_follows_the_soonest_lease(s: Arc<dyn LeaseStore>) {
@@ -581,27 +394,12 @@ async fn next_expiry_follows_the_soonest_lease(s: Arc<dyn LeaseStore>) {
     let r = request(&long, "ms1", "machine-a", "inc-next-long", LONG_TTL);
     ok("acquire long", s.acquire(&r).await);
     let n = ok("next_expiry_ms", s.next_expiry_ms().await);
-    assert!(
-        n.is_some_and(|n| n <= LONG_TTL_MS),
-        "next expiry with a 60 s lease held: {n:?}"
-    );
-    let r = request(
-        &short,
-        "ms1",
-        "machine-a",
-        "inc-next-short",
-        Duration::from_secs(2),
-    );
+    assert!(n.is_some_and(|n| n <= LONG_TTL_MS), "next expiry with a 60 s lease held: {n:?}");
+    let r = request(&short, "ms1", "machine-a", "inc-next-short", Duration::from_secs(2));
     ok("acquire short", s.acquire(&r).await);
     let n = ok("next_expiry_ms", s.next_expiry_ms().await);
-    assert!(
-        n.is_some_and(|n| n <= 2_000),
-        "next expiry with a 2 s lease held: {n:?}"
-    );
-    ok(
-        "release short",
-        s.release(&short, &r.incarnation, Epoch(1)).await,
-    );
+    assert!(n.is_some_and(|n| n <= 2_000), "next expiry with a 2 s lease held: {n:?}");
+    ok("release short", s.release(&short, &r.incarnation, Epoch(1)).await);
 }
 
 async fn concurrent_acquires_have_one_winner(s: Arc<dyn LeaseStore>) {
@@ -613,13 +411,7 @@ async fn concurrent_acquires_have_one_winner(s: Arc<dyn LeaseStore>) {
         let mut tasks = Vec::with_capacity(RACERS);
         for i in 0..RACERS {
             let (s, barrier) = (Arc::clone(&s), Arc::clone(&barrier));
-            let req = request(
-                &name,
-                "race",
-                &format!("machine-{i:02}"),
-                &format!("r{round}-{i}"),
-                LONG_TTL,
-            );
+            let req = request(&name, "race", &format!("machine-{i:02}"), &format!("r{round}-{i}"), LONG_TTL);
             tasks.push(tokio::spawn(async move {
                 barrier.wait().await;
                 s.acquire(&req).await
@@ -635,34 +427,15 @@ async fn concurrent_acquires_have_one_winner(s: Arc<dyn LeaseStore>) {
                 Err(join) => panic!("round {round}: racing task failed: {join}"),
             }
         }
-        assert_eq!(
-            winners.len(),
-            1,
-            "round {round}: {} winners: {winners:?}",
-            winners.len()
-        );
+        assert_eq!(winners.len(), 1, "round {round}: {} winners: {winners:?}", winners.len());
         let winner = &winners[0];
         assert_eq!(winner.epoch, Epoch(round), "round {round}: winner's epoch");
-        let machine = winner
-            .machine
-            .as_ref()
-            .map(|m| m.to_string())
-            .unwrap_or_default();
+        let machine = winner.machine.as_ref().map(|m| m.to_string()).unwrap_or_default();
         for (held_by, epoch) in &refusals {
-            assert_eq!(
-                (held_by, *epoch),
-                (&machine, winner.epoch),
-                "round {round}: a loser saw another holder"
-            );
+            assert_eq!((held_by, *epoch), (&machine, winner.epoch), "round {round}: a loser saw another holder");
         }
-        let incarnation = winner
-            .incarnation
-            .clone()
-            .unwrap_or_else(|| panic!("winner has no incarnation"));
-        ok(
-            "release by the winner",
-            s.release(&name, &incarnation, winner.epoch).await,
-        );
+        let incarnation = winner.incarnation.clone().unwrap_or_else(|| panic!("winner has no incarnation"));
+        ok("release by the winner", s.release(&name, &incarnation, winner.epoch).await);
     }
 }
 
@@ -672,48 +445,18 @@ async fn epochs_increase_over_owner_changes(s: Arc<dyn LeaseStore>) {
     let mut epochs = Vec::new();
     let mut record = |what: &str, lease: Lease| {
         epochs.push(lease.epoch);
-        assert!(
-            epochs.windows(2).all(|w| w[0] < w[1]),
-            "epoch did not increase at {what}: {epochs:?}"
-        );
+        assert!(epochs.windows(2).all(|w| w[0] < w[1]), "epoch did not increase at {what}: {epochs:?}");
         lease.epoch
     };
-    record(
-        "acquire a",
-        ok("acquire a", s.acquire(&req("a", LONG_TTL)).await),
-    );
-    let e = record(
-        "handover a->b",
-        ok(
-            "handover a->b",
-            s.handover(&req("b", LONG_TTL), &inc("a")).await,
-        ),
-    );
+    record("acquire a", ok("acquire a", s.acquire(&req("a", LONG_TTL)).await));
+    let e = record("handover a->b", ok("handover a->b", s.handover(&req("b", LONG_TTL), &inc("a")).await));
     ok("release b", s.release(&name, &inc("b"), e).await);
-    record(
-        "acquire c",
-        ok("acquire c", s.acquire(&req("c", SHORT_TTL)).await),
-    );
+    record("acquire c", ok("acquire c", s.acquire(&req("c", SHORT_TTL)).await));
     tokio::time::sleep(PAST_SHORT_TTL).await;
-    record(
-        "acquire d after expiry",
-        ok("acquire d", s.acquire(&req("d", LONG_TTL)).await),
-    );
-    let e = record(
-        "handover d->e",
-        ok(
-            "handover d->e",
-            s.handover(&req("e", LONG_TTL), &inc("d")).await,
-        ),
-    );
+    record("acquire d after expiry", ok("acquire d", s.acquire(&req("d", LONG_TTL)).await));
+    let e = record("handover d->e", ok("handover d->e", s.handover(&req("e", LONG_TTL), &inc("d")).await));
     ok("release e", s.release(&name, &inc("e"), e).await);
-    let e = record(
-        "handover of released",
-        ok(
-            "handover f",
-            s.handover(&req("f", LONG_TTL), &inc("zz")).await,
-        ),
-    );
+    let e = record("handover of released", ok("handover f", s.handover(&req("f", LONG_TTL), &inc("zz")).await));
     let got = expect_row("get at the end", s.get(&name).await);
     assert_eq!(got.epoch, e, "get disagrees with the last answer");
 }
@@ -743,17 +486,12 @@ async fn renew_many_decides_each_lease_like_renew(s: Arc<dyn LeaseStore>) {
     ok("acquire expired", s.acquire(&ex).await);
     let rl = request(&released, "ms5", "machine-a", "inc-released", LONG_TTL);
     ok("acquire released", s.acquire(&rl).await);
-    ok(
-        "release released",
-        s.release(&released, &rl.incarnation, Epoch(1)).await,
-    );
+    ok("release released", s.release(&released, &rl.incarnation, Epoch(1)).await);
     let la = request(&last, "ms6", "machine-c", "inc-last", ten_s);
     ok("acquire last", s.acquire(&la).await);
     tokio::time::sleep(PAST_SHORT_TTL).await;
 
-    let names = [
-        &valid, &stale, &stranger, &expired, &missing, &released, &last,
-    ];
+    let names = [&valid, &stale, &stranger, &expired, &missing, &released, &last];
     let mut before = Vec::new();
     for name in names {
         before.push(ok("get before the batch", s.get(name).await));
@@ -773,27 +511,17 @@ async fn renew_many_decides_each_lease_like_renew(s: Arc<dyn LeaseStore>) {
         renewal(&released, "inc-released", 1),
         renewal(&valid, "inc-valid", 1),
         // Another TTL in the same batch.
-        Renewal {
-            ttl: LONG_TTL * 2,
-            ..renewal(&last, "inc-last", 1)
-        },
+        Renewal { ttl: LONG_TTL * 2, ..renewal(&last, "inc-last", 1) },
     ];
     let outcomes = ok("renew_many of a mixed batch", s.renew_many(&batch).await);
-    assert_eq!(
-        outcomes.len(),
-        batch.len(),
-        "one outcome per renewal: {outcomes:?}"
-    );
+    assert_eq!(outcomes.len(), batch.len(), "one outcome per renewal: {outcomes:?}");
     let mut refused = Vec::new();
     for (i, (r, outcome)) in batch.iter().zip(outcomes).enumerate() {
         let what = format!("renewal {i} ({}) of the batch", r.name);
         match i {
             0 | 6 | 7 => {
                 let req = if i == 7 { &la } else { &v };
-                let longer = AcquireRequest {
-                    ttl: r.ttl,
-                    ..req.clone()
-                };
+                let longer = AcquireRequest { ttl: r.ttl, ..req.clone() };
                 let lease = ok(&what, outcome);
                 assert_holds(&what, &lease, &longer, 1);
                 let floor = ms(r.ttl) - LONG_TTL_MS / 2;
@@ -813,28 +541,19 @@ async fn renew_many_decides_each_lease_like_renew(s: Arc<dyn LeaseStore>) {
             }
             _ => {
                 let (incarnation, detail) = lost(&what, outcome);
-                assert_eq!(
-                    incarnation, r.incarnation,
-                    "{what}: Lost names the wrong incarnation"
-                );
+                assert_eq!(incarnation, r.incarnation, "{what}: Lost names the wrong incarnation");
                 refused.push((what, r, detail));
             }
         }
     }
     // Every refusal says what `renew` says about the same lease (expiry ages aside).
     for (what, r, detail) in refused {
-        let (_, single) = lost(
-            &format!("renew alone of {}", r.name),
-            s.renew(&r.name, &r.incarnation, r.epoch, r.ttl).await,
-        );
+        let (_, single) =
+            lost(&format!("renew alone of {}", r.name), s.renew(&r.name, &r.incarnation, r.epoch, r.ttl).await);
         if r.name == expired {
             // "it expired N ms ago": N grows between the two calls.
             assert!(detail.contains("expired"), "{what}: {detail}");
-            assert_eq!(
-                without_numbers(&detail),
-                without_numbers(&single),
-                "{what}: the batch and renew disagree"
-            );
+            assert_eq!(without_numbers(&detail), without_numbers(&single), "{what}: the batch and renew disagree");
         } else {
             assert_eq!(detail, single, "{what}: the batch and renew disagree");
         }
@@ -881,12 +600,7 @@ async fn overlapping_batches_all_renew(s: Arc<dyn LeaseStore>) {
         let incarnation = format!("inc-shared-{i}");
         let req = request(&name, "ms1", "machine-a", &incarnation, LONG_TTL);
         ok("acquire", s.acquire(&req).await);
-        renewals.push(Renewal {
-            name,
-            incarnation: inc(&incarnation),
-            epoch: Epoch(1),
-            ttl: LONG_TTL,
-        });
+        renewals.push(Renewal { name, incarnation: inc(&incarnation), epoch: Epoch(1), ttl: LONG_TTL });
     }
     // Concurrent batches over the same rows in different orders: every renewal succeeds
     // (no deadlock between batches, no refusal of a live holder).
@@ -899,14 +613,10 @@ async fn overlapping_batches_all_renew(s: Arc<dyn LeaseStore>) {
                 batch.reverse();
             }
             let s = Arc::clone(&s);
-            tasks.push(tokio::spawn(async move {
-                (batch.clone(), s.renew_many(&batch).await)
-            }));
+            tasks.push(tokio::spawn(async move { (batch.clone(), s.renew_many(&batch).await) }));
         }
         for task in tasks {
-            let (batch, outcomes) = task
-                .await
-                .unwrap_or_else(|e| panic!("round {round}: batch task failed: {e}"));
+            let (batch, outcomes) = task.await.unwrap_or_else(|e| panic!("round {round}: batch task failed: {e}"));
             let outcomes = ok(&format!("round {round}: renew_many"), outcomes);
             assert_eq!(outcomes.len(), batch.len(), "round {round}: outcomes");
             for (r, outcome) in batch.iter().zip(outcomes) {
@@ -950,13 +660,7 @@ fn inc(s: &str) -> Incarnation {
     Incarnation(s.to_string())
 }
 
-fn request(
-    name: &LeaseName,
-    owner: &str,
-    machine: &str,
-    incarnation: &str,
-    ttl: Duration,
-) -> AcquireRequest {
+fn request(name: &LeaseName, owner: &str, machine: &str, incarnation: &str, ttl: Duration) -> AcquireRequest {
     AcquireRequest {
         name: name.clone(),
         owner: ServerName::new(owner).unwrap_or_else(|e| panic!("test name: {e}")),
@@ -972,10 +676,7 @@ fn ms(d: Duration) -> i64 {
 
 /// The rows of `leases` whose names are in `names`, in the order given.
 fn mine(leases: Vec<Lease>, names: &[&LeaseName]) -> Vec<Lease> {
-    leases
-        .into_iter()
-        .filter(|l| names.contains(&&l.name))
-        .collect()
+    leases.into_iter().filter(|l| names.contains(&&l.name)).collect()
 }
 
 /// An error with its whole source chain.
@@ -1004,13 +705,7 @@ fn expect_row(what: &str, r: Result<Option<Lease>>) -> Lease {
 #[track_caller]
 fn held<T: Debug>(what: &str, r: Result<T>) -> (String, String, Epoch, i64) {
     match r {
-        Err(StoreError::Held {
-            owner,
-            machine,
-            epoch,
-            remaining_ms,
-            ..
-        }) => (owner, machine, epoch, remaining_ms),
+        Err(StoreError::Held { owner, machine, epoch, remaining_ms, .. }) => (owner, machine, epoch, remaining_ms),
         Err(e) => panic!("{what}: expected Held, got: {}", chain(&e)),
         Ok(v) => panic!("{what}: expected Held, got success: {v:?}"),
     }
@@ -1020,11 +715,7 @@ fn held<T: Debug>(what: &str, r: Result<T>) -> (String, String, Epoch, i64) {
 #[track_caller]
 fn lost<T: Debug>(what: &str, r: Result<T>) -> (Incarnation, String) {
     match r {
-        Err(StoreError::Lost {
-            incarnation,
-            detail,
-            ..
-        }) => (incarnation, detail),
+        Err(StoreError::Lost { incarnation, detail, .. }) => (incarnation, detail),
         Err(e) => panic!("{what}: expected Lost, got: {}", chain(&e)),
         Ok(v) => panic!("{what}: expected Lost, got success: {v:?}"),
     }
@@ -1035,16 +726,8 @@ fn lost<T: Debug>(what: &str, r: Result<T>) -> (Incarnation, String) {
 fn assert_holds(what: &str, lease: &Lease, req: &AcquireRequest, epoch: u64) {
     assert_eq!(lease.name, req.name, "{what}: name");
     assert_eq!(lease.owner.as_ref(), Some(&req.owner), "{what}: owner");
-    assert_eq!(
-        lease.machine.as_ref(),
-        Some(&req.machine),
-        "{what}: machine"
-    );
-    assert_eq!(
-        lease.incarnation.as_ref(),
-        Some(&req.incarnation),
-        "{what}: incarnation"
-    );
+    assert_eq!(lease.machine.as_ref(), Some(&req.machine), "{what}: machine");
+    assert_eq!(lease.incarnation.as_ref(), Some(&req.incarnation), "{what}: incarnation");
     assert_eq!(lease.epoch, Epoch(epoch), "{what}: epoch");
     assert_eq!(lease.state, LeaseState::Held, "{what}: state");
     let ttl_ms = ms(req.ttl);

@@ -19,11 +19,7 @@ pub struct LazyStore {
 
 impl LazyStore {
     pub fn new(data_source: &str, call_timeout: Duration) -> Self {
-        LazyStore {
-            data_source: data_source.to_string(),
-            call_timeout,
-            inner: tokio::sync::Mutex::new(None),
-        }
+        LazyStore { data_source: data_source.to_string(), call_timeout, inner: tokio::sync::Mutex::new(None) }
     }
 
     async fn store(&self) -> Result<Arc<dyn LeaseStore>> {
@@ -50,24 +46,10 @@ impl LeaseStore for LazyStore {
     async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> Result<Lease> {
         self.store().await?.handover(req, from).await
     }
-    async fn renew(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-        ttl: Duration,
-    ) -> Result<Lease> {
-        self.store()
-            .await?
-            .renew(name, incarnation, epoch, ttl)
-            .await
+    async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease> {
+        self.store().await?.renew(name, incarnation, epoch, ttl).await
     }
-    async fn release(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-    ) -> Result<()> {
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()> {
         self.store().await?.release(name, incarnation, epoch).await
     }
     async fn get(&self, name: &LeaseName) -> Result<Option<Lease>> {

@@ -45,23 +45,11 @@ pub struct Renewal {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Someone else holds a live lease.
-    #[error(
-        "lease {name} is held by {owner} on {machine} (epoch {epoch}, {remaining_ms} ms left)"
-    )]
-    Held {
-        name: LeaseName,
-        owner: String,
-        machine: String,
-        epoch: Epoch,
-        remaining_ms: i64,
-    },
+    #[error("lease {name} is held by {owner} on {machine} (epoch {epoch}, {remaining_ms} ms left)")]
+    Held { name: LeaseName, owner: String, machine: String, epoch: Epoch, remaining_ms: i64 },
     /// The caller's incarnation or epoch no longer holds the lease (renew, release, handover).
     #[error("lease {name} is no longer held by incarnation {incarnation}: {detail}")]
-    Lost {
-        name: LeaseName,
-        incarnation: Incarnation,
-        detail: String,
-    },
+    Lost { name: LeaseName, incarnation: Incarnation, detail: String },
     /// The store could not be reached or failed; the call may succeed later.
     #[error("lease table at {data_source} is unavailable")]
     Unavailable {
@@ -73,10 +61,7 @@ pub enum StoreError {
     /// unknown: the change may still have been made. Retrying is safe, since acquire,
     /// handover, renew and release by the same incarnation are idempotent.
     #[error("lease table at {data_source} did not answer within {timeout_ms} ms")]
-    Timeout {
-        data_source: String,
-        timeout_ms: u64,
-    },
+    Timeout { data_source: String, timeout_ms: u64 },
     /// The table is missing or of another version. `detail` says what to do (for a missing
     /// table: run `ferry leasing init --data-source URL`).
     #[error("lease table at {data_source}: {detail}")]
@@ -86,10 +71,7 @@ pub enum StoreError {
 impl StoreError {
     /// True when the answer says nothing about ownership (retry may help).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Unavailable { .. } | StoreError::Timeout { .. }
-        )
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Timeout { .. })
     }
 }
 
@@ -130,13 +112,7 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Extends the lease by `ttl` from the store's now. Fails with `Lost` unless the row is
     /// held, unexpired, by `incarnation` at `epoch`.
-    async fn renew(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-        ttl: Duration,
-    ) -> Result<Lease>;
+    async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease>;
 
     /// Renews several leases in one call, each exactly as [`LeaseStore::renew`] would: the
     /// answer holds one outcome per renewal, in the order given, and each outcome is that
@@ -162,12 +138,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Gives the lease back (marks the row released; the epoch, owner and machine stay).
     /// Fails with `Lost` unless the row is `incarnation`'s at `epoch`: held (live or expired
     /// but not yet taken) or already released by it (a retried release succeeds).
-    async fn release(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-    ) -> Result<()>;
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()>;
 
     /// One lease, if its row exists.
     async fn get(&self, name: &LeaseName) -> Result<Option<Lease>>;
@@ -187,11 +158,7 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// expiry index; the default reads the whole table.
     async fn next_expiry_ms(&self) -> Result<Option<i64>> {
         let leases = self.list().await?;
-        Ok(leases
-            .iter()
-            .filter(|l| l.is_live())
-            .map(|l| l.remaining_ms)
-            .min())
+        Ok(leases.iter().filter(|l| l.is_live()).map(|l| l.remaining_ms).min())
     }
 
     /// The data source, without any password, for messages.
@@ -214,10 +181,7 @@ pub async fn open(data_source: &str, call_timeout: Duration) -> Result<Arc<dyn L
 }
 
 /// Opens the lease table and creates it if it is absent: what the daemons do at start.
-pub async fn open_and_init(
-    data_source: &str,
-    call_timeout: Duration,
-) -> Result<Arc<dyn LeaseStore>> {
+pub async fn open_and_init(data_source: &str, call_timeout: Duration) -> Result<Arc<dyn LeaseStore>> {
     Ok(match open_backend(data_source, call_timeout).await? {
         Opened::Sqlite(store) => {
             store.init().await?;
@@ -256,12 +220,8 @@ enum Opened {
 
 async fn open_backend(data_source: &str, call_timeout: Duration) -> Result<Opened> {
     Ok(match backend(data_source)? {
-        Backend::Sqlite => {
-            Opened::Sqlite(sqlite::SqliteStore::open_bounded(data_source, call_timeout).await?)
-        }
-        Backend::Postgres => {
-            Opened::Postgres(postgres::PostgresStore::open(data_source, call_timeout).await?)
-        }
+        Backend::Sqlite => Opened::Sqlite(sqlite::SqliteStore::open_bounded(data_source, call_timeout).await?),
+        Backend::Postgres => Opened::Postgres(postgres::PostgresStore::open(data_source, call_timeout).await?),
     })
 }
 
@@ -282,17 +242,13 @@ enum DataSourceError {
 }
 
 fn backend(data_source: &str) -> Result<Backend> {
-    let refuse = |e: DataSourceError| StoreError::Unavailable {
-        data_source: redact_url(data_source),
-        source: Box::new(e),
-    };
+    let refuse =
+        |e: DataSourceError| StoreError::Unavailable { data_source: redact_url(data_source), source: Box::new(e) };
     match data_source.split_once("://") {
         None => Ok(Backend::Sqlite),
         Some(("sqlite", _)) => Ok(Backend::Sqlite),
         Some(("postgres" | "postgresql", _)) => Ok(Backend::Postgres),
-        Some((scheme, _)) => Err(refuse(DataSourceError::UnknownScheme {
-            scheme: scheme.to_string(),
-        })),
+        Some((scheme, _)) => Err(refuse(DataSourceError::UnknownScheme { scheme: scheme.to_string() })),
     }
 }
 
@@ -304,10 +260,7 @@ pub(crate) async fn off_runtime<T: Send + 'static>(
 ) -> Result<T> {
     match tokio::time::timeout(timeout, tokio::task::spawn_blocking(work)).await {
         Ok(Ok(result)) => result,
-        Ok(Err(join)) => Err(StoreError::Unavailable {
-            data_source: redact_url(data_source),
-            source: Box::new(join),
-        }),
+        Ok(Err(join)) => Err(StoreError::Unavailable { data_source: redact_url(data_source), source: Box::new(join) }),
         Err(_elapsed) => Err(StoreError::Timeout {
             data_source: redact_url(data_source),
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
@@ -322,23 +275,12 @@ mod tests {
     #[tokio::test]
     async fn unreachable_postgres_is_reported_without_the_password() {
         // Port 1 on the loopback: nothing listens there, so the connection is refused.
-        let err = open("postgres://u:pw@127.0.0.1:1/ferry", Duration::from_secs(5))
-            .await
-            .err();
-        let text = err.map(|e| {
-            format!(
-                "{e}: {}",
-                std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_default()
-            )
-        });
+        let err = open("postgres://u:pw@127.0.0.1:1/ferry", Duration::from_secs(5)).await.err();
+        let text =
+            err.map(|e| format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()));
         let text = text.unwrap_or_default();
         assert!(text.contains("cannot connect"), "{text}");
-        assert!(
-            text.contains("postgres://u:***@127.0.0.1:1/ferry"),
-            "{text}"
-        );
+        assert!(text.contains("postgres://u:***@127.0.0.1:1/ferry"), "{text}");
         assert!(!text.contains("pw"), "{text}");
     }
 }

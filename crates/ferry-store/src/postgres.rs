@@ -91,11 +91,7 @@ macro_rules! at_ms {
 const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// Locks the row for the rest of the transaction (a missing row locks nothing).
-const LOCK_SQL: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM ferry_leases WHERE name = $1 FOR UPDATE"
-);
+const LOCK_SQL: &str = concat!("SELECT ", columns!(), " FROM ferry_leases WHERE name = $1 FOR UPDATE");
 
 /// The database clock at the moment it runs: behind `LOCK_SQL` in the pipeline, so after
 /// the lock is granted.
@@ -127,11 +123,8 @@ const UPDATE_SQL: &str = concat!(
 const BEGIN_MANY_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL enable_seqscan = off";
 
 /// Locks the rows of a batch, in name order so that concurrent batches cannot deadlock.
-const LOCK_MANY_SQL: &str = concat!(
-    "SELECT ",
-    columns!(),
-    " FROM ferry_leases WHERE name = ANY($1) ORDER BY name FOR UPDATE"
-);
+const LOCK_MANY_SQL: &str =
+    concat!("SELECT ", columns!(), " FROM ferry_leases WHERE name = ANY($1) ORDER BY name FOR UPDATE");
 
 /// Writes renewed rows of a batch that share their new expiry and renewal time (under the
 /// locks `LOCK_MANY_SQL` took; a renewal changes nothing else). `name = ANY($1)` is
@@ -145,21 +138,10 @@ const RENEW_MANY_SQL: &str = concat!(
     " WHERE name = ANY($1)"
 );
 
-const GET_SQL: &str = concat!(
-    "SELECT ",
-    columns!(),
-    ", ",
-    now_ms!(),
-    " FROM ferry_leases WHERE name = $1"
-);
+const GET_SQL: &str = concat!("SELECT ", columns!(), ", ", now_ms!(), " FROM ferry_leases WHERE name = $1");
 
-const LIST_SQL: &str = concat!(
-    "SELECT ",
-    columns!(),
-    ", ",
-    now_ms!(),
-    " FROM ferry_leases ORDER BY name COLLATE \"C\""
-);
+const LIST_SQL: &str =
+    concat!("SELECT ", columns!(), ", ", now_ms!(), " FROM ferry_leases ORDER BY name COLLATE \"C\"");
 
 /// The expiry scan: held rows past their expiry by the database clock, from the partial
 /// index on held rows' expiry (see `schema/postgres.sql`).
@@ -194,11 +176,7 @@ pub struct PostgresOptions {
 impl PostgresOptions {
     /// The defaults for a call timeout: connect within it, [`DEFAULT_POOL_SIZE`] connections.
     pub fn new(call_timeout: Duration) -> PostgresOptions {
-        PostgresOptions {
-            call_timeout,
-            connect_timeout: call_timeout,
-            pool_size: DEFAULT_POOL_SIZE,
-        }
+        PostgresOptions { call_timeout, connect_timeout: call_timeout, pool_size: DEFAULT_POOL_SIZE }
     }
 }
 
@@ -235,10 +213,7 @@ impl PostgresStore {
     /// `~/.pgpass`), as with libpq; without a user, from `PGUSER`, else the OS user.
     pub async fn open_with(data_source: &str, options: PostgresOptions) -> Result<PostgresStore> {
         let pool = Arc::new(Pool::new(data_source, &options)?);
-        let store = PostgresStore {
-            pool,
-            call_timeout: options.call_timeout,
-        };
+        let store = PostgresStore { pool, call_timeout: options.call_timeout };
         store
             .call(async {
                 let conn = store.pool.lend(Check::Nothing).await?;
@@ -263,10 +238,7 @@ impl PostgresStore {
             let conn = self.pool.lend(Check::Nothing).await?;
             let result = async {
                 let c = conn.client()?;
-                c.batch_execute(&format!(
-                    "{BEGIN_SQL}; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"
-                ))
-                .await?;
+                c.batch_execute(&format!("{BEGIN_SQL}; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")).await?;
                 if let Err(problem) = read_version(c).await?.check_init(SCHEMA_VERSION) {
                     c.batch_execute("ROLLBACK").await?;
                     return Err(Failure::Schema(problem));
@@ -314,10 +286,7 @@ impl PostgresStore {
     }
 
     /// Runs one call within the call timeout and names the data source in its errors.
-    async fn call<T>(
-        &self,
-        work: impl std::future::Future<Output = Result<T, Failure>>,
-    ) -> Result<T> {
+    async fn call<T>(&self, work: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T> {
         match tokio::time::timeout(self.call_timeout, work).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(failure)) => Err(failure.into_store_error(&self.pool.names)),
@@ -349,35 +318,15 @@ trait AsyncOp<T> {
 #[async_trait::async_trait]
 impl LeaseStore for PostgresStore {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease> {
-        self.with_conn(TakeOp {
-            req,
-            how: Take::Acquire,
-        })
-        .await
+        self.with_conn(TakeOp { req, how: Take::Acquire }).await
     }
 
     async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> Result<Lease> {
-        self.with_conn(TakeOp {
-            req,
-            how: Take::Handover(from),
-        })
-        .await
+        self.with_conn(TakeOp { req, how: Take::Handover(from) }).await
     }
 
-    async fn renew(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-        ttl: Duration,
-    ) -> Result<Lease> {
-        self.with_conn(RenewOp {
-            name,
-            incarnation,
-            epoch,
-            ttl,
-        })
-        .await
+    async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease> {
+        self.with_conn(RenewOp { name, incarnation, epoch, ttl }).await
     }
 
     async fn renew_many(&self, renewals: &[Renewal]) -> Result<Vec<Result<Lease>>> {
@@ -386,24 +335,11 @@ impl LeaseStore for PostgresStore {
         }
         let outcomes = self.with_conn(RenewManyOp { renewals }).await?;
         let names = &self.pool.names;
-        Ok(outcomes
-            .into_iter()
-            .map(|o| o.map_err(|f| f.into_store_error(names)))
-            .collect())
+        Ok(outcomes.into_iter().map(|o| o.map_err(|f| f.into_store_error(names))).collect())
     }
 
-    async fn release(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-    ) -> Result<()> {
-        self.with_conn(ReleaseOp {
-            name,
-            incarnation,
-            epoch,
-        })
-        .await
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()> {
+        self.with_conn(ReleaseOp { name, incarnation, epoch }).await
     }
 
     async fn get(&self, name: &LeaseName) -> Result<Option<Lease>> {
@@ -451,11 +387,7 @@ impl AsyncOp<Lease> for TakeOp<'_> {
                     });
                 }
             };
-            let sql = if old.is_some() {
-                UPDATE_SQL
-            } else {
-                INSERT_SQL
-            };
+            let sql = if old.is_some() { UPDATE_SQL } else { INSERT_SQL };
             if write_and_commit(c, sql, &row).await? {
                 return Ok(row.to_lease(now)?);
             }
@@ -529,10 +461,7 @@ impl AsyncOp<Vec<Result<Lease, Failure>>> for RenewManyOp<'_> {
                 None => None,
                 Some(Ok(row)) => Some(row.clone()),
                 Some(Err(e)) => {
-                    outcomes.push(Err(Failure::Corrupt(CorruptRow {
-                        name: e.name.clone(),
-                        why: e.why.clone(),
-                    })));
+                    outcomes.push(Err(Failure::Corrupt(CorruptRow { name: e.name.clone(), why: e.why.clone() })));
                     continue;
                 }
             };
@@ -574,11 +503,7 @@ impl AsyncOp<Vec<Result<Lease, Failure>>> for RenewManyOp<'_> {
             updated += c
                 .execute_typed(
                     RENEW_MANY_SQL,
-                    &[
-                        (names, Type::TEXT_ARRAY),
-                        (expires, Type::INT8),
-                        (renewed, Type::INT8),
-                    ],
+                    &[(names, Type::TEXT_ARRAY), (expires, Type::INT8), (renewed, Type::INT8)],
                 )
                 .await?;
         }
@@ -586,11 +511,7 @@ impl AsyncOp<Vec<Result<Lease, Failure>>> for RenewManyOp<'_> {
         let (last_updated, ()) = try_join(
             c.execute_typed(
                 RENEW_MANY_SQL,
-                &[
-                    (&last, Type::TEXT_ARRAY),
-                    (&expires, Type::INT8),
-                    (&renewed, Type::INT8),
-                ],
+                &[(&last, Type::TEXT_ARRAY), (&expires, Type::INT8), (&renewed, Type::INT8)],
             ),
             c.batch_execute("COMMIT"),
         )
@@ -725,19 +646,11 @@ fn row_from_pg(r: &tokio_postgres::Row) -> Result<Row, Failure> {
 }
 
 async fn read_version(c: &Client) -> Result<Version, Failure> {
-    let exists: bool = c
-        .query_typed_one("SELECT to_regclass('ferry_schema') IS NOT NULL", &[])
-        .await?
-        .try_get(0)?;
+    let exists: bool = c.query_typed_one("SELECT to_regclass('ferry_schema') IS NOT NULL", &[]).await?.try_get(0)?;
     if !exists {
         return Ok(Version::Absent);
     }
-    let r = c
-        .query_typed_one(
-            "SELECT count(*), max(version)::bigint FROM ferry_schema",
-            &[],
-        )
-        .await?;
+    let r = c.query_typed_one("SELECT count(*), max(version)::bigint FROM ferry_schema", &[]).await?;
     Ok(Version::from_count_and_max(r.try_get(0)?, r.try_get(1)?))
 }
 
@@ -807,10 +720,8 @@ enum Check {
 impl Pool {
     fn new(data_source: &str, options: &PostgresOptions) -> Result<Pool> {
         let redacted = redact(data_source);
-        let refuse = |problem: PgProblem| StoreError::Unavailable {
-            data_source: redacted.clone(),
-            source: Box::new(problem),
-        };
+        let refuse =
+            |problem: PgProblem| StoreError::Unavailable { data_source: redacted.clone(), source: Box::new(problem) };
         let mut config: Config = data_source.parse().map_err(|e| refuse(PgProblem::Url(e)))?;
         let transport = match config.get_ssl_mode() {
             SslMode::Require => return Err(refuse(PgProblem::TlsRequired)),
@@ -881,10 +792,7 @@ impl Pool {
 
     /// A connection for one call: an idle one, or a new one while the pool has room.
     async fn lend(self: &Arc<Self>, check: Check) -> Result<Lent, Failure> {
-        let slot = Arc::clone(&self.slots)
-            .acquire_owned()
-            .await
-            .map_err(|_| Failure::PoolClosed)?;
+        let slot = Arc::clone(&self.slots).acquire_owned().await.map_err(|_| Failure::PoolClosed)?;
         let idle = loop {
             let next = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match next {
@@ -895,30 +803,16 @@ impl Pool {
         let mut conn = match idle {
             Some(conn) => conn,
             None => {
-                let client = self
-                    .transport
-                    .connect(&self.config)
-                    .await
-                    .map_err(Failure::Connect)?;
+                let client = self.transport.connect(&self.config).await.map_err(Failure::Connect)?;
                 client.batch_execute(&self.session_sql).await?;
-                Conn {
-                    client,
-                    schema_checked: false,
-                }
+                Conn { client, schema_checked: false }
             }
         };
         if check == Check::Schema && !conn.schema_checked {
-            read_version(&conn.client)
-                .await?
-                .check(SCHEMA_VERSION)
-                .map_err(Failure::Schema)?;
+            read_version(&conn.client).await?.check(SCHEMA_VERSION).map_err(Failure::Schema)?;
             conn.schema_checked = true;
         }
-        Ok(Lent {
-            conn: Some(conn),
-            pool: Arc::clone(self),
-            _slot: slot,
-        })
+        Ok(Lent { conn: Some(conn), pool: Arc::clone(self), _slot: slot })
     }
 }
 
@@ -932,20 +826,13 @@ struct Lent {
 
 impl Lent {
     fn client(&self) -> Result<&Client, Failure> {
-        self.conn
-            .as_ref()
-            .map(|c| &c.client)
-            .ok_or(Failure::PoolClosed)
+        self.conn.as_ref().map(|c| &c.client).ok_or(Failure::PoolClosed)
     }
 
     fn give_back(mut self) {
         if let Some(conn) = self.conn.take() {
             if !conn.client.is_closed() {
-                self.pool
-                    .idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(conn);
+                self.pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
             }
         }
     }
@@ -1002,12 +889,7 @@ fn password_from_env(config: &Config, database: &str) -> Option<String> {
         Some(Host::Tcp(h)) => h.clone(),
         Some(Host::Unix(_)) | None => "localhost".to_string(),
     };
-    let port = config
-        .get_ports()
-        .first()
-        .copied()
-        .unwrap_or(5432)
-        .to_string();
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
     let user = config.get_user().unwrap_or_default();
     passfile_lookup(&text, [&host, &port, database, user])
 }
@@ -1039,11 +921,7 @@ fn passfile_lookup(text: &str, want: [&str; 4]) -> Option<String> {
         if fields.len() != 5 {
             continue;
         }
-        if fields[..4]
-            .iter()
-            .zip(want)
-            .all(|(pattern, value)| pattern == "*" || pattern == value)
-        {
+        if fields[..4].iter().zip(want).all(|(pattern, value)| pattern == "*" || pattern == value) {
             return fields.pop();
         }
     }
@@ -1055,12 +933,7 @@ fn target(config: &Config) -> String {
     let ports = config.get_ports();
     let port = |i: usize| ports.get(i).or(ports.first()).copied().unwrap_or(5432);
     let hosts: Vec<String> = if config.get_hosts().is_empty() {
-        config
-            .get_hostaddrs()
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{a}:{}", port(i)))
-            .collect()
+        config.get_hostaddrs().iter().enumerate().map(|(i, a)| format!("{a}:{}", port(i))).collect()
     } else {
         config
             .get_hosts()
@@ -1136,8 +1009,7 @@ impl Failure {
                 let user = names.user.clone();
                 match e.code() {
                     Some(c)
-                        if *c == SqlState::INVALID_PASSWORD
-                            || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+                        if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
                     {
                         unavailable(PgProblem::Auth { user, source: e })
                     }
@@ -1150,17 +1022,9 @@ impl Failure {
                             db = names.database,
                         ),
                     },
-                    Some(_) => unavailable(PgProblem::Refused {
-                        target: names.target.clone(),
-                        source: e,
-                    }),
-                    None if is_password_missing(&e) => {
-                        unavailable(PgProblem::NoPassword { user, source: e })
-                    }
-                    None => unavailable(PgProblem::Connect {
-                        target: names.target.clone(),
-                        source: e,
-                    }),
+                    Some(_) => unavailable(PgProblem::Refused { target: names.target.clone(), source: e }),
+                    None if is_password_missing(&e) => unavailable(PgProblem::NoPassword { user, source: e }),
+                    None => unavailable(PgProblem::Connect { target: names.target.clone(), source: e }),
                 }
             }
             Failure::Sql(e) => match e.code() {
@@ -1170,27 +1034,17 @@ impl Failure {
                 }
                 // The server's `statement_timeout` equals the call timeout.
                 Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
-                    StoreError::Timeout {
-                        data_source: data_source.clone(),
-                        timeout_ms: names.timeout_ms,
-                    }
+                    StoreError::Timeout { data_source: data_source.clone(), timeout_ms: names.timeout_ms }
                 }
                 Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
-                    unavailable(PgProblem::Privilege {
-                        user: names.user.clone(),
-                        source: e,
-                    })
+                    unavailable(PgProblem::Privilege { user: names.user.clone(), source: e })
                 }
                 Some(c) if *c == SqlState::READ_ONLY_SQL_TRANSACTION => {
-                    unavailable(PgProblem::ReadOnly {
-                        target: names.target.clone(),
-                        source: e,
-                    })
+                    unavailable(PgProblem::ReadOnly { target: names.target.clone(), source: e })
                 }
-                None if e.is_closed() || is_transport(&e) => unavailable(PgProblem::Lost {
-                    target: names.target.clone(),
-                    source: e,
-                }),
+                None if e.is_closed() || is_transport(&e) => {
+                    unavailable(PgProblem::Lost { target: names.target.clone(), source: e })
+                }
                 _ => unavailable(PgProblem::Query(e)),
             },
         }
@@ -1296,18 +1150,12 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://ferry:s3cret@db:5432/ferry"),
-            "postgres://ferry:***@db:5432/ferry"
-        );
+        assert_eq!(redact("postgres://ferry:s3cret@db:5432/ferry"), "postgres://ferry:***@db:5432/ferry");
         assert_eq!(
             redact("postgresql://db/ferry?user=ferry&password=s3cret&sslmode=disable"),
             "postgresql://db/ferry?user=ferry&password=***&sslmode=disable"
         );
-        assert_eq!(
-            redact("postgres://ferry@db/ferry"),
-            "postgres://ferry@db/ferry"
-        );
+        assert_eq!(redact("postgres://ferry@db/ferry"), "postgres://ferry@db/ferry");
     }
 
     #[test]
@@ -1316,14 +1164,8 @@ mod tests {
                     other:5432:*:ferry:wrong\n\
                     db:5432:ferry:ferry:pa\\:ss\\\\word\n\
                     *:*:*:*:fallback\n";
-        assert_eq!(
-            passfile_lookup(file, ["db", "5432", "ferry", "ferry"]).as_deref(),
-            Some("pa:ss\\word")
-        );
-        assert_eq!(
-            passfile_lookup(file, ["db2", "5433", "x", "y"]).as_deref(),
-            Some("fallback")
-        );
+        assert_eq!(passfile_lookup(file, ["db", "5432", "ferry", "ferry"]).as_deref(), Some("pa:ss\\word"));
+        assert_eq!(passfile_lookup(file, ["db2", "5433", "x", "y"]).as_deref(), Some("fallback"));
         assert_eq!(passfile_lookup("a:b:c\n", ["a", "b", "c", "d"]), None);
     }
 
@@ -1361,9 +1203,7 @@ mod tests {
         let plain = pg.client().await.expect("client");
         assert_eq!(show(&plain, "synchronous_commit").await, "off");
 
-        let store = PostgresStore::open(&pg.url(), Duration::from_millis(1500))
-            .await
-            .expect("open");
+        let store = PostgresStore::open(&pg.url(), Duration::from_millis(1500)).await.expect("open");
         let Ok(lent) = store.pool.lend(Check::Nothing).await else {
             panic!("no connection from the pool");
         };
@@ -1372,10 +1212,7 @@ mod tests {
         };
         assert_eq!(show(c, "synchronous_commit").await, "on");
         assert_eq!(show(c, "statement_timeout").await, "1500ms");
-        assert_eq!(
-            show(c, "idle_in_transaction_session_timeout").await,
-            "1500ms"
-        );
+        assert_eq!(show(c, "idle_in_transaction_session_timeout").await, "1500ms");
         assert_eq!(show(c, "application_name").await, "ferry");
     }
 
@@ -1384,9 +1221,7 @@ mod tests {
         let Some(pg) = crate::testing::PgServer::start_or_skip() else {
             return;
         };
-        let store = PostgresStore::open_and_init(&pg.url(), Duration::from_secs(10))
-            .await
-            .expect("open");
+        let store = PostgresStore::open_and_init(&pg.url(), Duration::from_secs(10)).await.expect("open");
         pg.execute(
             "INSERT INTO ferry_leases
                  SELECT 'server/s' || i, 's' || i, 'm', 'i' || i, 1, 'held',
@@ -1401,17 +1236,10 @@ mod tests {
         let c = pg.client().await.expect("client");
         c.batch_execute(BEGIN_MANY_SQL).await.expect("begin");
         for (sql, params) in [
-            (
-                LOCK_MANY_SQL,
-                vec![(&names as &(dyn ToSql + Sync), Type::TEXT_ARRAY)],
-            ),
+            (LOCK_MANY_SQL, vec![(&names as &(dyn ToSql + Sync), Type::TEXT_ARRAY)]),
             (
                 RENEW_MANY_SQL,
-                vec![
-                    (&names as &(dyn ToSql + Sync), Type::TEXT_ARRAY),
-                    (&1i64, Type::INT8),
-                    (&2i64, Type::INT8),
-                ],
+                vec![(&names as &(dyn ToSql + Sync), Type::TEXT_ARRAY), (&1i64, Type::INT8), (&2i64, Type::INT8)],
             ),
         ] {
             let plan: Vec<String> = c

@@ -41,10 +41,7 @@ impl Row {
         expires_at_ms: i64,
         renewed_at_ms: i64,
     ) -> Result<Row, CorruptRow> {
-        let bad = |why: String| CorruptRow {
-            name: name.clone(),
-            why,
-        };
+        let bad = |why: String| CorruptRow { name: name.clone(), why };
         let epoch = match u64::try_from(epoch) {
             Ok(e) if e >= 1 => e,
             _ => return Err(bad(format!("epoch {epoch} is below 1"))),
@@ -52,41 +49,21 @@ impl Row {
         let held = match state {
             "held" => true,
             "released" => false,
-            _ => {
-                return Err(bad(format!(
-                    "state {state:?} is neither 'held' nor 'released'"
-                )))
-            }
+            _ => return Err(bad(format!("state {state:?} is neither 'held' nor 'released'"))),
         };
-        Ok(Row {
-            name,
-            owner,
-            machine,
-            incarnation,
-            epoch,
-            held,
-            expires_at_ms,
-            renewed_at_ms,
-        })
+        Ok(Row { name, owner, machine, incarnation, epoch, held, expires_at_ms, renewed_at_ms })
     }
 
     /// The row as everyone else sees it, timed against the store's `now`.
     pub fn to_lease(&self, now: i64) -> Result<Lease, CorruptRow> {
-        let bad = |why: String| CorruptRow {
-            name: self.name.clone(),
-            why,
-        };
+        let bad = |why: String| CorruptRow { name: self.name.clone(), why };
         Ok(Lease {
             name: LeaseName::parse(&self.name).map_err(|e| bad(e.to_string()))?,
             owner: Some(ServerName::new(self.owner.as_str()).map_err(|e| bad(e.to_string()))?),
             machine: Some(MachineName::new(self.machine.as_str()).map_err(|e| bad(e.to_string()))?),
             incarnation: Some(Incarnation(self.incarnation.clone())),
             epoch: Epoch(self.epoch),
-            state: if self.held {
-                LeaseState::Held
-            } else {
-                LeaseState::Released
-            },
+            state: if self.held { LeaseState::Held } else { LeaseState::Released },
             remaining_ms: self.expires_at_ms.saturating_sub(now),
             since_renewal_ms: now.saturating_sub(self.renewed_at_ms),
         })
@@ -128,12 +105,7 @@ pub(crate) enum Refusal {
 
 /// `acquire` and `handover`: given the current row (read under the write lock) and the
 /// store's `now`, the row to write, or why not.
-pub(crate) fn take(
-    old: Option<&Row>,
-    req: &AcquireRequest,
-    how: Take<'_>,
-    now: i64,
-) -> Result<Row, Refusal> {
+pub(crate) fn take(old: Option<&Row>, req: &AcquireRequest, how: Take<'_>, now: i64) -> Result<Row, Refusal> {
     let name = req.name.to_string();
     let epoch = match old {
         None => 1,
@@ -161,11 +133,9 @@ pub(crate) fn take(
                         epoch: Epoch(row.epoch),
                         remaining_ms: row.expires_at_ms.saturating_sub(now),
                     },
-                    Take::Handover(from) => StoreError::Lost {
-                        name: req.name.clone(),
-                        incarnation: from.clone(),
-                        detail: holder(row),
-                    },
+                    Take::Handover(from) => {
+                        StoreError::Lost { name: req.name.clone(), incarnation: from.clone(), detail: holder(row) }
+                    }
                 }));
             }
         }
@@ -195,11 +165,7 @@ pub(crate) fn renew(
     ttl: Duration,
     now: i64,
 ) -> Result<Row, StoreError> {
-    let lost = |detail: String| StoreError::Lost {
-        name: name.clone(),
-        incarnation: incarnation.clone(),
-        detail,
-    };
+    let lost = |detail: String| StoreError::Lost { name: name.clone(), incarnation: incarnation.clone(), detail };
     let Some(mut row) = row else {
         return Err(lost("the lease does not exist".to_string()));
     };
@@ -211,9 +177,7 @@ pub(crate) fn renew(
     }
     if row.expires_at_ms <= now {
         let ago = now.saturating_sub(row.expires_at_ms);
-        return Err(lost(format!(
-            "it expired {ago} ms ago by the store's clock"
-        )));
+        return Err(lost(format!("it expired {ago} ms ago by the store's clock")));
     }
     row.expires_at_ms = now.saturating_add(ttl_ms(ttl));
     row.renewed_at_ms = now;
@@ -229,11 +193,7 @@ pub(crate) fn release(
     epoch: Epoch,
     now: i64,
 ) -> Result<Option<Row>, StoreError> {
-    let lost = |detail: String| StoreError::Lost {
-        name: name.clone(),
-        incarnation: incarnation.clone(),
-        detail,
-    };
+    let lost = |detail: String| StoreError::Lost { name: name.clone(), incarnation: incarnation.clone(), detail };
     let Some(mut row) = row else {
         return Err(lost("the lease does not exist".to_string()));
     };
@@ -262,13 +222,7 @@ fn not_theirs(row: &Row, incarnation: &Incarnation, epoch: Epoch) -> Option<Stri
 
 /// Who has the row now, for `Lost` details.
 fn holder(row: &Row) -> String {
-    let Row {
-        owner,
-        machine,
-        incarnation,
-        epoch,
-        ..
-    } = row;
+    let Row { owner, machine, incarnation, epoch, .. } = row;
     if row.held {
         format!("now held by {owner} on {machine}, incarnation {incarnation}, epoch {epoch}")
     } else {
@@ -350,10 +304,7 @@ impl SchemaProblem {
                  `ferry leasing reset --data-source {data_source}` (forgets every lease)"
             ),
         };
-        StoreError::Schema {
-            data_source: data_source.to_string(),
-            detail,
-        }
+        StoreError::Schema { data_source: data_source.to_string(), detail }
     }
 }
 

@@ -40,8 +40,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// The store's clock in Unix milliseconds, evaluated by SQLite.
 const NOW_MS_SQL: &str = "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
-const COLUMNS: &str =
-    "name, owner, machine, incarnation, epoch, state, expires_at_ms, renewed_at_ms";
+const COLUMNS: &str = "name, owner, machine, incarnation, epoch, state, expires_at_ms, renewed_at_ms";
 
 /// A lease table in one SQLite file.
 pub struct SqliteStore {
@@ -74,55 +73,28 @@ impl SqliteStore {
     /// on the blocking pool.
     pub fn open(url_or_path: &str, call_timeout: Duration) -> Result<SqliteStore> {
         let raw = url_or_path.strip_prefix("sqlite://").unwrap_or(url_or_path);
-        let unavailable = |data_source: String, e: SetupError| StoreError::Unavailable {
-            data_source,
-            source: Box::new(e),
-        };
+        let unavailable =
+            |data_source: String, e: SetupError| StoreError::Unavailable { data_source, source: Box::new(e) };
         if let Some((scheme, _)) = raw.split_once("://") {
             let scheme = scheme.to_string();
-            return Err(unavailable(
-                ferry_core::domain::redact_url(url_or_path),
-                SetupError::NotSqlite { scheme },
-            ));
+            return Err(unavailable(ferry_core::domain::redact_url(url_or_path), SetupError::NotSqlite { scheme }));
         }
         if raw.is_empty() {
             return Err(unavailable(url_or_path.to_string(), SetupError::EmptyPath));
         }
         let path = std::path::absolute(raw).map_err(|source| {
-            unavailable(
-                url_or_path.to_string(),
-                SetupError::Path {
-                    path: PathBuf::from(raw),
-                    source,
-                },
-            )
+            unavailable(url_or_path.to_string(), SetupError::Path { path: PathBuf::from(raw), source })
         })?;
         let data_source = format!("sqlite://{}", path.display());
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| {
-                unavailable(
-                    data_source.clone(),
-                    SetupError::CreateDir {
-                        path: parent.to_path_buf(),
-                        source,
-                    },
-                )
+                unavailable(data_source.clone(), SetupError::CreateDir { path: parent.to_path_buf(), source })
             })?;
         }
-        let db = connect(&path, call_timeout).map_err(|source| {
-            unavailable(
-                data_source.clone(),
-                SetupError::Open {
-                    path: path.clone(),
-                    source,
-                },
-            )
-        })?;
+        let db = connect(&path, call_timeout)
+            .map_err(|source| unavailable(data_source.clone(), SetupError::Open { path: path.clone(), source }))?;
         Ok(SqliteStore {
-            conn: Arc::new(tokio::sync::Mutex::new(Conn {
-                db,
-                schema_checked: false,
-            })),
+            conn: Arc::new(tokio::sync::Mutex::new(Conn { db, schema_checked: false })),
             data_source: data_source.into(),
             call_timeout,
         })
@@ -139,10 +111,7 @@ impl SqliteStore {
     /// [`SqliteStore::open`] on the blocking pool, bounded by `call_timeout` (rule 7).
     pub async fn open_bounded(url_or_path: &str, call_timeout: Duration) -> Result<SqliteStore> {
         let owned = url_or_path.to_string();
-        crate::off_runtime(url_or_path, call_timeout, move || {
-            Self::open(&owned, call_timeout)
-        })
-        .await
+        crate::off_runtime(url_or_path, call_timeout, move || Self::open(&owned, call_timeout)).await
     }
 
     /// Creates the lease table if it is absent (idempotent). Fails with `Schema` if a table
@@ -150,9 +119,7 @@ impl SqliteStore {
     pub async fn init(&self) -> Result<()> {
         self.call(Check::Creates, |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            read_version(&tx)?
-                .check_init(SCHEMA_VERSION)
-                .map_err(Failure::Schema)?;
+            read_version(&tx)?.check_init(SCHEMA_VERSION).map_err(Failure::Schema)?;
             tx.execute_batch(SCHEMA_SQL)?;
             tx.commit()?;
             Ok(())
@@ -165,9 +132,7 @@ impl SqliteStore {
     pub async fn reset(&self) -> Result<()> {
         self.call(Check::Creates, |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(
-                "DROP TABLE IF EXISTS ferry_leases; DROP TABLE IF EXISTS ferry_schema;",
-            )?;
+            tx.execute_batch("DROP TABLE IF EXISTS ferry_leases; DROP TABLE IF EXISTS ferry_schema;")?;
             tx.execute_batch(SCHEMA_SQL)?;
             tx.commit()?;
             Ok(())
@@ -207,10 +172,9 @@ impl SqliteStore {
         match tokio::time::timeout(self.call_timeout, attempt).await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(failure))) => Err(failure.into_store_error(&self.data_source)),
-            Ok(Err(join)) => Err(StoreError::Unavailable {
-                data_source: self.data_source.to_string(),
-                source: Box::new(join),
-            }),
+            Ok(Err(join)) => {
+                Err(StoreError::Unavailable { data_source: self.data_source.to_string(), source: Box::new(join) })
+            }
             Err(_elapsed) => Err(StoreError::Timeout {
                 data_source: self.data_source.to_string(),
                 timeout_ms: u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX),
@@ -236,34 +200,23 @@ fn connect(path: &Path, call_timeout: Duration) -> rusqlite::Result<Connection> 
 impl LeaseStore for SqliteStore {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease> {
         let req = req.clone();
-        self.call(Check::Schema, move |db| take(db, &req, Take::Acquire))
-            .await
+        self.call(Check::Schema, move |db| take(db, &req, Take::Acquire)).await
     }
 
     async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> Result<Lease> {
         let req = req.clone();
         let from = from.clone();
-        self.call(Check::Schema, move |db| {
-            take(db, &req, Take::Handover(&from))
-        })
-        .await
+        self.call(Check::Schema, move |db| take(db, &req, Take::Handover(&from))).await
     }
 
-    async fn renew(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-        ttl: Duration,
-    ) -> Result<Lease> {
+    async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease> {
         let name = name.clone();
         let incarnation = incarnation.clone();
         self.call(Check::Schema, move |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = store_now_ms(&tx)?;
             let old = read_row(&tx, &name.to_string())?;
-            let row =
-                rules::renew(old, &name, &incarnation, epoch, ttl, now).map_err(Failure::Store)?;
+            let row = rules::renew(old, &name, &incarnation, epoch, ttl, now).map_err(Failure::Store)?;
             write_row(&tx, &row)?;
             tx.commit()?;
             Ok(row.to_lease(now)?)
@@ -309,21 +262,14 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
-    async fn release(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-    ) -> Result<()> {
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()> {
         let name = name.clone();
         let incarnation = incarnation.clone();
         self.call(Check::Schema, move |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = store_now_ms(&tx)?;
             let old = read_row(&tx, &name.to_string())?;
-            let Some(row) =
-                rules::release(old, &name, &incarnation, epoch, now).map_err(Failure::Store)?
-            else {
+            let Some(row) = rules::release(old, &name, &incarnation, epoch, now).map_err(Failure::Store)? else {
                 // A retried release whose first answer was lost.
                 return Ok(());
             };
@@ -414,16 +360,7 @@ fn store_now_ms(tx: &Transaction<'_>) -> rusqlite::Result<i64> {
 /// Reads the columns in [`COLUMNS`] order; an impossible value is a `CorruptRow`.
 fn row_from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Row, CorruptRow>> {
     let state: String = r.get(5)?;
-    Ok(Row::from_columns(
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        &state,
-        r.get(6)?,
-        r.get(7)?,
-    ))
+    Ok(Row::from_columns(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, &state, r.get(6)?, r.get(7)?))
 }
 
 fn read_row(tx: &Transaction<'_>, name: &str) -> Result<Option<Row>, Failure> {
@@ -491,16 +428,12 @@ fn read_version(db: &Connection) -> rusqlite::Result<Version> {
         return Ok(Version::Absent);
     }
     let (count, version): (i64, Option<i64>) =
-        db.query_row("SELECT count(*), max(version) FROM ferry_schema", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        db.query_row("SELECT count(*), max(version) FROM ferry_schema", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(Version::from_count_and_max(count, version))
 }
 
 fn check_schema(db: &Connection) -> Result<(), Failure> {
-    read_version(db)?
-        .check(SCHEMA_VERSION)
-        .map_err(Failure::Schema)
+    read_version(db)?.check(SCHEMA_VERSION).map_err(Failure::Schema)
 }
 
 /// What went wrong inside a call, before the data source is attached.
@@ -525,11 +458,10 @@ impl From<CorruptRow> for Failure {
 
 impl Failure {
     fn into_store_error(self, data_source: &str) -> StoreError {
-        let unavailable =
-            |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Unavailable {
-                data_source: data_source.to_string(),
-                source,
-            };
+        let unavailable = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Unavailable {
+            data_source: data_source.to_string(),
+            source,
+        };
         match self {
             Failure::Store(e) => e,
             Failure::Schema(problem) => problem.into_store_error(data_source, SCHEMA_VERSION),

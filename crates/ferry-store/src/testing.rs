@@ -101,33 +101,20 @@ impl PgServer {
     /// [`SUPERUSER`], a database [`DATABASE`], and `fsync=on` (rule 8 is tested for real).
     pub fn start() -> Result<PgServer> {
         let bin = find_binaries()?;
-        let Template {
-            dir: template,
-            major,
-        } = template(&bin)?;
+        let Template { dir: template, major } = template(&bin)?;
         let dir = tempfile::Builder::new()
             .prefix("ferry-pg-")
             .tempdir()
             .map_err(io("cannot create a directory for the test server"))?;
         hand_to_postgres(dir.path())?;
         run(
-            Command::new("cp")
-                .arg("-a")
-                .arg(template.join("data"))
-                .arg(dir.path().join("data")),
+            Command::new("cp").arg("-a").arg(template.join("data")).arg(dir.path().join("data")),
             "copying the template cluster",
         )?;
         let sock = dir.path().join("sock");
         std::fs::create_dir(&sock).map_err(io("cannot create the socket directory"))?;
         hand_to_postgres(&sock)?;
-        let mut server = PgServer {
-            bin,
-            major,
-            dir,
-            port: 0,
-            running: false,
-            frozen: false,
-        };
+        let mut server = PgServer { bin, major, dir, port: 0, running: false, frozen: false };
         // Another process may take the port between our probe and the server's bind.
         let mut last = None;
         for _ in 0..5 {
@@ -278,10 +265,7 @@ impl PgServer {
         }
         let log = self.dir.path().join("log");
         let log_arg = log.display().to_string();
-        let result = self.pg_ctl(
-            &["start", "-w", "-t", "60", "-l", &log_arg, "-o", &options],
-            "pg_ctl start",
-        );
+        let result = self.pg_ctl(&["start", "-w", "-t", "60", "-l", &log_arg, "-o", &options], "pg_ctl start");
         match result {
             Ok(()) => {
                 self.running = true;
@@ -291,10 +275,7 @@ impl PgServer {
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
                 let tail: Vec<&str> = tail.lines().rev().take(10).collect();
                 let tail: Vec<&str> = tail.into_iter().rev().collect();
-                Err(PgServerError::Command {
-                    what,
-                    detail: format!("{detail}; server log:\n{}", tail.join("\n")),
-                })
+                Err(PgServerError::Command { what, detail: format!("{detail}; server log:\n{}", tail.join("\n")) })
             }
             Err(e) => Err(e),
         }
@@ -310,8 +291,7 @@ impl PgServer {
     /// Sends a signal to the postmaster and all its children.
     fn signal_all(&self, signal: &str) -> Result<()> {
         let pid_file = self.data_dir().join("postmaster.pid");
-        let text = std::fs::read_to_string(&pid_file)
-            .map_err(io(format!("cannot read {}", pid_file.display())))?;
+        let text = std::fs::read_to_string(&pid_file).map_err(io(format!("cannot read {}", pid_file.display())))?;
         let Some(postmaster) = text.lines().next().map(str::trim).map(str::to_string) else {
             return Err(PgServerError::Command {
                 what: "reading postmaster.pid".into(),
@@ -357,23 +337,15 @@ fn children_of(parent: &str) -> Vec<String> {
 }
 
 fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(io("cannot find a free port on 127.0.0.1"))?;
-    let port = listener
-        .local_addr()
-        .map_err(io("cannot find a free port on 127.0.0.1"))?
-        .port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("cannot find a free port on 127.0.0.1"))?;
+    let port = listener.local_addr().map_err(io("cannot find a free port on 127.0.0.1"))?.port();
     Ok(port)
 }
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`.
 fn find_binaries() -> Result<PathBuf> {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
-    let has_all = |dir: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| dir.join(b).is_file())
-    };
+    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
     let found = FOUND.get_or_init(|| {
         let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
             .into_iter()
@@ -397,9 +369,7 @@ fn find_binaries() -> Result<PathBuf> {
             .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
             .filter(|dir| has_all(dir))
     });
-    found.clone().ok_or(PgServerError::NotFound {
-        required: std::env::var("CI").is_ok_and(|v| v == "true"),
-    })
+    found.clone().ok_or(PgServerError::NotFound { required: std::env::var("CI").is_ok_and(|v| v == "true") })
 }
 
 /// The initialised cluster every server copies.
@@ -416,17 +386,11 @@ fn template(bin: &Path) -> Result<Template> {
     TEMPLATE
         .get_or_init(|| build_template(bin).map_err(|e| e.to_string()))
         .clone()
-        .map_err(|detail| PgServerError::Command {
-            what: "preparing the template cluster".into(),
-            detail,
-        })
+        .map_err(|detail| PgServerError::Command { what: "preparing the template cluster".into(), detail })
 }
 
 fn build_template(bin: &Path) -> Result<Template> {
-    let version = run(
-        Command::new(bin.join("pg_ctl")).arg("--version"),
-        "pg_ctl --version",
-    )?;
+    let version = run(Command::new(bin.join("pg_ctl")).arg("--version"), "pg_ctl --version")?;
     let version: String = version
         .split_whitespace()
         .nth(2)
@@ -434,16 +398,9 @@ fn build_template(bin: &Path) -> Result<Template> {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
         .collect();
-    let major = version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok())
-        .unwrap_or(0);
+    let major = version.split('.').next().and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
     let uid = run(Command::new("id").arg("-u"), "id -u")?;
-    let target = std::env::temp_dir().join(format!(
-        "ferry-pg-template-{version}-f{TEMPLATE_FORMAT}-u{}",
-        uid.trim()
-    ));
+    let target = std::env::temp_dir().join(format!("ferry-pg-template-{version}-f{TEMPLATE_FORMAT}-u{}", uid.trim()));
     let done = |dir: PathBuf| Template { dir, major };
     if target.join("ready").is_file() {
         return Ok(done(target));
@@ -458,18 +415,7 @@ fn build_template(bin: &Path) -> Result<Template> {
     run(
         &mut as_postgres(
             &bin.join("initdb"),
-            &[
-                "-D",
-                &data_arg,
-                "-N",
-                "-A",
-                "trust",
-                "-U",
-                SUPERUSER,
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
+            &["-D", &data_arg, "-N", "-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--locale=C"],
         )?,
         "initdb",
     )?;
@@ -495,10 +441,7 @@ fn build_template(bin: &Path) -> Result<Template> {
          CREATE DATABASE {DATABASE} OWNER {SUPERUSER} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'\n\
          CREATE DATABASE {DATABASE} OWNER {SUPERUSER}\n"
     );
-    let mut single = as_postgres(
-        &bin.join("postgres"),
-        &["--single", "-D", &data_arg, "-c", "fsync=off", "postgres"],
-    )?;
+    let mut single = as_postgres(&bin.join("postgres"), &["--single", "-D", &data_arg, "-c", "fsync=off", "postgres"])?;
     let mut child = single
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -506,21 +449,16 @@ fn build_template(bin: &Path) -> Result<Template> {
         .spawn()
         .map_err(io("cannot run postgres --single"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(io("cannot write to postgres --single"))?;
+        stdin.write_all(script.as_bytes()).map_err(io("cannot write to postgres --single"))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(io("cannot run postgres --single"))?;
+    let out = child.wait_with_output().map_err(io("cannot run postgres --single"))?;
     if !out.status.success() {
         return Err(PgServerError::Command {
             what: "postgres --single".into(),
             detail: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
-    std::fs::write(build.path().join("ready"), b"ok\n")
-        .map_err(io("cannot mark the template ready"))?;
+    std::fs::write(build.path().join("ready"), b"ok\n").map_err(io("cannot mark the template ready"))?;
     let built = build.keep();
     match std::fs::rename(&built, &target) {
         Ok(()) => Ok(done(target)),
@@ -543,10 +481,7 @@ fn build_template(bin: &Path) -> Result<Template> {
 fn is_root() -> bool {
     static ROOT: OnceLock<bool> = OnceLock::new();
     *ROOT.get_or_init(|| {
-        Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
     })
 }
 
@@ -557,11 +492,7 @@ fn hand_to_postgres(dir: &Path) -> Result<()> {
     }
     let mut cmd = Command::new("chown");
     cmd.arg("postgres:").arg(dir);
-    run(
-        &mut cmd,
-        "chown postgres (running as root needs an OS user named postgres)",
-    )
-    .map(|_| ())
+    run(&mut cmd, "chown postgres (running as root needs an OS user named postgres)").map(|_| ())
 }
 
 /// A command for a server binary: as `postgres` when running as root.
@@ -577,9 +508,7 @@ fn as_postgres(program: &Path, args: &[&str]) -> Result<Command> {
     } else {
         // su hands the arguments after the user to the shell as $0, $1, ...
         let mut cmd = Command::new("su");
-        cmd.args(["-s", "/bin/sh", "postgres", "-c", "exec \"$0\" \"$@\""])
-            .arg(program)
-            .args(args);
+        cmd.args(["-s", "/bin/sh", "postgres", "-c", "exec \"$0\" \"$@\""]).arg(program).args(args);
         cmd
     };
     // The server user may not be able to enter the caller's directory.
@@ -589,10 +518,7 @@ fn as_postgres(program: &Path, args: &[&str]) -> Result<Command> {
 
 /// Runs a command to completion; its stdout, or its stderr as the error.
 fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(io(format!("cannot run {what}")))?;
+    let out = cmd.stdin(Stdio::null()).output().map_err(io(format!("cannot run {what}")))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

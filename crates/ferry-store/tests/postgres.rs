@@ -42,11 +42,7 @@ async fn conformance_one_handle() {
     let bytewise: bool = query_one(&pg, "SELECT 'a-b' < 'a_b'").await;
     eprintln!(
         "the test database's default collation {} bytewise",
-        if bytewise {
-            "is"
-        } else {
-            "is not (ICU): list() order is really checked"
-        }
+        if bytewise { "is" } else { "is not (ICU): list() order is really checked" }
     );
     let mut n = 0;
     let pg = &pg;
@@ -54,9 +50,7 @@ async fn conformance_one_handle() {
         n += 1;
         async move {
             let url = fresh_schema(pg, &format!("one_{n}")).await;
-            PostgresStore::open_and_init(&url, CALL_TIMEOUT)
-                .await
-                .expect("open and init")
+            PostgresStore::open_and_init(&url, CALL_TIMEOUT).await.expect("open and init")
         }
     })
     .await;
@@ -71,21 +65,11 @@ async fn conformance_two_handles() {
         n += 1;
         async move {
             let url = fresh_schema(pg, &format!("two_{n}")).await;
-            let options = PostgresOptions {
-                pool_size: 2,
-                ..PostgresOptions::new(CALL_TIMEOUT)
-            };
-            let a = PostgresStore::open_with(&url, options.clone())
-                .await
-                .expect("open a");
+            let options = PostgresOptions { pool_size: 2, ..PostgresOptions::new(CALL_TIMEOUT) };
+            let a = PostgresStore::open_with(&url, options.clone()).await.expect("open a");
             a.init().await.expect("init");
-            let b = PostgresStore::open_with(&url, options)
-                .await
-                .expect("open b");
-            TwoHandles {
-                handles: [a, b],
-                next: AtomicUsize::new(0),
-            }
+            let b = PostgresStore::open_with(&url, options).await.expect("open b");
+            TwoHandles { handles: [a, b], next: AtomicUsize::new(0) }
         }
     })
     .await;
@@ -109,11 +93,7 @@ impl LeaseStore for TwoHandles {
     async fn acquire(&self, req: &AcquireRequest) -> ferry_store::Result<Lease> {
         self.pick().acquire(req).await
     }
-    async fn handover(
-        &self,
-        req: &AcquireRequest,
-        from: &Incarnation,
-    ) -> ferry_store::Result<Lease> {
+    async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> ferry_store::Result<Lease> {
         self.pick().handover(req, from).await
     }
     async fn renew(
@@ -125,18 +105,10 @@ impl LeaseStore for TwoHandles {
     ) -> ferry_store::Result<Lease> {
         self.pick().renew(name, incarnation, epoch, ttl).await
     }
-    async fn renew_many(
-        &self,
-        renewals: &[Renewal],
-    ) -> ferry_store::Result<Vec<ferry_store::Result<Lease>>> {
+    async fn renew_many(&self, renewals: &[Renewal]) -> ferry_store::Result<Vec<ferry_store::Result<Lease>>> {
         self.pick().renew_many(renewals).await
     }
-    async fn release(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-    ) -> ferry_store::Result<()> {
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> ferry_store::Result<()> {
         self.pick().release(name, incarnation, epoch).await
     }
     async fn get(&self, name: &LeaseName) -> ferry_store::Result<Option<Lease>> {
@@ -192,10 +164,7 @@ async fn many_connections_race_for_one_lease() {
         assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
         assert_eq!(winners[0].epoch, Epoch(round));
         let inc = winners[0].incarnation.clone().expect("incarnation");
-        handles[1]
-            .release(&name, &inc, Epoch(round))
-            .await
-            .expect("release");
+        handles[1].release(&name, &inc, Epoch(round)).await.expect("release");
     }
 }
 
@@ -253,12 +222,7 @@ fn several_processes_race_for_one_lease() {
     let children: Vec<_> = (0..CHILDREN)
         .map(|i| {
             std::process::Command::new(&exe)
-                .args([
-                    "pg_multiprocess_child",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["pg_multiprocess_child", "--exact", "--nocapture", "--test-threads=1"])
                 .env(CHILD_URL, pg.url())
                 .env(CHILD_ID, i.to_string())
                 .env(CHILD_GO, &go)
@@ -294,11 +258,7 @@ const WON: &str = "won epoch ";
 /// The child side of `several_processes_race_for_one_lease`; does nothing in a normal run.
 #[test]
 fn pg_multiprocess_child() {
-    let (Ok(url), Ok(id), Ok(go)) = (
-        std::env::var(CHILD_URL),
-        std::env::var(CHILD_ID),
-        std::env::var(CHILD_GO),
-    ) else {
+    let (Ok(url), Ok(id), Ok(go)) = (std::env::var(CHILD_URL), std::env::var(CHILD_ID), std::env::var(CHILD_GO)) else {
         return;
     };
     runtime().block_on(async {
@@ -316,10 +276,7 @@ fn pg_multiprocess_child() {
                 Ok(lease) => {
                     println!("{WON}{}", lease.epoch);
                     wins += 1;
-                    store
-                        .release(&name, &req.incarnation, lease.epoch)
-                        .await
-                        .expect("release");
+                    store.release(&name, &req.incarnation, lease.epoch).await.expect("release");
                     // Step aside, so the next epoch is contended by every process.
                     tokio::time::sleep(Duration::from_millis(3)).await;
                 }
@@ -339,16 +296,10 @@ async fn stale_renewals_and_releases_fail() {
     let name = server("ms1");
     let a = Incarnation("a".into());
     let b = Incarnation("b".into());
-    let lease = store
-        .acquire(&request(&name, "machine-a", "a"))
-        .await
-        .expect("acquire");
+    let lease = store.acquire(&request(&name, "machine-a", "a")).await.expect("acquire");
     assert_eq!(lease.epoch, Epoch(1));
     // The Node Manager saw `a` exit; `b` takes over at once.
-    let taken = store
-        .handover(&request(&name, "machine-a", "b"), &a)
-        .await
-        .expect("handover");
+    let taken = store.handover(&request(&name, "machine-a", "b"), &a).await.expect("handover");
     assert_eq!(taken.epoch, Epoch(2));
     for (what, inc, epoch) in [
         ("old incarnation, old epoch", &a, 1),
@@ -356,27 +307,15 @@ async fn stale_renewals_and_releases_fail() {
         ("current incarnation, old epoch", &b, 1),
         ("current incarnation, future epoch", &b, 3),
     ] {
-        let err = store
-            .renew(&name, inc, Epoch(epoch), CALL_TIMEOUT)
-            .await
-            .expect_err(what);
+        let err = store.renew(&name, inc, Epoch(epoch), CALL_TIMEOUT).await.expect_err(what);
         assert!(matches!(err, StoreError::Lost { .. }), "{what}: {err:?}");
-        let err = store
-            .release(&name, inc, Epoch(epoch))
-            .await
-            .expect_err(what);
+        let err = store.release(&name, inc, Epoch(epoch)).await.expect_err(what);
         assert!(matches!(err, StoreError::Lost { .. }), "{what}: {err:?}");
     }
-    let renewed = store
-        .renew(&name, &b, Epoch(2), CALL_TIMEOUT)
-        .await
-        .expect("renew by the holder");
+    let renewed = store.renew(&name, &b, Epoch(2), CALL_TIMEOUT).await.expect("renew by the holder");
     assert_eq!(renewed.epoch, Epoch(2));
     let detail = lost_detail(store.renew(&name, &a, Epoch(1), CALL_TIMEOUT).await);
-    assert!(
-        detail.contains("now held by ms1 on machine-a, incarnation b, epoch 2"),
-        "{detail}"
-    );
+    assert!(detail.contains("now held by ms1 on machine-a, incarnation b, epoch 2"), "{detail}");
 }
 
 // ---- random interleavings against a model ----
@@ -404,8 +343,7 @@ fn random_interleavings_keep_one_holder_and_growing_epochs() {
     let ops = proptest::collection::vec(op_strategy(), 1..30);
     let result = runner.run(&ops, |ops| {
         let name = server(&format!("prop-{}", case.fetch_add(1, Ordering::Relaxed)));
-        rt.block_on(run_interleaving(&store, &name, &ops))
-            .map_err(TestCaseError::fail)
+        rt.block_on(run_interleaving(&store, &name, &ops)).map_err(TestCaseError::fail)
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -489,11 +427,7 @@ fn incarnation(actor: usize, generation: u32) -> String {
     format!("a{actor}-g{generation}")
 }
 
-async fn run_interleaving(
-    store: &PostgresStore,
-    name: &LeaseName,
-    ops: &[Op],
-) -> Result<(), String> {
+async fn run_interleaving(store: &PostgresStore, name: &LeaseName, ops: &[Op]) -> Result<(), String> {
     let mut actors: Vec<Actor> = (0..ACTORS).map(|_| Actor::default()).collect();
     let mut model: Option<ModelRow> = None;
     let mut highest_epoch = 0u64;
@@ -525,8 +459,7 @@ async fn run_interleaving(
                 let req = AcquireRequest {
                     name: name.clone(),
                     owner: ServerName::new("ms1").map_err(|e| e.to_string())?,
-                    machine: MachineName::new(format!("machine-{actor}"))
-                        .map_err(|e| e.to_string())?,
+                    machine: MachineName::new(format!("machine-{actor}")).map_err(|e| e.to_string())?,
                     incarnation: Incarnation(inc.clone()),
                     ttl,
                 };
@@ -561,9 +494,7 @@ async fn run_interleaving(
                     Ok(lease) => {
                         let epoch = lease.epoch.0;
                         if !allowed.contains(&Some(epoch)) {
-                            return Err(at(format!(
-                                "took epoch {epoch}; allowed {allowed:?}, model {model:?}"
-                            )));
+                            return Err(at(format!("took epoch {epoch}; allowed {allowed:?}, model {model:?}")));
                         }
                         model = Some(ModelRow {
                             incarnation: inc,
@@ -576,16 +507,12 @@ async fn run_interleaving(
                     }
                     Err(StoreError::Held { epoch, .. }) if from.is_none() => {
                         if !allowed.contains(&None) {
-                            return Err(at(format!(
-                                "refused (held at {epoch}); allowed {allowed:?}, model {model:?}"
-                            )));
+                            return Err(at(format!("refused (held at {epoch}); allowed {allowed:?}, model {model:?}")));
                         }
                     }
                     Err(StoreError::Lost { .. }) if from.is_some() => {
                         if !allowed.contains(&None) {
-                            return Err(at(format!(
-                                "refused (lost); allowed {allowed:?}, model {model:?}"
-                            )));
+                            return Err(at(format!("refused (lost); allowed {allowed:?}, model {model:?}")));
                         }
                     }
                     Err(e) => return Err(at(format!("unexpected answer: {}", chain(&e)))),
@@ -597,12 +524,8 @@ async fn run_interleaving(
                 let epoch = if stale { believed + 1 } else { believed };
                 let ttl = if long { LONG } else { SHORT };
                 let t0 = Instant::now();
-                let answer = store
-                    .renew(name, &Incarnation(inc.clone()), Epoch(epoch), ttl)
-                    .await;
-                let theirs = model
-                    .as_ref()
-                    .filter(|r| r.incarnation == inc && r.epoch == epoch && r.held);
+                let answer = store.renew(name, &Incarnation(inc.clone()), Epoch(epoch), ttl).await;
+                let theirs = model.as_ref().filter(|r| r.incarnation == inc && r.epoch == epoch && r.held);
                 let (may_succeed, may_fail) = match theirs.map(|r| r.expiry) {
                     None | Some(Expiry::Expired) => (false, true),
                     Some(Expiry::Live) => (true, false),
@@ -633,12 +556,8 @@ async fn run_interleaving(
             Op::Release { actor } => {
                 let inc = incarnation(actor, actors[actor].generation);
                 let epoch = actors[actor].epoch.unwrap_or(1);
-                let answer = store
-                    .release(name, &Incarnation(inc.clone()), Epoch(epoch))
-                    .await;
-                let theirs = model
-                    .as_ref()
-                    .is_some_and(|r| r.incarnation == inc && r.epoch == epoch);
+                let answer = store.release(name, &Incarnation(inc.clone()), Epoch(epoch)).await;
+                let theirs = model.as_ref().is_some_and(|r| r.incarnation == inc && r.epoch == epoch);
                 match answer {
                     Ok(()) if theirs => {
                         if let Some(row) = model.as_mut() {
@@ -658,28 +577,17 @@ async fn run_interleaving(
         }
 
         // The row as stored agrees with the model; epochs never go down.
-        let got = store
-            .get(name)
-            .await
-            .map_err(|e| at(format!("get: {}", chain(&e))))?;
+        let got = store.get(name).await.map_err(|e| at(format!("get: {}", chain(&e))))?;
         match (&got, &model) {
             (None, None) => {}
             (Some(lease), Some(row)) => {
-                let state = if row.held {
-                    LeaseState::Held
-                } else {
-                    LeaseState::Released
-                };
+                let state = if row.held { LeaseState::Held } else { LeaseState::Released };
                 let inc = lease.incarnation.as_ref().map(|i| i.0.as_str());
-                if (lease.epoch.0, inc, lease.state) != (row.epoch, Some(&*row.incarnation), state)
-                {
+                if (lease.epoch.0, inc, lease.state) != (row.epoch, Some(&*row.incarnation), state) {
                     return Err(at(format!("stored {lease:?}, model {row:?}")));
                 }
                 if lease.epoch.0 < highest_epoch {
-                    return Err(at(format!(
-                        "epoch went down from {highest_epoch} to {}",
-                        lease.epoch
-                    )));
+                    return Err(at(format!("epoch went down from {highest_epoch} to {}", lease.epoch)));
                 }
                 highest_epoch = lease.epoch.0;
                 if row.held && row.expiry == Expiry::Live && !lease.is_live() {
@@ -691,13 +599,10 @@ async fn run_interleaving(
 
         // At most one instance believes it holds the lease, now.
         let now = Instant::now();
-        let believers: Vec<usize> = (0..ACTORS)
-            .filter(|&i| actors[i].believes_until.is_some_and(|until| until > now))
-            .collect();
+        let believers: Vec<usize> =
+            (0..ACTORS).filter(|&i| actors[i].believes_until.is_some_and(|until| until > now)).collect();
         if believers.len() > 1 {
-            return Err(at(format!(
-                "instances {believers:?} all believe they hold the lease: {actors:?}"
-            )));
+            return Err(at(format!("instances {believers:?} all believe they hold the lease: {actors:?}")));
         }
     }
     Ok(())
@@ -711,31 +616,13 @@ async fn a_refused_connection_is_unavailable_and_names_the_server() {
     let url = pg.url_for("ferry", Some("s3cret-pw"), "ferry");
     pg.stop().expect("stop");
     let start = Instant::now();
-    let err = PostgresStore::open(&url, Duration::from_secs(5))
-        .await
-        .expect_err("server is down");
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        start.elapsed()
-    );
+    let err = PostgresStore::open(&url, Duration::from_secs(5)).await.expect_err("server is down");
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     assert!(err.is_transient());
     let text = chain(&err);
-    assert!(
-        text.contains(&format!(
-            "cannot connect to the PostgreSQL server at 127.0.0.1:{}",
-            pg.port()
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "postgres://ferry:***@127.0.0.1:{}/ferry",
-            pg.port()
-        )),
-        "{text}"
-    );
+    assert!(text.contains(&format!("cannot connect to the PostgreSQL server at 127.0.0.1:{}", pg.port())), "{text}");
+    assert!(text.contains(&format!("postgres://ferry:***@127.0.0.1:{}/ferry", pg.port())), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
 }
 
@@ -747,21 +634,13 @@ async fn a_server_that_never_answers_times_out_within_the_call_timeout() {
     let url = format!("postgres://ferry:s3cret-pw@127.0.0.1:{port}/ferry");
     let timeout = Duration::from_millis(300);
     let start = Instant::now();
-    let err = PostgresStore::open(&url, timeout)
-        .await
-        .expect_err("nothing answers");
+    let err = PostgresStore::open(&url, timeout).await.expect_err("nothing answers");
     let took = start.elapsed();
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(err.is_transient(), "{err:?}");
     let text = chain(&err);
-    assert!(
-        text.contains("300 ms") || text.contains("timeout"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("postgres://ferry:***@127.0.0.1:{port}/ferry")),
-        "{text}"
-    );
+    assert!(text.contains("300 ms") || text.contains("timeout"), "{text}");
+    assert!(text.contains(&format!("postgres://ferry:***@127.0.0.1:{port}/ferry")), "{text}");
     assert!(!text.contains("s3cret-pw"), "{text}");
     drop(listener);
 }
@@ -769,62 +648,30 @@ async fn a_server_that_never_answers_times_out_within_the_call_timeout() {
 #[tokio::test]
 async fn wrong_credentials_say_authentication_failed() {
     let pg = pg_server!();
-    pg.create_user_with_password("alice", "right-pw")
-        .await
-        .expect("create user");
+    pg.create_user_with_password("alice", "right-pw").await.expect("create user");
 
     let wrong = pg.url_for("alice", Some("wrong-pw"), "ferry");
-    let err = PostgresStore::open(&wrong, CALL_TIMEOUT)
-        .await
-        .expect_err("wrong password");
+    let err = PostgresStore::open(&wrong, CALL_TIMEOUT).await.expect_err("wrong password");
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
     let text = chain(&err);
-    assert!(
-        text.contains("authentication failed for user alice"),
-        "{text}"
-    );
+    assert!(text.contains("authentication failed for user alice"), "{text}");
     assert!(text.contains("PGPASSWORD"), "{text}");
-    assert!(
-        text.contains(&format!(
-            "postgres://alice:***@127.0.0.1:{}/ferry",
-            pg.port()
-        )),
-        "{text}"
-    );
+    assert!(text.contains(&format!("postgres://alice:***@127.0.0.1:{}/ferry", pg.port())), "{text}");
     assert!(!text.contains("wrong-pw"), "{text}");
 
     let none = pg.url_for("alice", None, "ferry");
-    let err = PostgresStore::open(&none, CALL_TIMEOUT)
-        .await
-        .expect_err("no password");
+    let err = PostgresStore::open(&none, CALL_TIMEOUT).await.expect_err("no password");
     let text = chain(&err);
-    assert!(
-        text.contains("asks for a password for user alice"),
-        "{text}"
-    );
+    assert!(text.contains("asks for a password for user alice"), "{text}");
 
     let unknown = pg.url_for("mallory", Some("pw"), "ferry");
-    let err = PostgresStore::open(&unknown, CALL_TIMEOUT)
-        .await
-        .expect_err("no such role");
-    assert!(
-        chain(&err).contains("authentication failed for user mallory"),
-        "{}",
-        chain(&err)
-    );
+    let err = PostgresStore::open(&unknown, CALL_TIMEOUT).await.expect_err("no such role");
+    assert!(chain(&err).contains("authentication failed for user mallory"), "{}", chain(&err));
 
     let right = pg.url_for("alice", Some("right-pw"), "ferry");
-    let store = PostgresStore::open_and_init(&right, CALL_TIMEOUT)
-        .await
-        .expect("the right password works");
-    assert_eq!(
-        store.describe(),
-        format!("postgres://alice:***@127.0.0.1:{}/ferry", pg.port())
-    );
-    store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire");
+    let store = PostgresStore::open_and_init(&right, CALL_TIMEOUT).await.expect("the right password works");
+    assert_eq!(store.describe(), format!("postgres://alice:***@127.0.0.1:{}/ferry", pg.port()));
+    store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire");
 }
 
 /// The password may come from `PGPASSWORD` or a password file instead of the URL. Each
@@ -833,9 +680,7 @@ async fn wrong_credentials_say_authentication_failed() {
 #[test]
 fn the_password_can_come_from_pgpassword_or_a_password_file() {
     let pg = pg_server!();
-    runtime()
-        .block_on(pg.create_user_with_password("bob", "env-pw"))
-        .expect("create user");
+    runtime().block_on(pg.create_user_with_password("bob", "env-pw")).expect("create user");
     let url = pg.url_for("bob", None, "ferry");
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("good.pgpass");
@@ -846,22 +691,16 @@ fn the_password_can_come_from_pgpassword_or_a_password_file() {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&good, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        std::fs::set_permissions(&open_to_all, std::fs::Permissions::from_mode(0o644))
-            .expect("chmod");
+        std::fs::set_permissions(&open_to_all, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     }
     let empty = dir.path().join("none.pgpass");
     let child = |env: &[(&str, &Path)], password: Option<&str>| {
         let exe = std::env::current_exe().expect("test binary");
         let mut cmd = std::process::Command::new(exe);
-        cmd.args([
-            "pg_password_child",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(PW_CHILD_URL, &url)
-        .env_remove("PGPASSWORD")
-        .env("PGPASSFILE", &empty);
+        cmd.args(["pg_password_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(PW_CHILD_URL, &url)
+            .env_remove("PGPASSWORD")
+            .env("PGPASSFILE", &empty);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -869,11 +708,7 @@ fn the_password_can_come_from_pgpassword_or_a_password_file() {
             cmd.env("PGPASSWORD", p);
         }
         let out = cmd.output().expect("child");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let out = child(&[], Some("env-pw"));
@@ -881,15 +716,9 @@ fn the_password_can_come_from_pgpassword_or_a_password_file() {
     let out = child(&[("PGPASSFILE", &good)], None);
     assert!(out.contains("opened"), "PGPASSFILE: {out}");
     let out = child(&[("PGPASSFILE", &open_to_all)], None);
-    assert!(
-        out.contains("asks for a password for user bob"),
-        "a world-readable password file must be ignored: {out}"
-    );
+    assert!(out.contains("asks for a password for user bob"), "a world-readable password file must be ignored: {out}");
     let out = child(&[], Some("wrong-pw"));
-    assert!(
-        out.contains("authentication failed for user bob") && !out.contains("wrong-pw"),
-        "{out}"
-    );
+    assert!(out.contains("authentication failed for user bob") && !out.contains("wrong-pw"), "{out}");
 }
 
 const PW_CHILD_URL: &str = "FERRY_STORE_PG_PW_CHILD_URL";
@@ -912,15 +741,10 @@ fn pg_password_child() {
 async fn a_missing_database_is_a_schema_error_saying_how_to_create_it() {
     let pg = pg_server!();
     let url = pg.url_for("ferry", Some("s3cret-pw"), "nosuchdb");
-    let err = PostgresStore::open(&url, CALL_TIMEOUT)
-        .await
-        .expect_err("no such database");
+    let err = PostgresStore::open(&url, CALL_TIMEOUT).await.expect_err("no such database");
     assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
     let text = chain(&err);
-    assert!(
-        text.contains("database \"nosuchdb\" does not exist"),
-        "{text}"
-    );
+    assert!(text.contains("database \"nosuchdb\" does not exist"), "{text}");
     assert!(text.contains("createdb --owner ferry nosuchdb"), "{text}");
     assert!(
         text.contains(&format!(
@@ -953,39 +777,25 @@ async fn a_dropped_table_is_a_schema_error() {
     let store = open_and_init(&pg.url()).await;
     store.list().await.expect("list");
     pg.execute("DROP TABLE ferry_leases").await.expect("drop");
-    let err = store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect_err("no table");
+    let err = store.acquire(&request(&server("ms1"), "m", "i")).await.expect_err("no table");
     assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
     assert!(err.to_string().contains("ferry leasing init"), "{err}");
     store.init().await.expect("init re-creates the table");
-    store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire");
+    store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire");
 }
 
 #[tokio::test]
 async fn another_schema_version_is_reported() {
     let pg = pg_server!();
     open_and_init(&pg.url()).await;
-    pg.execute("UPDATE ferry_schema SET version = 2")
-        .await
-        .expect("update");
+    pg.execute("UPDATE ferry_schema SET version = 2").await.expect("update");
     let store = open(&pg.url()).await;
     let err = store.list().await.expect_err("version 2");
     assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(
-        text.contains("schema version 2") && text.contains("reads version 1"),
-        "{text}"
-    );
+    assert!(text.contains("schema version 2") && text.contains("reads version 1"), "{text}");
     assert!(text.contains(&pg.url()), "{text}");
-    let err = store
-        .init()
-        .await
-        .expect_err("init must not touch another version");
+    let err = store.init().await.expect_err("init must not touch another version");
     assert!(err.to_string().contains("schema version 2"), "{err}");
     store.reset().await.expect("reset replaces any version");
     store.list().await.expect("list after reset");
@@ -1004,11 +814,7 @@ async fn corrupt_rows_are_errors_not_panics() {
     for err in [
         store.list().await.expect_err("list"),
         store.expired().await.map(|_| ()).expect_err("expired"),
-        store
-            .get(&server("ms1"))
-            .await
-            .map(|_| ())
-            .expect_err("get"),
+        store.get(&server("ms1")).await.map(|_| ()).expect_err("get"),
     ] {
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
         assert!(chain(&err).contains("is invalid"), "{}", chain(&err));
@@ -1037,21 +843,11 @@ async fn init_is_idempotent_also_when_run_concurrently() {
         task.await.expect("task").expect("concurrent init");
     }
     let store = open_and_init(&url).await;
-    let lease = store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire");
+    let lease = store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire");
     store.init().await.expect("init again");
     ferry_store::init(&url).await.expect("init by URL");
-    let got = store
-        .get(&server("ms1"))
-        .await
-        .expect("get")
-        .expect("row kept");
-    assert_eq!(
-        (got.epoch, got.incarnation),
-        (lease.epoch, lease.incarnation)
-    );
+    let got = store.get(&server("ms1")).await.expect("get").expect("row kept");
+    assert_eq!((got.epoch, got.incarnation), (lease.epoch, lease.incarnation));
     let versions: i64 = query_one(&pg, "SELECT count(*) FROM ferry_schema").await;
     assert_eq!(versions, 1, "init added a second version row");
 }
@@ -1061,24 +857,12 @@ async fn reset_empties_the_table() {
     let pg = pg_server!();
     let store = open_and_init(&pg.url()).await;
     let name = server("ms1");
-    store
-        .acquire(&request(&name, "m", "a"))
-        .await
-        .expect("acquire");
-    store
-        .release(&name, &Incarnation("a".into()), Epoch(1))
-        .await
-        .expect("release");
-    store
-        .acquire(&request(&name, "m", "b"))
-        .await
-        .expect("acquire");
+    store.acquire(&request(&name, "m", "a")).await.expect("acquire");
+    store.release(&name, &Incarnation("a".into()), Epoch(1)).await.expect("release");
+    store.acquire(&request(&name, "m", "b")).await.expect("acquire");
     ferry_store::reset(&pg.url()).await.expect("reset");
     assert!(store.list().await.expect("list").is_empty());
-    let lease = store
-        .acquire(&request(&name, "m", "c"))
-        .await
-        .expect("acquire");
+    let lease = store.acquire(&request(&name, "m", "c")).await.expect("acquire");
     assert_eq!(lease.epoch, Epoch(1), "epochs restart after reset");
 }
 
@@ -1086,26 +870,12 @@ async fn reset_empties_the_table() {
 async fn open_dispatches_on_the_scheme() {
     let pg = pg_server!();
     let url = pg.url();
-    let store = ferry_store::open_and_init(&url, CALL_TIMEOUT)
-        .await
-        .expect("postgres://");
+    let store = ferry_store::open_and_init(&url, CALL_TIMEOUT).await.expect("postgres://");
     assert_eq!(store.describe(), url);
-    store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire");
+    store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire");
     let other = url.replacen("postgres://", "postgresql://", 1);
-    let store = ferry_store::open(&other, CALL_TIMEOUT)
-        .await
-        .expect("postgresql://");
-    assert_eq!(
-        store
-            .get(&server("ms1"))
-            .await
-            .expect("get")
-            .map(|l| l.epoch),
-        Some(Epoch(1))
-    );
+    let store = ferry_store::open(&other, CALL_TIMEOUT).await.expect("postgresql://");
+    assert_eq!(store.get(&server("ms1")).await.expect("get").map(|l| l.epoch), Some(Epoch(1)));
     ferry_store::reset(&other).await.expect("reset");
     assert!(store.list().await.expect("list").is_empty());
 }
@@ -1150,23 +920,10 @@ async fn the_expiry_scan_uses_the_index() {
     }
     let expired = store.expired().await.expect("expired");
     let names: Vec<String> = expired.iter().map(|l| l.name.to_string()).collect();
-    assert_eq!(
-        names,
-        [
-            "server/e5",
-            "server/e4",
-            "server/e3",
-            "server/e2",
-            "server/e1"
-        ],
-        "oldest expiry first"
-    );
+    assert_eq!(names, ["server/e5", "server/e4", "server/e3", "server/e2", "server/e1"], "oldest expiry first");
     assert!(expired.iter().all(Lease::is_expired), "{expired:?}");
     let next = store.next_expiry_ms().await.expect("next expiry");
-    assert!(
-        next.is_some_and(|ms| ms > 3_500_000 && ms <= 3_600_000),
-        "{next:?}"
-    );
+    assert!(next.is_some_and(|ms| ms > 3_500_000 && ms <= 3_600_000), "{next:?}");
 }
 
 // ---- batched renewals ----
@@ -1179,17 +936,12 @@ async fn a_batch_decides_each_row_after_its_lock_is_granted() {
     let store = Arc::new(open_and_init(&pg.url()).await);
     let (a, b, c) = (server("a"), server("b"), server("c"));
     store.acquire(&request(&a, "m", "ia")).await.expect("a");
-    let short = AcquireRequest {
-        ttl: Duration::from_millis(400),
-        ..request(&b, "m", "ib")
-    };
+    let short = AcquireRequest { ttl: Duration::from_millis(400), ..request(&b, "m", "ib") };
     store.acquire(&short).await.expect("b");
     store.acquire(&request(&c, "m", "ic")).await.expect("c");
     let blocker = pg.client().await.expect("client");
     blocker
-        .batch_execute(
-            "BEGIN; SELECT * FROM ferry_leases WHERE name IN ('server/b', 'server/c') FOR UPDATE",
-        )
+        .batch_execute("BEGIN; SELECT * FROM ferry_leases WHERE name IN ('server/b', 'server/c') FOR UPDATE")
         .await
         .expect("lock b and c");
     let batch: Vec<Renewal> = [(&a, "ia"), (&b, "ib"), (&c, "ic")]
@@ -1207,10 +959,7 @@ async fn a_batch_decides_each_row_after_its_lock_is_granted() {
     };
     // b expires while the batch waits; c is taken over by the lock holder.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert!(
-        !task.is_finished(),
-        "the batch did not wait for the row locks"
-    );
+    assert!(!task.is_finished(), "the batch did not wait for the row locks");
     blocker
         .batch_execute(
             "UPDATE ferry_leases SET incarnation = 'taker', machine = 'm2', epoch = 2 \
@@ -1225,10 +974,7 @@ async fn a_batch_decides_each_row_after_its_lock_is_granted() {
     let detail = lost_detail(outcomes.next().expect("b"));
     assert!(detail.contains("expired"), "b: {detail}");
     let detail = lost_detail(outcomes.next().expect("c"));
-    assert!(
-        detail.contains("now held by ms1 on m2, incarnation taker, epoch 2"),
-        "c: {detail}"
-    );
+    assert!(detail.contains("now held by ms1 on m2, incarnation taker, epoch 2"), "c: {detail}");
     let got = store.get(&b).await.expect("get b").expect("row b");
     assert!(got.is_expired(), "the batch revived b: {got:?}");
 }
@@ -1239,14 +985,9 @@ async fn a_batch_decides_each_row_after_its_lock_is_granted() {
 async fn a_locked_row_times_out_within_the_call_timeout() {
     let pg = pg_server!();
     let timeout = Duration::from_millis(300);
-    let store = PostgresStore::open_and_init(&pg.url(), timeout)
-        .await
-        .expect("open");
+    let store = PostgresStore::open_and_init(&pg.url(), timeout).await.expect("open");
     let name = server("ms1");
-    store
-        .acquire(&request(&name, "m", "a"))
-        .await
-        .expect("acquire");
+    store.acquire(&request(&name, "m", "a")).await.expect("acquire");
     let blocker = pg.client().await.expect("client");
     blocker
         .batch_execute("BEGIN; SELECT * FROM ferry_leases WHERE name = 'server/ms1' FOR UPDATE")
@@ -1254,10 +995,7 @@ async fn a_locked_row_times_out_within_the_call_timeout() {
         .expect("lock the row");
 
     let start = Instant::now();
-    let err = store
-        .renew(&name, &Incarnation("a".into()), Epoch(1), CALL_TIMEOUT)
-        .await
-        .expect_err("locked");
+    let err = store.renew(&name, &Incarnation("a".into()), Epoch(1), CALL_TIMEOUT).await.expect_err("locked");
     let took = start.elapsed();
     assert!(matches!(err, StoreError::Timeout { .. }), "{err:?}");
     assert!(took < Duration::from_secs(2), "a locked call took {took:?}");
@@ -1265,62 +1003,38 @@ async fn a_locked_row_times_out_within_the_call_timeout() {
     assert_eq!(store.list().await.expect("read while locked").len(), 1);
 
     blocker.batch_execute("ROLLBACK").await.expect("unlock");
-    store
-        .renew(&name, &Incarnation("a".into()), Epoch(1), CALL_TIMEOUT)
-        .await
-        .expect("renew after unlock");
+    store.renew(&name, &Incarnation("a".into()), Epoch(1), CALL_TIMEOUT).await.expect("renew after unlock");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_times_out_and_is_used_again_when_it_thaws() {
     let mut pg = pg_server!();
     let timeout = Duration::from_millis(400);
-    let store = PostgresStore::open_and_init(&pg.url(), timeout)
-        .await
-        .expect("open");
+    let store = PostgresStore::open_and_init(&pg.url(), timeout).await.expect("open");
     let name = server("ms1");
-    let lease = store
-        .acquire(&request(&name, "m", "a"))
-        .await
-        .expect("acquire");
+    let lease = store.acquire(&request(&name, "m", "a")).await.expect("acquire");
     pg.freeze().expect("freeze");
     for _ in 0..3 {
         let start = Instant::now();
-        let err = store
-            .renew(&name, &Incarnation("a".into()), lease.epoch, CALL_TIMEOUT)
-            .await
-            .expect_err("frozen");
+        let err = store.renew(&name, &Incarnation("a".into()), lease.epoch, CALL_TIMEOUT).await.expect_err("frozen");
         let took = start.elapsed();
         assert!(matches!(err, StoreError::Timeout { .. }), "{err:?}");
-        assert!(
-            took < Duration::from_millis(1500),
-            "a frozen call took {took:?}"
-        );
+        assert!(took < Duration::from_millis(1500), "a frozen call took {took:?}");
     }
     pg.thaw().expect("thaw");
-    let renewed = store
-        .renew(&name, &Incarnation("a".into()), lease.epoch, CALL_TIMEOUT)
-        .await
-        .expect("renew after thaw");
+    let renewed =
+        store.renew(&name, &Incarnation("a".into()), lease.epoch, CALL_TIMEOUT).await.expect("renew after thaw");
     assert_eq!(renewed.epoch, lease.epoch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_is_reconnected_and_kept_every_commit() {
     let mut pg = pg_server!();
-    let store = PostgresStore::open_and_init(&pg.url(), Duration::from_secs(2))
-        .await
-        .expect("open");
+    let store = PostgresStore::open_and_init(&pg.url(), Duration::from_secs(2)).await.expect("open");
     let name = server("ms1");
     for i in 0..5 {
-        let lease = store
-            .acquire(&request(&name, "m", &format!("i{i}")))
-            .await
-            .expect("acquire");
-        store
-            .release(&name, &Incarnation(format!("i{i}")), lease.epoch)
-            .await
-            .expect("release");
+        let lease = store.acquire(&request(&name, "m", &format!("i{i}"))).await.expect("acquire");
+        store.release(&name, &Incarnation(format!("i{i}")), lease.epoch).await.expect("release");
     }
     pg.stop().expect("stop");
     let start = Instant::now();
@@ -1347,11 +1061,7 @@ async fn a_restarted_server_is_reconnected_and_kept_every_commit() {
 // ---- helpers ----
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
 async fn open(url: &str) -> PostgresStore {
@@ -1359,17 +1069,13 @@ async fn open(url: &str) -> PostgresStore {
 }
 
 async fn open_and_init(url: &str) -> PostgresStore {
-    PostgresStore::open_and_init(url, CALL_TIMEOUT)
-        .await
-        .expect("open and init")
+    PostgresStore::open_and_init(url, CALL_TIMEOUT).await.expect("open and init")
 }
 
 /// A new schema on the server and a data source whose `search_path` is it, so each
 /// conformance check gets an empty lease table of its own.
 async fn fresh_schema(pg: &PgServer, schema: &str) -> String {
-    pg.execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .expect("create schema");
+    pg.execute(&format!("CREATE SCHEMA {schema}")).await.expect("create schema");
     format!("{}?options=-c%20search_path%3D{schema}", pg.url())
 }
 
@@ -1377,13 +1083,7 @@ async fn query_one<T>(pg: &PgServer, sql: &str) -> T
 where
     T: for<'a> tokio_postgres::types::FromSql<'a>,
 {
-    pg.client()
-        .await
-        .expect("client")
-        .query_one(sql, &[])
-        .await
-        .expect("query")
-        .get(0)
+    pg.client().await.expect("client").query_one(sql, &[]).await.expect("query").get(0)
 }
 
 fn server(name: &str) -> LeaseName {

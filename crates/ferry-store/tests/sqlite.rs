@@ -40,10 +40,7 @@ async fn conformance_two_handles_on_one_file() {
         async move {
             let a = open_and_init(&path).await;
             let b = open(&path);
-            TwoHandles {
-                handles: [a, b],
-                next: AtomicUsize::new(0),
-            }
+            TwoHandles { handles: [a, b], next: AtomicUsize::new(0) }
         }
     })
     .await;
@@ -67,11 +64,7 @@ impl LeaseStore for TwoHandles {
     async fn acquire(&self, req: &AcquireRequest) -> ferry_store::Result<Lease> {
         self.pick().acquire(req).await
     }
-    async fn handover(
-        &self,
-        req: &AcquireRequest,
-        from: &Incarnation,
-    ) -> ferry_store::Result<Lease> {
+    async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> ferry_store::Result<Lease> {
         self.pick().handover(req, from).await
     }
     async fn renew(
@@ -83,18 +76,10 @@ impl LeaseStore for TwoHandles {
     ) -> ferry_store::Result<Lease> {
         self.pick().renew(name, incarnation, epoch, ttl).await
     }
-    async fn renew_many(
-        &self,
-        renewals: &[Renewal],
-    ) -> ferry_store::Result<Vec<ferry_store::Result<Lease>>> {
+    async fn renew_many(&self, renewals: &[Renewal]) -> ferry_store::Result<Vec<ferry_store::Result<Lease>>> {
         self.pick().renew_many(renewals).await
     }
-    async fn release(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-    ) -> ferry_store::Result<()> {
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> ferry_store::Result<()> {
         self.pick().release(name, incarnation, epoch).await
     }
     async fn get(&self, name: &LeaseName) -> ferry_store::Result<Option<Lease>> {
@@ -116,10 +101,8 @@ impl LeaseStore for TwoHandles {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_renew_many_passes_the_batch_checks() {
     let dir = tempdir();
-    for (n, (name, check)) in conformance::CHECKS
-        .iter()
-        .filter(|(name, _)| name.contains("batch") || name.contains("renew_many"))
-        .enumerate()
+    for (n, (name, check)) in
+        conformance::CHECKS.iter().filter(|(name, _)| name.contains("batch") || name.contains("renew_many")).enumerate()
     {
         let store = open_and_init(&dir.path().join(format!("default-{n}.db"))).await;
         conformance::run_check(name, *check, Arc::new(OnlyRenew(store))).await;
@@ -134,11 +117,7 @@ impl LeaseStore for OnlyRenew {
     async fn acquire(&self, req: &AcquireRequest) -> ferry_store::Result<Lease> {
         self.0.acquire(req).await
     }
-    async fn handover(
-        &self,
-        req: &AcquireRequest,
-        from: &Incarnation,
-    ) -> ferry_store::Result<Lease> {
+    async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> ferry_store::Result<Lease> {
         self.0.handover(req, from).await
     }
     async fn renew(
@@ -150,12 +129,7 @@ impl LeaseStore for OnlyRenew {
     ) -> ferry_store::Result<Lease> {
         self.0.renew(name, incarnation, epoch, ttl).await
     }
-    async fn release(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-    ) -> ferry_store::Result<()> {
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> ferry_store::Result<()> {
         self.0.release(name, incarnation, epoch).await
     }
     async fn get(&self, name: &LeaseName) -> ferry_store::Result<Option<Lease>> {
@@ -178,11 +152,8 @@ impl LeaseStore for OnlyRenew {
 async fn separate_handles_race_for_one_lease() {
     let dir = tempdir();
     let path = dir.path().join("race.db");
-    let handles: Vec<Arc<SqliteStore>> = vec![
-        Arc::new(open_and_init(&path).await),
-        Arc::new(open(&path)),
-        Arc::new(open(&path)),
-    ];
+    let handles: Vec<Arc<SqliteStore>> =
+        vec![Arc::new(open_and_init(&path).await), Arc::new(open(&path)), Arc::new(open(&path))];
     let name = server("ms1");
     for round in 1..=10u64 {
         let barrier = Arc::new(tokio::sync::Barrier::new(12));
@@ -207,10 +178,7 @@ async fn separate_handles_race_for_one_lease() {
         assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
         assert_eq!(winners[0].epoch, Epoch(round));
         let inc = winners[0].incarnation.clone().expect("incarnation");
-        handles[0]
-            .release(&name, &inc, Epoch(round))
-            .await
-            .expect("release");
+        handles[0].release(&name, &inc, Epoch(round)).await.expect("release");
     }
 }
 
@@ -222,10 +190,7 @@ async fn missing_table_is_a_schema_error_naming_init() {
     let err = store.get(&server("ms1")).await.expect_err("no table yet");
     assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
     let text = err.to_string();
-    let want = format!(
-        "run `ferry leasing init --data-source sqlite://{}`",
-        path.display()
-    );
+    let want = format!("run `ferry leasing init --data-source sqlite://{}`", path.display());
     assert!(text.contains(&want), "{text}");
     assert!(!err.is_transient());
 
@@ -240,20 +205,12 @@ async fn a_dropped_table_is_a_schema_error() {
     let path = dir.path().join("dropped.db");
     let store = open_and_init(&path).await;
     store.list().await.expect("list");
-    raw(&path)
-        .execute_batch("DROP TABLE ferry_leases")
-        .expect("drop");
-    let err = store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect_err("no table");
+    raw(&path).execute_batch("DROP TABLE ferry_leases").expect("drop");
+    let err = store.acquire(&request(&server("ms1"), "m", "i")).await.expect_err("no table");
     assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
     assert!(err.to_string().contains("ferry leasing init"), "{err}");
     store.init().await.expect("init re-creates the table");
-    store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire");
+    store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire");
 }
 
 #[tokio::test]
@@ -261,25 +218,13 @@ async fn init_is_idempotent() {
     let dir = tempdir();
     let path = dir.path().join("init.db");
     let store = open_and_init(&path).await;
-    let lease = store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire");
+    let lease = store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire");
     store.init().await.expect("second init");
     let again = open_and_init(&path).await;
     again.init().await.expect("init from another handle");
-    let got = again
-        .get(&server("ms1"))
-        .await
-        .expect("get")
-        .expect("row kept");
-    assert_eq!(
-        (got.epoch, got.incarnation),
-        (lease.epoch, lease.incarnation)
-    );
-    let versions: i64 = raw(&path)
-        .query_row("SELECT count(*) FROM ferry_schema", [], |r| r.get(0))
-        .expect("count");
+    let got = again.get(&server("ms1")).await.expect("get").expect("row kept");
+    assert_eq!((got.epoch, got.incarnation), (lease.epoch, lease.incarnation));
+    let versions: i64 = raw(&path).query_row("SELECT count(*) FROM ferry_schema", [], |r| r.get(0)).expect("count");
     assert_eq!(versions, 1, "init added a second version row");
 }
 
@@ -289,24 +234,12 @@ async fn reset_empties_the_table() {
     let path = dir.path().join("reset.db");
     let store = open_and_init(&path).await;
     let name = server("ms1");
-    store
-        .acquire(&request(&name, "m", "a"))
-        .await
-        .expect("acquire");
-    store
-        .release(&name, &Incarnation("a".into()), Epoch(1))
-        .await
-        .expect("release");
-    store
-        .acquire(&request(&name, "m", "b"))
-        .await
-        .expect("acquire");
+    store.acquire(&request(&name, "m", "a")).await.expect("acquire");
+    store.release(&name, &Incarnation("a".into()), Epoch(1)).await.expect("release");
+    store.acquire(&request(&name, "m", "b")).await.expect("acquire");
     store.reset().await.expect("reset");
     assert!(store.list().await.expect("list").is_empty());
-    let lease = store
-        .acquire(&request(&name, "m", "c"))
-        .await
-        .expect("acquire");
+    let lease = store.acquire(&request(&name, "m", "c")).await.expect("acquire");
     assert_eq!(lease.epoch, Epoch(1), "epochs restart after reset");
 }
 
@@ -315,21 +248,13 @@ async fn another_schema_version_is_reported() {
     let dir = tempdir();
     let path = dir.path().join("v2.db");
     open_and_init(&path).await;
-    raw(&path)
-        .execute_batch("UPDATE ferry_schema SET version = 2")
-        .expect("update");
+    raw(&path).execute_batch("UPDATE ferry_schema SET version = 2").expect("update");
     let store = open(&path);
     let err = store.list().await.expect_err("version 2");
     assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(
-        text.contains("schema version 2") && text.contains("version 1"),
-        "{text}"
-    );
-    let err = store
-        .init()
-        .await
-        .expect_err("init must not touch another version");
+    assert!(text.contains("schema version 2") && text.contains("version 1"), "{text}");
+    let err = store.init().await.expect_err("init must not touch another version");
     assert!(err.to_string().contains("schema version 2"), "{err}");
     store.reset().await.expect("reset replaces any version");
     store.list().await.expect("list after reset");
@@ -341,32 +266,19 @@ async fn bad_paths_give_clear_errors() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").expect("write");
 
-    let err = SqliteStore::open(
-        &format!("sqlite://{}/sub/leases.db", file.display()),
-        CALL_TIMEOUT,
-    )
-    .expect_err("parent is a file");
+    let err = SqliteStore::open(&format!("sqlite://{}/sub/leases.db", file.display()), CALL_TIMEOUT)
+        .expect_err("parent is a file");
     assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
-    assert!(
-        chain(&err).contains("cannot create directory"),
-        "{}",
-        chain(&err)
-    );
+    assert!(chain(&err).contains("cannot create directory"), "{}", chain(&err));
 
-    let err = SqliteStore::open(&dir.path().display().to_string(), CALL_TIMEOUT)
-        .expect_err("path is a directory");
+    let err = SqliteStore::open(&dir.path().display().to_string(), CALL_TIMEOUT).expect_err("path is a directory");
     assert!(chain(&err).contains("cannot open"), "{}", chain(&err));
 
-    let err = SqliteStore::open(&file.display().to_string(), CALL_TIMEOUT)
-        .expect_err("not an SQLite file");
+    let err = SqliteStore::open(&file.display().to_string(), CALL_TIMEOUT).expect_err("not an SQLite file");
     assert!(chain(&err).contains("cannot open"), "{}", chain(&err));
 
     let err = SqliteStore::open("postgres://u:pw@db/x", CALL_TIMEOUT).expect_err("postgres");
-    assert!(
-        chain(&err).contains("not an SQLite data source"),
-        "{}",
-        chain(&err)
-    );
+    assert!(chain(&err).contains("not an SQLite data source"), "{}", chain(&err));
     assert!(!chain(&err).contains("pw"), "{}", chain(&err));
 
     let err = SqliteStore::open("sqlite://", CALL_TIMEOUT).expect_err("empty path");
@@ -378,25 +290,13 @@ async fn open_dispatches_on_the_scheme() {
     let dir = tempdir();
     let path = dir.path().join("deep/er/leases.db");
     let bare = path.display().to_string();
-    let store = ferry_store::open_and_init(&bare, CALL_TIMEOUT)
-        .await
-        .expect("bare path");
+    let store = ferry_store::open_and_init(&bare, CALL_TIMEOUT).await.expect("bare path");
     assert_eq!(store.describe(), format!("sqlite://{bare}"));
-    store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire");
+    store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire");
 
     let url = format!("sqlite://{bare}");
     let store = ferry_store::open(&url, CALL_TIMEOUT).await.expect("url");
-    assert_eq!(
-        store
-            .get(&server("ms1"))
-            .await
-            .expect("get")
-            .map(|l| l.epoch),
-        Some(Epoch(1))
-    );
+    assert_eq!(store.get(&server("ms1")).await.expect("get").map(|l| l.epoch), Some(Epoch(1)));
 
     ferry_store::init(&url).await.expect("init");
     ferry_store::reset(&url).await.expect("reset");
@@ -407,20 +307,10 @@ async fn open_dispatches_on_the_scheme() {
         .await
         .err()
         .expect("no server on port 1");
-    assert!(
-        chain(&err).contains("cannot connect to the PostgreSQL server at 127.0.0.1:1"),
-        "{}",
-        chain(&err)
-    );
+    assert!(chain(&err).contains("cannot connect to the PostgreSQL server at 127.0.0.1:1"), "{}", chain(&err));
     assert!(!chain(&err).contains("secret"), "{}", chain(&err));
-    let err = ferry_store::init("mysql://x")
-        .await
-        .expect_err("unknown scheme");
-    assert!(
-        chain(&err).contains("unknown data source scheme `mysql://`"),
-        "{}",
-        chain(&err)
-    );
+    let err = ferry_store::init("mysql://x").await.expect_err("unknown scheme");
+    assert!(chain(&err).contains("unknown data source scheme `mysql://`"), "{}", chain(&err));
 }
 
 #[tokio::test]
@@ -428,27 +318,15 @@ async fn lost_details_say_why() {
     let dir = tempdir();
     let store = open_and_init(&dir.path().join("lost.db")).await;
     let name = server("ms1");
-    let short = AcquireRequest {
-        ttl: Duration::from_millis(100),
-        ..request(&name, "m", "a")
-    };
+    let short = AcquireRequest { ttl: Duration::from_millis(100), ..request(&name, "m", "a") };
     store.acquire(&short).await.expect("acquire");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let a = Incarnation("a".into());
     let detail = lost_detail(store.renew(&name, &a, Epoch(1), CALL_TIMEOUT).await);
-    assert!(
-        detail.contains("expired") && detail.contains("ms ago"),
-        "{detail}"
-    );
-    store
-        .acquire(&request(&name, "machine-b", "b"))
-        .await
-        .expect("take over");
+    assert!(detail.contains("expired") && detail.contains("ms ago"), "{detail}");
+    store.acquire(&request(&name, "machine-b", "b")).await.expect("take over");
     let detail = lost_detail(store.renew(&name, &a, Epoch(1), CALL_TIMEOUT).await);
-    assert!(
-        detail.contains("now held by ms1 on machine-b, incarnation b, epoch 2"),
-        "{detail}"
-    );
+    assert!(detail.contains("now held by ms1 on machine-b, incarnation b, epoch 2"), "{detail}");
     let b = Incarnation("b".into());
     let detail = lost_detail(store.renew(&name, &b, Epoch(1), CALL_TIMEOUT).await);
     assert!(detail.contains("epoch 2, not 1"), "{detail}");
@@ -462,19 +340,12 @@ async fn a_locked_file_times_out_within_the_call_timeout() {
     let dir = tempdir();
     let path = dir.path().join("locked.db");
     let timeout = Duration::from_millis(300);
-    let store = SqliteStore::open_and_init(&path.display().to_string(), timeout)
-        .await
-        .expect("open");
+    let store = SqliteStore::open_and_init(&path.display().to_string(), timeout).await.expect("open");
     let blocker = raw(&path);
-    blocker
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("take the write lock");
+    blocker.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
 
     let start = tokio::time::Instant::now();
-    let err = store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect_err("locked");
+    let err = store.acquire(&request(&server("ms1"), "m", "i")).await.expect_err("locked");
     let took = start.elapsed();
     assert!(err.is_transient(), "{err:?}");
     assert!(took < Duration::from_secs(3), "a locked call took {took:?}");
@@ -482,10 +353,7 @@ async fn a_locked_file_times_out_within_the_call_timeout() {
     store.list().await.expect("read while locked");
 
     blocker.execute_batch("ROLLBACK").expect("unlock");
-    store
-        .acquire(&request(&server("ms1"), "m", "i"))
-        .await
-        .expect("acquire after unlock");
+    store.acquire(&request(&server("ms1"), "m", "i")).await.expect("acquire after unlock");
 }
 
 #[tokio::test]
@@ -502,19 +370,14 @@ async fn corrupt_rows_are_errors_not_panics() {
     for err in [
         store.list().await.expect_err("list"),
         store.expired().await.map(|_| ()).expect_err("expired"),
-        store
-            .get(&server("ms1"))
-            .await
-            .map(|_| ())
-            .expect_err("get"),
+        store.get(&server("ms1")).await.map(|_| ()).expect_err("get"),
     ] {
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
         assert!(chain(&err).contains("is invalid"), "{}", chain(&err));
     }
     // The schema itself refuses impossible epochs and states.
-    let refused = raw(&path).execute_batch(
-        "INSERT INTO ferry_leases VALUES ('server/ms3', 'ms3', 'm', 'i', 0, 'held', 0, 0)",
-    );
+    let refused =
+        raw(&path).execute_batch("INSERT INTO ferry_leases VALUES ('server/ms3', 'ms3', 'm', 'i', 0, 'held', 0, 0)");
     assert!(refused.is_err(), "epoch 0 accepted");
 }
 
@@ -524,23 +387,12 @@ async fn the_expiry_scan_uses_the_index() {
     let path = dir.path().join("plan.db");
     open_and_init(&path).await;
     let db = raw(&path);
-    let mut stmt = db
-        .prepare(&format!("EXPLAIN QUERY PLAN {EXPIRED_SQL}"))
-        .expect("explain");
-    let plan: Vec<String> = stmt
-        .query_map([0i64], |r| r.get::<_, String>(3))
-        .expect("plan")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {EXPIRED_SQL}")).expect("explain");
+    let plan: Vec<String> =
+        stmt.query_map([0i64], |r| r.get::<_, String>(3)).expect("plan").collect::<Result<_, _>>().expect("rows");
     let plan = plan.join("\n");
-    assert!(
-        plan.contains("USING INDEX ferry_leases_held_expiry"),
-        "{plan}"
-    );
-    assert!(
-        !plan.contains("SCAN ferry_leases\n") && !plan.ends_with("SCAN ferry_leases"),
-        "{plan}"
-    );
+    assert!(plan.contains("USING INDEX ferry_leases_held_expiry"), "{plan}");
+    assert!(!plan.contains("SCAN ferry_leases\n") && !plan.ends_with("SCAN ferry_leases"), "{plan}");
 }
 
 #[tokio::test]
@@ -548,9 +400,7 @@ async fn files_are_durable_wal() {
     let dir = tempdir();
     let path = dir.path().join("wal.db");
     open_and_init(&path).await;
-    let mode: String = raw(&path)
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .expect("mode");
+    let mode: String = raw(&path).query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
     assert_eq!(mode, "wal");
 }
 
@@ -561,22 +411,14 @@ fn several_processes_share_one_file() {
     const CHILDREN: usize = 4;
     let dir = tempdir();
     let path = dir.path().join("processes.db");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(open_and_init(&path));
     let go = dir.path().join("go");
     let exe = std::env::current_exe().expect("test binary");
     let children: Vec<_> = (0..CHILDREN)
         .map(|i| {
             std::process::Command::new(&exe)
-                .args([
-                    "multiprocess_child",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args(["multiprocess_child", "--exact", "--nocapture", "--test-threads=1"])
                 .env(CHILD_DB, &path)
                 .env(CHILD_ID, i.to_string())
                 .env(CHILD_GO, &go)
@@ -594,10 +436,7 @@ fn several_processes_share_one_file() {
         assert!(out.status.success(), "child failed: {stdout}");
         epochs.extend(
             // libtest may have printed "test multiprocess_child ... " on the same line.
-            stdout
-                .lines()
-                .filter_map(|l| l.split_once(WON).map(|(_, e)| e))
-                .map(|e| e.parse::<u64>().expect("epoch")),
+            stdout.lines().filter_map(|l| l.split_once(WON).map(|(_, e)| e)).map(|e| e.parse::<u64>().expect("epoch")),
         );
     }
     epochs.sort_unstable();
@@ -614,17 +453,10 @@ const WON: &str = "won epoch ";
 /// The child side of `several_processes_share_one_file`; does nothing in a normal run.
 #[test]
 fn multiprocess_child() {
-    let (Ok(db), Ok(id), Ok(go)) = (
-        std::env::var(CHILD_DB),
-        std::env::var(CHILD_ID),
-        std::env::var(CHILD_GO),
-    ) else {
+    let (Ok(db), Ok(id), Ok(go)) = (std::env::var(CHILD_DB), std::env::var(CHILD_ID), std::env::var(CHILD_GO)) else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let store = open(Path::new(&db));
         while !Path::new(&go).exists() {
@@ -640,10 +472,7 @@ fn multiprocess_child() {
                 Ok(lease) => {
                     println!("{WON}{}", lease.epoch);
                     wins += 1;
-                    store
-                        .release(&name, &req.incarnation, lease.epoch)
-                        .await
-                        .expect("release");
+                    store.release(&name, &req.incarnation, lease.epoch).await.expect("release");
                     // Step aside, so the next epoch is contended by every process.
                     tokio::time::sleep(Duration::from_millis(3)).await;
                 }
@@ -665,9 +494,7 @@ fn open(path: &Path) -> SqliteStore {
 }
 
 async fn open_and_init(path: &Path) -> SqliteStore {
-    SqliteStore::open_and_init(&format!("sqlite://{}", path.display()), CALL_TIMEOUT)
-        .await
-        .expect("open and init")
+    SqliteStore::open_and_init(&format!("sqlite://{}", path.display()), CALL_TIMEOUT).await.expect("open and init")
 }
 
 /// A plain connection, for poking at the file behind the store's back.

@@ -19,12 +19,7 @@ pub const EXIT_USAGE: i32 = 2;
 )]
 pub struct Cli {
     /// The Administration Server's URL, for client commands.
-    #[arg(
-        long,
-        global = true,
-        env = "FERRY_ADMIN",
-        default_value = "http://127.0.0.1:7001"
-    )]
+    #[arg(long, global = true, env = "FERRY_ADMIN", default_value = "http://127.0.0.1:7001")]
     pub admin: String,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -187,19 +182,12 @@ pub enum LeasingAction {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");
@@ -222,9 +210,7 @@ pub fn main() -> i32 {
                 }
             };
             // A small runtime: a server must stay light (DESIGN §6: under 15 MiB).
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             match rt {
                 Ok(rt) => {
                     let code = rt.block_on(ferry_server::run(name));
@@ -240,51 +226,21 @@ pub fn main() -> i32 {
             }
         }
         Cmd::Validate { file } => validate(&file),
-        Cmd::DemoClient {
-            target,
-            log,
-            interval_ms,
-        } => runtime().block_on(crate::demo_service::run_client(target, log, interval_ms)),
-        Cmd::DemoService { listen, journal } => {
-            runtime().block_on(crate::demo_service::run(listen, journal))
+        Cmd::DemoClient { target, log, interval_ms } => {
+            runtime().block_on(crate::demo_service::run_client(target, log, interval_ms))
         }
-        Cmd::Admin {
-            domain,
-            data_dir,
-            listen,
-        } => {
+        Cmd::DemoService { listen, journal } => runtime().block_on(crate::demo_service::run(listen, journal)),
+        Cmd::Admin { domain, data_dir, listen } => {
             init_tracing("info");
-            let data_dir = data_dir.unwrap_or_else(|| {
-                ferry_host::files::domain_dir(&domain)
-                    .join("data")
-                    .join("admin")
-            });
-            let opts = ferry_admin::AdminOptions {
-                domain_file: domain,
-                data_dir,
-                listen,
-            };
+            let data_dir =
+                data_dir.unwrap_or_else(|| ferry_host::files::domain_dir(&domain).join("data").join("admin"));
+            let opts = ferry_admin::AdminOptions { domain_file: domain, data_dir, listen };
             report(runtime().block_on(ferry_admin::run(opts)), "ferry admin")
         }
-        Cmd::Nodemanager {
-            machine,
-            domain,
-            admin_url,
-            data_dir,
-            secret_file,
-        } => {
+        Cmd::Nodemanager { machine, domain, admin_url, data_dir, secret_file } => {
             init_tracing("info");
             let rt = runtime();
-            report(
-                rt.block_on(nodemanager(
-                    machine,
-                    domain,
-                    admin_url,
-                    data_dir,
-                    secret_file,
-                )),
-                "ferry nodemanager",
-            )
+            report(rt.block_on(nodemanager(machine, domain, admin_url, data_dir, secret_file)), "ferry nodemanager")
         }
         Cmd::Leasing { action } => {
             let rt = runtime();
@@ -304,11 +260,7 @@ pub fn main() -> i32 {
                 Ok(()) => {
                     println!(
                         "lease table at {shown} {}",
-                        if reset {
-                            "re-created (every lease was dropped)"
-                        } else {
-                            "is ready"
-                        }
+                        if reset { "re-created (every lease was dropped)" } else { "is ready" }
                     );
                     0
                 }
@@ -318,30 +270,14 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Cmd::Demo {
-            exit_after,
-            dir,
-            data_source,
-            hosts: true,
-        } => {
+        Cmd::Demo { exit_after, dir, data_source, hosts: true } => {
             let _ = data_source;
             init_tracing("warn");
-            report(
-                runtime().block_on(crate::demo::run_hosts(exit_after, dir)),
-                "ferry demo --hosts",
-            )
+            report(runtime().block_on(crate::demo::run_hosts(exit_after, dir)), "ferry demo --hosts")
         }
-        Cmd::Demo {
-            exit_after,
-            dir,
-            data_source,
-            hosts: false,
-        } => {
+        Cmd::Demo { exit_after, dir, data_source, hosts: false } => {
             init_tracing("warn");
-            report(
-                runtime().block_on(crate::demo::run(exit_after, dir, data_source)),
-                "ferry demo",
-            )
+            report(runtime().block_on(crate::demo::run(exit_after, dir, data_source)), "ferry demo")
         }
         cmd => {
             init_tracing("warn");
@@ -375,11 +311,7 @@ fn validate(file: &std::path::Path) -> i32 {
         }
         Err(errs) => {
             eprintln!("{errs}");
-            eprintln!(
-                "{} problem{} found",
-                errs.errors.len(),
-                if errs.errors.len() == 1 { "" } else { "s" }
-            );
+            eprintln!("{} problem{} found", errs.errors.len(), if errs.errors.len() == 1 { "" } else { "s" });
             EXIT_USAGE
         }
     }
@@ -406,9 +338,9 @@ async fn nodemanager(
         _ => {
             let path = match (secret_file, &base) {
                 (Some(p), _) => p,
-                (None, Some(_)) => ferry_host::files::secret_path(
-                    domain.as_deref().unwrap_or(std::path::Path::new(".")),
-                ),
+                (None, Some(_)) => {
+                    ferry_host::files::secret_path(domain.as_deref().unwrap_or(std::path::Path::new(".")))
+                }
                 (None, None) => {
                     anyhow::bail!("give the domain secret with --secret-file or $FERRY_SECRET")
                 }
@@ -419,13 +351,6 @@ async fn nodemanager(
         }
     };
     let ferry_exe = std::env::current_exe()?;
-    let opts = ferry_nodemanager::NmOptions {
-        machine,
-        domain_file: domain,
-        admin_url,
-        data_dir,
-        secret,
-        ferry_exe,
-    };
+    let opts = ferry_nodemanager::NmOptions { machine, domain_file: domain, admin_url, data_dir, secret, ferry_exe };
     ferry_nodemanager::run(opts).await
 }

@@ -18,7 +18,10 @@ pub(crate) async fn run(admin_url: &str, cmd: Cmd) -> i32 {
         Err(e) => {
             eprintln!("ferry: {e}");
             if e.is_unreachable() {
-                eprintln!("hint: is the Administration Server running? pass --admin URL or set FERRY_ADMIN (now {})", admin.base());
+                eprintln!(
+                    "hint: is the Administration Server running? pass --admin URL or set FERRY_ADMIN (now {})",
+                    admin.base()
+                );
                 EXIT_UNREACHABLE
             } else {
                 EXIT_FAILED
@@ -37,11 +40,7 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
             let op = admin.start(&server).await?;
             follow(admin, op, wait).await
         }
-        Cmd::Stop {
-            server,
-            force,
-            wait,
-        } => {
+        Cmd::Stop { server, force, wait } => {
             let op = admin.stop(&server, force).await?;
             follow(admin, op, wait).await
         }
@@ -57,10 +56,7 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
             };
             if watch {
                 // Clear the screen and redraw, like `watch`.
-                print!(
-                    "\x1b[2J\x1b[H{}  (every 1s, Ctrl-C to stop)\n\n{text}\n",
-                    admin.base()
-                );
+                print!("\x1b[2J\x1b[H{}  (every 1s, Ctrl-C to stop)\n\n{text}\n", admin.base());
                 tokio::time::sleep(Duration::from_secs(1)).await;
             } else {
                 println!("{text}");
@@ -70,31 +66,18 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
         Cmd::Machines { output } => {
             let machines = admin.machines().await?;
             match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&machines).unwrap_or_default()
-                ),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&machines).unwrap_or_default()),
                 Output::Text => {
-                    println!(
-                        "{:<14} {:<22} {:<10} SERVERS",
-                        "MACHINE", "NODE MANAGER", "REACHABLE"
-                    );
+                    println!("{:<14} {:<22} {:<10} SERVERS", "MACHINE", "NODE MANAGER", "REACHABLE");
                     for m in machines {
-                        let servers: Vec<String> = m
-                            .servers
-                            .iter()
-                            .map(|s| format!("{} ({})", s.name, s.state))
-                            .collect();
+                        let servers: Vec<String> =
+                            m.servers.iter().map(|s| format!("{} ({})", s.name, s.state)).collect();
                         println!(
                             "{:<14} {:<22} {:<10} {}",
                             m.name,
                             m.node_manager,
                             if m.reachable { "yes" } else { "NO" },
-                            if m.reachable {
-                                servers.join(", ")
-                            } else {
-                                m.error.unwrap_or_default()
-                            }
+                            if m.reachable { servers.join(", ") } else { m.error.unwrap_or_default() }
                         );
                     }
                 }
@@ -104,10 +87,7 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
         Cmd::Leases { output } => {
             let leases = admin.leases().await?;
             match output {
-                Output::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&leases).unwrap_or_default()
-                ),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&leases).unwrap_or_default()),
                 Output::Text => {
                     println!(
                         "{:<24} {:<10} {:<12} {:>6} {:<8} {:>10} {:<16}",
@@ -118,15 +98,10 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
                             "{:<24} {:<10} {:<12} {:>6} {:<8} {:>10} {:<16}",
                             l.name.to_string(),
                             l.owner.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
-                            l.machine
-                                .map(|o| o.to_string())
-                                .unwrap_or_else(|| "-".into()),
+                            l.machine.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
                             l.epoch.0,
                             format!("{:?}", l.state).to_lowercase(),
-                            left(
-                                Some(l.remaining_ms),
-                                l.state == ferry_core::lease::LeaseState::Held
-                            ),
+                            left(Some(l.remaining_ms), l.state == ferry_core::lease::LeaseState::Held),
                             l.incarnation.map(|i| i.0).unwrap_or_else(|| "-".into()),
                         );
                     }
@@ -144,13 +119,9 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
                         Output::Json => {
                             println!("{}", serde_json::to_string(e).unwrap_or_default())
                         }
-                        Output::Text => println!(
-                            "{} {:<24} {:<20} {}",
-                            clock::format_wall(e.at_ms),
-                            e.source,
-                            e.kind,
-                            e.message
-                        ),
+                        Output::Text => {
+                            println!("{} {:<24} {:<20} {}", clock::format_wall(e.at_ms), e.source, e.kind, e.message)
+                        }
                     }
                 }
                 if !follow {
@@ -195,10 +166,7 @@ fn status_table(servers: &[ferry_api::ServerStatus]) -> String {
 /// Prints an operation's steps as they happen (with `wait`) or just its id.
 async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, ClientError> {
     if !wait {
-        println!(
-            "operation {} ({} {}) accepted; follow it with `ferry events --follow`",
-            op.id, op.kind, op.target
-        );
+        println!("operation {} ({} {}) accepted; follow it with `ferry events --follow`", op.id, op.kind, op.target);
         return Ok(0);
     }
     let started = clock::now();
@@ -215,11 +183,7 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
     loop {
         let cur = admin.operation(op.id).await?;
         for s in cur.steps.iter().skip(shown) {
-            let line = format!(
-                "  [{:>6.2}s] {}",
-                clock::now().since(started) as f64 / 1000.0,
-                s.message
-            );
+            let line = format!("  [{:>6.2}s] {}", clock::now().since(started) as f64 / 1000.0, s.message);
             if tty {
                 bar.println(line);
             } else {
@@ -240,12 +204,7 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
             }
             "failed" => {
                 bar.finish_and_clear();
-                eprintln!(
-                    "{} {} failed: {}",
-                    cur.kind,
-                    cur.target,
-                    cur.error.unwrap_or_default()
-                );
+                eprintln!("{} {} failed: {}", cur.kind, cur.target, cur.error.unwrap_or_default());
                 return Ok(EXIT_FAILED);
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -92,68 +92,45 @@ async fn answered_from(
     }
 }
 
-pub async fn run(
-    exit_after: bool,
-    dir: Option<PathBuf>,
-    data_source: Option<String>,
-) -> anyhow::Result<()> {
+pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<String>) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the ferry executable")?;
     let mut spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
     spec.data_source = data_source;
     let dir = match dir {
         Some(d) => d,
-        None => tempfile::Builder::new()
-            .prefix("ferry-demo-")
-            .tempdir()?
-            .keep(),
+        None => tempfile::Builder::new().prefix("ferry-demo-").tempdir()?.keep(),
     };
     println!("ferry demo: whole server migration, live (WebLogic Server 10.3, chapter 7, Figures 7-1, 7-2, 7-3)\n");
     println!("domain file:  {}", dir.join("domain.toml").display());
     println!("timings:      health_check_interval {INTERVAL_MS} ms x {PERIODS} periods = lease {} ms; fencing_grace_period {GRACE_MS} ms", INTERVAL_MS * PERIODS as u64);
     if let Some(ds) = &spec.data_source {
         // A database named on the command line gets its lease table first (idempotent).
-        ferry_store::init(ds).await.with_context(|| {
-            format!(
-                "cannot prepare the lease table at {}",
-                ferry_core::domain::redact_url(ds)
-            )
-        })?;
+        ferry_store::init(ds)
+            .await
+            .with_context(|| format!("cannot prepare the lease table at {}", ferry_core::domain::redact_url(ds)))?;
         println!("lease table:  {}", ferry_core::domain::redact_url(ds));
     }
     let mut h = Harness::start(spec, &exe, Some(dir.clone())).await?;
-    println!(
-        "admin:        {}   (try: ferry status --admin {} in another terminal)",
-        h.admin_url, h.admin_url
-    );
+    println!("admin:        {}   (try: ferry status --admin {} in another terminal)", h.admin_url, h.admin_url);
     println!(
         "machines:     machine-b, machine-c, machine-d (one Node Manager each; logs in {})",
         dir.join("logs").display()
     );
     for (s, a) in &h.service_addr {
-        println!(
-            "service {s}:  http://{a}  (its address on this host: the floating IP's stand-in)"
-        );
+        println!("service {s}:  http://{a}  (its address on this host: the floating IP's stand-in)");
     }
 
     let admin = h.admin();
     let mut n = Narrator {
         admin: admin.clone(),
-        since: admin
-            .events(0)
-            .await
-            .map(|e| e.last().map_or(0, |e| e.id))
-            .unwrap_or(0),
+        since: admin.events(0).await.map(|e| e.last().map_or(0, |e| e.id)).unwrap_or(0),
         t0_ms: clock::wall_ms(),
     };
 
     // ---- Figure 7-1 ----
     println!("\nFigure 7-1  Startup of a cluster with migratable servers");
     n.t0_ms = clock::wall_ms();
-    n.say(
-        n.t0_ms,
-        "1.",
-        "the administrator starts the cluster: ferry start-cluster cluster-1",
-    );
+    n.say(n.t0_ms, "1.", "the administrator starts the cluster: ferry start-cluster cluster-1");
     admin.start_cluster("cluster-1").await?;
     let mut running = 0;
     n.until(
@@ -181,11 +158,7 @@ pub async fn run(
     .await?;
     tokio::time::sleep(Duration::from_millis(INTERVAL_MS * 2)).await;
     let status = h.status().await?;
-    n.say(
-        clock::wall_ms(),
-        "7.",
-        "the servers renew their leases every health_check_interval:",
-    );
+    n.say(clock::wall_ms(), "7.", "the servers renew their leases every health_check_interval:");
     for s in &status {
         println!(
             "             {} on {} epoch {} lease left {} ms{}",
@@ -196,11 +169,7 @@ pub async fn run(
             if s.master { "  (cluster master)" } else { "" }
         );
     }
-    let master = status
-        .iter()
-        .find(|s| s.master)
-        .map(|s| s.name.clone())
-        .unwrap_or_default();
+    let master = status.iter().find(|s| s.master).map(|s| s.name.clone()).unwrap_or_default();
     let (_, before) = answered_from(&h, "ms2", "machine-c", Duration::from_secs(10)).await?;
     println!("             ms2 answers: {before}");
 
@@ -208,7 +177,11 @@ pub async fn run(
     println!("\nFigure 7-2  Automatic migration of a failed server");
     n.t0_ms = clock::wall_ms();
     let killed = h.kill_machine("machine-c");
-    n.say(n.t0_ms, "1.", &format!("machine C fails: its Node Manager, ms2 and ms2's service are killed ({killed} processes, SIGKILL)"));
+    n.say(
+        n.t0_ms,
+        "1.",
+        &format!("machine C fails: its Node Manager, ms2 and ms2's service are killed ({killed} processes, SIGKILL)"),
+    );
     let seen = n
         .until(
             Duration::from_secs(60),
@@ -232,18 +205,9 @@ pub async fn run(
             |e| is(e, "lease-acquired", "ms2"),
         )
         .await?;
-    let (answered_ms, after) =
-        answered_from(&h, "ms2", "machine-d", Duration::from_secs(30)).await?;
-    n.say(
-        answered_ms,
-        "",
-        &format!("ms2 answers from machine-d: {after}"),
-    );
-    let at = |kind: &str| {
-        seen.iter()
-            .find(|e| is(e, kind, "ms2"))
-            .map(|e| e.at_ms.saturating_sub(n.t0_ms))
-    };
+    let (answered_ms, after) = answered_from(&h, "ms2", "machine-d", Duration::from_secs(30)).await?;
+    n.say(answered_ms, "", &format!("ms2 answers from machine-d: {after}"));
+    let at = |kind: &str| seen.iter().find(|e| is(e, kind, "ms2")).map(|e| e.at_ms.saturating_sub(n.t0_ms));
     let detect = at("lease-expired");
     let started = at("server-started");
     let leased = at("lease-acquired");
@@ -251,21 +215,11 @@ pub async fn run(
     let bound = INTERVAL_MS * PERIODS as u64 + GRACE_MS;
 
     // ---- Figure 7-3 (failback) ----
-    println!(
-        "\nFigure 7-3  Manual whole server migration (failback of ms2 to its repaired machine)"
-    );
+    println!("\nFigure 7-3  Manual whole server migration (failback of ms2 to its repaired machine)");
     n.t0_ms = clock::wall_ms();
     h.start_nm("machine-c").await?;
-    n.say(
-        clock::wall_ms(),
-        "",
-        "machine C is repaired: its Node Manager runs again",
-    );
-    n.say(
-        clock::wall_ms(),
-        "1.",
-        "the administrator migrates ms2 back: ferry migrate ms2 --to machine-c",
-    );
+    n.say(clock::wall_ms(), "", "machine C is repaired: its Node Manager runs again");
+    n.say(clock::wall_ms(), "1.", "the administrator migrates ms2 back: ferry migrate ms2 --to machine-c");
     let t_migrate = clock::wall_ms();
     admin.migrate("ms2", "machine-c").await?;
     let mut contacts = 0;
@@ -299,43 +253,24 @@ pub async fn run(
     )
     .await?;
     let (back_ms, back) = answered_from(&h, "ms2", "machine-c", Duration::from_secs(30)).await?;
-    n.say(
-        back_ms,
-        "",
-        &format!("ms2 answers from machine-c again: {back}"),
-    );
+    n.say(back_ms, "", &format!("ms2 answers from machine-c again: {back}"));
     let failback = back_ms.saturating_sub(t_migrate);
 
     // ---- Summary ----
-    let journals: Vec<_> = ["ms1", "ms2"]
-        .iter()
-        .map(|s| crate::harness::check_journal(&h.journal_path(s)))
-        .collect();
+    let journals: Vec<_> = ["ms1", "ms2"].iter().map(|s| crate::harness::check_journal(&h.journal_path(s))).collect();
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
     println!("\nSummary (measured on this host)");
     println!("  {:<62} {:>10} {:>16}", "", "measured", "seed's bound");
     println!("  {:<62} {:>10}", "cluster master", master);
-    println!(
-        "  {:<62} {:>10}",
-        "7-2 machine C killed -> master saw ms2's lease expired",
-        ms(detect)
-    );
+    println!("  {:<62} {:>10}", "7-2 machine C killed -> master saw ms2's lease expired", ms(detect));
     println!(
         "  {:<62} {:>10} {:>16}",
         "7-2 machine C killed -> ms2 restarted on machine D",
         ms(started),
         format!("{bound} ms")
     );
-    println!(
-        "  {:<62} {:>10}",
-        "7-2 machine C killed -> ms2 holds its lease on machine D",
-        ms(leased)
-    );
-    println!(
-        "  {:<62} {:>10}",
-        "7-2 machine C killed -> ms2's service answers from machine D",
-        format!("{total} ms")
-    );
+    println!("  {:<62} {:>10}", "7-2 machine C killed -> ms2 holds its lease on machine D", ms(leased));
+    println!("  {:<62} {:>10}", "7-2 machine C killed -> ms2's service answers from machine D", format!("{total} ms"));
     println!(
         "  {:<62} {:>10}",
         "7-3 ferry migrate ms2 --to machine-c -> answers from machine C",
@@ -348,10 +283,7 @@ pub async fn run(
                 "  {:<58} {:>10}",
                 format!(
                     "{s}: instances (epochs {}), never two at once",
-                    list.iter()
-                        .map(|i| i.epoch.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    list.iter().map(|i| i.epoch.to_string()).collect::<Vec<_>>().join(", ")
                 ),
                 "ok"
             ),
@@ -363,10 +295,7 @@ pub async fn run(
     }
     if exit_after {
         h.shutdown();
-        println!(
-            "\ndone; every process was stopped. The domain's files stay in {}",
-            dir.display()
-        );
+        println!("\ndone; every process was stopped. The domain's files stay in {}", dir.display());
         return Ok(());
     }
     println!("\nThe cluster stays up. In another terminal:\n  export FERRY_ADMIN={}\n  ferry status\n  ferry events\n  ferry migrate ms1 --to machine-d --wait\nPress Ctrl-C to stop every process.", h.admin_url);
@@ -377,10 +306,7 @@ pub async fn run(
         _ = term.recv() => {}
     }
     h.shutdown();
-    println!(
-        "\nstopped every process; the domain's files stay in {}",
-        dir.display()
-    );
+    println!("\nstopped every process; the domain's files stay in {}", dir.display());
     Ok(())
 }
 
@@ -398,16 +324,13 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     let spec = DomainSpec::figure_7_1(interval, periods, grace);
     println!("ferry demo --hosts: whole server migration between network-namespace machines\n");
     let Some(mut d) = LabDomain::start(spec, &exe, dir).await? else {
-        anyhow::bail!("the lab cannot run here (see above): it needs root, iproute2, nftables, iputils-arping and postgresql");
-    };
-    println!(
-        "lab:          switch 198.18.1.1 (PostgreSQL, Administration Server), client 198.18.1.2"
-    );
-    for m in &d.spec.machines {
-        println!(
-            "              {m}: {} (its own network namespace, Node Manager on :5556)",
-            d.lab.addr(m)?
+        anyhow::bail!(
+            "the lab cannot run here (see above): it needs root, iproute2, nftables, iputils-arping and postgresql"
         );
+    };
+    println!("lab:          switch 198.18.1.1 (PostgreSQL, Administration Server), client 198.18.1.2");
+    for m in &d.spec.machines {
+        println!("              {m}: {} (its own network namespace, Node Manager on :5556)", d.lab.addr(m)?);
     }
     println!("domain file:  {}", d.domain_file.display());
     println!(
@@ -417,30 +340,19 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     let fip = d.floating["ms2"];
     let start = clock::wall_ms();
     let say = |t0: u64, step: &str, text: &str| {
-        println!(
-            "  {:>+7.3}s  {step:<5} {text}",
-            (clock::wall_ms() as i64 - t0 as i64) as f64 / 1000.0
-        )
+        println!("  {:>+7.3}s  {step:<5} {text}", (clock::wall_ms() as i64 - t0 as i64) as f64 / 1000.0)
     };
     let narrate = |t0: u64, e: &Event, step: &str| {
-        println!(
-            "  {:>+7.3}s  {step:<5} {}",
-            (e.at_ms as i64 - t0 as i64) as f64 / 1000.0,
-            e.message
-        )
+        println!("  {:>+7.3}s  {step:<5} {}", (e.at_ms as i64 - t0 as i64) as f64 / 1000.0, e.message)
     };
 
     println!("\nFigure 7-1  Startup");
     say(start, "1.", "ferry start-cluster cluster-1");
     let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await?;
     if !out.status.success() {
-        anyhow::bail!(
-            "start-cluster failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        anyhow::bail!("start-cluster failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    d.wait_running("ms2", "machine-c", 0, Duration::from_secs(30))
-        .await?;
+    d.wait_running("ms2", "machine-c", 0, Duration::from_secs(30)).await?;
     for e in d.events().await? {
         let step = match e.kind.as_str() {
             "contact-nm" => "2.",
@@ -457,10 +369,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     d.start_client("ms2", 5)?;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let on = |m: &str, addrs: &[String]| {
-        addrs
-            .iter()
-            .any(|a| a.starts_with(&format!("{}/", fip.ip())))
-            .then(|| m.to_string())
+        addrs.iter().any(|a| a.starts_with(&format!("{}/", fip.ip()))).then(|| m.to_string())
     };
     let mut holders = Vec::new();
     for m in d.spec.machines.clone() {
@@ -478,19 +387,12 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     );
 
     println!("\nFigure 7-2  Machine C crashes (every process killed, cable pulled)");
-    let before = d
-        .status()
-        .await?
-        .into_iter()
-        .find(|s| s.name == "ms2")
-        .map(|s| s.epoch.unwrap_or(0))
-        .unwrap_or(0);
+    let before = d.status().await?.into_iter().find(|s| s.name == "ms2").map(|s| s.epoch.unwrap_or(0)).unwrap_or(0);
     let t0 = clock::wall_ms();
     let t0_boot = clock::now().0;
     d.lab.crash("machine-c").await?;
     say(t0, "1.", "machine-c crashed");
-    d.wait_running("ms2", "machine-d", before, Duration::from_secs(30))
-        .await?;
+    d.wait_running("ms2", "machine-d", before, Duration::from_secs(30)).await?;
     let until = clock::now() + Duration::from_secs(10);
     let view = loop {
         let v = client_view(&d.client_log("ms2"), t0_boot, before);
@@ -534,44 +436,28 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     d.wait_nm("machine-c", Duration::from_secs(20)).await?;
     let t3 = clock::wall_ms();
     say(t3, "1.", "ferry migrate ms2 --to machine-c --wait");
-    let out = d
-        .cli(&["migrate", "ms2", "--to", "machine-c", "--wait"])
-        .await?;
+    let out = d.cli(&["migrate", "ms2", "--to", "machine-c", "--wait"]).await?;
     print!(
         "{}",
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| format!("             {l}\n"))
-            .collect::<String>()
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("             {l}\n")).collect::<String>()
     );
-    let back = d
-        .wait_running("ms2", "machine-c", 0, Duration::from_secs(30))
-        .await?;
-    let safe: Vec<_> = ["ms1", "ms2"]
-        .iter()
-        .map(|s| crate::harness::check_journal(&d.journal_path(s)).map(|l| l.len()))
-        .collect();
+    let back = d.wait_running("ms2", "machine-c", 0, Duration::from_secs(30)).await?;
+    let safe: Vec<_> =
+        ["ms1", "ms2"].iter().map(|s| crate::harness::check_journal(&d.journal_path(s)).map(|l| l.len())).collect();
     println!("\nSummary");
-    println!("  client outage when machine-c crashed: {} ms (bound: lease {} + grace {grace} + scan + start)", view.outage_ms.map_or("-".into(), |t| t.to_string()), interval * periods as u64);
     println!(
-        "  ms2 back on machine-c with fencing token {}",
-        back.epoch.unwrap_or(0)
+        "  client outage when machine-c crashed: {} ms (bound: lease {} + grace {grace} + scan + start)",
+        view.outage_ms.map_or("-".into(), |t| t.to_string()),
+        interval * periods as u64
     );
+    println!("  ms2 back on machine-c with fencing token {}", back.epoch.unwrap_or(0));
     println!(
         "  no two instances at once (journals): {}",
-        if safe.iter().all(|r| r.is_ok()) {
-            "ok"
-        } else {
-            "VIOLATED"
-        }
+        if safe.iter().all(|r| r.is_ok()) { "ok" } else { "VIOLATED" }
     );
     println!(
         "  an older instance answered the client after a newer one: {}",
-        if view.went_back.is_some() {
-            "YES"
-        } else {
-            "never"
-        }
+        if view.went_back.is_some() { "YES" } else { "never" }
     );
     if exit_after {
         println!("\ndone; the lab is being removed");

@@ -27,13 +27,7 @@ pub async fn run(listen: SocketAddr, journal: Option<PathBuf>) -> i32 {
     let incarnation = env("FERRY_INCARNATION");
     let pid = std::process::id();
     if let Some(path) = journal {
-        let line = JournalLine {
-            t_ms: 0,
-            server: server.clone(),
-            machine: machine.clone(),
-            epoch,
-            pid,
-        };
+        let line = JournalLine { t_ms: 0, server: server.clone(), machine: machine.clone(), epoch, pid };
         std::thread::spawn(move || journal_loop(path, line));
     }
     // Bind with retries: the previous instance's socket may linger for a moment.
@@ -68,11 +62,7 @@ pub async fn run(listen: SocketAddr, journal: Option<PathBuf>) -> i32 {
 
 /// A plain thread so a busy runtime cannot delay the heartbeat lines.
 fn journal_loop(path: PathBuf, mut line: JournalLine) {
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-    else {
+    let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else {
         return;
     };
     loop {
@@ -102,18 +92,13 @@ pub struct ClientLine {
 /// `ferry demo-client`: asks `target` who it is every `interval_ms` and appends each answer
 /// (or its absence) to `log`: what a user of the floating IP saw.
 pub async fn run_client(target: SocketAddr, log: PathBuf, interval_ms: u64) -> i32 {
-    let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-    else {
+    let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) else {
         eprintln!("demo-client: cannot open {}", log.display());
         return 1;
     };
     loop {
         let t_ms = ferry_host::clock::now().0;
-        let answer =
-            crate::harness::probe(target, Duration::from_millis(interval_ms.max(20) * 4)).await;
+        let answer = crate::harness::probe(target, Duration::from_millis(interval_ms.max(20) * 4)).await;
         let line = match answer {
             Some(v) => ClientLine {
                 t_ms,
@@ -122,13 +107,7 @@ pub async fn run_client(target: SocketAddr, log: PathBuf, interval_ms: u64) -> i
                 epoch: v["fencing_token"].as_u64().unwrap_or(0),
                 pid: v["pid"].as_u64().unwrap_or(0) as u32,
             },
-            None => ClientLine {
-                t_ms,
-                ok: false,
-                machine: String::new(),
-                epoch: 0,
-                pid: 0,
-            },
+            None => ClientLine { t_ms, ok: false, machine: String::new(), epoch: 0, pid: 0 },
         };
         if let Ok(s) = serde_json::to_string(&line) {
             let _ = writeln!(f, "{s}");

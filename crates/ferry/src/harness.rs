@@ -61,16 +61,8 @@ impl DomainSpec {
             cluster: "cluster-1".into(),
             cluster_candidates: vec![m("machine-b"), m("machine-c"), m("machine-d")],
             servers: vec![
-                ServerSpec {
-                    name: m("ms1"),
-                    home: m("machine-b"),
-                    candidates: vec![m("machine-d"), m("machine-c")],
-                },
-                ServerSpec {
-                    name: m("ms2"),
-                    home: m("machine-c"),
-                    candidates: vec![m("machine-d"), m("machine-b")],
-                },
+                ServerSpec { name: m("ms1"), home: m("machine-b"), candidates: vec![m("machine-d"), m("machine-c")] },
+                ServerSpec { name: m("ms2"), home: m("machine-c"), candidates: vec![m("machine-d"), m("machine-b")] },
             ],
             interval_ms,
             periods,
@@ -107,11 +99,7 @@ pub struct Harness {
 
 impl Harness {
     /// Writes the domain file and starts the Administration Server and every Node Manager.
-    pub async fn start(
-        spec: DomainSpec,
-        exe: &Path,
-        dir: Option<PathBuf>,
-    ) -> anyhow::Result<Harness> {
+    pub async fn start(spec: DomainSpec, exe: &Path, dir: Option<PathBuf>) -> anyhow::Result<Harness> {
         let (dir, tmp) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(&d)?;
@@ -135,16 +123,12 @@ impl Harness {
         }
         let mut service_addr = BTreeMap::new();
         for s in &spec.servers {
-            service_addr.insert(
-                s.name.clone(),
-                SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-            );
+            service_addr.insert(s.name.clone(), SocketAddr::from(([127, 0, 0, 1], free_port()?)));
         }
         let tag = format!("ferry-{}-{:08x}", std::process::id(), rand::random::<u32>());
         let domain_file = dir.join("domain.toml");
         let text = domain_toml(&spec, &dir, admin_port, &nm_addr, &service_addr, exe);
-        std::fs::write(&domain_file, text)
-            .with_context(|| format!("cannot write {}", domain_file.display()))?;
+        std::fs::write(&domain_file, text).with_context(|| format!("cannot write {}", domain_file.display()))?;
         let mut h = Harness {
             dir: dir.clone(),
             domain_file,
@@ -181,27 +165,20 @@ impl Harness {
             new_group: true,
             ..Default::default()
         };
-        let child = process::spawn(&spec)
-            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let child = process::spawn(&spec).with_context(|| format!("cannot start {}", self.exe.display()))?;
         self.children.push(child);
         Ok(())
     }
 
     /// Starts (or restarts) the Administration Server and waits until it answers.
     pub async fn start_admin(&mut self) -> anyhow::Result<()> {
-        let args = vec![
-            "admin".into(),
-            "--domain".into(),
-            self.domain_file.display().to_string(),
-        ];
+        let args = vec!["admin".into(), "--domain".into(), self.domain_file.display().to_string()];
         let tag = self.machine_tag("admin");
         self.spawn(args, tag, "admin.log")?;
         let admin = self.admin();
-        wait_until(
-            Duration::from_secs(20),
-            "the Administration Server to answer",
-            || async { admin.domain().await.is_ok() },
-        )
+        wait_until(Duration::from_secs(20), "the Administration Server to answer", || async {
+            admin.domain().await.is_ok()
+        })
         .await
     }
 
@@ -222,17 +199,11 @@ impl Harness {
         let tag = self.machine_tag(machine);
         self.spawn(args, tag, &format!("nm-{machine}.log"))?;
         let secret = self.secret().await?;
-        let addr = self
-            .nm_addr
-            .get(machine)
-            .context("unknown machine")?
-            .to_string();
+        let addr = self.nm_addr.get(machine).context("unknown machine")?.to_string();
         let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
-        wait_until(
-            Duration::from_secs(20),
-            &format!("the Node Manager of {machine} to answer"),
-            || async { nm.health().await.is_ok() },
-        )
+        wait_until(Duration::from_secs(20), &format!("the Node Manager of {machine} to answer"), || async {
+            nm.health().await.is_ok()
+        })
         .await
     }
 
@@ -263,10 +234,7 @@ impl Harness {
 
     /// Every live process of a machine.
     pub fn machine_pids(&self, machine: &str) -> Vec<i32> {
-        process::pids_with_env(TAG_VAR, &self.machine_tag(machine))
-            .into_iter()
-            .filter(|&p| process::alive(p))
-            .collect()
+        process::pids_with_env(TAG_VAR, &self.machine_tag(machine)).into_iter().filter(|&p| process::alive(p)).collect()
     }
 
     pub fn journal_path(&self, server: &str) -> PathBuf {
@@ -328,10 +296,7 @@ impl Harness {
         loop {
             if let Ok(list) = admin.servers().await {
                 if let Some(s) = list.into_iter().find(|s| s.name == server) {
-                    if s.state == "RUNNING"
-                        && s.machine.as_deref() == Some(machine)
-                        && s.epoch.unwrap_or(0) > epoch
-                    {
+                    if s.state == "RUNNING" && s.machine.as_deref() == Some(machine) && s.epoch.unwrap_or(0) > epoch {
                         return Ok(s);
                     }
                     if clock::now() >= until {
@@ -348,12 +313,7 @@ impl Harness {
 
     /// Kills every process this harness started, on every machine.
     pub fn shutdown(&mut self) {
-        let mut tags: Vec<String> = self
-            .spec
-            .machines
-            .iter()
-            .map(|m| self.machine_tag(m))
-            .collect();
+        let mut tags: Vec<String> = self.spec.machines.iter().map(|m| self.machine_tag(m)).collect();
         tags.push(self.machine_tag("admin"));
         for t in tags {
             process::kill_tagged(TAG_VAR, &t);
@@ -404,11 +364,7 @@ where
 }
 
 fn list(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
 fn domain_toml(
@@ -419,10 +375,7 @@ fn domain_toml(
     services: &BTreeMap<String, SocketAddr>,
     exe: &Path,
 ) -> String {
-    let ds = spec
-        .data_source
-        .clone()
-        .unwrap_or_else(|| "sqlite://data/leases.db".into());
+    let ds = spec.data_source.clone().unwrap_or_else(|| "sqlite://data/leases.db".into());
     let mut t = format!(
         "# Written by ferry's harness: {} machines, cluster {}.\nname = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[leasing]\nbasis = \"database\"\ndata_source = \"{ds}\"\n",
         spec.machines.len(),
@@ -430,15 +383,9 @@ fn domain_toml(
         spec.name
     );
     for m in &spec.machines {
-        t += &format!(
-            "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{}\"\n",
-            nms[m]
-        );
+        t += &format!("\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{}\"\n", nms[m]);
         if let Some((_, hook, timeout_ms)) = spec.ifconfig_hooks.iter().find(|(h, _, _)| h == m) {
-            t += &format!(
-                "hooks = {{ ifconfig = \"{}\", timeout = \"{timeout_ms}ms\" }}\n",
-                hook.display()
-            );
+            t += &format!("hooks = {{ ifconfig = \"{}\", timeout = \"{timeout_ms}ms\" }}\n", hook.display());
         }
     }
     t += &format!(
@@ -450,20 +397,10 @@ fn domain_toml(
     );
     for (i, s) in spec.servers.iter().enumerate() {
         let addr = services[&s.name];
-        let mut cmd = vec![
-            exe.display().to_string(),
-            "demo-service".into(),
-            "--listen".into(),
-            addr.to_string(),
-        ];
+        let mut cmd = vec![exe.display().to_string(), "demo-service".into(), "--listen".into(), addr.to_string()];
         if spec.journal {
             cmd.push("--journal".into());
-            cmd.push(
-                dir.join("journal")
-                    .join(format!("{}.jsonl", s.name))
-                    .display()
-                    .to_string(),
-            );
+            cmd.push(dir.join("journal").join(format!("{}.jsonl", s.name)).display().to_string());
         }
         t += &format!(
             "\n[[servers]]\nname = \"{}\"\ncluster = \"{}\"\nmachine = \"{}\"\nfloating_ip = \"198.18.1.{}\"\ncandidate_machines = [{}]\nhealth_check_interval = \"{}ms\"\nhealth_check_periods_until_fencing = {}\nshutdown_timeout = \"{}ms\"\n\n[[servers.services]]\nname = \"hello\"\ncommand = [{}]\nhealth = {{ tcp = \"{addr}\" }}\n",
@@ -497,8 +434,7 @@ pub struct Instance {
 /// Checks the safety property on a service journal: instances never overlap in time, and
 /// each later instance has a larger fencing token. Returns the instances in order.
 pub fn check_journal(path: &Path) -> anyhow::Result<Vec<Instance>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut by_instance: BTreeMap<(u64, u32), Instance> = BTreeMap::new();
     for line in text.lines() {
         let Ok(j) = serde_json::from_str::<JournalLine>(line) else {
@@ -519,7 +455,17 @@ pub fn check_journal(path: &Path) -> anyhow::Result<Vec<Instance>> {
     for w in list.windows(2) {
         let (a, b) = (&w[0], &w[1]);
         if a.last_ms >= b.first_ms {
-            bail!("two instances ran at once: epoch {} pid {} on {} until {} ms, and epoch {} pid {} on {} from {} ms", a.epoch, a.pid, a.machine, a.last_ms, b.epoch, b.pid, b.machine, b.first_ms);
+            bail!(
+                "two instances ran at once: epoch {} pid {} on {} until {} ms, and epoch {} pid {} on {} from {} ms",
+                a.epoch,
+                a.pid,
+                a.machine,
+                a.last_ms,
+                b.epoch,
+                b.pid,
+                b.machine,
+                b.first_ms
+            );
         }
         if b.epoch <= a.epoch {
             bail!(

@@ -41,23 +41,13 @@ pub struct LabDomain {
 impl LabDomain {
     /// Builds the lab and starts the domain in it; `None` when the lab cannot run here
     /// (not root, tools missing; printed, and a failure under `CI=true`).
-    pub async fn start(
-        spec: DomainSpec,
-        exe: &Path,
-        dir: Option<PathBuf>,
-    ) -> anyhow::Result<Option<LabDomain>> {
+    pub async fn start(spec: DomainSpec, exe: &Path, dir: Option<PathBuf>) -> anyhow::Result<Option<LabDomain>> {
         let machines: Vec<&str> = spec.machines.iter().map(String::as_str).collect();
-        let lab_spec = LabSpec {
-            with_client: true,
-            ..LabSpec::new(&machines)
-        };
+        let lab_spec = LabSpec { with_client: true, ..LabSpec::new(&machines) };
         let Some(lab) = Lab::up_or_skip(lab_spec).await else {
             return Ok(None);
         };
-        let pg = lab
-            .start_postgres()
-            .await
-            .context("PostgreSQL in the lab")?;
+        let pg = lab.start_postgres().await.context("PostgreSQL in the lab")?;
         let (dir, tmp) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(&d)?;
@@ -80,10 +70,7 @@ impl LabDomain {
         }
         let admin_url = format!("http://{}:{ADMIN_PORT}", lab.switch_addr());
         let domain_file = dir.join("domain.toml");
-        std::fs::write(
-            &domain_file,
-            domain_toml(&spec, &lab, &pg, &floating, &dir, exe)?,
-        )?;
+        std::fs::write(&domain_file, domain_toml(&spec, &lab, &pg, &floating, &dir, exe)?)?;
         let d = LabDomain {
             lab,
             pg,
@@ -96,14 +83,9 @@ impl LabDomain {
             clients: Vec::new(),
             _tmp: tmp,
         };
-        let out = d
-            .run_in(SWITCH, &["leasing", "init", "--data-source", &d.pg.url()])
-            .await?;
+        let out = d.run_in(SWITCH, &["leasing", "init", "--data-source", &d.pg.url()]).await?;
         if !out.status.success() {
-            bail!(
-                "ferry leasing init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("ferry leasing init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         d.start_admin()?;
         d.wait_cli_ok(&["machines"], Duration::from_secs(20))
@@ -117,9 +99,7 @@ impl LabDomain {
         loop {
             let out = d.cli(&["machines", "-o", "json"]).await?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let up = v
-                .as_array()
-                .map_or(0, |a| a.iter().filter(|m| m["reachable"] == true).count());
+            let up = v.as_array().map_or(0, |a| a.iter().filter(|m| m["reachable"] == true).count());
             if up == machines.len() {
                 break;
             }
@@ -131,34 +111,17 @@ impl LabDomain {
         Ok(Some(d))
     }
 
-    fn spawn(
-        &self,
-        node: &str,
-        args: &[&str],
-        env: &[(&str, &str)],
-        log: &str,
-    ) -> anyhow::Result<()> {
+    fn spawn(&self, node: &str, args: &[&str], env: &[(&str, &str)], log: &str) -> anyhow::Result<()> {
         let mut all = vec![("FERRY_LOG", "info")];
         all.extend_from_slice(env);
-        let child = self.lab.spawn(
-            node,
-            &self.exe,
-            args,
-            &all,
-            &self.dir.join("logs").join(log),
-        )?;
+        let child = self.lab.spawn(node, &self.exe, args, &all, &self.dir.join("logs").join(log))?;
         // The lab owns the process (it kills everything in its namespaces); do not reap here.
         std::mem::forget(child);
         Ok(())
     }
 
     pub fn start_admin(&self) -> anyhow::Result<()> {
-        self.spawn(
-            SWITCH,
-            &["admin", "--domain", &self.domain_file.display().to_string()],
-            &[],
-            "admin.log",
-        )
+        self.spawn(SWITCH, &["admin", "--domain", &self.domain_file.display().to_string()], &[], "admin.log")
     }
 
     pub fn start_nm(&self, machine: &str) -> anyhow::Result<()> {
@@ -171,13 +134,7 @@ impl LabDomain {
     pub fn start_nm_with_env(&self, machine: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
         self.spawn(
             machine,
-            &[
-                "nodemanager",
-                "--machine",
-                machine,
-                "--domain",
-                &self.domain_file.display().to_string(),
-            ],
+            &["nodemanager", "--machine", machine, "--domain", &self.domain_file.display().to_string()],
             env,
             &format!("nm-{machine}.log"),
         )
@@ -189,10 +146,7 @@ impl LabDomain {
         loop {
             let out = self.cli(&["machines", "-o", "json"]).await?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if v.as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|m| m["name"] == machine && m["reachable"] == true)
-            }) {
+            if v.as_array().is_some_and(|a| a.iter().any(|m| m["name"] == machine && m["reachable"] == true)) {
                 return Ok(());
             }
             if clock::now() >= until {
@@ -224,10 +178,7 @@ impl LabDomain {
                 return Ok(());
             }
             if clock::now() >= until {
-                bail!(
-                    "`ferry {}` did not succeed within {patience:?}",
-                    args.join(" ")
-                );
+                bail!("`ferry {}` did not succeed within {patience:?}", args.join(" "));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -243,10 +194,7 @@ impl LabDomain {
 
     pub async fn events(&self) -> anyhow::Result<Vec<ferry_api::Event>> {
         let out = self.cli(&["events", "-o", "json"]).await?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
     }
 
     /// Waits until `server` runs on `machine` with an epoch above `epoch`.
@@ -262,10 +210,7 @@ impl LabDomain {
         loop {
             if let Ok(list) = self.status().await {
                 if let Some(s) = list.into_iter().find(|s| s.name == server) {
-                    if s.state == "RUNNING"
-                        && s.machine.as_deref() == Some(machine)
-                        && s.epoch.unwrap_or(0) > epoch
-                    {
+                    if s.state == "RUNNING" && s.machine.as_deref() == Some(machine) && s.epoch.unwrap_or(0) > epoch {
                         return Ok(s);
                     }
                     last = Some(s);
@@ -281,11 +226,7 @@ impl LabDomain {
     /// Starts a client in the client namespace that asks `server`'s floating IP who answers
     /// every `interval_ms`; read its log with [`LabDomain::client_log`].
     pub fn start_client(&mut self, server: &str, interval_ms: u64) -> anyhow::Result<PathBuf> {
-        let target = self
-            .floating
-            .get(server)
-            .context("unknown server")?
-            .to_string();
+        let target = self.floating.get(server).context("unknown server")?.to_string();
         let log = self.dir.join(format!("client-{server}.jsonl"));
         let child = self.lab.spawn(
             CLIENT,
@@ -308,11 +249,7 @@ impl LabDomain {
 
     pub fn client_log(&self, server: &str) -> Vec<ClientLine> {
         let path = self.dir.join(format!("client-{server}.jsonl"));
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// The addresses on `machine`'s eth0.
@@ -338,22 +275,13 @@ pub struct ClientView {
 }
 
 pub fn client_view(lines: &[ClientLine], t0_ms: u64, old_epoch: u64) -> ClientView {
-    let last_before_ms = lines
-        .iter()
-        .filter(|l| l.ok && l.t_ms < t0_ms)
-        .map(|l| l.t_ms)
-        .max();
-    let first_new = lines
-        .iter()
-        .find(|l| l.ok && l.t_ms >= t0_ms && l.epoch > old_epoch);
+    let last_before_ms = lines.iter().filter(|l| l.ok && l.t_ms < t0_ms).map(|l| l.t_ms).max();
+    let first_new = lines.iter().find(|l| l.ok && l.t_ms >= t0_ms && l.epoch > old_epoch);
     let mut went_back = None;
     let mut highest = 0;
     for l in lines.iter().filter(|l| l.ok) {
         if l.epoch < highest {
-            went_back = Some(format!(
-                "epoch {} answered at {} ms after epoch {highest} had",
-                l.epoch, l.t_ms
-            ));
+            went_back = Some(format!("epoch {} answered at {} ms after epoch {highest} had", l.epoch, l.t_ms));
             break;
         }
         highest = highest.max(l.epoch);
@@ -375,12 +303,7 @@ fn domain_toml(
     dir: &Path,
     exe: &Path,
 ) -> anyhow::Result<String> {
-    let list = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
     let mut t = format!(
         "# Written by ferry's lab harness: machines are network namespaces.\nname = \"{}\"\n\n[admin]\nlisten = \"{}:{ADMIN_PORT}\"\n\n[leasing]\nbasis = \"database\"\ndata_source = \"{}\"\n",
         spec.name,
@@ -409,10 +332,7 @@ fn domain_toml(
             "--listen".into(),
             fip.to_string(),
             "--journal".into(),
-            dir.join("journal")
-                .join(format!("{}.jsonl", s.name))
-                .display()
-                .to_string(),
+            dir.join("journal").join(format!("{}.jsonl", s.name)).display().to_string(),
         ];
         t += &format!(
             "\n[[servers]]\nname = \"{}\"\ncluster = \"{}\"\nmachine = \"{}\"\nfloating_ip = \"{}\"\ncandidate_machines = [{}]\nhealth_check_interval = \"{}ms\"\nhealth_check_periods_until_fencing = {}\nshutdown_timeout = \"{}ms\"\n\n[[servers.services]]\nname = \"hello\"\ncommand = [{}]\nhealth = {{ tcp = \"{fip}\" }}\n",

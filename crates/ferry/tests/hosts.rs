@@ -65,35 +65,19 @@ fn in_place_attempt_bound_ms() -> u64 {
 async fn started_domain() -> Option<LabDomain> {
     let spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
     let keep = std::env::var_os("FERRY_HOSTS_KEEP").map(|dir| {
-        let test = std::thread::current()
-            .name()
-            .unwrap_or("test")
-            .replace("::", "-");
+        let test = std::thread::current().name().unwrap_or("test").replace("::", "-");
         let dir = Path::new(&dir).join(test);
         let _ = std::fs::remove_dir_all(&dir);
         dir
     });
-    LabDomain::start(spec, exe(), keep)
-        .await
-        .expect("the lab domain starts")
+    LabDomain::start(spec, exe(), keep).await.expect("the lab domain starts")
 }
 
 async fn start_cluster(d: &LabDomain) {
-    let out = d
-        .cli(&["start-cluster", "cluster-1", "--wait"])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    d.wait_running("ms1", "machine-b", 0, PATIENCE)
-        .await
-        .unwrap();
-    d.wait_running("ms2", "machine-c", 0, PATIENCE)
-        .await
-        .unwrap();
+    let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    d.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
 }
 
 async fn started() -> Option<LabDomain> {
@@ -104,26 +88,16 @@ async fn started() -> Option<LabDomain> {
 
 fn assert_journals_safe(d: &LabDomain) {
     for s in ["ms1", "ms2"] {
-        check_journal(&d.journal_path(s))
-            .unwrap_or_else(|e| panic!("safety violated for {s}: {e}"));
+        check_journal(&d.journal_path(s)).unwrap_or_else(|e| panic!("safety violated for {s}: {e}"));
     }
 }
 
 async fn has_ip(d: &LabDomain, machine: &str, ip: &str) -> bool {
-    d.addresses(machine)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .any(|a| a.starts_with(&format!("{ip}/")))
+    d.addresses(machine).await.unwrap_or_default().iter().any(|a| a.starts_with(&format!("{ip}/")))
 }
 
 async fn status_of(d: &LabDomain, server: &str) -> ServerStatus {
-    d.status()
-        .await
-        .expect("ferry status")
-        .into_iter()
-        .find(|s| s.name == server)
-        .expect("the server is listed")
+    d.status().await.expect("ferry status").into_iter().find(|s| s.name == server).expect("the server is listed")
 }
 
 /// What every Node Manager says it runs (`ferry machines`; needs no lease table).
@@ -152,9 +126,7 @@ async fn events(d: &LabDomain) -> Vec<Event> {
 }
 
 fn count(ev: &[Event], kind: &str, server: &str) -> usize {
-    ev.iter()
-        .filter(|e| e.kind == kind && e.server.as_deref() == Some(server))
-        .count()
+    ev.iter().filter(|e| e.kind == kind && e.server.as_deref() == Some(server)).count()
 }
 
 /// The audit trail, one line per event, for failure messages.
@@ -175,10 +147,7 @@ fn trail(ev: &[Event]) -> String {
 }
 
 async fn wait_event(d: &LabDomain, what: &str, pred: impl Fn(&Event) -> bool) {
-    let found = wait_until(PATIENCE, what, || async {
-        events(d).await.iter().any(&pred)
-    })
-    .await;
+    let found = wait_until(PATIENCE, what, || async { events(d).await.iter().any(&pred) }).await;
     if let Err(e) = found {
         panic!("{e}; events:\n{}", trail(&events(d).await));
     }
@@ -195,8 +164,7 @@ async fn pids_running(d: &LabDomain, node: &str, words: &[&str]) -> Vec<i32> {
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.windows(words.len())
-                .any(|w| w.iter().zip(words).all(|(a, b)| *a == b.as_bytes()))
+            args.windows(words.len()).any(|w| w.iter().zip(words).all(|(a, b)| *a == b.as_bytes()))
         })
         .collect()
 }
@@ -207,11 +175,9 @@ async fn kill_running(d: &LabDomain, node: &str, words: &[&str]) -> Vec<i32> {
     for &pid in &pids {
         assert!(process::signal(pid, Signal::SIGKILL), "kill {pid}");
     }
-    wait_until(PATIENCE, "the killed processes to be gone", || async {
-        pids.iter().all(|&p| !process::alive(p))
-    })
-    .await
-    .unwrap();
+    wait_until(PATIENCE, "the killed processes to be gone", || async { pids.iter().all(|&p| !process::alive(p)) })
+        .await
+        .unwrap();
     pids
 }
 
@@ -251,13 +217,7 @@ fn client_instances(lines: &[ClientLine]) -> Result<Vec<Seen>, String> {
                 ));
             }
         }
-        runs.push(Seen {
-            epoch: l.epoch,
-            pid: l.pid,
-            machine: l.machine.clone(),
-            first_ms: l.t_ms,
-            last_ms: l.t_ms,
-        });
+        runs.push(Seen { epoch: l.epoch, pid: l.pid, machine: l.machine.clone(), first_ms: l.t_ms, last_ms: l.t_ms });
     }
     Ok(runs)
 }
@@ -266,10 +226,7 @@ fn client_instances(lines: &[ClientLine]) -> Result<Vec<Seen>, String> {
 fn assert_client_safe(d: &LabDomain, server: &str) -> Vec<Seen> {
     let lines = d.client_log(server);
     let view = client_view(&lines, 0, 0);
-    assert!(
-        view.went_back.is_none(),
-        "{server}: an old instance answered after a new one: {view:?}"
-    );
+    assert!(view.went_back.is_none(), "{server}: an old instance answered after a new one: {view:?}");
     client_instances(&lines).unwrap_or_else(|e| panic!("{server}: {e}"))
 }
 
@@ -303,22 +260,15 @@ async fn wait_client_after(d: &LabDomain, server: &str, t: u64) {
 
 fn assert_outage_within(what: &str, view: &ClientView, bound_ms: u64) -> u64 {
     let outage = view.outage_ms.expect("a new instance answered");
-    assert!(
-        outage <= bound_ms,
-        "{what}: outage {outage} ms exceeds the bound {bound_ms} ms: {view:?}"
-    );
+    assert!(outage <= bound_ms, "{what}: outage {outage} ms exceeds the bound {bound_ms} ms: {view:?}");
     println!("{what}: client outage {outage} ms (bound {bound_ms} ms)");
     outage
 }
 
 /// The longest stretch without an answer between `from` and `to` in `server`'s client log.
 fn longest_gap_ms(d: &LabDomain, server: &str, from: u64, to: u64) -> u64 {
-    let ok: Vec<u64> = d
-        .client_log(server)
-        .iter()
-        .filter(|l| l.ok && l.t_ms >= from && l.t_ms <= to)
-        .map(|l| l.t_ms)
-        .collect();
+    let ok: Vec<u64> =
+        d.client_log(server).iter().filter(|l| l.ok && l.t_ms >= from && l.t_ms <= to).map(|l| l.t_ms).collect();
     let mut gap = 0;
     let mut prev = from;
     for t in ok.iter().copied().chain(std::iter::once(to)) {
@@ -341,10 +291,7 @@ async fn machine_crash_moves_server_and_floating_ip() {
     let _g = SERIAL.lock().await;
     let Some(mut d) = started().await else { return };
     let fip = d.floating["ms2"].ip().to_string();
-    assert!(
-        has_ip(&d, "machine-c", &fip).await,
-        "ms2's floating IP is on machine-c"
-    );
+    assert!(has_ip(&d, "machine-c", &fip).await, "ms2's floating IP is on machine-c");
     assert!(!has_ip(&d, "machine-d", &fip).await);
     d.start_client("ms2", CLIENT_MS).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -352,14 +299,9 @@ async fn machine_crash_moves_server_and_floating_ip() {
 
     let t0 = clock::now().0;
     d.lab.crash("machine-c").await.unwrap();
-    let after = d
-        .wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE)
-        .await
-        .expect("ms2 moved to machine-d");
-    assert!(
-        has_ip(&d, "machine-d", &fip).await,
-        "the floating IP moved to machine-d"
-    );
+    let after =
+        d.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.expect("ms2 moved to machine-d");
+    assert!(has_ip(&d, "machine-d", &fip).await, "the floating IP moved to machine-d");
     let view = wait_client_new(&d, "ms2", t0, before.epoch.unwrap()).await;
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
     assert_client_safe(&d, "ms2");
@@ -384,15 +326,11 @@ async fn hung_server_is_fenced_by_its_node_manager_and_restarted_in_place() {
     let t0 = clock::now().0;
     assert!(process::signal(pid, Signal::SIGSTOP));
     wait_event(&d, "machine-c's Node Manager to fence the hung ms2", |e| {
-        e.kind == "fenced"
-            && e.source == "nodemanager/machine-c"
-            && e.server.as_deref() == Some("ms2")
+        e.kind == "fenced" && e.source == "nodemanager/machine-c" && e.server.as_deref() == Some("ms2")
     })
     .await;
-    let after = d
-        .wait_running("ms2", "machine-c", old_epoch, PATIENCE)
-        .await
-        .expect("ms2 restarted in place on machine-c");
+    let after =
+        d.wait_running("ms2", "machine-c", old_epoch, PATIENCE).await.expect("ms2 restarted in place on machine-c");
     assert_ne!(after.pid, Some(pid), "a new process");
     assert!(!process::alive(pid), "the hung runtime was killed");
     // Continuing it changes nothing: the fence was a SIGKILL of its whole session.
@@ -404,12 +342,7 @@ async fn hung_server_is_fenced_by_its_node_manager_and_restarted_in_place() {
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     wait_client_after(&d, "ms2", t1 + 900).await;
     let seen = assert_client_safe(&d, "ms2");
-    assert!(
-        seen.iter()
-            .filter(|s| s.epoch == old_epoch)
-            .all(|s| s.last_ms < view.first_new_ms.unwrap()),
-        "{seen:?}"
-    );
+    assert!(seen.iter().filter(|s| s.epoch == old_epoch).all(|s| s.last_ms < view.first_new_ms.unwrap()), "{seen:?}");
     assert_outage_within("hung server", &view, liveness_bound_ms());
     let ev = events(&d).await;
     assert!(count(&ev, "restart-in-place", "ms2") >= 1, "{}", trail(&ev));
@@ -441,10 +374,7 @@ async fn wait_running_anywhere(d: &LabDomain, server: &str, epoch: u64) -> Serve
             }
         }
         if clock::now() >= until {
-            panic!(
-                "{server} does not run again (epoch > {epoch}); events:\n{}",
-                trail(&events(d).await)
-            );
+            panic!("{server} does not run again (epoch > {epoch}); events:\n{}", trail(&events(d).await));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -452,26 +382,17 @@ async fn wait_running_anywhere(d: &LabDomain, server: &str, epoch: u64) -> Serve
 
 /// Waits (at most `patience`) until a cluster master's restart-in-place command for `server`
 /// has been out to `machine` for 150 ms without an answer; whether that happened.
-async fn command_pending_at(
-    d: &LabDomain,
-    server: &str,
-    machine: &str,
-    patience: Duration,
-) -> bool {
+async fn command_pending_at(d: &LabDomain, server: &str, machine: &str, patience: Duration) -> bool {
     let until = clock::now() + patience;
     let mut seen: Option<(u64, ferry_core::Mono)> = None;
     while clock::now() < until {
         let ev = events(d).await;
         let last = ev.iter().rposition(|e| {
-            e.kind == "restart-in-place"
-                && e.source.starts_with("server/")
-                && e.server.as_deref() == Some(server)
+            e.kind == "restart-in-place" && e.source.starts_with("server/") && e.server.as_deref() == Some(server)
         });
         if let Some(i) = last {
             let answered = ev[i + 1..].iter().any(|e| {
-                e.kind == "machine-failed"
-                    && e.server.as_deref() == Some(server)
-                    && e.message.contains(machine)
+                e.kind == "machine-failed" && e.server.as_deref() == Some(server) && e.message.contains(machine)
             });
             if !answered {
                 match seen {
@@ -534,8 +455,7 @@ async fn frozen_machine_thaws_and_its_old_instance_never_answers_again() {
         "ms2's floating IP is on exactly the machine that runs it"
     );
     let seen = assert_client_safe(&d, "ms2");
-    let instances = check_journal(&d.journal_path("ms2"))
-        .unwrap_or_else(|e| panic!("safety violated for ms2: {e}"));
+    let instances = check_journal(&d.journal_path("ms2")).unwrap_or_else(|e| panic!("safety violated for ms2: {e}"));
     let old = instances.iter().find(|i| i.epoch == old_epoch).unwrap();
     println!(
         "frozen machine: ms2 back on {machine} (epoch {:?}); after the thaw the old instance ran {} ms more (journal), answered the client last at {:?} ms (thaw at {thaw} ms); outage after the thaw {:?} ms",
@@ -545,10 +465,7 @@ async fn frozen_machine_thaws_and_its_old_instance_never_answers_again() {
         view.first_new_ms.map(|t| t - thaw),
     );
     let ev = events(&d).await;
-    let refused = ev
-        .iter()
-        .filter(|e| e.kind == "start-failed" && e.message.contains("another host answers"))
-        .count();
+    let refused = ev.iter().filter(|e| e.kind == "start-failed" && e.message.contains("another host answers")).count();
     println!("frozen machine: {refused} starts elsewhere refused by the ARP probe while machine-c held the address");
     // Every instance that took the lease after the thaw found its floating IP in place.
     assert_eq!(
@@ -558,18 +475,12 @@ async fn frozen_machine_thaws_and_its_old_instance_never_answers_again() {
         trail(&ev)
     );
     assert!(
-        instances
-            .iter()
-            .filter(|i| i.epoch > old_epoch)
-            .all(|i| seen.iter().any(|s| s.epoch == i.epoch)),
+        instances.iter().filter(|i| i.epoch > old_epoch).all(|i| seen.iter().any(|s| s.epoch == i.epoch)),
         "every new instance answered at the floating IP: journal {instances:?}, client {seen:?}"
     );
     assert_outage_within(
         "frozen machine (from the thaw)",
-        &ClientView {
-            outage_ms: view.first_new_ms.map(|t| t - thaw),
-            ..view.clone()
-        },
+        &ClientView { outage_ms: view.first_new_ms.map(|t| t - thaw), ..view.clone() },
         // The master may be waiting out a retry delay (10 intervals) when the machine
         // resumes.
         liveness_bound_ms() + 10 * INTERVAL_MS,
@@ -592,10 +503,7 @@ async fn partitioned_machine_loses_its_server_and_does_not_take_it_back() {
 
     let t0 = clock::now().0;
     d.lab.partition("machine-c").await.unwrap();
-    let after = d
-        .wait_running("ms2", "machine-d", old_epoch, PATIENCE)
-        .await
-        .expect("ms2 moved to machine-d");
+    let after = d.wait_running("ms2", "machine-d", old_epoch, PATIENCE).await.expect("ms2 moved to machine-d");
     let view = wait_client_new(&d, "ms2", t0, old_epoch).await;
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
     assert_outage_within("symmetric partition", &view, liveness_bound_ms());
@@ -604,26 +512,17 @@ async fn partitioned_machine_loses_its_server_and_does_not_take_it_back() {
     // If ms2 fenced itself (exit 75), machine-c's Node Manager wants it back once the lease
     // table answers, unless the master moved it: wait for that decision.
     let ev = events(&d).await;
-    let self_fenced = ev.iter().any(|e| {
-        e.kind == "server-exited"
-            && e.source == "nodemanager/machine-c"
-            && e.message.contains("(Fenced)")
-    });
+    let self_fenced = ev
+        .iter()
+        .any(|e| e.kind == "server-exited" && e.source == "nodemanager/machine-c" && e.message.contains("(Fenced)"));
     if self_fenced {
-        wait_event(
-            &d,
-            "machine-c's Node Manager to leave ms2 to machine-d",
-            |e| e.kind == "not-restarting" && e.source == "nodemanager/machine-c",
-        )
+        wait_event(&d, "machine-c's Node Manager to leave ms2 to machine-d", |e| {
+            e.kind == "not-restarting" && e.source == "nodemanager/machine-c"
+        })
         .await;
     }
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    assert!(
-        pids_running(&d, "machine-c", &["server", "ms2"])
-            .await
-            .is_empty(),
-        "no ms2 process is left on machine-c"
-    );
+    assert!(pids_running(&d, "machine-c", &["server", "ms2"]).await.is_empty(), "no ms2 process is left on machine-c");
     assert_eq!(holders(&d, &fip).await, vec!["machine-d".to_string()]);
     let now = status_of(&d, "ms2").await;
     assert_eq!(
@@ -653,12 +552,7 @@ async fn cut_from_peers_but_not_from_the_lease_table_moves_nothing() {
     let t1 = clock::now().0;
     d.lab.heal().await.unwrap();
     assert_eq!(
-        (
-            mid.state.as_str(),
-            mid.machine.as_deref(),
-            mid.epoch,
-            mid.pid
-        ),
+        (mid.state.as_str(), mid.machine.as_deref(), mid.epoch, mid.pid),
         ("RUNNING", Some("machine-c"), before.epoch, before.pid),
         "ms2 kept its lease on machine-c"
     );
@@ -690,10 +584,7 @@ async fn cut_from_the_lease_table_fences_and_moves() {
 
     let t0 = clock::now().0;
     d.lab.partition_from_switch("machine-c").await.unwrap();
-    let after = d
-        .wait_running("ms2", "machine-d", old_epoch, PATIENCE)
-        .await
-        .expect("ms2 moved to machine-d");
+    let after = d.wait_running("ms2", "machine-d", old_epoch, PATIENCE).await.expect("ms2 moved to machine-d");
     let view = wait_client_new(&d, "ms2", t0, old_epoch).await;
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
     d.lab.heal().await.unwrap();
@@ -704,23 +595,11 @@ async fn cut_from_the_lease_table_fences_and_moves() {
     .await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(holders(&d, &fip).await, vec!["machine-d".to_string()]);
-    assert!(
-        pids_running(&d, "machine-c", &["server", "ms2"])
-            .await
-            .is_empty(),
-        "no ms2 process is left on machine-c"
-    );
+    assert!(pids_running(&d, "machine-c", &["server", "ms2"]).await.is_empty(), "no ms2 process is left on machine-c");
     let now = status_of(&d, "ms2").await;
-    assert_eq!(
-        (now.machine.as_deref(), now.epoch),
-        (Some("machine-d"), after.epoch)
-    );
+    assert_eq!((now.machine.as_deref(), now.epoch), (Some("machine-d"), after.epoch));
     assert_client_safe(&d, "ms2");
-    assert_outage_within(
-        "cut from the lease table",
-        &view,
-        in_place_attempt_bound_ms(),
-    );
+    assert_outage_within("cut from the lease table", &view, in_place_attempt_bound_ms());
     assert_journals_safe(&d);
 }
 
@@ -737,10 +616,7 @@ async fn node_manager_crash_leaves_its_server_running_and_the_new_one_adopts_it(
     let t0 = clock::now().0;
     let killed = kill_running(&d, "machine-c", &["nodemanager"]).await;
     assert_eq!(killed.len(), 1, "one Node Manager on machine-c: {killed:?}");
-    assert!(
-        process::alive(before.pid.unwrap()),
-        "ms2's runtime survives its Node Manager"
-    );
+    assert!(process::alive(before.pid.unwrap()), "ms2's runtime survives its Node Manager");
     tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
     let mid = status_of(&d, "ms2").await;
     assert_eq!(
@@ -750,9 +626,7 @@ async fn node_manager_crash_leaves_its_server_running_and_the_new_one_adopts_it(
     );
     d.start_nm("machine-c").unwrap();
     wait_event(&d, "the new Node Manager to adopt ms2", |e| {
-        e.kind == "adopted"
-            && e.server.as_deref() == Some("ms2")
-            && e.source == "nodemanager/machine-c"
+        e.kind == "adopted" && e.server.as_deref() == Some("ms2") && e.source == "nodemanager/machine-c"
     })
     .await;
     let after = status_of(&d, "ms2").await;
@@ -764,10 +638,7 @@ async fn node_manager_crash_leaves_its_server_running_and_the_new_one_adopts_it(
     let nm_view = machines(&d).await;
     let c = nm_view.iter().find(|m| m.name == "machine-c").unwrap();
     let entry = c.servers.iter().find(|s| s.name == "ms2").unwrap();
-    assert!(
-        entry.deadline_in_ms.is_some(),
-        "the adopted server reports its deadline again: {entry:?}"
-    );
+    assert!(entry.deadline_in_ms.is_some(), "the adopted server reports its deadline again: {entry:?}");
     let t1 = clock::now().0;
     wait_client_after(&d, "ms2", t1).await;
     let seen = assert_client_safe(&d, "ms2");
@@ -797,25 +668,18 @@ async fn master_machine_crash_another_server_takes_over_and_migrates() {
 
     let t0 = clock::now().0;
     d.lab.crash("machine-b").await.unwrap();
-    d.wait_running("ms1", "machine-d", ms1.epoch.unwrap(), PATIENCE)
-        .await
-        .expect("ms1 moved to machine-d");
+    d.wait_running("ms1", "machine-d", ms1.epoch.unwrap(), PATIENCE).await.expect("ms1 moved to machine-d");
     let view = wait_client_new(&d, "ms1", t0, ms1.epoch.unwrap()).await;
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
     let ev = events(&d).await;
     assert!(
-        ev.iter()
-            .any(|e| e.kind == "master-acquired" && e.source == "server/ms2"),
+        ev.iter().any(|e| e.kind == "master-acquired" && e.source == "server/ms2"),
         "ms2 became master:\n{}",
         trail(&ev)
     );
     let now2 = status_of(&d, "ms2").await;
     assert!(now2.master, "ms2 holds the master lease");
-    assert_eq!(
-        (now2.machine.as_deref(), now2.epoch),
-        (Some("machine-c"), ms2.epoch),
-        "ms2 was not disturbed"
-    );
+    assert_eq!((now2.machine.as_deref(), now2.epoch), (Some("machine-c"), ms2.epoch), "ms2 was not disturbed");
     assert_client_safe(&d, "ms1");
     assert_client_safe(&d, "ms2");
     assert_outage_within("master machine crash", &view, master_liveness_bound_ms());
@@ -877,15 +741,11 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     let stopped = clock::now().0;
     let fenced_both = wait_until(PATIENCE, "both servers to fence themselves", || async {
         let m = machines(&d).await;
-        [("ms1", "machine-b"), ("ms2", "machine-c")]
-            .iter()
-            .all(|(s, machine)| {
-                m.iter().filter(|v| v.name == *machine).any(|v| {
-                    v.servers
-                        .iter()
-                        .any(|e| e.name == *s && e.state == "FENCED" && e.pid.is_none())
-                })
-            })
+        [("ms1", "machine-b"), ("ms2", "machine-c")].iter().all(|(s, machine)| {
+            m.iter()
+                .filter(|v| v.name == *machine)
+                .any(|v| v.servers.iter().any(|e| e.name == *s && e.state == "FENCED" && e.pid.is_none()))
+        })
     })
     .await;
     if let Err(e) = fenced_both {
@@ -896,48 +756,27 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (s, old) in [("ms1", &ms1), ("ms2", &ms2)] {
         let lines = d.client_log(s);
-        let last_old = lines
-            .iter()
-            .filter(|l| l.ok && l.epoch == old.epoch.unwrap())
-            .map(|l| l.t_ms)
-            .max()
-            .unwrap();
+        let last_old = lines.iter().filter(|l| l.ok && l.epoch == old.epoch.unwrap()).map(|l| l.t_ms).max().unwrap();
         println!(
             "database outage: {s}'s service last answered {} ms after the database was down",
             last_old as i64 - stopped as i64
         );
-        assert!(
-            last_old < stopped + 2 * TTL_MS,
-            "{s} fenced itself within its lease"
-        );
-        assert!(
-            !lines.iter().any(|l| l.ok && l.t_ms > fenced),
-            "{s}'s service is down"
-        );
+        assert!(last_old < stopped + 2 * TTL_MS, "{s} fenced itself within its lease");
+        assert!(!lines.iter().any(|l| l.ok && l.t_ms > fenced), "{s}'s service is down");
     }
 
     let back = clock::now().0;
     d.pg.start().await.unwrap();
     let patience = Duration::from_secs(60);
-    d.wait_running("ms1", "machine-b", ms1.epoch.unwrap(), patience)
-        .await
-        .expect("ms1 back on machine-b");
-    d.wait_running("ms2", "machine-c", ms2.epoch.unwrap(), patience)
-        .await
-        .expect("ms2 back on machine-c");
+    d.wait_running("ms1", "machine-b", ms1.epoch.unwrap(), patience).await.expect("ms1 back on machine-b");
+    d.wait_running("ms2", "machine-c", ms2.epoch.unwrap(), patience).await.expect("ms2 back on machine-c");
     let v1 = wait_client_new(&d, "ms1", back, ms1.epoch.unwrap()).await;
     let v2 = wait_client_new(&d, "ms2", back, ms2.epoch.unwrap()).await;
     assert_eq!(v1.new_machine.as_deref(), Some("machine-b"));
     assert_eq!(v2.new_machine.as_deref(), Some("machine-c"));
-    println!(
-        "database outage: back {:?} / {:?} ms after the database returned",
-        v1.outage_ms, v2.outage_ms
-    );
+    println!("database outage: back {:?} / {:?} ms after the database returned", v1.outage_ms, v2.outage_ms);
     wait_until(PATIENCE, "a cluster master again", || async {
-        d.status()
-            .await
-            .map(|l| l.iter().any(|s| s.master))
-            .unwrap_or(false)
+        d.status().await.map(|l| l.iter().any(|s| s.master)).unwrap_or(false)
     })
     .await
     .unwrap();
@@ -958,8 +797,7 @@ fn libfaketime() -> Option<std::path::PathBuf> {
         .filter_map(|e| e.ok())
         .map(|e| e.path().join("faketime"))
         .chain([std::path::PathBuf::from("/usr/lib/faketime")]);
-    dirs.map(|d| d.join("libfaketime.so.1"))
-        .find(|p| p.is_file())
+    dirs.map(|d| d.join("libfaketime.so.1")).find(|p| p.is_file())
 }
 
 /// The wall clock (ms since the Unix epoch) that processes of machine-c see under the
@@ -984,10 +822,7 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     let _g = SERIAL.lock().await;
     let Some(lib) = libfaketime() else {
         let why = "libfaketime (Debian package libfaketime, via `apt-get install faketime`) is not installed";
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "{why} (CI=true requires it)"
-        );
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "{why} (CI=true requires it)");
         eprintln!("skipping: {why}");
         return;
     };
@@ -1014,19 +849,14 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     let pid = ms2.pid.unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     assert!(
-        environ
-            .split(|&b| b == 0)
-            .any(|kv| kv == format!("LD_PRELOAD={}", lib.display()).as_bytes()),
+        environ.split(|&b| b == 0).any(|kv| kv == format!("LD_PRELOAD={}", lib.display()).as_bytes()),
         "ms2's runtime runs under libfaketime"
     );
     // ferry itself sees the shifted clock: the event machine-c's Node Manager sent at start
     // carries a wall-clock time two hours ahead.
     let ev = events(&d).await;
-    let nm_start = ev
-        .iter()
-        .rev()
-        .find(|e| e.kind == "nodemanager-started" && e.source == "nodemanager/machine-c")
-        .unwrap();
+    let nm_start =
+        ev.iter().rev().find(|e| e.kind == "nodemanager-started" && e.source == "nodemanager/machine-c").unwrap();
     let skew = nm_start.at_ms as i64 - clock::wall_ms() as i64;
     assert!(
         (6_600_000..7_300_000).contains(&skew),
@@ -1041,20 +871,9 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     tokio::time::sleep(Duration::from_millis(5 * TTL_MS)).await;
     // A lease taken under the skewed clock: move ms1 onto machine-c by hand.
     let ms1 = status_of(&d, "ms1").await;
-    let out = d
-        .cli(&["migrate", "ms1", "--to", "machine-c", "--wait"])
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ms1_c = d
-        .wait_running("ms1", "machine-c", ms1.epoch.unwrap(), PATIENCE)
-        .await
-        .unwrap();
+    let out = d.cli(&["migrate", "ms1", "--to", "machine-c", "--wait"]).await.unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let ms1_c = d.wait_running("ms1", "machine-c", ms1.epoch.unwrap(), PATIENCE).await.unwrap();
     let t1 = clock::now().0;
     wait_client_after(&d, "ms1", t1).await;
     // A day forward.
@@ -1067,22 +886,12 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     let now1 = status_of(&d, "ms1").await;
     let now2 = status_of(&d, "ms2").await;
     assert_eq!(
-        (
-            now2.state.as_str(),
-            now2.machine.as_deref(),
-            now2.epoch,
-            now2.pid
-        ),
+        (now2.state.as_str(), now2.machine.as_deref(), now2.epoch, now2.pid),
         ("RUNNING", Some("machine-c"), ms2.epoch, ms2.pid),
         "ms2 ran on through both jumps"
     );
     assert_eq!(
-        (
-            now1.state.as_str(),
-            now1.machine.as_deref(),
-            now1.epoch,
-            now1.pid
-        ),
+        (now1.state.as_str(), now1.machine.as_deref(), now1.epoch, now1.pid),
         ("RUNNING", Some("machine-c"), ms1_c.epoch, ms1_c.pid),
         "ms1, started under the skewed clock, ran on through the jump"
     );
@@ -1094,13 +903,7 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     assert!(gap2 < 1_000 && gap1 < 1_000, "{gap2} {gap1}");
     let ev = events(&d).await;
     for s in ["ms1", "ms2"] {
-        for kind in [
-            "lease-expired",
-            "fenced",
-            "migrate",
-            "restart-in-place",
-            "unhealthy",
-        ] {
+        for kind in ["lease-expired", "fenced", "migrate", "restart-in-place", "unhealthy"] {
             assert_eq!(count(&ev, kind, s), 0, "{kind} {s}:\n{}", trail(&ev));
         }
     }
@@ -1119,15 +922,7 @@ fn spawn_migrate(d: &LabDomain, server: &str, to: &str, log: &Path) -> tokio::pr
         .spawn(
             ferry_lab::SWITCH,
             &d.exe,
-            &[
-                "--admin",
-                admin.as_str(),
-                "migrate",
-                server,
-                "--to",
-                to,
-                "--wait",
-            ],
+            &["--admin", admin.as_str(), "migrate", server, "--to", to, "--wait"],
             &[],
             log,
         )
@@ -1152,10 +947,7 @@ async fn migrate_outcome(mut child: tokio::process::Child, log: &Path) -> (bool,
         .await
         .expect("the migration ends within a minute")
         .unwrap();
-    (
-        status.success(),
-        std::fs::read_to_string(log).unwrap_or_default(),
-    )
+    (status.success(), std::fs::read_to_string(log).unwrap_or_default())
 }
 
 /// A migration either succeeded or failed with a message that tells the operator what
@@ -1164,11 +956,7 @@ fn assert_clear_outcome(ok: bool, text: &str, server: &str, machine: &str) {
     if ok {
         return;
     }
-    let verdict = text
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or_default();
+    let verdict = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
     assert!(
         verdict.contains(machine) || verdict.contains("master"),
         "the failed migration does not say that {server} now runs on {machine} (moved by the cluster master meanwhile): {verdict:?}\n{text}"
@@ -1207,11 +995,7 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
     let mut outcomes = vec![(ok_a, text_a, here.clone())];
 
     // The reverse: the machine ms2 runs on crashes, then an operator moves ms2 at once.
-    let other = if here == "machine-d" {
-        "machine-b"
-    } else {
-        "machine-d"
-    };
+    let other = if here == "machine-d" { "machine-b" } else { "machine-d" };
     if here == "machine-b" {
         // ms1 (the master) lives there too; the reverse order would take both servers and
         // the master down at once: a different scenario, covered by the master test.
@@ -1221,10 +1005,8 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
         d.lab.crash(&here).await.unwrap();
         let child = spawn_migrate(&d, "ms2", other, &log_b);
         let (ok_b, text_b) = migrate_outcome(child, &log_b).await;
-        let after_b = d
-            .wait_running("ms2", other, after.epoch.unwrap(), PATIENCE)
-            .await
-            .expect("ms2 runs on the last machine");
+        let after_b =
+            d.wait_running("ms2", other, after.epoch.unwrap(), PATIENCE).await.expect("ms2 runs on the last machine");
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         assert_runs_once_on(&d, "ms2", other).await;
         assert!(after_b.epoch > after.epoch);
@@ -1235,11 +1017,7 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
         outcomes.push((ok_b, text_b, other.to_string()));
     }
     let seen = assert_client_safe(&d, "ms2");
-    let longest = seen
-        .windows(2)
-        .map(|w| w[1].first_ms.saturating_sub(w[0].last_ms))
-        .max()
-        .unwrap_or(0);
+    let longest = seen.windows(2).map(|w| w[1].first_ms.saturating_sub(w[0].last_ms)).max().unwrap_or(0);
     println!("migration races: the longest time without ms2 at its floating IP: {longest} ms");
     // The admin goes on once ms2 released its lease, even if the source machine died before
     // its Node Manager could answer: no ordering leaves ms2 down past the liveness bound.
@@ -1281,10 +1059,7 @@ async fn hung_server_orphaned_by_a_node_manager_restart_is_fenced_before_a_new_i
     // Let the hung runtime go: it finds its deadline long past and fences itself.
     process::signal(pid, Signal::SIGCONT);
     let ev = events(&d).await;
-    println!(
-        "orphaned hung server: ms2 now epoch {:?} on {:?}; the client saw {client:?}",
-        after.epoch, after.machine
-    );
+    println!("orphaned hung server: ms2 now epoch {:?} on {:?}; the client saw {client:?}", after.epoch, after.machine);
     if let Err(e) = journal {
         panic!("safety violated for ms2: {e}\nevents:\n{}", trail(&ev));
     }

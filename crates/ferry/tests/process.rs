@@ -29,30 +29,16 @@ fn spec() -> DomainSpec {
 }
 
 async fn started() -> Harness {
-    let h = Harness::start(spec(), exe(), None)
-        .await
-        .expect("domain starts");
+    let h = Harness::start(spec(), exe(), None).await.expect("domain starts");
     let admin = h.admin();
-    admin
-        .start_cluster("cluster-1")
-        .await
-        .expect("start-cluster accepted");
-    h.wait_running_on("ms1", "machine-b", PATIENCE)
-        .await
-        .expect("ms1 runs on machine-b");
-    h.wait_running_on("ms2", "machine-c", PATIENCE)
-        .await
-        .expect("ms2 runs on machine-c");
+    admin.start_cluster("cluster-1").await.expect("start-cluster accepted");
+    h.wait_running_on("ms1", "machine-b", PATIENCE).await.expect("ms1 runs on machine-b");
+    h.wait_running_on("ms2", "machine-c", PATIENCE).await.expect("ms2 runs on machine-c");
     h
 }
 
 async fn status_of(h: &Harness, server: &str) -> ferry_api::ServerStatus {
-    h.status()
-        .await
-        .expect("status")
-        .into_iter()
-        .find(|s| s.name == server)
-        .expect("server listed")
+    h.status().await.expect("status").into_iter().find(|s| s.name == server).expect("server listed")
 }
 
 async fn events(h: &Harness) -> Vec<ferry_api::Event> {
@@ -61,8 +47,7 @@ async fn events(h: &Harness) -> Vec<ferry_api::Event> {
 
 fn assert_safe(h: &Harness) {
     for s in ["ms1", "ms2"] {
-        let list = check_journal(&h.journal_path(s))
-            .unwrap_or_else(|e| panic!("safety violated for {s}: {e}"));
+        let list = check_journal(&h.journal_path(s)).unwrap_or_else(|e| panic!("safety violated for {s}: {e}"));
         assert!(!list.is_empty(), "{s} never ran");
     }
 }
@@ -73,71 +58,31 @@ async fn kill_machine_then_failback() {
     let _g = SERIAL.lock().await;
     let mut h = started().await;
     let before = status_of(&h, "ms2").await;
-    assert!(
-        status_of(&h, "ms1").await.master,
-        "the first server started is the cluster master"
-    );
+    assert!(status_of(&h, "ms1").await.master, "the first server started is the cluster master");
 
-    assert!(
-        h.kill_machine("machine-c") >= 3,
-        "machine-c had a Node Manager, a server and a service"
-    );
-    let after = h
-        .wait_running_on("ms2", "machine-d", PATIENCE)
-        .await
-        .expect("ms2 migrated to machine-d");
-    assert!(
-        after.epoch > before.epoch,
-        "the new instance has a larger fencing token"
-    );
-    let answer = h
-        .wait_answer_from("ms2", "machine-d", PATIENCE)
-        .await
-        .expect("ms2's service answers");
+    assert!(h.kill_machine("machine-c") >= 3, "machine-c had a Node Manager, a server and a service");
+    let after = h.wait_running_on("ms2", "machine-d", PATIENCE).await.expect("ms2 migrated to machine-d");
+    assert!(after.epoch > before.epoch, "the new instance has a larger fencing token");
+    let answer = h.wait_answer_from("ms2", "machine-d", PATIENCE).await.expect("ms2's service answers");
     assert_eq!(answer["fencing_token"], after.epoch.unwrap());
     let ev = events(&h).await;
-    for kind in [
-        "lease-expired",
-        "restart-in-place",
-        "machine-failed",
-        "migrate",
-    ] {
-        assert!(
-            ev.iter()
-                .any(|e| e.kind == kind && e.server.as_deref() == Some("ms2")),
-            "no {kind} event for ms2"
-        );
+    for kind in ["lease-expired", "restart-in-place", "machine-failed", "migrate"] {
+        assert!(ev.iter().any(|e| e.kind == kind && e.server.as_deref() == Some("ms2")), "no {kind} event for ms2");
     }
-    assert!(
-        h.machine_pids("machine-c").is_empty(),
-        "nothing of machine-c survived"
-    );
+    assert!(h.machine_pids("machine-c").is_empty(), "nothing of machine-c survived");
 
     // Failback (Figure 7-3): machine C is repaired and ms2 moves back by hand.
-    h.start_nm("machine-c")
-        .await
-        .expect("machine-c's Node Manager restarts");
-    let op = h
-        .admin()
-        .migrate("ms2", "machine-c")
-        .await
-        .expect("migration accepted");
+    h.start_nm("machine-c").await.expect("machine-c's Node Manager restarts");
+    let op = h.admin().migrate("ms2", "machine-c").await.expect("migration accepted");
     let admin = h.admin();
     wait_until(PATIENCE, "the failback to finish", || async {
-        admin
-            .operation(op.id)
-            .await
-            .map(|o| o.state != "running")
-            .unwrap_or(false)
+        admin.operation(op.id).await.map(|o| o.state != "running").unwrap_or(false)
     })
     .await
     .unwrap();
     let op = admin.operation(op.id).await.unwrap();
     assert_eq!(op.state, "succeeded", "{op:?}");
-    let back = h
-        .wait_running_after("ms2", "machine-c", after.epoch.unwrap(), PATIENCE)
-        .await
-        .unwrap();
+    let back = h.wait_running_after("ms2", "machine-c", after.epoch.unwrap(), PATIENCE).await.unwrap();
     assert!(back.epoch > after.epoch);
     // ms1 was never disturbed.
     let ms1 = status_of(&h, "ms1").await;
@@ -155,27 +100,16 @@ async fn hung_server_is_fenced_and_restarted_in_place() {
     let pid = before.pid.expect("ms2 has a pid");
     assert!(ferry_host::process::signal(pid, Signal::SIGSTOP));
     let admin = h.admin();
-    wait_until(
-        PATIENCE,
-        "a fenced event from machine-c's Node Manager",
-        || async {
-            admin
-                .events(0)
-                .await
-                .map(|ev| {
-                    ev.iter()
-                        .any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c")
-                })
-                .unwrap_or(false)
-        },
-    )
-    .await
-    .unwrap();
-    wait_until(PATIENCE, "the hung server to be gone", || async {
-        !ferry_host::process::alive(pid)
+    wait_until(PATIENCE, "a fenced event from machine-c's Node Manager", || async {
+        admin
+            .events(0)
+            .await
+            .map(|ev| ev.iter().any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c"))
+            .unwrap_or(false)
     })
     .await
     .unwrap();
+    wait_until(PATIENCE, "the hung server to be gone", || async { !ferry_host::process::alive(pid) }).await.unwrap();
     let after = h
         .wait_running_after("ms2", "machine-c", before.epoch.unwrap(), PATIENCE)
         .await
@@ -183,9 +117,7 @@ async fn hung_server_is_fenced_and_restarted_in_place() {
     assert!(after.epoch > before.epoch);
     assert_ne!(after.pid, Some(pid));
     let ev = events(&h).await;
-    assert!(ev
-        .iter()
-        .any(|e| e.kind == "restart-in-place" && e.server.as_deref() == Some("ms2")));
+    assert!(ev.iter().any(|e| e.kind == "restart-in-place" && e.server.as_deref() == Some("ms2")));
     assert_safe(&h);
 }
 
@@ -200,18 +132,13 @@ async fn crashed_server_restarts_at_once_by_handover() {
     assert!(ferry_host::process::signal(pid, Signal::SIGKILL));
     let admin = h.admin();
     wait_until(PATIENCE, "ms1 to run again with a new epoch", || async {
-        admin
-            .servers()
-            .await
-            .ok()
-            .and_then(|l| l.into_iter().find(|s| s.name == "ms1"))
-            .is_some_and(|s| {
-                s.state == "RUNNING"
-                    && s.epoch > before.epoch
-                    && s.machine.as_deref() == Some("machine-b")
-                    && s.pid.is_some()
-                    && s.pid != Some(pid)
-            })
+        admin.servers().await.ok().and_then(|l| l.into_iter().find(|s| s.name == "ms1")).is_some_and(|s| {
+            s.state == "RUNNING"
+                && s.epoch > before.epoch
+                && s.machine.as_deref() == Some("machine-b")
+                && s.pid.is_some()
+                && s.pid != Some(pid)
+        })
     })
     .await
     .unwrap();
@@ -223,8 +150,7 @@ async fn crashed_server_restarts_at_once_by_handover() {
         "ms1 took its lease by handover"
     );
     assert!(
-        !ev.iter()
-            .any(|e| e.kind == "lease-expired" && e.server.as_deref() == Some("ms1")),
+        !ev.iter().any(|e| e.kind == "lease-expired" && e.server.as_deref() == Some("ms1")),
         "the lease never had to expire"
     );
     assert_safe(&h);
@@ -239,17 +165,11 @@ async fn master_machine_dies_another_server_takes_over() {
     assert!(status_of(&h, "ms1").await.master);
     h.kill_machine("machine-b");
     // ms1's candidates are machine-d first.
-    h.wait_running_on("ms1", "machine-d", PATIENCE)
-        .await
-        .expect("ms1 migrated to machine-d");
+    h.wait_running_on("ms1", "machine-d", PATIENCE).await.expect("ms1 migrated to machine-d");
     let ms2 = status_of(&h, "ms2").await;
     assert_eq!(ms2.machine.as_deref(), Some("machine-c"));
     let ev = events(&h).await;
-    assert!(
-        ev.iter()
-            .any(|e| e.kind == "master-acquired" && e.source == "server/ms2"),
-        "ms2 became master"
-    );
+    assert!(ev.iter().any(|e| e.kind == "master-acquired" && e.source == "server/ms2"), "ms2 became master");
     assert_safe(&h);
 }
 
@@ -266,20 +186,13 @@ async fn admin_down_servers_keep_running_and_restart_from_cache() {
     let a = h.who_answers("ms1").await.expect("ms1 still answers");
     assert_eq!(a["fencing_token"], before.epoch.unwrap());
     // Crash ms1's runtime: its Node Manager restarts it with the cached configuration.
-    assert!(ferry_host::process::signal(
-        before.pid.unwrap(),
-        Signal::SIGKILL
-    ));
+    assert!(ferry_host::process::signal(before.pid.unwrap(), Signal::SIGKILL));
     let addr = h.service_addr["ms1"];
-    wait_until(
-        PATIENCE,
-        "ms1 to answer with a new fencing token",
-        || async {
-            ferry::harness::probe(addr, Duration::from_millis(300))
-                .await
-                .is_some_and(|v| v["fencing_token"].as_u64() > before.epoch)
-        },
-    )
+    wait_until(PATIENCE, "ms1 to answer with a new fencing token", || async {
+        ferry::harness::probe(addr, Duration::from_millis(300))
+            .await
+            .is_some_and(|v| v["fencing_token"].as_u64() > before.epoch)
+    })
     .await
     .unwrap();
     // The admin comes back and learns what happened while it was away.
@@ -289,10 +202,7 @@ async fn admin_down_servers_keep_running_and_restart_from_cache() {
         admin
             .events(0)
             .await
-            .map(|ev| {
-                ev.iter()
-                    .any(|e| e.kind == "config-cached" && e.server.as_deref() == Some("ms1"))
-            })
+            .map(|ev| ev.iter().any(|e| e.kind == "config-cached" && e.server.as_deref() == Some("ms1")))
             .unwrap_or(false)
     })
     .await
@@ -310,11 +220,7 @@ async fn stop_is_respected_and_start_brings_it_back() {
     let admin = h.admin();
     let op = admin.stop("ms2", false).await.expect("stop accepted");
     wait_until(PATIENCE, "the stop to finish", || async {
-        admin
-            .operation(op.id)
-            .await
-            .map(|o| o.state == "succeeded")
-            .unwrap_or(false)
+        admin.operation(op.id).await.map(|o| o.state == "succeeded").unwrap_or(false)
     })
     .await
     .unwrap();
@@ -325,16 +231,10 @@ async fn stop_is_respected_and_start_brings_it_back() {
     assert!(h.who_answers("ms2").await.is_none());
     // A forced stop releases the lease too.
     admin.start("ms2").await.expect("start accepted");
-    h.wait_running_on("ms2", "machine-c", PATIENCE)
-        .await
-        .unwrap();
+    h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
     let op = admin.stop("ms2", true).await.expect("forced stop accepted");
     wait_until(PATIENCE, "the forced stop to finish", || async {
-        admin
-            .operation(op.id)
-            .await
-            .map(|o| o.state == "succeeded")
-            .unwrap_or(false)
+        admin.operation(op.id).await.map(|o| o.state == "succeeded").unwrap_or(false)
     })
     .await
     .unwrap();
@@ -359,10 +259,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert!(e.to_string().contains("unknown server nosuch"), "{e}");
     let e = admin.start("ms2").await.unwrap_err();
     assert_eq!(e.status(), Some(409));
-    assert!(
-        e.to_string().contains("already running on machine-c"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("already running on machine-c"), "{e}");
     let e = admin.migrate("ms2", "machine-c").await.unwrap_err();
     assert_eq!(e.status(), Some(409));
     let e = admin.start_cluster("nosuch").await.unwrap_err();
@@ -370,44 +267,24 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     // A Node Manager refuses callers without the secret, or with a wrong one.
     let addr = h.nm_addr["machine-c"].to_string();
-    let cmd = NmStart {
-        origin: Origin::Admin,
-        in_place: true,
-    };
-    let e = NmClient::new(&addr, "wrong", Duration::from_secs(2))
-        .start("ms2", &cmd)
-        .await
-        .unwrap_err();
+    let cmd = NmStart { origin: Origin::Admin, in_place: true };
+    let e = NmClient::new(&addr, "wrong", Duration::from_secs(2)).start("ms2", &cmd).await.unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
-    let raw = reqwest::Client::new()
-        .post(format!("http://{addr}/nm/v1/servers/ms2/start"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
+    let raw =
+        reqwest::Client::new().post(format!("http://{addr}/nm/v1/servers/ms2/start")).body("{}").send().await.unwrap();
     assert_eq!(raw.status().as_u16(), 401);
     // A stale master epoch is refused (rule 5).
     let secret = h.secret().await.unwrap();
     let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
     let stale = NmStart {
-        origin: Origin::Master {
-            cluster: "cluster-1".into(),
-            epoch: 0,
-            server: "ms1".into(),
-        },
+        origin: Origin::Master { cluster: "cluster-1".into(), epoch: 0, server: "ms1".into() },
         in_place: true,
     };
     let ok = NmStart {
-        origin: Origin::Master {
-            cluster: "cluster-1".into(),
-            epoch: 7,
-            server: "ms1".into(),
-        },
+        origin: Origin::Master { cluster: "cluster-1".into(), epoch: 7, server: "ms1".into() },
         in_place: false,
     };
-    nm.start("ms2", &ok)
-        .await
-        .expect("a current master may ask (ms2 already runs: no-op)");
+    nm.start("ms2", &ok).await.expect("a current master may ask (ms2 already runs: no-op)");
     let e = nm.start("ms2", &stale).await.unwrap_err();
     assert_eq!(e.status(), Some(409));
     assert!(e.to_string().contains("stale cluster master"), "{e}");
@@ -419,16 +296,9 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        raw.status().as_u16(),
-        422,
-        "a number where a machine name belongs"
-    );
+    assert_eq!(raw.status().as_u16(), 422, "a number where a machine name belongs");
     let body: serde_json::Value = raw.json().await.unwrap();
-    assert!(body["error"]
-        .as_str()
-        .unwrap()
-        .contains("bad migrate request"));
+    assert!(body["error"].as_str().unwrap().contains("bad migrate request"));
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = h.status().await.unwrap();
@@ -468,56 +338,29 @@ candidate_machines = ["m9"]
 "#,
     )
     .unwrap();
-    let out = std::process::Command::new(exe())
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(exe()).arg("validate").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml:15:11: servers[0].machine: unknown machine \"m2\""),
-        "{err}"
-    );
-    assert!(
-        err.contains("bad.toml:16:23: servers[0].candidate_machines[0]: unknown machine \"m9\""),
-        "{err}"
-    );
+    assert!(err.contains("bad.toml:15:11: servers[0].machine: unknown machine \"m2\""), "{err}");
+    assert!(err.contains("bad.toml:16:23: servers[0].candidate_machines[0]: unknown machine \"m9\""), "{err}");
     assert!(err.contains("2 problems found"), "{err}");
 
-    std::fs::write(
-        &path,
-        "name = \"d\"\n[leasing]\ndata_source = \"sqlite://x.db\"\nbogus = 1\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(exe())
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, "name = \"d\"\n[leasing]\ndata_source = \"sqlite://x.db\"\nbogus = 1\n").unwrap();
+    let out = std::process::Command::new(exe()).arg("validate").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml:4:1:") && err.contains("unknown field `bogus`"),
-        "{err}"
-    );
+    assert!(err.contains("bad.toml:4:1:") && err.contains("unknown field `bogus`"), "{err}");
 }
 
 fn ferry_cli(admin: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(exe())
-        .args(args)
-        .env("FERRY_ADMIN", admin)
-        .output()
-        .expect("ferry runs")
+    std::process::Command::new(exe()).args(args).env("FERRY_ADMIN", admin).output().expect("ferry runs")
 }
 
 /// The command line drives a domain as DESIGN §4 says, with stable `-o json`.
 #[tokio::test]
 async fn the_command_line_drives_the_domain() {
     let _g = SERIAL.lock().await;
-    let h = Harness::start(spec(), exe(), None)
-        .await
-        .expect("domain starts");
+    let h = Harness::start(spec(), exe(), None).await.expect("domain starts");
     let url = h.admin_url.clone();
     let out = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -525,11 +368,7 @@ async fn the_command_line_drives_the_domain() {
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("start-cluster cluster-1 succeeded"));
 
     let out = ferry_cli(&url, &["status", "-o", "json"]);
@@ -538,34 +377,16 @@ async fn the_command_line_drives_the_domain() {
     let list = v.as_array().expect("a list");
     assert_eq!(list.len(), 2);
     for s in list {
-        for field in [
-            "name",
-            "cluster",
-            "state",
-            "machine",
-            "pid",
-            "epoch",
-            "lease_remaining_ms",
-            "master",
-        ] {
+        for field in ["name", "cluster", "state", "machine", "pid", "epoch", "lease_remaining_ms", "master"] {
             assert!(s.get(field).is_some(), "status -o json lacks {field}: {s}");
         }
         assert_eq!(s["state"], "RUNNING");
     }
-    assert_eq!(
-        list.iter().filter(|s| s["master"] == true).count(),
-        1,
-        "exactly one master"
-    );
+    assert_eq!(list.iter().filter(|s| s["master"] == true).count(), 1, "exactly one master");
 
     let out = ferry_cli(&url, &["leases", "-o", "json"]);
-    let leases: Vec<ferry_core::lease::Lease> =
-        serde_json::from_slice(&out.stdout).expect("leases -o json");
-    assert_eq!(
-        leases.len(),
-        3,
-        "two server leases and the master lease: {leases:?}"
-    );
+    let leases: Vec<ferry_core::lease::Lease> = serde_json::from_slice(&out.stdout).expect("leases -o json");
+    assert_eq!(leases.len(), 3, "two server leases and the master lease: {leases:?}");
 
     let out = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -574,20 +395,13 @@ async fn the_command_line_drives_the_domain() {
     .await
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
     for step in [
         "contacting the Node Manager on machine-b to stop ms1",
         "contacting the Node Manager on machine-d to start ms1",
         "obtained its lease on machine-d",
     ] {
-        assert!(
-            text.contains(step),
-            "migrate --wait did not show {step:?}:\n{text}"
-        );
+        assert!(text.contains(step), "migrate --wait did not show {step:?}:\n{text}");
     }
 
     let out = ferry_cli(&url, &["events", "-o", "json"]);
@@ -596,9 +410,7 @@ async fn the_command_line_drives_the_domain() {
         .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
         .collect();
     assert!(events.iter().any(|e| e.kind == "master-acquired"));
-    assert!(events
-        .iter()
-        .any(|e| e.kind == "lease-released" && e.server.as_deref() == Some("ms1")));
+    assert!(events.iter().any(|e| e.kind == "lease-released" && e.server.as_deref() == Some("ms1")));
 
     let out = ferry_cli(&url, &["migrate", "ms1", "--to", "machine-q"]);
     assert_eq!(out.status.code(), Some(1));
@@ -614,54 +426,29 @@ async fn the_command_line_drives_the_domain() {
 #[tokio::test]
 async fn configuration_changes_persist() {
     let _g = SERIAL.lock().await;
-    let mut h = Harness::start(spec(), exe(), None)
-        .await
-        .expect("domain starts");
+    let mut h = Harness::start(spec(), exe(), None).await.expect("domain starts");
     let admin = h.admin();
     let v1 = admin.domain().await.unwrap();
     assert_eq!(v1.version, 1);
     let mut d = v1.domain.clone();
     d.servers[0].shutdown_timeout = Duration::from_secs(7);
-    let v2 = admin
-        .put_domain(&ferry_api::DomainUpdate {
-            expected_version: Some(1),
-            domain: d.clone(),
-        })
-        .await
-        .unwrap();
+    let v2 = admin.put_domain(&ferry_api::DomainUpdate { expected_version: Some(1), domain: d.clone() }).await.unwrap();
     assert_eq!(v2.version, 2);
     // A stale writer is refused; an invalid configuration is refused with the field named.
-    let e = admin
-        .put_domain(&ferry_api::DomainUpdate {
-            expected_version: Some(1),
-            domain: d.clone(),
-        })
-        .await
-        .unwrap_err();
+    let e =
+        admin.put_domain(&ferry_api::DomainUpdate { expected_version: Some(1), domain: d.clone() }).await.unwrap_err();
     assert_eq!(e.status(), Some(409));
     let mut bad = d.clone();
     bad.servers[0].candidate_machines = vec![ferry_core::MachineName::new("nowhere").unwrap()];
-    let e = admin
-        .put_domain(&ferry_api::DomainUpdate {
-            expected_version: None,
-            domain: bad,
-        })
-        .await
-        .unwrap_err();
+    let e = admin.put_domain(&ferry_api::DomainUpdate { expected_version: None, domain: bad }).await.unwrap_err();
     assert_eq!(e.status(), Some(422));
-    assert!(
-        e.to_string().contains("servers[0].candidate_machines[0]"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("servers[0].candidate_machines[0]"), "{e}");
     // Restart the admin: version 2 is still current.
     h.kill_admin();
     h.start_admin().await.unwrap();
     let again = h.admin().domain().await.unwrap();
     assert_eq!(again.version, 2);
-    assert_eq!(
-        again.domain.servers[0].shutdown_timeout,
-        Duration::from_secs(7)
-    );
+    assert_eq!(again.domain.servers[0].shutdown_timeout, Duration::from_secs(7));
     assert!(h.dir.join("data/admin/history/domain-v2.toml").exists());
 }
 
@@ -677,83 +464,53 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let secret = h.secret().await.unwrap();
     for (server, machine) in [("ms1", "machine-b"), ("ms2", "machine-c")] {
-        let nm = NmClient::new(
-            &h.nm_addr[machine].to_string(),
-            &secret,
-            Duration::from_secs(2),
-        );
+        let nm = NmClient::new(&h.nm_addr[machine].to_string(), &secret, Duration::from_secs(2));
         wait_until(PATIENCE, &format!("{server} to fence itself"), || async {
             nm.servers()
                 .await
                 .ok()
                 .and_then(|l| l.into_iter().find(|s| s.name == server))
-                .is_some_and(|s| {
-                    s.state == "FENCED" && s.last_exit.as_deref() == Some("exit code 75")
-                })
+                .is_some_and(|s| s.state == "FENCED" && s.last_exit.as_deref() == Some("exit code 75"))
         })
         .await
         .unwrap();
-        let log = std::fs::read_to_string(
-            h.dir
-                .join(format!("data/nm-{machine}/servers/{server}/server.log")),
-        )
-        .unwrap();
+        let log =
+            std::fs::read_to_string(h.dir.join(format!("data/nm-{machine}/servers/{server}/server.log"))).unwrap();
         // The server fences itself first (its Node Manager's backstop fires half a margin
         // later); on a badly overloaded machine the backstop may win the race, which is
         // just as safe and shows as a Node Manager `fenced` event instead of the message.
         let said_why = log.contains("failed to reach the lease table for lease renewal");
         let admin = h.admin();
         let nm_fenced = said_why
-            || wait_until(
-                Duration::from_secs(5),
-                "a Node Manager fence event",
-                || async {
-                    admin.events(0).await.unwrap_or_default().iter().any(|e| {
-                        e.kind == "fenced"
-                            && e.source == format!("nodemanager/{machine}")
-                            && e.server.as_deref() == Some(server)
-                    })
-                },
-            )
+            || wait_until(Duration::from_secs(5), "a Node Manager fence event", || async {
+                admin.events(0).await.unwrap_or_default().iter().any(|e| {
+                    e.kind == "fenced"
+                        && e.source == format!("nodemanager/{machine}")
+                        && e.server.as_deref() == Some(server)
+                })
+            })
             .await
             .is_ok();
         assert!(said_why || nm_fenced, "{server}'s log says why:\n{log}");
-        assert!(
-            h.who_answers(server).await.is_none(),
-            "{server}'s service was killed"
-        );
+        assert!(h.who_answers(server).await.is_none(), "{server}'s service was killed");
     }
     // The table comes back: Node Managers restart the servers they own, which take their
     // leases over from their fenced incarnations, with no operator.
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
-    h.wait_running_after("ms1", "machine-b", 1, PATIENCE)
-        .await
-        .expect("ms1 back on machine-b");
-    h.wait_running_after("ms2", "machine-c", 1, PATIENCE)
-        .await
-        .expect("ms2 back on machine-c");
+    h.wait_running_after("ms1", "machine-b", 1, PATIENCE).await.expect("ms1 back on machine-b");
+    h.wait_running_after("ms2", "machine-c", 1, PATIENCE).await.expect("ms2 back on machine-c");
     // The old master lease runs out by the store's clock; then one of them takes it.
     let admin = h.admin();
     wait_until(PATIENCE, "a cluster master again", || async {
-        admin
-            .servers()
-            .await
-            .map(|l| l.iter().any(|s| s.master))
-            .unwrap_or(false)
+        admin.servers().await.map(|l| l.iter().any(|s| s.master)).unwrap_or(false)
     })
     .await
     .unwrap();
-    h.wait_answer_from("ms1", "machine-b", PATIENCE)
-        .await
-        .unwrap();
-    h.wait_answer_from("ms2", "machine-c", PATIENCE)
-        .await
-        .unwrap();
+    h.wait_answer_from("ms1", "machine-b", PATIENCE).await.unwrap();
+    h.wait_answer_from("ms2", "machine-c", PATIENCE).await.unwrap();
     let ev = events(&h).await;
-    assert!(ev
-        .iter()
-        .any(|e| e.kind == "restart-after-fence" && e.server.as_deref() == Some("ms2")));
+    assert!(ev.iter().any(|e| e.kind == "restart-after-fence" && e.server.as_deref() == Some("ms2")));
     assert_safe(&h);
 }
 
@@ -767,17 +524,11 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     let secret = h.secret().await.unwrap();
     let addr = h.nm_addr["machine-c"].to_string();
     let master = |epoch| NmStart {
-        origin: Origin::Master {
-            cluster: "cluster-1".into(),
-            epoch,
-            server: "ms1".into(),
-        },
+        origin: Origin::Master { cluster: "cluster-1".into(), epoch, server: "ms1".into() },
         in_place: false,
     };
     // The real master's epoch reaches this Node Manager (as a no-op start of a running server).
-    let epoch = h.admin().clusters().await.unwrap()[0]
-        .master_epoch
-        .expect("a master");
+    let epoch = h.admin().clusters().await.unwrap()[0].master_epoch.expect("a master");
     NmClient::new(&addr, &secret, Duration::from_secs(2))
         .start("ms2", &master(epoch))
         .await
@@ -785,68 +536,36 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     assert_eq!(h.kill_nm_only("machine-c"), 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mid = status_of(&h, "ms2").await;
-    assert_eq!(
-        (mid.state.as_str(), mid.epoch),
-        ("RUNNING", before.epoch),
-        "ms2 kept running without its Node Manager"
-    );
+    assert_eq!((mid.state.as_str(), mid.epoch), ("RUNNING", before.epoch), "ms2 kept running without its Node Manager");
     h.start_nm("machine-c").await.unwrap();
     let admin = h.admin();
     wait_until(PATIENCE, "the new Node Manager to adopt ms2", || async {
         admin
             .events(0)
             .await
-            .map(|ev| {
-                ev.iter()
-                    .any(|e| e.kind == "adopted" && e.server.as_deref() == Some("ms2"))
-            })
+            .map(|ev| ev.iter().any(|e| e.kind == "adopted" && e.server.as_deref() == Some("ms2")))
             .unwrap_or(false)
     })
     .await
     .unwrap();
     let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
     let e = nm.start("ms2", &master(epoch - 1)).await.unwrap_err();
-    assert_eq!(
-        e.status(),
-        Some(409),
-        "the restarted Node Manager still knows master epoch {epoch}: {e}"
-    );
-    let seen = nm
-        .servers()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == "ms2")
-        .expect("adopted ms2 is listed");
+    assert_eq!(e.status(), Some(409), "the restarted Node Manager still knows master epoch {epoch}: {e}");
+    let seen = nm.servers().await.unwrap().into_iter().find(|s| s.name == "ms2").expect("adopted ms2 is listed");
     assert_eq!(seen.pid, before.pid);
-    assert!(
-        seen.deadline_in_ms.is_some(),
-        "the adopted server reports its deadline again"
-    );
+    assert!(seen.deadline_in_ms.is_some(), "the adopted server reports its deadline again");
     // Rule 3 works again: a hung adopted server is fenced by the new Node Manager.
-    assert!(ferry_host::process::signal(
-        before.pid.unwrap(),
-        Signal::SIGSTOP
-    ));
-    wait_until(
-        PATIENCE,
-        "the new Node Manager to fence the hung ms2",
-        || async {
-            admin
-                .events(0)
-                .await
-                .map(|ev| {
-                    ev.iter()
-                        .any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c")
-                })
-                .unwrap_or(false)
-        },
-    )
+    assert!(ferry_host::process::signal(before.pid.unwrap(), Signal::SIGSTOP));
+    wait_until(PATIENCE, "the new Node Manager to fence the hung ms2", || async {
+        admin
+            .events(0)
+            .await
+            .map(|ev| ev.iter().any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c"))
+            .unwrap_or(false)
+    })
     .await
     .unwrap();
-    h.wait_running_after("ms2", "machine-c", before.epoch.unwrap(), PATIENCE)
-        .await
-        .expect("ms2 restarted in place");
+    h.wait_running_after("ms2", "machine-c", before.epoch.unwrap(), PATIENCE).await.expect("ms2 restarted in place");
     assert_safe(&h);
 }
 
@@ -856,44 +575,25 @@ async fn restarted_node_manager_adopts_its_running_servers() {
 #[tokio::test]
 async fn postgres_lease_table_failover_and_outage() {
     let _g = SERIAL.lock().await;
-    let Some(mut pg) = tokio::task::spawn_blocking(ferry_store::testing::PgServer::start_or_skip)
-        .await
-        .unwrap()
-    else {
+    let Some(mut pg) = tokio::task::spawn_blocking(ferry_store::testing::PgServer::start_or_skip).await.unwrap() else {
         return;
     };
     let url = pg.url();
-    let out = std::process::Command::new(exe())
-        .args(["leasing", "init", "--data-source", &url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(exe()).args(["leasing", "init", "--data-source", &url]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut spec = spec();
     spec.data_source = Some(url.clone());
-    let h = Harness::start(spec, exe(), None)
-        .await
-        .expect("domain starts");
+    let h = Harness::start(spec, exe(), None).await.expect("domain starts");
     h.admin().start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE)
-        .await
-        .unwrap();
-    let before = h
-        .wait_running_on("ms2", "machine-c", PATIENCE)
-        .await
-        .unwrap();
+    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
+    let before = h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
 
     h.kill_machine("machine-c");
     let moved = h
         .wait_running_after("ms2", "machine-d", before.epoch.unwrap(), PATIENCE)
         .await
         .expect("ms2 migrated on PostgreSQL");
-    h.wait_answer_from("ms2", "machine-d", PATIENCE)
-        .await
-        .unwrap();
+    h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
 
     // The database goes away: both servers fence themselves before their leases could expire.
     let mut pg = tokio::task::spawn_blocking(move || {
@@ -904,11 +604,7 @@ async fn postgres_lease_table_failover_and_outage() {
     .unwrap();
     let secret = h.secret().await.unwrap();
     for (server, machine) in [("ms1", "machine-b"), ("ms2", "machine-d")] {
-        let nm = NmClient::new(
-            &h.nm_addr[machine].to_string(),
-            &secret,
-            Duration::from_secs(2),
-        );
+        let nm = NmClient::new(&h.nm_addr[machine].to_string(), &secret, Duration::from_secs(2));
         wait_until(PATIENCE, &format!("{server} to fence itself"), || async {
             nm.servers()
                 .await
@@ -918,20 +614,14 @@ async fn postgres_lease_table_failover_and_outage() {
         })
         .await
         .unwrap();
-        assert!(
-            h.who_answers(server).await.is_none(),
-            "{server}'s service is down"
-        );
+        assert!(h.who_answers(server).await.is_none(), "{server}'s service is down");
     }
     let ev = events(&h).await;
     let migrations_before = ev.iter().filter(|e| e.kind == "migrate").count();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The admin answers with the database's error and no password.
     let e = h.admin().servers().await.unwrap_err().to_string();
-    assert!(
-        e.contains("cannot read the lease table") && e.contains("127.0.0.1"),
-        "{e}"
-    );
+    assert!(e.contains("cannot read the lease table") && e.contains("127.0.0.1"), "{e}");
 
     // It comes back: the domain returns to its configured state with no operator.
     let _pg = tokio::task::spawn_blocking(move || {
@@ -940,20 +630,11 @@ async fn postgres_lease_table_failover_and_outage() {
     })
     .await
     .unwrap();
-    h.wait_running_after("ms1", "machine-b", 1, Duration::from_secs(60))
+    h.wait_running_after("ms1", "machine-b", 1, Duration::from_secs(60)).await.expect("ms1 back");
+    h.wait_running_after("ms2", "machine-d", moved.epoch.unwrap(), Duration::from_secs(60))
         .await
-        .expect("ms1 back");
-    h.wait_running_after(
-        "ms2",
-        "machine-d",
-        moved.epoch.unwrap(),
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("ms2 back where it ran");
-    h.wait_answer_from("ms2", "machine-d", PATIENCE)
-        .await
-        .unwrap();
+        .expect("ms2 back where it ran");
+    h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
     let ev = events(&h).await;
     assert_eq!(
         ev.iter().filter(|e| e.kind == "migrate").count(),
@@ -968,52 +649,33 @@ async fn postgres_lease_table_failover_and_outage() {
 #[tokio::test]
 async fn misconfigured_postgres_gets_clear_errors_and_no_crash() {
     let _g = SERIAL.lock().await;
-    let Some(pg) = tokio::task::spawn_blocking(ferry_store::testing::PgServer::start_or_skip)
-        .await
-        .unwrap()
-    else {
+    let Some(pg) = tokio::task::spawn_blocking(ferry_store::testing::PgServer::start_or_skip).await.unwrap() else {
         return;
     };
-    pg.create_user_with_password("alice", "s3cret-pw")
-        .await
-        .unwrap();
+    pg.create_user_with_password("alice", "s3cret-pw").await.unwrap();
     let cases = [
         // No table yet.
         (pg.url(), "ferry leasing init"),
         // Wrong password.
-        (
-            pg.url_for("alice", Some("wrong-pw"), "ferry"),
-            "authentication failed",
-        ),
+        (pg.url_for("alice", Some("wrong-pw"), "ferry"), "authentication failed"),
         // Nobody listens.
-        (
-            "postgres://ferry:s3cret-pw@127.0.0.1:1/ferry".to_string(),
-            "127.0.0.1:1",
-        ),
+        ("postgres://ferry:s3cret-pw@127.0.0.1:1/ferry".to_string(), "127.0.0.1:1"),
     ];
     for (url, want) in cases {
         let mut spec = spec();
         spec.data_source = Some(url.clone());
-        let h = Harness::start(spec, exe(), None)
-            .await
-            .expect("the admin and Node Managers start anyway");
+        let h = Harness::start(spec, exe(), None).await.expect("the admin and Node Managers start anyway");
         let e = h.admin().servers().await.unwrap_err();
         assert_eq!(e.status(), Some(503));
         let text = e.to_string();
         assert!(text.contains(want), "{url}: {text}");
-        assert!(
-            !text.contains("s3cret-pw") && !text.contains("wrong-pw"),
-            "a password leaked: {text}"
-        );
+        assert!(!text.contains("s3cret-pw") && !text.contains("wrong-pw"), "a password leaked: {text}");
         // A start is refused with the same reason, and the admin keeps running.
         let e = h.admin().start("ms1").await.unwrap_err().to_string();
         assert!(e.contains("cannot read the lease table"), "{e}");
         assert!(h.admin().domain().await.is_ok(), "the admin still runs");
         let log = std::fs::read_to_string(h.dir.join("logs/admin.log")).unwrap_or_default();
-        assert!(
-            !log.contains("s3cret-pw") && !log.contains("wrong-pw"),
-            "a password leaked into the log"
-        );
+        assert!(!log.contains("s3cret-pw") && !log.contains("wrong-pw"), "a password leaked into the log");
     }
 }
 
@@ -1033,30 +695,9 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
     let long_name = "a".repeat(5000);
     // (method, url, auth, content type, body, expected status)
     let cases: Vec<(&str, String, bool, &str, String, u16)> = vec![
-        (
-            "POST",
-            format!("{admin}/api/v1/servers/ms2/migrate"),
-            false,
-            "application/json",
-            "{\"to\": ".into(),
-            400,
-        ),
-        (
-            "POST",
-            format!("{admin}/api/v1/servers/ms2/migrate"),
-            false,
-            "application/json",
-            "{}".into(),
-            422,
-        ),
-        (
-            "POST",
-            format!("{admin}/api/v1/servers/ms2/migrate"),
-            false,
-            "application/json",
-            "{\"to\": 7}".into(),
-            422,
-        ),
+        ("POST", format!("{admin}/api/v1/servers/ms2/migrate"), false, "application/json", "{\"to\": ".into(), 400),
+        ("POST", format!("{admin}/api/v1/servers/ms2/migrate"), false, "application/json", "{}".into(), 422),
+        ("POST", format!("{admin}/api/v1/servers/ms2/migrate"), false, "application/json", "{\"to\": 7}".into(), 422),
         (
             "POST",
             format!("{admin}/api/v1/servers/ms2/migrate"),
@@ -1065,14 +706,7 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
             "{\"to\":\"machine-d\"}".into(),
             415,
         ),
-        (
-            "POST",
-            format!("{admin}/api/v1/servers/ms2/migrate"),
-            false,
-            "application/json",
-            big.clone(),
-            413,
-        ),
+        ("POST", format!("{admin}/api/v1/servers/ms2/migrate"), false, "application/json", big.clone(), 413),
         (
             "POST",
             format!("{admin}/api/v1/servers/{long_name}/migrate"),
@@ -1081,14 +715,7 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
             "{\"to\":\"machine-d\"}".into(),
             400,
         ),
-        (
-            "POST",
-            format!("{admin}/api/v1/servers/..%2F..%2Fetc/start"),
-            false,
-            "application/json",
-            "{}".into(),
-            400,
-        ),
+        ("POST", format!("{admin}/api/v1/servers/..%2F..%2Fetc/start"), false, "application/json", "{}".into(), 400),
         (
             "POST",
             format!("{admin}/api/v1/servers/ms2/migrate"),
@@ -1097,94 +724,17 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
             "{\"to\":\"../../etc\"}".into(),
             400,
         ),
-        (
-            "PUT",
-            format!("{admin}/api/v1/domain"),
-            false,
-            "application/json",
-            "{\"domain\": {\"name\": 5}}".into(),
-            422,
-        ),
-        (
-            "PUT",
-            format!("{admin}/api/v1/domain"),
-            false,
-            "application/json",
-            "[]".into(),
-            422,
-        ),
-        (
-            "GET",
-            format!("{admin}/api/v1/events?since=-1"),
-            false,
-            "",
-            String::new(),
-            400,
-        ),
-        (
-            "GET",
-            format!("{admin}/api/v1/operations/abc"),
-            false,
-            "",
-            String::new(),
-            400,
-        ),
-        (
-            "GET",
-            format!("{admin}/api/v1/operations/999999"),
-            false,
-            "",
-            String::new(),
-            404,
-        ),
-        (
-            "DELETE",
-            format!("{admin}/api/v1/servers"),
-            false,
-            "",
-            String::new(),
-            405,
-        ),
-        (
-            "GET",
-            format!("{admin}/api/v2/anything"),
-            false,
-            "",
-            String::new(),
-            404,
-        ),
-        (
-            "POST",
-            format!("{admin}/api/v1/events"),
-            false,
-            "application/json",
-            "[]".into(),
-            401,
-        ),
-        (
-            "POST",
-            format!("{admin}/api/v1/events"),
-            true,
-            "application/json",
-            "{\"not\": \"a list\"}".into(),
-            422,
-        ),
-        (
-            "POST",
-            format!("{nm}/nm/v1/servers/ms2/start"),
-            false,
-            "application/json",
-            "{}".into(),
-            401,
-        ),
-        (
-            "POST",
-            format!("{nm}/nm/v1/servers/ms2/start"),
-            true,
-            "application/json",
-            "{".into(),
-            400,
-        ),
+        ("PUT", format!("{admin}/api/v1/domain"), false, "application/json", "{\"domain\": {\"name\": 5}}".into(), 422),
+        ("PUT", format!("{admin}/api/v1/domain"), false, "application/json", "[]".into(), 422),
+        ("GET", format!("{admin}/api/v1/events?since=-1"), false, "", String::new(), 400),
+        ("GET", format!("{admin}/api/v1/operations/abc"), false, "", String::new(), 400),
+        ("GET", format!("{admin}/api/v1/operations/999999"), false, "", String::new(), 404),
+        ("DELETE", format!("{admin}/api/v1/servers"), false, "", String::new(), 405),
+        ("GET", format!("{admin}/api/v2/anything"), false, "", String::new(), 404),
+        ("POST", format!("{admin}/api/v1/events"), false, "application/json", "[]".into(), 401),
+        ("POST", format!("{admin}/api/v1/events"), true, "application/json", "{\"not\": \"a list\"}".into(), 422),
+        ("POST", format!("{nm}/nm/v1/servers/ms2/start"), false, "application/json", "{}".into(), 401),
+        ("POST", format!("{nm}/nm/v1/servers/ms2/start"), true, "application/json", "{".into(), 400),
         (
             "POST",
             format!("{nm}/nm/v1/servers/ms2/start"),
@@ -1193,14 +743,7 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
             "{\"origin\": {\"kind\": \"root\"}}".into(),
             422,
         ),
-        (
-            "POST",
-            format!("{nm}/nm/v1/servers/ms2/start"),
-            true,
-            "application/json",
-            big.clone(),
-            413,
-        ),
+        ("POST", format!("{nm}/nm/v1/servers/ms2/start"), true, "application/json", big.clone(), 413),
         (
             "POST",
             format!("{nm}/nm/v1/servers/nosuch/start"),
@@ -1225,20 +768,10 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
             "{\"origin\":{\"kind\":\"admin\"}}".into(),
             409,
         ),
-        (
-            "POST",
-            format!("{nm}/nm/v1/exec"),
-            true,
-            "application/json",
-            "{\"command\": [\"/bin/sh\"]}".into(),
-            404,
-        ),
+        ("POST", format!("{nm}/nm/v1/exec"), true, "application/json", "{\"command\": [\"/bin/sh\"]}".into(), 404),
     ];
     // No pooled connections: a server may close one after refusing an oversized body.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     for (method, url, auth, ctype, body, want) in cases {
         let mut req = client.request(method.parse().unwrap(), &url);
         if auth {
@@ -1247,11 +780,7 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
         if !ctype.is_empty() {
             req = req.header("content-type", ctype);
         }
-        let shown = format!(
-            "{method} {} ({} bytes)",
-            &url[..url.len().min(90)],
-            body.len()
-        );
+        let shown = format!("{method} {} ({} bytes)", &url[..url.len().min(90)], body.len());
         let oversized = body.len() > 1024 * 1024;
         let resp = match req.body(body).send().await {
             Ok(r) => r,
@@ -1263,18 +792,12 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         assert_eq!(status, want, "{shown}: {text}");
-        let v: serde_json::Value =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{shown}: not JSON: {text}"));
-        assert!(
-            v["error"].as_str().is_some_and(|e| !e.is_empty()),
-            "{shown}: no error message: {text}"
-        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{shown}: not JSON: {text}"));
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{shown}: no error message: {text}");
         assert!(!text.contains(&secret), "{shown}: the secret leaked");
     }
     // A connection that sends half a request and stalls does not hold anything up.
-    let mut stall = tokio::net::TcpStream::connect(h.nm_addr["machine-c"])
-        .await
-        .unwrap();
+    let mut stall = tokio::net::TcpStream::connect(h.nm_addr["machine-c"]).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(
         &mut stall,
         b"POST /nm/v1/servers/ms2/stop HTTP/1.1\r\nContent-Length: 100\r\n\r\n{",
@@ -1304,46 +827,32 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     let write = |name: &str, body: &str| {
         let p = hooks.path().join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::os::unix::fs::PermissionsExt::set_mode(
-            &mut std::fs::metadata(&p).unwrap().permissions(),
-            0o755,
-        );
+        std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&p).unwrap().permissions(), 0o755);
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         p
     };
     // The hooks misbehave only for ms2's floating IP (198.18.1.102); ms1 (the cluster
     // master, on machine-b) is unaffected.
     let ok_c = write("ok-c.sh", "echo plumbed $@");
-    let fails_d = write("fails-d.sh", "if [ \"$3\" = 198.18.1.102 ]; then echo \"address $3 is in use on $2\" >&2; exit 1; fi; echo ok");
-    let hangs_b = write(
-        "hangs-b.sh",
-        "if [ \"$1 $3\" = \"addif 198.18.1.102\" ]; then sleep 60; fi; echo ok",
+    let fails_d = write(
+        "fails-d.sh",
+        "if [ \"$3\" = 198.18.1.102 ]; then echo \"address $3 is in use on $2\" >&2; exit 1; fi; echo ok",
     );
+    let hangs_b = write("hangs-b.sh", "if [ \"$1 $3\" = \"addif 198.18.1.102\" ]; then sleep 60; fi; echo ok");
     let mut spec = spec();
     spec.ifconfig_hooks = vec![
         ("machine-c".into(), ok_c, 2_000),
         ("machine-d".into(), fails_d, 2_000),
         ("machine-b".into(), hangs_b.clone(), 300),
     ];
-    let h = Harness::start(spec, exe(), None)
-        .await
-        .expect("domain starts");
+    let h = Harness::start(spec, exe(), None).await.expect("domain starts");
     let admin = h.admin();
     admin.start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE)
-        .await
-        .unwrap();
-    let before = h
-        .wait_running_on("ms2", "machine-c", PATIENCE)
-        .await
-        .unwrap();
+    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
+    let before = h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
     // A start on a machine whose hook fails is refused with the hook's words.
     let secret = h.secret().await.unwrap();
-    let nm_d = NmClient::new(
-        &h.nm_addr["machine-d"].to_string(),
-        &secret,
-        Duration::from_secs(5),
-    );
+    let nm_d = NmClient::new(&h.nm_addr["machine-d"].to_string(), &secret, Duration::from_secs(5));
     h.kill_machine("machine-c");
     // The master: machine-c is dead, machine-d's hook fails, machine-b's hangs and is killed.
     wait_until(PATIENCE, "both hook failures in the event log", || async {
@@ -1363,50 +872,58 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     })
     .await
     .unwrap();
-    let ms2 = h
-        .status()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.name == "ms2")
-        .unwrap();
-    assert_ne!(
-        ms2.state, "RUNNING",
-        "ms2 runs nowhere while every hook fails: {ms2:?}"
-    );
-    let e = nm_d
-        .start(
-            "ms2",
-            &NmStart {
-                origin: Origin::Admin,
-                in_place: false,
-            },
-        )
-        .await
-        .unwrap_err();
+    let ms2 = h.status().await.unwrap().into_iter().find(|s| s.name == "ms2").unwrap();
+    assert_ne!(ms2.state, "RUNNING", "ms2 runs nowhere while every hook fails: {ms2:?}");
+    let e = nm_d.start("ms2", &NmStart { origin: Origin::Admin, in_place: false }).await.unwrap_err();
     assert!(e.to_string().contains("is in use on"), "{e}");
     // Machine-b's hook is repaired: the master's next circuit starts ms2 there.
     std::fs::write(&hangs_b, "#!/bin/sh\necho ok\n").unwrap();
-    assert!(
-        h.who_answers("ms1").await.is_some(),
-        "ms1 was never disturbed"
-    );
+    assert!(h.who_answers("ms1").await.is_some(), "ms1 was never disturbed");
     let after = h
-        .wait_running_after(
-            "ms2",
-            "machine-b",
-            before.epoch.unwrap(),
-            Duration::from_secs(60),
-        )
+        .wait_running_after("ms2", "machine-b", before.epoch.unwrap(), Duration::from_secs(60))
         .await
         .expect("ms2 runs on machine-b");
     assert!(after.epoch > before.epoch);
     let ev = events(&h).await;
     assert!(
-        ev.iter()
-            .any(|e| e.kind == "backoff" && e.server.as_deref() == Some("ms2")),
+        ev.iter().any(|e| e.kind == "backoff" && e.server.as_deref() == Some("ms2")),
         "the master paused between circuits"
     );
     let journal = check_journal(&h.journal_path("ms2")).expect("safety");
     assert!(journal.len() >= 2);
+}
+
+/// Servers hand their renewals to their Node Manager, which sends all of its servers'
+/// renewals as one `renew_many` per window (the scale benchmark's batching, for real). When
+/// the Node Manager is gone, a server renews directly and keeps running.
+#[tokio::test]
+async fn servers_renew_through_their_node_manager_in_batches() {
+    let _g = SERIAL.lock().await;
+    let mut spec = spec();
+    // Both servers on machine-b, so its Node Manager batches for two.
+    spec.servers[1].home = "machine-b".into();
+    let h = Harness::start(spec, exe(), None).await.expect("domain starts");
+    h.admin().start_cluster("cluster-1").await.unwrap();
+    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
+    let before = h.wait_running_on("ms2", "machine-b", PATIENCE).await.unwrap();
+    let secret = h.secret().await.unwrap();
+    let nm = NmClient::new(&h.nm_addr["machine-b"].to_string(), &secret, Duration::from_secs(2));
+    let first = nm.health().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let later = nm.health().await.unwrap();
+    // 200 ms interval, two servers: about ten renewals a second went through this Node Manager.
+    assert!(later.renewals >= first.renewals + 5, "renewals go through the Node Manager: {first:?} -> {later:?}");
+    assert!(later.renewal_batches > first.renewal_batches && later.renewal_batches <= later.renewals);
+    let after = status_of(&h, "ms2").await;
+    assert_eq!((after.state.as_str(), after.epoch), ("RUNNING", before.epoch), "the lease stays live");
+    // Without its Node Manager, the server renews on its own.
+    assert_eq!(h.kill_nm_only("machine-b"), 1);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let alone = status_of(&h, "ms2").await;
+    assert_eq!(
+        (alone.state.as_str(), alone.epoch),
+        ("RUNNING", before.epoch),
+        "ms2 kept its lease without its Node Manager"
+    );
+    assert_safe(&h);
 }

@@ -19,13 +19,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("listen") if args.len() >= 2 => listen(&args[1], args.get(2).cloned()),
-        Some("count") if args.len() >= 2 => count(
-            PathBuf::from(&args[1]),
-            args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5),
-        ),
-        _ => Err(
-            "usage: ferry-lab-probe listen ADDR:PORT [GREETING] | count FILE [INTERVAL_MS]".into(),
-        ),
+        Some("count") if args.len() >= 2 => {
+            count(PathBuf::from(&args[1]), args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5))
+        }
+        _ => Err("usage: ferry-lab-probe listen ADDR:PORT [GREETING] | count FILE [INTERVAL_MS]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
