@@ -241,34 +241,14 @@ fn children_of(parent: i32) -> Vec<i32> {
         .collect()
 }
 
-/// The directory with `initdb`, `pg_ctl` and `postgres`: Debian's highest
-/// `/usr/lib/postgresql/*/bin`, else where the `initdb` on `PATH` really lives.
+/// The directory with `initdb`, `pg_ctl` and `postgres` (ferry-store's search).
 fn find_binaries() -> Result<PathBuf> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
-    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let version = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            Some((version, e.path().join("bin")))
-        })
-        .filter(|(_, bin)| has_all(bin))
-        .collect();
-    debian.sort();
-    if let Some((_, bin)) = debian.pop() {
-        return Ok(bin);
-    }
-    which("initdb")
-        .and_then(|initdb| std::fs::canonicalize(initdb).ok())
-        .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
-        .filter(|dir| has_all(dir))
-        .ok_or_else(|| {
-            LabError::unavailable(
-                "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin and \
-                 PATH); apt-get install postgresql",
-            )
-        })
+    ferry_store::testing::postgres_bin_dir().ok_or_else(|| {
+        LabError::unavailable(
+            "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin and \
+             PATH); apt-get install postgresql",
+        )
+    })
 }
 
 /// The uid and gid of the `postgres` OS user, from /etc/passwd.

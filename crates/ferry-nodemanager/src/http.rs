@@ -75,8 +75,19 @@ async fn servers(State(nm): State<Arc<Nm>>) -> Json<Vec<ferry_api::NmServer>> {
     Json(nm.snapshot())
 }
 
-fn server_name(name: &str) -> Result<ServerName, Refusal> {
-    ServerName::new(name).map_err(|e| Refusal::new(400, e.to_string()))
+/// A command's server name and body, or the 4xx that says what is wrong with them.
+fn command<T>(name: &str, body: Result<Json<T>, JsonRejection>, what: &str) -> Result<(ServerName, T), Refusal> {
+    let server = ServerName::new(name).map_err(|e| Refusal::new(400, e.to_string()))?;
+    let Json(cmd) =
+        body.map_err(|e| Refusal::new(e.status().as_u16(), format!("bad {what} command: {}", e.body_text())))?;
+    Ok((server, cmd))
+}
+
+fn answer(result: Result<ferry_api::NmAck, Refusal>) -> Response {
+    match result {
+        Ok(ack) => Json(ack).into_response(),
+        Err(r) => r.into_response(),
+    }
 }
 
 async fn start(
@@ -84,16 +95,8 @@ async fn start(
     Path(name): Path<String>,
     body: Result<Json<NmStart>, JsonRejection>,
 ) -> Response {
-    let server = match server_name(&name) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
-    let Json(cmd) = match body {
-        Ok(b) => b,
-        Err(e) => return error(e.status().as_u16(), format!("bad start command: {}", e.body_text())),
-    };
-    match nm.start(&server, &cmd.origin, cmd.in_place, None).await {
-        Ok(ack) => Json(ack).into_response(),
+    match command(&name, body, "start") {
+        Ok((server, cmd)) => answer(nm.start(&server, &cmd.origin, cmd.in_place, None).await),
         Err(r) => r.into_response(),
     }
 }
@@ -103,16 +106,8 @@ async fn stop(
     Path(name): Path<String>,
     body: Result<Json<NmStop>, JsonRejection>,
 ) -> Response {
-    let server = match server_name(&name) {
-        Ok(s) => s,
-        Err(r) => return r.into_response(),
-    };
-    let Json(cmd) = match body {
-        Ok(b) => b,
-        Err(e) => return error(e.status().as_u16(), format!("bad stop command: {}", e.body_text())),
-    };
-    match nm.stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms).await {
-        Ok(ack) => Json(ack).into_response(),
+    match command(&name, body, "stop") {
+        Ok((server, cmd)) => answer(nm.stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms).await),
         Err(r) => r.into_response(),
     }
 }

@@ -342,8 +342,10 @@ fn free_port() -> Result<u16> {
     Ok(port)
 }
 
-/// The directory holding `initdb`, `pg_ctl` and `postgres`.
-fn find_binaries() -> Result<PathBuf> {
+/// The directory holding `initdb`, `pg_ctl` and `postgres`: Debian's highest
+/// `/usr/lib/postgresql/*/bin`, else where the `initdb` on `PATH` really lives. Searched once
+/// per process; also used by ferry-lab, which runs PostgreSQL in a lab namespace.
+pub fn postgres_bin_dir() -> Option<PathBuf> {
     static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
     let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
     let found = FOUND.get_or_init(|| {
@@ -369,7 +371,12 @@ fn find_binaries() -> Result<PathBuf> {
             .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
             .filter(|dir| has_all(dir))
     });
-    found.clone().ok_or(PgServerError::NotFound { required: std::env::var("CI").is_ok_and(|v| v == "true") })
+    found.clone()
+}
+
+/// [`postgres_bin_dir`], or why the tests cannot run.
+fn find_binaries() -> Result<PathBuf> {
+    postgres_bin_dir().ok_or(PgServerError::NotFound { required: std::env::var("CI").is_ok_and(|v| v == "true") })
 }
 
 /// The initialised cluster every server copies.
