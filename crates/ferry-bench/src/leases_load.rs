@@ -22,7 +22,7 @@ use anyhow::Context;
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::postgres::{PostgresOptions, PostgresStore};
-use ferry_store::{AcquireRequest, LeaseStore, Renewal, StoreError};
+use ferry_store::{AcquireRequest, LeaseStore, Renewal, ScanCursor, StoreError};
 use nix::time::{clock_gettime, ClockId};
 use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
@@ -588,30 +588,37 @@ pub struct ScanReport {
     pub expired_target: usize,
     /// Whether the other leases were renewing meanwhile (else paused, see [`scans`]).
     pub renewing: bool,
-    /// Rows `expired()` returned: min and max over the scans.
+    /// The master's steady state: `scan(cursor, tracked)` from the previous scan's cursor,
+    /// with every expired lease tracked (the planner tracks each one it has seen).
+    pub incremental: ScanTimes,
+    /// `scan(FULL, [])`: every expired lease (a master's first scan, and its periodic one).
+    pub full: ScanTimes,
+}
+
+/// One kind of scan, timed `every` apart.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ScanTimes {
+    pub scans: usize,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub max_us: Option<u64>,
+    /// Rows returned: min and max over the scans.
     pub returned_min: usize,
     pub returned_max: usize,
-    pub scans: usize,
-    pub expired_p50_us: Option<u64>,
-    pub expired_p99_us: Option<u64>,
-    pub expired_max_us: Option<u64>,
-    pub next_p50_us: Option<u64>,
-    pub next_p99_us: Option<u64>,
-    pub next_max_us: Option<u64>,
     pub errors: u64,
 }
 
 /// Lets growing shares of the leases expire (nested sets, in a fixed random order) while
-/// the others keep renewing in `mode`, and times the master's `expired()` and
-/// `next_expiry_ms()` (back to back, `every` apart) for `scan_seconds` at each share; then
-/// once more at the largest share with renewals paused.
+/// the others keep renewing in `mode`, and times the master's incremental scan, then its
+/// full scan (each `every` apart for `scan_seconds`) at each share; then once more at the
+/// largest share with renewals paused.
 ///
 /// Why both: every renewal is an update of the indexed `expires_at`, so it leaves the
 /// superseded row version's entry in the expiry index, under the old expiry, which passes
 /// within one TTL. Until vacuum removes it, the first scan to meet such an entry visits the
-/// heap to find it dead (and marks it, so later scans skip it). With renewals running, a
-/// scan thus also pays for the renewals made since the previous scan; paused, only for the
-/// expired leases.
+/// heap to find it dead (and marks it, so later scans skip it reading it). A full scan
+/// steps over every such entry left since the last vacuum; the incremental scan only over
+/// those whose old expiry passed since the previous scan; paused, neither.
 pub async fn scans(
     fleet: &Arc<Fleet>,
     master: &PostgresStore,
@@ -651,7 +658,8 @@ pub async fn scans(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        out.push(time_scans(master, n, marked, true, *scan_seconds, *every).await);
+        let tracked: Vec<LeaseName> = order[..marked].iter().map(|&i| fleet.holders[i].name.clone()).collect();
+        out.push(time_scans(master, n, &tracked, true, *scan_seconds, *every).await);
     }
     stop.store(true, Ordering::Relaxed);
     let renewals = driver.await.context("the renewal driver failed")?;
@@ -660,25 +668,55 @@ pub async fn scans(
     // those, and what is left to time is the expired leases alone.
     arm(fleet, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_micros(ttl_us + 500_000)).await;
-    let _ = master.expired().await;
-    let _ = master.next_expiry_ms().await;
-    out.push(time_scans(master, n, marked, false, *scan_seconds, *every).await);
+    let _ = master.scan(ScanCursor::FULL, &[]).await;
+    let tracked: Vec<LeaseName> = order[..marked].iter().map(|&i| fleet.holders[i].name.clone()).collect();
+    out.push(time_scans(master, n, &tracked, false, *scan_seconds, *every).await);
     for h in &fleet.holders {
         h.excluded.store(false, Ordering::Relaxed);
     }
     Ok((out, renewals))
 }
 
-/// Times the master's `expired()` then `next_expiry_ms()`, `every` apart, for `seconds`.
+/// Times the master's incremental scans for `seconds`, then its full scans, `every` apart.
 async fn time_scans(
     master: &PostgresStore,
     n: usize,
-    expired: usize,
+    tracked: &[LeaseName],
     renewing: bool,
     seconds: u64,
     every: Duration,
 ) -> ScanReport {
-    let (mut exp, mut next) = (Vec::new(), Vec::new());
+    // The cursor a master has after its first, full scan.
+    let cursor =
+        std::cell::Cell::new(master.scan(ScanCursor::FULL, &[]).await.map(|s| s.cursor).unwrap_or(ScanCursor::FULL));
+    let cursor = &cursor;
+    let incremental = time_scan_kind(seconds, every, || async move {
+        let r = master.scan(cursor.get(), tracked).await;
+        if let Ok(s) = &r {
+            cursor.set(s.cursor);
+        }
+        r
+    })
+    .await;
+    let full = time_scan_kind(seconds, every, || master.scan(ScanCursor::FULL, &[])).await;
+    eprintln!(
+        "  scan with {} of {n} expired{}: incremental p50 {} µs ({} rows), full p50 {} µs ({} rows)",
+        tracked.len(),
+        if renewing { "" } else { ", renewals paused" },
+        incremental.p50_us.unwrap_or(0),
+        incremental.returned_max,
+        full.p50_us.unwrap_or(0),
+        full.returned_max,
+    );
+    ScanReport { n, expired_target: tracked.len(), renewing, incremental, full }
+}
+
+async fn time_scan_kind<F, Fut>(seconds: u64, every: Duration, mut scan: F) -> ScanTimes
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ferry_store::Result<ferry_store::Scan>>,
+{
+    let mut times = Vec::new();
     let (mut lo, mut hi, mut errors) = (usize::MAX, 0usize, 0u64);
     let until = micros() + seconds * 1_000_000;
     let mut at = micros();
@@ -689,41 +727,25 @@ async fn time_scans(
         }
         at += every.as_micros() as u64;
         let t0 = micros();
-        let e = master.expired().await;
+        let r = scan().await;
         let t1 = micros();
-        let x = master.next_expiry_ms().await;
-        let t2 = micros();
-        match (e, x) {
-            (Ok(e), Ok(_)) => {
-                exp.push((t1 - t0) as u32);
-                next.push((t2 - t1) as u32);
-                lo = lo.min(e.len());
-                hi = hi.max(e.len());
+        match r {
+            Ok(s) => {
+                times.push((t1 - t0) as u32);
+                lo = lo.min(s.leases.len());
+                hi = hi.max(s.leases.len());
             }
-            _ => errors += 1,
+            Err(_) => errors += 1,
         }
     }
-    exp.sort_unstable();
-    next.sort_unstable();
-    eprintln!(
-        "  scan with {expired} of {n} expired{}: expired() p50 {} µs, next_expiry_ms() p50 {} µs, {hi} rows",
-        if renewing { "" } else { ", renewals paused" },
-        pct(&exp, 50.0).unwrap_or(0),
-        pct(&next, 50.0).unwrap_or(0),
-    );
-    ScanReport {
-        n,
-        expired_target: expired,
-        renewing,
+    times.sort_unstable();
+    ScanTimes {
+        scans: times.len(),
+        p50_us: pct(&times, 50.0),
+        p99_us: pct(&times, 99.0),
+        max_us: times.last().map(|&v| v as u64),
         returned_min: if lo == usize::MAX { 0 } else { lo },
         returned_max: hi,
-        scans: exp.len(),
-        expired_p50_us: pct(&exp, 50.0),
-        expired_p99_us: pct(&exp, 99.0),
-        expired_max_us: exp.last().map(|&v| v as u64),
-        next_p50_us: pct(&next, 50.0),
-        next_p99_us: pct(&next, 99.0),
-        next_max_us: next.last().map(|&v| v as u64),
         errors,
     }
 }

@@ -4,7 +4,6 @@
 //! Managers, each command stamped with the master lease's epoch (rule 5) and sent only while
 //! the master's own deadline has not passed (rule 6).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ferry_api::{NmClient, NmStart, Origin, Report};
@@ -12,6 +11,7 @@ use ferry_core::keeper::{Keeper, KeeperAction, KeeperTiming};
 use ferry_core::master::{CommandResult, MasterAction, Planner};
 use ferry_core::{LeaseName, Mono, ServerName};
 use ferry_host::clock;
+use ferry_store::ScanCursor;
 
 use crate::runtime::{Ctx, Msg};
 
@@ -29,7 +29,15 @@ pub(crate) struct MasterRole {
     /// as unreachable at once, so a failover does not first wait out a connect timeout.
     reach: std::collections::BTreeMap<ferry_core::MachineName, (Option<Mono>, Option<Mono>)>,
     next_ping: Mono,
+    /// Where the next incremental scan starts, and when the next full one is due.
+    cursor: ScanCursor,
+    full_scan_at: Mono,
 }
+
+/// How often the master reads every expired lease instead of those since its last scan: a
+/// backstop for an expiry the incremental scans cannot see (a write that committed a whole
+/// TTL after it read the clock, or a lease the planner stopped tracking).
+const FULL_SCAN_EVERY_MS: u64 = 10_000;
 
 impl MasterRole {
     pub fn new(ctx: &Ctx, server_timing: KeeperTiming) -> Self {
@@ -47,6 +55,8 @@ impl MasterRole {
             retry_at: None,
             reach: std::collections::BTreeMap::new(),
             next_ping: now,
+            cursor: ScanCursor::FULL,
+            full_scan_at: now,
         }
     }
 
@@ -98,25 +108,19 @@ impl MasterRole {
                 .as_ref()
                 .map(|p| p.in_progress().into_iter().map(|(s, _)| s).collect())
                 .unwrap_or_default();
+            let since = if now >= self.full_scan_at {
+                self.full_scan_at = now + FULL_SCAN_EVERY_MS;
+                ScanCursor::FULL
+            } else {
+                self.cursor
+            };
             let tx = ctx.tx.clone();
             tokio::spawn(async move {
-                // The scan reads only expired rows plus the rows being worked on, so its cost
-                // follows the failures, not the size of the domain.
-                let r = async {
-                    let mut leases = store.expired().await?;
-                    let have: BTreeSet<LeaseName> = leases.iter().map(|l| l.name.clone()).collect();
-                    for s in tracked {
-                        let name = LeaseName::Server(s);
-                        if !have.contains(&name) {
-                            if let Some(l) = store.get(&name).await? {
-                                leases.push(l);
-                            }
-                        }
-                    }
-                    let next = store.next_expiry_ms().await?;
-                    Ok((leases, next))
-                }
-                .await;
+                // The scan reads the leases that expired since the previous one plus the rows
+                // being worked on, so its cost follows the failures, not the size of the
+                // domain or its renewal rate (see `LeaseStore::scan`).
+                let names: Vec<LeaseName> = tracked.into_iter().map(LeaseName::Server).collect();
+                let r = store.scan(since, &names).await;
                 let _ = tx.send(Msg::Scan(r)).await;
             });
         }
@@ -182,6 +186,7 @@ impl MasterRole {
                     self.epoch = Some(epoch.0);
                     self.planner = Some(Planner::new(ctx.server.cluster.clone()));
                     self.next_scan = clock::now();
+                    self.full_scan_at = self.next_scan;
                     crate::channel::update_hello(None, Some(true));
                     ctx.report(&Report::Master { held: true, epoch: epoch.0 });
                     ctx.event(
@@ -228,15 +233,16 @@ impl MasterRole {
             Msg::Scan(r) => {
                 self.scan_in_flight = false;
                 match r {
-                    Ok((leases, next_expiry)) => {
+                    Ok(scan) => {
+                        self.cursor = scan.cursor;
                         // Look again at the instant the next lease runs out (DESIGN §3: the
                         // master's detection delay is then ~0 instead of up to one interval).
-                        if let Some(ms) = next_expiry {
+                        if let Some(ms) = scan.next_expiry_ms {
                             let at = now + (ms.max(0) as u64 + 1);
                             self.next_scan = self.next_scan.min(at);
                         }
                         let actions = match self.planner.as_mut() {
-                            Some(p) => p.on_scan(now, &leases, &ctx.domain),
+                            Some(p) => p.on_scan(now, &scan.leases, &ctx.domain),
                             None => return,
                         };
                         self.enact(ctx, actions);

@@ -33,7 +33,7 @@ pub(crate) enum Msg {
     MasterAcquire(Result<Lease, StoreError>),
     MasterRenew(Result<Lease, StoreError>),
     /// The expired (and tracked) leases, and the ms until the next lease expires.
-    Scan(Result<(Vec<Lease>, Option<i64>), StoreError>),
+    Scan(Result<ferry_store::Scan, StoreError>),
     NmResult {
         server: ServerName,
         machine: MachineName,

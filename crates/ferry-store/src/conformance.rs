@@ -19,7 +19,7 @@ use std::time::Duration;
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
-use crate::{AcquireRequest, LeaseStore, Renewal, Result, StoreError};
+use crate::{AcquireRequest, LeaseStore, Renewal, Result, ScanCursor, StoreError, SCAN_OVERLAP_MS};
 
 /// A check's body, boxed so the checks fit in one table.
 pub type CheckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -62,6 +62,7 @@ checks![
     list_is_ordered_by_name,
     expired_lists_only_expired_held_rows,
     next_expiry_follows_the_soonest_lease,
+    scan_from_a_cursor_reads_new_expiries_and_tracked_rows,
     concurrent_acquires_have_one_winner,
     epochs_increase_over_owner_changes,
     renew_many_decides_each_lease_like_renew,
@@ -400,6 +401,54 @@ async fn next_expiry_follows_the_soonest_lease(s: Arc<dyn LeaseStore>) {
     let n = ok("next_expiry_ms", s.next_expiry_ms().await);
     assert!(n.is_some_and(|n| n <= 2_000), "next expiry with a 2 s lease held: {n:?}");
     ok("release short", s.release(&short, &r.incarnation, Epoch(1)).await);
+}
+
+async fn scan_from_a_cursor_reads_new_expiries_and_tracked_rows(s: Arc<dyn LeaseStore>) {
+    let old = server("scan-old");
+    let new = server("scan-new");
+    let live = server("scan-live");
+    let released = server("scan-released");
+    let names = [&old, &new, &live, &released];
+    let req = |name: &LeaseName, ttl| request(name, "ms1", "machine-a", &format!("inc-{name}"), ttl);
+    ok("acquire old", s.acquire(&req(&old, SHORT_TTL)).await);
+    ok("acquire live", s.acquire(&req(&live, LONG_TTL)).await);
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+
+    let full = ok("full scan", s.scan(ScanCursor::FULL, &[]).await);
+    let full_mine = mine(full.leases, &names);
+    let got: Vec<&LeaseName> = full_mine.iter().map(|l| &l.name).collect();
+    assert_eq!(got, vec![&old], "a full scan lists every expired held row");
+    assert!(full.next_expiry_ms.is_some_and(|n| n <= LONG_TTL_MS), "next expiry: {:?}", full.next_expiry_ms);
+    // A store without an expiry index (the trait's default) answers full scans each time.
+    let incremental = !full.cursor.is_full();
+
+    // Past the overlap, the old expiry is behind the next scan's window.
+    tokio::time::sleep(Duration::from_millis(SCAN_OVERLAP_MS as u64 + 300)).await;
+    let second = ok("second scan", s.scan(full.cursor, &[]).await);
+    let second_mine = mine(second.leases, &names);
+    assert!(second_mine.is_empty() || second_mine.iter().all(|l| l.name == old), "{second_mine:?}");
+    tokio::time::sleep(Duration::from_millis(SCAN_OVERLAP_MS as u64 + 300)).await;
+    let third = ok("third scan", s.scan(second.cursor, &[]).await);
+    let third_mine = mine(third.leases, &names);
+    if incremental {
+        assert!(third_mine.is_empty(), "an expiry before the window is read again: {third_mine:?}");
+    } else {
+        assert_eq!(third_mine.len(), 1, "a full scan lists the expired row again: {third_mine:?}");
+    }
+
+    let r = req(&released, LONG_TTL);
+    ok("acquire released", s.acquire(&r).await);
+    ok("release released", s.release(&released, &r.incarnation, Epoch(1)).await);
+    ok("acquire new", s.acquire(&req(&new, SHORT_TTL)).await);
+    tokio::time::sleep(PAST_SHORT_TTL).await;
+    let tracked = [old.clone(), live.clone(), old.clone()];
+    let fourth = ok("scan with tracked rows", s.scan(third.cursor, &tracked).await);
+    let mut got: Vec<(LeaseName, bool)> =
+        mine(fourth.leases, &names).into_iter().map(|l| (l.name.clone(), l.is_expired())).collect();
+    got.sort();
+    let mut want = vec![(new.clone(), true), (old.clone(), true), (live.clone(), false)];
+    want.sort();
+    assert_eq!(got, want, "the window's new expiry once, and each tracked row once whatever its state");
 }
 
 async fn concurrent_acquires_have_one_winner(s: Arc<dyn LeaseStore>) {

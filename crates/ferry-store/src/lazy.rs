@@ -64,6 +64,9 @@ impl LeaseStore for LazyStore {
     async fn next_expiry_ms(&self) -> Result<Option<i64>> {
         self.store().await?.next_expiry_ms().await
     }
+    async fn scan(&self, since: crate::ScanCursor, tracked: &[LeaseName]) -> Result<crate::Scan> {
+        self.store().await?.scan(since, tracked).await
+    }
     async fn renew_many(&self, renewals: &[crate::Renewal]) -> Result<Vec<Result<Lease>>> {
         self.store().await?.renew_many(renewals).await
     }

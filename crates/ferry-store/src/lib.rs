@@ -161,8 +161,76 @@ pub trait LeaseStore: Send + Sync + 'static {
         Ok(leases.iter().filter(|l| l.is_live()).map(|l| l.remaining_ms).min())
     }
 
+    /// The cluster master's look at the table: the held leases that expired after `since`
+    /// (a cursor from an earlier scan's answer; [`ScanCursor::FULL`] for all of them), plus
+    /// the rows named in `tracked` whatever their state, plus the next expiry.
+    ///
+    /// Why a cursor: every renewal moves a lease's indexed expiry, so a database with
+    /// multi-version rows keeps, until its vacuum runs, an index entry for each renewal's old
+    /// expiry, all in the past. A scan of "everything expired" steps over every one of them,
+    /// and its cost grows with the renewal rate times the time since the last vacuum. A scan
+    /// from the cursor looks only at the expiries that passed since the previous scan (less
+    /// [`SCAN_OVERLAP_MS`]); the leases that expired before are the master's own business,
+    /// named in `tracked`. Implementations without the index answer a full scan (and a
+    /// cursor that asks for one again).
+    async fn scan(&self, since: ScanCursor, tracked: &[LeaseName]) -> Result<Scan> {
+        let _ = since;
+        let mut leases = self.expired().await?;
+        for name in tracked {
+            if !leases.iter().any(|l| &l.name == name) {
+                if let Some(l) = self.get(name).await? {
+                    leases.push(l);
+                }
+            }
+        }
+        let next_expiry_ms = self.next_expiry_ms().await?;
+        Ok(Scan { leases, next_expiry_ms, cursor: ScanCursor::FULL })
+    }
+
     /// The data source, without any password, for messages.
     fn describe(&self) -> String;
+}
+
+/// Where the next [`LeaseStore::scan`] starts: the store's clock (ms since the epoch) at an
+/// earlier scan, or none for a full scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScanCursor(Option<i64>);
+
+impl ScanCursor {
+    /// Every expired lease.
+    pub const FULL: ScanCursor = ScanCursor(None);
+
+    /// The cursor of a scan whose store clock read `now_ms`.
+    pub fn at(now_ms: i64) -> ScanCursor {
+        ScanCursor(Some(now_ms))
+    }
+
+    /// The lowest expiry (exclusive, store ms) the next scan reads, if it is not a full one.
+    pub fn floor_ms(self) -> Option<i64> {
+        self.0.map(|ms| ms - SCAN_OVERLAP_MS)
+    }
+
+    pub fn is_full(self) -> bool {
+        self.0.is_none()
+    }
+}
+
+/// How far back behind its cursor an incremental scan reads: a write that read the clock
+/// before the previous scan but committed after it can only have set an expiry this much
+/// in the past if its transaction ran for its whole TTL, past the holder's own deadline
+/// (the holder has fenced itself by then). The cluster master's periodic full scan catches
+/// even that.
+pub const SCAN_OVERLAP_MS: i64 = 1_000;
+
+/// The answer of [`LeaseStore::scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Expired held leases in the window, oldest expiry first, then the tracked rows.
+    pub leases: Vec<Lease>,
+    /// Milliseconds until the next live lease expires (see [`LeaseStore::next_expiry_ms`]).
+    pub next_expiry_ms: Option<i64>,
+    /// Where the next scan starts.
+    pub cursor: ScanCursor,
 }
 
 /// The call timeout for the one-off administrative calls (`ferry leasing init|reset`).

@@ -49,7 +49,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::rules::{self, CorruptRow, Refusal, Row, SchemaProblem, Take, Version};
-use crate::{AcquireRequest, LeaseStore, Renewal, Result, StoreError};
+use crate::{AcquireRequest, LeaseStore, Renewal, Result, Scan, ScanCursor, StoreError};
 
 /// The DDL `ferry leasing init` runs; idempotent.
 pub const SCHEMA_SQL: &str = include_str!("../schema/postgres.sql");
@@ -156,6 +156,32 @@ pub const EXPIRED_SQL: &str = concat!(
 
 /// Milliseconds until the earliest expiry still to come of a held lease, from the same
 /// partial index (`min()` reads one index entry).
+/// The incremental expiry scan ([`LeaseStore::scan`]): held rows whose expiry passed after
+/// the cursor's floor ($1, Unix ms), so the index range read is the one since the previous
+/// scan, not every old expiry that renewals left behind for the vacuum.
+pub const EXPIRED_SINCE_SQL: &str = concat!(
+    "SELECT ",
+    columns!(),
+    ", ",
+    now_ms!(),
+    " FROM ferry_leases WHERE state = 'held' AND expires_at <= now() AND expires_at > ",
+    at_ms!("$1"),
+    " ORDER BY expires_at, name COLLATE \"C\""
+);
+
+/// The rows the master tracks, by primary key.
+const TRACKED_SQL: &str = concat!("SELECT ", columns!(), ", ", now_ms!(), " FROM ferry_leases WHERE name = ANY($1)");
+
+/// The next expiry and the clock, read before the scan's other statements (so the cursor
+/// is never later than what they saw).
+const NEXT_EXPIRY_AND_NOW_SQL: &str = concat!(
+    "SELECT floor(extract(epoch FROM min(expires_at)) * 1000)::bigint - ",
+    now_ms!(),
+    ", ",
+    now_ms!(),
+    " FROM ferry_leases WHERE state = 'held' AND expires_at > now()"
+);
+
 pub const NEXT_EXPIRY_SQL: &str = concat!(
     "SELECT floor(extract(epoch FROM min(expires_at)) * 1000)::bigint - ",
     now_ms!(),
@@ -356,6 +382,10 @@ impl LeaseStore for PostgresStore {
 
     async fn next_expiry_ms(&self) -> Result<Option<i64>> {
         self.with_conn(NextExpiryOp).await
+    }
+
+    async fn scan(&self, since: ScanCursor, tracked: &[LeaseName]) -> Result<Scan> {
+        self.with_conn(ScanWindowOp { since, tracked }).await
     }
 
     fn describe(&self) -> String {
@@ -585,6 +615,48 @@ impl AsyncOp<Vec<Lease>> for ScanOp {
             leases.push(row_from_pg(r)?.to_lease(now)?);
         }
         Ok(leases)
+    }
+}
+
+struct ScanWindowOp<'a> {
+    since: ScanCursor,
+    tracked: &'a [LeaseName],
+}
+
+impl AsyncOp<Scan> for ScanWindowOp<'_> {
+    async fn run(self, c: &Client) -> Result<Scan, Failure> {
+        let names: Vec<String> = self.tracked.iter().map(|n| n.to_string()).collect();
+        let floor = self.since.floor_ms();
+        // One round trip: the statements run in the order sent, the clock first.
+        let (head, window, tracked) = try_join3(
+            c.query_typed_one(NEXT_EXPIRY_AND_NOW_SQL, &[]),
+            async {
+                match &floor {
+                    Some(ms) => c.query_typed(EXPIRED_SINCE_SQL, &[(ms, Type::INT8)]).await,
+                    None => c.query_typed(EXPIRED_SQL, &[]).await,
+                }
+            },
+            async {
+                if names.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    c.query_typed(TRACKED_SQL, &[(&names, Type::TEXT_ARRAY)]).await
+                }
+            },
+        )
+        .await?;
+        let next_expiry_ms: Option<i64> = head.try_get(0)?;
+        let now: i64 = head.try_get(1)?;
+        let mut leases = Vec::with_capacity(window.len() + tracked.len());
+        let mut seen = std::collections::HashSet::with_capacity(window.len());
+        for r in window.iter().chain(tracked.iter()) {
+            let at: i64 = r.try_get(8)?;
+            let lease = row_from_pg(r)?.to_lease(at)?;
+            if seen.insert(lease.name.clone()) {
+                leases.push(lease);
+            }
+        }
+        Ok(Scan { leases, next_expiry_ms, cursor: ScanCursor::at(now) })
     }
 }
 

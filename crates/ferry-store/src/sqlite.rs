@@ -29,7 +29,7 @@ use ferry_core::{Epoch, Incarnation, LeaseName};
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::rules::{self, CorruptRow, Refusal, Row, SchemaProblem, Take, Version};
-use crate::{AcquireRequest, LeaseStore, Renewal, Result, StoreError};
+use crate::{AcquireRequest, LeaseStore, Renewal, Result, Scan, ScanCursor, StoreError};
 
 /// The DDL `ferry leasing init` runs; idempotent.
 pub const SCHEMA_SQL: &str = include_str!("../schema/sqlite.sql");
@@ -322,10 +322,36 @@ impl LeaseStore for SqliteStore {
         .await
     }
 
+    async fn scan(&self, since: ScanCursor, tracked: &[LeaseName]) -> Result<Scan> {
+        let tracked = tracked.to_vec();
+        self.call(Check::Schema, move |db| {
+            let tx = db.transaction_with_behavior(TransactionBehavior::Deferred)?;
+            let now = store_now_ms(&tx)?;
+            let mut leases = match since.floor_ms() {
+                Some(floor) => read_rows(&tx, EXPIRED_SINCE_SQL, params![now, floor], now)?,
+                None => read_rows(&tx, EXPIRED_SQL, params![now], now)?,
+            };
+            let sql = format!("SELECT {COLUMNS} FROM ferry_leases WHERE name = ?1");
+            for name in &tracked {
+                if !leases.iter().any(|l| &l.name == name) {
+                    leases.extend(read_rows(&tx, &sql, params![name.to_string()], now)?);
+                }
+            }
+            let next: Option<i64> = tx.query_row(NEXT_EXPIRY_SQL, params![now], |r| r.get(0))?;
+            Ok(Scan { leases, next_expiry_ms: next.map(|at| at - now), cursor: ScanCursor::at(now) })
+        })
+        .await
+    }
+
     fn describe(&self) -> String {
         self.data_source.to_string()
     }
 }
+
+/// The incremental expiry scan ([`LeaseStore::scan`]): expiries after the cursor's floor.
+pub const EXPIRED_SINCE_SQL: &str = "SELECT name, owner, machine, incarnation, epoch, state, \
+     expires_at_ms, renewed_at_ms FROM ferry_leases \
+     WHERE state = 'held' AND expires_at_ms <= ?1 AND expires_at_ms > ?2 ORDER BY expires_at_ms, name";
 
 /// The earliest expiry still to come of a held lease, from the same partial index as the
 /// expiry scan.

@@ -18,7 +18,7 @@ use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::postgres::{PostgresOptions, PostgresStore, EXPIRED_SQL, NEXT_EXPIRY_SQL};
 use ferry_store::testing::PgServer;
-use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, StoreError};
+use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, Scan, ScanCursor, StoreError};
 use proptest::prelude::*;
 use tokio::time::Instant;
 
@@ -119,6 +119,9 @@ impl LeaseStore for TwoHandles {
     }
     async fn expired(&self) -> ferry_store::Result<Vec<Lease>> {
         self.pick().expired().await
+    }
+    async fn scan(&self, since: ScanCursor, tracked: &[LeaseName]) -> ferry_store::Result<Scan> {
+        self.pick().scan(since, tracked).await
     }
     async fn next_expiry_ms(&self) -> ferry_store::Result<Option<i64>> {
         self.pick().next_expiry_ms().await

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::sqlite::{SqliteStore, EXPIRED_SQL};
-use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, StoreError};
+use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, Scan, ScanCursor, StoreError};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -90,6 +90,9 @@ impl LeaseStore for TwoHandles {
     }
     async fn expired(&self) -> ferry_store::Result<Vec<Lease>> {
         self.pick().expired().await
+    }
+    async fn scan(&self, since: ScanCursor, tracked: &[LeaseName]) -> ferry_store::Result<Scan> {
+        self.pick().scan(since, tracked).await
     }
     fn describe(&self) -> String {
         format!("{} (two handles)", self.handles[0].describe())

@@ -1,0 +1,611 @@
+//! ferry-tls: the domain's certificate authority, enrollment and mutual TLS (issue 5).
+//!
+//! Who is who, by certificate:
+//! - the **domain CA** (`ca.pem`, `ca.key` 0600 in the admin's data directory) signs
+//!   everything; its key never leaves the admin;
+//! - the **admin** has a leaf certificate of the CA;
+//! - each **machine** (its Node Manager) has a leaf certificate for TLS and an issuing
+//!   certificate (a CA limited to leaves, `pathlen 0`), both for keys the Node Manager made
+//!   itself and sent as certificate requests at enrollment;
+//! - each **server** gets a short-lived leaf from the issuing certificate of the machine it
+//!   starts on, at every start.
+//!
+//! Every leaf names its holder in a URI subject alternative name (`ferry:admin`,
+//! `ferry:machine:NAME`, `ferry:server:NAME`) and carries the DNS name [`DNS_NAME`], so a
+//! chain is verified against that fixed name, whatever address a peer was dialled at, and
+//! the holder is then checked by identity ([`Expect`]). Revocation is by serial number
+//! ([`Revocations`]): the admin records the serials it signed for each machine, and a
+//! revoked machine's certificates, and every server certificate its issuing certificate
+//! signed, are refused during the handshake.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+pub mod listener;
+
+pub use listener::{PeerInfo, TlsListener};
+
+/// The DNS name in every ferry leaf certificate; chains are verified against it.
+pub const DNS_NAME: &str = "ferry";
+
+/// How long the CA certificate is valid.
+const CA_DAYS: i64 = 3650;
+/// How long a machine's and the admin's certificates are valid (rotate before).
+pub const MACHINE_DAYS: i64 = 365;
+/// How long a server's certificate is valid: a server asks for a new one when it restarts.
+pub const SERVER_HOURS: i64 = 24 * 7;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate: {0}")]
+    Cert(String),
+}
+
+fn cert_err(e: impl fmt::Display) -> TlsError {
+    TlsError::Cert(e.to_string())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
+}
+
+/// Who holds a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Identity {
+    Admin,
+    Machine(String),
+    Server(String),
+}
+
+impl Identity {
+    /// The URI subject alternative name that carries the identity.
+    pub fn uri(&self) -> String {
+        match self {
+            Identity::Admin => "ferry:admin".into(),
+            Identity::Machine(m) => format!("ferry:machine:{m}"),
+            Identity::Server(s) => format!("ferry:server:{s}"),
+        }
+    }
+
+    pub fn from_uri(uri: &str) -> Option<Identity> {
+        let rest = uri.strip_prefix("ferry:")?;
+        if rest == "admin" {
+            return Some(Identity::Admin);
+        }
+        let (kind, name) = rest.split_once(':')?;
+        if name.is_empty() {
+            return None;
+        }
+        match kind {
+            "machine" => Some(Identity::Machine(name.into())),
+            "server" => Some(Identity::Server(name.into())),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Identity::Admin => write!(f, "the Administration Server"),
+            Identity::Machine(m) => write!(f, "machine {m}"),
+            Identity::Server(s) => write!(f, "server {s}"),
+        }
+    }
+}
+
+/// What a verified peer certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub identity: Identity,
+    /// For a server's certificate: the machine whose issuing certificate signed it.
+    pub issued_by: Option<String>,
+    /// The leaf's serial number (hex).
+    pub serial: String,
+    /// The issuing certificate's serial (server certificates).
+    pub issuer_serial: Option<String>,
+}
+
+/// Reads the identity (and issuer) out of a chain a verifier accepted.
+pub fn peer_of(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> Result<Peer, String> {
+    let (identity, serial) = identity_of(end_entity)?;
+    let mut issued_by = None;
+    let mut issuer_serial = None;
+    if let Identity::Server(_) = identity {
+        let first =
+            intermediates.first().ok_or("a server certificate came without its machine's issuing certificate")?;
+        match identity_of(first)? {
+            (Identity::Machine(m), s) => {
+                issued_by = Some(m);
+                issuer_serial = Some(s);
+            }
+            (other, _) => return Err(format!("a server certificate issued by {other}, not by a machine")),
+        }
+    }
+    Ok(Peer { identity, issued_by, serial, issuer_serial })
+}
+
+/// The serial number (hex) of the first certificate in a PEM text.
+pub fn serial_of(pem: &str) -> Result<String, TlsError> {
+    let chain = certs(pem)?;
+    identity_of(&chain[0]).map(|(_, s)| s).map_err(TlsError::Cert)
+}
+
+fn identity_of(der: &CertificateDer<'_>) -> Result<(Identity, String), String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| format!("unreadable certificate: {e}"))?;
+    let serial = cert.raw_serial_as_string();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                if let Some(id) = Identity::from_uri(uri) {
+                    return Ok((id, serial));
+                }
+            }
+        }
+    }
+    Err(format!("certificate for {} names no ferry identity", cert.subject()))
+}
+
+/// Revoked certificates by serial number: a machine's leaf and issuing certificates are
+/// refused, and so is every server certificate the issuing one signed. Shared by a
+/// process's verifiers; updated in place.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations(Arc<RwLock<BTreeSet<String>>>);
+
+impl Revocations {
+    pub fn replace(&self, serials: BTreeSet<String>) {
+        if let Ok(mut g) = self.0.write() {
+            *g = serials;
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeSet<String> {
+        self.0.read().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Why `peer` is refused, if it is.
+    pub fn refuses(&self, peer: &Peer) -> Option<String> {
+        let g = self.0.read().ok()?;
+        if g.contains(&peer.serial) {
+            return Some(format!("the certificate of {} (serial {}) was revoked", peer.identity, peer.serial));
+        }
+        match (&peer.issued_by, &peer.issuer_serial) {
+            (Some(m), Some(s)) if g.contains(s) => {
+                Some(format!("{} has a certificate from machine {m}, whose certificates were revoked", peer.identity))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn serial() -> rcgen::SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // and of full length
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+fn leaf_params(identity: &Identity, not_after: time::OffsetDateTime) -> Result<CertificateParams, TlsError> {
+    let mut p = CertificateParams::new(vec![DNS_NAME.to_string()]).map_err(cert_err)?;
+    p.subject_alt_names.push(SanType::URI(identity.uri().try_into().map_err(cert_err)?));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity.uri());
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    p.not_after = not_after;
+    p.serial_number = Some(serial());
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+fn issuer_params(machine: &str, not_after: time::OffsetDateTime) -> Result<CertificateParams, TlsError> {
+    let identity = Identity::Machine(machine.into());
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    p.subject_alt_names.push(SanType::URI(identity.uri().try_into().map_err(cert_err)?));
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("{} issuing", identity.uri()));
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    p.not_after = not_after;
+    p.serial_number = Some(serial());
+    p.use_authority_key_identifier_extension = true;
+    Ok(p)
+}
+
+fn days(n: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(n)
+}
+
+/// The domain's certificate authority, kept by the admin.
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// Loads `dir/ca.pem` and `dir/ca.key`, or creates them (the key with mode 0600).
+    pub fn load_or_create(dir: &Path, domain: &str) -> Result<Ca, TlsError> {
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+        if cert_path.exists() || key_path.exists() {
+            let cert_pem = std::fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
+            let key_pem = std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+            let key =
+                KeyPair::from_pem(&key_pem).map_err(|e| TlsError::Cert(format!("{}: {e}", key_path.display())))?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+                .map_err(|e| TlsError::Cert(format!("{}: {e}", cert_path.display())))?;
+            return Ok(Ca { cert_pem, issuer });
+        }
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("ferry domain {domain} CA"));
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+        p.not_after = days(CA_DAYS);
+        let cert = p.self_signed(&key).map_err(cert_err)?;
+        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        Ok(Ca { cert_pem: cert.pem(), issuer: Issuer::new(p, key) })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A leaf for `identity` for the public key of `csr_pem` (nothing else of the request is
+    /// used: the CA decides the names).
+    pub fn sign_leaf(&self, csr_pem: &str, identity: &Identity) -> Result<String, TlsError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TlsError::Cert(format!("bad certificate request: {e}")))?;
+        let p = leaf_params(identity, days(MACHINE_DAYS))?;
+        Ok(p.signed_by(&csr.public_key, &self.issuer).map_err(cert_err)?.pem())
+    }
+
+    /// A machine's issuing certificate for the public key of `csr_pem`.
+    pub fn sign_issuer(&self, csr_pem: &str, machine: &str) -> Result<String, TlsError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TlsError::Cert(format!("bad certificate request: {e}")))?;
+        let p = issuer_params(machine, days(MACHINE_DAYS))?;
+        Ok(p.signed_by(&csr.public_key, &self.issuer).map_err(cert_err)?.pem())
+    }
+
+    /// Credentials made here, key and all (the admin's own).
+    pub fn issue(&self, identity: &Identity) -> Result<Credentials, TlsError> {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = leaf_params(identity, days(MACHINE_DAYS))?.signed_by(&key, &self.issuer).map_err(cert_err)?;
+        Ok(Credentials { chain_pem: cert.pem(), key_pem: key.serialize_pem(), ca_pem: self.cert_pem.clone() })
+    }
+}
+
+/// A key and its certificate request, made where the key stays.
+pub struct Request {
+    pub key_pem: String,
+    pub csr_pem: String,
+}
+
+/// Makes a key and a certificate request for `identity`.
+pub fn request(identity: &Identity) -> Result<Request, TlsError> {
+    let key = KeyPair::generate().map_err(cert_err)?;
+    // Only the key matters to the CA, which decides the names; the subject is a courtesy.
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity.uri());
+    p.distinguished_name = dn;
+    let csr = p.serialize_request(&key).map_err(cert_err)?;
+    Ok(Request { key_pem: key.serialize_pem(), csr_pem: csr.pem().map_err(cert_err)? })
+}
+
+/// A machine's issuing certificate and key: signs its servers' certificates.
+pub struct MachineIssuer {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl MachineIssuer {
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<MachineIssuer, TlsError> {
+        let key = KeyPair::from_pem(key_pem).map_err(cert_err)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(cert_err)?;
+        Ok(MachineIssuer { cert_pem: cert_pem.to_string(), issuer })
+    }
+
+    /// A short-lived certificate (and key) for `server`, chained to this machine.
+    pub fn issue_server(&self, server: &str, ca_pem: &str) -> Result<Credentials, TlsError> {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(SERVER_HOURS);
+        let cert = leaf_params(&Identity::Server(server.into()), not_after)?
+            .signed_by(&key, &self.issuer)
+            .map_err(cert_err)?;
+        Ok(Credentials {
+            chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
+            key_pem: key.serialize_pem(),
+            ca_pem: ca_pem.to_string(),
+        })
+    }
+}
+
+/// What a process presents and trusts: its chain (leaf first), its key, the domain CA.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("Credentials").field("chain_pem", &self.chain_pem.len()).finish_non_exhaustive()
+    }
+}
+
+/// What a client expects the server it dials to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Any holder of a certificate of the domain.
+    AnyPeer,
+    Identity(Identity),
+}
+
+impl Credentials {
+    /// `dir/NAME.pem` (chain), `dir/NAME.key` (0600) and `dir/ca.pem`.
+    pub fn load(dir: &Path, name: &str) -> Result<Credentials, TlsError> {
+        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(io_err(&p));
+        Ok(Credentials {
+            chain_pem: read(dir.join(format!("{name}.pem")))?,
+            key_pem: read(dir.join(format!("{name}.key")))?,
+            ca_pem: read(dir.join("ca.pem"))?,
+        })
+    }
+
+    pub fn save(&self, dir: &Path, name: &str) -> Result<(), TlsError> {
+        write_file(&dir.join(format!("{name}.key")), self.key_pem.as_bytes(), 0o600)?;
+        write_file(&dir.join(format!("{name}.pem")), self.chain_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join("ca.pem"), self.ca_pem.as_bytes(), 0o644)
+    }
+
+    /// The holder's identity, from its own leaf.
+    pub fn identity(&self) -> Result<Identity, TlsError> {
+        let chain = certs(&self.chain_pem)?;
+        let leaf = chain.first().ok_or_else(|| TlsError::Cert("no certificate in the chain".into()))?;
+        identity_of(leaf).map(|(id, _)| id).map_err(TlsError::Cert)
+    }
+
+    /// Seconds until the leaf expires (negative once it has).
+    pub fn expires_in_s(&self) -> Result<i64, TlsError> {
+        let chain = certs(&self.chain_pem)?;
+        let leaf = chain.first().ok_or_else(|| TlsError::Cert("no certificate in the chain".into()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(cert_err)?;
+        Ok(cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp())
+    }
+
+    fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&self.ca_pem)? {
+            roots.add(c).map_err(cert_err)?;
+        }
+        Ok(roots)
+    }
+
+    fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|_| TlsError::Cert("unreadable private key".into()))
+    }
+
+    /// A server configuration that requires a client certificate of the domain, refused in
+    /// the handshake when revoked.
+    pub fn server_config(&self, revoked: Revocations) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config_inner(revoked, true)
+    }
+
+    /// A server configuration where a client certificate is optional (the admin: operators
+    /// come with tokens, daemons with certificates).
+    pub fn server_config_optional_client(&self, revoked: Revocations) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config_inner(revoked, false)
+    }
+
+    fn server_config_inner(&self, revoked: Revocations, required: bool) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone());
+        let builder = if required { builder } else { builder.allow_unauthenticated() };
+        let inner = builder.build().map_err(cert_err)?;
+        let verifier = Arc::new(ClientVerifier { inner, revoked });
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(cert_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&self.chain_pem)?, self.key()?)
+            .map_err(cert_err)?;
+        Ok(Arc::new(cfg))
+    }
+
+    /// A client configuration that presents these credentials and accepts only a server
+    /// of the domain that is `expect`.
+    pub fn client_config(&self, expect: Expect) -> Result<rustls::ClientConfig, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
+                .build()
+                .map_err(cert_err)?;
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(cert_err)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect }))
+            .with_client_auth_cert(certs(&self.chain_pem)?, self.key()?)
+            .map_err(cert_err)?;
+        Ok(cfg)
+    }
+}
+
+/// A client configuration without a certificate of its own (an operator's CLI) that trusts
+/// the domain CA and accepts only `expect`.
+pub fn anonymous_client_config(ca_pem: &str, expect: Expect) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots.add(c).map_err(cert_err)?;
+    }
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(cert_err)?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(cert_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect }))
+        .with_no_client_auth())
+}
+
+/// Every certificate in a PEM text.
+pub fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let v: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let v = v.map_err(|_| TlsError::Cert("unreadable PEM certificate".into()))?;
+    if v.is_empty() {
+        return Err(TlsError::Cert("no certificate in the PEM text".into()));
+    }
+    Ok(v)
+}
+
+#[derive(Debug)]
+struct ClientVerifier {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    revoked: Revocations,
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let peer = peer_of(end_entity, intermediates).map_err(rustls::Error::General)?;
+        if let Some(why) = self.revoked.refuses(&peer) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)).inspect_err(|_| {
+                tracing::warn!("refused a TLS client: {why}");
+            });
+        }
+        Ok(ok)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct ServerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    expect: Expect,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        // The chain against the fixed name; then who it is, whatever address was dialled.
+        let name = ServerName::try_from(DNS_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let ok = self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)?;
+        if let Expect::Identity(want) = &self.expect {
+            let peer = peer_of(end_entity, intermediates).map_err(rustls::Error::General)?;
+            if &peer.identity != want {
+                return Err(rustls::Error::General(format!("expected {want}, but the peer is {}", peer.identity)));
+            }
+        }
+        Ok(ok)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Writes a file atomically with `mode` (temp file, fsync, rename).
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let r = (|| {
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)
+    })();
+    r.map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests;
