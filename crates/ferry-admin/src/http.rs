@@ -5,15 +5,16 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ferry_api::{DomainUpdate, ErrorBody, Event, MigrateRequest, StopRequest};
+use ferry_api::{DomainUpdate, EnrollRequest, ErrorBody, Event, MigrateRequest, StopRequest};
 use ferry_core::ServerName;
 use ferry_host::files;
+use ferry_tls::PeerInfo;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
@@ -37,6 +38,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/events", get(events).post(post_events))
         .route("/api/v1/events/stream", get(event_stream))
+        .route("/api/v1/enroll", post(enroll))
+        .route("/api/v1/pki/ca", get(pki_ca))
+        .route("/api/v1/pki/revoked", get(pki_revoked))
+        .route("/api/v1/machines/{name}/enroll-token", post(enroll_token))
+        .route("/api/v1/machines/{name}/revoke", post(revoke_machine))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -227,17 +233,31 @@ async fn events(
 
 async fn post_events(
     State(s): State<Arc<AdminState>>,
+    info: Option<axum::Extension<ConnectInfo<PeerInfo>>>,
     headers: HeaderMap,
     body: Result<Json<Vec<Event>>, JsonRejection>,
 ) -> Response {
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(t) if files::secrets_equal(t, &s.secret) => {}
-        Some(_) => return error(403, "wrong domain secret"),
-        None => return error(401, "posting events needs the domain secret as `Authorization: Bearer SECRET`"),
+    // Daemons post events: a Node Manager or server by its certificate, or a process on
+    // this host with the domain secret.
+    let by_cert = matches!(
+        peer_identity(&info),
+        Some(ferry_tls::Identity::Machine(_) | ferry_tls::Identity::Server(_) | ferry_tls::Identity::Admin)
+    );
+    if !by_cert {
+        let token = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            Some(t) if files::secrets_equal(t, &s.secret) => {}
+            Some(_) => return error(403, "wrong domain secret"),
+            None => {
+                return error(
+                    401,
+                    "posting events needs a Node Manager's or server's certificate (mutual TLS), or the domain secret as `Authorization: Bearer SECRET`",
+                )
+            }
+        }
     }
     let Json(events) = match body {
         Ok(b) => b,
@@ -309,4 +329,100 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         Err(_) => out.push_str("# TYPE ferry_lease_table_up gauge\nferry_lease_table_up 0\n"),
     }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The verified certificate holder on the other end, if it showed a certificate.
+pub(crate) fn peer_identity(info: &Option<axum::Extension<ConnectInfo<PeerInfo>>>) -> Option<ferry_tls::Identity> {
+    info.as_ref().and_then(|c| c.0 .0.peer.as_ref()).map(|p| p.identity.clone())
+}
+
+/// `POST /api/v1/enroll`: a Node Manager's certificates, for a one-time token (or the domain
+/// secret on this host). The token is the credential, so no other is asked for.
+async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollRequest>, JsonRejection>) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status().as_u16(), format!("bad enrollment request: {}", e.body_text())),
+    };
+    let machine = match ferry_core::MachineName::new(req.machine.as_str()) {
+        Ok(m) => m,
+        Err(e) => return error(400, format!("bad machine name: {e}")),
+    };
+    let d = s.domain();
+    if d.domain.machine(&machine).is_none() {
+        return error(
+            404,
+            format!("machine {machine} is not defined in domain {}: add it to the domain first", d.domain.name),
+        );
+    }
+    match s.pki.enroll(&req, &s.secret, ferry_host::clock::wall_ms()) {
+        Ok(r) => {
+            s.event(
+                "machine-enrolled",
+                None,
+                Some(machine.as_str()),
+                None,
+                format!("machine {machine} enrolled: its Node Manager has certificates of the domain"),
+            );
+            Json(r).into_response()
+        }
+        Err(crate::pki::Refusal(status, msg)) => {
+            s.event(
+                "enrollment-refused",
+                None,
+                Some(machine.as_str()),
+                None,
+                format!("refused to enroll machine {machine}: {msg}"),
+            );
+            error(status, msg)
+        }
+    }
+}
+
+/// `GET /api/v1/pki/ca`: the domain CA certificate (public; checked by the fingerprint in
+/// an enrollment token).
+async fn pki_ca(State(s): State<Arc<AdminState>>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], s.pki.ca_pem().to_string()).into_response()
+}
+
+/// `GET /api/v1/pki/revoked`: revoked certificate serials, for every process's handshakes.
+async fn pki_revoked(State(s): State<Arc<AdminState>>) -> Response {
+    Json(s.pki.revoked_serials()).into_response()
+}
+
+/// `POST /api/v1/machines/{name}/enroll-token`: a one-time token for `ferry enroll`.
+async fn enroll_token(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    let machine = match ferry_core::MachineName::new(name) {
+        Ok(m) => m,
+        Err(e) => return error(400, format!("bad machine name: {e}")),
+    };
+    let d = s.domain();
+    if d.domain.machine(&machine).is_none() {
+        return error(404, format!("machine {machine} is not defined in domain {}", d.domain.name));
+    }
+    let t = s.pki.enroll_token(machine.as_str(), ferry_host::clock::wall_ms());
+    s.event(
+        "enroll-token-created",
+        None,
+        Some(machine.as_str()),
+        None,
+        format!("a one-time enrollment token for machine {machine} was made (valid one hour)"),
+    );
+    Json(t).into_response()
+}
+
+/// `POST /api/v1/machines/{name}/revoke`: revokes a machine's certificates.
+async fn revoke_machine(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+    let machine = match ferry_core::MachineName::new(name) {
+        Ok(m) => m,
+        Err(e) => return error(400, format!("bad machine name: {e}")),
+    };
+    let r = s.pki.revoke(machine.as_str());
+    s.event(
+        "machine-revoked",
+        None,
+        Some(machine.as_str()),
+        None,
+        format!("the certificates of machine {machine} were revoked ({} serials); its Node Manager and the servers it started are refused until it enrolls again", r.serials.len()),
+    );
+    Json(r).into_response()
 }

@@ -10,6 +10,7 @@ mod config;
 mod events;
 mod http;
 mod ops;
+mod pki;
 mod state;
 
 pub use http::router;

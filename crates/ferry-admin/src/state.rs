@@ -34,6 +34,8 @@ pub struct AdminState {
     pub(crate) ops: Operations,
     pub(crate) secret: String,
     pub(crate) started_ms: u64,
+    /// The domain CA, the admin's certificate, enrollment and revocation.
+    pub(crate) pki: crate::pki::AdminPki,
 }
 
 /// What the admin learned from one Node Manager.
@@ -55,7 +57,8 @@ impl AdminState {
         // after the whole budget of a command a live Node Manager may take long to finish.
         Some(NmClient::with_connect_timeout(
             &m.node_manager.to_string(),
-            &self.secret,
+            m.name.as_str(),
+            &self.pki.creds,
             timeout.min(NM_CONNECT_TIMEOUT),
             timeout,
         ))
@@ -81,7 +84,12 @@ impl AdminState {
         let d = self.domain();
         let mut tasks = Vec::new();
         for m in &d.domain.machines {
-            let client = NmClient::new(&m.node_manager.to_string(), &self.secret, Duration::from_millis(800));
+            let client = NmClient::new(
+                &m.node_manager.to_string(),
+                m.name.as_str(),
+                &self.pki.creds,
+                Duration::from_millis(800),
+            );
             let name = m.name.clone();
             let addr = m.node_manager.to_string();
             tasks.push(tokio::spawn(async move {
@@ -201,6 +209,7 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     let secret = files::secret(&secret_path, true, rand::random)
         .with_context(|| format!("cannot read or create the domain secret {}", secret_path.display()))?;
     let domain = config.current.clone();
+    let pki = crate::pki::AdminPki::open(&opts.data_dir, &opts.domain_file, domain.domain.name.as_str())?;
     let ds = domain.domain.leasing.data_source.clone();
     // The admin runs whatever state the lease table is in: its views answer with the
     // table's error (and the fix) until it is reachable.
@@ -220,6 +229,7 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         ops: Operations::default(),
         secret,
         started_ms: clock::wall_ms(),
+        pki,
     });
     if let Some(e) = lease_table_problem {
         state.event(
@@ -246,7 +256,11 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
             domain.domain.name, domain.version
         ),
     );
-    let app = crate::http::router(state);
+    // TLS for daemons (mutual) and remote operators; plain HTTP from this host only.
+    let config =
+        state.pki.creds.server_config_optional_client(state.pki.revoked.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = ferry_tls::TlsListener::new(listener, config, true)?;
+    let app = crate::http::router(state).into_make_service_with_connect_info::<ferry_tls::PeerInfo>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     Ok(())
 }

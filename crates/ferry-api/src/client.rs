@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use ferry_tls::{Credentials, Expect, Identity};
+
 use crate::types::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +39,9 @@ impl ClientError {
 struct Http {
     base: String,
     secret: Option<String>,
-    client: reqwest::Client,
+    /// The client, or why none could be built (unreadable credentials): every call then
+    /// fails with that reason.
+    client: Result<reqwest::Client, String>,
     timeout: Duration,
     connect: Duration,
 }
@@ -48,19 +52,44 @@ impl Http {
     }
 
     fn with_connect(base: &str, secret: Option<String>, connect: Duration, timeout: Duration) -> Self {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .timeout(timeout)
-            .pool_max_idle_per_host(4)
-            .no_proxy()
-            .build()
-            .unwrap_or_default();
-        let base = if base.starts_with("http://") || base.starts_with("https://") {
-            base.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{}", base.trim_end_matches('/'))
+        Http::build(base, secret, None, connect, timeout)
+    }
+
+    /// `tls`: mutual TLS with this configuration (the URL becomes `https://`), or the
+    /// reason no configuration could be made.
+    fn build(
+        base: &str,
+        secret: Option<String>,
+        tls: Option<Result<rustls::ClientConfig, String>>,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Self {
+        ferry_tls::install_crypto_provider();
+        let builder =
+            reqwest::Client::builder().connect_timeout(connect).timeout(timeout).pool_max_idle_per_host(4).no_proxy();
+        let bare = base.trim_end_matches('/');
+        let bare = bare.strip_prefix("http://").or_else(|| bare.strip_prefix("https://")).unwrap_or(bare);
+        let (client, base) = match tls {
+            None => {
+                let base = if base.starts_with("https://") {
+                    base.trim_end_matches('/').to_string()
+                } else {
+                    format!("http://{bare}")
+                };
+                (builder.build().map_err(|e| e.to_string()), base)
+            }
+            Some(Ok(cfg)) => {
+                (builder.use_preconfigured_tls(cfg).build().map_err(|e| e.to_string()), format!("https://{bare}"))
+            }
+            Some(Err(e)) => (Err(e), format!("https://{bare}")),
         };
         Http { base, secret, client, timeout, connect }
+    }
+
+    fn client(&self, url: &str) -> Result<&reqwest::Client, ClientError> {
+        self.client
+            .as_ref()
+            .map_err(|e| ClientError::Unreachable { url: url.into(), reason: format!("no TLS client: {e}") })
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
@@ -105,17 +134,17 @@ impl Http {
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        self.send(self.client.get(&url), &url).await
+        self.send(self.client(&url)?.get(&url), &url).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        self.send(self.client.post(&url).json(body), &url).await
+        self.send(self.client(&url)?.post(&url).json(body), &url).await
     }
 
     async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        self.send(self.client.put(&url).json(body), &url).await
+        self.send(self.client(&url)?.put(&url).json(body), &url).await
     }
 }
 
@@ -132,6 +161,32 @@ impl AdminClient {
     /// A client that authenticates with the domain secret (daemons posting events).
     pub fn with_secret(url: &str, secret: &str, timeout: Duration) -> Self {
         AdminClient { http: Http::new(url, Some(secret.to_string()), timeout) }
+    }
+    /// A daemon's client over mutual TLS: presents `creds`, accepts only the admin.
+    pub fn with_tls(url: &str, creds: &Credentials, timeout: Duration) -> Self {
+        let tls = creds.client_config(Expect::Identity(Identity::Admin)).map_err(|e| e.to_string());
+        AdminClient { http: Http::build(url, None, Some(tls), timeout, timeout) }
+    }
+    /// A client over TLS with a configuration of the caller's making (enrollment: no
+    /// certificate of its own yet).
+    pub fn with_tls_config(url: &str, tls: rustls::ClientConfig, timeout: Duration) -> Self {
+        AdminClient { http: Http::build(url, None, Some(Ok(tls)), timeout, timeout) }
+    }
+    /// `POST /api/v1/enroll`: a machine's certificates for its requests.
+    pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        self.http.post("/api/v1/enroll", req).await
+    }
+    /// `POST /api/v1/machines/{machine}/enroll-token`.
+    pub async fn enroll_token(&self, machine: &str) -> Result<EnrollToken, ClientError> {
+        self.http.post(&format!("/api/v1/machines/{machine}/enroll-token"), &serde_json::json!({})).await
+    }
+    /// `POST /api/v1/machines/{machine}/revoke`.
+    pub async fn revoke_machine(&self, machine: &str) -> Result<Revoked, ClientError> {
+        self.http.post(&format!("/api/v1/machines/{machine}/revoke"), &serde_json::json!({})).await
+    }
+    /// `GET /api/v1/pki/revoked`: the serials every process must refuse.
+    pub async fn revoked(&self) -> Result<Vec<String>, ClientError> {
+        self.http.get("/api/v1/pki/revoked").await
     }
     pub fn base(&self) -> &str {
         &self.http.base
@@ -180,22 +235,43 @@ impl AdminClient {
     }
 }
 
-/// A client of one Node Manager's `/nm/v1`, authenticated with the domain secret.
+/// A client of one Node Manager's `/nm/v1`, over mutual TLS: it presents `creds` and
+/// accepts only the Node Manager of `machine`.
 #[derive(Debug, Clone)]
 pub struct NmClient {
     http: Http,
 }
 
 impl NmClient {
-    pub fn new(addr: &str, secret: &str, timeout: Duration) -> Self {
-        NmClient { http: Http::new(addr, Some(secret.to_string()), timeout) }
+    pub fn new(addr: &str, machine: &str, creds: &Credentials, timeout: Duration) -> Self {
+        NmClient::with_connect_timeout(addr, machine, creds, timeout, timeout)
     }
 
     /// A client that gives up connecting after `connect` (a dead machine answers nothing; a
     /// live one accepts at once) but allows `timeout` for the whole call.
-    pub fn with_connect_timeout(addr: &str, secret: &str, connect: Duration, timeout: Duration) -> Self {
-        NmClient { http: Http::with_connect(addr, Some(secret.to_string()), connect, timeout) }
+    pub fn with_connect_timeout(
+        addr: &str,
+        machine: &str,
+        creds: &Credentials,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Self {
+        let tls = creds.client_config(Expect::Identity(Identity::Machine(machine.into()))).map_err(|e| e.to_string());
+        NmClient { http: Http::build(addr, None, Some(tls), connect, timeout) }
     }
+
+    /// A client whose every call fails with `why` (the caller has no certificate).
+    pub fn unusable(addr: &str, why: &str) -> Self {
+        NmClient {
+            http: Http::build(addr, None, Some(Err(why.to_string())), Duration::from_secs(1), Duration::from_secs(1)),
+        }
+    }
+
+    /// A client with a TLS configuration of the caller's making (tests of wrong certificates).
+    pub fn with_tls(addr: &str, tls: rustls::ClientConfig, timeout: Duration) -> Self {
+        NmClient { http: Http::build(addr, None, Some(Ok(tls)), timeout, timeout) }
+    }
+
     pub async fn health(&self) -> Result<NmHealth, ClientError> {
         self.http.get("/nm/v1/health").await
     }

@@ -218,8 +218,10 @@ pub struct Bootstrap {
     /// Rule 4: the incarnation this Node Manager reaped, whose lease may be handed over.
     pub handover_from: Option<String>,
     pub admin_url: String,
-    /// The domain secret, for calls to other Node Managers when this server is master.
-    pub secret: String,
+    /// This server's certificate (short-lived, issued by this machine's Node Manager) and
+    /// key, for mutual TLS with Node Managers (as cluster master) and the admin.
+    #[serde(default)]
+    pub credentials: Option<ferry_tls::Credentials>,
     /// Directory for the cached configuration (Figure 7-1 step 5).
     pub cache_dir: String,
     /// The Node Manager's own copy of the domain, if it has one: the last fallback when the
@@ -267,4 +269,59 @@ pub enum Report {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         server: Option<String>,
     },
+}
+
+/// `POST /api/v1/enroll`: a Node Manager asks for its certificates (`ferry enroll`). Only
+/// the public halves travel: the keys stay on the machine.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub machine: String,
+    /// A one-time enrollment token (`ferry machine enroll-token`), or the domain secret
+    /// (a Node Manager on the admin's host that can read it).
+    pub token: String,
+    /// Certificate requests (PEM) for the machine's TLS key and its issuing key.
+    pub leaf_csr: String,
+    pub issuer_csr: String,
+}
+
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("machine", &self.machine)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to [`EnrollRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub chain_pem: String,
+    pub issuer_pem: String,
+    pub ca_pem: String,
+}
+
+/// `POST /api/v1/machines/{name}/enroll-token`: a one-time token for `ferry enroll`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollToken {
+    pub machine: String,
+    pub token: String,
+    /// Unix milliseconds after which the token is refused.
+    pub expires_ms: u64,
+}
+
+impl std::fmt::Debug for EnrollToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollToken")
+            .field("machine", &self.machine)
+            .field("expires_ms", &self.expires_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/machines/{name}/revoke`: what was revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub machine: String,
+    pub serials: Vec<String>,
 }

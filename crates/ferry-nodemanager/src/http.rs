@@ -1,10 +1,12 @@
-//! The Node Manager's HTTP API, `/nm/v1`. Every route requires the domain secret as a bearer
-//! token (mutual TLS replaces it in part 4); bad input gets a 4xx with `{error, detail}`.
+//! The Node Manager's HTTP API, `/nm/v1`, over mutual TLS only: every caller shows a
+//! certificate of the domain (the handshake refuses anyone else, and revoked machines).
+//! Commands come only from the admin, or from the server that holds its cluster's master
+//! lease at the epoch the command carries; bad input gets a 4xx with `{error, detail}`.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_api::{ErrorBody, NmHealth, NmStart, NmStop};
 use ferry_core::ServerName;
-use ferry_host::files;
+use ferry_tls::PeerInfo;
 
 use crate::manager::{Nm, Refusal};
 
@@ -24,7 +26,7 @@ pub(crate) fn router(nm: Arc<Nm>) -> Router {
         .route("/nm/v1/servers/{name}/stop", post(stop))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(nm.clone(), auth))
+        .layer(axum::middleware::from_fn(auth))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(nm)
 }
@@ -40,16 +42,15 @@ impl IntoResponse for Refusal {
     }
 }
 
-async fn auth(State(nm): State<Arc<Nm>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(token) if files::secrets_equal(token, &nm.opts.secret) => next.run(req).await,
-        Some(_) => error(403, "wrong domain secret: this Node Manager belongs to another domain, or the secret was regenerated; use the secret file of this domain's Administration Server"),
-        None => error(401, "missing credentials: Node Manager calls need the domain secret as `Authorization: Bearer SECRET`"),
+/// Every route: a verified client certificate of the domain.
+async fn auth(req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<PeerInfo>>().and_then(|c| c.0.peer.clone());
+    match peer {
+        Some(_) => next.run(req).await,
+        None => error(
+            401,
+            "Node Manager calls need a client certificate of this domain (mutual TLS): the admin's, or a server's issued by a Node Manager",
+        ),
     }
 }
 
@@ -92,22 +93,30 @@ fn answer(result: Result<ferry_api::NmAck, Refusal>) -> Response {
 
 async fn start(
     State(nm): State<Arc<Nm>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
     Path(name): Path<String>,
     body: Result<Json<NmStart>, JsonRejection>,
 ) -> Response {
     match command(&name, body, "start") {
-        Ok((server, cmd)) => answer(nm.start(&server, &cmd.origin, cmd.in_place, None).await),
+        Ok((server, cmd)) => match nm.authorize(info.peer.as_ref(), &cmd.origin).await {
+            Ok(()) => answer(nm.start(&server, &cmd.origin, cmd.in_place, None).await),
+            Err(r) => r.into_response(),
+        },
         Err(r) => r.into_response(),
     }
 }
 
 async fn stop(
     State(nm): State<Arc<Nm>>,
+    ConnectInfo(info): ConnectInfo<PeerInfo>,
     Path(name): Path<String>,
     body: Result<Json<NmStop>, JsonRejection>,
 ) -> Response {
     match command(&name, body, "stop") {
-        Ok((server, cmd)) => answer(nm.stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms).await),
+        Ok((server, cmd)) => match nm.authorize(info.peer.as_ref(), &cmd.origin).await {
+            Ok(()) => answer(nm.stop(&server, &cmd.origin, cmd.force, cmd.timeout_ms).await),
+            Err(r) => r.into_response(),
+        },
         Err(r) => r.into_response(),
     }
 }

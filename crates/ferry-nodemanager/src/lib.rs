@@ -6,5 +6,6 @@
 
 mod http;
 mod manager;
+pub mod pki;
 
 pub use manager::{run, NmOptions};

@@ -22,7 +22,11 @@ pub struct NmOptions {
     pub domain_file: Option<PathBuf>,
     pub admin_url: Option<String>,
     pub data_dir: PathBuf,
-    pub secret: String,
+    /// The domain secret, when this process can read it (on the admin's host): enough to
+    /// enroll this machine at its first start.
+    pub secret: Option<String>,
+    /// A one-time enrollment token (`ferry machine enroll-token`), for a first start.
+    pub enroll_token: Option<String>,
     /// The `ferry` executable to start servers with.
     pub ferry_exe: PathBuf,
 }
@@ -51,6 +55,7 @@ pub(crate) struct Proc {
 
 pub(crate) struct Nm {
     pub opts: NmOptions,
+    pub tls: Arc<crate::pki::NmTls>,
     pub domain: Mutex<VersionedDomain>,
     pub sup: Mutex<Supervisor>,
     pub procs: Mutex<BTreeMap<ServerName, Proc>>,
@@ -233,6 +238,65 @@ impl Nm {
         let procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
         let p = procs.get(server).cloned().unwrap_or_default();
         NmAck { server: server.to_string(), state: p.state.to_string(), pid: p.pid, message: message.into() }
+    }
+
+    /// Checks the caller's certificate against the command's origin: the admin commands as
+    /// the admin; a server only as the master of its cluster, and only while the lease table
+    /// names it holder of the master lease at the epoch it claims; nobody else commands.
+    pub(crate) async fn authorize(&self, peer: Option<&ferry_tls::Peer>, origin: &Origin) -> Result<(), Refusal> {
+        use ferry_tls::Identity;
+        let Some(peer) = peer else {
+            return Err(Refusal::new(401, "a client certificate of this domain is needed"));
+        };
+        match (&peer.identity, origin) {
+            (Identity::Admin, Origin::Admin) => Ok(()),
+            (Identity::Admin, Origin::Master { .. }) => {
+                Err(Refusal::new(403, "the Administration Server's certificate cannot send a cluster master's command"))
+            }
+            (Identity::Server(s), Origin::Master { cluster, epoch, server }) => {
+                if s != server {
+                    return Err(Refusal::new(
+                        403,
+                        format!("the command claims to come from {server}, but the certificate is server {s}'s"),
+                    ));
+                }
+                let cluster_name = ClusterName::new(cluster.as_str()).map_err(|e| Refusal::new(400, e.to_string()))?;
+                let store = self.store().await.map_err(|e| {
+                    Refusal::new(
+                        503,
+                        format!("cannot check that {s} is master of {cluster}: {}", ferry_store::chain(&e)),
+                    )
+                })?;
+                let lease = store.get(&LeaseName::Master(cluster_name)).await.map_err(|e| {
+                    Refusal::new(
+                        503,
+                        format!("cannot check that {s} is master of {cluster}: {}", ferry_store::chain(&e)),
+                    )
+                })?;
+                match lease {
+                    Some(l) if l.is_live() && l.owner.as_ref().is_some_and(|o| o.as_str() == s) && l.epoch.0 == *epoch => Ok(()),
+                    Some(l) => Err(Refusal::new(
+                        403,
+                        format!(
+                            "server {s} is not the current master of {cluster} at epoch {epoch}: the lease table names {} at epoch {}{}",
+                            l.owner.as_ref().map_or("nobody".to_string(), |o| o.to_string()),
+                            l.epoch,
+                            if l.is_live() { "" } else { " (expired)" }
+                        ),
+                    )),
+                    None => Err(Refusal::new(403, format!("server {s} is not master of {cluster}: the cluster has no master lease"))),
+                }
+            }
+            (Identity::Server(s), Origin::Admin) => {
+                Err(Refusal::new(403, format!("server {s} cannot send the Administration Server's commands")))
+            }
+            (Identity::Machine(m), _) => Err(Refusal::new(
+                403,
+                format!(
+                    "machine {m}'s certificate cannot command a Node Manager: only the admin and cluster masters can"
+                ),
+            )),
+        }
     }
 
     /// Checks who is asking: a master's command must carry the highest master epoch seen for
@@ -486,7 +550,13 @@ impl Nm {
             incarnation: incarnation.0.clone(),
             handover_from: handover_from.as_ref().map(|i| i.0.clone()),
             admin_url: self.admin_url(&domain.domain),
-            secret: self.opts.secret.clone(),
+            credentials: match self.tls.issuer.issue_server(server.as_str(), &self.tls.creds.ca_pem) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!("cannot issue a certificate for {server}: {e}; it will run without one (it cannot act as cluster master)");
+                    None
+                }
+            },
             cache_dir: dir.display().to_string(),
             domain: Some(domain.clone()),
             channel: Some(self.channel_path().display().to_string()),
@@ -1056,7 +1126,7 @@ impl Nm {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let url = self.admin_url(&self.domain().domain);
-            let admin = AdminClient::new(&url, Duration::from_secs(2));
+            let admin = AdminClient::with_tls(&url, &self.tls.creds, Duration::from_secs(2));
             if let Ok(d) = admin.domain().await {
                 let mut cur = self.domain.lock().unwrap_or_else(|p| p.into_inner());
                 if d.version > cur.version || d.domain != cur.domain {
@@ -1077,7 +1147,8 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let cache = opts.data_dir.join("domain-cache.json");
-    let domain = load_initial_domain(&opts, &cache).await?;
+    let tls = Arc::new(certificates(&opts).await?);
+    let domain = load_initial_domain(&opts, &cache, &tls.creds).await?;
     let _ = files::write_atomic(&cache, &serde_json::to_vec(&domain)?, 0o600);
     let machine = domain.domain.machine(&opts.machine).cloned().ok_or_else(|| {
         anyhow::anyhow!(
@@ -1089,9 +1160,11 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     })?;
     let admin_url = opts.admin_url.clone().unwrap_or_else(|| format!("http://{}", domain.domain.admin.listen));
     let events = EventSink::new(format!("nodemanager/{}", opts.machine), clock::wall_ms);
-    tokio::spawn(events.clone().deliver(AdminClient::with_secret(&admin_url, &opts.secret, Duration::from_secs(2))));
+    tokio::spawn(events.clone().deliver(AdminClient::with_tls(&admin_url, &tls.creds, Duration::from_secs(2))));
+    tokio::spawn(crate::pki::revocation_loop(tls.clone(), admin_url.clone()));
     let nm = Arc::new(Nm {
         opts: opts.clone(),
+        tls: tls.clone(),
         domain: Mutex::new(domain),
         sup: Mutex::new(restore_supervisor(&opts.data_dir)),
         procs: Mutex::default(),
@@ -1147,20 +1220,80 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
         None,
         format!("Node Manager for {} listening on {}", opts.machine, machine.node_manager),
     );
-    let app = crate::http::router(nm.clone());
+    let config = tls.creds.server_config(tls.revoked.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = ferry_tls::TlsListener::new(listener, config, false)?;
+    let app = crate::http::router(nm.clone()).into_make_service_with_connect_info::<ferry_tls::PeerInfo>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     // Leave servers running: a Node Manager restart must not take the domain down.
     Ok(())
 }
 
-async fn load_initial_domain(opts: &NmOptions, cache: &std::path::Path) -> anyhow::Result<VersionedDomain> {
+/// This machine's certificates: loaded, or obtained by enrolling with the admin at the
+/// first start (retrying while the admin is not up yet).
+async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
+    let machine = opts.machine.as_str();
+    if !crate::pki::enrolled(&opts.data_dir) {
+        let from_file = match &opts.domain_file {
+            Some(path) => Some(files::load_domain(path).map_err(|e| anyhow::anyhow!("{e}"))?),
+            None => None,
+        };
+        let admin_url = opts
+            .admin_url
+            .clone()
+            .or_else(|| from_file.as_ref().map(|d| format!("http://{}", d.admin.listen)))
+            .ok_or_else(|| anyhow::anyhow!("give --admin-url or --domain"))?;
+        let how = match (&opts.enroll_token, &opts.secret, &opts.domain_file) {
+            (Some(t), _, _) => crate::pki::Enrollment::Token(t.clone()),
+            (None, Some(secret), Some(file)) => crate::pki::Enrollment::DomainSecret {
+                secret: secret.clone(),
+                ca_file: files::secret_path(file).with_file_name("ca.pem"),
+            },
+            _ => anyhow::bail!(
+                "machine {machine} is not enrolled (no certificates in {}): on the admin's host run `ferry machine enroll-token {machine}`, then here `ferry enroll --machine {machine} --token TOKEN --admin-url {admin_url} --data-dir {}` (or pass --enroll-token to this command)",
+                crate::pki::pki_dir(&opts.data_dir).display(),
+                opts.data_dir.display()
+            ),
+        };
+        let mut waited = 0u32;
+        loop {
+            match crate::pki::enroll(&opts.data_dir, machine, &admin_url, &how).await {
+                Ok(()) => {
+                    tracing::info!("machine {machine} enrolled with the Administration Server at {admin_url}");
+                    break;
+                }
+                // A refusal will not change by waiting; an admin not up yet will.
+                Err(e) if waited < 120 && is_transient(&e) => {
+                    if waited.is_multiple_of(10) {
+                        tracing::warn!("waiting for the Administration Server to enroll machine {machine}: {e:#}");
+                    }
+                    waited += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    crate::pki::load(&opts.data_dir, machine)
+}
+
+/// Whether an enrollment failure may pass by itself (the admin is not up yet).
+fn is_transient(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("cannot reach") || text.contains("did not answer") || text.contains("cannot read the domain CA")
+}
+
+async fn load_initial_domain(
+    opts: &NmOptions,
+    cache: &std::path::Path,
+    creds: &ferry_tls::Credentials,
+) -> anyhow::Result<VersionedDomain> {
     let from_file = match &opts.domain_file {
         Some(path) => Some(files::load_domain(path).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
     let admin_url = opts.admin_url.clone().or_else(|| from_file.as_ref().map(|d| format!("http://{}", d.admin.listen)));
     if let Some(url) = admin_url {
-        if let Ok(d) = AdminClient::new(&url, Duration::from_secs(2)).domain().await {
+        if let Ok(d) = AdminClient::with_tls(&url, creds, Duration::from_secs(2)).domain().await {
             return Ok(d);
         }
     }

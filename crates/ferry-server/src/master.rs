@@ -29,6 +29,7 @@ pub(crate) struct MasterRole {
     /// as unreachable at once, so a failover does not first wait out a connect timeout.
     reach: std::collections::BTreeMap<ferry_core::MachineName, (Option<Mono>, Option<Mono>)>,
     next_ping: Mono,
+    clients: std::sync::Mutex<std::collections::BTreeMap<(String, String, Duration, Duration), NmClient>>,
     /// Where the next incremental scan starts, and when the next full one is due.
     cursor: ScanCursor,
     full_scan_at: Mono,
@@ -57,6 +58,7 @@ impl MasterRole {
             next_ping: now,
             cursor: ScanCursor::FULL,
             full_scan_at: now,
+            clients: Default::default(),
         }
     }
 
@@ -126,6 +128,27 @@ impl MasterRole {
         }
     }
 
+    /// A client of a Node Manager, kept per machine, address and timeouts so its TLS
+    /// connection is reused across pings and commands.
+    fn client(
+        &self,
+        ctx: &Ctx,
+        machine: &ferry_core::MachineName,
+        addr: &str,
+        connect: Duration,
+        timeout: Duration,
+    ) -> NmClient {
+        let key = (machine.to_string(), addr.to_string(), connect, timeout);
+        let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| match &ctx.credentials {
+                Some(c) => NmClient::with_connect_timeout(addr, machine.as_str(), c, connect, timeout),
+                None => NmClient::unusable(addr, "this server has no certificate from its Node Manager"),
+            })
+            .clone()
+    }
+
     /// Asks every Node Manager this cluster may use whether it answers (one interval to
     /// connect and answer).
     fn ping_node_managers(&self, ctx: &Ctx) {
@@ -142,7 +165,7 @@ impl MasterRole {
             let Some(m) = ctx.domain.machine(&machine) else {
                 continue;
             };
-            let nm = NmClient::new(&m.node_manager.to_string(), &ctx.secret, wait);
+            let nm = self.client(ctx, &machine, &m.node_manager.to_string(), wait, wait);
             let tx = ctx.tx.clone();
             tokio::spawn(async move {
                 let ok = nm.health().await.is_ok();
@@ -303,12 +326,7 @@ impl MasterRole {
                     // (100 ms at least, a second at most). A live Node Manager accepts at once
                     // and may take a while to plumb the IP and start the server.
                     let connect = Duration::from_millis((self.timing.interval_ms * 2).clamp(100, 1_000));
-                    let nm = NmClient::with_connect_timeout(
-                        &m.node_manager.to_string(),
-                        &ctx.secret,
-                        connect,
-                        Duration::from_secs(10),
-                    );
+                    let nm = self.client(ctx, &m.name, &m.node_manager.to_string(), connect, Duration::from_secs(10));
                     let cmd = NmStart {
                         origin: Origin::Master {
                             cluster: ctx.server.cluster.to_string(),

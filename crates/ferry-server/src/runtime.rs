@@ -61,7 +61,8 @@ pub(crate) struct Ctx {
     pub domain: Domain,
     pub server: Server,
     pub store: Arc<dyn LeaseStore>,
-    pub secret: String,
+    /// This server's certificate from its Node Manager (mutual TLS as cluster master).
+    pub credentials: Option<ferry_tls::Credentials>,
     pub tx: mpsc::Sender<Msg>,
 }
 
@@ -156,7 +157,7 @@ async fn run_inner(name: ServerName) -> i32 {
         domain: domain.domain.clone(),
         server,
         store,
-        secret: boot.secret.clone(),
+        credentials: boot.credentials.clone(),
         tx,
     };
     let handover = boot.handover_from.clone().map(Incarnation);
@@ -177,7 +178,10 @@ async fn read_bootstrap() -> Result<Bootstrap, String> {
 /// Manager's copy.
 async fn obtain_config(name: &ServerName, boot: &Bootstrap, cache_dir: &std::path::Path) -> Option<VersionedDomain> {
     let cache = cache_dir.join("config-cache.json");
-    let admin = AdminClient::new(&boot.admin_url, Duration::from_secs(2));
+    let admin = match &boot.credentials {
+        Some(c) => AdminClient::with_tls(&boot.admin_url, c, Duration::from_secs(2)),
+        None => AdminClient::new(&boot.admin_url, Duration::from_secs(2)),
+    };
     match admin.server_config(name.as_str()).await {
         Ok(d) => {
             if let Ok(bytes) = serde_json::to_vec(&d) {

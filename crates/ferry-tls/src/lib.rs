@@ -34,6 +34,12 @@ pub mod listener;
 
 pub use listener::{PeerInfo, TlsListener};
 
+/// Makes ring the process's default TLS crypto provider (HTTP clients built without a
+/// configuration of ours need one). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The DNS name in every ferry leaf certificate; chains are verified against it.
 pub const DNS_NAME: &str = "ferry";
 
@@ -347,7 +353,7 @@ impl MachineIssuer {
 }
 
 /// What a process presents and trusts: its chain (leaf first), its key, the domain CA.
-#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub chain_pem: String,
     pub key_pem: String,
@@ -478,6 +484,65 @@ pub fn anonymous_client_config(ca_pem: &str, expect: Expect) -> Result<rustls::C
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect }))
         .with_no_client_auth())
+}
+
+/// A client configuration that accepts any server certificate: only for fetching the CA
+/// certificate at enrollment, which the caller then checks against the fingerprint the
+/// enrollment token carries (nothing else is sent or believed over it).
+pub fn trust_on_first_use_client_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let schemes = provider.signature_verification_algorithms.supported_schemes();
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer { schemes }))
+        .with_no_client_auth()
+}
+
+#[derive(Debug)]
+struct AnyServer {
+    schemes: Vec<rustls::SignatureScheme>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// The fingerprint an enrollment token carries: the first 16 bytes of the SHA-256 of the
+/// CA certificate's PEM text (trimmed), in hex.
+pub fn ca_pin(ca_pem: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(ca_pem.trim().as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Every certificate in a PEM text.

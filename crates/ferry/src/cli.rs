@@ -57,10 +57,36 @@ pub enum Cmd {
         /// [default: DOMAIN_DIR/data/nm-MACHINE]
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// The domain secret [default: $FERRY_SECRET, else DOMAIN_DIR/.ferry/secret, which the
-        /// Administration Server creates].
+        /// The domain secret, with which a Node Manager on the admin's host enrolls its
+        /// machine at its first start [default: $FERRY_SECRET, else DOMAIN_DIR/.ferry/secret,
+        /// which the Administration Server creates]. Not needed once enrolled.
         #[arg(long)]
         secret_file: Option<PathBuf>,
+        /// A file holding a one-time enrollment token (`ferry machine enroll-token`), for a
+        /// first start on another host [default: $FERRY_ENROLL_TOKEN].
+        #[arg(long)]
+        enroll_token_file: Option<PathBuf>,
+    },
+    /// Enroll a machine (the `nmEnroll` equivalent): its Node Manager makes its keys here and
+    /// gets certificates from the Administration Server for a one-time token that
+    /// `ferry machine enroll-token MACHINE` printed. Run it on the machine.
+    Enroll {
+        #[arg(long)]
+        machine: String,
+        /// The Node Manager's data directory (where `ferry nodemanager --data-dir` will look).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A file holding the token, `-` for standard input [default: $FERRY_ENROLL_TOKEN].
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Enroll again even if certificates are there (rotation, after `ferry machine revoke`).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Machines' certificates: one-time enrollment tokens, revocation.
+    Machine {
+        #[command(subcommand)]
+        action: MachineAction,
     },
     /// Run a migratable server (started by a Node Manager, not by hand).
     Server { name: String },
@@ -166,6 +192,16 @@ pub enum Cmd {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum MachineAction {
+    /// Print a one-time token (valid one hour) with which `ferry enroll --machine MACHINE`
+    /// gets the machine its certificates.
+    EnrollToken { machine: String },
+    /// Revoke every certificate of a machine: its Node Manager, and the servers it started,
+    /// are refused by every process of the domain until the machine enrolls again.
+    Revoke { machine: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LeasingAction {
     /// Create the lease table if it does not exist.
     Init {
@@ -237,10 +273,17 @@ pub fn main() -> i32 {
             let opts = ferry_admin::AdminOptions { domain_file: domain, data_dir, listen };
             report(runtime().block_on(ferry_admin::run(opts)), "ferry admin")
         }
-        Cmd::Nodemanager { machine, domain, admin_url, data_dir, secret_file } => {
+        Cmd::Nodemanager { machine, domain, admin_url, data_dir, secret_file, enroll_token_file } => {
             init_tracing("info");
             let rt = runtime();
-            report(rt.block_on(nodemanager(machine, domain, admin_url, data_dir, secret_file)), "ferry nodemanager")
+            report(
+                rt.block_on(nodemanager(machine, domain, admin_url, data_dir, secret_file, enroll_token_file)),
+                "ferry nodemanager",
+            )
+        }
+        Cmd::Enroll { machine, data_dir, token_file, force } => {
+            init_tracing("warn");
+            report(runtime().block_on(enroll(&cli.admin, machine, data_dir, token_file, force)), "ferry enroll")
         }
         Cmd::Leasing { action } => {
             let rt = runtime();
@@ -323,6 +366,7 @@ async fn nodemanager(
     admin_url: Option<String>,
     data_dir: Option<PathBuf>,
     secret_file: Option<PathBuf>,
+    enroll_token_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let machine = MachineName::new(machine)?;
     let base = domain.as_deref().map(ferry_host::files::domain_dir);
@@ -333,24 +377,101 @@ async fn nodemanager(
             anyhow::bail!("--data-dir is needed when the domain comes from --admin-url")
         }
     };
-    let secret = match std::env::var("FERRY_SECRET") {
-        Ok(s) if !s.is_empty() => s,
-        _ => {
-            let path = match (secret_file, &base) {
-                (Some(p), _) => p,
-                (None, Some(_)) => {
-                    ferry_host::files::secret_path(domain.as_deref().unwrap_or(std::path::Path::new(".")))
+    let enroll_token = match enroll_token_file {
+        Some(p) => Some(read_token(&p)?),
+        None => std::env::var("FERRY_ENROLL_TOKEN").ok().filter(|t| !t.trim().is_empty()).map(|t| t.trim().to_string()),
+    };
+    // The domain secret is only for enrolling at a first start on the admin's host.
+    let secret = if ferry_nodemanager::pki::enrolled(&data_dir) || enroll_token.is_some() {
+        None
+    } else {
+        match std::env::var("FERRY_SECRET") {
+            Ok(s) if !s.is_empty() => Some(s),
+            _ => match (secret_file, &domain) {
+                (Some(p), _) => Some(
+                    ferry_host::files::wait_for_secret(&p, Duration::from_secs(30))
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot read the domain secret {}: {e}", p.display()))?,
+                ),
+                (None, Some(d)) => {
+                    let path = ferry_host::files::secret_path(d);
+                    Some(ferry_host::files::wait_for_secret(&path, Duration::from_secs(30)).await.map_err(|e| {
+                        anyhow::anyhow!("machine {machine} is not enrolled, and the domain secret {} cannot be read ({e}): start the Administration Server first (it creates the secret), or enroll this machine with a token (`ferry machine enroll-token {machine}`, then --enroll-token-file)", path.display())
+                    })?)
                 }
-                (None, None) => {
-                    anyhow::bail!("give the domain secret with --secret-file or $FERRY_SECRET")
-                }
-            };
-            ferry_host::files::wait_for_secret(&path, Duration::from_secs(30)).await.map_err(|e| {
-                anyhow::anyhow!("cannot read the domain secret {}: {e}; start the Administration Server first (it creates the secret), or pass --secret-file", path.display())
-            })?
+                (None, None) => None,
+            },
         }
     };
     let ferry_exe = std::env::current_exe()?;
-    let opts = ferry_nodemanager::NmOptions { machine, domain_file: domain, admin_url, data_dir, secret, ferry_exe };
+    let opts = ferry_nodemanager::NmOptions {
+        machine,
+        domain_file: domain,
+        admin_url,
+        data_dir,
+        secret,
+        enroll_token,
+        ferry_exe,
+    };
     ferry_nodemanager::run(opts).await
+}
+
+/// Reads a token from a file (`-`: standard input), trimmed.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = if path.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+        t
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?
+    };
+    let t = text.trim().to_string();
+    if t.is_empty() {
+        anyhow::bail!("the token file {} is empty", path.display());
+    }
+    Ok(t)
+}
+
+/// `ferry enroll`: makes this machine's keys and gets its certificates for a token.
+async fn enroll(
+    admin: &str,
+    machine: String,
+    data_dir: PathBuf,
+    token_file: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    let machine = MachineName::new(machine)?;
+    let token = match token_file {
+        Some(p) => read_token(&p)?,
+        None => std::env::var("FERRY_ENROLL_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| t.trim().to_string())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "give the enrollment token with --token-file or $FERRY_ENROLL_TOKEN (on the admin's host: `ferry machine enroll-token {machine}`)"
+                )
+            })?,
+    };
+    if ferry_nodemanager::pki::enrolled(&data_dir) && !force {
+        anyhow::bail!(
+            "machine {machine} is already enrolled ({} holds its certificates); pass --force to replace them",
+            ferry_nodemanager::pki::pki_dir(&data_dir).display()
+        );
+    }
+    std::fs::create_dir_all(&data_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
+    ferry_nodemanager::pki::enroll(
+        &data_dir,
+        machine.as_str(),
+        admin,
+        &ferry_nodemanager::pki::Enrollment::Token(token),
+    )
+    .await?;
+    println!(
+        "machine {machine} enrolled: certificates in {}; start its Node Manager with --data-dir {}",
+        ferry_nodemanager::pki::pki_dir(&data_dir).display(),
+        data_dir.display()
+    );
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry_api::{AdminClient, ClientError, Operation};
 use ferry_host::clock;
 
-use crate::cli::{Cmd, Output, EXIT_FAILED};
+use crate::cli::{Cmd, MachineAction, Output, EXIT_FAILED};
 
 /// Exit status when the Administration Server cannot be reached.
 const EXIT_UNREACHABLE: i32 = 3;
@@ -63,6 +63,25 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
                 return Ok(0);
             }
         },
+        Cmd::Machine { action: MachineAction::EnrollToken { machine } } => {
+            let t = admin.enroll_token(&machine).await?;
+            // The token alone on stdout, so `$(ferry machine enroll-token m)` works.
+            println!("{}", t.token);
+            eprintln!(
+                "one-time enrollment token for machine {machine}, valid one hour: on {machine}, run\n  FERRY_ENROLL_TOKEN=<token> ferry --admin {} enroll --machine {machine} --data-dir DIR",
+                admin.base()
+            );
+            Ok(0)
+        }
+        Cmd::Machine { action: MachineAction::Revoke { machine } } => {
+            let r = admin.revoke_machine(&machine).await?;
+            println!(
+                "revoked {} certificate{} of machine {machine}: its Node Manager and the servers it started are refused; enroll it again (`ferry machine enroll-token {machine}`, then `ferry enroll --force` on it) and restart its Node Manager",
+                r.serials.len(),
+                if r.serials.len() == 1 { "" } else { "s" }
+            );
+            Ok(0)
+        }
         Cmd::Machines { output } => {
             let machines = admin.machines().await?;
             match output {

@@ -100,6 +100,7 @@ pub struct Harness {
 impl Harness {
     /// Writes the domain file and starts the Administration Server and every Node Manager.
     pub async fn start(spec: DomainSpec, exe: &Path, dir: Option<PathBuf>) -> anyhow::Result<Harness> {
+        ferry_tls::install_crypto_provider();
         let (dir, tmp) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(&d)?;
@@ -198,13 +199,47 @@ impl Harness {
         ];
         let tag = self.machine_tag(machine);
         self.spawn(args, tag, &format!("nm-{machine}.log"))?;
-        let secret = self.secret().await?;
-        let addr = self.nm_addr.get(machine).context("unknown machine")?.to_string();
-        let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
+        let nm = self.nm_client(machine, Duration::from_secs(2)).await?;
         wait_until(Duration::from_secs(20), &format!("the Node Manager of {machine} to answer"), || async {
             nm.health().await.is_ok()
         })
         .await
+    }
+
+    /// The admin's certificate and key (`DATA/pki/admin.*`), once the admin has made them.
+    pub async fn admin_credentials(&self) -> anyhow::Result<ferry_tls::Credentials> {
+        let dir = ferry_host::files::domain_dir(&self.domain_file).join("data").join("admin").join("pki");
+        let mut last = None;
+        for _ in 0..200 {
+            match ferry_tls::Credentials::load(&dir, "admin") {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the admin's certificate did not appear in {}: {:?}", dir.display(), last)
+    }
+
+    /// A client of `machine`'s Node Manager with the admin's certificate.
+    pub async fn nm_client(&self, machine: &str, timeout: Duration) -> anyhow::Result<NmClient> {
+        let creds = self.admin_credentials().await?;
+        let addr = self.nm_addr.get(machine).context("unknown machine")?.to_string();
+        Ok(NmClient::new(&addr, machine, &creds, timeout))
+    }
+
+    /// A certificate for `server` issued by `machine`'s Node Manager's issuing key, as that
+    /// Node Manager gives its servers (tests of who may command a Node Manager).
+    pub fn server_credentials(&self, machine: &str, server: &str) -> anyhow::Result<ferry_tls::Credentials> {
+        let dir =
+            ferry_host::files::domain_dir(&self.domain_file).join("data").join(format!("nm-{machine}")).join("pki");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).with_context(|| format!("{}", dir.join(f).display()));
+        let issuer = ferry_tls::MachineIssuer::from_pem(&read("issuer.pem")?, &read("issuer.key")?)?;
+        Ok(issuer.issue_server(server, &read("ca.pem")?)?)
+    }
+
+    /// A client of `machine`'s Node Manager with these credentials.
+    pub fn nm_client_as(&self, machine: &str, creds: &ferry_tls::Credentials) -> NmClient {
+        NmClient::new(&self.nm_addr[machine].to_string(), machine, creds, Duration::from_secs(2))
     }
 
     /// The domain secret the admin created.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ferry::harness::{check_journal, wait_until, DomainSpec, Harness};
-use ferry_api::{NmClient, NmStart, Origin};
+use ferry_api::{NmClient, NmStart, NmStop, Origin};
 use nix::sys::signal::Signal;
 
 /// One domain at a time: two cores shared by parallel domains would make leases of a few
@@ -265,29 +265,58 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let e = admin.start_cluster("nosuch").await.unwrap_err();
     assert_eq!(e.status(), Some(404));
 
-    // A Node Manager refuses callers without the secret, or with a wrong one.
+    // A Node Manager talks only mutual TLS with certificates of this domain: plain HTTP, no
+    // certificate, or another domain's certificate get no answer at all.
     let addr = h.nm_addr["machine-c"].to_string();
     let cmd = NmStart { origin: Origin::Admin, in_place: true };
-    let e = NmClient::new(&addr, "wrong", Duration::from_secs(2)).start("ms2", &cmd).await.unwrap_err();
-    assert_eq!(e.status(), Some(403), "{e}");
-    let raw =
-        reqwest::Client::new().post(format!("http://{addr}/nm/v1/servers/ms2/start")).body("{}").send().await.unwrap();
-    assert_eq!(raw.status().as_u16(), 401);
-    // A stale master epoch is refused (rule 5).
-    let secret = h.secret().await.unwrap();
-    let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
-    let stale = NmStart {
-        origin: Origin::Master { cluster: "cluster-1".into(), epoch: 0, server: "ms1".into() },
-        in_place: true,
-    };
-    let ok = NmStart {
-        origin: Origin::Master { cluster: "cluster-1".into(), epoch: 7, server: "ms1".into() },
+    let raw = reqwest::Client::new().post(format!("http://{addr}/nm/v1/servers/ms2/start")).body("{}").send().await;
+    assert!(raw.is_err(), "plain HTTP got an answer: {raw:?}");
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_ca = ferry_tls::Ca::load_or_create(other_dir.path(), "other").unwrap();
+    let stranger = other_ca.issue(&ferry_tls::Identity::Admin).unwrap();
+    let e = NmClient::new(&addr, "machine-c", &stranger, Duration::from_secs(2)).start("ms2", &cmd).await.unwrap_err();
+    assert!(e.is_unreachable(), "another domain's certificate: {e}");
+    let admin_creds = h.admin_credentials().await.unwrap();
+    let anon = ferry_tls::anonymous_client_config(&admin_creds.ca_pem, ferry_tls::Expect::AnyPeer).unwrap();
+    let e = NmClient::with_tls(&addr, anon, Duration::from_secs(2)).start("ms2", &cmd).await.unwrap_err();
+    assert!(e.is_unreachable(), "no client certificate: {e}");
+    // Dialling machine-c but expecting machine-b's Node Manager: the client refuses.
+    let e = NmClient::new(&addr, "machine-b", &admin_creds, Duration::from_secs(2)).health().await.unwrap_err();
+    assert!(e.to_string().contains("expected machine machine-b"), "{e}");
+
+    // Commands: the admin's certificate as the admin; a server's only as the current master
+    // of its cluster at the lease's epoch; nobody else.
+    let cluster = h.admin().clusters().await.unwrap().into_iter().next().expect("a cluster");
+    let (master, epoch) = (cluster.master.expect("a master"), cluster.master_epoch.expect("an epoch"));
+    let home = if master == "ms1" { "machine-b" } else { "machine-c" };
+    let as_master = |epoch, server: &str| NmStart {
+        origin: Origin::Master { cluster: "cluster-1".into(), epoch, server: server.into() },
         in_place: false,
     };
-    nm.start("ms2", &ok).await.expect("a current master may ask (ms2 already runs: no-op)");
-    let e = nm.start("ms2", &stale).await.unwrap_err();
-    assert_eq!(e.status(), Some(409));
-    assert!(e.to_string().contains("stale cluster master"), "{e}");
+    let master_creds = h.server_credentials(home, &master).unwrap();
+    let nm = h.nm_client_as("machine-c", &master_creds);
+    nm.start("ms2", &as_master(epoch, &master)).await.expect("the current master may ask (ms2 already runs: no-op)");
+    let e = nm.start("ms2", &as_master(epoch - 1, &master)).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert!(e.to_string().contains("not the current master"), "{e}");
+    let e = nm.start("ms2", &NmStart { origin: Origin::Admin, in_place: false }).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "a server posing as the admin: {e}");
+    let other = if master == "ms1" { "ms2" } else { "ms1" };
+    let e = nm.start("ms2", &as_master(epoch, other)).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "a command claiming another server's name: {e}");
+    assert!(e.to_string().contains("certificate is server"), "{e}");
+    let impostor = h.server_credentials("machine-d", other).unwrap();
+    let e = h.nm_client_as("machine-c", &impostor).start("ms2", &as_master(epoch, other)).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "a server that is not master: {e}");
+    let e = h.nm_client_as("machine-c", &admin_creds).start("ms2", &as_master(epoch, &master)).await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "the admin posing as a master: {e}");
+    let machine_d = ferry_tls::Credentials::load(&h.dir.join("data/nm-machine-d/pki"), "machine").unwrap();
+    let e = h
+        .nm_client_as("machine-c", &machine_d)
+        .stop("ms2", &NmStop { origin: Origin::Admin, force: true, timeout_ms: None })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(403), "another machine's Node Manager: {e}");
     // Malformed bodies.
     let raw = reqwest::Client::new()
         .post(format!("{}/api/v1/servers/ms2/migrate", h.admin_url))
@@ -462,9 +491,8 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
     // Take the database's write lock and keep it: every renewal now times out.
     let db = rusqlite::Connection::open(h.dir.join("data/leases.db")).unwrap();
     db.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let secret = h.secret().await.unwrap();
     for (server, machine) in [("ms1", "machine-b"), ("ms2", "machine-c")] {
-        let nm = NmClient::new(&h.nm_addr[machine].to_string(), &secret, Duration::from_secs(2));
+        let nm = h.nm_client(machine, Duration::from_secs(2)).await.unwrap();
         wait_until(PATIENCE, &format!("{server} to fence itself"), || async {
             nm.servers()
                 .await
@@ -521,18 +549,16 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     let _g = SERIAL.lock().await;
     let mut h = started().await;
     let before = status_of(&h, "ms2").await;
-    let secret = h.secret().await.unwrap();
-    let addr = h.nm_addr["machine-c"].to_string();
+    let cluster = h.admin().clusters().await.unwrap().into_iter().next().expect("a cluster");
+    let (name, epoch) = (cluster.master.expect("a master"), cluster.master_epoch.expect("an epoch"));
+    let home = if name == "ms1" { "machine-b" } else { "machine-c" };
+    let master_creds = h.server_credentials(home, &name).unwrap();
     let master = |epoch| NmStart {
-        origin: Origin::Master { cluster: "cluster-1".into(), epoch, server: "ms1".into() },
+        origin: Origin::Master { cluster: "cluster-1".into(), epoch, server: name.clone() },
         in_place: false,
     };
     // The real master's epoch reaches this Node Manager (as a no-op start of a running server).
-    let epoch = h.admin().clusters().await.unwrap()[0].master_epoch.expect("a master");
-    NmClient::new(&addr, &secret, Duration::from_secs(2))
-        .start("ms2", &master(epoch))
-        .await
-        .expect("the current master may ask");
+    h.nm_client_as("machine-c", &master_creds).start("ms2", &master(epoch)).await.expect("the current master may ask");
     assert_eq!(h.kill_nm_only("machine-c"), 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mid = status_of(&h, "ms2").await;
@@ -548,9 +574,15 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     })
     .await
     .unwrap();
-    let nm = NmClient::new(&addr, &secret, Duration::from_secs(2));
+    let nm = h.nm_client_as("machine-c", &master_creds);
     let e = nm.start("ms2", &master(epoch - 1)).await.unwrap_err();
-    assert_eq!(e.status(), Some(409), "the restarted Node Manager still knows master epoch {epoch}: {e}");
+    assert_eq!(e.status(), Some(403), "an older epoch is not the master's: {e}");
+    // Rule 5 across restarts: the restarted Node Manager still knows master epoch `epoch`.
+    let seen: std::collections::BTreeMap<String, u64> = serde_json::from_slice(
+        &std::fs::read(h.dir.join("data/nm-machine-c/master-epochs.json")).expect("master epochs persisted"),
+    )
+    .unwrap();
+    assert_eq!(seen.get("cluster-1"), Some(&epoch), "{seen:?}");
     let seen = nm.servers().await.unwrap().into_iter().find(|s| s.name == "ms2").expect("adopted ms2 is listed");
     assert_eq!(seen.pid, before.pid);
     assert!(seen.deadline_in_ms.is_some(), "the adopted server reports its deadline again");
@@ -602,9 +634,8 @@ async fn postgres_lease_table_failover_and_outage() {
     })
     .await
     .unwrap();
-    let secret = h.secret().await.unwrap();
     for (server, machine) in [("ms1", "machine-b"), ("ms2", "machine-d")] {
-        let nm = NmClient::new(&h.nm_addr[machine].to_string(), &secret, Duration::from_secs(2));
+        let nm = h.nm_client(machine, Duration::from_secs(2)).await.unwrap();
         wait_until(PATIENCE, &format!("{server} to fence itself"), || async {
             nm.servers()
                 .await
@@ -689,7 +720,7 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
     let h = started().await;
     let before = h.status().await.unwrap();
     let secret = h.secret().await.unwrap();
-    let nm = format!("http://{}", h.nm_addr["machine-c"]);
+    let nm = format!("https://{}", h.nm_addr["machine-c"]);
     let admin = h.admin_url.clone();
     let big = "x".repeat(2 * 1024 * 1024);
     let long_name = "a".repeat(5000);
@@ -733,7 +764,6 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
         ("GET", format!("{admin}/api/v2/anything"), false, "", String::new(), 404),
         ("POST", format!("{admin}/api/v1/events"), false, "application/json", "[]".into(), 401),
         ("POST", format!("{admin}/api/v1/events"), true, "application/json", "{\"not\": \"a list\"}".into(), 422),
-        ("POST", format!("{nm}/nm/v1/servers/ms2/start"), false, "application/json", "{}".into(), 401),
         ("POST", format!("{nm}/nm/v1/servers/ms2/start"), true, "application/json", "{".into(), 400),
         (
             "POST",
@@ -772,9 +802,15 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
     ];
     // No pooled connections: a server may close one after refusing an oversized body.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    // The Node Manager's cases go over mutual TLS with the admin's certificate ("auth").
+    let creds = h.admin_credentials().await.unwrap();
+    let tls =
+        creds.client_config(ferry_tls::Expect::Identity(ferry_tls::Identity::Machine("machine-c".into()))).unwrap();
+    let nm_client = reqwest::Client::builder().pool_max_idle_per_host(0).use_preconfigured_tls(tls).build().unwrap();
     for (method, url, auth, ctype, body, want) in cases {
-        let mut req = client.request(method.parse().unwrap(), &url);
-        if auth {
+        let to_nm = url.starts_with(&nm);
+        let mut req = if to_nm { &nm_client } else { &client }.request(method.parse().unwrap(), &url);
+        if auth && !to_nm {
             req = req.bearer_auth(&secret);
         }
         if !ctype.is_empty() {
@@ -851,8 +887,7 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
     let before = h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
     // A start on a machine whose hook fails is refused with the hook's words.
-    let secret = h.secret().await.unwrap();
-    let nm_d = NmClient::new(&h.nm_addr["machine-d"].to_string(), &secret, Duration::from_secs(5));
+    let nm_d = h.nm_client("machine-d", Duration::from_secs(5)).await.unwrap();
     h.kill_machine("machine-c");
     // The master: machine-c is dead, machine-d's hook fails, machine-b's hangs and is killed.
     wait_until(PATIENCE, "both hook failures in the event log", || async {
@@ -906,8 +941,7 @@ async fn servers_renew_through_their_node_manager_in_batches() {
     h.admin().start_cluster("cluster-1").await.unwrap();
     h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
     let before = h.wait_running_on("ms2", "machine-b", PATIENCE).await.unwrap();
-    let secret = h.secret().await.unwrap();
-    let nm = NmClient::new(&h.nm_addr["machine-b"].to_string(), &secret, Duration::from_secs(2));
+    let nm = h.nm_client("machine-b", Duration::from_secs(2)).await.unwrap();
     let first = nm.health().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let later = nm.health().await.unwrap();

@@ -1,0 +1,160 @@
+//! The admin's side of the domain's certificates: the CA (created at first start), its own
+//! certificate, one-time enrollment tokens, the record of what each machine was issued, and
+//! revocation.
+//!
+//! Files, in `DATA/pki/`: `ca.pem`, `ca.key` (0600: whoever reads it can mint any identity
+//! of the domain), `admin.pem`, `admin.key` (0600), `registry.json` (serials issued per
+//! machine, and the revoked ones). The CA certificate is also copied to the domain file's
+//! `.ferry/ca.pem`, for processes on this host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ferry_api::{EnrollRequest, EnrollResponse, EnrollToken, Revoked};
+use ferry_host::files;
+use ferry_tls::{Ca, Credentials, Identity, Revocations};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// How long an enrollment token is good for.
+const TOKEN_TTL_MS: u64 = 60 * 60 * 1000;
+
+pub struct AdminPki {
+    ca: Ca,
+    pub creds: Credentials,
+    pub revoked: Revocations,
+    dir: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Registry {
+    /// Serials issued to each machine and not revoked.
+    machines: BTreeMap<String, Vec<String>>,
+    revoked: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    registry: Registry,
+    /// Pending enrollment tokens: SHA-256 of the token, its machine, expiry (Unix ms).
+    tokens: Vec<([u8; 32], String, u64)>,
+}
+
+/// A refusal: HTTP status and what to do.
+pub struct Refusal(pub u16, pub String);
+
+fn hash(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+impl AdminPki {
+    pub fn open(data_dir: &Path, domain_file: &Path, domain: &str) -> anyhow::Result<AdminPki> {
+        let dir = data_dir.join("pki");
+        let ca = Ca::load_or_create(&dir, domain).map_err(|e| anyhow::anyhow!("the domain CA: {e}"))?;
+        let creds = match Credentials::load(&dir, "admin") {
+            Ok(c)
+                if c.identity().ok() == Some(Identity::Admin)
+                    && c.expires_in_s().unwrap_or(0) > 30 * 86_400
+                    && c.ca_pem == ca.cert_pem() =>
+            {
+                c
+            }
+            _ => {
+                let c = ca.issue(&Identity::Admin).map_err(|e| anyhow::anyhow!("the admin's certificate: {e}"))?;
+                c.save(&dir, "admin").map_err(|e| anyhow::anyhow!("{e}"))?;
+                c
+            }
+        };
+        // For Node Managers and clients on this host.
+        let local = files::secret_path(domain_file).with_file_name("ca.pem");
+        files::write_atomic(&local, ca.cert_pem().as_bytes(), 0o644)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", local.display()))?;
+        let registry: Registry = std::fs::read(dir.join("registry.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let revoked = Revocations::default();
+        revoked.replace(registry.revoked.clone());
+        Ok(AdminPki { ca, creds, revoked, dir, inner: Mutex::new(Inner { registry, tokens: Vec::new() }) })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
+    fn persist(&self, inner: &Inner) {
+        match serde_json::to_vec_pretty(&inner.registry) {
+            Ok(bytes) => {
+                if let Err(e) = files::write_atomic(&self.dir.join("registry.json"), &bytes, 0o600) {
+                    tracing::warn!("cannot persist the certificate registry: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("cannot encode the certificate registry: {e}"),
+        }
+    }
+
+    /// A one-time token for `ferry enroll --machine MACHINE`: random, then the CA's
+    /// fingerprint (so the machine can check it reached this domain's admin).
+    pub fn enroll_token(&self, machine: &str, now_ms: u64) -> EnrollToken {
+        let secret: [u8; 24] = rand::random();
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let token = format!("{hex}.{}", ferry_tls::ca_pin(self.ca.cert_pem()));
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.tokens.retain(|(_, _, exp)| *exp > now_ms);
+        inner.tokens.push((hash(&token), machine.to_string(), now_ms + TOKEN_TTL_MS));
+        EnrollToken { machine: machine.to_string(), token, expires_ms: now_ms + TOKEN_TTL_MS }
+    }
+
+    /// Signs a machine's requests if `req.token` is a pending token for it (used up here)
+    /// or the domain secret.
+    pub fn enroll(&self, req: &EnrollRequest, domain_secret: &str, now_ms: u64) -> Result<EnrollResponse, Refusal> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let by_secret = files::secrets_equal(&req.token, domain_secret);
+        if !by_secret {
+            let h = hash(&req.token);
+            let found = inner.tokens.iter().position(|(th, m, exp)| {
+                // Constant time over the hash; the machine and expiry are not secret.
+                th.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 && m == &req.machine && *exp > now_ms
+            });
+            match found {
+                Some(i) => {
+                    inner.tokens.remove(i);
+                }
+                None => {
+                    return Err(Refusal(
+                        403,
+                        format!(
+                            "the enrollment token for machine {} is not valid (unknown, already used, expired after an hour, or made for another machine): run `ferry machine enroll-token {}` for a new one",
+                            req.machine, req.machine
+                        ),
+                    ))
+                }
+            }
+        }
+        let id = Identity::Machine(req.machine.clone());
+        let chain_pem = self.ca.sign_leaf(&req.leaf_csr, &id).map_err(|e| Refusal(400, e.to_string()))?;
+        let issuer_pem = self.ca.sign_issuer(&req.issuer_csr, &req.machine).map_err(|e| Refusal(400, e.to_string()))?;
+        let serials: Vec<String> =
+            [&chain_pem, &issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect();
+        inner.registry.machines.entry(req.machine.clone()).or_default().extend(serials);
+        self.persist(&inner);
+        Ok(EnrollResponse { chain_pem, issuer_pem, ca_pem: self.ca.cert_pem().to_string() })
+    }
+
+    /// Revokes every certificate machine `machine` was issued (and so every server
+    /// certificate its Node Manager signed). Its Node Manager must enroll again.
+    pub fn revoke(&self, machine: &str) -> Revoked {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let serials = inner.registry.machines.remove(machine).unwrap_or_default();
+        inner.registry.revoked.extend(serials.iter().cloned());
+        self.revoked.replace(inner.registry.revoked.clone());
+        self.persist(&inner);
+        Revoked { machine: machine.to_string(), serials }
+    }
+
+    pub fn revoked_serials(&self) -> Vec<String> {
+        self.revoked.snapshot().into_iter().collect()
+    }
+}

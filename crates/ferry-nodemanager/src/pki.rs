@@ -1,0 +1,178 @@
+//! The Node Manager's certificates: enrollment with the admin (`ferry enroll`, or at first
+//! start), loading them at later starts, issuing its servers' short-lived certificates, and
+//! keeping the list of revoked serials fresh.
+//!
+//! Files, in `DATA/pki/` (keys 0600, made here and never sent anywhere):
+//! `machine.pem`/`machine.key` (TLS, both directions), `issuer.pem`/`issuer.key` (signs this
+//! machine's servers' certificates), `ca.pem` (the domain CA), `revoked.json`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_api::{AdminClient, EnrollRequest};
+use ferry_tls::{Credentials, Expect, Identity, MachineIssuer, Revocations};
+
+/// What a Node Manager proves itself with and trusts.
+pub struct NmTls {
+    pub creds: Credentials,
+    pub issuer: MachineIssuer,
+    pub revoked: Revocations,
+    pub dir: PathBuf,
+}
+
+/// How a machine without certificates gets them.
+#[derive(Clone)]
+pub enum Enrollment {
+    /// A one-time token from `ferry machine enroll-token` (carries the CA's fingerprint).
+    Token(String),
+    /// The domain secret, read from the domain file's `.ferry/` on the admin's host, where
+    /// the CA certificate lies next to it.
+    DomainSecret { secret: String, ca_file: PathBuf },
+}
+
+impl std::fmt::Debug for Enrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Enrollment::Token(_) => write!(f, "Token(<redacted>)"),
+            Enrollment::DomainSecret { ca_file, .. } => write!(f, "DomainSecret(ca {})", ca_file.display()),
+        }
+    }
+}
+
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+/// Whether this data directory holds a machine's certificates.
+pub fn enrolled(data_dir: &Path) -> bool {
+    let d = pki_dir(data_dir);
+    ["machine.pem", "machine.key", "issuer.pem", "issuer.key", "ca.pem"].iter().all(|f| d.join(f).exists())
+}
+
+/// Loads this machine's certificates, checking they are its own and still valid.
+pub fn load(data_dir: &Path, machine: &str) -> anyhow::Result<NmTls> {
+    let dir = pki_dir(data_dir);
+    let creds = Credentials::load(&dir, "machine").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let who = creds.identity().map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("machine.pem").display()))?;
+    if who != Identity::Machine(machine.into()) {
+        anyhow::bail!(
+            "{} is the certificate of {who}, not of machine {machine}: use this machine's data directory, or enroll it again with `ferry enroll --machine {machine}`",
+            dir.join("machine.pem").display()
+        );
+    }
+    let left = creds.expires_in_s().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if left <= 0 {
+        anyhow::bail!(
+            "the certificate of machine {machine} ({}) has expired: enroll it again (`ferry machine enroll-token {machine}` on the admin, then `ferry enroll --machine {machine} --token ...` here)",
+            dir.join("machine.pem").display()
+        );
+    }
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f)).with_context(|| format!("cannot read {}", dir.join(f).display()))
+    };
+    let issuer = MachineIssuer::from_pem(&read("issuer.pem")?, &read("issuer.key")?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("issuer.pem").display()))?;
+    let revoked = Revocations::default();
+    if let Ok(text) = std::fs::read(dir.join("revoked.json")) {
+        if let Ok(serials) = serde_json::from_slice::<BTreeSet<String>>(&text) {
+            revoked.replace(serials);
+        }
+    }
+    Ok(NmTls { creds, issuer, revoked, dir })
+}
+
+/// Asks the admin at `admin_url` for this machine's certificates and stores them.
+pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrollment) -> anyhow::Result<()> {
+    let (token, ca_pem) = match how {
+        Enrollment::DomainSecret { secret, ca_file } => {
+            let ca = std::fs::read_to_string(ca_file).with_context(|| {
+                format!(
+                    "cannot read the domain CA certificate {} (the Administration Server writes it at start)",
+                    ca_file.display()
+                )
+            })?;
+            (secret.clone(), ca)
+        }
+        Enrollment::Token(token) => {
+            let (_, pin) = token.rsplit_once('.').ok_or_else(|| {
+                anyhow::anyhow!(
+                    "this is not an enrollment token (expected what `ferry machine enroll-token {machine}` printed)"
+                )
+            })?;
+            (token.clone(), fetch_pinned_ca(admin_url, pin).await?)
+        }
+    };
+    let leaf = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let issuing = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tls = ferry_tls::anonymous_client_config(&ca_pem, Expect::Identity(Identity::Admin))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let admin = AdminClient::with_tls_config(admin_url, tls, Duration::from_secs(10));
+    let req = EnrollRequest { machine: machine.into(), token, leaf_csr: leaf.csr_pem, issuer_csr: issuing.csr_pem };
+    let got = admin
+        .enroll(&req)
+        .await
+        .map_err(|e| anyhow::anyhow!("enrollment of machine {machine} at {admin_url} failed: {e}"))?;
+    let creds = Credentials { chain_pem: got.chain_pem, key_pem: leaf.key_pem, ca_pem: got.ca_pem };
+    let who = creds.identity().map_err(|e| anyhow::anyhow!("the admin sent an unusable certificate: {e}"))?;
+    if who != Identity::Machine(machine.into()) {
+        anyhow::bail!("the admin sent a certificate for {who}, not for machine {machine}");
+    }
+    MachineIssuer::from_pem(&got.issuer_pem, &issuing.key_pem)
+        .map_err(|e| anyhow::anyhow!("the admin sent an unusable issuing certificate: {e}"))?;
+    let dir = pki_dir(data_dir);
+    creds.save(&dir, "machine").map_err(|e| anyhow::anyhow!("{e}"))?;
+    ferry_tls::write_file(&dir.join("issuer.key"), issuing.key_pem.as_bytes(), 0o600)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ferry_tls::write_file(&dir.join("issuer.pem"), got.issuer_pem.as_bytes(), 0o644)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Fetches the CA certificate from the admin without trusting anything yet, and accepts it
+/// only if its fingerprint is the token's.
+async fn fetch_pinned_ca(admin_url: &str, pin: &str) -> anyhow::Result<String> {
+    let bare = admin_url.trim_end_matches('/');
+    let bare = bare.strip_prefix("http://").or_else(|| bare.strip_prefix("https://")).unwrap_or(bare);
+    let url = format!("https://{bare}/api/v1/pki/ca");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(ferry_tls::trust_on_first_use_client_config())
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()?;
+    let pem = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot fetch the domain CA certificate from {url}"))?
+        .text()
+        .await?;
+    if ferry_tls::ca_pin(&pem) != pin {
+        anyhow::bail!(
+            "the CA certificate at {url} does not match the enrollment token's fingerprint: a different domain, or someone in between; check --admin and the token"
+        );
+    }
+    Ok(pem)
+}
+
+/// Keeps `revoked` in step with the admin's list (every few seconds while it answers).
+pub async fn revocation_loop(tls: std::sync::Arc<NmTls>, admin_url: String) {
+    let admin = AdminClient::with_tls(&admin_url, &tls.creds, Duration::from_secs(2));
+    loop {
+        match admin.revoked().await {
+            Ok(list) => {
+                let serials: BTreeSet<String> = list.into_iter().collect();
+                if serials != tls.revoked.snapshot() {
+                    if let Ok(bytes) = serde_json::to_vec(&serials) {
+                        let _ = ferry_tls::write_file(&tls.dir.join("revoked.json"), &bytes, 0o644);
+                    }
+                    tls.revoked.replace(serials);
+                }
+            }
+            Err(e) => tracing::debug!("cannot fetch the revocation list: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}
