@@ -75,7 +75,7 @@ impl AdminPki {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let revoked = Revocations::default();
+        let revoked = Revocations::global().clone();
         revoked.replace(registry.revoked.clone());
         Ok(AdminPki { ca, creds, revoked, dir, inner: Mutex::new(Inner { registry, tokens: Vec::new() }) })
     }

@@ -74,7 +74,7 @@ pub fn load(data_dir: &Path, machine: &str) -> anyhow::Result<NmTls> {
     };
     let issuer = MachineIssuer::from_pem(&read("issuer.pem")?, &read("issuer.key")?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("issuer.pem").display()))?;
-    let revoked = Revocations::default();
+    let revoked = Revocations::global().clone();
     if let Ok(text) = std::fs::read(dir.join("revoked.json")) {
         if let Ok(serials) = serde_json::from_slice::<BTreeSet<String>>(&text) {
             revoked.replace(serials);

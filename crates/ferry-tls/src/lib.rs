@@ -175,6 +175,13 @@ fn identity_of(der: &CertificateDer<'_>) -> Result<(Identity, String), String> {
 pub struct Revocations(Arc<RwLock<BTreeSet<String>>>);
 
 impl Revocations {
+    /// The process's list: what its clients check the servers they reach against (a
+    /// process belongs to one domain). Servers' listeners take theirs explicitly.
+    pub fn global() -> &'static Revocations {
+        static GLOBAL: std::sync::OnceLock<Revocations> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(Revocations::default)
+    }
+
     pub fn replace(&self, serials: BTreeSet<String>) {
         if let Ok(mut g) = self.0.write() {
             *g = serials;
@@ -216,7 +223,7 @@ fn leaf_params(identity: &Identity, not_after: time::OffsetDateTime) -> Result<C
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    p.not_before = not_before();
     p.not_after = not_after;
     p.serial_number = Some(serial());
     p.use_authority_key_identifier_extension = true;
@@ -232,11 +239,19 @@ fn issuer_params(machine: &str, not_after: time::OffsetDateTime) -> Result<Certi
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+    p.not_before = not_before();
     p.not_after = not_after;
     p.serial_number = Some(serial());
     p.use_authority_key_identifier_extension = true;
     Ok(p)
+}
+
+/// How far back certificates are dated: a machine whose wall clock is off by less than this
+/// still accepts them (leases never look at wall clocks; TLS does).
+pub const CLOCK_SKEW_TOLERANCE_DAYS: i64 = 1;
+
+fn not_before() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() - time::Duration::days(CLOCK_SKEW_TOLERANCE_DAYS)
 }
 
 fn days(n: i64) -> time::OffsetDateTime {
@@ -269,7 +284,7 @@ impl Ca {
         p.distinguished_name = dn;
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(5);
+        p.not_before = not_before();
         p.not_after = days(CA_DAYS);
         let cert = p.self_signed(&key).map_err(cert_err)?;
         write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
@@ -625,11 +640,15 @@ impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
         // The chain against the fixed name; then who it is, whatever address was dialled.
         let name = ServerName::try_from(DNS_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
         let ok = self.inner.verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)?;
+        let peer = peer_of(end_entity, intermediates).map_err(rustls::Error::General)?;
         if let Expect::Identity(want) = &self.expect {
-            let peer = peer_of(end_entity, intermediates).map_err(rustls::Error::General)?;
             if &peer.identity != want {
                 return Err(rustls::Error::General(format!("expected {want}, but the peer is {}", peer.identity)));
             }
+        }
+        if let Some(why) = Revocations::global().refuses(&peer) {
+            tracing::warn!("refused a TLS server: {why}");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
         }
         Ok(ok)
     }

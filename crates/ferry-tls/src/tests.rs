@@ -146,6 +146,12 @@ async fn a_revoked_machine_and_the_servers_it_issued_are_refused() {
     let got = talk(&nm_b, revoked.clone(), nm_b.client_config(Expect::AnyPeer).unwrap()).await;
     assert_eq!(got.as_deref(), Ok("ferry:machine:b"), "machine b is not revoked");
 
+    // A client refuses to talk to a revoked machine too (the process-wide list).
+    Revocations::global().replace(revoked.snapshot());
+    let admin = d.ca.issue(&Identity::Admin).unwrap();
+    let got = talk(&nm_c, Revocations::default(), admin.client_config(Expect::AnyPeer).unwrap()).await;
+    assert!(got.is_err(), "a client reached revoked machine c: {got:?}");
+
     // Machine c enrolled again (rotation): its new certificates are accepted.
     let (nm_c2, issuer_c2) = enroll(&d.ca, "c");
     let got = talk(&nm_b, revoked.clone(), nm_c2.client_config(Expect::AnyPeer).unwrap()).await;

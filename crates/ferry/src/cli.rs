@@ -21,6 +21,11 @@ pub struct Cli {
     /// The Administration Server's URL, for client commands.
     #[arg(long, global = true, env = "FERRY_ADMIN", default_value = "http://127.0.0.1:7001")]
     pub admin: String,
+    /// The domain CA certificate, to reach the Administration Server over TLS from another
+    /// host (the admin writes it to DOMAIN_DIR/.ferry/ca.pem and DATA/pki/ca.pem). Not
+    /// needed on the admin's own host, where client commands may use plain HTTP.
+    #[arg(long, global = true, env = "FERRY_CA")]
+    pub ca: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -324,7 +329,7 @@ pub fn main() -> i32 {
         }
         cmd => {
             init_tracing("warn");
-            runtime().block_on(crate::client::run(&cli.admin, cmd))
+            runtime().block_on(crate::client::run(&cli.admin, cli.ca.as_deref(), cmd))
         }
     }
 }

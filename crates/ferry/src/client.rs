@@ -11,8 +11,14 @@ use crate::cli::{Cmd, MachineAction, Output, EXIT_FAILED};
 /// Exit status when the Administration Server cannot be reached.
 const EXIT_UNREACHABLE: i32 = 3;
 
-pub(crate) async fn run(admin_url: &str, cmd: Cmd) -> i32 {
-    let admin = AdminClient::new(admin_url, Duration::from_secs(30));
+pub(crate) async fn run(admin_url: &str, ca: Option<&std::path::Path>, cmd: Cmd) -> i32 {
+    let admin = match admin_client(admin_url, ca) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return EXIT_FAILED;
+        }
+    };
     match dispatch(&admin, cmd).await {
         Ok(code) => code,
         Err(e) => {
@@ -28,6 +34,37 @@ pub(crate) async fn run(admin_url: &str, cmd: Cmd) -> i32 {
             }
         }
     }
+}
+
+/// The client of the admin at `url`: over TLS, checked against the domain CA `ca`, or in
+/// plain HTTP to an admin on this host (which refuses plain HTTP from anywhere else).
+fn admin_client(url: &str, ca: Option<&std::path::Path>) -> Result<AdminClient, String> {
+    let timeout = Duration::from_secs(30);
+    if let Some(path) = ca {
+        let pem =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the domain CA {}: {e}", path.display()))?;
+        let tls = ferry_tls::anonymous_client_config(&pem, ferry_tls::Expect::Identity(ferry_tls::Identity::Admin))
+            .map_err(|e| format!("the domain CA {}: {e}", path.display()))?;
+        return Ok(AdminClient::with_tls_config(url, tls, timeout));
+    }
+    if url.starts_with("https://") || !is_local(url) {
+        return Err(format!(
+            "the Administration Server at {url} answers other hosts only over TLS: give the domain CA with --ca FILE or FERRY_CA (the admin writes it to DOMAIN_DIR/.ferry/ca.pem and to its DATA/pki/ca.pem)"
+        ));
+    }
+    Ok(AdminClient::new(url, timeout))
+}
+
+/// Whether `url` names a loopback host.
+fn is_local(url: &str) -> bool {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let host = rest.split('/').next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
@@ -227,6 +264,30 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
                 return Ok(EXIT_FAILED);
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_urls_are_local_and_others_are_not() {
+        for u in [
+            "http://127.0.0.1:7001",
+            "127.0.0.1:7001",
+            "http://localhost:7001/",
+            "http://[::1]:7001",
+            "http://127.9.9.9",
+        ] {
+            assert!(super::is_local(u), "{u}");
+        }
+        for u in [
+            "http://198.18.0.1:7001",
+            "http://admin.example:7001",
+            "http://[2001:db8::1]:7001",
+            "http://127.0.0.1.evil:7001",
+        ] {
+            assert!(!super::is_local(u), "{u}");
         }
     }
 }

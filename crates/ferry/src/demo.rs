@@ -463,7 +463,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         println!("\ndone; the lab is being removed");
         return Ok(());
     }
-    println!("\nThe lab stays up. Look around (as root):\n  ip netns list\n  ip netns exec {} {} --admin {} status\nPress Ctrl-C to remove the lab.", d.lab.namespace("sw")?, exe.display(), d.admin_url);
+    println!("\nThe lab stays up. Look around (as root):\n  ip netns list\n  ip netns exec {} {} --admin {} --ca {} status\nPress Ctrl-C to remove the lab.", d.lab.namespace("sw")?, exe.display(), d.admin_url, d.ca_file());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -164,9 +164,17 @@ impl LabDomain {
         Ok(self.lab.run(node, &argv).await?)
     }
 
+    /// The domain CA certificate the admin wrote next to the domain file (client commands
+    /// reach the admin over TLS from the switch).
+    pub fn ca_file(&self) -> String {
+        ferry_host::files::secret_path(&self.domain_file).with_file_name("ca.pem").display().to_string()
+    }
+
     /// Runs a client command against the lab's Administration Server (from the switch).
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
-        let mut argv = vec!["--admin", self.admin_url.as_str()];
+        // The admin is not on the switch's loopback: TLS, checked against the domain CA.
+        let ca = self.ca_file();
+        let mut argv = vec!["--admin", self.admin_url.as_str(), "--ca", ca.as_str()];
         argv.extend_from_slice(args);
         self.run_in(SWITCH, &argv).await
     }

@@ -917,12 +917,12 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
 /// background: a migration away from a dead machine may take longer than a one-shot command
 /// may run); its output goes to `log`.
 fn spawn_migrate(d: &LabDomain, server: &str, to: &str, log: &Path) -> tokio::process::Child {
-    let admin = d.admin_url.clone();
+    let (admin, ca) = (d.admin_url.clone(), d.ca_file());
     d.lab
         .spawn(
             ferry_lab::SWITCH,
             &d.exe,
-            &["--admin", admin.as_str(), "migrate", server, "--to", to, "--wait"],
+            &["--admin", admin.as_str(), "--ca", ca.as_str(), "migrate", server, "--to", to, "--wait"],
             &[],
             log,
         )

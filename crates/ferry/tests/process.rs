@@ -961,3 +961,92 @@ async fn servers_renew_through_their_node_manager_in_batches() {
     );
     assert_safe(&h);
 }
+
+/// `nmEnroll`: a machine gets its certificates for a one-time token the admin printed,
+/// never a copy of the CA key. A used, misdirected or tampered token is refused. Revoking a
+/// machine makes every other process refuse its certificates (and the servers it issued),
+/// while the rest of the domain runs on.
+#[tokio::test]
+async fn enrollment_by_one_time_token_and_revocation() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let admin = h.admin();
+    let enroll = |machine: &str, dir: &Path, token: &str| {
+        std::process::Command::new(exe())
+            .args(["--admin", &h.admin_url, "enroll", "--machine", machine, "--data-dir"])
+            .arg(dir)
+            .env("FERRY_ENROLL_TOKEN", token)
+            .output()
+            .expect("ferry enroll runs")
+    };
+    let tok = admin.enroll_token("machine-d").await.unwrap();
+    assert!(!format!("{tok:?}").contains(&tok.token), "a token in Debug output");
+    let dir = tempfile::tempdir().unwrap();
+    let out = enroll("machine-d", dir.path(), &tok.token);
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry enroll: {said}");
+    let pki = dir.path().join("pki");
+    for key in ["machine.key", "issuer.key"] {
+        let mode = std::fs::metadata(pki.join(key)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let creds = ferry_tls::Credentials::load(&pki, "machine").unwrap();
+    assert_eq!(creds.identity().unwrap(), ferry_tls::Identity::Machine("machine-d".into()));
+    assert!(
+        !std::fs::read_to_string(pki.join("machine.pem")).unwrap().contains("PRIVATE"),
+        "no key in the certificate file"
+    );
+
+    // The same token again (a replay): refused, and nothing is written over.
+    let again = tempfile::tempdir().unwrap();
+    let out = enroll("machine-d", again.path(), &tok.token);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && said.contains("not valid"), "a used token: {said}");
+    assert!(!again.path().join("pki/machine.pem").exists());
+    // A token made for machine-d, used for machine-c.
+    let tok_d = admin.enroll_token("machine-d").await.unwrap();
+    let out = enroll("machine-c", again.path(), &tok_d.token);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && said.contains("another machine"), "a misdirected token: {said}");
+    // A token whose CA fingerprint is not this admin's CA (someone in between).
+    let (secret_part, _) = tok_d.token.rsplit_once('.').unwrap();
+    let out = enroll("machine-d", again.path(), &format!("{secret_part}.00000000000000000000000000000000"));
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && said.contains("fingerprint"), "a tampered token: {said}");
+    // Garbage.
+    let out = enroll("machine-d", again.path(), "no-dot-here");
+    assert!(!out.status.success());
+    for o in [&tok.token, &tok_d.token] {
+        let events = std::fs::read_to_string(h.dir.join("data/admin/events.jsonl")).unwrap();
+        assert!(!events.contains(o.as_str()), "a token in the event log");
+    }
+
+    // The new certificate works: machine-c's Node Manager answers it (machines may read).
+    let nm_c = h.nm_client_as("machine-c", &creds);
+    nm_c.health().await.expect("an enrolled machine's certificate is accepted");
+
+    // Revocation: every certificate of machine-d, the harness's Node Manager's included.
+    let r = admin.revoke_machine("machine-d").await.unwrap();
+    assert!(r.serials.len() >= 4, "two enrollments, two certificates each: {r:?}");
+    wait_until(PATIENCE, "machine-c's Node Manager to refuse revoked machine-d", || async {
+        h.nm_client_as("machine-c", &creds).health().await.is_err()
+    })
+    .await
+    .unwrap();
+    // A server certificate machine-d's issuing key signed is refused too.
+    let ms9 = h.server_credentials("machine-d", "ms1").unwrap();
+    let e = h.nm_client_as("machine-c", &ms9).health().await.unwrap_err();
+    assert!(e.is_unreachable(), "{e}");
+    // The admin no longer talks to machine-d's Node Manager, and says why it cannot.
+    wait_until(PATIENCE, "the admin to see machine-d as unreachable", || async {
+        admin.machines().await.map(|ms| ms.iter().any(|m| m.name == "machine-d" && !m.reachable)).unwrap_or(false)
+    })
+    .await
+    .unwrap();
+    // The rest of the domain runs on.
+    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
+    h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    let events = admin.events(0).await.unwrap();
+    assert!(events.iter().any(|e| e.kind == "machine-revoked"), "the revocation is in the event log");
+}
