@@ -168,8 +168,18 @@ async fn start(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Re
     }
 }
 
-async fn stop(State(s): State<Arc<AdminState>>, Path(name): Path<String>, body: Option<Json<StopRequest>>) -> Response {
-    let force = body.map(|b| b.0.force).unwrap_or(false);
+async fn stop(State(s): State<Arc<AdminState>>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+    // The body is optional (`{}` or nothing: a graceful stop); when given it must be right.
+    let force = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        false
+    } else {
+        match serde_json::from_slice::<StopRequest>(&body) {
+            Ok(r) => r.force,
+            Err(e) => {
+                return error(400, format!("bad stop request (expected {{\"force\": true|false}} or nothing): {e}"))
+            }
+        }
+    };
     match s.stop_server(&name, force).await {
         Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
         Err(e) => e.into_response(),

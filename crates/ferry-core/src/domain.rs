@@ -288,12 +288,12 @@ impl Domain {
                     }
                     None => (None, None),
                 };
-                return Err(errs(vec![ConfigError {
-                    field: String::new(),
-                    line,
-                    column,
-                    message: e.message().trim().to_string(),
-                }]));
+                // Some TOML errors (a lone carriage return) come without a message of their own.
+                let message = match e.message().trim() {
+                    "" => "not valid TOML here (a stray character or line ending?)".to_string(),
+                    m => m.to_string(),
+                };
+                return Err(errs(vec![ConfigError { field: String::new(), line, column, message }]));
             }
         };
         let mut problems = domain.problems();

@@ -329,3 +329,115 @@ fn migratable_server_needs_a_candidate() {
     // ms2 has auto_migration = false: no candidate needed.
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+// ---- hostile domain files (the fuzz target of the parser, as a property test) ----
+
+mod parser_fuzz {
+    use ferry_core::domain::Domain;
+    use proptest::prelude::*;
+
+    /// A valid domain: the mutations below start from it, so most cases get past the TOML
+    /// parser into validation, where the interesting code is.
+    const SEED: &str = include_str!("../../../examples/domain.toml");
+
+    /// Every parse ends in a domain or in errors whose lines exist in the text; none panics.
+    fn check(text: &str) {
+        match Domain::parse("fuzz.toml", text) {
+            Ok(d) => {
+                // Whatever parses also re-validates and round-trips through TOML.
+                let again = toml::to_string(&d).expect("a parsed domain serializes");
+                Domain::parse("again.toml", &again).expect("a parsed domain parses again");
+            }
+            Err(errs) => {
+                assert!(!errs.errors.is_empty(), "an error without a message");
+                let lines = text.lines().count().max(1) + 1;
+                for e in &errs.errors {
+                    assert!(!e.message.is_empty(), "an empty error message");
+                    if let Some(l) = e.line {
+                        assert!(l >= 1 && l <= lines, "line {l} of a {lines}-line file: {e:?}");
+                    }
+                }
+                // The display names the file.
+                assert!(errs.to_string().contains("fuzz.toml"));
+            }
+        }
+    }
+
+    fn fuzz_cases(default: u32) -> u32 {
+        std::env::var("FERRY_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    /// Edits of the seed: delete, duplicate or swap lines, replace a value, insert bytes.
+    fn mutate() -> impl Strategy<Value = String> {
+        let lines: Vec<String> = SEED.lines().map(String::from).collect();
+        let n = lines.len();
+        let values = prop_oneof![
+            Just("\"\"".to_string()),
+            Just("-1".to_string()),
+            Just("18446744073709551616".to_string()),
+            Just("\"999999999999h\"".to_string()),
+            Just("\"0s\"".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("\"../../etc/passwd\"".to_string()),
+            Just("\"256.1.1.1:99999\"".to_string()),
+            Just("\"\\u0000\"".to_string()),
+            Just("true".to_string()),
+            "\"[a-z._-]{0,70}\"".prop_map(|s| s),
+            any::<i64>().prop_map(|v| v.to_string()),
+        ];
+        let edit = prop_oneof![
+            (0..n).prop_map(|i| (0u8, i, 0usize, String::new())),
+            (0..n, 0..n).prop_map(|(i, j)| (1u8, i, j, String::new())),
+            (0..n, 0..n).prop_map(|(i, j)| (2u8, i, j, String::new())),
+            (0..n, values).prop_map(|(i, v)| (3u8, i, 0, v)),
+            (0..n, any::<Vec<u8>>()).prop_map(|(i, b)| (4u8, i, 0, String::from_utf8_lossy(&b).into_owned())),
+        ];
+        proptest::collection::vec(edit, 1..6).prop_map(move |edits| {
+            let mut l = lines.clone();
+            for (kind, i, j, v) in edits {
+                if l.is_empty() {
+                    break;
+                }
+                let (i, j) = (i % l.len(), j % l.len());
+                match kind {
+                    0 => {
+                        l.remove(i);
+                    }
+                    1 => {
+                        let dup = l[i].clone();
+                        l.insert(j, dup);
+                    }
+                    2 => l.swap(i, j),
+                    3 => {
+                        if let Some((k, _)) = l[i].split_once('=') {
+                            l[i] = format!("{k}= {v}");
+                        }
+                    }
+                    _ => l[i].push_str(&v),
+                }
+            }
+            l.join("\n")
+        })
+    }
+
+    proptest! {
+        // FERRY_FUZZ_CASES=200000 for a long run.
+        #![proptest_config(ProptestConfig { cases: fuzz_cases(1500), failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn mutated_domain_files_never_panic_and_errors_have_real_lines(text in mutate()) {
+            check(&text);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in ".{0,400}") {
+            check(&text);
+        }
+    }
+
+    #[test]
+    fn the_seed_is_valid() {
+        Domain::parse("examples/domain.toml", SEED).expect("examples/domain.toml parses");
+    }
+}
