@@ -198,6 +198,8 @@ pub enum Reply {
     /// The outcome of [`Report::Renew`] `id`: renewed, lost (another owner, expired: fence),
     /// or failed (the table did not answer: retry).
     Renewed { id: u64, outcome: RenewOutcome, detail: String },
+    /// A fresh certificate, for [`Report::Certificate`].
+    Certificate { credentials: ferry_tls::Credentials },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +246,9 @@ pub enum Report {
     /// Renew this lease in the Node Manager's next batch (one `renew_many` for all its
     /// servers). The server took its deadline's `t0` before sending this (rule 2).
     Renew { id: u64, lease: String, incarnation: String, epoch: u64, ttl_ms: u64 },
+    /// Half the server's certificate's life has passed: asks its Node Manager for a fresh
+    /// one (answered with [`Reply::Certificate`]).
+    Certificate,
     /// The server is about to exit with `code` (for an adopted server, which the Node
     /// Manager cannot wait for).
     Exiting { code: i32 },

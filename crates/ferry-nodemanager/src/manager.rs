@@ -658,6 +658,20 @@ impl Nm {
                 self.renewal_wake.notify_one();
                 continue;
             }
+            if let Ok(Report::Certificate) = serde_json::from_str::<Report>(&l) {
+                // A fresh certificate for the server this connection said hello as.
+                match self.tls.issuer.issue_server(server.as_str(), &self.tls.creds.ca_pem) {
+                    Ok(credentials) => {
+                        if let Ok(mut line) = serde_json::to_vec(&ferry_api::Reply::Certificate { credentials }) {
+                            line.push(b'\n');
+                            let mut w = write.lock().await;
+                            let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&line)).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot issue a fresh certificate for {server}: {e}"),
+                }
+                continue;
+            }
             self.on_report(&server, &incarnation, &l);
         }
     }
@@ -810,7 +824,7 @@ impl Nm {
                 }
             }
             Report::Running => self.set_state(server, "RUNNING"),
-            Report::Hello { .. } | Report::Renew { .. } => {}
+            Report::Hello { .. } | Report::Renew { .. } | Report::Certificate => {}
             Report::Exiting { code } => {
                 if let Ok(mut procs) = self.procs.lock() {
                     if let Some(p) = procs.get_mut(server).filter(|p| current(p)) {

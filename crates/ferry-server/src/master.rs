@@ -128,6 +128,11 @@ impl MasterRole {
         }
     }
 
+    /// Drops the kept Node Manager clients (the server's certificate changed).
+    pub fn forget_clients(&mut self) {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// A client of a Node Manager, kept per machine, address and timeouts so its TLS
     /// connection is reused across pings and commands.
     fn client(

@@ -249,6 +249,14 @@ struct Runtime {
     next_renew_id: u64,
     /// After the Node Manager failed a renewal, this many renewals go straight to the table.
     direct_renewals: u32,
+    /// When to ask the Node Manager for a fresh certificate (half its life).
+    cert_refresh_at: Option<Mono>,
+}
+
+/// When a certificate with `creds`' remaining life should be replaced: at half of it.
+fn refresh_at(now: Mono, creds: &Option<ferry_tls::Credentials>) -> Option<Mono> {
+    let left_s = creds.as_ref()?.expires_in_s().ok()?;
+    Some(now + (left_s.max(0) as u64) * 500)
 }
 
 /// Renewals that go straight to the lease table after the Node Manager failed one.
@@ -277,6 +285,7 @@ impl Runtime {
             renew_pending: None,
             next_renew_id: 0,
             direct_renewals: 0,
+            cert_refresh_at: None,
         }
     }
 
@@ -288,8 +297,14 @@ impl Runtime {
                 return EXIT_CONFIG;
             }
         };
+        self.cert_refresh_at = refresh_at(clock::now(), &self.ctx.credentials);
         loop {
             let now = clock::now();
+            if self.cert_refresh_at.is_some_and(|at| now >= at) {
+                // Ask again in a minute if no answer comes (the Node Manager may be down).
+                self.cert_refresh_at = Some(now + 60_000);
+                crate::channel::send(&Report::Certificate);
+            }
             let actions = self.keeper.tick(now);
             if let Flow::Exit(code) = self.on_keeper(actions).await {
                 return code;
@@ -356,6 +371,18 @@ impl Runtime {
                     Err(e) => self.keeper.on_renew_failed(now, ferry_store::chain(&e)),
                 };
                 self.on_keeper(actions).await
+            }
+            Msg::Reply(ferry_api::Reply::Certificate { credentials }) => {
+                if credentials.identity().ok() == Some(ferry_tls::Identity::Server(self.ctx.name.to_string())) {
+                    let left_h = credentials.expires_in_s().unwrap_or(0) / 3600;
+                    self.ctx.credentials = Some(credentials);
+                    self.cert_refresh_at = refresh_at(now, &self.ctx.credentials);
+                    if let Some(m) = self.master.as_mut() {
+                        m.forget_clients();
+                    }
+                    tracing::info!("{}: a fresh certificate from the Node Manager (valid {left_h} h)", self.ctx.name);
+                }
+                Flow::Continue
             }
             Msg::Reply(ferry_api::Reply::Renewed { id, outcome, detail }) => {
                 if self.renew_pending != Some(id) {

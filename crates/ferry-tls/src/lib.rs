@@ -355,7 +355,13 @@ impl MachineIssuer {
     /// A short-lived certificate (and key) for `server`, chained to this machine.
     pub fn issue_server(&self, server: &str, ca_pem: &str) -> Result<Credentials, TlsError> {
         let key = KeyPair::generate().map_err(cert_err)?;
-        let not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(SERVER_HOURS);
+        // FERRY_SERVER_CERT_SECONDS: a shorter life, for tests of the refresh.
+        let life = std::env::var("FERRY_SERVER_CERT_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|s| *s > 0)
+            .map_or(time::Duration::hours(SERVER_HOURS), time::Duration::seconds);
+        let not_after = time::OffsetDateTime::now_utc() + life;
         let cert = leaf_params(&Identity::Server(server.into()), not_after)?
             .signed_by(&key, &self.issuer)
             .map_err(cert_err)?;

@@ -49,6 +49,8 @@ pub struct DomainSpec {
     pub interfaces: Vec<(String, String)>,
     /// Lab only: a server whose floating IP is not the lab's next one.
     pub floating_ips: Vec<(String, std::net::Ipv4Addr)>,
+    /// Extra environment of every daemon this harness starts (test knobs).
+    pub env: Vec<(String, String)>,
 }
 
 impl DomainSpec {
@@ -73,6 +75,7 @@ impl DomainSpec {
             ifconfig_hooks: Vec::new(),
             interfaces: Vec::new(),
             floating_ips: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -158,10 +161,12 @@ impl Harness {
     }
 
     fn spawn(&mut self, args: Vec<String>, tag: String, log: &str) -> anyhow::Result<()> {
+        let mut env = vec![(TAG_VAR.into(), tag), ("FERRY_LOG".into(), "info".into())];
+        env.extend(self.spec.env.iter().cloned());
         let spec = process::SpawnSpec {
             program: self.exe.clone(),
             args,
-            env: vec![(TAG_VAR.into(), tag), ("FERRY_LOG".into(), "info".into())],
+            env,
             log_file: Some(self.dir.join("logs").join(log)),
             new_group: true,
             ..Default::default()

@@ -1171,3 +1171,27 @@ async fn every_http_body_survives_random_input() {
     assert_eq!(before, after, "the servers were disturbed");
     assert_eq!(h.admin().domain().await.unwrap().version, version, "a random body changed the configuration");
 }
+
+/// Servers' certificates are short-lived: a server asks its Node Manager for a fresh one at
+/// half its life, over the local channel, and as cluster master keeps commanding Node
+/// Managers with it. Here a certificate lives 6 s (a week in production).
+#[tokio::test]
+async fn servers_refresh_their_short_lived_certificates_and_the_master_still_commands() {
+    let _g = SERIAL.lock().await;
+    let mut s = spec();
+    s.env.push(("FERRY_SERVER_CERT_SECONDS".into(), "6".into()));
+    let h = Harness::start(s, exe(), None).await.expect("domain starts");
+    h.admin().start_cluster("cluster-1").await.unwrap();
+    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
+    h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    // Three lifetimes: every certificate the servers started with has expired by then.
+    let log = h.dir.join("data/nm-machine-b/servers/ms1/server.log");
+    wait_until(Duration::from_secs(60), "ms1 to take its third fresh certificate", || async {
+        std::fs::read_to_string(&log).map(|t| t.matches("a fresh certificate").count() >= 3).unwrap_or(false)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+    // The master (ms1) still commands: machine-c dies, ms2 comes back on machine-d.
+    h.kill_machine("machine-c");
+    h.wait_running_on("ms2", "machine-d", PATIENCE).await.expect("the master moved ms2 with a fresh certificate");
+}
