@@ -30,12 +30,25 @@
 //!   WHERE name = ANY(...)` per TTL (they share their new times) and commit. Each lease's
 //!   outcome is the one `renew` would give.
 //! - **Pool:** a few connections per process (made on demand, [`DEFAULT_POOL_SIZE`]), so a
-//!   daemon's renewals do not queue behind its scans. Connections are plain TCP or Unix
-//!   socket today; `Transport` is where a TLS connector goes.
+//!   daemon's renewals do not queue behind its scans.
+//! - **TLS as libpq:** `sslmode=disable|allow|prefer|require|verify-ca|verify-full` and
+//!   `sslrootcert=PATH` in the data source (tokio-postgres parses neither `verify-*` nor
+//!   `sslrootcert`, so `tls.rs` takes them out of the URL first). The default is `prefer`:
+//!   TLS when the server offers it, else plain. `require` insists on TLS and, when a root
+//!   certificate is found (`sslrootcert`, [`PostgresOptions::ssl_root_cert`], `PGSSLROOTCERT`,
+//!   else `~/.postgresql/root.crt` if it exists), checks the server's certificate chain
+//!   against it *and* its host name, as `verify-full` does (stricter than libpq); without
+//!   one it encrypts without checking and the store warns once. `verify-ca` checks the
+//!   chain only; `verify-*` refuse to start without a root certificate. Unix sockets never
+//!   use TLS. rustls with the ring provider, TLS 1.2 and 1.3.
+//! - **Passwords from the environment:** without a password in the URL it comes from
+//!   `PGPASSWORD` or the password file (`PGPASSFILE`, else `~/.pgpass`, ignored unless mode
+//!   0600), as libpq finds it, so it need not appear on a command line.
 //!
 //! Needs PostgreSQL 14 or later (tested with 15): from 14 on, `extract(epoch ...)` is an
 //! exact numeric, so the millisecond arithmetic above is exact.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,13 +56,16 @@ use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName};
 use futures_util::future::{try_join, try_join3};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::rules::{self, CorruptRow, Refusal, Row, SchemaProblem, Take, Version};
 use crate::{AcquireRequest, LeaseStore, Renewal, Result, Scan, ScanCursor, StoreError};
+
+mod tls;
 
 /// The DDL `ferry leasing init` runs; idempotent.
 pub const SCHEMA_SQL: &str = include_str!("../schema/postgres.sql");
@@ -197,12 +213,23 @@ pub struct PostgresOptions {
     pub connect_timeout: Duration,
     /// Connections this store opens at most; calls beyond it wait (within their timeout).
     pub pool_size: usize,
+    /// The PEM file of the CA certificate(s) the server's TLS certificate is checked against
+    /// (see the module docs for when). `sslrootcert=PATH` in the data source takes
+    /// precedence; `None` means libpq's rule: `PGSSLROOTCERT`, else `~/.postgresql/root.crt`
+    /// if it exists ([`PostgresStore::open_with`] looks there).
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 impl PostgresOptions {
-    /// The defaults for a call timeout: connect within it, [`DEFAULT_POOL_SIZE`] connections.
+    /// The defaults for a call timeout: connect within it, [`DEFAULT_POOL_SIZE`] connections,
+    /// the root certificate from the environment.
     pub fn new(call_timeout: Duration) -> PostgresOptions {
-        PostgresOptions { call_timeout, connect_timeout: call_timeout, pool_size: DEFAULT_POOL_SIZE }
+        PostgresOptions {
+            call_timeout,
+            connect_timeout: call_timeout,
+            pool_size: DEFAULT_POOL_SIZE,
+            ssl_root_cert: None,
+        }
     }
 }
 
@@ -234,10 +261,16 @@ impl PostgresStore {
     /// [`PostgresStore::open`] with explicit options.
     ///
     /// The URL is parsed by tokio-postgres (`postgres://USER:PASSWORD@HOST:PORT/DATABASE?
-    /// options`, several hosts, `host=/socket/dir`). Without a password in the URL, the
-    /// password comes from `PGPASSWORD` or the password file (`PGPASSFILE`, else
-    /// `~/.pgpass`), as with libpq; without a user, from `PGUSER`, else the OS user.
-    pub async fn open_with(data_source: &str, options: PostgresOptions) -> Result<PostgresStore> {
+    /// options`, several hosts, `host=/socket/dir`), after `sslmode` and `sslrootcert` are
+    /// taken out (see the module docs). Without a password in the URL, the password comes
+    /// from `PGPASSWORD` or the password file (`PGPASSFILE`, else `~/.pgpass`), as with
+    /// libpq; without a user, from `PGUSER`, else the OS user. Without
+    /// `options.ssl_root_cert`, the root certificate comes from `PGSSLROOTCERT`, else
+    /// `~/.postgresql/root.crt` if it exists.
+    pub async fn open_with(data_source: &str, mut options: PostgresOptions) -> Result<PostgresStore> {
+        if options.ssl_root_cert.is_none() {
+            options.ssl_root_cert = tls::root_cert_from_env();
+        }
         let pool = Arc::new(Pool::new(data_source, &options)?);
         let store = PostgresStore { pool, call_timeout: options.call_timeout };
         store
@@ -247,6 +280,17 @@ impl PostgresStore {
                 Ok(())
             })
             .await?;
+        if store.pool.unverified {
+            // Once per store, and only once it works (a lazy store retries failed opens).
+            tracing::warn!(
+                data_source = %store.pool.names.data_source,
+                "the PostgreSQL lease table is reached over TLS without checking the server's \
+                 certificate (sslmode=require and no root certificate), so anyone on the path \
+                 can pose as the database; to check it, give the CA certificate with \
+                 sslrootcert=PATH in the data source, PGSSLROOTCERT or ~/.postgresql/root.crt \
+                 (and use sslmode=verify-full)"
+            );
+        }
         Ok(store)
     }
 
@@ -728,28 +772,37 @@ async fn read_version(c: &Client) -> Result<Version, Failure> {
 
 // ---- the pool ----
 
-/// How connections are made. A TLS connector (tokio-postgres-rustls or -native-tls)
-/// becomes a second variant; nothing else in this file needs to change.
-#[derive(Debug, Clone)]
+/// How connections are made (`tls.rs` decides which).
+#[derive(Clone)]
 enum Transport {
     /// TCP or a Unix socket without TLS.
     Plain,
+    /// TLS, negotiated as the config's `ssl_mode` says (`Prefer`: falls back to plain when
+    /// the server does not offer it; `Require`: fails), checked as the connector says.
+    Tls(MakeRustlsConnect),
 }
 
 impl Transport {
     async fn connect(&self, config: &Config) -> Result<Client, tokio_postgres::Error> {
         match self {
-            Transport::Plain => {
-                let (client, connection) = config.connect(NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "PostgreSQL connection ended");
-                    }
-                });
-                Ok(client)
-            }
+            Transport::Plain => Ok(drive(config.connect(NoTls).await?)),
+            Transport::Tls(connector) => Ok(drive(config.connect(connector.clone()).await?)),
         }
     }
+}
+
+/// Runs a connection's I/O on its own task; the client is what the pool keeps.
+fn drive<S, T>((client, connection): (Client, tokio_postgres::Connection<S, T>)) -> Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    client
 }
 
 /// What errors need to name: the data source (redacted), user, database and address.
@@ -759,6 +812,8 @@ struct Names {
     user: String,
     database: String,
     target: String,
+    /// The root certificate file the server's certificate is checked against, if any.
+    root_cert: Option<String>,
     /// The call timeout.
     timeout_ms: u64,
 }
@@ -773,6 +828,8 @@ struct Pool {
     slots: Arc<Semaphore>,
     size: usize,
     names: Names,
+    /// TLS without checking the server's certificate (`sslmode=require`, no root file).
+    unverified: bool,
 }
 
 struct Conn {
@@ -794,15 +851,8 @@ impl Pool {
         let redacted = redact(data_source);
         let refuse =
             |problem: PgProblem| StoreError::Unavailable { data_source: redacted.clone(), source: Box::new(problem) };
-        let mut config: Config = data_source.parse().map_err(|e| refuse(PgProblem::Url(e)))?;
-        let transport = match config.get_ssl_mode() {
-            SslMode::Require => return Err(refuse(PgProblem::TlsRequired)),
-            // Nothing to negotiate without a TLS connector.
-            _ => {
-                config.ssl_mode(SslMode::Disable);
-                Transport::Plain
-            }
-        };
+        let (url, tls_params) = tls::take_params(data_source).map_err(&refuse)?;
+        let mut config: Config = url.parse().map_err(|e| refuse(PgProblem::Url(e)))?;
         if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
             // libpq's default: the local Unix socket.
             let socket_dir = std::path::Path::new("/var/run/postgresql");
@@ -824,6 +874,24 @@ impl Pool {
                 config.password(password);
             }
         }
+        let unix_only =
+            config.get_hostaddrs().is_empty() && config.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)));
+        let root_cert = tls_params.root_cert.as_deref().or(options.ssl_root_cert.as_deref());
+        let decision = tls::decide(&tls_params, root_cert, unix_only).map_err(&refuse)?;
+        config.ssl_mode(decision.ssl_mode);
+        let transport = match decision.connector {
+            Some(connector) => {
+                if config.get_hosts().is_empty() {
+                    // tokio-postgres takes the name to check the certificate against from
+                    // `host`; with addresses only, the address is that name.
+                    for addr in config.get_hostaddrs().to_vec() {
+                        config.host(addr.to_string());
+                    }
+                }
+                Transport::Tls(connector)
+            }
+            None => Transport::Plain,
+        };
         if config.get_application_name().is_none() {
             config.application_name("ferry");
         }
@@ -849,6 +917,7 @@ impl Pool {
             target: target(&config),
             user,
             database,
+            root_cert: decision.root_cert.map(|p| p.display().to_string()),
             timeout_ms: u64::try_from(options.call_timeout.as_millis()).unwrap_or(u64::MAX),
         };
         Ok(Pool {
@@ -859,6 +928,7 @@ impl Pool {
             slots: Arc::new(Semaphore::new(size)),
             size,
             names,
+            unverified: decision.unverified,
         })
     }
 
@@ -1079,6 +1149,17 @@ impl Failure {
             Failure::PoolClosed => unavailable(PgProblem::PoolClosed),
             Failure::Connect(e) => {
                 let user = names.user.clone();
+                let target = names.target.clone();
+                if let Some(failure) = tls::failure(&e) {
+                    let root = names.root_cert.clone().unwrap_or_else(|| "(none)".to_string());
+                    return unavailable(match failure {
+                        tls::TlsFailure::NotOffered => PgProblem::TlsNotOffered { target },
+                        tls::TlsFailure::Untrusted => PgProblem::CertUntrusted { target, root, source: e },
+                        tls::TlsFailure::WrongHost => PgProblem::CertWrongHost { target, source: e },
+                        tls::TlsFailure::Refused => PgProblem::CertRefused { target, source: e },
+                        tls::TlsFailure::Handshake => PgProblem::Tls { target, source: e },
+                    });
+                }
                 match e.code() {
                     Some(c)
                         if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
@@ -1144,10 +1225,84 @@ enum PgProblem {
     )]
     Url(#[source] tokio_postgres::Error),
     #[error(
-        "the data source asks for TLS (sslmode=require), which ferry does not support yet; \
-         use sslmode=disable or prefer"
+        "sslmode={value} is not known; use disable, allow, prefer (the default), require, \
+         verify-ca or verify-full"
     )]
-    TlsRequired,
+    SslModeUnknown { value: String },
+    #[error(
+        "sslrootcert=system (the operating system's trusted roots) is not supported; give the \
+         path of a PEM file holding the CA certificate(s) that signed the server's certificate"
+    )]
+    RootCertSystem,
+    #[error(
+        "sslmode={mode} checks the server's certificate, but no root certificate was given; \
+         set sslrootcert=PATH in the data source or PGSSLROOTCERT, or put the CA certificate \
+         in ~/.postgresql/root.crt (sslmode=require encrypts without checking)"
+    )]
+    NoRootCert { mode: &'static str },
+    #[error(
+        "cannot read the root certificate file {path}; check the path (sslrootcert in the \
+         data source, PGSSLROOTCERT or ~/.postgresql/root.crt) and its permissions"
+    )]
+    RootCertUnreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the root certificate file {path} holds no usable PEM certificate; it must hold the \
+         CA certificate(s) that signed the server's certificate, in PEM"
+    )]
+    RootCertInvalid {
+        path: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("cannot set up TLS")]
+    TlsSetup(#[source] rustls::Error),
+    #[error(
+        "the PostgreSQL server at {target} does not offer TLS, which the data source requires \
+         (sslmode=require, verify-ca or verify-full); turn ssl on in the server's \
+         postgresql.conf, or use sslmode=prefer to allow plain connections"
+    )]
+    TlsNotOffered { target: String },
+    #[error(
+        "the certificate of the PostgreSQL server at {target} is not trusted: no certificate \
+         in the root certificate file {root} issued it; put the CA certificate that signed \
+         the server's certificate in that file, or name the right file (sslrootcert=PATH in \
+         the data source, PGSSLROOTCERT)"
+    )]
+    CertUntrusted {
+        target: String,
+        root: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the certificate of the PostgreSQL server at {target} is not valid for that host \
+         name; connect by a name the certificate lists, or use sslmode=verify-ca to check \
+         the issuer only"
+    )]
+    CertWrongHost {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the certificate of the PostgreSQL server at {target} was refused; if it has expired \
+         or is not valid yet, renew it or check this machine's clock"
+    )]
+    CertRefused {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("the TLS handshake with the PostgreSQL server at {target} failed")]
+    Tls {
+        target: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error(
         "cannot connect to the PostgreSQL server at {target}; check that it runs and \
          accepts connections there"
@@ -1244,14 +1399,60 @@ mod tests {
     #[test]
     fn urls_that_cannot_work_are_refused_before_connecting() {
         let options = PostgresOptions::new(Duration::from_secs(1));
-        let err = Pool::new("postgres://u:pw@db/x?sslmode=require", &options).err();
-        let text = err.map(|e| chain(&e)).unwrap_or_default();
-        assert!(text.contains("sslmode=require"), "{text}");
-        assert!(!text.contains("pw"), "{text}");
-        let err = Pool::new("postgres://u:pw@db:notaport/x", &options).err();
-        let text = err.map(|e| chain(&e)).unwrap_or_default();
+        let refused = |url: &str| Pool::new(url, &options).err().map(|e| chain(&e)).unwrap_or_default();
+        let text = refused("postgres://u:s3cret@db:notaport/x");
         assert!(text.contains("not a valid PostgreSQL URL"), "{text}");
-        assert!(!text.contains("pw"), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        let text = refused("postgres://u:s3cret@db/x?sslmode=verify");
+        assert!(text.contains("sslmode=verify is not known"), "{text}");
+        assert!(text.contains("postgres://u:***@db/x?sslmode=verify"), "{text}");
+        let text = refused("postgres://u:s3cret@db/x?sslmode=verify-full");
+        assert!(text.contains("sslmode=verify-full checks the server's certificate"), "{text}");
+        assert!(text.contains("sslrootcert=PATH") && text.contains("PGSSLROOTCERT"), "{text}");
+        let text = refused("postgres://u:s3cret@db/x?sslmode=require&sslrootcert=/no/such/ca.pem");
+        assert!(text.contains("cannot read the root certificate file /no/such/ca.pem"), "{text}");
+        let text = refused("postgres://db/x?sslmode=verify-full&sslrootcert=system");
+        assert!(text.contains("sslrootcert=system"), "{text}");
+        let text = refused("postgres://db/x?sslcert=/client.pem");
+        assert!(text.contains("unknown option `sslcert`"), "{text}");
+        for url in ["postgres://u:pw@db/x?sslmode=require", "postgres://u:pw@db/x?sslmode=disable"] {
+            assert!(Pool::new(url, &options).is_ok(), "{url}");
+        }
+        // The root certificate of the options is checked when TLS needs it.
+        let options = PostgresOptions { ssl_root_cert: Some("/no/such/root.crt".into()), ..options };
+        let text =
+            Pool::new("postgres://db/x?sslmode=verify-ca", &options).err().map(|e| chain(&e)).unwrap_or_default();
+        assert!(text.contains("/no/such/root.crt"), "{text}");
+        // Unix sockets never use TLS, as with libpq: nothing to check, no root file needed.
+        let pool = Pool::new("postgres:///x?host=/run/postgresql&sslmode=verify-full", &options).ok();
+        assert!(pool.is_some_and(|p| matches!(p.transport, Transport::Plain) && !p.unverified));
+    }
+
+    #[tokio::test]
+    async fn sessions_over_tls_are_encrypted_and_verified() {
+        let Some(pg) = crate::testing::PgServer::start_with_tls_or_skip() else {
+            return;
+        };
+        let Some(ca) = pg.ca_cert_path() else {
+            panic!("a TLS test server has a CA");
+        };
+        let options = PostgresOptions { ssl_root_cert: Some(ca), ..PostgresOptions::new(Duration::from_secs(10)) };
+        let store =
+            PostgresStore::open_with(&format!("{}?sslmode=require", pg.url()), options).await.expect("open over TLS");
+        assert!(!store.pool.unverified);
+        let Ok(lent) = store.pool.lend(Check::Nothing).await else {
+            panic!("no connection from the pool");
+        };
+        let Ok(c) = lent.client() else {
+            panic!("the lent connection is gone");
+        };
+        let row = c
+            .query_one("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+            .await
+            .expect("pg_stat_ssl");
+        assert!(row.get::<_, bool>(0), "the store's own session is not encrypted");
+        let version: String = row.get(1);
+        assert!(version.starts_with("TLSv1.") && version != "TLSv1.1", "{version}");
     }
 
     #[test]

@@ -24,6 +24,11 @@
 //! Without the binaries, [`PgServer::start`] fails with [`PgServerError::NotFound`]; tests
 //! call [`PgServer::start_or_skip`], which prints why they did not run and lets them return
 //! early, except under `CI=true`, where a missing server fails the test loudly.
+//!
+//! [`PgServer::start_with_tls`] starts a server with `ssl=on` and a certificate for
+//! `localhost` and `127.0.0.1` from a throw-away CA ([`TestCa`]) made for that server alone;
+//! [`PgServer::ca_cert_path`] is the CA's PEM file, the root certificate clients check the
+//! server against. Plain and TLS connections are both accepted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -94,12 +99,25 @@ pub struct PgServer {
     port: u16,
     running: bool,
     frozen: bool,
+    /// Whether the server runs with `ssl=on` (its files are in `tls/`).
+    tls: bool,
 }
 
 impl PgServer {
     /// Starts a new server on a free port of 127.0.0.1 with trust authentication for
     /// [`SUPERUSER`], a database [`DATABASE`], and `fsync=on` (rule 8 is tested for real).
     pub fn start() -> Result<PgServer> {
+        PgServer::start_as(false)
+    }
+
+    /// [`PgServer::start`] with `ssl=on` and a server certificate for `localhost` and
+    /// `127.0.0.1` issued by a new throw-away CA, whose certificate is at
+    /// [`PgServer::ca_cert_path`].
+    pub fn start_with_tls() -> Result<PgServer> {
+        PgServer::start_as(true)
+    }
+
+    fn start_as(tls: bool) -> Result<PgServer> {
         let bin = find_binaries()?;
         let Template { dir: template, major } = template(&bin)?;
         let dir = tempfile::Builder::new()
@@ -114,7 +132,10 @@ impl PgServer {
         let sock = dir.path().join("sock");
         std::fs::create_dir(&sock).map_err(io("cannot create the socket directory"))?;
         hand_to_postgres(&sock)?;
-        let mut server = PgServer { bin, major, dir, port: 0, running: false, frozen: false };
+        if tls {
+            write_tls_files(&dir.path().join("tls"))?;
+        }
+        let mut server = PgServer { bin, major, dir, port: 0, running: false, frozen: false, tls };
         // Another process may take the port between our probe and the server's bind.
         let mut last = None;
         for _ in 0..5 {
@@ -133,14 +154,18 @@ impl PgServer {
     /// [`PgServer::start`], or `None` after printing why not when the binaries are missing
     /// outside CI. Panics on any other failure (and, under `CI=true`, on missing binaries).
     pub fn start_or_skip() -> Option<PgServer> {
-        match PgServer::start() {
-            Ok(server) => Some(server),
-            Err(e) if e.is_skip() => {
-                eprintln!("skipping: {e}");
-                None
-            }
-            Err(e) => panic!("cannot start a PostgreSQL server for the test: {e}"),
-        }
+        or_skip(PgServer::start())
+    }
+
+    /// [`PgServer::start_with_tls`], skipping as [`PgServer::start_or_skip`] does.
+    pub fn start_with_tls_or_skip() -> Option<PgServer> {
+        or_skip(PgServer::start_with_tls())
+    }
+
+    /// The PEM file of the CA that issued the server's certificate (servers started with
+    /// [`PgServer::start_with_tls`] only).
+    pub fn ca_cert_path(&self) -> Option<PathBuf> {
+        self.tls.then(|| self.dir.path().join("tls").join("ca.crt"))
     }
 
     /// The data source of the superuser on the server's database:
@@ -263,6 +288,14 @@ impl PgServer {
             // takes a fraction of a second where fsync of each file takes seconds.
             options.push_str(" -c recovery_init_sync_method=syncfs");
         }
+        if self.tls {
+            let tls = self.dir.path().join("tls");
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                tls.join("server.crt").display(),
+                tls.join("server.key").display()
+            ));
+        }
         let log = self.dir.path().join("log");
         let log_arg = log.display().to_string();
         let result = self.pg_ctl(&["start", "-w", "-t", "60", "-l", &log_arg, "-o", &options], "pg_ctl start");
@@ -316,6 +349,89 @@ impl Drop for PgServer {
         }
         // The TempDir removes the directory after this.
     }
+}
+
+/// A server, or `None` after printing why not when the binaries are missing outside CI.
+fn or_skip(started: Result<PgServer>) -> Option<PgServer> {
+    match started {
+        Ok(server) => Some(server),
+        Err(e) if e.is_skip() => {
+            eprintln!("skipping: {e}");
+            None
+        }
+        Err(e) => panic!("cannot start a PostgreSQL server for the test: {e}"),
+    }
+}
+
+/// A throw-away certificate authority: issues test servers' certificates, and stands for
+/// the wrong CA in tests of refused certificates.
+pub struct TestCa {
+    cert_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa").finish_non_exhaustive()
+    }
+}
+
+impl TestCa {
+    /// A new CA with its own key; `name` is its common name.
+    pub fn new(name: &str) -> Result<TestCa> {
+        let key = rcgen::KeyPair::generate().map_err(cert("generating a CA key"))?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(cert("a CA certificate"))?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let cert_pem = params.self_signed(&key).map_err(cert("signing a CA certificate"))?.pem();
+        Ok(TestCa { cert_pem, issuer: rcgen::Issuer::new(params, key) })
+    }
+
+    /// The CA's certificate (PEM): the root certificate clients check servers against.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A server certificate for `names` (host names or IP addresses) and its private key,
+    /// both PEM.
+    pub fn server_cert(&self, names: &[&str]) -> Result<(String, String)> {
+        let key = rcgen::KeyPair::generate().map_err(cert("generating a server key"))?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).map_err(cert("a server certificate"))?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "ferry test PostgreSQL server");
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let signed = params.signed_by(&key, &self.issuer).map_err(cert("signing a server certificate"))?;
+        Ok((signed.pem(), key.serialize_pem()))
+    }
+}
+
+/// Writes `ca.crt`, `server.crt` and `server.key` (mode 0600, owned by the server's user,
+/// as PostgreSQL insists) into `dir`, a new directory.
+fn write_tls_files(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    std::fs::create_dir(dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    hand_to_postgres(dir)?;
+    let ca = TestCa::new("ferry test CA")?;
+    let (cert_pem, key_pem) = ca.server_cert(&["localhost", "127.0.0.1"])?;
+    for (name, text, mode) in [
+        ("ca.crt", ca.cert_pem(), 0o644),
+        ("server.crt", cert_pem.as_str(), 0o644),
+        ("server.key", key_pem.as_str(), 0o600),
+    ] {
+        let path = dir.join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(io(format!("cannot create {}", path.display())))?;
+        file.write_all(text.as_bytes()).map_err(io(format!("cannot write {}", path.display())))?;
+        hand_to_postgres(&path)?;
+    }
+    Ok(())
 }
 
 /// The child processes of `parent`, from /proc.
@@ -544,6 +660,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<String> {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgServerError {
     let what = what.into();
     move |source| PgServerError::Io { what, source }
+}
+
+fn cert(what: &str) -> impl FnOnce(rcgen::Error) -> PgServerError + '_ {
+    move |e| PgServerError::Command { what: format!("making a test certificate ({what})"), detail: e.to_string() }
 }
 
 fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> PgServerError {
