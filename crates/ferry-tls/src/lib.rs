@@ -352,16 +352,26 @@ impl MachineIssuer {
         Ok(MachineIssuer { cert_pem: cert_pem.to_string(), issuer })
     }
 
-    /// A short-lived certificate (and key) for `server`, chained to this machine.
+    /// A short-lived certificate (and key) for `server`, chained to this machine: valid
+    /// [`SERVER_HOURS`], or `FERRY_SERVER_CERT_SECONDS` (tests of the refresh).
     pub fn issue_server(&self, server: &str, ca_pem: &str) -> Result<Credentials, TlsError> {
-        let key = KeyPair::generate().map_err(cert_err)?;
-        // FERRY_SERVER_CERT_SECONDS: a shorter life, for tests of the refresh.
         let life = std::env::var("FERRY_SERVER_CERT_SECONDS")
             .ok()
-            .and_then(|v| v.parse::<i64>().ok())
+            .and_then(|v| v.parse::<u64>().ok())
             .filter(|s| *s > 0)
-            .map_or(time::Duration::hours(SERVER_HOURS), time::Duration::seconds);
-        let not_after = time::OffsetDateTime::now_utc() + life;
+            .map_or(std::time::Duration::from_secs(SERVER_HOURS as u64 * 3600), std::time::Duration::from_secs);
+        self.issue_server_for(server, ca_pem, life)
+    }
+
+    /// [`MachineIssuer::issue_server`] with a life of the caller's choosing.
+    pub fn issue_server_for(
+        &self,
+        server: &str,
+        ca_pem: &str,
+        life: std::time::Duration,
+    ) -> Result<Credentials, TlsError> {
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let not_after = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(life.as_millis() as i64);
         let cert = leaf_params(&Identity::Server(server.into()), not_after)?
             .signed_by(&key, &self.issuer)
             .map_err(cert_err)?;

@@ -160,3 +160,16 @@ async fn a_revoked_machine_and_the_servers_it_issued_are_refused() {
     let got = talk(&nm_b, revoked.clone(), ms1.client_config(Expect::AnyPeer).unwrap()).await;
     assert_eq!(got.as_deref(), Ok("ferry:server:ms1"));
 }
+
+#[tokio::test]
+async fn an_expired_server_certificate_is_refused() {
+    let d = domain();
+    let (nm_b, issuer_b) = enroll(&d.ca, "b");
+    let short = issuer_b.issue_server_for("ms1", d.ca.cert_pem(), std::time::Duration::from_secs(1)).unwrap();
+    let got = talk(&nm_b, Revocations::default(), short.client_config(Expect::AnyPeer).unwrap()).await;
+    assert_eq!(got.as_deref(), Ok("ferry:server:ms1"), "valid for a second");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert!(short.expires_in_s().unwrap() < 0);
+    let got = talk(&nm_b, Revocations::default(), short.client_config(Expect::AnyPeer).unwrap()).await;
+    assert!(got.is_err(), "an expired certificate got in: {got:?}");
+}
