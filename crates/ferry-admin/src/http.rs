@@ -1,5 +1,6 @@
 //! The Administration Server's HTTP API, `/api/v1`, plus `/metrics`. Bad input gets a 4xx
-//! with `{error, detail}` and changes nothing.
+//! with `{error, detail}` and changes nothing. Every request passes [`auth::require`] first
+//! (operator tokens and roles); changes record the caller's token name in the event log.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,17 +10,19 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use ferry_api::{DomainUpdate, EnrollRequest, ErrorBody, Event, MigrateRequest, StopRequest};
-use ferry_core::ServerName;
-use ferry_host::files;
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use ferry_api::{DomainUpdate, EnrollRequest, ErrorBody, Event, MigrateRequest, StopRequest, TokenRequest};
+use ferry_core::{ServerName, TokenName};
+use ferry_host::{clock, files};
 use ferry_tls::PeerInfo;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use crate::auth;
 use crate::ops::ApiError;
 use crate::state::AdminState;
+use crate::tokens::Caller;
 
 /// The admin's routes over `state` (also used by tests with `oneshot`).
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -43,16 +46,24 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/pki/revoked", get(pki_revoked))
         .route("/api/v1/machines/{name}/enroll-token", post(enroll_token))
         .route("/api/v1/machines/{name}/revoke", post(revoke_machine))
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{name}", delete(revoke_token))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        // Outermost: nothing runs, not even body parsing, before the caller is known.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require))
         .with_state(state)
 }
 
 fn error(status: u16, msg: impl Into<String>) -> Response {
+    error_with(status, msg, serde_json::Value::Null)
+}
+
+pub(crate) fn error_with(status: u16, msg: impl Into<String>, detail: serde_json::Value) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Json(ErrorBody { error: msg.into(), detail: serde_json::Value::Null })).into_response()
+    (code, Json(ErrorBody { error: msg.into(), detail })).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -76,7 +87,7 @@ async fn not_found() -> Response {
 async fn index(State(s): State<Arc<AdminState>>) -> Response {
     let d = s.domain();
     let text = format!(
-        "ferry Administration Server of domain {} (configuration version {})\nAPI: /api/v1/servers, /api/v1/clusters, /api/v1/machines, /api/v1/leases, /api/v1/events, /metrics\n",
+        "ferry Administration Server of domain {} (configuration version {})\nAPI: /api/v1/servers, /api/v1/clusters, /api/v1/machines, /api/v1/leases, /api/v1/events, /api/v1/tokens, /metrics\n(every API call needs an operator token as `Authorization: Bearer TOKEN`)\n",
         d.domain.name, d.version
     );
     text.into_response()
@@ -86,7 +97,11 @@ async fn get_domain(State(s): State<Arc<AdminState>>) -> Response {
     Json(s.domain()).into_response()
 }
 
-async fn put_domain(State(s): State<Arc<AdminState>>, body: Result<Json<DomainUpdate>, JsonRejection>) -> Response {
+async fn put_domain(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<DomainUpdate>, JsonRejection>,
+) -> Response {
     let Json(update) = match body {
         Ok(b) => b,
         Err(e) => return error(e.status().as_u16(), format!("bad domain update: {}", e.body_text())),
@@ -120,7 +135,14 @@ async fn put_domain(State(s): State<Arc<AdminState>>, body: Result<Json<DomainUp
         Ok(v) => {
             let out = cfg.current.clone();
             drop(cfg);
-            s.event("config-changed", None, None, None, format!("configuration version {v} accepted"));
+            s.record(
+                "config-changed",
+                None,
+                None,
+                None,
+                format!("configuration version {v} accepted"),
+                Some(caller.name.as_str()),
+            );
             Json(out).into_response()
         }
         Err(e) => error(500, format!("could not persist the configuration: {e:#}")),
@@ -161,14 +183,23 @@ async fn leases(State(s): State<Arc<AdminState>>) -> Response {
     }
 }
 
-async fn start(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
-    match s.start_server(&name).await {
+async fn start(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    match s.start_server(&name, &caller.name).await {
         Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn stop(State(s): State<Arc<AdminState>>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+async fn stop(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     // The body is optional (`{}` or nothing: a graceful stop); when given it must be right.
     let force = if body.iter().all(|b| b.is_ascii_whitespace()) {
         false
@@ -180,7 +211,7 @@ async fn stop(State(s): State<Arc<AdminState>>, Path(name): Path<String>, body: 
             }
         }
     };
-    match s.stop_server(&name, force).await {
+    match s.stop_server(&name, force, &caller.name).await {
         Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -188,6 +219,7 @@ async fn stop(State(s): State<Arc<AdminState>>, Path(name): Path<String>, body: 
 
 async fn migrate(
     State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Result<Json<MigrateRequest>, JsonRejection>,
 ) -> Response {
@@ -200,14 +232,18 @@ async fn migrate(
             )
         }
     };
-    match s.migrate(&name, &req.to).await {
+    match s.migrate(&name, &req.to, &caller.name).await {
         Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn start_cluster(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
-    match s.start_cluster(&name).await {
+async fn start_cluster(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    match s.start_cluster(&name, &caller.name).await {
         Ok(op) => (StatusCode::ACCEPTED, Json(op)).into_response(),
         Err(e) => e.into_response(),
     }
@@ -279,9 +315,91 @@ async fn post_events(
     let n = events.len();
     for mut e in events {
         e.message.truncate(4_000);
+        // Daemons report; only the admin says which operator did something.
+        e.by = None;
         s.events.append(e);
     }
     Json(serde_json::json!({ "accepted": n })).into_response()
+}
+
+async fn list_tokens(State(s): State<Arc<AdminState>>) -> Response {
+    let tokens = s.tokens.lock().unwrap_or_else(|p| p.into_inner());
+    Json(tokens.list(clock::wall_ms())).into_response()
+}
+
+async fn create_token(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<TokenRequest>, JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                e.status().as_u16(),
+                format!(
+                    "bad token request (expected {{\"name\": \"NAME\", \"role\": \"monitor|operator|admin\", \"ttl_ms\": N}}): {}",
+                    e.body_text()
+                ),
+            )
+        }
+    };
+    let created = {
+        let mut tokens = s.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.create(req.name, req.role, req.ttl_ms, clock::wall_ms(), rand::random())
+    };
+    match created {
+        Ok((token, info)) => {
+            let expiry = info
+                .expires_ms
+                .map_or("valid until revoked".to_string(), |e| format!("expires at {}", clock::format_wall(e)));
+            s.record(
+                "token-created",
+                None,
+                None,
+                None,
+                format!("token '{}' created with the {} role ({expiry})", info.name, info.role),
+                Some(caller.name.as_str()),
+            );
+            // The one answer that carries a token: keep it out of every cache.
+            (
+                StatusCode::CREATED,
+                [(axum::http::header::CACHE_CONTROL, "no-store")],
+                Json(ferry_api::NewToken { token, info }),
+            )
+                .into_response()
+        }
+        Err(e) => error(e.status(), e.to_string()),
+    }
+}
+
+async fn revoke_token(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
+    let name = match TokenName::new(name) {
+        Ok(n) => n,
+        Err(e) => return error(400, e.to_string()),
+    };
+    let revoked = {
+        let mut tokens = s.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.revoke(&name, clock::wall_ms())
+    };
+    match revoked {
+        Ok(info) => {
+            s.record(
+                "token-revoked",
+                None,
+                None,
+                None,
+                format!("token '{}' ({} role) revoked", info.name, info.role),
+                Some(caller.name.as_str()),
+            );
+            Json(info).into_response()
+        }
+        Err(e) => error(e.status(), e.to_string()),
+    }
 }
 
 async fn event_stream(
@@ -400,7 +518,11 @@ async fn pki_revoked(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 /// `POST /api/v1/machines/{name}/enroll-token`: a one-time token for `ferry enroll`.
-async fn enroll_token(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+async fn enroll_token(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
     let machine = match ferry_core::MachineName::new(name) {
         Ok(m) => m,
         Err(e) => return error(400, format!("bad machine name: {e}")),
@@ -410,29 +532,212 @@ async fn enroll_token(State(s): State<Arc<AdminState>>, Path(name): Path<String>
         return error(404, format!("machine {machine} is not defined in domain {}", d.domain.name));
     }
     let t = s.pki.enroll_token(machine.as_str(), ferry_host::clock::wall_ms());
-    s.event(
+    s.record(
         "enroll-token-created",
         None,
         Some(machine.as_str()),
         None,
         format!("a one-time enrollment token for machine {machine} was made (valid one hour)"),
+        Some(caller.name.as_str()),
     );
     Json(t).into_response()
 }
 
 /// `POST /api/v1/machines/{name}/revoke`: revokes a machine's certificates.
-async fn revoke_machine(State(s): State<Arc<AdminState>>, Path(name): Path<String>) -> Response {
+async fn revoke_machine(
+    State(s): State<Arc<AdminState>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Response {
     let machine = match ferry_core::MachineName::new(name) {
         Ok(m) => m,
         Err(e) => return error(400, format!("bad machine name: {e}")),
     };
     let r = s.pki.revoke(machine.as_str());
-    s.event(
+    s.record(
         "machine-revoked",
         None,
         Some(machine.as_str()),
         None,
         format!("the certificates of machine {machine} were revoked ({} serials); its Node Manager and the servers it started are refused until it enrolls again", r.serials.len()),
+        Some(caller.name.as_str()),
     );
     Json(r).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use ferry_api::Role;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::ConfigStore;
+    use crate::events::EventLog;
+    use crate::ops::Operations;
+    use crate::tokens::{TokenFiles, TokenStore};
+
+    const DOMAIN: &str = r#"name = "t"
+[admin]
+listen = "127.0.0.1:7001"
+[leasing]
+data_source = "sqlite://leases.db"
+[[machines]]
+name = "m1"
+node_manager = "127.0.0.1:9"
+[[clusters]]
+name = "c1"
+migration_candidates = ["m1"]
+[[servers]]
+name = "ms1"
+cluster = "c1"
+machine = "m1"
+[[servers.services]]
+name = "s"
+command = ["/bin/true"]
+"#;
+
+    struct App {
+        _dir: tempfile::TempDir,
+        router: Router,
+        state: Arc<AdminState>,
+        secret: String,
+        monitor: String,
+        operator: String,
+        admin: String,
+    }
+
+    fn app() -> App {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("domain.toml");
+        std::fs::write(&file, DOMAIN).unwrap();
+        let (config, _) = ConfigStore::open(dir.path(), &file).unwrap();
+        let mut tokens = TokenStore::open(&dir.path().join("tokens.json")).unwrap();
+        let mut make = |n: &str, r, seed| {
+            tokens.create(TokenName::new(n).unwrap(), r, None, clock::wall_ms(), [seed; 32]).unwrap().0
+        };
+        let (monitor, operator, admin) =
+            (make("mon", Role::Monitor, 1), make("ops", Role::Operator, 2), make("root", Role::Admin, 3));
+        let secret = "5".repeat(64);
+        let files =
+            TokenFiles::new(dir.path(), Some(Path::new("/home/u/.config/ferry")), "127.0.0.1:7001".parse().unwrap());
+        let state = Arc::new(AdminState {
+            config: Mutex::new(config),
+            store: ferry_store::open_lazy(
+                &format!("sqlite://{}/leases.db", dir.path().display()),
+                Duration::from_secs(2),
+            ),
+            events: EventLog::open(dir.path().join("events.jsonl")),
+            ops: Operations::default(),
+            secret: secret.clone(),
+            started_ms: 0,
+            tokens: Mutex::new(tokens),
+            token_hint: files.hint(),
+            pki: crate::pki::AdminPki::open(dir.path(), &file, "t").unwrap(),
+        });
+        App { router: router(state.clone()), state, _dir: dir, secret, monitor, operator, admin }
+    }
+
+    async fn call(app: &App, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = app.router.clone().oneshot(req.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn every_route_checks_the_callers_role() {
+        let a = app();
+        let (s, body) = call(&a, "GET", "/api/v1/events", None, "").await;
+        assert_eq!(s, 401);
+        let e = body["error"].as_str().unwrap();
+        assert!(
+            e.contains("ferry token create") && e.contains("/home/u/.config/ferry/admins/127.0.0.1_7001/token"),
+            "{e}"
+        );
+        assert_eq!(call(&a, "GET", "/metrics", None, "").await.0, 401);
+        assert_eq!(call(&a, "GET", "/api/v1/events", Some(&a.secret), "").await.0, 401, "the secret is no token");
+        assert_eq!(call(&a, "GET", "/api/v1/events", Some(&a.monitor), "").await.0, 200);
+        assert_eq!(call(&a, "GET", "/metrics", Some(&a.monitor), "").await.0, 200);
+        // The daemons' configuration reads take the domain secret.
+        assert_eq!(call(&a, "GET", "/api/v1/servers/ms1/config", Some(&a.secret), "").await.0, 200);
+        assert_eq!(call(&a, "GET", "/api/v1/domain", Some(&a.secret), "").await.0, 200);
+        assert_eq!(call(&a, "GET", "/api/v1/domain", None, "").await.0, 401);
+        // ... and a daemon's certificate (mutual TLS), which a token cannot stand in for.
+        let as_peer = |identity: Option<ferry_tls::Identity>, path: &str| {
+            let peer = identity.map(|identity| ferry_tls::Peer {
+                identity,
+                issued_by: None,
+                serial: "01".into(),
+                issuer_serial: None,
+            });
+            let info = PeerInfo { addr: "127.0.0.1:1".parse().unwrap(), peer, tls: true };
+            let mut req = Request::get(path).body(Body::empty()).unwrap();
+            req.extensions_mut().insert(axum::extract::ConnectInfo(info));
+            a.router.clone().oneshot(req)
+        };
+        let machine = Some(ferry_tls::Identity::Machine("m1".into()));
+        assert_eq!(as_peer(machine.clone(), "/api/v1/servers/ms1/config").await.unwrap().status().as_u16(), 200);
+        assert_eq!(as_peer(machine, "/api/v1/servers").await.unwrap().status().as_u16(), 401);
+        assert_eq!(as_peer(None, "/api/v1/domain").await.unwrap().status().as_u16(), 401);
+        // Events from daemons: the secret, checked by the handler; a `by` is dropped.
+        assert_eq!(call(&a, "POST", "/api/v1/events", None, "[]").await.0, 401);
+        let forged = r#"[{"at_ms": 1, "source": "server/ms1", "kind": "x", "message": "m", "by": "root"}]"#;
+        assert_eq!(call(&a, "POST", "/api/v1/events", Some(&a.secret), forged).await.0, 200);
+        assert_eq!(a.state.events.since(0, 10).last().unwrap().by, None);
+
+        let (s, body) = call(&a, "POST", "/api/v1/servers/ms1/stop", Some(&a.monitor), "{}").await;
+        assert_eq!(s, 403);
+        assert_eq!(body["error"], "stop needs the Operator role; token 'mon' has Monitor");
+        let domain = serde_json::json!({ "domain": a.state.domain().domain }).to_string();
+        let (s, body) = call(&a, "PUT", "/api/v1/domain", Some(&a.operator), &domain).await;
+        assert_eq!(s, 403);
+        assert_eq!(body["error"], "changing the configuration needs the Admin role; token 'ops' has Operator");
+        let (s, _) = call(&a, "PUT", "/api/v1/domain", Some(&a.admin), &domain).await;
+        assert_eq!(s, 200);
+        let changed = a.state.events.since(0, 100).into_iter().find(|e| e.kind == "config-changed").unwrap();
+        assert_eq!(changed.by.as_deref(), Some("root"));
+
+        // Tokens: Admin only; the new token is answered once and works at once.
+        let req = r#"{"name": "ci", "role": "operator", "ttl_ms": 60000}"#;
+        assert_eq!(call(&a, "POST", "/api/v1/tokens", Some(&a.operator), req).await.0, 403);
+        let (s, body) = call(&a, "POST", "/api/v1/tokens", Some(&a.admin), req).await;
+        assert_eq!(s, 201, "{body}");
+        let ci = body["token"].as_str().unwrap().to_string();
+        assert_eq!((body["info"]["name"].as_str(), body["info"]["role"].as_str()), (Some("ci"), Some("operator")));
+        let (s, list) = call(&a, "GET", "/api/v1/tokens", Some(&a.admin), "").await;
+        assert_eq!(s, 200);
+        let text = list.to_string();
+        assert!(text.contains("\"ci\"") && !text.contains(&ci) && !text.contains("sha256"), "{text}");
+        assert_eq!(call(&a, "GET", "/api/v1/tokens", Some(&ci), "").await.0, 403);
+        assert_eq!(call(&a, "DELETE", "/api/v1/tokens/ci", Some(&a.admin), "").await.0, 200);
+        let (s, body) = call(&a, "GET", "/api/v1/events", Some(&ci), "").await;
+        assert_eq!(s, 401);
+        assert!(body["error"].as_str().unwrap().starts_with("token 'ci' was revoked at"), "{body}");
+        let (s, _) = call(&a, "DELETE", "/api/v1/tokens/root", Some(&a.admin), "").await;
+        assert_eq!(s, 409, "the last Admin token stays");
+        let ev = a.state.events.since(0, 100);
+        let by_root: Vec<_> = ev.iter().filter(|e| e.by.as_deref() == Some("root")).map(|e| e.kind.as_str()).collect();
+        assert_eq!(by_root, ["config-changed", "token-created", "token-revoked"]);
+        let log = std::fs::read_to_string(a._dir.path().join("events.jsonl")).unwrap();
+        for t in [&a.monitor, &a.operator, &a.admin, &ci, &a.secret] {
+            assert!(!log.contains(t.as_str()), "a token reached the event log");
+        }
+        // Unknown routes stay closed to strangers; the landing text is open.
+        assert_eq!(call(&a, "GET", "/api/v1/nosuch", None, "").await.0, 401);
+        assert_eq!(call(&a, "GET", "/api/v1/nosuch", Some(&a.monitor), "").await.0, 404);
+        assert_eq!(call(&a, "DELETE", "/api/v1/servers", Some(&a.monitor), "").await.0, 403);
+        assert_eq!(call(&a, "DELETE", "/api/v1/servers", Some(&a.admin), "").await.0, 405);
+        let resp = a.router.clone().oneshot(Request::get("/").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_api::{NmStart, NmStop, Operation, Origin, Step};
 use ferry_core::lease::Lease;
-use ferry_core::{ClusterName, LeaseName, MachineName, ServerName};
+use ferry_core::{ClusterName, LeaseName, MachineName, ServerName, TokenName};
 use ferry_host::clock;
 
 use crate::state::AdminState;
@@ -36,7 +36,7 @@ pub(crate) struct Operations {
 const KEEP_OPS: usize = 1_000;
 
 impl Operations {
-    fn create(&self, kind: &str, target: &str) -> u64 {
+    fn create(&self, kind: &str, target: &str, by: &TokenName) -> u64 {
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
         let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         ops.insert(
@@ -48,6 +48,7 @@ impl Operations {
                 state: "running".into(),
                 steps: vec![],
                 error: None,
+                by: Some(by.to_string()),
             },
         );
         while ops.len() > KEEP_OPS {
@@ -59,6 +60,11 @@ impl Operations {
 
     pub fn get(&self, id: u64) -> Option<Operation> {
         self.ops.lock().ok()?.get(&id).cloned()
+    }
+
+    /// The name of the operator token that asked for operation `id`.
+    fn by(&self, id: u64) -> Option<String> {
+        self.ops.lock().ok()?.get(&id).and_then(|o| o.by.clone())
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut Operation)) {
@@ -73,7 +79,8 @@ impl Operations {
 impl AdminState {
     fn step(&self, op: u64, kind: &str, server: &ServerName, machine: Option<&MachineName>, message: String) {
         self.ops.update(op, |o| o.steps.push(Step { at_ms: clock::wall_ms(), message: message.clone() }));
-        self.event(kind, Some(server.as_str()), machine.map(|m| m.as_str()), None, message);
+        let by = self.ops.by(op);
+        self.record(kind, Some(server.as_str()), machine.map(|m| m.as_str()), None, message, by.as_deref());
     }
 
     fn finish(&self, op: u64, result: Result<String, String>) {
@@ -147,7 +154,7 @@ impl AdminState {
     }
 
     /// `ferry start SERVER`: start it on its home machine (Figure 7-1 steps 2-3).
-    pub async fn start_server(self: &Arc<Self>, name: &str) -> Result<Operation, ApiError> {
+    pub async fn start_server(self: &Arc<Self>, name: &str, by: &TokenName) -> Result<Operation, ApiError> {
         let cfg = self.server_cfg(name)?;
         if let Some(l) = self.lease_of(&cfg.name).await?.filter(|l| l.is_live()) {
             return Err(ApiError::new(
@@ -162,7 +169,7 @@ impl AdminState {
                 ),
             ));
         }
-        let op = self.ops.create("start", cfg.name.as_str());
+        let op = self.ops.create("start", cfg.name.as_str(), by);
         let me = self.clone();
         tokio::spawn(async move {
             let r = me.start_on(op, &cfg, &cfg.machine).await;
@@ -201,7 +208,7 @@ impl AdminState {
     }
 
     /// `ferry start-cluster CLUSTER` (Figure 7-1): start every server not already running.
-    pub async fn start_cluster(self: &Arc<Self>, name: &str) -> Result<Operation, ApiError> {
+    pub async fn start_cluster(self: &Arc<Self>, name: &str, by: &TokenName) -> Result<Operation, ApiError> {
         let d = self.domain().domain;
         let cluster = ClusterName::new(name).map_err(|e| ApiError::new(400, e.to_string()))?;
         if d.cluster(&cluster).is_none() {
@@ -212,7 +219,7 @@ impl AdminState {
             ));
         }
         let servers: Vec<_> = d.servers_in(&cluster).cloned().collect();
-        let op = self.ops.create("start-cluster", cluster.as_str());
+        let op = self.ops.create("start-cluster", cluster.as_str(), by);
         let me = self.clone();
         tokio::spawn(async move {
             let mut tasks = Vec::new();
@@ -278,12 +285,12 @@ impl AdminState {
     }
 
     /// `ferry stop SERVER [--force]`: through its Node Manager, which releases its lease.
-    pub async fn stop_server(self: &Arc<Self>, name: &str, force: bool) -> Result<Operation, ApiError> {
+    pub async fn stop_server(self: &Arc<Self>, name: &str, force: bool, by: &TokenName) -> Result<Operation, ApiError> {
         let cfg = self.server_cfg(name)?;
         let Some(machine) = self.locate(&cfg.name).await? else {
             return Err(ApiError::new(409, format!("{} is not running", cfg.name)));
         };
-        let op = self.ops.create("stop", cfg.name.as_str());
+        let op = self.ops.create("stop", cfg.name.as_str(), by);
         let me = self.clone();
         tokio::spawn(async move {
             let r = me.stop_on(op, &cfg, &machine, force).await.map(|_| format!("{} stopped", cfg.name));
@@ -354,7 +361,7 @@ impl AdminState {
     }
 
     /// `ferry migrate SERVER --to MACHINE` (Figure 7-3), also used for failback.
-    pub async fn migrate(self: &Arc<Self>, name: &str, to: &str) -> Result<Operation, ApiError> {
+    pub async fn migrate(self: &Arc<Self>, name: &str, to: &str, by: &TokenName) -> Result<Operation, ApiError> {
         let cfg = self.server_cfg(name)?;
         let d = self.domain().domain;
         let target = MachineName::new(to).map_err(|e| ApiError::new(400, e.to_string()))?;
@@ -378,7 +385,7 @@ impl AdminState {
         if from.as_ref() == Some(&target) {
             return Err(ApiError::new(409, format!("{} is already running on {target}", cfg.name)));
         }
-        let op = self.ops.create("migrate", cfg.name.as_str());
+        let op = self.ops.create("migrate", cfg.name.as_str(), by);
         let me = self.clone();
         tokio::spawn(async move {
             let r = me.migrate_steps(op, &cfg, from, &target).await;
@@ -446,5 +453,13 @@ impl AdminState {
 }
 
 fn placeholder(id: u64) -> Operation {
-    Operation { id, kind: String::new(), target: String::new(), state: "running".into(), steps: vec![], error: None }
+    Operation {
+        id,
+        kind: String::new(),
+        target: String::new(),
+        state: "running".into(),
+        steps: vec![],
+        error: None,
+        by: None,
+    }
 }

@@ -15,6 +15,7 @@ use ferry_store::LeaseStore;
 use crate::config::ConfigStore;
 use crate::events::EventLog;
 use crate::ops::Operations;
+use crate::tokens::{self, TokenFiles, TokenStore};
 
 #[derive(Debug, Clone)]
 pub struct AdminOptions {
@@ -22,6 +23,10 @@ pub struct AdminOptions {
     pub data_dir: PathBuf,
     /// Overrides `[admin] listen`.
     pub listen: Option<std::net::SocketAddr>,
+    /// The directory of the user's client files (`$FERRY_CONFIG_DIR`, else
+    /// `$HOME/.config/ferry`), where the first start leaves the initial Admin token for this
+    /// host's operators; `None` to leave it only in the data directory.
+    pub client_config_dir: Option<PathBuf>,
 }
 
 /// How long the admin waits for a Node Manager to accept a connection.
@@ -36,6 +41,10 @@ pub struct AdminState {
     pub(crate) started_ms: u64,
     /// The domain CA, the admin's certificate, enrollment and revocation.
     pub(crate) pki: crate::pki::AdminPki,
+    /// Operator tokens (hashes), checked by `auth::require` on every request.
+    pub(crate) tokens: Mutex<TokenStore>,
+    /// How a caller without a token gets one (paths only), for 401 answers.
+    pub(crate) token_hint: String,
 }
 
 /// What the admin learned from one Node Manager.
@@ -66,7 +75,24 @@ impl AdminState {
 
     /// Records an event from the admin itself.
     pub fn event(&self, kind: &str, server: Option<&str>, machine: Option<&str>, epoch: Option<u64>, message: String) {
-        tracing::info!(kind, "{message}");
+        self.record(kind, server, machine, epoch, message, None);
+    }
+
+    /// Records an event from the admin, with the name of the operator token behind it (the
+    /// audit trail of changes made through the API).
+    pub(crate) fn record(
+        &self,
+        kind: &str,
+        server: Option<&str>,
+        machine: Option<&str>,
+        epoch: Option<u64>,
+        message: String,
+        by: Option<&str>,
+    ) {
+        match by {
+            Some(by) => tracing::info!(kind, by, "{message}"),
+            None => tracing::info!(kind, "{message}"),
+        }
         self.events.append(Event {
             id: 0,
             at_ms: clock::wall_ms(),
@@ -76,6 +102,7 @@ impl AdminState {
             machine: machine.map(Into::into),
             epoch,
             message,
+            by: by.map(Into::into),
         });
     }
 
@@ -222,6 +249,13 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         store.expired().await.err()
     };
     let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} ([admin] listen)"))?;
+    // The client file is named after the address operators reach: the bound one.
+    let token_files =
+        TokenFiles::new(&opts.data_dir, opts.client_config_dir.as_deref(), listener.local_addr().unwrap_or(listen));
+    let (tokens, token_notes) = tokens::bootstrap(&opts.data_dir, &token_files, clock::wall_ms(), rand::random)?;
     let state = Arc::new(AdminState {
         config: Mutex::new(config),
         store,
@@ -230,7 +264,12 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         secret,
         started_ms: clock::wall_ms(),
         pki,
+        tokens: Mutex::new(tokens),
+        token_hint: token_files.hint(),
     });
+    for n in token_notes {
+        state.event("operator-tokens", None, None, None, n);
+    }
     if let Some(e) = lease_table_problem {
         state.event(
             "lease-table-unavailable",
@@ -243,9 +282,6 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     if let Some(n) = note {
         state.event("config-imported", None, None, None, n);
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} ([admin] listen)"))?;
     state.event(
         "admin-started",
         None,

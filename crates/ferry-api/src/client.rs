@@ -66,7 +66,9 @@ impl Http {
     ) -> Self {
         ferry_tls::install_crypto_provider();
         let builder =
-            reqwest::Client::builder().connect_timeout(connect).timeout(timeout).pool_max_idle_per_host(4).no_proxy();
+            // The whole call's bound is set per request (`send`), so clients that share a
+            // connection pool may wait differently long.
+            reqwest::Client::builder().connect_timeout(connect).pool_max_idle_per_host(4).no_proxy();
         let bare = base.trim_end_matches('/');
         let bare = bare.strip_prefix("http://").or_else(|| bare.strip_prefix("https://")).unwrap_or(bare);
         let (client, base) = match tls {
@@ -93,6 +95,7 @@ impl Http {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        let req = req.timeout(self.timeout);
         let req = match &self.secret {
             Some(s) => req.bearer_auth(s),
             None => req,
@@ -171,6 +174,17 @@ impl AdminClient {
     /// certificate of its own yet).
     pub fn with_tls_config(url: &str, tls: rustls::ClientConfig, timeout: Duration) -> Self {
         AdminClient { http: Http::build(url, None, Some(Ok(tls)), timeout, timeout) }
+    }
+    /// A client that authenticates with an operator token (`Authorization: Bearer TOKEN`)
+    /// in plain HTTP (the admin's own host). The token is sent, never shown.
+    pub fn with_token(url: &str, token: &str, timeout: Duration) -> Self {
+        AdminClient::new(url, timeout).bearer(token)
+    }
+    /// The same client, presenting an operator token (`Authorization: Bearer TOKEN`) on
+    /// every call: how `ferry`'s client commands call, also over TLS (`with_tls_config`).
+    pub fn bearer(mut self, token: &str) -> Self {
+        self.http.secret = Some(token.to_string());
+        self
     }
     /// `POST /api/v1/enroll`: a machine's certificates for its requests.
     pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
@@ -258,6 +272,13 @@ impl NmClient {
     ) -> Self {
         let tls = creds.client_config(Expect::Identity(Identity::Machine(machine.into()))).map_err(|e| e.to_string());
         NmClient { http: Http::build(addr, None, Some(tls), connect, timeout) }
+    }
+
+    /// The same client (and its connections) with another bound on each whole call.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        let mut http = self.http.clone();
+        http.timeout = timeout;
+        NmClient { http }
     }
 
     /// A client whose every call fails with `why` (the caller has no certificate).

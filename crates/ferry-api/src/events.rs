@@ -52,6 +52,7 @@ impl EventSink {
             machine: machine.map(Into::into),
             epoch,
             message,
+            by: None,
         });
     }
 

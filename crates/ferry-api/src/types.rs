@@ -87,6 +87,10 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
     pub message: String,
+    /// The name of the operator token behind a change made through the API (start, stop,
+    /// migrate, start-cluster, configuration and token changes); never the token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// `POST /api/v1/servers/{name}/migrate`.
@@ -113,12 +117,101 @@ pub struct Operation {
     pub state: String,
     pub steps: Vec<Step>,
     pub error: Option<String>,
+    /// The name of the operator token that asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub at_ms: u64,
     pub message: String,
+}
+
+// ---- Operators and their tokens ----
+
+/// What an operator token may do, as in WebLogic: a `Monitor` reads (status, leases,
+/// events, the configuration, metrics); an `Operator` also starts, stops and migrates; an
+/// `Admin` also changes the configuration and the tokens. Ordered: each role includes the
+/// ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Monitor,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    /// The wire and command-line spelling: `monitor`, `operator`, `admin`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Monitor => "monitor",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Capitalised, as messages name roles: "stop needs the Operator role".
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Monitor => "Monitor",
+            Role::Operator => "Operator",
+            Role::Admin => "Admin",
+        })
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "monitor" => Ok(Role::Monitor),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!("unknown role {s:?}: use monitor, operator or admin")),
+        }
+    }
+}
+
+/// `POST /api/v1/tokens`: make a token. Without `ttl_ms` it is valid until revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub name: ferry_core::TokenName,
+    pub role: Role,
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+}
+
+/// A token as `GET /api/v1/tokens` and `ferry token list -o json` show it: never the token
+/// or its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub name: ferry_core::TokenName,
+    pub role: Role,
+    /// Wall-clock milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<u64>,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+}
+
+/// The answer to `POST /api/v1/tokens`: the only message that ever carries a token, once.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub token: String,
+    pub info: TokenInfo,
+}
+
+/// Shows everything but the token.
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken").field("token", &"<redacted>").field("info", &self.info).finish()
+    }
 }
 
 // ---- Node Manager ----

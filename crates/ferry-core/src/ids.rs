@@ -94,6 +94,12 @@ name_type!(
     ClusterName,
     "cluster"
 );
+name_type!(
+    /// An operator token's name, e.g. `ci` or `admin` (the token itself is a secret; its
+    /// name is what errors, listings and the audit trail show).
+    TokenName,
+    "token"
+);
 
 /// The fencing token: bumped by the lease store on every change of owner or incarnation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]

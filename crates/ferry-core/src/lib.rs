@@ -14,5 +14,5 @@ pub mod master;
 pub mod nodeman;
 pub mod time;
 
-pub use ids::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName};
+pub use ids::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName, TokenName};
 pub use time::Mono;

@@ -1,8 +1,9 @@
 //! Files the daemons share: the domain file (read and resolved against its directory), the
-//! domain secret (0600), and small state files written atomically.
+//! domain secret (0600), small state files written atomically, and where a user's `ferry`
+//! finds its operator token for an Administration Server.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +62,37 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<
     }
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
     std::fs::rename(&tmp, path)
+}
+
+/// Writes a secret (a token) to `path` atomically with mode 0600, creating missing
+/// directories with mode 0700, so it is never readable by others, not even for a moment.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    write_atomic(path, contents, 0o600)
+}
+
+/// Where `ferry` keeps a user's client files: `$FERRY_CONFIG_DIR`, else
+/// `$HOME/.config/ferry`; `None` when neither is set.
+pub fn client_config_dir() -> Option<PathBuf> {
+    match std::env::var_os("FERRY_CONFIG_DIR") {
+        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
+        _ => std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".config").join("ferry")),
+    }
+}
+
+/// The file in which a user's `ferry` finds its operator token for the Administration
+/// Server at `host:port`: `CONFIG_DIR/admins/HOST_PORT/token`. The admin writes its initial
+/// Admin token there (DESIGN's flow: `ferry admin` then `ferry status` on the same host).
+pub fn admin_token_file(config_dir: &Path, host: &str, port: u16) -> PathBuf {
+    let host: String = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':') { c } else { '_' })
+        .collect();
+    config_dir.join("admins").join(format!("{host}_{port}")).join("token")
 }
 
 /// Reads the domain secret at `path`, creating it (32 random bytes, hex, mode 0600) when

@@ -857,6 +857,7 @@ impl Nm {
                     machine: Some(self.opts.machine.to_string()),
                     epoch,
                     message,
+                    by: None,
                 });
             }
         }

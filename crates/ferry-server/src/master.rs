@@ -29,7 +29,7 @@ pub(crate) struct MasterRole {
     /// as unreachable at once, so a failover does not first wait out a connect timeout.
     reach: std::collections::BTreeMap<ferry_core::MachineName, (Option<Mono>, Option<Mono>)>,
     next_ping: Mono,
-    clients: std::sync::Mutex<std::collections::BTreeMap<(String, String, Duration, Duration), NmClient>>,
+    clients: std::sync::Mutex<std::collections::BTreeMap<(String, String, Duration), NmClient>>,
     /// Where the next incremental scan starts, and when the next full one is due.
     cursor: ScanCursor,
     full_scan_at: Mono,
@@ -128,13 +128,20 @@ impl MasterRole {
         }
     }
 
+    /// How long a command waits to connect to a Node Manager: a dead machine answers
+    /// nothing, so give up after two intervals (100 ms at least, a second at most).
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis((self.timing.interval_ms * 2).clamp(100, 1_000))
+    }
+
     /// Drops the kept Node Manager clients (the server's certificate changed).
     pub fn forget_clients(&mut self) {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    /// A client of a Node Manager, kept per machine, address and timeouts so its TLS
-    /// connection is reused across pings and commands.
+    /// A client of a Node Manager, kept per machine and address so the TLS connection the
+    /// health checks keep warm also carries the commands (no handshake on the failover
+    /// path); `timeout` bounds each call.
     fn client(
         &self,
         ctx: &Ctx,
@@ -143,7 +150,7 @@ impl MasterRole {
         connect: Duration,
         timeout: Duration,
     ) -> NmClient {
-        let key = (machine.to_string(), addr.to_string(), connect, timeout);
+        let key = (machine.to_string(), addr.to_string(), connect);
         let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .entry(key)
@@ -151,7 +158,7 @@ impl MasterRole {
                 Some(c) => NmClient::with_connect_timeout(addr, machine.as_str(), c, connect, timeout),
                 None => NmClient::unusable(addr, "this server has no certificate from its Node Manager"),
             })
-            .clone()
+            .with_timeout(timeout)
     }
 
     /// Asks every Node Manager this cluster may use whether it answers (one interval to
@@ -170,7 +177,9 @@ impl MasterRole {
             let Some(m) = ctx.domain.machine(&machine) else {
                 continue;
             };
-            let nm = self.client(ctx, &machine, &m.node_manager.to_string(), wait, wait);
+            // The commands' client: the connection this check keeps warm carries them. The
+            // call's bound (one interval) also bounds the connect.
+            let nm = self.client(ctx, &machine, &m.node_manager.to_string(), self.connect_timeout(), wait);
             let tx = ctx.tx.clone();
             tokio::spawn(async move {
                 let ok = nm.health().await.is_ok();
@@ -330,8 +339,13 @@ impl MasterRole {
                     // A dead machine answers nothing: give up connecting after two intervals
                     // (100 ms at least, a second at most). A live Node Manager accepts at once
                     // and may take a while to plumb the IP and start the server.
-                    let connect = Duration::from_millis((self.timing.interval_ms * 2).clamp(100, 1_000));
-                    let nm = self.client(ctx, &m.name, &m.node_manager.to_string(), connect, Duration::from_secs(10));
+                    let nm = self.client(
+                        ctx,
+                        &m.name,
+                        &m.node_manager.to_string(),
+                        self.connect_timeout(),
+                        Duration::from_secs(10),
+                    );
                     let cmd = NmStart {
                         origin: Origin::Master {
                             cluster: ctx.server.cluster.to_string(),

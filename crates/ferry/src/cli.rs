@@ -26,6 +26,13 @@ pub struct Cli {
     /// needed on the admin's own host, where client commands may use plain HTTP.
     #[arg(long, global = true, env = "FERRY_CA")]
     pub ca: Option<PathBuf>,
+    /// The file holding the token a command needs. Client commands: the operator token
+    /// [default: $FERRY_TOKEN, else the file $FERRY_TOKEN_FILE, else the client file the admin
+    /// left for this user, $FERRY_CONFIG_DIR/admins/HOST_PORT/token, $FERRY_CONFIG_DIR
+    /// defaulting to ~/.config/ferry]. `ferry enroll`: the one-time enrollment token, `-` for
+    /// standard input [default: $FERRY_ENROLL_TOKEN].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -42,8 +49,8 @@ pub enum Cmd {
     Admin {
         #[arg(long)]
         domain: PathBuf,
-        /// Where the configuration versions, the secret and the event log live
-        /// [default: DOMAIN_DIR/data/admin].
+        /// Where the configuration versions, the event log and the operator tokens
+        /// (`tokens.json`, the initial `admin.token`) live [default: DOMAIN_DIR/data/admin].
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Listen here instead of the domain file's `[admin] listen`.
@@ -79,11 +86,10 @@ pub enum Cmd {
         #[arg(long)]
         machine: String,
         /// The Node Manager's data directory (where `ferry nodemanager --data-dir` will look).
+        /// The token comes from `--token-file FILE` (`-` for standard input) or
+        /// $FERRY_ENROLL_TOKEN.
         #[arg(long)]
         data_dir: PathBuf,
-        /// A file holding the token, `-` for standard input [default: $FERRY_ENROLL_TOKEN].
-        #[arg(long)]
-        token_file: Option<PathBuf>,
         /// Enroll again even if certificates are there (rotation, after `ferry machine revoke`).
         #[arg(long)]
         force: bool,
@@ -147,6 +153,11 @@ pub enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: Output,
     },
+    /// Manage operator tokens: create (shown once), list, revoke (the Admin role).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Create or re-create the lease table (the leasing.ddl equivalent).
     Leasing {
         #[command(subcommand)]
@@ -194,6 +205,48 @@ pub enum Cmd {
         #[arg(long)]
         journal: Option<PathBuf>,
     },
+}
+
+/// A token's role, as WebLogic names them.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum RoleArg {
+    /// Reads: status, leases, events, the configuration, metrics.
+    Monitor,
+    /// Also starts, stops and migrates.
+    Operator,
+    /// Also changes the configuration and the tokens.
+    Admin,
+}
+
+impl From<RoleArg> for ferry_api::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Monitor => ferry_api::Role::Monitor,
+            RoleArg::Operator => ferry_api::Role::Operator,
+            RoleArg::Admin => ferry_api::Role::Admin,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Create a token and print it on stdout, once: `T=$(ferry token create ...)`.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Lifetime, e.g. 30d or 12h [default: until revoked].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// List the tokens: names, roles, state, creation and expiry (never the tokens).
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Revoke a token by name; it stops working at once.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -275,7 +328,12 @@ pub fn main() -> i32 {
             init_tracing("info");
             let data_dir =
                 data_dir.unwrap_or_else(|| ferry_host::files::domain_dir(&domain).join("data").join("admin"));
-            let opts = ferry_admin::AdminOptions { domain_file: domain, data_dir, listen };
+            let opts = ferry_admin::AdminOptions {
+                domain_file: domain,
+                data_dir,
+                listen,
+                client_config_dir: ferry_host::files::client_config_dir(),
+            };
             report(runtime().block_on(ferry_admin::run(opts)), "ferry admin")
         }
         Cmd::Nodemanager { machine, domain, admin_url, data_dir, secret_file, enroll_token_file } => {
@@ -286,8 +344,9 @@ pub fn main() -> i32 {
                 "ferry nodemanager",
             )
         }
-        Cmd::Enroll { machine, data_dir, token_file, force } => {
+        Cmd::Enroll { machine, data_dir, force } => {
             init_tracing("warn");
+            let token_file = cli.token_file.clone();
             report(runtime().block_on(enroll(&cli.admin, machine, data_dir, token_file, force)), "ferry enroll")
         }
         Cmd::Leasing { action } => {
@@ -329,7 +388,7 @@ pub fn main() -> i32 {
         }
         cmd => {
             init_tracing("warn");
-            runtime().block_on(crate::client::run(&cli.admin, cli.ca.as_deref(), cmd))
+            runtime().block_on(crate::client::run(&cli.admin, cli.ca.as_deref(), cli.token_file.as_deref(), cmd))
         }
     }
 }

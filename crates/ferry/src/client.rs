@@ -1,58 +1,87 @@
 //! The client commands: they talk to the Administration Server's API and print tables, or
-//! stable JSON with `-o json`.
+//! stable JSON with `-o json`. Each call carries the operator token found by
+//! [`find_token`]; the token is sent, never printed.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_api::{AdminClient, ClientError, Operation};
-use ferry_host::clock;
+use ferry_api::{AdminClient, ClientError, ErrorBody, NewToken, Operation, TokenInfo};
+use ferry_core::TokenName;
+use ferry_host::{clock, files};
+use serde::de::DeserializeOwned;
 
-use crate::cli::{Cmd, MachineAction, Output, EXIT_FAILED};
+use crate::cli::{Cmd, MachineAction, Output, TokenAction, EXIT_FAILED, EXIT_USAGE};
 
 /// Exit status when the Administration Server cannot be reached.
 const EXIT_UNREACHABLE: i32 = 3;
 
-pub(crate) async fn run(admin_url: &str, ca: Option<&std::path::Path>, cmd: Cmd) -> i32 {
-    let admin = match admin_client(admin_url, ca) {
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(admin_url: &str, ca: Option<&Path>, token_file: Option<&Path>, cmd: Cmd) -> i32 {
+    let (admin, raw) = match admin_client(admin_url, ca) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("ferry: {e}");
             return EXIT_FAILED;
         }
     };
-    match dispatch(&admin, cmd).await {
+    let cred = match find_token(token_file, admin.base()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    let admin = match &cred.token {
+        Some(t) => admin.bearer(t),
+        None => admin,
+    };
+    let target = Target { admin, raw, cred };
+    match dispatch(&target, cmd).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ferry: {e}");
             if e.is_unreachable() {
                 eprintln!(
                     "hint: is the Administration Server running? pass --admin URL or set FERRY_ADMIN (now {})",
-                    admin.base()
+                    target.admin.base()
                 );
-                EXIT_UNREACHABLE
-            } else {
-                EXIT_FAILED
+                return EXIT_UNREACHABLE;
             }
+            let cred = &target.cred;
+            match (e.status(), &cred.source) {
+                (Some(401), None) => eprintln!(
+                    "hint: no operator token was found: ferry reads --token-file PATH, else $FERRY_TOKEN, else the file $FERRY_TOKEN_FILE, else {}",
+                    if cred.looked.is_empty() { "the admin's client file (no $FERRY_CONFIG_DIR or $HOME)".to_string() } else { cred.looked.join(", ") }
+                ),
+                (Some(401 | 403), Some(source)) => eprintln!("hint: the token came from {source}"),
+                _ => {}
+            }
+            EXIT_FAILED
         }
     }
 }
 
 /// The client of the admin at `url`: over TLS, checked against the domain CA `ca`, or in
-/// plain HTTP to an admin on this host (which refuses plain HTTP from anywhere else).
-fn admin_client(url: &str, ca: Option<&std::path::Path>) -> Result<AdminClient, String> {
-    let timeout = Duration::from_secs(30);
+/// plain HTTP to an admin on this host (which refuses plain HTTP from anywhere else). Also a
+/// bare HTTP client set up the same way, for the calls `AdminClient` does not make.
+fn admin_client(url: &str, ca: Option<&std::path::Path>) -> Result<(AdminClient, reqwest::Client), String> {
+    let timeout = TIMEOUT;
+    let raw = reqwest::Client::builder().timeout(timeout).no_proxy();
     if let Some(path) = ca {
         let pem =
             std::fs::read_to_string(path).map_err(|e| format!("cannot read the domain CA {}: {e}", path.display()))?;
         let tls = ferry_tls::anonymous_client_config(&pem, ferry_tls::Expect::Identity(ferry_tls::Identity::Admin))
             .map_err(|e| format!("the domain CA {}: {e}", path.display()))?;
-        return Ok(AdminClient::with_tls_config(url, tls, timeout));
+        let raw = raw.use_preconfigured_tls(tls.clone()).build().map_err(|e| e.to_string())?;
+        return Ok((AdminClient::with_tls_config(url, tls, timeout), raw));
     }
     if url.starts_with("https://") || !is_local(url) {
         return Err(format!(
             "the Administration Server at {url} answers other hosts only over TLS: give the domain CA with --ca FILE or FERRY_CA (the admin writes it to DOMAIN_DIR/.ferry/ca.pem and to its DATA/pki/ca.pem)"
         ));
     }
-    Ok(AdminClient::new(url, timeout))
+    Ok((AdminClient::new(url, timeout), raw.build().map_err(|e| e.to_string())?))
 }
 
 /// Whether `url` names a loopback host.
@@ -67,8 +96,203 @@ fn is_local(url: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
+/// The operator token for this run and where it came from (for hints; never the token).
+struct Credential {
+    token: Option<String>,
+    source: Option<String>,
+    /// Client files looked at without finding a token.
+    looked: Vec<String>,
+}
+
+/// Finds the operator token: `--token-file PATH`, else `$FERRY_TOKEN`, else the file
+/// `$FERRY_TOKEN_FILE`, else the client file the admin at `base` left for this user
+/// (`$FERRY_CONFIG_DIR/admins/HOST_PORT/token`). None is not an error: the admin's answer
+/// then says how to get one. A token file named explicitly that cannot be read is.
+fn find_token(token_file: Option<&Path>, base: &str) -> Result<Credential, String> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if let Some(p) = token_file {
+        let source = format!("--token-file {}", p.display());
+        return Ok(Credential { token: Some(read_token_file(p, &source)?), source: Some(source), looked: vec![] });
+    }
+    if let Some(t) = env("FERRY_TOKEN") {
+        let source = "$FERRY_TOKEN".to_string();
+        return Ok(Credential { token: Some(check_token(t, &source)?), source: Some(source), looked: vec![] });
+    }
+    if let Some(p) = env("FERRY_TOKEN_FILE") {
+        let source = format!("$FERRY_TOKEN_FILE ({p})");
+        return Ok(Credential {
+            token: Some(read_token_file(Path::new(&p), &source)?),
+            source: Some(source),
+            looked: vec![],
+        });
+    }
+    let mut looked = Vec::new();
+    if let Some(dir) = files::client_config_dir() {
+        for f in client_files(&dir, base) {
+            match std::fs::read_to_string(&f) {
+                Ok(text) => {
+                    let source = f.display().to_string();
+                    return Ok(Credential {
+                        token: Some(check_token(text, &source)?),
+                        source: Some(source),
+                        looked: vec![],
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => looked.push(f.display().to_string()),
+                Err(e) => looked.push(format!("{} ({e})", f.display())),
+            }
+        }
+    }
+    Ok(Credential { token: None, source: None, looked })
+}
+
+/// The client files that may hold a token for the admin at `base` (`localhost` is also
+/// looked up as 127.0.0.1, the address an admin listening on loopback is named by).
+fn client_files(dir: &Path, base: &str) -> Vec<PathBuf> {
+    let Ok(url) = reqwest::Url::parse(base) else { return vec![] };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return vec![] };
+    let mut out = vec![files::admin_token_file(dir, host, port)];
+    if host == "localhost" {
+        out.push(files::admin_token_file(dir, "127.0.0.1", port));
+    }
+    out
+}
+
+fn read_token_file(path: &Path, source: &str) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    check_token(text, source)
+}
+
+/// A token is one word of visible ASCII; anything else would not fit in a header (and is
+/// not shown, in case it is a secret put in the wrong place).
+fn check_token(text: String, source: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(format!("the operator token from {source} is empty"));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("what {source} holds is not an operator token (it has spaces or control characters)"));
+    }
+    Ok(t.to_string())
+}
+
+/// `/api/v1/tokens`, which `AdminClient` does not cover: one call with the operator token.
+async fn token_call<T: DeserializeOwned>(
+    target: &Target,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<T, ClientError> {
+    let url = format!("{}{path}", target.admin.base());
+    let mut req = target.raw.request(method, &url);
+    if let Some(t) = &target.cred.token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let transport = |e: reqwest::Error| {
+        if e.is_timeout() {
+            ClientError::Timeout { url: url.clone(), timeout_ms: TIMEOUT.as_millis() as u64 }
+        } else {
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            ClientError::Unreachable { url: url.clone(), reason }
+        }
+    };
+    let resp = req.send().await.map_err(transport)?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(transport)?;
+    if !status.is_success() {
+        let body: ErrorBody = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| ErrorBody { error: format!("{status} from {url}"), detail: serde_json::Value::Null });
+        return Err(ClientError::Api { status: status.as_u16(), error: body.error, detail: body.detail });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.clone(), reason: e.to_string() })
+}
+
+fn when(ms: Option<u64>, none: &str) -> String {
+    ms.map_or(none.to_string(), clock::format_wall)
+}
+
+async fn token_command(target: &Target, action: TokenAction) -> Result<i32, ClientError> {
+    match action {
+        TokenAction::Create { name, role, ttl } => {
+            let name = match TokenName::new(name) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("ferry: {e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let role = ferry_api::Role::from(role);
+            let body = serde_json::json!({
+                "name": name,
+                "role": role,
+                "ttl_ms": ttl.map(|d| d.as_millis() as u64),
+            });
+            let made: NewToken = token_call(target, reqwest::Method::POST, "/api/v1/tokens", Some(body)).await?;
+            // Only the token on stdout, so `T=$(ferry token create ...)` works.
+            println!("{}", made.token);
+            eprintln!(
+                "token '{}' created with the {} role ({}); it is shown only this once: keep it in a file only its user can read, and use it with --token-file FILE or FERRY_TOKEN_FILE",
+                made.info.name,
+                made.info.role,
+                made.info.expires_ms.map_or("valid until revoked".to_string(), |e| format!("expires at {}", clock::format_wall(e)))
+            );
+            Ok(0)
+        }
+        TokenAction::List { output } => {
+            let list: Vec<TokenInfo> = token_call(target, reqwest::Method::GET, "/api/v1/tokens", None).await?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default()),
+                Output::Text => {
+                    println!("{:<20} {:<9} {:<8} {:<25} {:<25}", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES");
+                    for t in list {
+                        println!(
+                            "{:<20} {:<9} {:<8} {:<25} {:<25}",
+                            t.name.as_str(),
+                            t.role.as_str(),
+                            t.state,
+                            clock::format_wall(t.created_ms),
+                            when(t.expires_ms, "never"),
+                        );
+                    }
+                }
+            }
+            Ok(0)
+        }
+        TokenAction::Revoke { name } => {
+            if let Err(e) = TokenName::new(name.as_str()) {
+                eprintln!("ferry: {e}");
+                return Ok(EXIT_USAGE);
+            }
+            let info: TokenInfo =
+                token_call(target, reqwest::Method::DELETE, &format!("/api/v1/tokens/{name}"), None).await?;
+            println!("token '{}' ({} role) revoked", info.name, info.role);
+            Ok(0)
+        }
+    }
+}
+
+/// The admin, as this run calls it.
+struct Target {
+    /// With the operator token, if one was found.
+    admin: AdminClient,
+    /// For `/api/v1/tokens`, configured like `admin` (TLS or not).
+    raw: reqwest::Client,
+    cred: Credential,
+}
+
+async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
+    let admin = &target.admin;
     match cmd {
+        Cmd::Token { action } => token_command(target, action).await,
         Cmd::StartCluster { cluster, wait } => {
             let op = admin.start_cluster(&cluster).await?;
             follow(admin, op, wait).await
@@ -176,7 +400,14 @@ async fn dispatch(admin: &AdminClient, cmd: Cmd) -> Result<i32, ClientError> {
                             println!("{}", serde_json::to_string(e).unwrap_or_default())
                         }
                         Output::Text => {
-                            println!("{} {:<24} {:<20} {}", clock::format_wall(e.at_ms), e.source, e.kind, e.message)
+                            let by = e.by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default();
+                            println!(
+                                "{} {:<24} {:<20} {}{by}",
+                                clock::format_wall(e.at_ms),
+                                e.source,
+                                e.kind,
+                                e.message
+                            )
                         }
                     }
                 }
@@ -270,6 +501,27 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
 
 #[cfg(test)]
 mod tests {
+    use std::path::{Path, PathBuf};
+
+    #[test]
+    fn the_admins_client_file_is_found_by_host_and_port() {
+        let dir = Path::new("/c");
+        let f = |base| super::client_files(dir, base);
+        assert_eq!(f("http://127.0.0.1:7001"), [PathBuf::from("/c/admins/127.0.0.1_7001/token")]);
+        assert_eq!(f("https://admin.example:7443"), [PathBuf::from("/c/admins/admin.example_7443/token")]);
+        assert_eq!(f("http://[::1]:7001"), [PathBuf::from("/c/admins/::1_7001/token")]);
+        assert_eq!(f("http://10.0.0.1"), [PathBuf::from("/c/admins/10.0.0.1_80/token")]);
+        assert_eq!(f("http://localhost:7001")[1], PathBuf::from("/c/admins/127.0.0.1_7001/token"));
+    }
+
+    #[test]
+    fn token_files_hold_one_word_and_errors_never_show_it() {
+        assert_eq!(super::check_token("ferry_ab12\n".into(), "F").unwrap(), "ferry_ab12");
+        assert!(super::check_token(" \n".into(), "F").unwrap_err().contains("empty"));
+        let e = super::check_token("ferry_secret and more".into(), "F").unwrap_err();
+        assert!(!e.contains("ferry_secret"), "{e}");
+    }
+
     #[test]
     fn loopback_urls_are_local_and_others_are_not() {
         for u in [

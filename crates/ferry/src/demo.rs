@@ -111,7 +111,12 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         println!("lease table:  {}", ferry_core::domain::redact_url(ds));
     }
     let mut h = Harness::start(spec, &exe, Some(dir.clone())).await?;
-    println!("admin:        {}   (try: ferry status --admin {} in another terminal)", h.admin_url, h.admin_url);
+    println!(
+        "admin:        {}   (try: ferry status --admin {} --token-file {} in another terminal)",
+        h.admin_url,
+        h.admin_url,
+        h.admin_token_file().display()
+    );
     println!(
         "machines:     machine-b, machine-c, machine-d (one Node Manager each; logs in {})",
         dir.join("logs").display()
@@ -298,7 +303,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         println!("\ndone; every process was stopped. The domain's files stay in {}", dir.display());
         return Ok(());
     }
-    println!("\nThe cluster stays up. In another terminal:\n  export FERRY_ADMIN={}\n  ferry status\n  ferry events\n  ferry migrate ms1 --to machine-d --wait\nPress Ctrl-C to stop every process.", h.admin_url);
+    println!("\nThe cluster stays up. In another terminal:\n  export FERRY_ADMIN={}\n  export FERRY_TOKEN_FILE={}\n  ferry status\n  ferry events\n  ferry migrate ms1 --to machine-d --wait\nPress Ctrl-C to stop every process.", h.admin_url, h.admin_token_file().display());
     // Ctrl-C, or SIGTERM from a supervisor: either way every process goes.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -463,7 +468,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         println!("\ndone; the lab is being removed");
         return Ok(());
     }
-    println!("\nThe lab stays up. Look around (as root):\n  ip netns list\n  ip netns exec {} {} --admin {} --ca {} status\nPress Ctrl-C to remove the lab.", d.lab.namespace("sw")?, exe.display(), d.admin_url, d.ca_file());
+    println!("\nThe lab stays up. Look around (as root):\n  ip netns list\n  ip netns exec {} {} --admin {} --ca {} --token-file {} status\nPress Ctrl-C to remove the lab.", d.lab.namespace("sw")?, exe.display(), d.admin_url, d.ca_file(), d.admin_token_file().display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -2,7 +2,9 @@
 //! Node Manager per machine, each tagged in its environment so that "kill machine C" can
 //! find and kill every process of that machine, whoever its parent is by then. Shared by
 //! `ferry demo`, the process tests and the benchmark. Dropping a [`Harness`] kills everything
-//! it started, also when a test fails.
+//! it started, also when a test fails. Its processes keep their client files in the harness
+//! directory (`FERRY_CONFIG_DIR`), never in the user's home, and it calls the admin with the
+//! initial Admin token the admin made.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -95,6 +97,8 @@ pub struct Harness {
     pub service_addr: BTreeMap<String, SocketAddr>,
     pub nm_addr: BTreeMap<String, SocketAddr>,
     tag: String,
+    /// The admin's initial Admin token (from `DATA/admin.token`), read when it starts.
+    admin_token: String,
     children: Vec<tokio::process::Child>,
     /// Keeps a temporary directory alive (and removes it) when the harness made one.
     _tmp: Option<tempfile::TempDir>,
@@ -142,6 +146,7 @@ impl Harness {
             service_addr,
             nm_addr,
             tag,
+            admin_token: String::new(),
             children: Vec::new(),
             _tmp: tmp,
         };
@@ -152,8 +157,25 @@ impl Harness {
         Ok(h)
     }
 
+    /// A client of the admin with its initial Admin token.
     pub fn admin(&self) -> AdminClient {
-        AdminClient::new(&self.admin_url, Duration::from_secs(30))
+        AdminClient::with_token(&self.admin_url, &self.admin_token, Duration::from_secs(30))
+    }
+
+    /// The admin's initial Admin token, as the admin wrote it to `DATA/admin.token`.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// `DATA/admin.token` of the admin (its default data directory).
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.join("data").join("admin").join("admin.token")
+    }
+
+    /// `FERRY_CONFIG_DIR` of every process the harness starts: where the admin leaves its
+    /// client token file, and where a `ferry` client command started with it finds it.
+    pub fn client_config_dir(&self) -> PathBuf {
+        self.dir.join("config")
     }
 
     fn machine_tag(&self, machine: &str) -> String {
@@ -161,7 +183,12 @@ impl Harness {
     }
 
     fn spawn(&mut self, args: Vec<String>, tag: String, log: &str) -> anyhow::Result<()> {
-        let mut env = vec![(TAG_VAR.into(), tag), ("FERRY_LOG".into(), "info".into())];
+        // Client files stay in the harness directory, never in the user's home.
+        let mut env = vec![
+            (TAG_VAR.into(), tag),
+            ("FERRY_LOG".into(), "info".into()),
+            ("FERRY_CONFIG_DIR".into(), self.client_config_dir().display().to_string()),
+        ];
         env.extend(self.spec.env.iter().cloned());
         let spec = process::SpawnSpec {
             program: self.exe.clone(),
@@ -176,16 +203,23 @@ impl Harness {
         Ok(())
     }
 
-    /// Starts (or restarts) the Administration Server and waits until it answers.
+    /// Starts (or restarts) the Administration Server and waits until it answers to its
+    /// initial Admin token.
     pub async fn start_admin(&mut self) -> anyhow::Result<()> {
         let args = vec!["admin".into(), "--domain".into(), self.domain_file.display().to_string()];
         let tag = self.machine_tag("admin");
         self.spawn(args, tag, "admin.log")?;
-        let admin = self.admin();
+        let (url, path) = (self.admin_url.clone(), self.admin_token_file());
+        let token = std::cell::RefCell::new(String::new());
         wait_until(Duration::from_secs(20), "the Administration Server to answer", || async {
-            admin.domain().await.is_ok()
+            let Ok(t) = std::fs::read_to_string(&path) else { return false };
+            let ok = AdminClient::with_token(&url, t.trim(), Duration::from_secs(30)).domain().await.is_ok();
+            *token.borrow_mut() = t.trim().to_string();
+            ok
         })
-        .await
+        .await?;
+        self.admin_token = token.into_inner();
+        Ok(())
     }
 
     /// Kills the Administration Server (SIGKILL).

@@ -111,8 +111,15 @@ impl LabDomain {
         Ok(Some(d))
     }
 
+    /// The admin's initial Admin token (`DATA/admin.token`), which client commands use.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.dir.join("data").join("admin").join("admin.token")
+    }
+
     fn spawn(&self, node: &str, args: &[&str], env: &[(&str, &str)], log: &str) -> anyhow::Result<()> {
-        let mut all = vec![("FERRY_LOG", "info")];
+        // Client files stay in the lab's directory, never in the user's home.
+        let config = self.dir.join("config").display().to_string();
+        let mut all = vec![("FERRY_LOG", "info"), ("FERRY_CONFIG_DIR", config.as_str())];
         all.extend_from_slice(env);
         let child = self.lab.spawn(node, &self.exe, args, &all, &self.dir.join("logs").join(log))?;
         // The lab owns the process (it kills everything in its namespaces); do not reap here.
@@ -170,11 +177,13 @@ impl LabDomain {
         ferry_host::files::secret_path(&self.domain_file).with_file_name("ca.pem").display().to_string()
     }
 
-    /// Runs a client command against the lab's Administration Server (from the switch).
+    /// Runs a client command against the lab's Administration Server (from the switch),
+    /// with the admin's initial Admin token.
     pub async fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         // The admin is not on the switch's loopback: TLS, checked against the domain CA.
-        let ca = self.ca_file();
-        let mut argv = vec!["--admin", self.admin_url.as_str(), "--ca", ca.as_str()];
+        let (ca, token_file) = (self.ca_file(), self.admin_token_file().display().to_string());
+        let mut argv =
+            vec!["--admin", self.admin_url.as_str(), "--ca", ca.as_str(), "--token-file", token_file.as_str()];
         argv.extend_from_slice(args);
         self.run_in(SWITCH, &argv).await
     }

@@ -918,11 +918,24 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
 /// may run); its output goes to `log`.
 fn spawn_migrate(d: &LabDomain, server: &str, to: &str, log: &Path) -> tokio::process::Child {
     let (admin, ca) = (d.admin_url.clone(), d.ca_file());
+    let token_file = d.admin_token_file().display().to_string();
     d.lab
         .spawn(
             ferry_lab::SWITCH,
             &d.exe,
-            &["--admin", admin.as_str(), "--ca", ca.as_str(), "migrate", server, "--to", to, "--wait"],
+            &[
+                "--admin",
+                admin.as_str(),
+                "--ca",
+                ca.as_str(),
+                "--token-file",
+                token_file.as_str(),
+                "migrate",
+                server,
+                "--to",
+                to,
+                "--wait",
+            ],
             &[],
             log,
         )
