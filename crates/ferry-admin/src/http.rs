@@ -44,6 +44,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/enroll", post(enroll))
         .route("/api/v1/pki/ca", get(pki_ca))
         .route("/api/v1/pki/revoked", get(pki_revoked))
+        .route("/api/v1/pki/rotate", post(pki_rotate))
         .route("/api/v1/machines/{name}/enroll-token", post(enroll_token))
         .route("/api/v1/machines/{name}/revoke", post(revoke_machine))
         .route("/api/v1/tokens", get(list_tokens).post(create_token))
@@ -510,6 +511,41 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
 /// an enrollment token).
 async fn pki_ca(State(s): State<Arc<AdminState>>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], s.pki.ca_pem().to_string()).into_response()
+}
+
+/// `POST /api/v1/pki/rotate`: new certificates for the machine whose current certificate
+/// made the call (`ferry enroll --rotate`).
+async fn pki_rotate(
+    State(s): State<Arc<AdminState>>,
+    info: Option<axum::Extension<ConnectInfo<PeerInfo>>>,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> Response {
+    let Some(ferry_tls::Identity::Machine(m)) = peer_identity(&info) else {
+        return error(
+            401,
+            "rotation needs the machine's current certificate (mutual TLS); a machine without one enrolls with a token",
+        );
+    };
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status().as_u16(), format!("bad rotation request: {}", e.body_text())),
+    };
+    if req.machine != m {
+        return error(403, format!("machine {m}'s certificate cannot rotate machine {}'s", req.machine));
+    }
+    match s.pki.rotate(&req) {
+        Ok(r) => {
+            s.event(
+                "machine-rotated",
+                None,
+                Some(m.as_str()),
+                None,
+                format!("machine {m} rotated its keys: new certificates issued; the old ones stay valid until they expire or the machine is revoked"),
+            );
+            Json(r).into_response()
+        }
+        Err(crate::pki::Refusal(status, msg)) => error(status, msg),
+    }
 }
 
 /// `GET /api/v1/pki/revoked`: revoked certificate serials, for every process's handshakes.

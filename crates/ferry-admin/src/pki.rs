@@ -143,6 +143,21 @@ impl AdminPki {
         Ok(EnrollResponse { chain_pem, issuer_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 
+    /// Rotation: certificates for new keys of a machine that proved itself with its
+    /// current certificate (the caller checks that). The old ones stay valid until they
+    /// expire or the machine is revoked.
+    pub fn rotate(&self, req: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let id = Identity::Machine(req.machine.clone());
+        let chain_pem = self.ca.sign_leaf(&req.leaf_csr, &id).map_err(|e| Refusal(400, e.to_string()))?;
+        let issuer_pem = self.ca.sign_issuer(&req.issuer_csr, &req.machine).map_err(|e| Refusal(400, e.to_string()))?;
+        let serials: Vec<String> =
+            [&chain_pem, &issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect();
+        inner.registry.machines.entry(req.machine.clone()).or_default().extend(serials);
+        self.persist(&inner);
+        Ok(EnrollResponse { chain_pem, issuer_pem, ca_pem: self.ca.cert_pem().to_string() })
+    }
+
     /// Revokes every certificate machine `machine` was issued (and so every server
     /// certificate its Node Manager signed). Its Node Manager must enroll again.
     pub fn revoke(&self, machine: &str) -> Revoked {

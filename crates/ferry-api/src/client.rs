@@ -186,6 +186,11 @@ impl AdminClient {
         self.http.secret = Some(token.to_string());
         self
     }
+    /// `POST /api/v1/pki/rotate`: new certificates for an enrolled machine (mutual TLS with
+    /// its current certificate; `req.token` is not used).
+    pub async fn rotate(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
+        self.http.post("/api/v1/pki/rotate", req).await
+    }
     /// `POST /api/v1/enroll`: a machine's certificates for its requests.
     pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse, ClientError> {
         self.http.post("/api/v1/enroll", req).await

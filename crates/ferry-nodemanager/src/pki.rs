@@ -130,6 +130,42 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
     Ok(())
 }
 
+/// Rotation: asks the admin, with this machine's current certificate, for certificates of
+/// new keys made here, and puts them in place of the old ones (kept as `*.old`). Returns
+/// the new serials.
+pub async fn rotate(data_dir: &Path, machine: &str, admin_url: &str) -> anyhow::Result<Vec<String>> {
+    let current = load(data_dir, machine)?;
+    let leaf = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let issuing = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let admin = AdminClient::with_tls(admin_url, &current.creds, Duration::from_secs(10));
+    let req = EnrollRequest {
+        machine: machine.into(),
+        token: String::new(),
+        leaf_csr: leaf.csr_pem,
+        issuer_csr: issuing.csr_pem,
+    };
+    let got = admin
+        .rotate(&req)
+        .await
+        .map_err(|e| anyhow::anyhow!("rotation of machine {machine} at {admin_url} failed: {e}"))?;
+    let creds = Credentials { chain_pem: got.chain_pem, key_pem: leaf.key_pem, ca_pem: got.ca_pem };
+    if creds.identity().ok() != Some(Identity::Machine(machine.into())) {
+        anyhow::bail!("the admin sent a certificate that is not machine {machine}'s");
+    }
+    MachineIssuer::from_pem(&got.issuer_pem, &issuing.key_pem)
+        .map_err(|e| anyhow::anyhow!("the admin sent an unusable issuing certificate: {e}"))?;
+    let dir = pki_dir(data_dir);
+    for f in ["machine.pem", "machine.key", "issuer.pem", "issuer.key"] {
+        let _ = std::fs::copy(dir.join(f), dir.join(format!("{f}.old")));
+    }
+    creds.save(&dir, "machine").map_err(|e| anyhow::anyhow!("{e}"))?;
+    ferry_tls::write_file(&dir.join("issuer.key"), issuing.key_pem.as_bytes(), 0o600)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ferry_tls::write_file(&dir.join("issuer.pem"), got.issuer_pem.as_bytes(), 0o644)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok([&creds.chain_pem, &got.issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect())
+}
+
 /// Fetches the CA certificate from the admin without trusting anything yet, and accepts it
 /// only if its fingerprint is the token's.
 async fn fetch_pinned_ca(admin_url: &str, pin: &str) -> anyhow::Result<String> {

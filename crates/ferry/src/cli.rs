@@ -90,9 +90,13 @@ pub enum Cmd {
         /// $FERRY_ENROLL_TOKEN.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Enroll again even if certificates are there (rotation, after `ferry machine revoke`).
+        /// Enroll again even if certificates are there (after `ferry machine revoke`).
         #[arg(long)]
         force: bool,
+        /// Rotation: new keys and certificates for a machine that is enrolled, authenticated
+        /// by its current certificate (no token); restart its Node Manager afterwards.
+        #[arg(long, conflicts_with = "force")]
+        rotate: bool,
     },
     /// Machines' certificates: one-time enrollment tokens, revocation.
     Machine {
@@ -344,7 +348,11 @@ pub fn main() -> i32 {
                 "ferry nodemanager",
             )
         }
-        Cmd::Enroll { machine, data_dir, force } => {
+        Cmd::Enroll { machine, data_dir, rotate: true, .. } => {
+            init_tracing("warn");
+            report(runtime().block_on(rotate(&cli.admin, machine, data_dir)), "ferry enroll --rotate")
+        }
+        Cmd::Enroll { machine, data_dir, force, rotate: false } => {
             init_tracing("warn");
             let token_file = cli.token_file.clone();
             report(runtime().block_on(enroll(&cli.admin, machine, data_dir, token_file, force)), "ferry enroll")
@@ -536,6 +544,18 @@ async fn enroll(
         "machine {machine} enrolled: certificates in {}; start its Node Manager with --data-dir {}",
         ferry_nodemanager::pki::pki_dir(&data_dir).display(),
         data_dir.display()
+    );
+    Ok(())
+}
+
+/// `ferry enroll --rotate`: new keys and certificates, asked for with the current ones.
+async fn rotate(admin: &str, machine: String, data_dir: PathBuf) -> anyhow::Result<()> {
+    let machine = MachineName::new(machine)?;
+    let serials = ferry_nodemanager::pki::rotate(&data_dir, machine.as_str(), admin).await?;
+    println!(
+        "machine {machine}: new keys and certificates in {} (serials {}); restart its Node Manager to use them (its servers keep running); the old ones stay valid until they expire, or until `ferry machine revoke`",
+        ferry_nodemanager::pki::pki_dir(&data_dir).display(),
+        serials.join(", ")
     );
     Ok(())
 }

@@ -1252,6 +1252,31 @@ async fn enrollment_by_one_time_token_and_revocation() {
     let nm_c = h.nm_client_as("machine-c", &creds);
     nm_c.health().await.expect("an enrolled machine's certificate is accepted");
 
+    // Rotation: new keys, asked for with the current certificate (no token).
+    let out = std::process::Command::new(exe())
+        .args(["--admin", &h.admin_url, "enroll", "--machine", "machine-d", "--rotate", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("ferry enroll --rotate runs");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ferry enroll --rotate: {said}");
+    let rotated = ferry_tls::Credentials::load(&pki, "machine").unwrap();
+    assert_ne!(rotated.key_pem, creds.key_pem, "a new key");
+    assert_ne!(ferry_tls::serial_of(&rotated.chain_pem).unwrap(), ferry_tls::serial_of(&creds.chain_pem).unwrap());
+    h.nm_client_as("machine-c", &rotated).health().await.expect("the rotated certificate is accepted");
+    // Without a certificate, or with machine-c's for machine-d: refused.
+    let anon = ferry_api::AdminClient::new(&h.admin_url, Duration::from_secs(5));
+    let req = ferry_api::EnrollRequest {
+        machine: "machine-d".into(),
+        token: String::new(),
+        leaf_csr: String::new(),
+        issuer_csr: String::new(),
+    };
+    assert_eq!(anon.rotate(&req).await.unwrap_err().status(), Some(401));
+    let machine_c = ferry_tls::Credentials::load(&h.dir.join("data/nm-machine-c/pki"), "machine").unwrap();
+    let as_c = ferry_api::AdminClient::with_tls(&h.admin_url, &machine_c, Duration::from_secs(5));
+    assert_eq!(as_c.rotate(&req).await.unwrap_err().status(), Some(403));
+
     // Revocation: every certificate of machine-d, the harness's Node Manager's included.
     let r = admin.revoke_machine("machine-d").await.unwrap();
     assert!(r.serials.len() >= 4, "two enrollments, two certificates each: {r:?}");
@@ -1312,6 +1337,7 @@ async fn every_http_body_survives_random_input() {
         ("PUT", format!("{admin}/api/v1/domain"), false),
         ("POST", format!("{admin}/api/v1/events"), false),
         ("POST", format!("{admin}/api/v1/enroll"), false),
+        ("POST", format!("{admin}/api/v1/tokens"), false),
         ("POST", format!("{nm}/nm/v1/servers/nosuch/start"), true),
         ("POST", format!("{nm}/nm/v1/servers/nosuch/stop"), true),
         ("POST", format!("{nm}/nm/v1/servers/ms2/start"), true),
@@ -1319,6 +1345,7 @@ async fn every_http_body_survives_random_input() {
     let valid = [
         r#"{"to":"machine-x"}"#,
         r#"{"force":true}"#,
+        r#"{"name":"fuzz","role":"monitor","ttl_ms":1000}"#,
         r#"{"origin":{"kind":"admin"},"in_place":false}"#,
         r#"{"origin":{"kind":"master","cluster":"cluster-1","epoch":1,"server":"ms1"}}"#,
         r#"{"machine":"machine-d","token":"x.y","leaf_csr":"-----BEGIN CERTIFICATE REQUEST-----\nAA==\n-----END CERTIFICATE REQUEST-----","issuer_csr":""}"#,
