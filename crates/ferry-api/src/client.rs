@@ -35,15 +35,26 @@ impl ClientError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Http {
     base: String,
+    /// A bearer token (an operator's, or the domain secret): never printed.
     secret: Option<String>,
     /// The client, or why none could be built (unreadable credentials): every call then
     /// fails with that reason.
     client: Result<reqwest::Client, String>,
     timeout: Duration,
     connect: Duration,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http")
+            .field("base", &self.base)
+            .field("bearer", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Http {
@@ -309,5 +320,18 @@ impl NmClient {
     }
     pub async fn stop(&self, server: &str, cmd: &NmStop) -> Result<NmAck, ClientError> {
         self.http.post(&format!("/nm/v1/servers/{server}/stop"), cmd).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_never_prints_its_token() {
+        let c = AdminClient::with_secret("http://127.0.0.1:1", "s3cr3t-value", Duration::from_secs(1));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
     }
 }
