@@ -509,8 +509,27 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
 
 /// `GET /api/v1/pki/ca`: the domain CA certificate (public; checked by the fingerprint in
 /// an enrollment token).
-async fn pki_ca(State(s): State<Arc<AdminState>>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], s.pki.ca_pem().to_string()).into_response()
+async fn pki_ca(
+    State(s): State<Arc<AdminState>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let ca = s.pki.ca_pem().to_string();
+    // With `?nonce=`, prove knowledge of the domain secret (for a Node Manager that has the
+    // secret but not yet the CA certificate).
+    match q.get("nonce").filter(|n| !n.is_empty() && n.len() <= 128) {
+        Some(nonce) => {
+            let mac = ferry_tls::ca_mac(&s.secret, nonce, &ca);
+            (
+                [
+                    (axum::http::header::CONTENT_TYPE, "application/x-pem-file".to_string()),
+                    (axum::http::HeaderName::from_static("x-ferry-ca-mac"), mac),
+                ],
+                ca,
+            )
+                .into_response()
+        }
+        None => ([(axum::http::header::CONTENT_TYPE, "application/x-pem-file")], ca).into_response(),
+    }
 }
 
 /// `POST /api/v1/pki/rotate`: new certificates for the machine whose current certificate

@@ -1259,9 +1259,11 @@ async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
             .ok_or_else(|| anyhow::anyhow!("give --admin-url or --domain"))?;
         let how = match (&opts.enroll_token, &opts.secret, &opts.domain_file) {
             (Some(t), _, _) => crate::pki::Enrollment::Token(t.clone()),
-            (None, Some(secret), Some(file)) => crate::pki::Enrollment::DomainSecret {
+            (None, Some(secret), file) => crate::pki::Enrollment::DomainSecret {
                 secret: secret.clone(),
-                ca_file: files::secret_path(file).with_file_name("ca.pem"),
+                // On the admin's host the CA lies next to the domain file; elsewhere it is
+                // fetched and checked with the secret.
+                ca_file: file.as_ref().map(|f| files::secret_path(f).with_file_name("ca.pem")).filter(|p| p.exists()),
             },
             _ => anyhow::bail!(
                 "machine {machine} is not enrolled (no certificates in {}): on the admin's host run `ferry machine enroll-token {machine}`, then here `ferry enroll --machine {machine} --token TOKEN --admin-url {admin_url} --data-dir {}` (or pass --enroll-token to this command)",

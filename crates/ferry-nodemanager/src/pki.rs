@@ -27,16 +27,18 @@ pub struct NmTls {
 pub enum Enrollment {
     /// A one-time token from `ferry machine enroll-token` (carries the CA's fingerprint).
     Token(String),
-    /// The domain secret, read from the domain file's `.ferry/` on the admin's host, where
-    /// the CA certificate lies next to it.
-    DomainSecret { secret: String, ca_file: PathBuf },
+    /// The domain secret: read from the domain file's `.ferry/` on the admin's host, where
+    /// the CA certificate lies next to it (`ca_file`), or given to a Node Manager elsewhere
+    /// (`$FERRY_SECRET`, `--secret-file`); then the CA certificate is fetched and accepted
+    /// only with the admin's proof that it knows the secret ([`ferry_tls::ca_mac`]).
+    DomainSecret { secret: String, ca_file: Option<PathBuf> },
 }
 
 impl std::fmt::Debug for Enrollment {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Enrollment::Token(_) => write!(f, "Token(<redacted>)"),
-            Enrollment::DomainSecret { ca_file, .. } => write!(f, "DomainSecret(ca {})", ca_file.display()),
+            Enrollment::DomainSecret { ca_file, .. } => write!(f, "DomainSecret(ca {ca_file:?})"),
         }
     }
 }
@@ -86,7 +88,7 @@ pub fn load(data_dir: &Path, machine: &str) -> anyhow::Result<NmTls> {
 /// Asks the admin at `admin_url` for this machine's certificates and stores them.
 pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrollment) -> anyhow::Result<()> {
     let (token, ca_pem) = match how {
-        Enrollment::DomainSecret { secret, ca_file } => {
+        Enrollment::DomainSecret { secret, ca_file: Some(ca_file) } => {
             let ca = std::fs::read_to_string(ca_file).with_context(|| {
                 format!(
                     "cannot read the domain CA certificate {} (the Administration Server writes it at start)",
@@ -94,6 +96,9 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
                 )
             })?;
             (secret.clone(), ca)
+        }
+        Enrollment::DomainSecret { secret, ca_file: None } => {
+            (secret.clone(), fetch_ca_proven_by_secret(admin_url, secret).await?)
         }
         Enrollment::Token(token) => {
             let (_, pin) = token.rsplit_once('.').ok_or_else(|| {
@@ -164,6 +169,34 @@ pub async fn rotate(data_dir: &Path, machine: &str, admin_url: &str) -> anyhow::
     ferry_tls::write_file(&dir.join("issuer.pem"), got.issuer_pem.as_bytes(), 0o644)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok([&creds.chain_pem, &got.issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect())
+}
+
+/// Fetches the CA certificate with a fresh nonce and accepts it only if the admin proved it
+/// knows the domain secret (which is not sent).
+async fn fetch_ca_proven_by_secret(admin_url: &str, secret: &str) -> anyhow::Result<String> {
+    let nonce: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
+    let bare = admin_url.trim_end_matches('/');
+    let bare = bare.strip_prefix("http://").or_else(|| bare.strip_prefix("https://")).unwrap_or(bare);
+    let url = format!("https://{bare}/api/v1/pki/ca?nonce={nonce}");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(ferry_tls::trust_on_first_use_client_config())
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("cannot reach {url}"))?;
+    let mac = resp.headers().get("x-ferry-ca-mac").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let pem = resp.text().await?;
+    if !ferry_tls::ca_mac_ok(secret, &nonce, &pem, &mac) {
+        anyhow::bail!(
+            "the server at {admin_url} could not prove it knows this domain's secret: another domain's admin, or someone in between; check --admin-url and the secret"
+        );
+    }
+    Ok(pem)
 }
 
 /// Fetches the CA certificate from the admin without trusting anything yet, and accepts it

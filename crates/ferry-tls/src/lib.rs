@@ -576,6 +576,26 @@ pub fn ca_pin(ca_pem: &str) -> String {
     digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Proof that whoever serves `ca_pem` knows the domain secret: HMAC-SHA-256 over the
+/// client's `nonce` and the CA certificate, keyed with the secret (hex). Lets a Node Manager
+/// that has the domain secret but not the CA certificate (started with `--admin-url` on
+/// another host) trust the CA it fetched, without sending the secret to an impostor.
+pub fn ca_mac(secret: &str, nonce: &str, ca_pem: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(nonce.as_bytes());
+    mac.update(b"\n");
+    mac.update(ca_pem.trim().as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks [`ca_mac`] in constant time.
+pub fn ca_mac_ok(secret: &str, nonce: &str, ca_pem: &str, mac_hex: &str) -> bool {
+    let want = ca_mac(secret, nonce, ca_pem);
+    want.len() == mac_hex.len() && want.bytes().zip(mac_hex.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+}
+
 /// Every certificate in a PEM text.
 pub fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let v: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();

@@ -173,3 +173,13 @@ async fn an_expired_server_certificate_is_refused() {
     let got = talk(&nm_b, Revocations::default(), short.client_config(Expect::AnyPeer).unwrap()).await;
     assert!(got.is_err(), "an expired certificate got in: {got:?}");
 }
+
+#[test]
+fn the_ca_mac_proves_the_secret_without_showing_it() {
+    let mac = ca_mac("secret", "n1", "CA");
+    assert!(ca_mac_ok("secret", "n1", "CA", &mac));
+    assert!(!ca_mac_ok("other", "n1", "CA", &mac), "another secret");
+    assert!(!ca_mac_ok("secret", "n2", "CA", &mac), "a replayed answer to another nonce");
+    assert!(!ca_mac_ok("secret", "n1", "CA2", &mac), "another CA");
+    assert!(!mac.contains("secret"));
+}

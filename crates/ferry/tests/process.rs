@@ -1454,3 +1454,45 @@ async fn servers_refresh_their_short_lived_certificates_and_the_master_still_com
     h.kill_machine("machine-c");
     h.wait_running_on("ms2", "machine-d", PATIENCE).await.expect("the master moved ms2 with a fresh certificate");
 }
+
+/// A Node Manager on another host, started with `--admin-url` and the domain secret but no
+/// domain file and no CA certificate: it fetches the CA and accepts it only with the admin's
+/// proof that it knows the secret (an HMAC over a fresh nonce), then enrolls. With a wrong
+/// secret it stops with a clear error and sends nothing the impostor could use.
+#[tokio::test]
+async fn a_node_manager_with_only_the_secret_and_the_admin_url_enrolls_safely() {
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let secret = h.secret().await.unwrap();
+    h.kill_machine("machine-d");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |secret: &str, data: &Path| {
+        std::process::Command::new(exe())
+            .args(["nodemanager", "--machine", "machine-d", "--admin-url", &h.admin_url, "--data-dir"])
+            .arg(data)
+            .env("FERRY_SECRET", secret)
+            .env("FERRY_CONFIG_DIR", h.dir.join("cfg"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ferry nodemanager starts")
+    };
+    // A wrong secret: the admin's proof does not check out; the Node Manager stops.
+    let wrong = tempfile::tempdir().unwrap();
+    let out = run("not-the-secret", wrong.path()).wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "a Node Manager with a wrong secret kept running: {said}");
+    assert!(said.contains("could not prove it knows this domain's secret"), "{said}");
+    assert!(!wrong.path().join("pki/machine.pem").exists());
+    // The right one: enrolled, serving, reachable by the admin's certificate.
+    let mut nm = run(&secret, dir.path());
+    let client = h.nm_client("machine-d", Duration::from_secs(2)).await.unwrap();
+    let up =
+        wait_until(PATIENCE, "the Node Manager of machine-d to answer", || async { client.health().await.is_ok() })
+            .await;
+    let _ = nm.kill();
+    let _ = nm.wait();
+    up.unwrap();
+    let creds = ferry_tls::Credentials::load(&dir.path().join("pki"), "machine").unwrap();
+    assert_eq!(creds.identity().unwrap(), ferry_tls::Identity::Machine("machine-d".into()));
+}
