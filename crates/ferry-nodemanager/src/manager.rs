@@ -55,6 +55,8 @@ pub(crate) struct Proc {
 
 pub(crate) struct Nm {
     pub opts: NmOptions,
+    /// Serialises the writes of `master-epochs.json`.
+    pub epochs_write: tokio::sync::Mutex<()>,
     pub tls: Arc<crate::pki::NmTls>,
     pub domain: Mutex<VersionedDomain>,
     pub sup: Mutex<Supervisor>,
@@ -299,9 +301,33 @@ impl Nm {
         }
     }
 
+    /// Writes the highest master epochs seen, in the background; writes are serialised and
+    /// each writes the newest state, so the file never goes back.
+    fn persist_master_epochs(self: &Arc<Self>) {
+        let nm = self.clone();
+        tokio::spawn(async move {
+            let _one_at_a_time = nm.epochs_write.lock().await;
+            let epochs: BTreeMap<String, u64> = {
+                let sup = nm.sup.lock().unwrap_or_else(|p| p.into_inner());
+                sup.master_epochs().iter().map(|(c, e)| (c.to_string(), e.0)).collect()
+            };
+            let path = nm.opts.data_dir.join("master-epochs.json");
+            let r = tokio::task::spawn_blocking(move || {
+                let bytes = serde_json::to_vec(&epochs).map_err(std::io::Error::other)?;
+                files::write_atomic(&path, &bytes, 0o600)
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("cannot persist master epochs: {e}"),
+                Err(e) => tracing::warn!("cannot persist master epochs: {e}"),
+            }
+        });
+    }
+
     /// Checks who is asking: a master's command must carry the highest master epoch seen for
     /// a cluster this server belongs to (rule 5).
-    fn check_origin(&self, domain: &Domain, server: &ServerName, origin: &Origin) -> Result<(), Refusal> {
+    fn check_origin(self: &Arc<Self>, domain: &Domain, server: &ServerName, origin: &Origin) -> Result<(), Refusal> {
         if let Origin::Master { cluster, epoch, server: from } = origin {
             let cluster = ClusterName::new(cluster.as_str()).map_err(|e| Refusal::new(400, e.to_string()))?;
             let cfg = domain.server(server).ok_or_else(|| Refusal::new(404, format!("unknown server {server}")))?;
@@ -318,14 +344,10 @@ impl Nm {
             let before = sup.highest_master_epoch(&cluster);
             let checked = sup.check_master(&cluster, Epoch(*epoch));
             if checked.is_ok() && sup.highest_master_epoch(&cluster) > before {
-                // Rule 5 must survive a restart of this Node Manager.
-                let epochs: BTreeMap<String, u64> =
-                    sup.master_epochs().iter().map(|(c, e)| (c.to_string(), e.0)).collect();
-                if let Ok(bytes) = serde_json::to_vec(&epochs) {
-                    if let Err(e) = files::write_atomic(&self.opts.data_dir.join("master-epochs.json"), &bytes, 0o600) {
-                        tracing::warn!("cannot persist master epochs: {e}");
-                    }
-                }
+                // Rule 5 must survive a restart of this Node Manager. Written off the
+                // command's path (an fsync); the command is already checked against the
+                // master lease in the table (`authorize`), so nothing waits for the disk.
+                self.persist_master_epochs();
             }
             if let Err(stale) = checked {
                 self.events.emit(
@@ -1179,6 +1201,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     tokio::spawn(crate::pki::revocation_loop(tls.clone(), admin_url.clone()));
     let nm = Arc::new(Nm {
         opts: opts.clone(),
+        epochs_write: tokio::sync::Mutex::new(()),
         tls: tls.clone(),
         domain: Mutex::new(domain),
         sup: Mutex::new(restore_supervisor(&opts.data_dir)),

@@ -27,7 +27,7 @@ impl LazyStore {
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
-        let s = crate::open(&self.data_source, self.call_timeout).await?;
+        let s = crate::open_patient(&self.data_source, self.call_timeout).await?;
         *guard = Some(s.clone());
         Ok(s)
     }

@@ -293,6 +293,20 @@ async fn open_backend(data_source: &str, call_timeout: Duration) -> Result<Opene
     })
 }
 
+/// [`open`] for a store used from now on whatever happens (the lazy store): a PostgreSQL
+/// store is handed back even when its first connection was not made within the call
+/// timeout, since that connection goes on being made and the next call uses it.
+pub(crate) async fn open_patient(data_source: &str, call_timeout: Duration) -> Result<Arc<dyn LeaseStore>> {
+    Ok(match backend(data_source)? {
+        Backend::Sqlite => Arc::new(sqlite::SqliteStore::open_bounded(data_source, call_timeout).await?),
+        Backend::Postgres => {
+            let options =
+                postgres::PostgresOptions { patient_open: true, ..postgres::PostgresOptions::new(call_timeout) };
+            Arc::new(postgres::PostgresStore::open_with(data_source, options).await?)
+        }
+    })
+}
+
 /// The lease table implementations this build knows.
 enum Backend {
     Sqlite,

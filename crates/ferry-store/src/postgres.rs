@@ -73,6 +73,11 @@ pub const SCHEMA_SQL: &str = include_str!("../schema/postgres.sql");
 /// The version `SCHEMA_SQL` writes into `ferry_schema` and the only one this build reads.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// Bounds of the connect timeout of a new connection (made in the background, see
+/// [`Pool::lend`]).
+const BACKGROUND_CONNECT_MIN: Duration = Duration::from_secs(1);
+const BACKGROUND_CONNECT_MAX: Duration = Duration::from_secs(10);
+
 /// Connections one [`PostgresStore`] opens at most (made on demand).
 pub const DEFAULT_POOL_SIZE: usize = 4;
 
@@ -218,6 +223,10 @@ pub struct PostgresOptions {
     /// precedence; `None` means libpq's rule: `PGSSLROOTCERT`, else `~/.postgresql/root.crt`
     /// if it exists ([`PostgresStore::open_with`] looks there).
     pub ssl_root_cert: Option<PathBuf>,
+    /// `open` answers with the store even when its first connection is not made within the
+    /// call timeout (it goes on being made in the background): what a store opened on
+    /// first use wants, so a slow database is reached by the next call.
+    pub patient_open: bool,
 }
 
 impl PostgresOptions {
@@ -229,6 +238,7 @@ impl PostgresOptions {
             connect_timeout: call_timeout,
             pool_size: DEFAULT_POOL_SIZE,
             ssl_root_cert: None,
+            patient_open: false,
         }
     }
 }
@@ -273,13 +283,20 @@ impl PostgresStore {
         }
         let pool = Arc::new(Pool::new(data_source, &options)?);
         let store = PostgresStore { pool, call_timeout: options.call_timeout };
-        store
+        let first = store
             .call(async {
                 let conn = store.pool.lend(Check::Nothing).await?;
                 conn.give_back();
                 Ok(())
             })
-            .await?;
+            .await;
+        match first {
+            Ok(()) => {}
+            // Slow, not wrong: the connection goes on being made in the background and the
+            // next call finds it (a store that failed to open would start over each time).
+            Err(StoreError::Timeout { .. }) if options.patient_open => return Ok(store),
+            Err(e) => return Err(e),
+        }
         if store.pool.unverified {
             // Once per store, and only once it works (a lazy store retries failed opens).
             tracing::warn!(
@@ -820,6 +837,8 @@ struct Names {
 
 /// At most `size` connections, made on demand and kept while they stay clean.
 struct Pool {
+    /// How new connections are made: in a task of their own, with a connect timeout longer
+    /// than a call's (see [`Pool::lend`]).
     config: Config,
     transport: Transport,
     /// Run once on each new connection (rule 7 and 8 settings).
@@ -895,8 +914,15 @@ impl Pool {
         if config.get_application_name().is_none() {
             config.application_name("ferry");
         }
-        let connect_timeout = options.connect_timeout.min(options.call_timeout);
-        config.connect_timeout(connect_timeout.max(Duration::from_millis(1)));
+        // A new connection is made in a task of its own that outlives a call that gave up
+        // waiting for it (`Pool::lend`): a database that takes longer than one call timeout
+        // to accept a connection (a TLS or SCRAM handshake on a loaded host) is then still
+        // reached, by the next call, instead of never. Calls stay bounded by their timeout.
+        let connect_timeout = options
+            .connect_timeout
+            .max(options.call_timeout * 10)
+            .clamp(BACKGROUND_CONNECT_MIN, BACKGROUND_CONNECT_MAX);
+        config.connect_timeout(connect_timeout);
         // Notice dead peers of idle pooled connections within seconds, not hours.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(5));
@@ -942,12 +968,30 @@ impl Pool {
                 other => break other,
             }
         };
-        let mut conn = match idle {
-            Some(conn) => conn,
+        let (mut conn, slot) = match idle {
+            Some(conn) => (conn, slot),
             None => {
-                let client = self.transport.connect(&self.config).await.map_err(Failure::Connect)?;
-                client.batch_execute(&self.session_sql).await?;
-                Conn { client, schema_checked: false }
+                // The connection is made in a task that holds the slot: if this call times out
+                // meanwhile, the task goes on and leaves the connection in the pool for the
+                // next call.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let pool = Arc::clone(self);
+                tokio::spawn(async move {
+                    let made = async {
+                        let client = pool.transport.connect(&pool.config).await.map_err(Failure::Connect)?;
+                        client.batch_execute(&pool.session_sql).await?;
+                        Ok::<_, Failure>(Conn { client, schema_checked: false })
+                    }
+                    .await;
+                    if let Err(Ok((conn, slot))) = tx.send(made.map(|c| (c, slot))) {
+                        // Nobody waits any more: keep it for the next call.
+                        if !conn.client.is_closed() {
+                            pool.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                        }
+                        drop(slot);
+                    }
+                });
+                rx.await.map_err(|_| Failure::PoolClosed)??
             }
         };
         if check == Check::Schema && !conn.schema_checked {

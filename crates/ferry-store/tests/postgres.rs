@@ -1416,3 +1416,48 @@ fn chain(e: &StoreError) -> String {
     }
     text
 }
+
+/// A database that takes longer than one call timeout to accept a connection (a TLS or
+/// SCRAM handshake on a loaded host) is still reached: the connection goes on being made in
+/// the background and a later call uses it. (Before, each call's timeout cancelled the
+/// connection it was making, so no call ever got through.)
+#[tokio::test]
+async fn a_connection_slower_than_the_call_timeout_is_made_in_the_background() {
+    let pg = pg_server!();
+    ferry_store::init(&pg.url()).await.expect("init");
+    // A proxy that holds every new connection 400 ms before passing bytes through.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = proxy.local_addr().unwrap().port();
+    let target = format!("127.0.0.1:{}", pg.port());
+    let forwarder = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = proxy.accept().await else { return };
+            let target = target.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let url = pg.url().replace(&format!(":{}/", pg.port()), &format!(":{port}/"));
+    assert_ne!(url, pg.url());
+    let store = ferry_store::open_lazy(&url, Duration::from_millis(200));
+    let first = store.list().await;
+    assert!(matches!(first, Err(StoreError::Timeout { .. })), "{first:?}");
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(5) {
+        match store.list().await {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(chain(&e)),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last.is_none(), "never reached through the slow proxy: {last:?}");
+    forwarder.abort();
+}

@@ -725,6 +725,16 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     };
     // The real master's epoch reaches this Node Manager (as a no-op start of a running server).
     h.nm_client_as("machine-c", &master_creds).start("ms2", &master(epoch)).await.expect("the current master may ask");
+    // The Node Manager writes the epoch it learned in the background (off the command's path).
+    let epochs_file = h.dir.join("data/nm-machine-c/master-epochs.json");
+    wait_until(PATIENCE, "machine-c's Node Manager to persist the master epoch", || async {
+        std::fs::read(&epochs_file).is_ok_and(|b| {
+            serde_json::from_slice::<std::collections::BTreeMap<String, u64>>(&b)
+                .is_ok_and(|m| m.get("cluster-1") == Some(&epoch))
+        })
+    })
+    .await
+    .unwrap();
     assert_eq!(h.kill_nm_only("machine-c"), 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mid = status_of(&h, "ms2").await;
