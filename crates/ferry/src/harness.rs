@@ -82,9 +82,40 @@ impl DomainSpec {
     }
 }
 
-/// A free TCP port on loopback (bound and released; good enough on a quiet host).
+/// A free TCP port on loopback, below the kernel's ephemeral range (bound and released).
+///
+/// Not an ephemeral port: a listener-to-be on one can lose it to an outgoing connection,
+/// and a TCP health check of a port nobody listens on yet can even connect to itself (Linux
+/// picks the same port as its source: a "self-connect"), which then holds the port and
+/// looks like a healthy service. The failover benchmark hit both.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let (low, high) = port_window();
+    let span = u32::from(high - low);
+    // Start somewhere different in each process, then walk.
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = low + ((seed.wrapping_add(i)) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free TCP port in {low}..{high} on 127.0.0.1")
+}
+
+/// Ports to hand out: from 20000 up to below the start of the ephemeral range.
+fn port_window() -> (u16, u16) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_low > 21_000 {
+        (20_000, ephemeral_low)
+    } else {
+        // An unusual range: take the ports above it.
+        (61_000, 65_000)
+    }
 }
 
 pub struct Harness {
