@@ -124,7 +124,19 @@ pub(crate) async fn check(health: &Health, timeout: Duration) -> Result<(), Stri
 }
 
 async fn tcp(addr: SocketAddr) -> Result<(), String> {
-    tokio::net::TcpStream::connect(addr).await.map(|_| ()).map_err(|e| format!("tcp {addr}: {e}"))
+    let s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("tcp {addr}: {e}"))?;
+    // Nothing listens on a port in the ephemeral range, and Linux picked that very port as
+    // the connection's source: it connected to itself. That is no service, and the socket
+    // would hold the port the service needs.
+    if connected_to_itself(&s) {
+        return Err(format!("tcp {addr}: nothing listens there (the check connected to itself)"));
+    }
+    Ok(())
+}
+
+/// Whether a TCP connection's two ends are one socket (a TCP self-connect).
+fn connected_to_itself(s: &tokio::net::TcpStream) -> bool {
+    matches!((s.local_addr(), s.peer_addr()), (Ok(l), Ok(p)) if l == p)
 }
 
 /// A minimal HTTP/1.0 GET (the services are local; a client crate would be overkill here).
@@ -166,6 +178,26 @@ async fn exec(cmd: &[String]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn a_health_check_that_connected_to_itself_is_no_service() {
+        // Force a self-connect: bind the client to the port it connects to (what the kernel
+        // may pick on its own for a port in the ephemeral range nobody listens on).
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(addr).unwrap();
+        let s = sock.connect(addr).await.expect("Linux lets a socket connect to itself");
+        assert!(connected_to_itself(&s));
+        drop(s);
+        // A real listener is a service.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let real = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        assert!(!connected_to_itself(&real));
+        assert!(tcp(listener.local_addr().unwrap()).await.is_ok());
+    }
+
     use super::*;
 
     #[tokio::test]
