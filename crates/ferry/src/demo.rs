@@ -272,7 +272,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         "  {:<62} {:>10} {:>16}",
         "7-2 machine C killed -> ms2 restarted on machine D",
         ms(started),
-        format!("{bound} ms")
+        format!("{bound} ms + start")
     );
     println!("  {:<62} {:>10}", "7-2 machine C killed -> ms2 holds its lease on machine D", ms(leased));
     println!("  {:<62} {:>10}", "7-2 machine C killed -> ms2's service answers from machine D", format!("{total} ms"));
@@ -281,7 +281,8 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         "7-3 ferry migrate ms2 --to machine-c -> answers from machine C",
         format!("{failback} ms")
     );
-    println!("  (bound = health_check_interval x periods + fencing_grace_period = {INTERVAL_MS} x {PERIODS} + {GRACE_MS} ms)");
+    println!("  (bound = health_check_interval x periods + fencing_grace_period = {INTERVAL_MS} x {PERIODS} + {GRACE_MS} ms,");
+    println!("   until the master acts; starting the process on machine D comes on top)");
     for (s, j) in ["ms1", "ms2"].iter().zip(&journals) {
         match j {
             Ok(list) => println!(
