@@ -609,6 +609,8 @@ async fn revoke_machine(
         Err(e) => return error(400, format!("bad machine name: {e}")),
     };
     let r = s.pki.revoke(machine.as_str());
+    // Kept connections were checked at their handshake, before the revocation.
+    s.nm_clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
     s.record(
         "machine-revoked",
         None,
@@ -694,6 +696,7 @@ command = ["/bin/true"]
             tokens: Mutex::new(tokens),
             token_hint: files.hint(),
             pki: crate::pki::AdminPki::open(dir.path(), &file, "t").unwrap(),
+            nm_clients: Mutex::default(),
         });
         App { router: router(state.clone()), state, _dir: dir, secret, monitor, operator, admin }
     }

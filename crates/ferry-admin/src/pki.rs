@@ -116,7 +116,7 @@ impl AdminPki {
             let h = hash(&req.token);
             let found = inner.tokens.iter().position(|(th, m, exp)| {
                 // Constant time over the hash; the machine and expiry are not secret.
-                th.iter().zip(h.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0 && m == &req.machine && *exp > now_ms
+                files::bytes_equal(th, &h) && m == &req.machine && *exp > now_ms
             });
             match found {
                 Some(i) => {
@@ -133,14 +133,7 @@ impl AdminPki {
                 }
             }
         }
-        let id = Identity::Machine(req.machine.clone());
-        let chain_pem = self.ca.sign_leaf(&req.leaf_csr, &id).map_err(|e| Refusal(400, e.to_string()))?;
-        let issuer_pem = self.ca.sign_issuer(&req.issuer_csr, &req.machine).map_err(|e| Refusal(400, e.to_string()))?;
-        let serials: Vec<String> =
-            [&chain_pem, &issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect();
-        inner.registry.machines.entry(req.machine.clone()).or_default().extend(serials);
-        self.persist(&inner);
-        Ok(EnrollResponse { chain_pem, issuer_pem, ca_pem: self.ca.cert_pem().to_string() })
+        self.sign(&mut inner, req)
     }
 
     /// Rotation: certificates for new keys of a machine that proved itself with its
@@ -148,13 +141,18 @@ impl AdminPki {
     /// expire or the machine is revoked.
     pub fn rotate(&self, req: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.sign(&mut inner, req)
+    }
+
+    /// Signs a machine's two requests and records the serials (under the caller's lock).
+    fn sign(&self, inner: &mut Inner, req: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
         let id = Identity::Machine(req.machine.clone());
         let chain_pem = self.ca.sign_leaf(&req.leaf_csr, &id).map_err(|e| Refusal(400, e.to_string()))?;
         let issuer_pem = self.ca.sign_issuer(&req.issuer_csr, &req.machine).map_err(|e| Refusal(400, e.to_string()))?;
         let serials: Vec<String> =
             [&chain_pem, &issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect();
         inner.registry.machines.entry(req.machine.clone()).or_default().extend(serials);
-        self.persist(&inner);
+        self.persist(inner);
         Ok(EnrollResponse { chain_pem, issuer_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 

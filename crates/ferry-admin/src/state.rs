@@ -45,6 +45,8 @@ pub struct AdminState {
     pub(crate) tokens: Mutex<TokenStore>,
     /// How a caller without a token gets one (paths only), for 401 answers.
     pub(crate) token_hint: String,
+    /// Kept Node Manager clients (see `AdminState::nm_client`).
+    pub(crate) nm_clients: Mutex<std::collections::BTreeMap<(String, String), NmClient>>,
 }
 
 /// What the admin learned from one Node Manager.
@@ -62,15 +64,28 @@ impl AdminState {
     pub fn nm(&self, machine: &MachineName, timeout: Duration) -> Option<NmClient> {
         let d = self.domain();
         let m = d.domain.machine(machine)?;
-        // A dead machine does not answer a connect: give up on it after a few seconds, not
-        // after the whole budget of a command a live Node Manager may take long to finish.
-        Some(NmClient::with_connect_timeout(
-            &m.node_manager.to_string(),
-            m.name.as_str(),
-            &self.pki.creds,
-            timeout.min(NM_CONNECT_TIMEOUT),
-            timeout,
-        ))
+        Some(self.nm_client(m, timeout))
+    }
+
+    /// A client of `m`'s Node Manager, kept per machine and address so views and commands
+    /// reuse its TLS connection; `timeout` bounds each call. A dead machine does not answer
+    /// a connect: give up on it after a few seconds at most, not after the whole budget of a
+    /// command a live Node Manager may take long to finish.
+    fn nm_client(&self, m: &ferry_core::domain::Machine, timeout: Duration) -> NmClient {
+        let key = (m.name.to_string(), m.node_manager.to_string());
+        let mut cache = self.nm_clients.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                NmClient::with_connect_timeout(
+                    &m.node_manager.to_string(),
+                    m.name.as_str(),
+                    &self.pki.creds,
+                    NM_CONNECT_TIMEOUT,
+                    timeout,
+                )
+            })
+            .with_timeout(timeout)
     }
 
     /// Records an event from the admin itself.
@@ -111,12 +126,7 @@ impl AdminState {
         let d = self.domain();
         let mut tasks = Vec::new();
         for m in &d.domain.machines {
-            let client = NmClient::new(
-                &m.node_manager.to_string(),
-                m.name.as_str(),
-                &self.pki.creds,
-                Duration::from_millis(800),
-            );
+            let client = self.nm_client(m, Duration::from_millis(800));
             let name = m.name.clone();
             let addr = m.node_manager.to_string();
             tasks.push(tokio::spawn(async move {
@@ -264,6 +274,7 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         secret,
         started_ms: clock::wall_ms(),
         pki,
+        nm_clients: Mutex::default(),
         tokens: Mutex::new(tokens),
         token_hint: token_files.hint(),
     });

@@ -151,6 +151,20 @@ impl Http {
         self.send(self.client(&url)?.get(&url), &url).await
     }
 
+    /// A GET whose answer is text, with the value of the response header `header`.
+    async fn get_text(&self, path: &str, header: &str) -> Result<(String, Option<String>), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp =
+            self.client(&url)?.get(&url).timeout(self.timeout).send().await.map_err(|e| self.transport(&url, e))?;
+        let status = resp.status();
+        let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(String::from);
+        let text = resp.text().await.map_err(|e| self.transport(&url, e))?;
+        if !status.is_success() {
+            return Err(ClientError::Api { status: status.as_u16(), error: text, detail: serde_json::Value::Null });
+        }
+        Ok((text, value))
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.client(&url)?.post(&url).json(body), &url).await
@@ -213,6 +227,15 @@ impl AdminClient {
     /// `POST /api/v1/machines/{machine}/revoke`.
     pub async fn revoke_machine(&self, machine: &str) -> Result<Revoked, ClientError> {
         self.http.post(&format!("/api/v1/machines/{machine}/revoke"), &serde_json::json!({})).await
+    }
+    /// `GET /api/v1/pki/ca[?nonce=N]`: the domain CA certificate, and with a nonce the
+    /// admin's proof that it knows the domain secret (`ferry_tls::ca_mac`).
+    pub async fn pki_ca(&self, nonce: Option<&str>) -> Result<(String, Option<String>), ClientError> {
+        let path = match nonce {
+            Some(n) => format!("/api/v1/pki/ca?nonce={n}"),
+            None => "/api/v1/pki/ca".to_string(),
+        };
+        self.http.get_text(&path, "x-ferry-ca-mac").await
     }
     /// `GET /api/v1/pki/revoked`: the serials every process must refuse.
     pub async fn revoked(&self) -> Result<Vec<String>, ClientError> {

@@ -127,7 +127,11 @@ pub async fn wait_for_secret(path: &Path, patience: Duration) -> std::io::Result
 
 /// Compares two secrets in time independent of where they differ.
 pub fn secrets_equal(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
+    bytes_equal(a.as_bytes(), b.as_bytes())
+}
+
+/// [`secrets_equal`] for bytes (hashes of secrets).
+pub fn bytes_equal(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -1160,11 +1160,16 @@ impl Nm {
 
     /// Keeps the domain configuration fresh from the admin (it may change through the API).
     async fn refresh_loop(self: Arc<Self>) {
+        // One client (and TLS connection) while the admin's address stays the same.
+        let mut admin: Option<(String, AdminClient)> = None;
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let url = self.admin_url(&self.domain().domain);
-            let admin = AdminClient::with_tls(&url, &self.tls.creds, Duration::from_secs(2));
-            if let Ok(d) = admin.domain().await {
+            if admin.as_ref().is_none_or(|(u, _)| *u != url) {
+                admin = Some((url.clone(), AdminClient::with_tls(&url, &self.tls.creds, Duration::from_secs(2))));
+            }
+            let Some((_, client)) = &admin else { continue };
+            if let Ok(d) = client.domain().await {
                 let mut cur = self.domain.lock().unwrap_or_else(|p| p.into_inner());
                 if d.version > cur.version || d.domain != cur.domain {
                     *cur = d.clone();

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_api::{AdminClient, EnrollRequest};
+use ferry_api::{AdminClient, EnrollRequest, EnrollResponse};
+use ferry_host::files;
 use ferry_tls::{Credentials, Expect, Identity, MachineIssuer, Revocations};
 
 /// What a Node Manager proves itself with and trusts.
@@ -109,29 +110,15 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
             (token.clone(), fetch_pinned_ca(admin_url, pin).await?)
         }
     };
-    let leaf = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let issuing = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = NewKeys::make(machine)?;
     let tls = ferry_tls::anonymous_client_config(&ca_pem, Expect::Identity(Identity::Admin))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let admin = AdminClient::with_tls_config(admin_url, tls, Duration::from_secs(10));
-    let req = EnrollRequest { machine: machine.into(), token, leaf_csr: leaf.csr_pem, issuer_csr: issuing.csr_pem };
     let got = admin
-        .enroll(&req)
+        .enroll(&keys.request(machine, token))
         .await
         .map_err(|e| anyhow::anyhow!("enrollment of machine {machine} at {admin_url} failed: {e}"))?;
-    let creds = Credentials { chain_pem: got.chain_pem, key_pem: leaf.key_pem, ca_pem: got.ca_pem };
-    let who = creds.identity().map_err(|e| anyhow::anyhow!("the admin sent an unusable certificate: {e}"))?;
-    if who != Identity::Machine(machine.into()) {
-        anyhow::bail!("the admin sent a certificate for {who}, not for machine {machine}");
-    }
-    MachineIssuer::from_pem(&got.issuer_pem, &issuing.key_pem)
-        .map_err(|e| anyhow::anyhow!("the admin sent an unusable issuing certificate: {e}"))?;
-    let dir = pki_dir(data_dir);
-    creds.save(&dir, "machine").map_err(|e| anyhow::anyhow!("{e}"))?;
-    ferry_tls::write_file(&dir.join("issuer.key"), issuing.key_pem.as_bytes(), 0o600)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    ferry_tls::write_file(&dir.join("issuer.pem"), got.issuer_pem.as_bytes(), 0o644)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    keys.store(data_dir, machine, got, false)?;
     Ok(())
 }
 
@@ -140,58 +127,79 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
 /// the new serials.
 pub async fn rotate(data_dir: &Path, machine: &str, admin_url: &str) -> anyhow::Result<Vec<String>> {
     let current = load(data_dir, machine)?;
-    let leaf = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let issuing = ferry_tls::request(&Identity::Machine(machine.into())).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let keys = NewKeys::make(machine)?;
     let admin = AdminClient::with_tls(admin_url, &current.creds, Duration::from_secs(10));
-    let req = EnrollRequest {
-        machine: machine.into(),
-        token: String::new(),
-        leaf_csr: leaf.csr_pem,
-        issuer_csr: issuing.csr_pem,
-    };
     let got = admin
-        .rotate(&req)
+        .rotate(&keys.request(machine, String::new()))
         .await
         .map_err(|e| anyhow::anyhow!("rotation of machine {machine} at {admin_url} failed: {e}"))?;
-    let creds = Credentials { chain_pem: got.chain_pem, key_pem: leaf.key_pem, ca_pem: got.ca_pem };
-    if creds.identity().ok() != Some(Identity::Machine(machine.into())) {
-        anyhow::bail!("the admin sent a certificate that is not machine {machine}'s");
+    keys.store(data_dir, machine, got, true)
+}
+
+/// A machine's two new keys (TLS and issuing) and their certificate requests.
+struct NewKeys {
+    leaf: ferry_tls::Request,
+    issuing: ferry_tls::Request,
+}
+
+impl NewKeys {
+    fn make(machine: &str) -> anyhow::Result<NewKeys> {
+        let id = Identity::Machine(machine.into());
+        let made = (ferry_tls::request(&id), ferry_tls::request(&id));
+        match made {
+            (Ok(leaf), Ok(issuing)) => Ok(NewKeys { leaf, issuing }),
+            (Err(e), _) | (_, Err(e)) => Err(anyhow::anyhow!("{e}")),
+        }
     }
-    MachineIssuer::from_pem(&got.issuer_pem, &issuing.key_pem)
-        .map_err(|e| anyhow::anyhow!("the admin sent an unusable issuing certificate: {e}"))?;
-    let dir = pki_dir(data_dir);
-    for f in ["machine.pem", "machine.key", "issuer.pem", "issuer.key"] {
-        let _ = std::fs::copy(dir.join(f), dir.join(format!("{f}.old")));
+
+    fn request(&self, machine: &str, token: String) -> EnrollRequest {
+        EnrollRequest {
+            machine: machine.into(),
+            token,
+            leaf_csr: self.leaf.csr_pem.clone(),
+            issuer_csr: self.issuing.csr_pem.clone(),
+        }
     }
-    creds.save(&dir, "machine").map_err(|e| anyhow::anyhow!("{e}"))?;
-    ferry_tls::write_file(&dir.join("issuer.key"), issuing.key_pem.as_bytes(), 0o600)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    ferry_tls::write_file(&dir.join("issuer.pem"), got.issuer_pem.as_bytes(), 0o644)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok([&creds.chain_pem, &got.issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect())
+
+    /// Checks what the admin sent is this machine's and usable, and stores it with the keys
+    /// (keeping the old files as `*.old` when `keep_old`). Returns the new serials.
+    fn store(self, data_dir: &Path, machine: &str, got: EnrollResponse, keep_old: bool) -> anyhow::Result<Vec<String>> {
+        let creds = Credentials { chain_pem: got.chain_pem, key_pem: self.leaf.key_pem, ca_pem: got.ca_pem };
+        let who = creds.identity().map_err(|e| anyhow::anyhow!("the admin sent an unusable certificate: {e}"))?;
+        if who != Identity::Machine(machine.into()) {
+            anyhow::bail!("the admin sent a certificate for {who}, not for machine {machine}");
+        }
+        MachineIssuer::from_pem(&got.issuer_pem, &self.issuing.key_pem)
+            .map_err(|e| anyhow::anyhow!("the admin sent an unusable issuing certificate: {e}"))?;
+        let dir = pki_dir(data_dir);
+        if keep_old {
+            for f in ["machine.pem", "machine.key", "issuer.pem", "issuer.key"] {
+                let _ = std::fs::copy(dir.join(f), dir.join(format!("{f}.old")));
+            }
+        }
+        creds.save(&dir, "machine").map_err(|e| anyhow::anyhow!("{e}"))?;
+        files::write_atomic(&dir.join("issuer.key"), self.issuing.key_pem.as_bytes(), 0o600)
+            .with_context(|| format!("cannot write {}", dir.join("issuer.key").display()))?;
+        files::write_atomic(&dir.join("issuer.pem"), got.issuer_pem.as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", dir.join("issuer.pem").display()))?;
+        Ok([&creds.chain_pem, &got.issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect())
+    }
+}
+
+/// The CA certificate as the server at `admin_url` presents it, trusting nothing yet (the
+/// caller checks it), and the proof header for `nonce`.
+async fn fetch_ca_unchecked(admin_url: &str, nonce: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
+    let admin =
+        AdminClient::with_tls_config(admin_url, ferry_tls::trust_on_first_use_client_config(), Duration::from_secs(10));
+    admin.pki_ca(nonce).await.map_err(|e| anyhow::anyhow!("cannot fetch the domain CA certificate: {e}"))
 }
 
 /// Fetches the CA certificate with a fresh nonce and accepts it only if the admin proved it
 /// knows the domain secret (which is not sent).
 async fn fetch_ca_proven_by_secret(admin_url: &str, secret: &str) -> anyhow::Result<String> {
     let nonce: String = rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect();
-    let bare = admin_url.trim_end_matches('/');
-    let bare = bare.strip_prefix("http://").or_else(|| bare.strip_prefix("https://")).unwrap_or(bare);
-    let url = format!("https://{bare}/api/v1/pki/ca?nonce={nonce}");
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(ferry_tls::trust_on_first_use_client_config())
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()?;
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot reach {url}"))?;
-    let mac = resp.headers().get("x-ferry-ca-mac").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let pem = resp.text().await?;
-    if !ferry_tls::ca_mac_ok(secret, &nonce, &pem, &mac) {
+    let (pem, mac) = fetch_ca_unchecked(admin_url, Some(&nonce)).await?;
+    if !ferry_tls::ca_mac_ok(secret, &nonce, &pem, mac.as_deref().unwrap_or("")) {
         anyhow::bail!(
             "the server at {admin_url} could not prove it knows this domain's secret: another domain's admin, or someone in between; check --admin-url and the secret"
         );
@@ -199,28 +207,12 @@ async fn fetch_ca_proven_by_secret(admin_url: &str, secret: &str) -> anyhow::Res
     Ok(pem)
 }
 
-/// Fetches the CA certificate from the admin without trusting anything yet, and accepts it
-/// only if its fingerprint is the token's.
+/// Fetches the CA certificate and accepts it only if its fingerprint is the token's.
 async fn fetch_pinned_ca(admin_url: &str, pin: &str) -> anyhow::Result<String> {
-    let bare = admin_url.trim_end_matches('/');
-    let bare = bare.strip_prefix("http://").or_else(|| bare.strip_prefix("https://")).unwrap_or(bare);
-    let url = format!("https://{bare}/api/v1/pki/ca");
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(ferry_tls::trust_on_first_use_client_config())
-        .timeout(Duration::from_secs(10))
-        .no_proxy()
-        .build()?;
-    let pem = client
-        .get(&url)
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot fetch the domain CA certificate from {url}"))?
-        .text()
-        .await?;
+    let (pem, _) = fetch_ca_unchecked(admin_url, None).await?;
     if ferry_tls::ca_pin(&pem) != pin {
         anyhow::bail!(
-            "the CA certificate at {url} does not match the enrollment token's fingerprint: a different domain, or someone in between; check --admin and the token"
+            "the CA certificate at {admin_url} does not match the enrollment token's fingerprint: a different domain, or someone in between; check --admin and the token"
         );
     }
     Ok(pem)
@@ -235,7 +227,7 @@ pub async fn revocation_loop(tls: std::sync::Arc<NmTls>, admin_url: String) {
                 let serials: BTreeSet<String> = list.into_iter().collect();
                 if serials != tls.revoked.snapshot() {
                     if let Ok(bytes) = serde_json::to_vec(&serials) {
-                        let _ = ferry_tls::write_file(&tls.dir.join("revoked.json"), &bytes, 0o644);
+                        let _ = ferry_host::files::write_atomic(&tls.dir.join("revoked.json"), &bytes, 0o644);
                     }
                     tls.revoked.replace(serials);
                 }

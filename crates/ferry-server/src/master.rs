@@ -29,7 +29,7 @@ pub(crate) struct MasterRole {
     /// as unreachable at once, so a failover does not first wait out a connect timeout.
     reach: std::collections::BTreeMap<ferry_core::MachineName, (Option<Mono>, Option<Mono>)>,
     next_ping: Mono,
-    clients: std::sync::Mutex<std::collections::BTreeMap<(String, String, Duration), NmClient>>,
+    clients: std::sync::Mutex<std::collections::BTreeMap<(String, String), NmClient>>,
     /// Where the next incremental scan starts, and when the next full one is due.
     cursor: ScanCursor,
     full_scan_at: Mono,
@@ -142,20 +142,13 @@ impl MasterRole {
     /// A client of a Node Manager, kept per machine and address so the TLS connection the
     /// health checks keep warm also carries the commands (no handshake on the failover
     /// path); `timeout` bounds each call.
-    fn client(
-        &self,
-        ctx: &Ctx,
-        machine: &ferry_core::MachineName,
-        addr: &str,
-        connect: Duration,
-        timeout: Duration,
-    ) -> NmClient {
-        let key = (machine.to_string(), addr.to_string(), connect);
+    fn client(&self, ctx: &Ctx, machine: &ferry_core::MachineName, addr: &str, timeout: Duration) -> NmClient {
+        let key = (machine.to_string(), addr.to_string());
         let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .entry(key)
             .or_insert_with(|| match &ctx.credentials {
-                Some(c) => NmClient::with_connect_timeout(addr, machine.as_str(), c, connect, timeout),
+                Some(c) => NmClient::with_connect_timeout(addr, machine.as_str(), c, self.connect_timeout(), timeout),
                 None => NmClient::unusable(addr, "this server has no certificate from its Node Manager"),
             })
             .with_timeout(timeout)
@@ -179,7 +172,7 @@ impl MasterRole {
             };
             // The commands' client: the connection this check keeps warm carries them. The
             // call's bound (one interval) also bounds the connect.
-            let nm = self.client(ctx, &machine, &m.node_manager.to_string(), self.connect_timeout(), wait);
+            let nm = self.client(ctx, &machine, &m.node_manager.to_string(), wait);
             let tx = ctx.tx.clone();
             tokio::spawn(async move {
                 let ok = nm.health().await.is_ok();
@@ -339,13 +332,7 @@ impl MasterRole {
                     // A dead machine answers nothing: give up connecting after two intervals
                     // (100 ms at least, a second at most). A live Node Manager accepts at once
                     // and may take a while to plumb the IP and start the server.
-                    let nm = self.client(
-                        ctx,
-                        &m.name,
-                        &m.node_manager.to_string(),
-                        self.connect_timeout(),
-                        Duration::from_secs(10),
-                    );
+                    let nm = self.client(ctx, &m.name, &m.node_manager.to_string(), Duration::from_secs(10));
                     let cmd = NmStart {
                         origin: Origin::Master {
                             cluster: ctx.server.cluster.to_string(),

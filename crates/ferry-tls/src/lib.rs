@@ -439,11 +439,7 @@ impl Credentials {
     }
 
     fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs(&self.ca_pem)? {
-            roots.add(c).map_err(cert_err)?;
-        }
-        Ok(roots)
+        roots(&self.ca_pem)
     }
 
     fn key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -482,39 +478,42 @@ impl Credentials {
     /// A client configuration that presents these credentials and accepts only a server
     /// of the domain that is `expect`.
     pub fn client_config(&self, expect: Expect) -> Result<rustls::ClientConfig, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(self.roots()?), provider.clone())
-                .build()
-                .map_err(cert_err)?;
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(cert_err)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect }))
+        verifying_client(&self.ca_pem, expect)?
             .with_client_auth_cert(certs(&self.chain_pem)?, self.key()?)
-            .map_err(cert_err)?;
-        Ok(cfg)
+            .map_err(cert_err)
     }
 }
 
 /// A client configuration without a certificate of its own (an operator's CLI) that trusts
 /// the domain CA and accepts only `expect`.
 pub fn anonymous_client_config(ca_pem: &str, expect: Expect) -> Result<rustls::ClientConfig, TlsError> {
+    Ok(verifying_client(ca_pem, expect)?.with_no_client_auth())
+}
+
+/// A client configuration under way that trusts the CA in `ca_pem` and accepts only
+/// `expect` (what is left to say: the client's own certificate, if any).
+fn verifying_client(
+    ca_pem: &str,
+    expect: Expect,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(ca_pem)? {
-        roots.add(c).map_err(cert_err)?;
-    }
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
         .build()
         .map_err(cert_err)?;
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(cert_err)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect }))
-        .with_no_client_auth())
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect })))
+}
+
+/// The trust anchors in a PEM text.
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots.add(c).map_err(cert_err)?;
+    }
+    Ok(roots)
 }
 
 /// A client configuration that accepts any server certificate: only for fetching the CA
@@ -590,10 +589,23 @@ pub fn ca_mac(secret: &str, nonce: &str, ca_pem: &str) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks [`ca_mac`] in constant time.
+/// Checks [`ca_mac`] (in constant time, by the HMAC's own verification).
 pub fn ca_mac_ok(secret: &str, nonce: &str, ca_pem: &str, mac_hex: &str) -> bool {
-    let want = ca_mac(secret, nonce, ca_pem);
-    want.len() == mac_hex.len() && want.bytes().zip(mac_hex.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+    use hmac::{KeyInit, Mac};
+    let Some(given) = unhex(mac_hex) else { return false };
+    let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(nonce.as_bytes());
+    mac.update(b"\n");
+    mac.update(ca_pem.trim().as_bytes());
+    mac.verify_slice(&given).is_ok()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Every certificate in a PEM text.
@@ -709,22 +721,10 @@ impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
     }
 }
 
-/// Writes a file atomically with `mode` (temp file, fsync, rename).
-pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let r = (|| {
-        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-        std::fs::rename(&tmp, path)
-    })();
-    r.map_err(io_err(path))
+/// Writes a file atomically with `mode` (`ferry_host::files::write_atomic`), naming it in
+/// the error.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    ferry_host::files::write_atomic(path, contents, mode).map_err(io_err(path))
 }
 
 #[cfg(test)]
