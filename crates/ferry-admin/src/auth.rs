@@ -192,6 +192,16 @@ fn daemon_by_certificate(req: &Request) -> bool {
 /// The middleware: refuses what the table does not allow; hands the handlers the [`Caller`]
 /// (an `Extension`) for the audit trail.
 pub(crate) async fn require(State(s): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
+    // Revocation is checked at every request, not only at the handshake: a connection made
+    // before `ferry machine revoke` must not go on working.
+    let revoked = req
+        .extensions()
+        .get::<ConnectInfo<PeerInfo>>()
+        .and_then(|c| c.0.peer.as_ref())
+        .and_then(|p| s.pki.revoked.refuses(p));
+    if let Some(why) = revoked {
+        return crate::http::error_with(403, why, serde_json::Value::Null);
+    }
     if let Access::Token(need) = access(req.method(), req.uri().path()) {
         if need.daemons && daemon_by_certificate(&req) {
             return next.run(req).await;

@@ -26,7 +26,7 @@ pub(crate) fn router(nm: Arc<Nm>) -> Router {
         .route("/nm/v1/servers/{name}/stop", post(stop))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(auth))
+        .layer(axum::middleware::from_fn_with_state(nm.clone(), auth))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(nm)
 }
@@ -43,10 +43,15 @@ impl IntoResponse for Refusal {
 }
 
 /// Every route: a verified client certificate of the domain.
-async fn auth(req: Request, next: Next) -> Response {
+async fn auth(State(nm): State<Arc<Nm>>, req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<PeerInfo>>().and_then(|c| c.0.peer.clone());
     match peer {
-        Some(_) => next.run(req).await,
+        // Revocation at every request, not only at the handshake: a connection made before
+        // the revocation must not go on working.
+        Some(p) => match nm.tls.revoked.refuses(&p) {
+            Some(why) => error(403, why),
+            None => next.run(req).await,
+        },
         None => error(
             401,
             "Node Manager calls need a client certificate of this domain (mutual TLS): the admin's, or a server's issued by a Node Manager",

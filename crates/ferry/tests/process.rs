@@ -1287,8 +1287,16 @@ async fn enrollment_by_one_time_token_and_revocation() {
     let as_c = ferry_api::AdminClient::with_tls(&h.admin_url, &machine_c, Duration::from_secs(5));
     assert_eq!(as_c.rotate(&req).await.unwrap_err().status(), Some(403));
 
+    // A connection made before the revocation (kept in the client's pool).
+    let live = h.nm_client_as("machine-c", &rotated);
+    live.health().await.expect("before the revocation");
     // Revocation: every certificate of machine-d, the harness's Node Manager's included.
     let r = admin.revoke_machine("machine-d").await.unwrap();
+    wait_until(PATIENCE, "machine-c's Node Manager to refuse the open connection of revoked machine-d", || async {
+        live.health().await.is_err_and(|e| e.status() == Some(403))
+    })
+    .await
+    .unwrap();
     assert!(r.serials.len() >= 4, "two enrollments, two certificates each: {r:?}");
     wait_until(PATIENCE, "machine-c's Node Manager to refuse revoked machine-d", || async {
         h.nm_client_as("machine-c", &creds).health().await.is_err()
