@@ -4,7 +4,9 @@
 # before it starts a migratable server (addif) and after the server stops or is fenced
 # (removeif). Exit 0 on success; anything else stops the server from starting, the error
 # (with this script's output) goes to the event log, and the cluster master tries the next
-# candidate machine. Configure it per machine:  hooks = { ifconfig = "/path/ifconfig.sh" }
+# candidate machine. Exit 3 from addif means "another host still answers for this address"
+# (the old holder has not removed it yet): ferry then tries this machine again shortly
+# instead of giving up on it. Configure it per machine:  hooks = { ifconfig = "/path/ifconfig.sh" }
 # This example does what ferry's built-in action does, with the iproute2 and iputils-arping
 # tools, plus a log line; adapt it (sudo, another tool, a cloud API call for a secondary IP).
 set -eu
@@ -25,7 +27,7 @@ case $action in
     else
       # Refuse if another host answers for the address (duplicate address detection).
       if ! arping -q -D -c 2 -w 1 -I "$iface" "$ip"; then
-        echo "$ip is in use by another host on $iface" >&2; exit 1
+        echo "$ip is in use by another host on $iface" >&2; exit 3
       fi
       ip addr add "$ip/$(prefix_len "$netmask")" dev "$iface"
     fi

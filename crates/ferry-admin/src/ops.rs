@@ -184,8 +184,20 @@ impl AdminState {
         cfg: &ferry_core::domain::Server,
         machine: &MachineName,
     ) -> Result<String, String> {
-        let nm =
-            self.nm(machine, Duration::from_secs(10)).ok_or_else(|| format!("machine {machine} is not defined"))?;
+        self.try_start_on(op, cfg, machine).await.map_err(|e| e.to_string())
+    }
+
+    /// [`AdminState::start_on`], telling an address still in use (worth another try) from
+    /// other failures.
+    async fn try_start_on(
+        &self,
+        op: u64,
+        cfg: &ferry_core::domain::Server,
+        machine: &MachineName,
+    ) -> Result<String, StartFailure> {
+        let nm = self
+            .nm(machine, Duration::from_secs(10))
+            .ok_or_else(|| StartFailure::Other(format!("machine {machine} is not defined")))?;
         self.step(
             op,
             "contact-nm",
@@ -193,18 +205,74 @@ impl AdminState {
             Some(machine),
             format!("contacting the Node Manager on {machine} to start {}", cfg.name),
         );
-        let ack = nm
-            .start(cfg.name.as_str(), &NmStart { origin: Origin::Admin, in_place: false })
-            .await
-            .map_err(|e| format!("the Node Manager on {machine} could not start {}: {e}", cfg.name))?;
+        let ack =
+            nm.start(cfg.name.as_str(), &NmStart { origin: Origin::Admin, in_place: false }).await.map_err(|e| {
+                let msg = format!("the Node Manager on {machine} could not start {}: {e}", cfg.name);
+                if e.reason() == Some(ferry_api::REASON_ADDRESS_IN_USE) {
+                    StartFailure::AddressInUse(msg)
+                } else {
+                    StartFailure::Other(msg)
+                }
+            })?;
         self.step(op, "nm-started", &cfg.name, Some(machine), format!("Node Manager on {machine}: {}", ack.message));
         let l = self
             .wait_lease(&cfg.name, Self::start_timeout(cfg), |l| {
                 l.as_ref().is_some_and(|l| l.is_live() && l.machine.as_ref() == Some(machine))
             })
-            .await?;
+            .await
+            .map_err(StartFailure::Other)?;
         let epoch = l.map(|l| l.epoch.0).unwrap_or(0);
         Ok(format!("{} obtained its lease on {machine} (epoch {epoch})", cfg.name))
+    }
+
+    /// The start at the end of a migration: while the target refuses because the floating
+    /// IP still answers elsewhere (the source's `removeif` may still run), ask again, for up
+    /// to the source machine's hook timeout plus one lease time to live; if the target still
+    /// cannot start the server, start it again where it came from. A migration never leaves
+    /// a server stranded with nothing to restart it (a released lease is nobody's job).
+    async fn start_after_move(
+        &self,
+        op: u64,
+        cfg: &ferry_core::domain::Server,
+        from: Option<&MachineName>,
+        to: &MachineName,
+    ) -> Result<String, String> {
+        let d = self.domain().domain;
+        let hook_timeout = from.and_then(|m| d.machine(m)).map_or(Duration::from_secs(10), |m| m.hooks.timeout);
+        let until = clock::now() + hook_timeout + cfg.lease_ttl();
+        let failure = loop {
+            match self.try_start_on(op, cfg, to).await {
+                Ok(msg) => return Ok(format!("{msg}: migration to {to} complete")),
+                Err(StartFailure::AddressInUse(e)) if clock::now() < until => {
+                    self.step(
+                        op,
+                        "address-in-use",
+                        &cfg.name,
+                        Some(to),
+                        format!("{e}; asking {to} again in {} ms", ADDRESS_RETRY.as_millis()),
+                    );
+                    tokio::time::sleep(ADDRESS_RETRY).await;
+                }
+                Err(e) => break e.to_string(),
+            }
+        };
+        let Some(back) = from.filter(|m| *m != to) else {
+            return Err(failure);
+        };
+        self.step(
+            op,
+            "rollback",
+            &cfg.name,
+            Some(back),
+            format!("{failure}; starting {} again on {back}, where it came from", cfg.name),
+        );
+        match self.start_on(op, cfg, back).await {
+            Ok(msg) => Err(format!("migration to {to} failed ({failure}); rolled back: {msg}")),
+            Err(e) => Err(format!(
+                "migration to {to} failed ({failure}), and so did starting it again on {back} ({e}): start it by hand with `ferry start {}` or `ferry migrate {} --to MACHINE`",
+                cfg.name, cfg.name
+            )),
+        }
     }
 
     /// `ferry start-cluster CLUSTER` (Figure 7-1): start every server not already running.
@@ -448,9 +516,22 @@ impl AdminState {
                 format!("{} is not running; starting it on {to}", cfg.name),
             ),
         }
-        self.start_on(op, cfg, to).await.map(|msg| format!("{msg}: migration to {to} complete"))
+        self.start_after_move(op, cfg, from.as_ref(), to).await
     }
 }
+
+/// Why a start through a Node Manager did not happen.
+#[derive(Debug, thiserror::Error)]
+enum StartFailure {
+    /// Another host still answers for the server's floating IP.
+    #[error("{0}")]
+    AddressInUse(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How long a migration waits before asking a target that refused for an address in use again.
+const ADDRESS_RETRY: Duration = Duration::from_millis(200);
 
 fn placeholder(id: u64) -> Operation {
     Operation {

@@ -27,6 +27,14 @@ impl ClientError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ClientError::Unreachable { .. } | ClientError::Timeout { .. })
     }
+    /// The stable reason word of a refusal (`detail.reason`), if it has one.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { detail, .. } => detail.get("reason").and_then(|r| r.as_str()),
+            _ => None,
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } => Some(*status),

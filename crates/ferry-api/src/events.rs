@@ -42,7 +42,7 @@ impl EventSink {
         message: impl Into<String>,
     ) {
         let message = message.into();
-        tracing::info!(kind, server = server.unwrap_or(""), epoch = epoch.unwrap_or(0), "{message}");
+        tracing::info!(kind, server = server.unwrap_or(""), epoch, "{message}");
         self.push(Event {
             id: 0,
             at_ms: (self.wall_ms)(),

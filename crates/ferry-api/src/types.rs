@@ -3,6 +3,11 @@
 use ferry_core::domain::Domain;
 use serde::{Deserialize, Serialize};
 
+/// `detail.reason` of a Node Manager's refusal to start a server because another host still
+/// answers for its floating IP: it may pass by itself (the old holder is removing the
+/// address), so the caller may try again shortly rather than give up on the machine.
+pub const REASON_ADDRESS_IN_USE: &str = "address-in-use";
+
 /// Every 4xx/5xx answer carries this body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -12,6 +12,7 @@ pub mod keeper;
 pub mod lease;
 pub mod master;
 pub mod nodeman;
+pub mod reach;
 pub mod time;
 
 pub use ids::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName, TokenName};

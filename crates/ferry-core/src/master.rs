@@ -27,8 +27,11 @@ pub enum CommandResult {
     Accepted,
     /// Could not connect or no answer in time.
     Unreachable(String),
-    /// Answered with an error (hook failed, address in use, ...).
+    /// Answered with an error (hook failed, no lease table, ...).
     Refused(String),
+    /// Refused because another host still answers for the server's floating IP: the old
+    /// holder may be removing it right now, so the same machine is asked again shortly.
+    AddressInUse(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +40,9 @@ enum Phase {
     Grace { until: Mono },
     /// A start command is out.
     Commanding { machine: MachineName },
+    /// `machine` refused because the floating IP still answers elsewhere: ask it again at
+    /// `until`.
+    AddressWait { machine: MachineName, until: Mono },
     /// The Node Manager accepted; wait for the new instance to take the lease.
     Awaiting { machine: MachineName, until: Mono },
     /// A whole circuit of the candidates failed: wait before the next.
@@ -54,6 +60,8 @@ struct Track {
     tried: Vec<MachineName>,
     circuit: u32,
     power_fenced: bool,
+    /// Address-in-use refusals of the current target in a row.
+    address_waits: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +106,7 @@ impl Planner {
                 let word = match t.phase {
                     Phase::Grace { .. } => "grace",
                     Phase::Commanding { .. } => "commanding",
+                    Phase::AddressWait { .. } => "address-wait",
                     Phase::Awaiting { .. } => "awaiting-lease",
                     Phase::Backoff { .. } => "backoff",
                     Phase::GaveUp => "gave-up",
@@ -150,6 +159,7 @@ impl Planner {
                             tried: Vec::new(),
                             circuit: 0,
                             power_fenced: false,
+                            address_waits: 0,
                         },
                     );
                     // A zero grace acts in this very scan.
@@ -193,10 +203,20 @@ impl Planner {
             return;
         };
         let due = match &track.phase {
-            Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => now >= *until,
+            Phase::Grace { until }
+            | Phase::Awaiting { until, .. }
+            | Phase::Backoff { until }
+            | Phase::AddressWait { until, .. } => now >= *until,
             Phase::Commanding { .. } | Phase::GaveUp => false,
         };
         if !due {
+            return;
+        }
+        if let Phase::AddressWait { machine, .. } = &track.phase {
+            let machine = machine.clone();
+            let in_place = machine == track.failed_on;
+            track.phase = Phase::Commanding { machine: machine.clone() };
+            out.push(MasterAction::Start { server: server.clone(), machine, in_place, power_fence: None });
             return;
         }
         if let Phase::Awaiting { machine, .. } = &track.phase {
@@ -244,6 +264,7 @@ impl Planner {
                     _ => None,
                 };
                 track.tried.push(machine.clone());
+                track.address_waits = 0;
                 track.phase = Phase::Commanding { machine: machine.clone() };
                 out.push(MasterAction::Event {
                     kind: if in_place { "restart-in-place" } else { "migrate" },
@@ -306,7 +327,21 @@ impl Planner {
             CommandResult::Accepted => {
                 track.phase = Phase::Awaiting { machine: machine.clone(), until: now + timing.start_timeout_ms };
             }
-            CommandResult::Unreachable(e) | CommandResult::Refused(e) => {
+            CommandResult::AddressInUse(e) if track.address_waits < address_wait_limit(domain, server) => {
+                track.address_waits += 1;
+                let interval_ms = domain.server(server).map_or(1_000, |s| s.health_check_interval.as_millis() as u64);
+                out.push(MasterAction::Event {
+                    kind: "address-in-use",
+                    server: server.clone(),
+                    message: format!(
+                        "Node Manager on {machine} could not start {server} yet: {e}; asking again in {interval_ms} ms ({} of {})",
+                        track.address_waits,
+                        address_wait_limit(domain, server)
+                    ),
+                });
+                track.phase = Phase::AddressWait { machine: machine.clone(), until: now + interval_ms };
+            }
+            CommandResult::Unreachable(e) | CommandResult::Refused(e) | CommandResult::AddressInUse(e) => {
                 out.push(MasterAction::Event {
                     kind: "machine-failed",
                     server: server.clone(),
@@ -323,7 +358,11 @@ impl Planner {
     pub fn validate(&self, timing: &MasterTiming) -> Result<(), String> {
         for (server, t) in &self.tracks {
             match &t.phase {
-                Phase::Commanding { machine } | Phase::Awaiting { machine, .. } if !t.tried.contains(machine) => {
+                Phase::Commanding { machine }
+                | Phase::Awaiting { machine, .. }
+                | Phase::AddressWait { machine, .. }
+                    if !t.tried.contains(machine) =>
+                {
                     return Err(format!("{server}: a command is out to {machine}, which is not recorded as tried"));
                 }
                 _ => {}
@@ -344,9 +383,21 @@ impl Planner {
         self.tracks
             .values()
             .filter_map(|t| match t.phase {
-                Phase::Grace { until } | Phase::Awaiting { until, .. } | Phase::Backoff { until } => Some(until),
+                Phase::Grace { until }
+                | Phase::Awaiting { until, .. }
+                | Phase::Backoff { until }
+                | Phase::AddressWait { until, .. } => Some(until),
                 _ => None,
             })
             .min()
     }
+}
+
+/// How often one machine may refuse a server for its floating IP still answering elsewhere
+/// before the next machine is tried: once per health-check interval for one lease time to
+/// live (`health_check_periods_until_fencing` times), long enough for an old holder's
+/// `removeif` to finish, short enough that a machine whose kernel still holds the address
+/// does not stall the migration.
+fn address_wait_limit(domain: &Domain, server: &ServerName) -> u32 {
+    domain.server(server).map_or(3, |s| s.health_check_periods_until_fencing)
 }

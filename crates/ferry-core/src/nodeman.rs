@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::ids::{ClusterName, Epoch, Incarnation, ServerName};
+use crate::lease::Lease;
 use crate::time::{Bugs, Mono};
 
 /// How a `ferry server` process ended (DESIGN §4 exit codes).
@@ -283,9 +284,134 @@ impl Supervisor {
     }
 }
 
+/// What a Node Manager does about a server of its own that fenced itself (exit 75), once it
+/// can read the lease table again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterFence {
+    /// Start it here again, taking the lease over from the fenced incarnation (rule 4): nobody
+    /// else will. This is how a domain returns after a lease-table outage, when every server
+    /// (the cluster master too) fenced itself.
+    Restart,
+    /// Leave it: someone else has it or will restart it. The reason is for the event log.
+    GiveWay(String),
+}
+
+/// Decides who brings back a server that fenced itself: its own Node Manager, by handover,
+/// or the cluster master, by a restart in place or a migration once the lease has expired;
+/// never both, so two copies are never even started. `lease` is the server's row and
+/// `master` its cluster's master lease as the table says now, `since_fence_ms` how long ago
+/// the server fenced (the Node Manager's clock), and `table_was_down` that the table could
+/// not be read at an earlier look.
+///
+/// * The row names another incarnation: the master (or an operator) already moved it on.
+/// * A master other than the server itself that renewed its lease since the fence, with the
+///   table readable all along: that master is alive and reading the table; it sees the lease
+///   expire and restarts the server, in place first (through this Node Manager, which stops
+///   nothing it runs), or elsewhere if this machine does not answer it.
+/// * Otherwise no one else is about to act: restart it here. That is the case after a
+///   lease-table outage, when every server fenced itself, the master too (its lease may
+///   still look live, but nobody renews it). A master elected since the table returned would
+///   first wait out the fencing grace period, while this Node Manager knows its server is
+///   dead and its address removed; should that master's restart in place arrive meanwhile,
+///   it lands on this Node Manager, which serialises it with its own restart.
+///
+/// Comparing `since_renewal_ms` (the store's clock) with `since_fence_ms` (the Node
+/// Manager's) compares two durations, never a clock with a timestamp (rule 1), and decides
+/// only who restarts, never whether a lease is held: safety does not rest on it.
+pub fn after_fence(
+    server: &ServerName,
+    fenced: &Incarnation,
+    lease: Option<&Lease>,
+    master: Option<&Lease>,
+    since_fence_ms: u64,
+    table_was_down: bool,
+) -> AfterFence {
+    if let Some(l) = lease {
+        if l.incarnation.as_ref() != Some(fenced) {
+            return AfterFence::GiveWay(format!(
+                "its lease now belongs to incarnation {} on {} (epoch {})",
+                l.incarnation.as_ref().map_or("?", |i| i.0.as_str()),
+                l.machine.as_ref().map_or("?", |m| m.as_str()),
+                l.epoch
+            ));
+        }
+    }
+    let renewed_since_fence = |m: &Lease| m.since_renewal_ms >= 0 && (m.since_renewal_ms as u64) < since_fence_ms;
+    match master {
+        Some(m)
+            if !table_was_down
+                && m.is_live()
+                && renewed_since_fence(m)
+                && m.owner.as_ref().is_some_and(|o| o != server) =>
+        {
+            AfterFence::GiveWay(format!(
+                "cluster master {} (master epoch {}) restarts it once its lease expires",
+                m.owner.as_ref().map_or("?", |o| o.as_str()),
+                m.epoch
+            ))
+        }
+        _ => AfterFence::Restart,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{LeaseName, MachineName};
+    use crate::lease::LeaseState;
+
+    fn lease(name: LeaseName, owner: &str, inc: &str, epoch: u64, remaining_ms: i64) -> Lease {
+        Lease {
+            name,
+            owner: Some(n(owner)),
+            machine: Some(MachineName::new("m1").unwrap()),
+            incarnation: Some(Incarnation(inc.into())),
+            epoch: Epoch(epoch),
+            state: LeaseState::Held,
+            remaining_ms,
+            since_renewal_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_fenced_server_is_restarted_by_its_node_manager_or_by_the_master_never_both() {
+        let ms1 = n("ms1");
+        let fenced = Incarnation("old".into());
+        let c = ClusterName::new("c1").unwrap();
+        let row = lease(LeaseName::Server(ms1.clone()), "ms1", "old", 4, -200);
+        // A master renewing every 100 ms; the fence was 300 ms ago.
+        let mut live_master = lease(LeaseName::Master(c.clone()), "ms2", "m", 7, 900);
+        live_master.since_renewal_ms = 40;
+        let mut expired_master = live_master.clone();
+        expired_master.remaining_ms = -1;
+        // The master fenced with everyone else: its lease still looks live, nobody renews it.
+        let mut silent_master = live_master.clone();
+        silent_master.since_renewal_ms = 450;
+        let mut own_master = lease(LeaseName::Master(c), "ms1", "old", 7, 900);
+        own_master.since_renewal_ms = 40;
+        let decide = |lease, master, was_down| after_fence(&ms1, &fenced, lease, master, 300, was_down);
+        // Nobody else will act: restart it here.
+        assert_eq!(decide(Some(&row), None, false), AfterFence::Restart);
+        assert_eq!(decide(None, None, false), AfterFence::Restart);
+        assert_eq!(decide(Some(&row), Some(&expired_master), false), AfterFence::Restart);
+        assert_eq!(decide(Some(&row), Some(&own_master), false), AfterFence::Restart);
+        assert_eq!(decide(Some(&row), Some(&silent_master), false), AfterFence::Restart);
+        // A live master that was reading the table restarts it itself.
+        assert_eq!(
+            decide(Some(&row), Some(&live_master), false),
+            AfterFence::GiveWay("cluster master ms2 (master epoch 7) restarts it once its lease expires".into())
+        );
+        // After an outage, a master elected since would first wait out its grace period.
+        assert_eq!(decide(Some(&row), Some(&live_master), true), AfterFence::Restart);
+        // Someone already has it, outage or not.
+        let moved = lease(LeaseName::Server(ms1.clone()), "ms1", "new", 5, 900);
+        for was_down in [false, true] {
+            assert_eq!(
+                decide(Some(&moved), None, was_down),
+                AfterFence::GiveWay("its lease now belongs to incarnation new on m1 (epoch 5)".into())
+            );
+        }
+    }
 
     fn n(s: &str) -> ServerName {
         ServerName::new(s).unwrap()

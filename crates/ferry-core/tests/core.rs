@@ -135,6 +135,39 @@ fn expired_lease_waits_grace_then_restarts_in_place_then_migrates_in_order() {
 }
 
 #[test]
+fn a_machine_refusing_for_an_address_still_in_use_is_asked_again_then_skipped() {
+    let d = domain();
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let expired = [lease("ms1", "b", 3, -5)];
+    p.on_scan(Mono(1_000), &expired, &d);
+    let a = p.on_scan(Mono(2_000), &expired, &d);
+    assert_eq!(starts(&a), vec![("ms1".into(), "b".into(), true)]);
+    let a = p.on_command_result(Mono(2_001), &s("ms1"), &m("b"), CommandResult::Unreachable("down".into()), &d);
+    assert_eq!(starts(&a), vec![("ms1".into(), "d".into(), false)]);
+    // d still sees the address answering (b's removeif is running): ask d again one
+    // interval (100 ms) later, three times (the lease's periods), then move on to c.
+    let in_use = || CommandResult::AddressInUse("another host answers for 198.18.1.101".into());
+    let mut now = 2_010;
+    for k in 1..=3 {
+        let a = p.on_command_result(Mono(now), &s("ms1"), &m("d"), in_use(), &d);
+        assert_eq!(kinds(&a), vec!["address-in-use"], "refusal {k}");
+        assert!(starts(&a).is_empty(), "nothing at once");
+        assert_eq!(p.next_wakeup(), Some(Mono(now + 100)));
+        assert!(starts(&p.on_scan(Mono(now + 99), &expired, &d)).is_empty());
+        let a = p.on_scan(Mono(now + 100), &expired, &d);
+        assert_eq!(starts(&a), vec![("ms1".into(), "d".into(), false)], "d again after refusal {k}");
+        now += 110;
+    }
+    let a = p.on_command_result(Mono(now), &s("ms1"), &m("d"), in_use(), &d);
+    assert_eq!(kinds(&a), vec!["machine-failed", "migrate"]);
+    assert_eq!(starts(&a), vec![("ms1".into(), "c".into(), false)]);
+    // The count starts over for c.
+    let a = p.on_command_result(Mono(now + 1), &s("ms1"), &m("c"), in_use(), &d);
+    assert_eq!(kinds(&a), vec!["address-in-use"]);
+    assert_eq!(p.in_progress(), vec![(s("ms1"), "address-wait")]);
+}
+
+#[test]
 fn a_start_that_never_takes_the_lease_moves_on() {
     let d = domain();
     let mut p = Planner::new(ClusterName::new("c1").unwrap());

@@ -13,12 +13,7 @@ const ETH_P_ARP: u16 = 0x0806;
 /// `window` (probes at the start and at a third of the window). Blocking: run it on the
 /// blocking pool.
 pub fn probe_blocking(iface: &str, ip: Ipv4Addr, window: Duration) -> std::io::Result<bool> {
-    let index = read_sys(iface, "ifindex")?
-        .trim()
-        .parse::<i32>()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("ifindex of {iface}: {e}")))?;
-    let mac = parse_mac(read_sys(iface, "address")?.trim())
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no MAC address on {iface}")))?;
+    let (index, mac) = interface(iface)?;
     let socket = RawSocket::open(index)?;
     let frame = probe_frame(mac, ip);
     let start = crate::clock::now();
@@ -41,6 +36,26 @@ pub fn probe_blocking(iface: &str, ip: Ipv4Addr, window: Duration) -> std::io::R
             }
         }
     }
+}
+
+/// Sends a gratuitous ARP for `ip` from `iface` (an ARP request whose sender and target
+/// address are both `ip`, broadcast), so neighbours point their caches at this host at once.
+/// The kernel sends none when an address is added. Returns once the frame is handed to the
+/// interface: an error here means no announcement went out. Blocking (one `sendto`).
+pub fn announce_blocking(iface: &str, ip: Ipv4Addr) -> std::io::Result<()> {
+    let (index, mac) = interface(iface)?;
+    let socket = RawSocket::open(index)?;
+    socket.send_broadcast(&gratuitous_frame(mac, ip))
+}
+
+fn interface(iface: &str) -> std::io::Result<(i32, [u8; 6])> {
+    let index = read_sys(iface, "ifindex")?
+        .trim()
+        .parse::<i32>()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("ifindex of {iface}: {e}")))?;
+    let mac = parse_mac(read_sys(iface, "address")?.trim())
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("no MAC address on {iface}")))?;
+    Ok((index, mac))
 }
 
 fn read_sys(iface: &str, what: &str) -> std::io::Result<String> {
@@ -76,6 +91,13 @@ fn probe_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
     f[22..28].copy_from_slice(&mac);
     // sender protocol address 0.0.0.0 (f[28..32]), target hardware unknown (f[32..38]).
     f[38..42].copy_from_slice(&ip.octets());
+    f
+}
+
+/// A gratuitous ARP request: sender and target protocol address both `ip`, from `mac`.
+fn gratuitous_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
+    let mut f = probe_frame(mac, ip);
+    f[28..32].copy_from_slice(&ip.octets());
     f
 }
 
@@ -200,6 +222,14 @@ mod tests {
         let mut their_probe = probe;
         their_probe[22..28].copy_from_slice(&theirs);
         assert!(claims(&their_probe, ip, ours), "someone else probing for it is a conflict too");
+        let announce = gratuitous_frame(ours, ip);
+        assert_eq!(&announce[28..32], &ip.octets(), "the sender address is the floating IP");
+        assert_eq!(&announce[38..42], &ip.octets(), "so is the target address");
+        assert_eq!(&announce[22..28], &ours, "from our MAC");
+        assert!(!claims(&announce, ip, ours), "our own announcement is not a claim");
+        let mut theirs_announce = announce;
+        theirs_announce[22..28].copy_from_slice(&theirs);
+        assert!(claims(&theirs_announce, ip, ours), "another host announcing it is");
         assert_eq!(parse_mac("02:00:c6:12:01:0b"), Some([2, 0, 0xc6, 0x12, 1, 0x0b]));
         assert_eq!(parse_mac("zz"), None);
     }

@@ -21,7 +21,7 @@ pub enum HookError {
     #[error("hook {hook} {args} did not finish within {timeout_ms} ms and was killed")]
     Timeout { hook: String, args: String, timeout_ms: u64 },
     #[error("hook {hook} {args} failed with {status}: {output}")]
-    Failed { hook: String, args: String, status: String, output: String },
+    Failed { hook: String, args: String, status: String, code: Option<i32>, output: String },
     /// The built-in floating-IP action failed (address in use, no such interface, ...).
     #[error("built-in {verb} of {ip} on {iface} failed")]
     Builtin {
@@ -31,6 +31,24 @@ pub enum HookError {
         #[source]
         source: crate::ipaddr::IpAddrError,
     },
+}
+
+/// The exit status with which an `ifconfig` hook's `addif` says that another host holds
+/// the address (as the built-in probe finds it): the server is then not started there, and
+/// whoever asked may try again once the old holder has let the address go.
+pub const ADDRESS_IN_USE_EXIT: i32 = 3;
+
+impl HookError {
+    /// Whether the floating IP could not be added because another host still answers for
+    /// it: the built-in probe saw it, or the hook exited with [`ADDRESS_IN_USE_EXIT`]. Such
+    /// a refusal may pass by itself (the old holder is removing the address).
+    pub fn is_address_in_use(&self) -> bool {
+        match self {
+            HookError::Builtin { source: crate::ipaddr::IpAddrError::InUse { .. }, .. } => true,
+            HookError::Failed { code, .. } => *code == Some(ADDRESS_IN_USE_EXIT),
+            _ => false,
+        }
+    }
 }
 
 /// Runs `hook ARGS...` with a timeout; returns its combined output.
@@ -61,6 +79,7 @@ pub async fn run_hook(hook: &str, args: &[String], timeout: Duration) -> Result<
         Ok((output, status)) => Err(HookError::Failed {
             hook: hook.into(),
             args: joined,
+            code: status.as_ref().ok().and_then(|s| s.code()),
             status: status.map_or_else(|e| e.to_string(), |s| s.to_string()),
             output: output.trim().chars().take(2000).collect(),
         }),
@@ -102,7 +121,7 @@ pub async fn floating_ip(machine: &Machine, action: IpAction, ip: Ipv4Addr) -> R
         IpAction::Add => {
             let len = crate::ipaddr::prefix_len(mask).unwrap_or(24);
             let how = crate::ipaddr::plumb(&iface, ip, len).await.map_err(builtin)?;
-            Ok(format!("floating IP {ip}/{len} on {iface}: {how:?}, announced with a gratuitous ARP"))
+            Ok(format!("floating IP {ip}/{len} on {iface}: {how}"))
         }
         IpAction::Remove => {
             crate::ipaddr::remove(&iface, ip).await.map_err(builtin)?;

@@ -10,8 +10,9 @@
 //!   interface's configured IPv4 subnets (otherwise nobody on the segment could reach it).
 //! * [`announce`]: the kernel sends **no** gratuitous ARP when an address is added, and
 //!   clients keep the old holder's MAC for ~30 s without one (measured in the lab); with one
-//!   they switch within milliseconds. `arping -U` lingers ~1 s after sending, so it runs in
-//!   the background.
+//!   they switch within milliseconds. It goes out on a raw packet socket (so ferry knows it
+//!   was sent); only where raw sockets are refused does `arping -U` send it, in the
+//!   background (it lingers ~1 s after sending).
 //! * [`remove`]: `ip addr del`, idempotent.
 //!
 //! Everything runs in the caller's own network namespace (the Node Manager's machine) through
@@ -67,9 +68,24 @@ type Result<T, E = IpAddrError> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plumbed {
     /// The address was added (after a clean probe) and announced.
-    Added,
+    Added(Announced),
     /// The address was already on the interface; it was announced again.
-    AlreadyPresent,
+    AlreadyPresent(Announced),
+}
+
+impl std::fmt::Display for Plumbed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, how) = match self {
+            Plumbed::Added(how) => ("added", how),
+            Plumbed::AlreadyPresent(how) => ("already present", how),
+        };
+        match how {
+            Announced::Sent => write!(f, "{what}, announced with a gratuitous ARP"),
+            Announced::ViaArping => {
+                write!(f, "{what}, gratuitous ARP handed to arping in the background (a failure is logged)")
+            }
+        }
+    }
 }
 
 /// The prefix length of a contiguous netmask (`255.255.255.0` → 24); `None` otherwise.
@@ -84,8 +100,7 @@ pub fn prefix_len(netmask: Ipv4Addr) -> Option<u8> {
 /// and announce it.
 pub async fn plumb(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<Plumbed> {
     if present(iface, ip).await? {
-        announce(iface, ip).await?;
-        return Ok(Plumbed::AlreadyPresent);
+        return Ok(Plumbed::AlreadyPresent(announce(iface, ip).await?));
     }
     check_prefix_len(iface, ip, prefix_len)?;
     check_subnet(iface, ip, &addresses(iface).await?)?;
@@ -93,8 +108,7 @@ pub async fn plumb(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<Plumbed>
         return Err(IpAddrError::InUse { iface: iface.into(), ip });
     }
     add(iface, ip, prefix_len).await?;
-    announce(iface, ip).await?;
-    Ok(Plumbed::Added)
+    Ok(Plumbed::Added(announce(iface, ip).await?))
 }
 
 /// How long the built-in probe listens for a host that holds the address. A host answers
@@ -153,12 +167,29 @@ pub async fn add(iface: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
     }
 }
 
-/// Sends one gratuitous ARP for `ip` from `iface` (`arping -q -U -c 1`) so neighbours
-/// update their caches at once. Returns as soon as the sender runs; it finishes (~1 s) in
-/// the background and is killed after [`ANNOUNCE_TIMEOUT`]. `ip` must be on `iface`.
-pub async fn announce(iface: &str, ip: Ipv4Addr) -> Result<()> {
+/// How a gratuitous ARP went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// Sent on a raw packet socket: the frame is on the wire.
+    Sent,
+    /// Raw sockets are refused here: handed to `arping -U`, which runs in the background;
+    /// its outcome goes to the log.
+    ViaArping,
+}
+
+/// Sends one gratuitous ARP for `ip` from `iface` so neighbours update their caches at once:
+/// on a raw packet socket (the frame is sent before this returns), else with `arping -q -U
+/// -c 1`, which lingers ~1 s and so runs in the background (killed after
+/// [`ANNOUNCE_TIMEOUT`]). `ip` must be on `iface`. An error means nothing was sent.
+pub async fn announce(iface: &str, ip: Ipv4Addr) -> Result<Announced> {
     if !present(iface, ip).await? {
         return Err(IpAddrError::NotPresent { iface: iface.into(), ip });
+    }
+    let name = iface.to_string();
+    match tokio::task::spawn_blocking(move || crate::arp::announce_blocking(&name, ip)).await {
+        Ok(Ok(())) => return Ok(Announced::Sent),
+        Ok(Err(e)) => tracing::debug!("raw gratuitous ARP on {iface} unavailable ({e}); using arping"),
+        Err(e) => tracing::debug!("raw gratuitous ARP on {iface} failed ({e}); using arping"),
     }
     let arping = tool("arping")?;
     let mut cmd = tokio::process::Command::new(arping);
@@ -178,7 +209,7 @@ pub async fn announce(iface: &str, ip: Ipv4Addr) -> Result<()> {
             Err(_) => tracing::warn!("gratuitous arp `{command}` did not finish; killed"),
         }
     });
-    Ok(())
+    Ok(Announced::ViaArping)
 }
 
 /// Removes `ip` from `iface` (with whatever prefix length it has); nothing to do when it

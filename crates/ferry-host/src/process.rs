@@ -114,12 +114,18 @@ pub fn session_members(sid: i32) -> Vec<i32> {
 
 /// SIGKILLs every process of session `sid`: stops them all first so none can fork a
 /// replacement between the scan and the kill, then kills, until the session is empty.
-/// Returns how many processes were signalled.
+/// Returns how many distinct processes were signalled (a process the kernel has not yet
+/// finished off is seen again by the next scan; it is counted once).
 pub fn kill_session(sid: i32) -> usize {
+    let mut signalled = std::collections::BTreeSet::new();
+    kill_session_into(sid, &mut signalled);
+    signalled.len()
+}
+
+fn kill_session_into(sid: i32, signalled: &mut std::collections::BTreeSet<i32>) {
     if sid <= 1 {
-        return 0;
+        return;
     }
-    let mut total = 0;
     for _ in 0..10 {
         let members = session_members(sid);
         if members.is_empty() {
@@ -131,9 +137,8 @@ pub fn kill_session(sid: i32) -> usize {
         for &p in &members {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
-        total += members.len();
+        signalled.extend(members);
     }
-    total
 }
 
 /// Sends `sig` to process group `pgid`; false if there was no such group.
@@ -144,6 +149,19 @@ pub fn signal_group(pgid: i32, sig: Signal) -> bool {
 /// Sends `sig` to one process; false if there was no such process.
 pub fn signal(pid: i32, sig: Signal) -> bool {
     pid > 1 && kill(Pid::from_raw(pid), sig).is_ok()
+}
+
+/// Whether `pid` is a live `ferry server NAME` process leading its own session: what a Node
+/// Manager starts, and all it will adopt or kill as an earlier instance of that server.
+pub fn is_server_leader(pid: i32, server: &str) -> bool {
+    if !alive(pid) || proc_stat(pid).is_none_or(|s| s.session != pid) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2).any(|w| w[0] == b"server" && w[1] == server.as_bytes())
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -185,12 +203,61 @@ pub fn kill_tagged(key: &str, value: &str) -> usize {
 }
 
 /// [`kill_session`], then waits (up to `patience`) until the kernel has finished them off.
+/// Returns how many distinct processes were signalled.
 pub async fn kill_session_and_wait(sid: i32, patience: std::time::Duration) -> usize {
-    let n = kill_session(sid);
+    let mut signalled = std::collections::BTreeSet::new();
+    kill_session_into(sid, &mut signalled);
     let until = crate::clock::now() + patience;
     while !session_members(sid).is_empty() && crate::clock::now() < until {
-        kill_session(sid);
+        kill_session_into(sid, &mut signalled);
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    n
+    signalled.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shell leading its own session with two children: three processes, counted once
+    /// each however many scans it takes the kernel to finish them off.
+    #[tokio::test]
+    async fn killing_a_session_counts_each_process_once() {
+        let spec = SpawnSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep 30 & sleep 30 & wait".into()],
+            new_session: true,
+            ..Default::default()
+        };
+        let mut child = spawn(&spec).expect("sh starts");
+        let sid = child.id().expect("a pid") as i32;
+        let until = crate::clock::now() + 5_000;
+        while session_members(sid).len() < 3 {
+            assert!(crate::clock::now() < until, "the shell's children never appeared: {:?}", session_members(sid));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(kill_session_and_wait(sid, std::time::Duration::from_secs(5)).await, 3);
+        let _ = child.wait().await;
+        assert!(session_members(sid).is_empty());
+        assert_eq!(kill_session(sid), 0, "an empty session has nothing to kill");
+    }
+
+    #[tokio::test]
+    async fn a_server_leader_is_recognised_by_its_command_line_and_session() {
+        // `sh -c '...' server ms1`: argv holds "server" "ms1", and the shell leads its session.
+        let spec = SpawnSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep 30; true".into(), "server".into(), "ms1".into()],
+            new_session: true,
+            ..Default::default()
+        };
+        let mut child = spawn(&spec).expect("sh starts");
+        let pid = child.id().expect("a pid") as i32;
+        assert!(is_server_leader(pid, "ms1"));
+        assert!(!is_server_leader(pid, "ms2"), "another server's name");
+        assert!(!is_server_leader(std::process::id() as i32, "ms1"), "not this test");
+        kill_session_and_wait(pid, std::time::Duration::from_secs(5)).await;
+        let _ = child.wait().await;
+        assert!(!is_server_leader(pid, "ms1"), "gone");
+    }
 }

@@ -96,7 +96,7 @@ async fn run_op(words: &[&str]) -> std::result::Result<String, Box<dyn std::erro
         "remove" => ipaddr::remove(iface, ip).await.map(|()| String::new())?,
         "present" => ipaddr::present(iface, ip).await?.to_string(),
         "probe" => ipaddr::probe(iface, ip).await?.to_string(),
-        "announce" => ipaddr::announce(iface, ip).await.map(|()| String::new())?,
+        "announce" => format!("{:?}", ipaddr::announce(iface, ip).await?),
         "plumb" => format!("{:?}", ipaddr::plumb(iface, ip, len()?).await?),
         other => return Err(format!("unknown op {other}").into()),
     })
@@ -153,7 +153,7 @@ async fn announce_moves_the_clients_neighbour_entry() -> Result {
     };
     let (mac_a, mac_b) = (lab.mac("a")?, lab.mac("b")?);
     let results = in_machine(&lab, "a", &["plumb eth0 198.18.1.100 24"]).await?;
-    assert_eq!(results, vec![ok("Added")]);
+    assert_eq!(results, vec![ok("Added(Sent)")], "announced on the raw socket, not through arping");
     assert!(lab.ping("client", VIP).await?);
     assert_eq!(lab.neighbour("client", VIP).await?, Some(mac_a.clone()));
 
@@ -165,8 +165,7 @@ async fn announce_moves_the_clients_neighbour_entry() -> Result {
         Some(mac_a.clone()),
         "without a gratuitous ARP the client must still point at a"
     );
-    // The announcement (arping runs in the background; the helper waits for it to end).
-    // Meanwhile the client's entry is watched: it must switch to b long before the entry's
+    // The announcement, sent on the raw socket before `announce` returns. Meanwhile the client's entry is watched: it must switch to b long before the entry's
     // own reachable time (15-45 s) could run out.
     let announce = in_machine(&lab, "b", &["announce eth0 198.18.1.100", "sleep 1200"]);
     let started = stopwatch();
@@ -180,7 +179,7 @@ async fn announce_moves_the_clients_neighbour_entry() -> Result {
         Ok(None)
     };
     let (results, switched_ms) = tokio::join!(announce, watch);
-    assert_eq!(results?, vec![ok(""), ok("")]);
+    assert_eq!(results?, vec![ok("Sent"), ok("")]);
     let switched_ms = switched_ms?.context("the client's entry never pointed at b")?;
     eprintln!("the client's neighbour entry pointed at b ~{switched_ms} ms after the helper started");
     assert!(lab.ping("client", VIP).await?);

@@ -38,7 +38,12 @@ fn error(status: u16, msg: impl Into<String>) -> Response {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        error(self.status, self.error)
+        let code = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let detail = match self.reason {
+            Some(reason) => serde_json::json!({ "reason": reason }),
+            None => serde_json::Value::Null,
+        };
+        (code, Json(ErrorBody { error: self.error, detail })).into_response()
     }
 }
 

@@ -45,7 +45,12 @@ pub(crate) struct Proc {
     /// Set when this Node Manager stops or kills the process on purpose.
     pub stopping: bool,
     pub fenced: bool,
+    /// This Node Manager added the server's floating IP here (or adopted a server that
+    /// runs with it) and has not removed it yet; also kept on disk (`servers/NAME/plumbed`)
+    /// so a restarted Node Manager removes what it left behind.
     pub ip_plumbed: bool,
+    /// Likewise for the mount hook's `mount` (`servers/NAME/mounted`).
+    pub mounted: bool,
     /// Bumped by every explicit start or stop: a pending automatic restart that sees it
     /// changed gives way to what the operator or the master asked for.
     pub generation: u64,
@@ -81,21 +86,44 @@ pub(crate) struct PendingRenewal {
     pub reply: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
 }
 
+/// What a Node Manager puts in place for a server before it starts, and undoes after.
+#[derive(Debug, Clone, Copy)]
+enum Plumbing {
+    Ip,
+    Mount,
+}
+
+impl Plumbing {
+    fn file(self) -> &'static str {
+        match self {
+            Plumbing::Ip => "plumbed",
+            Plumbing::Mount => "mounted",
+        }
+    }
+}
+
 /// How long the batcher waits after the first renewal for others to join it.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// The most renewals in one `renew_many`.
 const BATCH_MAX: usize = 1_000;
 
-/// An error answered to a caller: HTTP status and message.
+/// An error answered to a caller: HTTP status, message, and for refusals a caller may act
+/// on, a stable reason word (`detail.reason` of the answer).
 #[derive(Debug)]
 pub(crate) struct Refusal {
     pub status: u16,
     pub error: String,
+    pub reason: Option<&'static str>,
 }
 
 impl Refusal {
     pub fn new(status: u16, error: impl Into<String>) -> Self {
-        Refusal { status, error: error.into() }
+        Refusal { status, error: error.into(), reason: None }
+    }
+
+    fn because(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 }
 
@@ -126,10 +154,15 @@ impl Nm {
         Ok(s)
     }
 
-    /// Brings back a server that fenced itself (its lease table was unreachable), as soon as
-    /// the table answers again and still names the fenced incarnation: the domain returns to
-    /// its configured state without an operator. If the master moved the server meanwhile,
-    /// or an operator or the master gave a command, this gives way.
+    /// Brings back a server that fenced itself, unless someone else has it or will restart it
+    /// ([`ferry_core::nodeman::after_fence`]: the cluster master and this Node Manager never
+    /// both). It looks one health-check interval after the fence, so a master that is alive
+    /// has renewed its lease since; if the table cannot be read (an outage: every server
+    /// fenced, the master too), it asks again every interval, and brings the server back as
+    /// soon as the table answers: the domain is back within an interval or two of the
+    /// table's return. Once it decided to restart, it waits out `delay_ms` (which grows while
+    /// the server keeps fencing, rule 9) and checks only that nobody took the lease meanwhile.
+    /// An operator's or master's command meanwhile makes this give way.
     async fn restart_if_unclaimed(
         self: Arc<Self>,
         server: ServerName,
@@ -137,60 +170,84 @@ impl Nm {
         delay_ms: u64,
         generation: u64,
     ) {
-        let mut delay = delay_ms;
-        let mut told = false;
+        let fenced_at = clock::now();
+        let Some(cfg) = self.domain().domain.server(&server).cloned() else { return };
+        let interval = Duration::from_millis(cfg.health_check_interval.as_millis().clamp(50, 10_000) as u64);
+        let mut table_was_down = false;
+        let mut decided = false;
+        let mut wait = interval;
         loop {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-            let current = self.procs.lock().ok().and_then(|p| p.get(&server).map(|p| (p.generation, p.pid)));
-            if current.is_none_or(|(g, pid)| g != generation || pid.is_some()) {
+            tokio::time::sleep(wait).await;
+            let current = self.procs.lock().ok().and_then(|p| p.get(&server).map(|p| (p.generation, p.pid, p.epoch)));
+            let Some((g, None, epoch)) = current else { return };
+            if g != generation {
                 return;
             }
-            let lease = match self.store().await {
-                Ok(store) => store.get(&LeaseName::Server(server.clone())).await,
-                Err(e) => Err(e),
+            let read = async {
+                let store = self.store().await?;
+                let lease = store.get(&LeaseName::Server(server.clone())).await?;
+                let master = store.get(&LeaseName::Master(cfg.cluster.clone())).await?;
+                Ok::<_, ferry_store::StoreError>((lease, master))
             };
-            match lease {
-                Ok(l) if l.as_ref().is_none_or(|l| l.incarnation.as_ref() == Some(&old)) => {
+            let (lease, master) = match read.await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    if !table_was_down {
+                        table_was_down = true;
+                        self.events.emit(
+                            "waiting-for-lease-table",
+                            Some(server.as_str()),
+                            Some(self.machine_name()),
+                            epoch,
+                            format!("{server} fenced itself; it will be restarted here once the lease table answers again ({e})"),
+                        );
+                    }
+                    wait = interval;
+                    continue;
+                }
+            };
+            // Once decided, only a lease that moved on stops the restart (no master lease:
+            // a master elected since would otherwise make this wait out its grace period).
+            let master = if decided { None } else { master };
+            let since_fence_ms = clock::now().since(fenced_at);
+            match ferry_core::nodeman::after_fence(
+                &server,
+                &old,
+                lease.as_ref(),
+                master.as_ref(),
+                since_fence_ms,
+                table_was_down,
+            ) {
+                ferry_core::nodeman::AfterFence::GiveWay(why) => {
+                    self.events.emit(
+                        "not-restarting",
+                        Some(server.as_str()),
+                        Some(self.machine_name()),
+                        lease.as_ref().map(|l| l.epoch.0).or(epoch),
+                        format!("not restarting fenced {server} here: {why}"),
+                    );
+                    return;
+                }
+                ferry_core::nodeman::AfterFence::Restart if !decided && since_fence_ms < delay_ms => {
+                    decided = true;
+                    wait = Duration::from_millis(delay_ms - since_fence_ms);
+                }
+                ferry_core::nodeman::AfterFence::Restart => {
                     self.events.emit(
                         "restart-after-fence",
                         Some(server.as_str()),
                         Some(self.machine_name()),
-                        None,
-                        format!("the lease table answers again and still names {server}'s fenced incarnation {old}; restarting it on {}", self.opts.machine),
+                        epoch,
+                        format!(
+                            "{} and no one else restarts {server} (fenced incarnation {old}); restarting it on {}",
+                            if table_was_down { "the lease table answers again" } else { "the lease table answers" },
+                            self.opts.machine
+                        ),
                     );
                     if let Err(r) = self.start(&server, &Origin::Admin, false, Some(old.clone())).await {
                         tracing::warn!("restart of {server} failed: {}", r.error);
                     }
                     return;
-                }
-                Ok(Some(l)) => {
-                    self.events.emit(
-                        "not-restarting",
-                        Some(server.as_str()),
-                        Some(self.machine_name()),
-                        Some(l.epoch.0),
-                        format!(
-                            "not restarting fenced {server} here: its lease now belongs to incarnation {} on {} (epoch {})",
-                            l.incarnation.map(|i| i.0).unwrap_or_default(),
-                            l.machine.map(|m| m.to_string()).unwrap_or_default(),
-                            l.epoch
-                        ),
-                    );
-                    return;
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    if !told {
-                        told = true;
-                        self.events.emit(
-                            "waiting-for-lease-table",
-                            Some(server.as_str()),
-                            Some(self.machine_name()),
-                            None,
-                            format!("{server} fenced itself; it will be restarted here once the lease table answers again ({e})"),
-                        );
-                    }
-                    delay = (delay * 2).min(10_000);
                 }
             }
         }
@@ -492,6 +549,24 @@ impl Nm {
         if let (Some(ip), false) = (cfg.floating_ip, ip_plumbed) {
             match hooks::floating_ip(&machine, IpAction::Add, ip).await {
                 Ok(line) => self.events.emit("addif", Some(server.as_str()), Some(self.machine_name()), None, line),
+                // Another host still answers for the address (an old holder removing it, or
+                // a machine whose kernel still runs): never add it twice. The caller may
+                // try again shortly; nothing here failed.
+                Err(e) if e.is_address_in_use() => {
+                    let msg = format!(
+                        "not starting {server} on {}: another host still answers for its floating IP {ip}: {}",
+                        self.opts.machine,
+                        ferry_store::chain(&e)
+                    );
+                    self.events.emit(
+                        "address-in-use",
+                        Some(server.as_str()),
+                        Some(self.machine_name()),
+                        None,
+                        msg.clone(),
+                    );
+                    return Err(Refusal::new(409, msg).because(ferry_api::REASON_ADDRESS_IN_USE));
+                }
                 Err(e) => {
                     self.set_state(server, "FAILED");
                     let msg =
@@ -506,18 +581,19 @@ impl Nm {
                     return Err(Refusal::new(502, msg));
                 }
             }
-            if let Ok(mut procs) = self.procs.lock() {
-                procs.entry(server.clone()).or_default().ip_plumbed = true;
-            }
+            self.set_plumbed(server, Plumbing::Ip, true);
         }
         match hooks::mount(&machine, true, server.as_str()).await {
-            Ok(Some(line)) => self.events.emit("mount", Some(server.as_str()), Some(self.machine_name()), None, line),
+            Ok(Some(line)) => {
+                self.set_plumbed(server, Plumbing::Mount, true);
+                self.events.emit("mount", Some(server.as_str()), Some(self.machine_name()), None, line)
+            }
             Ok(None) => {}
             Err(e) => {
                 self.set_state(server, "FAILED");
                 let msg = format!("not starting {server}: mount hook failed: {e}");
                 self.events.emit("start-failed", Some(server.as_str()), Some(self.machine_name()), None, msg.clone());
-                self.remove_ip(server).await;
+                self.teardown(server).await;
                 return Err(Refusal::new(502, msg));
             }
         }
@@ -532,16 +608,9 @@ impl Nm {
     /// The pid in `servers/NAME/pid` if it is a live `ferry server NAME` session leader that
     /// this Node Manager does not supervise.
     fn orphan(&self, server: &ServerName) -> Option<i32> {
-        let text = std::fs::read_to_string(self.server_dir(server).join("pid")).ok()?;
-        let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
+        let pid = self.recorded_pid(server)?;
         let supervised = self.procs.lock().ok().and_then(|p| p.get(server).and_then(|p| p.pid));
-        if supervised == Some(pid) || !process::alive(pid) {
-            return None;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_server = args.windows(2).any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
-        (is_server && process::proc_stat(pid).is_some_and(|s| s.session == pid)).then_some(pid)
+        (supervised != Some(pid)).then_some(pid)
     }
 
     fn spawn_server(
@@ -597,6 +666,7 @@ impl Nm {
                 incarnation: Some(incarnation.clone()),
                 restarts,
                 ip_plumbed: p.ip_plumbed,
+                mounted: p.mounted,
                 ..Default::default()
             };
         }
@@ -776,10 +846,7 @@ impl Nm {
             }
         }
         // It must really be that server, leading its own session.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_server = args.windows(2).any(|w| w[0] == b"server" && w[1] == server.as_str().as_bytes());
-        if !is_server || process::proc_stat(pid).is_none_or(|s| s.session != pid) {
+        if !process::is_server_leader(pid, server.as_str()) {
             tracing::warn!("{server}: pid {pid} is not a `ferry server {server}` session leader; not adopting it");
             return false;
         }
@@ -792,6 +859,7 @@ impl Nm {
             p.epoch = epoch;
             p.master = master;
             p.ip_plumbed = true;
+            p.mounted = self.server_dir(server).join("mounted").exists();
             p.stopping = false;
             p.fenced = false;
         }
@@ -961,22 +1029,39 @@ impl Nm {
                         continue;
                     }
                     self.set_state(&server, state);
-                    self.remove_ip(&server).await;
-                    if let Some(machine) = self.domain().domain.machine(&self.opts.machine).cloned() {
-                        if let Err(e) = hooks::mount(&machine, false, server.as_str()).await {
-                            self.events.emit(
-                                "unmount-failed",
-                                Some(server.as_str()),
-                                Some(self.machine_name()),
-                                None,
-                                e.to_string(),
-                            );
-                        }
-                    }
+                    self.teardown(&server).await;
                 }
                 SupervisorAction::Fence { .. } => {}
             }
         }
+    }
+
+    /// Undoes a server's plumbing on this machine: removes its floating IP and runs the
+    /// unmount hook, each only if this Node Manager did (or inherited) it. Idempotent, so
+    /// whoever reaped the server runs it: a stop or fence before it answers, an exit on its
+    /// own. Callers hold the server's lock, so no start interleaves.
+    async fn teardown(&self, server: &ServerName) {
+        self.remove_ip(server).await;
+        let mounted = self.procs.lock().ok().and_then(|p| p.get(server).map(|p| p.mounted)).unwrap_or(false);
+        if !mounted {
+            return;
+        }
+        if let Some(machine) = self.domain().domain.machine(&self.opts.machine).cloned() {
+            match hooks::mount(&machine, false, server.as_str()).await {
+                Ok(Some(line)) => {
+                    self.events.emit("unmount", Some(server.as_str()), Some(self.machine_name()), None, line)
+                }
+                Ok(None) => {}
+                Err(e) => self.events.emit(
+                    "unmount-failed",
+                    Some(server.as_str()),
+                    Some(self.machine_name()),
+                    None,
+                    e.to_string(),
+                ),
+            }
+        }
+        self.set_plumbed(server, Plumbing::Mount, false);
     }
 
     async fn remove_ip(&self, server: &ServerName) {
@@ -991,20 +1076,110 @@ impl Nm {
         if let Some(ip) = cfg.floating_ip {
             match hooks::floating_ip(machine, IpAction::Remove, ip).await {
                 Ok(line) => self.events.emit("removeif", Some(server.as_str()), Some(self.machine_name()), None, line),
-                Err(e) => self.events.emit(
-                    "removeif-failed",
-                    Some(server.as_str()),
-                    Some(self.machine_name()),
-                    None,
-                    e.to_string(),
-                ),
+                Err(e) => {
+                    // Still here: keep the record, so the next teardown (or a restarted Node
+                    // Manager) tries again, and say so.
+                    self.events.emit(
+                        "removeif-failed",
+                        Some(server.as_str()),
+                        Some(self.machine_name()),
+                        None,
+                        ferry_store::chain(&e),
+                    );
+                    return;
+                }
             }
         }
+        self.set_plumbed(server, Plumbing::Ip, false);
+    }
+
+    /// Records that the floating IP or the mount is (or is no longer) in place, in memory and
+    /// on disk (`servers/NAME/plumbed`, `servers/NAME/mounted`).
+    fn set_plumbed(&self, server: &ServerName, what: Plumbing, on: bool) {
         if let Ok(mut procs) = self.procs.lock() {
-            if let Some(p) = procs.get_mut(server) {
-                p.ip_plumbed = false;
+            let p = procs.entry(server.clone()).or_default();
+            match what {
+                Plumbing::Ip => p.ip_plumbed = on,
+                Plumbing::Mount => p.mounted = on,
             }
         }
+        let path = self.server_dir(server).join(what.file());
+        let r = if on {
+            std::fs::create_dir_all(self.server_dir(server)).and_then(|()| files::write_atomic(&path, b"", 0o644))
+        } else {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!("cannot record {} of {server} in {}: {e}", what.file(), path.display());
+        }
+    }
+
+    /// At start-up: removes the floating IPs and mounts an earlier Node Manager of this
+    /// machine left in place for servers that no longer run here (it crashed, or was killed
+    /// with them). Otherwise every other candidate's probe would see the address and refuse
+    /// the server for ever. A server still running is left alone: it says hello and is
+    /// adopted, or is killed as an orphan before another copy starts.
+    pub(crate) async fn remove_leftovers(&self) {
+        let domain = self.domain().domain;
+        let Some(machine) = domain.machine(&self.opts.machine).cloned() else {
+            return;
+        };
+        for cfg in &domain.servers {
+            let dir = self.server_dir(&cfg.name);
+            let marked_ip = dir.join(Plumbing::Ip.file()).exists();
+            let marked_mount = dir.join(Plumbing::Mount.file()).exists();
+            // The built-in action can look: an address of this server on the interface
+            // with no record (a record lost with the data directory) is left over too.
+            let present = match (cfg.floating_ip, &machine.hooks.ifconfig) {
+                (Some(ip), None) if !machine.node_manager.ip().is_loopback() => {
+                    let iface = machine.interface.clone().unwrap_or_else(|| "eth0".into());
+                    ferry_host::ipaddr::present(&iface, ip).await.unwrap_or(false)
+                }
+                _ => false,
+            };
+            if !(marked_ip || marked_mount || present) {
+                continue;
+            }
+            if let Some(pid) = self.recorded_pid(&cfg.name) {
+                tracing::info!("{} still runs here (pid {pid}); keeping its floating IP and mounts", cfg.name);
+                continue;
+            }
+            self.events.emit(
+                "leftover",
+                Some(cfg.name.as_str()),
+                Some(self.machine_name()),
+                None,
+                format!(
+                    "{} no longer runs on {}, but an earlier Node Manager left its {} in place; removing it",
+                    cfg.name,
+                    self.opts.machine,
+                    match (marked_ip || present, marked_mount) {
+                        (true, true) => "floating IP and mount",
+                        (true, false) => "floating IP",
+                        _ => "mount",
+                    }
+                ),
+            );
+            if let Ok(mut procs) = self.procs.lock() {
+                let p = procs.entry(cfg.name.clone()).or_default();
+                p.ip_plumbed = cfg.floating_ip.is_some() && (marked_ip || present);
+                p.mounted = marked_mount;
+            }
+            let lock = self.lock_for(&cfg.name);
+            let _guard = lock.lock().await;
+            self.teardown(&cfg.name).await;
+        }
+    }
+
+    /// The pid in `servers/NAME/pid` if it is a live `ferry server NAME` session leader
+    /// (supervised or not).
+    fn recorded_pid(&self, server: &ServerName) -> Option<i32> {
+        let text = std::fs::read_to_string(self.server_dir(server).join("pid")).ok()?;
+        let pid: i32 = text.split_whitespace().next()?.parse().ok()?;
+        process::is_server_leader(pid, server.as_str()).then_some(pid)
     }
 
     /// SIGKILLs a server's session and waits until its supervision task has reaped it.
@@ -1035,6 +1210,8 @@ impl Nm {
     /// Stops a server: SIGTERM (it stops its services and releases its lease), then SIGKILL
     /// of its session after the timeout; `force` kills at once. A killed server's lease is
     /// released here, so the cluster master does not restart what an operator stopped.
+    /// Answers only once the server is gone and its floating IP removed and its disks
+    /// unmounted, so whoever starts it elsewhere next finds the address free.
     pub async fn stop(
         self: &Arc<Self>,
         server: &ServerName,
@@ -1049,6 +1226,9 @@ impl Nm {
         self.bump_generation(server);
         let p = self.procs.lock().ok().and_then(|p| p.get(server).cloned()).unwrap_or_default();
         let Some(pid) = p.pid.filter(|&pid| process::alive(pid)) else {
+            // Nothing runs, but something may be left in place (a start that failed after
+            // adding the address): a stop leaves the machine clean.
+            self.teardown(server).await;
             return Ok(self.ack(server, format!("{server} is not running on {}", self.opts.machine)));
         };
         if let Ok(mut procs) = self.procs.lock() {
@@ -1089,6 +1269,10 @@ impl Nm {
             );
             process::kill_session(pid);
             self.wait_exit(server, Duration::from_secs(10)).await;
+        }
+        // The exit handler leaves this to the stop, which holds the server's lock.
+        self.teardown(server).await;
+        if forced {
             if let (Some(inc), Some(epoch)) = (p.incarnation.clone(), p.epoch) {
                 self.release_for(server, &inc, epoch).await;
             }
@@ -1133,29 +1317,66 @@ impl Nm {
             let actions = self.sup.lock().map(|mut s| s.tick(clock::now())).unwrap_or_default();
             for a in actions {
                 if let SupervisorAction::Fence { server, incarnation, late_ms } = a {
-                    let pid = {
+                    let found = {
                         let mut procs = self.procs.lock().unwrap_or_else(|p| p.into_inner());
                         match procs.get_mut(&server).filter(|p| p.incarnation.as_ref() == Some(&incarnation)) {
                             Some(p) => {
                                 p.fenced = true;
-                                p.pid
+                                p.pid.map(|pid| (pid, p.epoch))
                             }
                             None => None,
                         }
                     };
-                    if let Some(pid) = pid {
-                        let n = process::kill_session_and_wait(pid, Duration::from_secs(1)).await;
-                        self.events.emit(
-                            "fenced",
-                            Some(server.as_str()),
-                            Some(self.machine_name()),
-                            None,
-                            format!("{server} (pid {pid}) missed its lease deadline by {late_ms} ms; the Node Manager killed its {n} processes"),
-                        );
+                    if let Some((pid, epoch)) = found {
+                        // Kill at once, here: the deadline has passed, and other servers'
+                        // fences must not wait behind this one's clean-up.
+                        let n = process::kill_session(pid);
+                        let nm = self.clone();
+                        tokio::spawn(async move { nm.after_fence(server, incarnation, pid, n, epoch, late_ms).await });
                     }
                 }
             }
         }
+    }
+
+    /// After a fence's kill: waits until the session is gone, removes the floating IP and
+    /// unmounts (under the server's lock, so a start that raced the fence keeps what is now
+    /// its own), and only then announces the fence: a start elsewhere finds the address free.
+    async fn after_fence(
+        &self,
+        server: ServerName,
+        incarnation: Incarnation,
+        pid: i32,
+        killed: usize,
+        epoch: Option<u64>,
+        late_ms: u64,
+    ) {
+        // The kill counted every process of the session; this only waits for the kernel.
+        process::kill_session_and_wait(pid, Duration::from_secs(1)).await;
+        let n = killed;
+        self.wait_exit(&server, Duration::from_secs(2)).await;
+        {
+            let lock = self.lock_for(&server);
+            let _guard = lock.lock().await;
+            let current = self
+                .procs
+                .lock()
+                .ok()
+                .is_some_and(|p| p.get(&server).is_some_and(|p| p.incarnation.as_ref() == Some(&incarnation)));
+            if current {
+                self.teardown(&server).await;
+            }
+        }
+        self.events.emit(
+            "fenced",
+            Some(server.as_str()),
+            Some(self.machine_name()),
+            epoch,
+            format!(
+                "{server} (pid {pid}) missed its lease deadline by {late_ms} ms; the Node Manager killed its {n} process{}",
+                if n == 1 { "" } else { "es" }
+            ),
+        );
     }
 
     /// Keeps the domain configuration fresh from the admin (it may change through the API).
@@ -1189,6 +1410,9 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
     let cache = opts.data_dir.join("domain-cache.json");
+    // A machine the domain does not define can do nothing: say so now, before waiting for
+    // an Administration Server to enroll it (which may be down).
+    check_machine_defined(&opts, &cache)?;
     let tls = Arc::new(certificates(&opts).await?);
     let domain = load_initial_domain(&opts, &cache, &tls.creds).await?;
     let _ = files::write_atomic(&cache, &serde_json::to_vec(&domain)?, 0o600);
@@ -1231,6 +1455,10 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
         });
     }
     tokio::spawn(nm.clone().refresh_loop());
+    // Before taking commands: what an earlier Node Manager of this machine left in place
+    // for servers that are gone (their floating IPs would make every other machine refuse
+    // them).
+    nm.remove_leftovers().await;
     // The local channel: servers (also those of an earlier Node Manager) report here.
     let sock = nm.channel_path();
     let _ = std::fs::remove_file(&sock);
@@ -1271,6 +1499,36 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails at once when the domain file (or, without one, the cached configuration) does not
+/// define this Node Manager's machine.
+fn check_machine_defined(opts: &NmOptions, cache: &std::path::Path) -> anyhow::Result<()> {
+    let (domain, from) = match &opts.domain_file {
+        Some(path) => (files::load_domain(path).map_err(|e| anyhow::anyhow!("{e}"))?, path.display().to_string()),
+        None => match std::fs::read(cache).ok().and_then(|b| serde_json::from_slice::<VersionedDomain>(&b).ok()) {
+            Some(d) => (d.domain, format!("the cached configuration {}", cache.display())),
+            None => return Ok(()),
+        },
+    };
+    if domain.machine(&opts.machine).is_some() {
+        return Ok(());
+    }
+    let known: Vec<&str> = domain.machines.iter().map(|m| m.name.as_str()).collect();
+    anyhow::bail!(
+        "machine {} is not defined in domain {} ({from} defines {}): add a [[machines]] entry named {} or pass the right --machine",
+        opts.machine,
+        domain.name,
+        if known.is_empty() { "no machines".to_string() } else { known.join(", ") },
+        opts.machine
+    )
+}
+
+/// `url` as the TLS client dials it (every daemon talks to the admin over TLS, whatever
+/// scheme the domain file's address implies): for messages.
+fn tls_url(url: &str) -> String {
+    let bare = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or(url);
+    format!("https://{bare}")
+}
+
 /// This machine's certificates: loaded, or obtained by enrolling with the admin at the
 /// first start (retrying while the admin is not up yet).
 async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
@@ -1303,7 +1561,10 @@ async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
         loop {
             match crate::pki::enroll(&opts.data_dir, machine, &admin_url, &how).await {
                 Ok(()) => {
-                    tracing::info!("machine {machine} enrolled with the Administration Server at {admin_url}");
+                    tracing::info!(
+                        "machine {machine} enrolled with the Administration Server at {}",
+                        tls_url(&admin_url)
+                    );
                     break;
                 }
                 // A refusal will not change by waiting; an admin not up yet will.

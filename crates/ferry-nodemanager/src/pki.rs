@@ -117,7 +117,7 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
     let got = admin
         .enroll(&keys.request(machine, token))
         .await
-        .map_err(|e| anyhow::anyhow!("enrollment of machine {machine} at {admin_url} failed: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("enrollment of machine {machine} at {} failed: {e}", admin.base()))?;
     keys.store(data_dir, machine, got, false)?;
     Ok(())
 }
@@ -132,7 +132,7 @@ pub async fn rotate(data_dir: &Path, machine: &str, admin_url: &str) -> anyhow::
     let got = admin
         .rotate(&keys.request(machine, String::new()))
         .await
-        .map_err(|e| anyhow::anyhow!("rotation of machine {machine} at {admin_url} failed: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("rotation of machine {machine} at {} failed: {e}", admin.base()))?;
     keys.store(data_dir, machine, got, true)
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ferry_api::{NmClient, NmStart, Origin, Report};
 use ferry_core::keeper::{Keeper, KeeperAction, KeeperTiming};
 use ferry_core::master::{CommandResult, MasterAction, Planner};
+use ferry_core::reach::Reachability;
 use ferry_core::{LeaseName, Mono, ServerName};
 use ferry_host::clock;
 use ferry_store::ScanCursor;
@@ -24,10 +25,10 @@ pub(crate) struct MasterRole {
     next_scan: Mono,
     /// When to start competing again after losing the role.
     retry_at: Option<Mono>,
-    /// What the master last heard from each Node Manager it may command: the instant of
-    /// the last answer and of the last failure. A machine silent for two intervals counts
-    /// as unreachable at once, so a failover does not first wait out a connect timeout.
-    reach: std::collections::BTreeMap<ferry_core::MachineName, (Option<Mono>, Option<Mono>)>,
+    /// What this tenure heard from each Node Manager it may command (the rule is the core's
+    /// `Reachability`): a machine that stopped answering is skipped at once, so a failover
+    /// does not first wait out a connect timeout.
+    reach: Reachability,
     next_ping: Mono,
     clients: std::sync::Mutex<std::collections::BTreeMap<(String, String), NmClient>>,
     /// Where the next incremental scan starts, and when the next full one is due.
@@ -54,7 +55,7 @@ impl MasterRole {
             scan_in_flight: false,
             next_scan: now,
             retry_at: None,
-            reach: std::collections::BTreeMap::new(),
+            reach: Reachability::new(now, timing.interval_ms),
             next_ping: now,
             cursor: ScanCursor::FULL,
             full_scan_at: now,
@@ -181,14 +182,6 @@ impl MasterRole {
         }
     }
 
-    /// A machine that has not answered for two intervals, and failed since its last answer.
-    fn known_unreachable(&self, machine: &ferry_core::MachineName, now: Mono) -> Option<u64> {
-        let (ok, fail) = self.reach.get(machine)?;
-        let fail = (*fail)?;
-        let silent_since = ok.unwrap_or(Mono(0));
-        (fail > silent_since && now.since(silent_since) >= 2 * self.timing.interval_ms).then(|| now.since(silent_since))
-    }
-
     fn on_keeper(&mut self, ctx: &Ctx, actions: Vec<KeeperAction>) {
         for a in actions {
             match a {
@@ -215,6 +208,8 @@ impl MasterRole {
                 KeeperAction::Acquired { epoch } => {
                     self.epoch = Some(epoch.0);
                     self.planner = Some(Planner::new(ctx.server.cluster.clone()));
+                    // A new tenure knows nothing yet about who answers.
+                    self.reach = Reachability::new(clock::now(), self.timing.interval_ms);
                     self.next_scan = clock::now();
                     self.full_scan_at = self.next_scan;
                     crate::channel::update_hello(None, Some(true));
@@ -281,14 +276,7 @@ impl MasterRole {
                     Err(e) => tracing::warn!("cluster master cannot read the lease table: {e}"),
                 }
             }
-            Msg::NmHealth { machine, ok } => {
-                let e = self.reach.entry(machine).or_default();
-                if ok {
-                    e.0 = Some(now);
-                } else {
-                    e.1 = Some(now);
-                }
-            }
+            Msg::NmHealth { machine, ok } => self.reach.on_check(&machine, ok, now),
             Msg::NmResult { server, machine, result } => {
                 let actions = match self.planner.as_mut() {
                     Some(p) => p.on_command_result(now, &server, &machine, result, &ctx.domain),
@@ -321,7 +309,7 @@ impl MasterRole {
                     let Some(m) = ctx.domain.machine(&machine) else {
                         continue;
                     };
-                    if let Some(silent_ms) = self.known_unreachable(&machine, clock::now()) {
+                    if let Some(silent_ms) = self.reach.unreachable_for(&machine, clock::now()) {
                         // Figure 7-2 step 3 without the wait: the machine already stopped answering.
                         let result = CommandResult::Unreachable(format!(
                             "its Node Manager has not answered the master's checks for {silent_ms} ms"
@@ -359,6 +347,9 @@ impl MasterRole {
                         let result = match nm.start(server.as_str(), &cmd).await {
                             Ok(_) => CommandResult::Accepted,
                             Err(e) if e.is_unreachable() => CommandResult::Unreachable(e.to_string()),
+                            Err(e) if e.reason() == Some(ferry_api::REASON_ADDRESS_IN_USE) => {
+                                CommandResult::AddressInUse(e.to_string())
+                            }
                             Err(e) => CommandResult::Refused(e.to_string()),
                         };
                         let _ = tx.send(Msg::NmResult { server, machine, result }).await;

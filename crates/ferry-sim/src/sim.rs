@@ -24,7 +24,7 @@ use ferry_core::domain::Domain;
 use ferry_core::keeper::{Keeper, KeeperAction, KeeperState, KeeperTiming};
 use ferry_core::lease::Lease;
 use ferry_core::master::{CommandResult, MasterAction, MasterTiming, Planner};
-use ferry_core::nodeman::{ExitKind, RestartPolicy, Supervisor, SupervisorAction};
+use ferry_core::nodeman::{after_fence, AfterFence, ExitKind, RestartPolicy, Supervisor, SupervisorAction};
 use ferry_core::time::Bugs;
 use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
 use rand::rngs::StdRng;
@@ -228,9 +228,10 @@ enum Ev {
         boot: u32,
         server: ServerName,
         handover_from: Incarnation,
-        /// `Some(generation)` for a fenced server brought back only if its lease is unclaimed
-        /// and nobody started it since; the delay doubles while the store cannot be read.
-        unclaimed: Option<(u64, u64)>,
+        /// For a fenced server brought back only if nobody else will (`after_fence`) and
+        /// nobody started it since: the generation, when it fenced (the host's clock), and
+        /// whether the store could not be read at an earlier look.
+        unclaimed: Option<(u64, u64, bool)>,
     },
     AdminStart(usize),
     Fault(usize),
@@ -279,7 +280,7 @@ impl Ord for Scheduled {
 
 enum NmItem {
     Msg(Payload),
-    Restart { server: ServerName, handover_from: Incarnation, unclaimed: Option<(u64, u64)> },
+    Restart { server: ServerName, handover_from: Incarnation, unclaimed: Option<(u64, u64, bool)> },
 }
 
 struct Nm {
@@ -863,32 +864,49 @@ impl Sim {
 
     /// A restart the supervisor asked for. For a fenced server (`unclaimed`), like
     /// ferry-nodemanager's `restart_if_unclaimed`: give way to any start since, then read the
-    /// lease and restart only if it still names the fenced incarnation (or is gone); while
-    /// the store cannot be read, try again with a doubling delay. (The read is modeled as
+    /// lease and the master lease and decide as the Node Manager does (`after_fence`); while
+    /// the store cannot be read, try again every health-check interval. (The read is modeled as
     /// instant; the handover re-checks the row atomically anyway.)
-    fn nm_restart(&mut self, h: HostId, server: ServerName, handover_from: Incarnation, unclaimed: Option<(u64, u64)>) {
+    fn nm_restart(
+        &mut self,
+        h: HostId,
+        server: ServerName,
+        handover_from: Incarnation,
+        unclaimed: Option<(u64, u64, bool)>,
+    ) {
         let nm = self.hosts[h].nm.as_ref().expect("up");
         if nm.procs.get(&server).is_some_and(|i| self.insts[*i].alive) {
             return;
         }
-        if let Some((generation, delay_ms)) = unclaimed {
+        if let Some((generation, fenced_at, was_down)) = unclaimed {
             if nm.generation.get(&server).copied().unwrap_or(0) != generation {
                 return;
             }
             let readable =
                 self.store_outages.is_empty() && !self.net.blocked(h, self.db) && !self.net.blocked(self.db, h);
             if !readable {
-                let delay_ms = (delay_ms * 2).min(10_000);
+                // Like the Node Manager: ask again every health-check interval.
+                let delay_ms = self
+                    .domain
+                    .server(&server)
+                    .map_or(1_000, |s| s.health_check_interval.as_millis().clamp(50, 10_000) as u64);
                 let at = self.hosts[h].clock.true_at(self.local(h) + delay_ms, self.now);
                 let boot = self.hosts[h].boot;
-                let unclaimed = Some((generation, delay_ms));
+                let unclaimed = Some((generation, fenced_at, true));
                 let ev = Ev::NmRestart { host: h, boot, server, handover_from, unclaimed };
                 self.schedule(at, ev);
                 return;
             }
-            let row = self.store.list(self.now).into_iter().find(|l| l.server() == Some(&server));
-            if row.is_some_and(|l| l.incarnation.as_ref() != Some(&handover_from)) {
-                tr!(self, "nm {} does not restart fenced {server}: its lease moved on", self.hosts[h].name);
+            // The Node Manager's own decision (ferry-core), on what the table says now.
+            let rows = self.store.list(self.now);
+            let row = rows.iter().find(|l| l.server() == Some(&server));
+            let cluster = self.domain.server(&server).map(|s| s.cluster.clone());
+            let master = rows.iter().find(|l| cluster.as_ref().is_some_and(|c| l.name == LeaseName::Master(c.clone())));
+            let since_fence_ms = self.local(h).since(Mono(fenced_at));
+            if let AfterFence::GiveWay(why) =
+                after_fence(&server, &handover_from, row, master, since_fence_ms, was_down)
+            {
+                tr!(self, "nm {} does not restart fenced {server}: {why}", self.hosts[h].name);
                 return;
             }
             self.stats.fenced_restarts += 1;
@@ -954,7 +972,7 @@ impl Sim {
                 SupervisorAction::Restart { server, handover_from, delay_ms, if_unclaimed } => {
                     let unclaimed = if if_unclaimed {
                         let nm = self.hosts[h].nm.as_ref().expect("up");
-                        Some((nm.generation.get(&server).copied().unwrap_or(0), delay_ms))
+                        Some((nm.generation.get(&server).copied().unwrap_or(0), self.local(h).0, false))
                     } else {
                         self.stats.crash_restarts += 1;
                         None
