@@ -32,9 +32,11 @@ fn hash(text: &str) -> u64 {
 impl ConfigStore {
     /// Loads the stored configuration, importing the domain file if it is new or changed.
     pub fn open(dir: &Path, domain_file: &Path) -> anyhow::Result<(ConfigStore, Option<String>)> {
+        // The domain file's problems stay a `ConfigErrors`, and come first (an unreadable file
+        // is one of them), so `ferry admin` reports them as `ferry validate` does.
+        let from_file = files::load_domain(domain_file)?;
         let text =
             std::fs::read_to_string(domain_file).with_context(|| format!("cannot read {}", domain_file.display()))?;
-        let from_file = files::load_domain(domain_file).map_err(|e| anyhow::anyhow!("{e}"))?;
         let file_hash = hash(&text);
         let path = dir.join("domain.json");
         let stored: Option<Stored> = match std::fs::read(&path) {

@@ -284,71 +284,6 @@ machine = "b"
     assert_eq!(d.admin.listen.to_string(), "127.0.0.1:7001");
 }
 
-/// Each bad domain file and the exact first line of its report.
-#[test]
-fn domain_errors_name_line_and_field() {
-    let base = DOMAIN;
-    let cases: &[(&str, &str, &str)] = &[
-        ("name = \"t\"", "name = \"t\"\nbogus = 1", "t.toml:3:1: unknown field `bogus`"),
-        (
-            "machine = \"b\"",
-            "machine = \"zz\"",
-            "t.toml:29:11: servers[0].machine: unknown machine \"zz\": define it under [[machines]]",
-        ),
-        (
-            "candidate_machines = [\"d\"]",
-            "candidate_machines = [\"d\", \"q\"]",
-            "t.toml:30:28: servers[0].candidate_machines[1]: unknown machine \"q\"",
-        ),
-        (
-            "cluster = \"c1\"\nmachine = \"c\"",
-            "cluster = \"c9\"\nmachine = \"c\"",
-            "t.toml:35:11: servers[1].cluster: unknown cluster \"c9\"",
-        ),
-        (
-            "health_check_interval = \"100ms\"",
-            "health_check_interval = \"fast\"",
-            "t.toml:31:25: invalid duration \"fast\"",
-        ),
-        (
-            "name = \"d\"\nnode_manager = \"127.0.0.1:5003\"",
-            "name = \"b\"\nnode_manager = \"127.0.0.1:5003\"",
-            "t.toml:13:8: machines[2].name: machine \"b\" is defined twice",
-        ),
-        (
-            "node_manager = \"127.0.0.1:5004\"",
-            "node_manager = \"127.0.0.1:5001\"",
-            "t.toml:17:16: machines[3].node_manager: address 127.0.0.1:5001 is already used by machine b",
-        ),
-        (
-            "migration_candidates = [\"b\", \"c\", \"e\"]",
-            "migration_candidates = [\"b\", \"x\"]",
-            "t.toml:21:30: clusters[0].migration_candidates[1]: unknown machine \"x\"",
-        ),
-        (
-            "data_source = \"sqlite://leases.db\"",
-            "data_source = \"mysql://u:pw@h/db\"",
-            "t.toml:4:15: leasing.data_source: unsupported data source \"mysql://u:***@h/db\"",
-        ),
-        (
-            "health_check_interval = \"100ms\"",
-            "health_check_interval = \"100ms\"\nhealth_check_periods_until_fencing = 1",
-            "t.toml:32:38: servers[0].health_check_periods_until_fencing: must be at least 2",
-        ),
-        (
-            "node_manager = \"127.0.0.1:5001\"",
-            "node_manager = \"localhost\"",
-            "t.toml:8:16: invalid socket address syntax",
-        ),
-    ];
-    for (from, to, want) in cases {
-        assert!(base.contains(from), "case text {from:?} not in the base domain");
-        let text = base.replacen(from, to, 1);
-        let err = Domain::parse("t.toml", &text).expect_err(want).to_string();
-        assert!(err.lines().next().unwrap_or("").starts_with(want), "want {want:?}\n got {err}");
-    }
-}
-
 #[test]
 fn migratable_server_needs_a_candidate() {
     let text = DOMAIN
@@ -362,6 +297,10 @@ fn migratable_server_needs_a_candidate() {
     // ms2 has auto_migration = false: no candidate needed.
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+// The domain file's error table, in a file of its own but in this one test binary.
+#[path = "core/domain_errors.rs"]
+mod domain_errors;
 
 // ---- hostile domain files (the fuzz target of the parser, as a property test) ----
 
@@ -386,9 +325,11 @@ mod parser_fuzz {
                 let lines = text.lines().count().max(1) + 1;
                 for e in &errs.errors {
                     assert!(!e.message.is_empty(), "an empty error message");
-                    if let Some(l) = e.line {
-                        assert!(l >= 1 && l <= lines, "line {l} of a {lines}-line file: {e:?}");
-                    }
+                    // Every problem of a file has a position, on a line and column the file has.
+                    let (Some(l), Some(c)) = (e.line, e.column) else { panic!("an error without a position: {e:?}") };
+                    assert!(l >= 1 && l <= lines, "line {l} of a {lines}-line file: {e:?}");
+                    let width = text.split('\n').nth(l - 1).map_or(0, |t| t.chars().count());
+                    assert!(c >= 1 && c <= width + 1, "column {c} of a {width}-character line: {e:?}");
                 }
                 // The display names the file.
                 assert!(errs.to_string().contains("fuzz.toml"));

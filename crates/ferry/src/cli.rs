@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ferry_core::domain::ConfigErrors;
 use ferry_core::{MachineName, ServerName};
 
 /// Exit status when the command could not do what was asked.
@@ -341,6 +342,11 @@ pub fn main() -> i32 {
             report(runtime().block_on(ferry_admin::run(opts)), "ferry admin")
         }
         Cmd::Nodemanager { machine, domain, admin_url, data_dir, secret_file, enroll_token_file } => {
+            // A bad domain file is a bad start whatever else would happen first (enrolling,
+            // waiting for the secret): say so at once, as `ferry validate` does.
+            if let Some(Err(errs)) = domain.as_deref().map(ferry_host::files::load_domain) {
+                return domain_problems(&errs);
+            }
             init_tracing("info");
             let rt = runtime();
             report(
@@ -401,14 +407,27 @@ pub fn main() -> i32 {
     }
 }
 
+/// A daemon's end: a bad domain file is reported as `ferry validate` reports it, with its
+/// exit status, so that `ferry admin --domain BAD` and `ferry validate BAD` agree.
 fn report(r: anyhow::Result<()>, what: &str) -> i32 {
     match r {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("{what}: {e:#}");
-            EXIT_FAILED
-        }
+        Err(e) => match e.chain().find_map(|c| c.downcast_ref::<ConfigErrors>()) {
+            Some(errs) => domain_problems(errs),
+            None => {
+                eprintln!("{what}: {e:#}");
+                EXIT_FAILED
+            }
+        },
     }
+}
+
+/// Prints a domain file's problems, one `FILE:LINE:COL: field: message` line each, and
+/// returns the exit status of a bad domain file.
+fn domain_problems(errs: &ConfigErrors) -> i32 {
+    eprintln!("{errs}");
+    eprintln!("{} problem{} found", errs.errors.len(), if errs.errors.len() == 1 { "" } else { "s" });
+    EXIT_USAGE
 }
 
 fn validate(file: &std::path::Path) -> i32 {
@@ -424,11 +443,7 @@ fn validate(file: &std::path::Path) -> i32 {
             );
             0
         }
-        Err(errs) => {
-            eprintln!("{errs}");
-            eprintln!("{} problem{} found", errs.errors.len(), if errs.errors.len() == 1 { "" } else { "s" });
-            EXIT_USAGE
-        }
+        Err(errs) => domain_problems(&errs),
     }
 }
 

@@ -392,7 +392,77 @@ candidate_machines = ["m9"]
     let out = std::process::Command::new(exe()).arg("validate").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:4:1:") && err.contains("unknown field `bogus`"), "{err}");
+    assert!(
+        err.contains("bad.toml:4:1: leasing.bogus: unknown key: the keys allowed here are basis, data_source"),
+        "{err}"
+    );
+}
+
+/// A bad domain file stops `ferry admin` and `ferry nodemanager --domain` as it fails
+/// `ferry validate`: exit status 2 and the same `FILE:LINE:COL: field: message` lines.
+#[tokio::test]
+async fn daemons_refuse_a_bad_domain_file_as_validate_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: Vec<String>| async move {
+        let child = tokio::process::Command::new(exe())
+            .args(&args)
+            .env("FERRY_LOG", "off")
+            .env_remove("FERRY_SECRET")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ferry starts");
+        let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("ferry {args:?} kept running with a bad domain file"))
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let daemons = |file: &str| {
+        [
+            vec!["admin".into(), "--domain".into(), file.to_string(), "--data-dir".into(), path("admin")],
+            vec![
+                "nodemanager".into(),
+                "--machine".into(),
+                "m1".into(),
+                "--domain".into(),
+                file.to_string(),
+                "--data-dir".into(),
+                path("nm-m1"),
+            ],
+        ]
+    };
+
+    let bad = path("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"d\"\n[leasing]\ndata_source = \"sqlite://x.db\"\n\n[[machines]]\nname = \"m1\"\nnode_manager = \"localhost\"\n",
+    )
+    .unwrap();
+    let validate = run(vec!["validate".into(), bad.clone()]).await;
+    assert_eq!(
+        validate,
+        (
+            Some(2),
+            format!(
+                "{bad}:7:16: machines[0].node_manager: expected IP:PORT, like \"127.0.0.1:5556\", got the string \"localhost\"\n1 problem found\n"
+            )
+        )
+    );
+    for args in daemons(&bad) {
+        assert_eq!(run(args.clone()).await, validate, "ferry {args:?}");
+    }
+
+    // A domain file that cannot be read is a bad domain file too.
+    let missing = path("missing.toml");
+    let validate = run(vec!["validate".into(), missing.clone()]).await;
+    assert_eq!(validate.0, Some(2), "{}", validate.1);
+    assert!(validate.1.starts_with(&format!("{missing}: cannot read the domain file: ")), "{}", validate.1);
+    for args in daemons(&missing) {
+        assert_eq!(run(args.clone()).await, validate, "ferry {args:?}");
+    }
 }
 
 /// `ferry ARGS` as an operator on the admin's host: its token comes from the client file
