@@ -7,6 +7,8 @@
 //! * `all`: both with their defaults.
 //! * `hosts`: failover across lab hosts (network namespaces; needs root, iproute2 and
 //!   keepalived), ferry's outage next to keepalived's in the same run.
+//! * `outage`: the lease table (a private PostgreSQL) goes away until every server fenced
+//!   itself and comes back; how soon the domain runs again without an operator.
 //! * `leases`: the lease table at scale on a private PostgreSQL (1,000 to 100,000 leases
 //!   renewed every second, single and batched renewals, the master's scan, and the
 //!   database's own single-row UPDATE rate); against 10,000 at 1 s with p99 under 50 ms.
@@ -23,6 +25,7 @@ mod hosts_probe;
 mod leases;
 mod leases_load;
 mod leases_pg;
+mod outage;
 mod restart;
 mod stats;
 
@@ -71,6 +74,9 @@ enum Cmd {
     /// ferry at 100 ms/3/100 ms, with grace 0, and at the seed's defaults / 10, next to
     /// keepalived moving a VRRP address in the same lab.
     Hosts(hosts::HostsArgs),
+    /// Stop the lease table (a private PostgreSQL) until every server fenced itself, start it
+    /// again, and measure until every server runs again.
+    Outage(OutageArgs),
     /// (internal) The overlapping client `hosts` runs in the lab's client namespace.
     #[command(hide = true)]
     HostsProbe(hosts_probe::ProbeArgs),
@@ -96,6 +102,22 @@ impl Default for FailoverArgs {
     fn default() -> Self {
         FailoverArgs { runs: 20, interval_ms: 100, periods: 3, grace_ms: 100 }
     }
+}
+
+#[derive(Args, Debug, Clone)]
+struct OutageArgs {
+    /// Runs (each on a fresh domain and database).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// health_check_interval.
+    #[arg(long, default_value_t = 500)]
+    interval_ms: u64,
+    /// health_check_periods_until_fencing.
+    #[arg(long, default_value_t = 3)]
+    periods: u32,
+    /// fencing_grace_period.
+    #[arg(long, default_value_t = 500)]
+    grace_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -130,6 +152,8 @@ struct JsonOut {
     failover: Option<failover::FailoverReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     restart: Option<restart::RestartReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outage: Option<outage::OutageReport>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -171,7 +195,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Failover(a) => (Some(a.clone()), None),
         Cmd::Restart(a) => (None, Some(a.clone())),
         Cmd::All => (Some(FailoverArgs::default()), Some(RestartArgs::default())),
-        Cmd::Leases(_) | Cmd::Hosts(_) | Cmd::HostsProbe(_) => (None, None),
+        Cmd::Leases(_) | Cmd::Hosts(_) | Cmd::HostsProbe(_) | Cmd::Outage(_) => (None, None),
+    };
+    let og = match &cli.cmd {
+        Cmd::Outage(a) => Some(a.clone()),
+        _ => None,
     };
 
     let facts = MachineFacts::read();
@@ -192,6 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         dir: base.display().to_string(),
         failover: None,
         restart: None,
+        outage: None,
     };
     if let Some(a) = fo {
         let t = Timings { interval_ms: a.interval_ms, periods: a.periods, grace_ms: a.grace_ms };
@@ -206,6 +235,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let rep = restart::run(&exe, &base.join("restart"), a.runs, t).await?;
         restart::print(&rep);
         out.restart = Some(rep);
+    }
+    if let Some(a) = og {
+        let t = Timings { interval_ms: a.interval_ms, periods: a.periods, grace_ms: a.grace_ms };
+        anyhow::ensure!(a.interval_ms > 0 && a.periods > 0, "interval and periods must be positive");
+        let rep = outage::run(&exe, &base.join("outage"), a.runs, t).await?;
+        outage::print(&rep);
+        out.outage = Some(rep);
     }
     if let Some(path) = &cli.json {
         let text = serde_json::to_string_pretty(&out)?;

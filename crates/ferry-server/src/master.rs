@@ -31,6 +31,10 @@ pub(crate) struct MasterRole {
     reach: Reachability,
     next_ping: Mono,
     clients: std::sync::Mutex<std::collections::BTreeMap<(String, String), NmClient>>,
+    /// Bumped each time this server gives the role up: every tenure holds the master lease
+    /// under an incarnation of its own, so a new tenure takes a new master epoch (rule 5),
+    /// even when the store still held the lease for the old one.
+    tenure: u32,
     /// Where the next incremental scan starts, and when the next full one is due.
     cursor: ScanCursor,
     full_scan_at: Mono,
@@ -57,6 +61,7 @@ impl MasterRole {
             retry_at: None,
             reach: Reachability::new(now, timing.interval_ms),
             next_ping: now,
+            tenure: 0,
             cursor: ScanCursor::FULL,
             full_scan_at: now,
             clients: Default::default(),
@@ -65,6 +70,11 @@ impl MasterRole {
 
     fn lease(ctx: &Ctx) -> LeaseName {
         LeaseName::Master(ctx.server.cluster.clone())
+    }
+
+    /// The incarnation this tenure holds the master lease under.
+    fn incarnation(&self, ctx: &Ctx) -> ferry_core::Incarnation {
+        ferry_core::Incarnation(format!("{}.m{}", ctx.incarnation, self.tenure))
     }
 
     pub fn next_wakeup(&self, now: Mono) -> Mono {
@@ -187,7 +197,8 @@ impl MasterRole {
             match a {
                 KeeperAction::Acquire => {
                     let store = ctx.store.clone();
-                    let req = ctx.request(Self::lease(ctx));
+                    let mut req = ctx.request(Self::lease(ctx));
+                    req.incarnation = self.incarnation(ctx);
                     let tx = ctx.tx.clone();
                     tokio::spawn(async move {
                         let r = store.acquire(&req).await;
@@ -197,7 +208,7 @@ impl MasterRole {
                 KeeperAction::Renew { epoch } => {
                     let store = ctx.store.clone();
                     let name = Self::lease(ctx);
-                    let inc = ctx.incarnation.clone();
+                    let inc = self.incarnation(ctx);
                     let ttl = Duration::from_millis(self.timing.ttl_ms);
                     let tx = ctx.tx.clone();
                     tokio::spawn(async move {
@@ -222,8 +233,21 @@ impl MasterRole {
                 }
                 KeeperAction::Deadline { .. } => {}
                 KeeperAction::Fence { reason } => {
-                    let epoch = self.epoch.take().unwrap_or(0);
+                    let held = self.epoch.take();
+                    let epoch = held.unwrap_or(0);
                     self.planner = None;
+                    if let Some(e) = held {
+                        // This tenure is over: the next one holds the lease under a new
+                        // incarnation (so a new epoch). Give this one back if the table
+                        // answers, so another server need not wait for it to expire.
+                        let (store, name, inc) = (ctx.store.clone(), Self::lease(ctx), self.incarnation(ctx));
+                        self.tenure += 1;
+                        tokio::spawn(async move {
+                            if let Err(err) = store.release(&name, &inc, ferry_core::Epoch(e)).await {
+                                tracing::debug!("the ended master tenure's lease was not released: {err}");
+                            }
+                        });
+                    }
                     crate::channel::update_hello(None, Some(false));
                     ctx.report(&Report::Master { held: false, epoch });
                     ctx.event(
@@ -364,7 +388,7 @@ impl MasterRole {
         let now = clock::now();
         for a in self.keeper.release(now) {
             if let KeeperAction::Release { epoch } = a {
-                match ctx.store.release(&Self::lease(ctx), &ctx.incarnation, epoch).await {
+                match ctx.store.release(&Self::lease(ctx), &self.incarnation(ctx), epoch).await {
                     Ok(()) => ctx.event(
                         "master-released",
                         Some(epoch.0),

@@ -344,8 +344,21 @@ pub fn main() -> i32 {
         Cmd::Nodemanager { machine, domain, admin_url, data_dir, secret_file, enroll_token_file } => {
             // A bad domain file is a bad start whatever else would happen first (enrolling,
             // waiting for the secret): say so at once, as `ferry validate` does.
-            if let Some(Err(errs)) = domain.as_deref().map(ferry_host::files::load_domain) {
-                return domain_problems(&errs);
+            match domain.as_deref().map(ferry_host::files::load_domain) {
+                Some(Err(errs)) => return domain_problems(&errs),
+                // A machine the domain does not define can do nothing: say so before waiting
+                // for a secret or an Administration Server that may be down.
+                Some(Ok(d)) if !d.machines.iter().any(|m| m.name.as_str() == machine) => {
+                    let known: Vec<&str> = d.machines.iter().map(|m| m.name.as_str()).collect();
+                    eprintln!(
+                        "ferry nodemanager: machine {machine} is not defined in domain {} ({} defines {}): add a [[machines]] entry named {machine} or pass the right --machine",
+                        d.name,
+                        domain.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                        if known.is_empty() { "no machines".to_string() } else { known.join(", ") }
+                    );
+                    return EXIT_USAGE;
+                }
+                _ => {}
             }
             init_tracing("info");
             let rt = runtime();

@@ -465,6 +465,28 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         "  an older instance answered the client after a newer one: {}",
         if view.went_back.is_some() { "YES" } else { "never" }
     );
+    // A figure that did not play out is a failed demo, whatever else went right.
+    let mut problems = Vec::new();
+    if view.outage_ms.is_none() {
+        problems.push(
+            "the client never reached ms2 at its floating IP on the new machine (look at the Node Managers' addif and gratuitous ARP events: the client's ARP cache may still point at machine-c)"
+                .to_string(),
+        );
+    }
+    if !out.status.success() {
+        problems.push(format!("ferry migrate ms2 --to machine-c failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    for (s, r) in ["ms1", "ms2"].iter().zip(&safe) {
+        if let Err(e) = r {
+            problems.push(format!("{s}'s journal shows two instances at once: {e}"));
+        }
+    }
+    if view.went_back.is_some() {
+        problems.push("an older instance of ms2 answered the client after a newer one".into());
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("the demo did not play out as Figures 7-2 and 7-3 say: {}", problems.join("; "));
+    }
     if exit_after {
         println!("\ndone; the lab is being removed");
         return Ok(());

@@ -465,6 +465,70 @@ async fn daemons_refuse_a_bad_domain_file_as_validate_does() {
     }
 }
 
+/// Issue 9, item 11: a Node Manager for a machine the domain does not define waited for ever
+/// for an Administration Server to enroll it. It exits at once with the error (exit 2),
+/// whether or not an admin runs, and with only a cached configuration to go by.
+#[tokio::test]
+async fn a_node_manager_for_an_undefined_machine_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let domain = dir.path().join("d.toml");
+    std::fs::write(
+        &domain,
+        "name = \"d\"\n[admin]\nlisten = \"127.0.0.1:1\"\n[leasing]\ndata_source = \"sqlite://x.db\"\n\n[[machines]]\nname = \"alpha\"\nnode_manager = \"127.0.0.1:2\"\n",
+    )
+    .unwrap();
+    let run = |args: Vec<String>| async move {
+        let child = tokio::process::Command::new(exe())
+            .args(&args)
+            .env("FERRY_LOG", "off")
+            .env_remove("FERRY_SECRET")
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ferry starts");
+        let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("ferry {args:?} kept waiting"))
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let s = |x: &str| x.to_string();
+    // No admin listens at 127.0.0.1:1: the Node Manager must not wait for one.
+    let (code, err) = run(vec![
+        s("nodemanager"),
+        s("--machine"),
+        s("zeta"),
+        s("--domain"),
+        domain.display().to_string(),
+        s("--data-dir"),
+        dir.path().join("nm").display().to_string(),
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("machine zeta is not defined in domain d") && err.contains("defines alpha"),
+        "the error names the machine and the ones defined: {err}"
+    );
+    // With only --admin-url (down) and a cached configuration from an earlier run.
+    let data = dir.path().join("nm-cached");
+    std::fs::create_dir_all(&data).unwrap();
+    let cached = ferry_api::VersionedDomain { version: 3, domain: ferry_host::files::load_domain(&domain).unwrap() };
+    std::fs::write(data.join("domain-cache.json"), serde_json::to_vec(&cached).unwrap()).unwrap();
+    let (code, err) = run(vec![
+        s("nodemanager"),
+        s("--machine"),
+        s("zeta"),
+        s("--admin-url"),
+        s("https://127.0.0.1:1"),
+        s("--data-dir"),
+        data.display().to_string(),
+    ])
+    .await;
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("machine zeta is not defined in domain d"), "{err}");
+}
+
 /// `ferry ARGS` as an operator on the admin's host: its token comes from the client file
 /// the admin left in `config` (`FERRY_CONFIG_DIR`), unless `env` names one.
 fn ferry_cli_env(admin: &str, config: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {

@@ -1,0 +1,146 @@
+//! Scenario: the lease table goes away and comes back (issue 9, item 9). A private
+//! PostgreSQL holds the lease table of a Figure 7-1 domain; it is stopped until every server
+//! has fenced itself (rule 2: nothing may run on a lease nobody can renew), kept down a
+//! while longer, and started again. Measured from the moment it accepts connections again
+//! until each server's service answers again with a larger fencing token, brought back by
+//! its own Node Manager without an operator. The bound: two health-check intervals (the
+//! Node Managers ask the table every interval while it is down) plus the start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ferry::harness::{wait_until, DomainSpec, Harness};
+use ferry_host::clock;
+use serde::Serialize;
+
+use crate::common::{self, Timings, PATIENCE};
+use crate::stats::{header, row};
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutageRun {
+    pub run: usize,
+    pub dir: String,
+    /// How long PostgreSQL was down.
+    pub down_ms: u64,
+    /// From PostgreSQL accepting connections again until each service answered again.
+    pub ms1_back_ms: Option<i64>,
+    pub ms2_back_ms: Option<i64>,
+    /// Until every server answered.
+    pub all_back_ms: Option<i64>,
+    pub safety_violation: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutageReport {
+    pub timings: Timings,
+    pub runs_requested: usize,
+    pub loadavg_before: String,
+    pub loadavg_after: String,
+    pub runs: Vec<OutageRun>,
+}
+
+pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings) -> anyhow::Result<OutageReport> {
+    let loadavg_before = common::loadavg();
+    let mut out = Vec::new();
+    for i in 1..=runs {
+        let dir = base.join(format!("run-{i:03}"));
+        let mut r = OutageRun { run: i, dir: dir.display().to_string(), ..Default::default() };
+        if let Err(e) = one(exe, &dir, t, &mut r).await {
+            r.error = Some(format!("{e:#}"));
+        }
+        eprintln!(
+            "outage {i}/{runs}: {}",
+            match &r.error {
+                Some(e) => format!("FAILED: {e} (see {})", r.dir),
+                None => format!("down {} ms, every server back {:?} ms after the table", r.down_ms, r.all_back_ms),
+            }
+        );
+        out.push(r);
+    }
+    Ok(OutageReport { timings: t, runs_requested: runs, loadavg_before, loadavg_after: common::loadavg(), runs: out })
+}
+
+async fn one(exe: &Path, dir: &Path, t: Timings, r: &mut OutageRun) -> anyhow::Result<()> {
+    let mut pg = ferry_store::testing::PgServer::start()?;
+    ferry_store::init(&pg.url()).await?;
+    let mut spec = DomainSpec::figure_7_1(t.interval_ms, t.periods, t.grace_ms);
+    spec.data_source = Some(pg.url());
+    let h = Harness::start(spec, exe, Some(dir.to_path_buf())).await?;
+    h.admin().start_cluster("cluster-1").await?;
+    h.wait_running_on("ms1", "machine-b", PATIENCE).await?;
+    h.wait_running_on("ms2", "machine-c", PATIENCE).await?;
+    let mut tokens = Vec::new();
+    for s in ["ms1", "ms2"] {
+        let (_, v) = common::probe_until(h.service_addr[s], PATIENCE, |_| true).await?;
+        tokens.push(v["fencing_token"].as_u64().unwrap_or(0));
+    }
+    common::settle_random_phase(t).await;
+    let down_at = clock::now();
+    pg.stop()?;
+    // Every server fences itself; then the table stays away one lease longer.
+    wait_until(PATIENCE, "every service to stop answering", || async {
+        let mut none = true;
+        for s in ["ms1", "ms2"] {
+            none &= ferry::harness::probe(h.service_addr[s], Duration::from_millis(100)).await.is_none();
+        }
+        none
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(t.ttl_ms())).await;
+    pg.start_again()?;
+    let back = clock::now();
+    r.down_ms = back.since(down_at);
+    let mut all = 0;
+    for (i, s) in ["ms1", "ms2"].into_iter().enumerate() {
+        let before = tokens[i];
+        let (at, _) = common::probe_until(h.service_addr[s], Duration::from_secs(60), |v| {
+            v["fencing_token"].as_u64().unwrap_or(0) > before
+        })
+        .await?;
+        let ms = at as i64 - back.0 as i64;
+        all = all.max(ms);
+        if i == 0 {
+            r.ms1_back_ms = Some(ms);
+        } else {
+            r.ms2_back_ms = Some(ms);
+        }
+    }
+    r.all_back_ms = Some(all);
+    r.safety_violation = common::safety(&h).err();
+    Ok(())
+}
+
+pub fn print(rep: &OutageReport) {
+    let t = rep.timings;
+    let ok: Vec<&OutageRun> = rep.runs.iter().filter(|r| r.error.is_none()).collect();
+    let col = |f: fn(&OutageRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
+    println!("\n## lease-table outage: PostgreSQL stopped until every server fenced itself, then started again\n");
+    println!(
+        "settings: health_check_interval {} ms x {} periods = lease {} ms, fencing_grace_period {} ms; {} runs, each a fresh domain on a private PostgreSQL; the table stays down one lease after the last fence; load average {} before, {} after\n",
+        t.interval_ms,
+        t.periods,
+        t.ttl_ms(),
+        t.grace_ms,
+        rep.runs_requested,
+        rep.loadavg_before,
+        rep.loadavg_after
+    );
+    let bound = format!("2 x interval = {} ms, plus the start", 2 * t.interval_ms);
+    println!("{}", header("ms from PostgreSQL accepting connections again until", "bound"));
+    println!("{}", row("ms1 (was cluster master) answers with a larger fencing token", col(|r| r.ms1_back_ms), ""));
+    println!("{}", row("ms2 answers with a larger fencing token", col(|r| r.ms2_back_ms), ""));
+    println!("{}", row("**every server answers again**", col(|r| r.all_back_ms), &bound));
+    let down: Vec<i64> = ok.iter().map(|r| r.down_ms as i64).collect();
+    println!("{}", row("(how long the table was down)", down, ""));
+    let unsafe_runs = rep.runs.iter().filter(|r| r.safety_violation.is_some()).count();
+    println!(
+        "\n- safety (journals: never two instances at once): {}/{} runs clean{}",
+        rep.runs.len() - unsafe_runs,
+        rep.runs.len(),
+        if unsafe_runs == 0 { "" } else { "  <- VIOLATION" }
+    );
+    for r in rep.runs.iter().filter(|r| r.error.is_some()) {
+        println!("- run {} failed: {} ({})", r.run, r.error.as_deref().unwrap_or(""), r.dir);
+    }
+}
