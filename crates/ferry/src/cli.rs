@@ -277,11 +277,17 @@ pub enum LeasingAction {
     },
 }
 
+/// Logs go to stderr; in colour only on a terminal, so a log file (a daemon's stderr
+/// redirected, a Node Manager's log of its servers) holds plain text without escape codes.
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }
 
 fn runtime() -> tokio::runtime::Runtime {

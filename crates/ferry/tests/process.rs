@@ -1514,3 +1514,40 @@ async fn a_node_manager_with_only_the_secret_and_the_admin_url_enrolls_safely() 
     let creds = ferry_tls::Credentials::load(&dir.path().join("pki"), "machine").unwrap();
     assert_eq!(creds.identity().unwrap(), ferry_tls::Identity::Machine("machine-d".into()));
 }
+
+/// Every `*.log` file under `dir`, at any depth.
+fn log_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Logs written to files (the admin's and Node Managers' stderr, the servers' logs their
+/// Node Managers keep) are plain text: colour codes only on a terminal.
+#[tokio::test]
+async fn logs_written_to_files_have_no_colour_codes() {
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let files = log_files(&h.dir);
+    let names: Vec<String> =
+        files.iter().map(|p| p.strip_prefix(&h.dir).unwrap_or(p).display().to_string()).collect();
+    for want in ["logs/admin.log", "logs/nm-machine-b.log", "logs/nm-machine-c.log"] {
+        assert!(names.iter().any(|n| n == want), "no {want} among {names:?}");
+    }
+    assert!(names.iter().any(|n| n.ends_with("server.log")), "no server log among {names:?}");
+    for f in &files {
+        let text = std::fs::read(f).unwrap();
+        assert!(!text.windows(2).any(|w| w == b"\x1b["), "{} holds ANSI escape codes", f.display());
+    }
+}
