@@ -7,6 +7,6 @@ pub mod client;
 pub mod events;
 pub mod types;
 
-pub use client::{AdminClient, ClientError, NmClient};
+pub use client::{path_segment, AdminClient, ClientError, NmClient};
 pub use events::EventSink;
 pub use types::*;

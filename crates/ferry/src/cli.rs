@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ferry_core::{MachineName, ServerName};
+use ferry_core::{ClusterName, MachineName, ServerName};
 
 /// Exit status when the command could not do what was asked.
 pub const EXIT_FAILED: i32 = 1;
@@ -109,20 +109,20 @@ pub enum Cmd {
     Validate { file: PathBuf },
     /// Start every server of a cluster on its home machine (Figure 7-1).
     StartCluster {
-        cluster: String,
+        cluster: ClusterName,
         /// Wait until every server holds its lease.
         #[arg(long)]
         wait: bool,
     },
     /// Start a server on its home machine.
     Start {
-        server: String,
+        server: ServerName,
         #[arg(long)]
         wait: bool,
     },
     /// Stop a server through its Node Manager (graceful, then forced after its shutdown_timeout).
     Stop {
-        server: String,
+        server: ServerName,
         /// Kill at once instead of asking it to shut down.
         #[arg(long)]
         force: bool,
@@ -131,9 +131,9 @@ pub enum Cmd {
     },
     /// Move a server to another machine (manual migration and failback, Figure 7-3).
     Migrate {
-        server: String,
+        server: ServerName,
         #[arg(long)]
-        to: String,
+        to: MachineName,
         /// Show the migration's steps as they happen and wait for the end.
         #[arg(long)]
         wait: bool,
@@ -257,10 +257,10 @@ pub enum TokenAction {
 pub enum MachineAction {
     /// Print a one-time token (valid one hour) with which `ferry enroll --machine MACHINE`
     /// gets the machine its certificates.
-    EnrollToken { machine: String },
+    EnrollToken { machine: MachineName },
     /// Revoke every certificate of a machine: its Node Manager, and the servers it started,
     /// are refused by every process of the domain until the machine enrolls again.
-    Revoke { machine: String },
+    Revoke { machine: MachineName },
 }
 
 #[derive(Subcommand, Debug)]

@@ -272,8 +272,8 @@ async fn token_command(target: &Target, action: TokenAction) -> Result<i32, Clie
                 eprintln!("ferry: {e}");
                 return Ok(EXIT_USAGE);
             }
-            let info: TokenInfo =
-                token_call(target, reqwest::Method::DELETE, &format!("/api/v1/tokens/{name}"), None).await?;
+            let path = format!("/api/v1/tokens/{}", ferry_api::path_segment(&name)?);
+            let info: TokenInfo = token_call(target, reqwest::Method::DELETE, &path, None).await?;
             println!("token '{}' ({} role) revoked", info.name, info.role);
             Ok(0)
         }
@@ -294,19 +294,19 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
     match cmd {
         Cmd::Token { action } => token_command(target, action).await,
         Cmd::StartCluster { cluster, wait } => {
-            let op = admin.start_cluster(&cluster).await?;
+            let op = admin.start_cluster(cluster.as_str()).await?;
             follow(admin, op, wait).await
         }
         Cmd::Start { server, wait } => {
-            let op = admin.start(&server).await?;
+            let op = admin.start(server.as_str()).await?;
             follow(admin, op, wait).await
         }
         Cmd::Stop { server, force, wait } => {
-            let op = admin.stop(&server, force).await?;
+            let op = admin.stop(server.as_str(), force).await?;
             follow(admin, op, wait).await
         }
         Cmd::Migrate { server, to, wait } => {
-            let op = admin.migrate(&server, &to).await?;
+            let op = admin.migrate(server.as_str(), to.as_str()).await?;
             follow(admin, op, wait).await
         }
         Cmd::Status { watch, output } => loop {
@@ -325,7 +325,7 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
             }
         },
         Cmd::Machine { action: MachineAction::EnrollToken { machine } } => {
-            let t = admin.enroll_token(&machine).await?;
+            let t = admin.enroll_token(machine.as_str()).await?;
             // The token alone on stdout, so `$(ferry machine enroll-token m)` works.
             println!("{}", t.token);
             eprintln!(
@@ -335,7 +335,7 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
             Ok(0)
         }
         Cmd::Machine { action: MachineAction::Revoke { machine } } => {
-            let r = admin.revoke_machine(&machine).await?;
+            let r = admin.revoke_machine(machine.as_str()).await?;
             println!(
                 "revoked {} certificate{} of machine {machine}: its Node Manager and the servers it started are refused; enroll it again (`ferry machine enroll-token {machine}`, then `ferry enroll --force` on it) and restart its Node Manager",
                 r.serials.len(),

@@ -1540,8 +1540,7 @@ async fn logs_written_to_files_have_no_colour_codes() {
     let _g = SERIAL.lock().await;
     let h = started().await;
     let files = log_files(&h.dir);
-    let names: Vec<String> =
-        files.iter().map(|p| p.strip_prefix(&h.dir).unwrap_or(p).display().to_string()).collect();
+    let names: Vec<String> = files.iter().map(|p| p.strip_prefix(&h.dir).unwrap_or(p).display().to_string()).collect();
     for want in ["logs/admin.log", "logs/nm-machine-b.log", "logs/nm-machine-c.log"] {
         assert!(names.iter().any(|n| n == want), "no {want} among {names:?}");
     }
@@ -1549,5 +1548,30 @@ async fn logs_written_to_files_have_no_colour_codes() {
     for f in &files {
         let text = std::fs::read(f).unwrap();
         assert!(!text.windows(2).any(|w| w == b"\x1b["), "{} holds ANSI escape codes", f.display());
+    }
+}
+
+/// Names are checked by the client before any call (exit 2 with the reason), so a name can
+/// never reach another endpoint: the admin named here does not exist, and an attempt to
+/// call it would end in exit 3.
+#[test]
+fn names_are_checked_before_any_call() {
+    let cfg = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (&["stop", "../../etc"][..], "invalid server name \"../../etc\": must start with a letter or digit"),
+        (
+            &["start", "ms1/start"][..],
+            "invalid server name \"ms1/start\": may hold only letters, digits, '-', '_' and '.'",
+        ),
+        (&["migrate", "ms1", "--to", "machine-b/../x"][..], "invalid machine name \"machine-b/../x\""),
+        (&["migrate", "..", "--to", "machine-b"][..], "invalid server name \"..\""),
+        (&["start-cluster", "cluster 1"][..], "invalid cluster name \"cluster 1\""),
+        (&["machine", "revoke", "m%2F1"][..], "invalid machine name \"m%2F1\""),
+        (&["machine", "enroll-token", ""][..], "invalid machine name \"\": must not be empty"),
+    ] {
+        let out = ferry_cli("http://127.0.0.1:1", cfg.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "ferry {args:?}: {err}");
+        assert!(err.contains(want), "ferry {args:?} said {err}");
     }
 }
