@@ -275,7 +275,16 @@ async fn events(
     let Ok(Query(q)) = q else {
         return error(400, "bad query: use ?since=ID&limit=N with whole numbers");
     };
-    Json(s.events.since(q.since, q.limit.unwrap_or(10_000).min(10_000))).into_response()
+    let limit = q.limit.unwrap_or(ferry_api::EVENTS_PAGE_MAX).min(ferry_api::EVENTS_PAGE_MAX);
+    // What a caller needs to page on, and to tell that older events are no longer held.
+    let (oldest, newest) = s.events.bounds();
+    let page = s.events.since(q.since, limit);
+    let mut headers = HeaderMap::new();
+    if let Some(oldest) = oldest {
+        headers.insert(ferry_api::EVENTS_OLDEST_HEADER, oldest.into());
+    }
+    headers.insert(ferry_api::EVENTS_NEWEST_HEADER, newest.into());
+    (headers, Json(page)).into_response()
 }
 
 async fn post_events(
@@ -409,7 +418,9 @@ async fn event_stream(
 ) -> Response {
     let since = q.map(|Query(q)| q.since).unwrap_or(0);
     let rx = s.events.tx.subscribe();
-    let backlog = s.events.since(since, 10_000);
+    // Everything held after `since` (at most `events::KEEP`), then what comes: a shorter
+    // backlog would skip the events between its end and the subscription.
+    let backlog = s.events.since(since, crate::events::KEEP);
     let last = backlog.last().map_or(since, |e| e.id);
     let head = futures_util::stream::iter(backlog.into_iter().map(Ok::<Event, Infallible>));
     let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| async move {
@@ -710,6 +721,34 @@ command = ["/bin/true"]
         let status = resp.status().as_u16();
         let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// `GET /api/v1/events` pages: at most `limit` (capped), oldest first after `since`, with
+    /// the oldest held and the newest ids in headers to go on from.
+    #[tokio::test]
+    async fn events_come_in_pages_that_say_how_to_go_on() {
+        let a = app();
+        for i in 0..12 {
+            a.state.event("test", None, None, None, format!("event {i}"));
+        }
+        let get = |q: &str| {
+            let req = Request::get(format!("/api/v1/events{q}"))
+                .header("authorization", format!("Bearer {}", a.monitor))
+                .body(Body::empty())
+                .unwrap();
+            a.router.clone().oneshot(req)
+        };
+        let resp = get("?since=3&limit=4").await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let h = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!((h("x-ferry-oldest-event"), h("x-ferry-newest-event")), (Some("1".into()), Some("12".into())));
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let page: Vec<Event> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 5, 6, 7]);
+        let resp = get("?since=12").await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(&bytes[..], b"[]");
+        assert_eq!(get("?since=x").await.unwrap().status().as_u16(), 400);
     }
 
     #[tokio::test]

@@ -127,6 +127,15 @@ impl Http {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        self.send_full(req, url).await.map(|(t, _)| t)
+    }
+
+    /// [`Http::send`], with the answer's headers.
+    async fn send_full<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
         let req = req.timeout(self.timeout);
         let req = match &self.secret {
             Some(s) => req.bearer_auth(s),
@@ -134,6 +143,7 @@ impl Http {
         };
         let resp = req.send().await.map_err(|e| self.transport(url, e))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| self.transport(url, e))?;
         if !status.is_success() {
             let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
@@ -145,7 +155,9 @@ impl Http {
             });
             return Err(ClientError::Api { status: status.as_u16(), error: body.error, detail: body.detail });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), reason: e.to_string() })
+        let t = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode { url: url.into(), reason: e.to_string() })?;
+        Ok((t, headers))
     }
 
     fn transport(&self, url: &str, e: reqwest::Error) -> ClientError {
@@ -172,6 +184,11 @@ impl Http {
         self.send(self.client(&url)?.get(&url), &url).await
     }
 
+    async fn get_full<T: DeserializeOwned>(&self, path: &str) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send_full(self.client(&url)?.get(&url), &url).await
+    }
+
     /// A GET whose answer is text, with the value of the response header `header`.
     async fn get_text(&self, path: &str, header: &str) -> Result<(String, Option<String>), ClientError> {
         let url = format!("{}{path}", self.base);
@@ -195,6 +212,30 @@ impl Http {
         let url = format!("{}{path}", self.base);
         self.send(self.client(&url)?.put(&url).json(body), &url).await
     }
+}
+
+/// How many events [`AdminClient::events`] asks for at a time (the admin answers at most
+/// [`EVENTS_PAGE_MAX`]).
+pub const EVENTS_PAGE: usize = 1_000;
+/// How many events the admin keeps (the newest); older ones are only in its `events.jsonl`.
+pub const EVENTS_KEPT: usize = 20_000;
+/// The most events one `GET /api/v1/events` answers.
+pub const EVENTS_PAGE_MAX: usize = 10_000;
+/// The header of `GET /api/v1/events` naming the oldest event the admin still holds (absent
+/// when it holds none): events before it are only in its `events.jsonl`.
+pub const EVENTS_OLDEST_HEADER: &str = "x-ferry-oldest-event";
+/// The header of `GET /api/v1/events` naming the newest event: more remain after a page
+/// whose last event is older.
+pub const EVENTS_NEWEST_HEADER: &str = "x-ferry-newest-event";
+
+/// One page of the event log, with what the admin holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    /// The oldest event the admin holds; `None` when it holds none.
+    pub oldest_id: Option<u64>,
+    /// The newest event recorded (0 when none ever was).
+    pub newest_id: u64,
 }
 
 /// A client of the Administration Server's `/api/v1`.
@@ -288,8 +329,32 @@ impl AdminClient {
     pub async fn leases(&self) -> Result<Vec<ferry_core::lease::Lease>, ClientError> {
         self.http.get("/api/v1/leases").await
     }
+    /// Every event after `since` that the admin holds, page after page.
     pub async fn events(&self, since: u64) -> Result<Vec<Event>, ClientError> {
-        self.http.get(&format!("/api/v1/events?since={since}")).await
+        let mut all = Vec::new();
+        let mut after = since;
+        loop {
+            let page = self.events_page(after, EVENTS_PAGE).await?;
+            match page.events.last() {
+                Some(e) => after = e.id,
+                None => return Ok(all),
+            }
+            let done = page.events.len() < EVENTS_PAGE || after >= page.newest_id;
+            all.extend(page.events);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+    /// `GET /api/v1/events?since=ID&limit=N`: at most `limit` events after `since`, oldest
+    /// first, and what the admin holds (to go on from the last one, or to tell that older
+    /// ones are no longer kept).
+    pub async fn events_page(&self, since: u64, limit: usize) -> Result<EventsPage, ClientError> {
+        let (events, headers): (Vec<Event>, _) =
+            self.http.get_full(&format!("/api/v1/events?since={since}&limit={limit}")).await?;
+        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let newest_id = number(EVENTS_NEWEST_HEADER).unwrap_or_else(|| events.last().map_or(since, |e| e.id));
+        Ok(EventsPage { oldest_id: number(EVENTS_OLDEST_HEADER), newest_id, events })
     }
     pub async fn post_events(&self, events: &[Event]) -> Result<serde_json::Value, ClientError> {
         self.http.post("/api/v1/events", &events).await

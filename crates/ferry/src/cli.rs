@@ -43,6 +43,14 @@ pub enum Output {
     Json,
 }
 
+/// `ferry events` also prints one JSON object per line, for a stream.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum EventsOutput {
+    Text,
+    Json,
+    Jsonl,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run the Administration Server.
@@ -150,12 +158,21 @@ pub enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: Output,
     },
-    /// Show the event log: migrations, fencing, elections.
+    /// Show the event log: migrations, fencing, elections. Every event the admin holds by
+    /// default, oldest first.
     Events {
+        /// Keep showing events as they come (with text or jsonl output).
         #[arg(long)]
         follow: bool,
+        /// Only the events after this one (by id).
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        since: u64,
+        /// At most this many events; what was left out, and how to get it, goes to stderr.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// `json`: one JSON array; `jsonl`: one JSON object per line.
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
-        output: Output,
+        output: EventsOutput,
     },
     /// Manage operator tokens: create (shown once), list, revoke (the Admin role).
     Token {
@@ -294,7 +311,7 @@ fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
+            errln!("ferry: cannot start the async runtime: {e}");
             std::process::exit(EXIT_FAILED);
         }
     }
@@ -309,7 +326,7 @@ pub fn main() -> i32 {
             let name = match ServerName::new(name) {
                 Ok(n) => n,
                 Err(e) => {
-                    eprintln!("ferry server: {e}");
+                    errln!("ferry server: {e}");
                     return ferry_server::EXIT_CONFIG;
                 }
             };
@@ -324,7 +341,7 @@ pub fn main() -> i32 {
                     code
                 }
                 Err(e) => {
-                    eprintln!("ferry server: cannot start the async runtime: {e}");
+                    errln!("ferry server: cannot start the async runtime: {e}");
                     EXIT_FAILED
                 }
             }
@@ -379,14 +396,14 @@ pub fn main() -> i32 {
             });
             match r {
                 Ok(()) => {
-                    println!(
+                    outln!(
                         "lease table at {shown} {}",
                         if reset { "re-created (every lease was dropped)" } else { "is ready" }
                     );
                     0
                 }
                 Err(e) => {
-                    eprintln!("ferry leasing: {e}");
+                    errln!("ferry leasing: {e}");
                     EXIT_FAILED
                 }
             }
@@ -411,7 +428,7 @@ fn report(r: anyhow::Result<()>, what: &str) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{what}: {e:#}");
+            errln!("{what}: {e:#}");
             EXIT_FAILED
         }
     }
@@ -420,7 +437,7 @@ fn report(r: anyhow::Result<()>, what: &str) -> i32 {
 fn validate(file: &std::path::Path) -> i32 {
     match ferry_host::files::load_domain(file) {
         Ok(d) => {
-            println!(
+            outln!(
                 "{}: domain {} is valid: {} machines, {} clusters, {} servers",
                 file.display(),
                 d.name,
@@ -431,8 +448,8 @@ fn validate(file: &std::path::Path) -> i32 {
             0
         }
         Err(errs) => {
-            eprintln!("{errs}");
-            eprintln!("{} problem{} found", errs.errors.len(), if errs.errors.len() == 1 { "" } else { "s" });
+            errln!("{errs}");
+            errln!("{} problem{} found", errs.errors.len(), if errs.errors.len() == 1 { "" } else { "s" });
             EXIT_USAGE
         }
     }
@@ -546,7 +563,7 @@ async fn enroll(
         &ferry_nodemanager::pki::Enrollment::Token(token),
     )
     .await?;
-    println!(
+    outln!(
         "machine {machine} enrolled: certificates in {}; start its Node Manager with --data-dir {}",
         ferry_nodemanager::pki::pki_dir(&data_dir).display(),
         data_dir.display()
@@ -558,7 +575,7 @@ async fn enroll(
 async fn rotate(admin: &str, machine: String, data_dir: PathBuf) -> anyhow::Result<()> {
     let machine = MachineName::new(machine)?;
     let serials = ferry_nodemanager::pki::rotate(&data_dir, machine.as_str(), admin).await?;
-    println!(
+    outln!(
         "machine {machine}: new keys and certificates in {} (serials {}); restart its Node Manager to use them (its servers keep running); the old ones stay valid until they expire, or until `ferry machine revoke`",
         ferry_nodemanager::pki::pki_dir(&data_dir).display(),
         serials.join(", ")

@@ -211,7 +211,10 @@ impl LabDomain {
 
     pub async fn events(&self) -> anyhow::Result<Vec<ferry_api::Event>> {
         let out = self.cli(&["events", "-o", "json"]).await?;
-        Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        if !out.status.success() {
+            bail!("ferry events: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Waits until `server` runs on `machine` with an epoch above `epoch`.

@@ -464,10 +464,7 @@ async fn the_command_line_drives_the_domain() {
     }
 
     let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
-    let events: Vec<ferry_api::Event> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
-        .collect();
+    let events: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
     assert!(events.iter().any(|e| e.kind == "master-acquired"));
     assert!(events.iter().any(|e| e.kind == "lease-released" && e.server.as_deref() == Some("ms1")));
 
@@ -1574,4 +1571,129 @@ fn names_are_checked_before_any_call() {
         assert_eq!(out.status.code(), Some(2), "ferry {args:?}: {err}");
         assert!(err.contains(want), "ferry {args:?} said {err}");
     }
+}
+
+/// `ferry ARGS` with its stdout a pipe: `keep` bytes are read, then the pipe is closed while
+/// it still writes. Its exit status and stderr.
+fn ferry_cli_closed_pipe(h: &Harness, args: &[&str], keep: usize) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(exe())
+        .args(args)
+        .env("FERRY_ADMIN", &h.admin_url)
+        .env("FERRY_CONFIG_DIR", h.client_config_dir())
+        .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_TOKEN_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferry runs");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; keep];
+    stdout.read_exact(&mut buf).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// Posts `n` events as a daemon does (with the domain secret).
+async fn post_events(h: &Harness, n: usize) {
+    let admin = ferry_api::AdminClient::with_secret(&h.admin_url, &h.secret().await.unwrap(), PATIENCE);
+    let batch = |i0: usize, k: usize| -> Vec<ferry_api::Event> {
+        (i0..i0 + k)
+            .map(|i| ferry_api::Event {
+                id: 0,
+                at_ms: 1,
+                source: "test".into(),
+                kind: "load".into(),
+                server: None,
+                machine: None,
+                epoch: None,
+                message: format!("event {i}"),
+                by: None,
+            })
+            .collect()
+    };
+    for i0 in (0..n).step_by(1_000) {
+        admin.post_events(&batch(i0, (n - i0).min(1_000))).await.unwrap();
+    }
+}
+
+/// `ferry events` pages through the whole log (more than one page of the API, more than
+/// its old cap of 10,000); `-o json` is one JSON array and `-o jsonl` one object per line;
+/// `--since` and `--limit` page by hand, and when it stops short, or the admin no longer
+/// holds the oldest events, stderr says what was left out and how to get it. No command
+/// panics when its reader closes the pipe.
+#[tokio::test]
+async fn events_page_through_everything_and_a_closed_pipe_ends_no_command_badly() {
+    let _g = SERIAL.lock().await;
+    let h = Harness::start(spec(), exe(), None).await.expect("domain starts");
+    let (url, cfg) = (h.admin_url.clone(), h.client_config_dir());
+    post_events(&h, 10_500).await;
+    let newest = h.admin().events_page(0, 1).await.unwrap().newest_id;
+    assert!(newest > 10_500, "{newest}");
+
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let all: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), (1..=newest).collect::<Vec<_>>());
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "jsonl"]);
+    let lines: Vec<ferry_api::Event> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(lines, all);
+    let out = ferry_cli(&url, &cfg, &["events"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count() as u64, newest);
+
+    // By hand: a limit says what remains and how to get it; --since goes on from there.
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json", "--since", "100", "--limit", "2500"]);
+    let some: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(some.iter().map(|e| e.id).collect::<Vec<_>>(), (101..=2600).collect::<Vec<_>>());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "ferry: showed 2500 events (the --limit); events 2601 to {newest} remain: `ferry events --since 2600` shows them"
+        )
+    );
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json", "--since", "2600"]);
+    let rest: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rest.first().map(|e| e.id), Some(2601));
+    assert_eq!(rest.last().map(|e| e.id), Some(newest));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json", "--since", &newest.to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n");
+    let out = ferry_cli(&url, &cfg, &["events", "--follow", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use -o jsonl"));
+
+    // A reader that stops early: no panic, a clean exit.
+    let (code, err) = ferry_cli_closed_pipe(&h, &["events", "-o", "json"], 100);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "ferry events -o json | head -c 100");
+    let (code, err) = ferry_cli_closed_pipe(&h, &["events"], 100);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "ferry events | head -c 100");
+    for args in
+        [&["status"][..], &["status", "-o", "json"], &["machines"], &["leases", "-o", "json"], &["token", "list"]]
+    {
+        let (code, err) = ferry_cli_closed_pipe(&h, args, 1);
+        assert_eq!((code, err.as_str()), (Some(0), ""), "ferry {args:?} | head -c 1");
+    }
+
+    // Past what the admin keeps in memory: the oldest are named, and where they are.
+    post_events(&h, 10_500).await;
+    let page = h.admin().events_page(0, 1).await.unwrap();
+    let (oldest, newest) = (page.oldest_id.unwrap(), page.newest_id);
+    assert_eq!(newest - oldest + 1, ferry_api::EVENTS_KEPT as u64);
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
+    let kept: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(kept.iter().map(|e| e.id).collect::<Vec<_>>(), (oldest..=newest).collect::<Vec<_>>());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "ferry: events 1 to {} are no longer held by the Administration Server (it keeps the newest 20000); they are in events.jsonl in its data directory",
+            oldest - 1
+        )
+    );
+    let log = std::fs::read_to_string(h.dir.join("data/admin/events.jsonl")).unwrap();
+    assert_eq!(log.lines().count() as u64, newest, "every event is in events.jsonl");
 }
