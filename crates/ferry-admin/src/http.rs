@@ -708,6 +708,7 @@ command = ["/bin/true"]
             token_hint: files.hint(),
             pki: crate::pki::AdminPki::open(dir.path(), &file, "t").unwrap(),
             nm_clients: Mutex::default(),
+            views: Arc::default(),
         });
         App { router: router(state.clone()), state, _dir: dir, secret, monitor, operator, admin }
     }

@@ -313,7 +313,7 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
             let servers = admin.servers().await?;
             let text = match output {
                 Output::Json => serde_json::to_string_pretty(&servers).unwrap_or_default(),
-                Output::Text => status_table(&servers),
+                Output::Text => status_table(&servers, &admin.machines().await?),
             };
             if watch {
                 // Clear the screen and redraw, like `watch`.
@@ -357,7 +357,7 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
                             m.name,
                             m.node_manager,
                             if m.reachable { "yes" } else { "NO" },
-                            if m.reachable { servers.join(", ") } else { m.error.unwrap_or_default() }
+                            if m.reachable { servers.join(", ") } else { last_answer(&m) }
                         );
                     }
                 }
@@ -477,23 +477,44 @@ fn left(ms: Option<i64>, held: bool) -> String {
     }
 }
 
-fn status_table(servers: &[ferry_api::ServerStatus]) -> String {
+/// When an unreachable machine's Node Manager last answered, and why it does not now:
+/// `last answered 4.2 s ago: ...`.
+fn last_answer(m: &ferry_api::MachineStatus) -> String {
+    let when = m
+        .last_seen_age_ms
+        .map_or("never answered".to_string(), |ms| format!("last answered {:.1} s ago", ms as f64 / 1000.0));
+    match &m.error {
+        Some(e) => format!("{when}: {e}"),
+        None => when,
+    }
+}
+
+/// The servers, then a line for each machine whose Node Manager does not answer. A state
+/// with `?` is the last one its machine's Node Manager gave (it holds its lease).
+fn status_table(servers: &[ferry_api::ServerStatus], machines: &[ferry_api::MachineStatus]) -> String {
     let mut out = format!(
         "{:<12} {:<12} {:<14} {:<12} {:>8} {:>6} {:>14} {:<6}\n",
         "SERVER", "CLUSTER", "STATE", "MACHINE", "PID", "EPOCH", "LEASE LEFT", "MASTER"
     );
+    let last_known = |s: &ferry_api::ServerStatus| s.view_stale && s.lease_remaining_ms.is_some_and(|ms| ms > 0);
     for s in servers {
         out.push_str(&format!(
             "{:<12} {:<12} {:<14} {:<12} {:>8} {:>6} {:>14} {:<6}\n",
             s.name,
             s.cluster,
-            s.state,
+            if last_known(s) { format!("{}?", s.state) } else { s.state.clone() },
             s.machine.clone().unwrap_or_else(|| "-".into()),
             s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             s.epoch.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             left(s.lease_remaining_ms, s.lease_remaining_ms.is_some()),
             if s.master { "yes" } else { "" },
         ));
+    }
+    for m in machines.iter().filter(|m| !m.reachable) {
+        out.push_str(&format!("{}  UNREACHABLE ({})\n", m.name, last_answer(m)));
+    }
+    if servers.iter().any(last_known) {
+        out.push_str("?: the last state its machine's Node Manager gave; it holds its lease\n");
     }
     out.trim_end().to_string()
 }

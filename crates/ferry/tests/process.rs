@@ -589,8 +589,7 @@ async fn operator_tokens_have_roles_and_every_change_names_its_token() {
 
     // The audit trail names the tokens: `-o json` and the human form.
     let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
-    let events: Vec<ferry_api::Event> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
     let by = |kind: &str, who: &str| events.iter().any(|e| e.kind == kind && e.by.as_deref() == Some(who));
     assert!(by("nm-stopped", "ci") && by("nm-started", "ci"), "the stop and start name 'ci'");
     assert!(by("config-changed", "admin") && by("token-created", "admin") && by("token-revoked", "admin"));
@@ -1696,4 +1695,81 @@ async fn events_page_through_everything_and_a_closed_pipe_ends_no_command_badly(
     );
     let log = std::fs::read_to_string(h.dir.join("data/admin/events.jsonl")).unwrap();
     assert_eq!(log.lines().count() as u64, newest, "every event is in events.jsonl");
+}
+
+/// The pid of `machine`'s Node Manager.
+fn nm_pid(h: &Harness, machine: &str) -> i32 {
+    let is_nm = |pid: &i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|&b| b == 0)
+            .any(|a| a == b"nodemanager")
+    };
+    h.machine_pids(machine).into_iter().find(is_nm).expect("the Node Manager runs")
+}
+
+/// `ferry machines -o json` and `ferry status -o json` as the CLI prints them.
+fn cli_views(h: &Harness) -> (Vec<ferry_api::MachineStatus>, Vec<ferry_api::ServerStatus>) {
+    let cfg = h.client_config_dir();
+    let machines = ferry_cli(&h.admin_url, &cfg, &["machines", "-o", "json"]);
+    assert!(machines.status.success(), "{}", String::from_utf8_lossy(&machines.stderr));
+    let status = ferry_cli(&h.admin_url, &cfg, &["status", "-o", "json"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    (serde_json::from_slice(&machines.stdout).unwrap(), serde_json::from_slice(&status.stdout).unwrap())
+}
+
+/// A machine whose Node Manager hangs (SIGSTOP: connections to it hang, as with a pulled
+/// cable) costs `ferry status` nothing: it answers from what the admin knows, marks the
+/// machine unreachable and stale with the age of its last answer, and shows the servers
+/// there as last known. Once the Node Manager answers again, so does the view.
+#[tokio::test]
+async fn status_answers_while_a_node_manager_hangs_and_marks_its_machine_stale() {
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let (machines, servers) = cli_views(&h);
+    assert!(machines.iter().all(|m| m.reachable && !m.stale && m.last_seen_age_ms.is_some()), "{machines:?}");
+    assert!(servers.iter().all(|s| !s.view_stale && s.state == "RUNNING"), "{servers:?}");
+
+    let nm = nm_pid(&h, "machine-c");
+    assert!(ferry_host::process::signal(nm, Signal::SIGSTOP));
+    let mut answers = 0;
+    let mut ages = Vec::new();
+    let stale = wait_until(PATIENCE, "status to mark machine-c stale", || {
+        let (machines, servers) = cli_views(&h);
+        answers += 1;
+        let c = machines.iter().find(|m| m.name == "machine-c").unwrap().clone();
+        let ms2 = servers.iter().find(|s| s.name == "ms2").unwrap().clone();
+        let done = !c.reachable
+            && c.stale
+            && c.error.is_some()
+            && c.servers.is_empty()
+            && ms2.machine.as_deref() == Some("machine-c")
+            && ms2.view_stale
+            && ms2.view_age_ms.is_some();
+        if done {
+            ages.push(c.last_seen_age_ms.expect("an age"));
+        }
+        async move { done }
+    })
+    .await;
+    let text = ferry_cli(&h.admin_url, &h.client_config_dir(), &["status"]);
+    let (machines, _) = cli_views(&h);
+    assert!(ferry_host::process::signal(nm, Signal::SIGCONT));
+    stale.unwrap();
+    assert!(answers > 0);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("machine-c  UNREACHABLE (last answered ") && text.contains(" s ago: "), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ms2 ") && l.contains("RUNNING? ")), "{text}");
+    let later = machines.iter().find(|m| m.name == "machine-c").unwrap().last_seen_age_ms.unwrap();
+    assert!(later > ages[0], "the age grows: {} then {later}", ages[0]);
+    // machine-b's Node Manager answered all along.
+    assert!(machines.iter().find(|m| m.name == "machine-b").unwrap().reachable);
+
+    wait_until(PATIENCE, "machine-c's view to be fresh again", || {
+        let (machines, _) = cli_views(&h);
+        async move { machines.iter().all(|m| m.reachable && !m.stale) }
+    })
+    .await
+    .unwrap();
+    assert_safe(&h).await;
 }
