@@ -293,7 +293,7 @@ impl AdminState {
             // master lease) they start, while it finishes starting.
             if let Some(first) = servers.next() {
                 match me.lease_of(&first.name).await {
-                    Ok(Some(l)) if l.is_live() => {}
+                    Ok(Some(l)) if l.is_live() => me.already_running(op, &first.name, l.machine.as_ref()),
                     _ => match me.start_leased(op, &first, &first.machine).await {
                         Ok(epoch) => {
                             let (me2, first) = (me.clone(), first.clone());
@@ -319,14 +319,7 @@ impl AdminState {
                 tasks.push(tokio::spawn(async move {
                     match me2.lease_of(&s.name).await {
                         Ok(Some(l)) if l.is_live() => {
-                            let m = l.machine.map(|m| m.to_string()).unwrap_or_default();
-                            me2.step(
-                                op,
-                                "already-running",
-                                &s.name,
-                                None,
-                                format!("{} is already running on {m}", s.name),
-                            );
+                            me2.already_running(op, &s.name, l.machine.as_ref());
                             Ok(())
                         }
                         _ => me2
@@ -350,6 +343,12 @@ impl AdminState {
             );
         });
         Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+    }
+
+    /// The step of a start-cluster for a server that holds its lease already.
+    fn already_running(&self, op: u64, server: &ServerName, machine: Option<&MachineName>) {
+        let on = machine.map_or("an unknown machine", |m| m.as_str());
+        self.step(op, "already-running", server, machine, format!("{server} is already running on {on}"));
     }
 
     /// `ferry stop SERVER [--force]`: through its Node Manager, which releases its lease.

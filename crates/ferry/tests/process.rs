@@ -429,6 +429,13 @@ async fn the_command_line_drives_the_domain() {
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("start-cluster cluster-1 succeeded"));
+    // On a running cluster, every server gets its line, the first one too.
+    let out = ferry_cli(&url, &cfg, &["start-cluster", "cluster-1", "--wait"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in ["ms1 is already running on machine-b", "ms2 is already running on machine-c"] {
+        assert_eq!(text.matches(line).count(), 1, "start-cluster --wait on a running cluster:\n{text}");
+    }
 
     let out = ferry_cli(&url, &cfg, &["status", "-o", "json"]);
     assert!(out.status.success());
