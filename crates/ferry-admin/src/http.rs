@@ -706,7 +706,13 @@ command = ["/bin/true"]
             started_ms: 0,
             tokens: Mutex::new(tokens),
             token_hint: files.hint(),
-            pki: crate::pki::AdminPki::open(dir.path(), &file, "t").unwrap(),
+            pki: crate::pki::AdminPki::open(
+                dir.path(),
+                &file,
+                "t",
+                &crate::pki::AdminNames::new("127.0.0.1:7001".parse().unwrap(), None),
+            )
+            .unwrap(),
             nm_clients: Mutex::default(),
             views: Arc::default(),
         });

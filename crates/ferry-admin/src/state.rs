@@ -321,7 +321,9 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     let secret = files::secret(&secret_path, true, rand::random)
         .with_context(|| format!("cannot read or create the domain secret {}", secret_path.display()))?;
     let domain = config.current.clone();
-    let pki = crate::pki::AdminPki::open(&opts.data_dir, &opts.domain_file, domain.domain.name.as_str())?;
+    let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
+    let names = crate::pki::AdminNames::new(listen, crate::pki::AdminNames::hostname().as_deref());
+    let pki = crate::pki::AdminPki::open(&opts.data_dir, &opts.domain_file, domain.domain.name.as_str(), &names)?;
     let ds = domain.domain.leasing.data_source.clone();
     // The admin runs whatever state the lease table is in: its views answer with the
     // table's error (and the fix) until it is reachable.
@@ -333,7 +335,6 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     } else {
         store.expired().await.err()
     };
-    let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} ([admin] listen)"))?;
