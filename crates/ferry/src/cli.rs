@@ -11,6 +11,9 @@ pub const EXIT_FAILED: i32 = 1;
 /// Exit status for a command-line or domain-file error.
 pub const EXIT_USAGE: i32 = 2;
 
+/// The help heading of the options every command takes.
+const GLOBAL: &str = "Global options (all optional)";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ferry",
@@ -19,19 +22,28 @@ pub const EXIT_USAGE: i32 = 2;
 )]
 pub struct Cli {
     /// The Administration Server's URL, for client commands.
-    #[arg(long, global = true, env = "FERRY_ADMIN", default_value = "http://127.0.0.1:7001")]
+    // Global options go under their own heading, so a subcommand's help (`ferry migrate
+    // --help`) does not list them among its own, next to the ones it requires.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_ADMIN",
+        default_value = "http://127.0.0.1:7001",
+        value_name = "URL",
+        help_heading = GLOBAL
+    )]
     pub admin: String,
     /// The domain CA certificate, to reach the Administration Server over TLS from another
     /// host (the admin writes it to DOMAIN_DIR/.ferry/ca.pem and DATA/pki/ca.pem). Not
     /// needed on the admin's own host, where client commands may use plain HTTP.
-    #[arg(long, global = true, env = "FERRY_CA")]
+    #[arg(long, global = true, env = "FERRY_CA", value_name = "FILE", help_heading = GLOBAL)]
     pub ca: Option<PathBuf>,
     /// The file holding the token a command needs. Client commands: the operator token
     /// [default: $FERRY_TOKEN, else the file $FERRY_TOKEN_FILE, else the client file the admin
     /// left for this user, $FERRY_CONFIG_DIR/admins/HOST_PORT/token, $FERRY_CONFIG_DIR
     /// defaulting to ~/.config/ferry]. `ferry enroll`: the one-time enrollment token, `-` for
     /// standard input [default: $FERRY_ENROLL_TOKEN].
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -139,8 +151,10 @@ pub enum Cmd {
     },
     /// Move a server to another machine (manual migration and failback, Figure 7-3).
     Migrate {
+        /// The server to move.
         server: ServerName,
-        #[arg(long)]
+        /// The machine to move it to: its home machine or one of its candidates.
+        #[arg(long, value_name = "MACHINE")]
         to: MachineName,
         /// Show the migration's steps as they happen and wait for the end.
         #[arg(long)]
@@ -581,4 +595,24 @@ async fn rotate(admin: &str, machine: String, data_dir: PathBuf) -> anyhow::Resu
         serials.join(", ")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// A subcommand's help lists the global options apart from its own, with their defaults,
+    /// so none of them looks required (`ferry migrate --help` showed `--admin` next to `--to`).
+    #[test]
+    fn global_options_show_apart_and_optional() {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let help = cmd.find_subcommand_mut("migrate").unwrap().render_help().to_string();
+        let (own, global) = help.split_once("Global options (all optional):").expect(&help);
+        assert!(own.contains("Usage: ferry migrate [OPTIONS] --to <MACHINE> <SERVER>\n"), "{help}");
+        assert!(own.contains("--to <MACHINE>") && !own.contains("--admin") && !own.contains("--ca"), "{help}");
+        let admin = global.lines().find(|l| l.trim_start().starts_with("--admin <URL>")).expect(&help);
+        assert!(admin.contains("[env: FERRY_ADMIN=") && admin.contains("[default: http://127.0.0.1:7001]"), "{admin}");
+        assert!(global.contains("--ca <FILE>") && global.contains("--token-file <PATH>"), "{help}");
+    }
 }
