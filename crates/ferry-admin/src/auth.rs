@@ -189,6 +189,12 @@ fn daemon_by_certificate(req: &Request) -> bool {
         .is_some_and(|p| matches!(p.identity, Identity::Machine(_) | Identity::Server(_) | Identity::Admin))
 }
 
+/// Whether the caller connected over loopback (the admin's own host). A request without
+/// connection information (only tests make those) is not.
+fn from_this_host(req: &Request) -> bool {
+    req.extensions().get::<ConnectInfo<PeerInfo>>().is_some_and(|c| c.0.addr.ip().to_canonical().is_loopback())
+}
+
 /// The middleware: refuses what the table does not allow; hands the handlers the [`Caller`]
 /// (an `Extension`) for the audit trail.
 pub(crate) async fn require(State(s): State<Arc<AdminState>>, mut req: Request, next: Next) -> Response {
@@ -206,9 +212,11 @@ pub(crate) async fn require(State(s): State<Arc<AdminState>>, mut req: Request, 
         if need.daemons && daemon_by_certificate(&req) {
             return next.run(req).await;
         }
+        // Paths of this host are for callers on this host; others are told in words.
+        let hint = if from_this_host(&req) { s.token_hint.as_str() } else { crate::tokens::REMOTE_HINT };
         let decided = {
             let tokens = s.tokens.lock().unwrap_or_else(|p| p.into_inner());
-            authorize(&need, bearer(req.headers()), &s.secret, &tokens, clock::wall_ms(), &s.token_hint)
+            authorize(&need, bearer(req.headers()), &s.secret, &tokens, clock::wall_ms(), hint)
         };
         match decided {
             Ok(Principal::Operator(caller)) => {

@@ -1,6 +1,6 @@
 //! The event log: the audit trail of the domain. Appended to `events.jsonl` in the data
-//! directory (so it survives restarts), kept in memory up to a limit, and broadcast to
-//! `GET /api/v1/events/stream` subscribers.
+//! directory (so it survives restarts), the newest [`KEEP`] kept in memory (what the API
+//! serves, page by page), and broadcast to `GET /api/v1/events/stream` subscribers.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -9,7 +9,8 @@ use std::sync::Mutex;
 
 use ferry_api::Event;
 
-const KEEP: usize = 20_000;
+/// How many events the admin keeps in memory; older ones are only in `events.jsonl`.
+pub(crate) const KEEP: usize = ferry_api::EVENTS_KEPT;
 
 pub(crate) struct EventLog {
     inner: Mutex<Inner>,
@@ -66,6 +67,12 @@ impl EventLog {
     pub fn since(&self, since: u64, limit: usize) -> Vec<Event> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.events.iter().filter(|e| e.id > since).take(limit).cloned().collect()
+    }
+
+    /// The oldest event held in memory (`None` when none is) and the newest id recorded.
+    pub fn bounds(&self) -> (Option<u64>, u64) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (g.events.front().map(|e| e.id), g.next_id - 1)
     }
 
     pub fn count(&self) -> u64 {

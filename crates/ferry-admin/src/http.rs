@@ -275,7 +275,16 @@ async fn events(
     let Ok(Query(q)) = q else {
         return error(400, "bad query: use ?since=ID&limit=N with whole numbers");
     };
-    Json(s.events.since(q.since, q.limit.unwrap_or(10_000).min(10_000))).into_response()
+    let limit = q.limit.unwrap_or(ferry_api::EVENTS_PAGE_MAX).min(ferry_api::EVENTS_PAGE_MAX);
+    // What a caller needs to page on, and to tell that older events are no longer held.
+    let (oldest, newest) = s.events.bounds();
+    let page = s.events.since(q.since, limit);
+    let mut headers = HeaderMap::new();
+    if let Some(oldest) = oldest {
+        headers.insert(ferry_api::EVENTS_OLDEST_HEADER, oldest.into());
+    }
+    headers.insert(ferry_api::EVENTS_NEWEST_HEADER, newest.into());
+    (headers, Json(page)).into_response()
 }
 
 async fn post_events(
@@ -409,7 +418,9 @@ async fn event_stream(
 ) -> Response {
     let since = q.map(|Query(q)| q.since).unwrap_or(0);
     let rx = s.events.tx.subscribe();
-    let backlog = s.events.since(since, 10_000);
+    // Everything held after `since` (at most `events::KEEP`), then what comes: a shorter
+    // backlog would skip the events between its end and the subscription.
+    let backlog = s.events.since(since, crate::events::KEEP);
     let last = backlog.last().map_or(since, |e| e.id);
     let head = futures_util::stream::iter(backlog.into_iter().map(Ok::<Event, Infallible>));
     let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |r| async move {
@@ -695,8 +706,15 @@ command = ["/bin/true"]
             started_ms: 0,
             tokens: Mutex::new(tokens),
             token_hint: files.hint(),
-            pki: crate::pki::AdminPki::open(dir.path(), &file, "t").unwrap(),
+            pki: crate::pki::AdminPki::open(
+                dir.path(),
+                &file,
+                "t",
+                &crate::pki::AdminNames::new("127.0.0.1:7001".parse().unwrap(), None),
+            )
+            .unwrap(),
             nm_clients: Mutex::default(),
+            views: Arc::default(),
         });
         App { router: router(state.clone()), state, _dir: dir, secret, monitor, operator, admin }
     }
@@ -712,16 +730,75 @@ command = ["/bin/true"]
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
 
+    /// A caller without a token is told how to get one: on the admin's host with the paths
+    /// of the token files there; from another host in words, without any path of this host.
+    #[tokio::test]
+    async fn a_remote_caller_is_told_where_to_look_in_words_not_paths() {
+        let a = app();
+        let from = |addr: &str| {
+            let info = PeerInfo { addr: addr.parse().unwrap(), peer: None, tls: true };
+            let mut req = Request::get("/api/v1/servers").body(Body::empty()).unwrap();
+            req.extensions_mut().insert(axum::extract::ConnectInfo(info));
+            let router = a.router.clone();
+            async move {
+                let resp = router.oneshot(req).await.unwrap();
+                assert_eq!(resp.status().as_u16(), 401);
+                let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap().to_string()
+            }
+        };
+        let data = a._dir.path().display().to_string();
+        for local in ["127.0.0.1:4000", "[::1]:4000", "[::ffff:127.0.0.1]:4000"] {
+            let body = from(local).await;
+            assert!(body.contains("/home/u/.config/ferry/admins/127.0.0.1_7001/token"), "{local}: {body}");
+            assert!(body.contains(&format!("{data}/admin.token")), "{local}: {body}");
+        }
+        for remote in ["198.18.0.9:4000", "[2001:db8::1]:4000", "[::ffff:198.18.0.9]:4000"] {
+            let body = from(remote).await;
+            assert!(!body.contains('/'), "a path reached {remote}: {body}");
+            assert!(
+                body.contains("the initial Admin token is in the admin's data directory as admin.token")
+                    && body.contains("ask its operator for a token")
+                    && body.contains("ferry token create"),
+                "{remote}: {body}"
+            );
+        }
+    }
+
+    /// `GET /api/v1/events` pages: at most `limit` (capped), oldest first after `since`, with
+    /// the oldest held and the newest ids in headers to go on from.
+    #[tokio::test]
+    async fn events_come_in_pages_that_say_how_to_go_on() {
+        let a = app();
+        for i in 0..12 {
+            a.state.event("test", None, None, None, format!("event {i}"));
+        }
+        let get = |q: &str| {
+            let req = Request::get(format!("/api/v1/events{q}"))
+                .header("authorization", format!("Bearer {}", a.monitor))
+                .body(Body::empty())
+                .unwrap();
+            a.router.clone().oneshot(req)
+        };
+        let resp = get("?since=3&limit=4").await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let h = |n: &str| resp.headers().get(n).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!((h("x-ferry-oldest-event"), h("x-ferry-newest-event")), (Some("1".into()), Some("12".into())));
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        let page: Vec<Event> = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(page.iter().map(|e| e.id).collect::<Vec<_>>(), [4, 5, 6, 7]);
+        let resp = get("?since=12").await.unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(&bytes[..], b"[]");
+        assert_eq!(get("?since=x").await.unwrap().status().as_u16(), 400);
+    }
+
     #[tokio::test]
     async fn every_route_checks_the_callers_role() {
         let a = app();
         let (s, body) = call(&a, "GET", "/api/v1/events", None, "").await;
         assert_eq!(s, 401);
-        let e = body["error"].as_str().unwrap();
-        assert!(
-            e.contains("ferry token create") && e.contains("/home/u/.config/ferry/admins/127.0.0.1_7001/token"),
-            "{e}"
-        );
+        assert!(body["error"].as_str().unwrap().contains("ferry token create"), "{body}");
         assert_eq!(call(&a, "GET", "/metrics", None, "").await.0, 401);
         assert_eq!(call(&a, "GET", "/api/v1/events", Some(&a.secret), "").await.0, 401, "the secret is no token");
         assert_eq!(call(&a, "GET", "/api/v1/events", Some(&a.monitor), "").await.0, 200);

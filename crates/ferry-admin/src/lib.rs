@@ -15,6 +15,7 @@ mod ops;
 mod pki;
 mod state;
 mod tokens;
+mod views;
 
 pub use http::router;
 pub use state::{run, AdminOptions};

@@ -35,6 +35,9 @@ pub(crate) struct Operations {
 
 const KEEP_OPS: usize = 1_000;
 
+/// How long `locate` waits for each Node Manager (a dead machine's costs this much).
+const LOCATE_TIMEOUT: Duration = Duration::from_millis(800);
+
 impl Operations {
     fn create(&self, kind: &str, target: &str, by: &TokenName) -> u64 {
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
@@ -120,7 +123,7 @@ impl AdminState {
                 return Ok(l.machine);
             }
         }
-        for v in self.poll_nms().await {
+        for v in self.poll_nms(LOCATE_TIMEOUT).await {
             if let Ok(list) = v.result {
                 if list.iter().any(|e| e.name == server.as_str() && e.pid.is_some()) {
                     return Ok(Some(v.machine));
@@ -178,6 +181,7 @@ impl AdminState {
         Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
     }
 
+    /// Starts `cfg` on `machine` and waits until it runs there: its lease, then its services.
     async fn start_on(
         &self,
         op: u64,
@@ -195,6 +199,18 @@ impl AdminState {
         cfg: &ferry_core::domain::Server,
         machine: &MachineName,
     ) -> Result<String, StartFailure> {
+        let epoch = self.start_leased(op, cfg, machine).await?;
+        self.running(cfg, machine, epoch).await.map_err(StartFailure::Other)
+    }
+
+    /// Has `machine`'s Node Manager start `cfg` and waits until it holds its lease there
+    /// (Figure 7-1 steps 2-6); its epoch.
+    async fn start_leased(
+        &self,
+        op: u64,
+        cfg: &ferry_core::domain::Server,
+        machine: &MachineName,
+    ) -> Result<u64, StartFailure> {
         let nm = self
             .nm(machine, Duration::from_secs(10))
             .ok_or_else(|| StartFailure::Other(format!("machine {machine} is not defined")))?;
@@ -222,7 +238,53 @@ impl AdminState {
             .await
             .map_err(StartFailure::Other)?;
         let epoch = l.map(|l| l.epoch.0).unwrap_or(0);
-        Ok(format!("{} obtained its lease on {machine} (epoch {epoch})", cfg.name))
+        self.step(
+            op,
+            "lease-obtained",
+            &cfg.name,
+            Some(machine),
+            format!("{} obtained its lease on {machine} (epoch {epoch})", cfg.name),
+        );
+        Ok(epoch)
+    }
+
+    /// Waits until `cfg`, which holds its lease on `machine` at `epoch`, runs: the message
+    /// that says so.
+    async fn running(
+        &self,
+        cfg: &ferry_core::domain::Server,
+        machine: &MachineName,
+        epoch: u64,
+    ) -> Result<String, String> {
+        self.wait_running(cfg, machine).await?;
+        Ok(format!("{} is running on {machine} (epoch {epoch}): its services answer", cfg.name))
+    }
+
+    /// Waits until `machine`'s Node Manager says `cfg` is RUNNING: its services answered
+    /// their health checks (what RUNNING means in `ferry status`). Asks the Node Manager
+    /// itself, which also brings the admin's view of the machine up to date.
+    async fn wait_running(&self, cfg: &ferry_core::domain::Server, machine: &MachineName) -> Result<(), String> {
+        let slowest = cfg.services.iter().map(|s| s.start_timeout).max().unwrap_or_default();
+        let timeout = slowest + cfg.lease_ttl() + Duration::from_secs(5);
+        let until = clock::now() + timeout;
+        loop {
+            let last = match self.ask_nm(machine, Duration::from_secs(2)).await {
+                Ok(list) => match list.into_iter().find(|e| e.name == cfg.name.as_str()) {
+                    Some(e) if e.state == "RUNNING" => return Ok(()),
+                    Some(e) => format!("its Node Manager says {}", e.state),
+                    None => "its Node Manager does not list it".to_string(),
+                },
+                Err(e) => e,
+            };
+            if clock::now() >= until {
+                return Err(format!(
+                    "{} holds its lease on {machine} but its services did not answer their health checks within {} ms ({last}); see its server log on {machine}",
+                    cfg.name,
+                    timeout.as_millis()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The start at the end of a migration: while the target refuses because the floating
@@ -295,16 +357,22 @@ impl AdminState {
             let mut servers = servers.into_iter();
             // Figure 7-1 step 6: "because Managed Server 1 starts up first, it also obtains a
             // cluster master lease". The first server starts alone; the rest together.
+            // The others need not wait for its services: once it holds its lease (and the
+            // master lease) they start, while it finishes starting.
             if let Some(first) = servers.next() {
-                let first_started = match me.lease_of(&first.name).await {
-                    Ok(Some(l)) if l.is_live() => Ok(()),
-                    _ => me
-                        .start_on(op, &first, &first.machine)
-                        .await
-                        .map(|msg| me.step(op, "start-complete", &first.name, Some(&first.machine), msg)),
-                };
-                if let Err(e) = first_started {
-                    first_error = Some(e);
+                match me.lease_of(&first.name).await {
+                    Ok(Some(l)) if l.is_live() => me.already_running(op, &first.name, l.machine.as_ref()),
+                    _ => match me.start_leased(op, &first, &first.machine).await.map_err(|e| e.to_string()) {
+                        Ok(epoch) => {
+                            let (me2, first) = (me.clone(), first.clone());
+                            tasks.push(tokio::spawn(async move {
+                                me2.running(&first, &first.machine, epoch)
+                                    .await
+                                    .map(|msg| me2.step(op, "start-complete", &first.name, Some(&first.machine), msg))
+                            }));
+                        }
+                        Err(e) => first_error = Some(e),
+                    },
                 }
                 let until = clock::now() + first.lease_ttl();
                 while clock::now() < until {
@@ -319,14 +387,7 @@ impl AdminState {
                 tasks.push(tokio::spawn(async move {
                     match me2.lease_of(&s.name).await {
                         Ok(Some(l)) if l.is_live() => {
-                            let m = l.machine.map(|m| m.to_string()).unwrap_or_default();
-                            me2.step(
-                                op,
-                                "already-running",
-                                &s.name,
-                                None,
-                                format!("{} is already running on {m}", s.name),
-                            );
+                            me2.already_running(op, &s.name, l.machine.as_ref());
                             Ok(())
                         }
                         _ => me2
@@ -350,6 +411,12 @@ impl AdminState {
             );
         });
         Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+    }
+
+    /// The step of a start-cluster for a server that holds its lease already.
+    fn already_running(&self, op: u64, server: &ServerName, machine: Option<&MachineName>) {
+        let on = machine.map_or("an unknown machine", |m| m.as_str());
+        self.step(op, "already-running", server, machine, format!("{server} is already running on {on}"));
     }
 
     /// `ferry stop SERVER [--force]`: through its Node Manager, which releases its lease.
@@ -406,6 +473,8 @@ impl AdminState {
             Some(r) => {
                 let ack = r.map_err(|e| format!("the Node Manager on {machine} could not stop {}: {e}", cfg.name))?;
                 self.step(op, "nm-stopped", &cfg.name, Some(machine), format!("Node Manager on {machine}: {}", ack.message));
+                // So that `ferry status` shows the stop at once, not at the next poll.
+                let _ = self.ask_nm(machine, Duration::from_secs(2)).await;
             }
             None => self.step(
                 op,

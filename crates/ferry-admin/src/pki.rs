@@ -8,6 +8,7 @@
 //! `.ferry/ca.pem`, for processes on this host.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -49,20 +50,72 @@ fn hash(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
+/// What the admin's certificate names besides its identity, so that a client checking the
+/// address it dialled (`curl --cacert ca.pem https://IP:PORT/...`) accepts it: the address
+/// it listens on (loopback's when it listens on every address), `localhost`, and this
+/// host's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminNames {
+    pub ips: Vec<IpAddr>,
+    pub dns: Vec<String>,
+}
+
+impl AdminNames {
+    /// The names of an admin listening on `listen` on a host named `hostname`.
+    pub fn new(listen: SocketAddr, hostname: Option<&str>) -> AdminNames {
+        let ips = if listen.ip().is_unspecified() {
+            vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]
+        } else {
+            vec![listen.ip()]
+        };
+        let mut dns = vec!["localhost".to_string()];
+        // Only a name a certificate can carry (letters, digits, '-', '.').
+        let host = hostname.map(str::trim).filter(|h| {
+            !h.is_empty()
+                && h.len() <= 253
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                && !h.starts_with(['-', '.'])
+        });
+        if let Some(h) = host.filter(|h| *h != "localhost") {
+            dns.push(h.to_ascii_lowercase());
+        }
+        AdminNames { ips, dns }
+    }
+
+    /// This host's name, as the kernel has it.
+    pub fn hostname() -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string())
+    }
+
+    /// Whether `creds` names all of these.
+    fn named_by(&self, creds: &Credentials) -> bool {
+        creds.names().is_ok_and(|(ips, dns)| {
+            self.ips.iter().all(|i| ips.contains(i)) && self.dns.iter().all(|d| dns.contains(d))
+        })
+    }
+}
+
 impl AdminPki {
-    pub fn open(data_dir: &Path, domain_file: &Path, domain: &str) -> anyhow::Result<AdminPki> {
+    /// Opens (or creates) the domain CA and the admin's certificate in `DATA/pki`. The
+    /// admin's certificate is issued again, by the same CA, when it lacks one of `names`
+    /// (another listen address, or one made before certificates named addresses), is about
+    /// to expire, or is of another CA.
+    pub fn open(data_dir: &Path, domain_file: &Path, domain: &str, names: &AdminNames) -> anyhow::Result<AdminPki> {
         let dir = data_dir.join("pki");
         let ca = Ca::load_or_create(&dir, domain).map_err(|e| anyhow::anyhow!("the domain CA: {e}"))?;
         let creds = match Credentials::load(&dir, "admin") {
             Ok(c)
                 if c.identity().ok() == Some(Identity::Admin)
                     && c.expires_in_s().unwrap_or(0) > 30 * 86_400
-                    && c.ca_pem == ca.cert_pem() =>
+                    && c.ca_pem == ca.cert_pem()
+                    && names.named_by(&c) =>
             {
                 c
             }
             _ => {
-                let c = ca.issue(&Identity::Admin).map_err(|e| anyhow::anyhow!("the admin's certificate: {e}"))?;
+                let c = ca
+                    .issue_named(&Identity::Admin, &names.ips, &names.dns)
+                    .map_err(|e| anyhow::anyhow!("the admin's certificate: {e}"))?;
                 c.save(&dir, "admin").map_err(|e| anyhow::anyhow!("{e}"))?;
                 c
             }
@@ -169,5 +222,64 @@ impl AdminPki {
 
     pub fn revoked_serials(&self) -> Vec<String> {
         self.revoked.snapshot().into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(listen: &str, host: Option<&str>) -> AdminNames {
+        AdminNames::new(listen.parse().unwrap(), host)
+    }
+
+    #[test]
+    fn the_admin_is_named_by_its_listen_address_and_host_name() {
+        let n = names("198.18.1.1:7001", Some("admin-host\n"));
+        assert_eq!(n.ips, ["198.18.1.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(n.dns, ["localhost", "admin-host"]);
+        let n = names("0.0.0.0:7001", Some("Admin.Example"));
+        assert_eq!(n.ips, ["127.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]);
+        assert_eq!(n.dns, ["localhost", "admin.example"]);
+        for odd in [None, Some(""), Some("a b"), Some("-x"), Some("localhost"), Some("x_y")] {
+            assert_eq!(names("[::1]:7001", odd).dns, ["localhost"], "{odd:?}");
+        }
+    }
+
+    /// A certificate made before certificates named addresses (or for another listen
+    /// address) is issued again at start, by the same CA, still the admin's.
+    #[test]
+    fn the_admins_certificate_is_issued_again_when_it_lacks_a_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("domain.toml");
+        let pki = dir.path().join("pki");
+        // As an earlier version left it: no address.
+        let ca = Ca::load_or_create(&pki, "t").unwrap();
+        ca.issue(&Identity::Admin).unwrap().save(&pki, "admin").unwrap();
+        let old = Credentials::load(&pki, "admin").unwrap();
+        let ca_pem = ca.cert_pem().to_string();
+
+        let here = names("198.18.1.1:7001", Some("h1"));
+        let a = AdminPki::open(dir.path(), &file, "t", &here).unwrap();
+        assert_ne!(a.creds.chain_pem, old.chain_pem, "issued again");
+        assert_eq!((a.ca_pem(), a.creds.identity().unwrap()), (ca_pem.as_str(), Identity::Admin));
+        let (ips, dns) = a.creds.names().unwrap();
+        assert_eq!(ips, here.ips);
+        assert!(
+            dns.contains(&"ferry".to_string())
+                && dns.contains(&"h1".to_string())
+                && dns.contains(&"localhost".to_string()),
+            "{dns:?}"
+        );
+        assert_eq!(Credentials::load(&pki, "admin").unwrap(), a.creds, "and saved");
+
+        // The same names: kept as it is.
+        let b = AdminPki::open(dir.path(), &file, "t", &here).unwrap();
+        assert_eq!(b.creds, a.creds);
+        // Another listen address: issued again, same CA.
+        let c = AdminPki::open(dir.path(), &file, "t", &names("198.18.1.2:7001", Some("h1"))).unwrap();
+        assert_ne!(c.creds, a.creds);
+        assert_eq!(c.ca_pem(), ca_pem);
+        assert_eq!(c.creds.names().unwrap().0, ["198.18.1.2".parse::<IpAddr>().unwrap()]);
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_api::{ClusterStatus, Event, MachineStatus, NmClient, NmServer, ServerStatus, VersionedDomain};
 use ferry_core::lease::{Lease, LeaseState};
-use ferry_core::{LeaseName, MachineName};
+use ferry_core::{LeaseName, MachineName, Mono, ServerName};
 use ferry_host::{clock, files};
 use ferry_store::LeaseStore;
 
@@ -16,6 +16,7 @@ use crate::config::ConfigStore;
 use crate::events::EventLog;
 use crate::ops::Operations;
 use crate::tokens::{self, TokenFiles, TokenStore};
+use crate::views::{self, Views};
 
 #[derive(Debug, Clone)]
 pub struct AdminOptions {
@@ -47,12 +48,14 @@ pub struct AdminState {
     pub(crate) token_hint: String,
     /// Kept Node Manager clients (see `AdminState::nm_client`).
     pub(crate) nm_clients: Mutex<std::collections::BTreeMap<(String, String), NmClient>>,
+    /// What each machine's Node Manager last said (`views`): what `status` and `machines`
+    /// answer from.
+    pub(crate) views: Arc<Views>,
 }
 
-/// What the admin learned from one Node Manager.
+/// What the admin learned from one Node Manager, asked directly.
 pub(crate) struct NmView {
     pub machine: MachineName,
-    pub addr: String,
     pub result: Result<Vec<NmServer>, String>,
 }
 
@@ -121,17 +124,49 @@ impl AdminState {
         });
     }
 
-    /// Asks every Node Manager what it runs, concurrently, with a short timeout.
-    pub(crate) async fn poll_nms(&self) -> Vec<NmView> {
+    /// Every machine of the domain, its Node Manager's address and a client for a poll.
+    pub(crate) fn nm_clients_for_views(&self) -> Vec<(MachineName, String, NmClient)> {
+        let d = self.domain();
+        d.domain
+            .machines
+            .iter()
+            .map(|m| (m.name.clone(), m.node_manager.to_string(), self.nm_client(m, views::POLL_TIMEOUT)))
+            .collect()
+    }
+
+    /// The views of every machine of the domain, as fresh as [`Views::refresh`] makes them.
+    async fn fresh_views(&self) -> Vec<(MachineName, views::View)> {
+        let machines = self.nm_clients_for_views();
+        let names: Vec<_> = machines.iter().map(|(m, a, _)| (m.clone(), a.clone())).collect();
+        self.views.refresh(machines).await;
+        self.views.snapshot(&names)
+    }
+
+    /// Asks `machine`'s Node Manager what it runs now, within `timeout`, and records the
+    /// answer in its view: for operations that need the truth, not the last view.
+    pub(crate) async fn ask_nm(&self, machine: &MachineName, timeout: Duration) -> Result<Vec<NmServer>, String> {
+        let d = self.domain();
+        let m = d.domain.machine(machine).ok_or_else(|| format!("machine {machine} is not defined"))?;
+        let client = self.nm_client(m, timeout);
+        let asked = clock::now();
+        let result = client.servers().await.map_err(|e| e.to_string());
+        self.views.record(machine, &m.node_manager.to_string(), asked, &result);
+        result
+    }
+
+    /// Asks every Node Manager what it runs, concurrently, each within `timeout` (a dead
+    /// machine costs that much): for operations that need the truth of the whole domain.
+    pub(crate) async fn poll_nms(&self, timeout: Duration) -> Vec<NmView> {
         let d = self.domain();
         let mut tasks = Vec::new();
         for m in &d.domain.machines {
-            let client = self.nm_client(m, Duration::from_millis(800));
-            let name = m.name.clone();
-            let addr = m.node_manager.to_string();
+            let client = self.nm_client(m, timeout);
+            let (name, addr, views) = (m.name.clone(), m.node_manager.to_string(), self.views.clone());
             tasks.push(tokio::spawn(async move {
+                let asked = clock::now();
                 let result = client.servers().await.map_err(|e| e.to_string());
-                NmView { machine: name, addr, result }
+                views.record(&name, &addr, asked, &result);
+                NmView { machine: name, result }
             }));
         }
         let mut out = Vec::new();
@@ -143,74 +178,59 @@ impl AdminState {
         out
     }
 
+    /// `GET /api/v1/machines`: from the views, at once.
     pub async fn machines(&self) -> Vec<MachineStatus> {
-        self.poll_nms()
-            .await
+        let views = self.fresh_views().await;
+        let now = clock::now();
+        let d = self.domain();
+        views
             .into_iter()
-            .map(|v| MachineStatus {
-                name: v.machine.to_string(),
-                node_manager: v.addr,
-                reachable: v.result.is_ok(),
-                error: v.result.as_ref().err().cloned(),
-                servers: v.result.unwrap_or_default(),
+            .map(|(m, v)| {
+                let fresh = v.fresh(now);
+                MachineStatus {
+                    name: m.to_string(),
+                    node_manager: d.domain.machine(&m).map_or_else(|| v.addr.clone(), |m| m.node_manager.to_string()),
+                    reachable: fresh,
+                    error: (!fresh).then(|| v.problem(now)),
+                    last_seen_age_ms: v.age_ms(now),
+                    stale: v.stale(now),
+                    servers: if fresh { v.servers } else { Vec::new() },
+                }
             })
             .collect()
     }
 
-    /// The run-time view: the lease table says who holds what; Node Managers say what runs.
+    /// The run-time view: the lease table says who holds what; the Node Managers' views
+    /// say what runs and whether it is healthy ([`judge`]).
     pub async fn servers(&self) -> Result<Vec<ServerStatus>, ferry_store::StoreError> {
         let d = self.domain().domain;
         let leases = self.store.list().await?;
         let by_name: BTreeMap<LeaseName, Lease> = leases.into_iter().map(|l| (l.name.clone(), l)).collect();
-        let nms = self.poll_nms().await;
+        let views = self.fresh_views().await;
+        let now = clock::now();
         let mut out = Vec::new();
         for s in &d.servers {
             let lease = by_name.get(&LeaseName::Server(s.name.clone()));
             let master = by_name
                 .get(&LeaseName::Master(s.cluster.clone()))
                 .is_some_and(|m| m.is_live() && m.owner.as_ref() == Some(&s.name));
-            // The Node Manager entries for this server that have a live process.
-            let mut nm_entry: Option<(MachineName, NmServer)> = None;
-            for v in &nms {
-                if let Ok(list) = &v.result {
-                    if let Some(e) = list.iter().find(|e| e.name == s.name.as_str()) {
-                        let live = e.pid.is_some();
-                        let better = match &nm_entry {
-                            None => true,
-                            Some((_, cur)) => live && cur.pid.is_none(),
-                        };
-                        let on_lease_machine = lease.and_then(|l| l.machine.as_ref()) == Some(&v.machine);
-                        if better || (on_lease_machine && live) {
-                            nm_entry = Some((v.machine.clone(), e.clone()));
-                        }
-                    }
-                }
-            }
-            let (state, machine) = match (lease, &nm_entry) {
-                (Some(l), _) if l.is_live() => ("RUNNING".to_string(), l.machine.as_ref().map(|m| m.to_string())),
-                (_, Some((m, e))) if e.pid.is_some() => (e.state.clone(), Some(m.to_string())),
-                (Some(l), _) if l.is_expired() => ("EXPIRED".to_string(), l.machine.as_ref().map(|m| m.to_string())),
-                (_, Some((m, e))) => (e.state.clone(), Some(m.to_string())),
-                (Some(l), None) if l.state == LeaseState::Released => {
-                    ("SHUTDOWN".to_string(), l.machine.as_ref().map(|m| m.to_string()))
-                }
-                _ => ("SHUTDOWN".to_string(), None),
-            };
-            let pid =
-                nm_entry.as_ref().filter(|(m, _)| Some(m.as_str()) == machine.as_deref()).and_then(|(_, e)| e.pid);
+            let j = judge(&s.name, lease, &views, now);
+            let view = j.machine.as_ref().and_then(|m| views.iter().find(|(n, _)| n == m)).map(|(_, v)| v);
             out.push(ServerStatus {
                 name: s.name.to_string(),
                 cluster: s.cluster.to_string(),
-                state,
-                machine,
+                state: j.state,
+                machine: j.machine.map(|m| m.to_string()),
                 home_machine: s.machine.to_string(),
-                pid,
+                pid: j.pid,
                 epoch: lease.map(|l| l.epoch.0),
                 incarnation: lease.and_then(|l| l.incarnation.as_ref().map(|i| i.0.clone())),
                 lease_remaining_ms: lease.filter(|l| l.state == LeaseState::Held).map(|l| l.remaining_ms),
                 master,
                 floating_ip: s.floating_ip.map(|i| i.to_string()),
                 auto_migration: s.auto_migration,
+                view_age_ms: view.and_then(|v| v.age_ms(now)),
+                view_stale: view.is_some_and(|v| !v.fresh(now)),
             });
         }
         Ok(out)
@@ -233,6 +253,61 @@ impl AdminState {
     }
 }
 
+/// What `ferry status` says of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Judged {
+    pub state: String,
+    pub machine: Option<MachineName>,
+    pub pid: Option<i32>,
+}
+
+/// The state of `server` from its lease and the machines' views (README, `ferry status`).
+/// A server that holds its lease is what its machine's Node Manager last said (RUNNING only
+/// once its services answer; UNKNOWN when it does not list it), however old that is: the
+/// live lease proves the process renews. Without a live lease only Node Managers that
+/// answer lately count: a dead machine's last word is no evidence of a process.
+pub(crate) fn judge(
+    server: &ServerName,
+    lease: Option<&Lease>,
+    views: &[(MachineName, views::View)],
+    now: Mono,
+) -> Judged {
+    let entry_in = |v: &views::View| v.servers.iter().find(|e| e.name == server.as_str()).cloned();
+    if let Some(l) = lease.filter(|l| l.is_live()) {
+        let e = l.machine.as_ref().and_then(|m| views.iter().find(|(n, _)| n == m)).and_then(|(_, v)| entry_in(v));
+        return Judged {
+            state: e.as_ref().map_or("UNKNOWN", |e| e.state.as_str()).to_string(),
+            machine: l.machine.clone(),
+            pid: e.and_then(|e| e.pid),
+        };
+    }
+    let lease_machine = lease.and_then(|l| l.machine.as_ref());
+    // The answering Node Managers' entries: one with a live process first, on the lease's
+    // machine first.
+    let mut best: Option<(MachineName, NmServer)> = None;
+    for (m, v) in views.iter().filter(|(_, v)| v.fresh(now)) {
+        if let Some(e) = entry_in(v) {
+            let live = e.pid.is_some();
+            let better = best.as_ref().is_none_or(|(_, cur)| live && cur.pid.is_none());
+            if better || (live && lease_machine == Some(m)) {
+                best = Some((m.clone(), e));
+            }
+        }
+    }
+    let judged = |state: &str, machine: Option<&MachineName>, pid| Judged {
+        state: state.into(),
+        machine: machine.cloned(),
+        pid,
+    };
+    match (lease, &best) {
+        (_, Some((m, e))) if e.pid.is_some() => judged(&e.state, Some(m), e.pid),
+        (Some(l), _) if l.is_expired() => judged("EXPIRED", l.machine.as_ref(), None),
+        (_, Some((m, e))) => judged(&e.state, Some(m), None),
+        (Some(l), None) if l.state == LeaseState::Released => judged("SHUTDOWN", l.machine.as_ref(), None),
+        _ => judged("SHUTDOWN", None, None),
+    }
+}
+
 /// Runs the Administration Server until Ctrl-C or SIGTERM.
 pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.data_dir)
@@ -246,7 +321,9 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     let secret = files::secret(&secret_path, true, rand::random)
         .with_context(|| format!("cannot read or create the domain secret {}", secret_path.display()))?;
     let domain = config.current.clone();
-    let pki = crate::pki::AdminPki::open(&opts.data_dir, &opts.domain_file, domain.domain.name.as_str())?;
+    let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
+    let names = crate::pki::AdminNames::new(listen, crate::pki::AdminNames::hostname().as_deref());
+    let pki = crate::pki::AdminPki::open(&opts.data_dir, &opts.domain_file, domain.domain.name.as_str(), &names)?;
     let ds = domain.domain.leasing.data_source.clone();
     // The admin runs whatever state the lease table is in: its views answer with the
     // table's error (and the fix) until it is reachable.
@@ -258,7 +335,6 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     } else {
         store.expired().await.err()
     };
-    let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} ([admin] listen)"))?;
@@ -277,7 +353,10 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
         nm_clients: Mutex::default(),
         tokens: Mutex::new(tokens),
         token_hint: token_files.hint(),
+        views: Arc::default(),
     });
+    // The machines' views, from the first moment (crash-only: nothing of them is kept).
+    tokio::spawn(crate::views::keep_polling(state.clone()));
     for n in token_notes {
         state.event("operator-tokens", None, None, None, n);
     }
@@ -317,5 +396,165 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::lease::{Lease, LeaseState};
+    use ferry_core::{Epoch, LeaseName, MachineName, Mono, ServerName};
+
+    use super::{judge, Judged};
+    use crate::views::View;
+
+    fn lease(machine: &str, state: LeaseState, remaining_ms: i64) -> Lease {
+        Lease {
+            name: LeaseName::Server(ServerName::new("ms1").unwrap()),
+            owner: Some(ServerName::new("ms1").unwrap()),
+            machine: Some(MachineName::new(machine).unwrap()),
+            incarnation: None,
+            epoch: Epoch(3),
+            state,
+            remaining_ms,
+            since_renewal_ms: 0,
+        }
+    }
+
+    fn entry(state: &str, pid: Option<i32>) -> ferry_api::NmServer {
+        ferry_api::NmServer {
+            name: "ms1".into(),
+            state: state.into(),
+            pid,
+            incarnation: None,
+            epoch: None,
+            deadline_in_ms: None,
+            restarts: 0,
+            last_exit: None,
+            master: false,
+        }
+    }
+
+    const NOW: Mono = Mono(100_000);
+
+    /// A view of `machine` that answered `age_ms` ago (`None`: never), listing `servers`.
+    fn view(
+        machine: &str,
+        age_ms: Option<u64>,
+        error: Option<&str>,
+        servers: Vec<ferry_api::NmServer>,
+    ) -> (MachineName, View) {
+        (MachineName::new(machine).unwrap(), View::at("127.0.0.1:1", servers, age_ms.map(|a| NOW - a), error))
+    }
+
+    fn judged(state: &str, machine: Option<&str>, pid: Option<i32>) -> Judged {
+        Judged { state: state.into(), machine: machine.map(|m| MachineName::new(m).unwrap()), pid }
+    }
+
+    /// RUNNING means healthy: with a live lease, the state is what the Node Manager of the
+    /// lease's machine last said, however old; without one only answering Node Managers count.
+    #[test]
+    fn the_state_of_a_server_from_its_lease_and_the_views() {
+        use LeaseState::{Held, Released};
+        let ms1 = ServerName::new("ms1").unwrap();
+        let live = lease("m1", Held, 1_000);
+        let expired = lease("m1", Held, -10);
+        let released = lease("m1", Released, 0);
+        type Case<'a> = (&'a str, Option<&'a Lease>, Vec<(MachineName, View)>, Judged);
+        let cases: Vec<Case> = vec![
+            (
+                "live, services not answering yet",
+                Some(&live),
+                vec![view("m1", Some(10), None, vec![entry("STARTING", Some(7))])],
+                judged("STARTING", Some("m1"), Some(7)),
+            ),
+            (
+                "live and healthy",
+                Some(&live),
+                vec![view("m1", Some(10), None, vec![entry("RUNNING", Some(7))])],
+                judged("RUNNING", Some("m1"), Some(7)),
+            ),
+            (
+                "live, its Node Manager hung: last known",
+                Some(&live),
+                vec![view("m1", Some(9_000), Some("timed out"), vec![entry("RUNNING", Some(7))])],
+                judged("RUNNING", Some("m1"), Some(7)),
+            ),
+            (
+                "live, last known STARTING",
+                Some(&live),
+                vec![view("m1", Some(9_000), Some("timed out"), vec![entry("STARTING", Some(7))])],
+                judged("STARTING", Some("m1"), Some(7)),
+            ),
+            (
+                "live, not listed by a restarted Node Manager",
+                Some(&live),
+                vec![view("m1", Some(10), None, vec![])],
+                judged("UNKNOWN", Some("m1"), None),
+            ),
+            (
+                "live, its Node Manager never answered",
+                Some(&live),
+                vec![view("m1", None, Some("refused"), vec![])],
+                judged("UNKNOWN", Some("m1"), None),
+            ),
+            (
+                "live, process gone, lease not yet released",
+                Some(&live),
+                vec![view("m1", Some(10), None, vec![entry("FAILED", None)])],
+                judged("FAILED", Some("m1"), None),
+            ),
+            (
+                "expired on a dead machine, whose last word is ignored",
+                Some(&expired),
+                vec![view("m1", Some(9_000), Some("timed out"), vec![entry("RUNNING", Some(7))])],
+                judged("EXPIRED", Some("m1"), None),
+            ),
+            (
+                "expired, being started elsewhere",
+                Some(&expired),
+                vec![
+                    view("m1", Some(9_000), Some("x"), vec![entry("RUNNING", Some(7))]),
+                    view("m2", Some(10), None, vec![entry("STARTING", Some(8))]),
+                ],
+                judged("STARTING", Some("m2"), Some(8)),
+            ),
+            (
+                "released: stopped",
+                Some(&released),
+                vec![view("m1", Some(10), None, vec![entry("SHUTDOWN", None)])],
+                judged("SHUTDOWN", Some("m1"), None),
+            ),
+            (
+                "released, its Node Manager unreachable",
+                Some(&released),
+                vec![view("m1", Some(9_000), Some("x"), vec![entry("RUNNING", Some(7))])],
+                judged("SHUTDOWN", Some("m1"), None),
+            ),
+            ("never started", None, vec![view("m1", Some(10), None, vec![])], judged("SHUTDOWN", None, None)),
+            (
+                "no lease, a live process the Node Manager reports",
+                None,
+                vec![view("m2", Some(10), None, vec![entry("STOPPING", Some(9))])],
+                judged("STOPPING", Some("m2"), Some(9)),
+            ),
+        ];
+        for (what, lease, views, want) in cases {
+            assert_eq!(judge(&ms1, lease, &views, NOW), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_view_is_fresh_while_its_node_manager_answers_and_stale_after_a_few_polls() {
+        let (_, v) = view("m1", Some(100), None, vec![]);
+        assert!(v.fresh(NOW) && !v.stale(NOW));
+        let (_, v) = view("m1", Some(100), Some("connection refused"), vec![]);
+        assert!(!v.fresh(NOW) && !v.stale(NOW), "a failed poll: not reachable, not stale yet");
+        assert_eq!(v.problem(NOW), "connection refused");
+        let (_, v) = view("m1", Some(crate::views::STALE_AFTER_MS + 1), None, vec![]);
+        assert!(!v.fresh(NOW) && v.stale(NOW), "a poll hanging for long");
+        assert_eq!(v.problem(NOW), format!("no answer for {} ms", crate::views::STALE_AFTER_MS + 1));
+        let (_, v) = view("m1", None, None, vec![]);
+        assert!(!v.fresh(NOW) && v.stale(NOW));
+        assert_eq!((v.age_ms(NOW), v.problem(NOW).as_str()), (None, "not answered yet"));
     }
 }

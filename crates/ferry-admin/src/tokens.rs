@@ -280,7 +280,8 @@ impl TokenFiles {
         }
     }
 
-    /// How a caller without a token gets one (for the 401 answer): paths, never a token.
+    /// How a caller on the admin's own host without a token gets one (for the 401 answer):
+    /// paths, never a token. A remote caller gets [`REMOTE_HINT`], which names no path.
     pub fn hint(&self) -> String {
         let mut where_ = self.client_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
         where_.push(self.admin_token.display().to_string());
@@ -290,6 +291,10 @@ impl TokenFiles {
         )
     }
 }
+
+/// How a caller on another host gets a token (for the 401 answer): in words, without the
+/// paths of the admin's host.
+pub(crate) const REMOTE_HINT: &str = "an Admin creates tokens with `ferry token create --name NAME --role monitor|operator|admin` on the Administration Server's host, where the initial Admin token is in the admin's data directory as admin.token: ask its operator for a token, and pass it with --token-file or FERRY_TOKEN_FILE";
 
 /// Opens the token store in `data_dir`, making the initial Admin token on the first start
 /// and (re)writing the client files while it is valid. Returns the store and what happened,

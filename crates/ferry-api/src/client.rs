@@ -1,7 +1,11 @@
 //! Typed HTTP clients for the Administration Server and the Node Manager. Every call has a
-//! timeout (STYLE habit 7); errors say which endpoint failed and how.
+//! timeout (STYLE habit 7); errors say which endpoint failed and how. Every name put in a
+//! path is percent-encoded as one segment ([`path_segment`]), so no name can reach another
+//! endpoint (`ferry stop ../../etc` asks to stop a server of that name, which is refused).
 
 use std::time::Duration;
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,6 +24,23 @@ pub enum ClientError {
     Api { status: u16, error: String, detail: serde_json::Value },
     #[error("unexpected answer from {url}: {reason}")]
     Decode { url: String, reason: String },
+    /// A name that cannot be one path segment (nothing was sent).
+    #[error("{name:?} cannot be sent as a name: {why}")]
+    BadName { name: String, why: &'static str },
+}
+
+/// What stays as it is in a path segment: RFC 3986's unreserved characters.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// `name` as one percent-encoded path segment. An empty name, `.` and `..` are refused:
+/// URL parsers resolve them (also when encoded as `%2E`), so they would name another path.
+pub fn path_segment(name: &str) -> Result<String, ClientError> {
+    let bad = |why| Err(ClientError::BadName { name: name.to_string(), why });
+    match name {
+        "" => bad("it is empty"),
+        "." | ".." => bad("a path would resolve it to another endpoint"),
+        _ => Ok(utf8_percent_encode(name, SEGMENT).to_string()),
+    }
 }
 
 impl ClientError {
@@ -114,6 +135,15 @@ impl Http {
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<T, ClientError> {
+        self.send_full(req, url).await.map(|(t, _)| t)
+    }
+
+    /// [`Http::send`], with the answer's headers.
+    async fn send_full<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
         let req = req.timeout(self.timeout);
         let req = match &self.secret {
             Some(s) => req.bearer_auth(s),
@@ -121,6 +151,7 @@ impl Http {
         };
         let resp = req.send().await.map_err(|e| self.transport(url, e))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| self.transport(url, e))?;
         if !status.is_success() {
             let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
@@ -132,7 +163,9 @@ impl Http {
             });
             return Err(ClientError::Api { status: status.as_u16(), error: body.error, detail: body.detail });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), reason: e.to_string() })
+        let t = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Decode { url: url.into(), reason: e.to_string() })?;
+        Ok((t, headers))
     }
 
     fn transport(&self, url: &str, e: reqwest::Error) -> ClientError {
@@ -159,6 +192,11 @@ impl Http {
         self.send(self.client(&url)?.get(&url), &url).await
     }
 
+    async fn get_full<T: DeserializeOwned>(&self, path: &str) -> Result<(T, reqwest::header::HeaderMap), ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send_full(self.client(&url)?.get(&url), &url).await
+    }
+
     /// A GET whose answer is text, with the value of the response header `header`.
     async fn get_text(&self, path: &str, header: &str) -> Result<(String, Option<String>), ClientError> {
         let url = format!("{}{path}", self.base);
@@ -182,6 +220,30 @@ impl Http {
         let url = format!("{}{path}", self.base);
         self.send(self.client(&url)?.put(&url).json(body), &url).await
     }
+}
+
+/// How many events [`AdminClient::events`] asks for at a time (the admin answers at most
+/// [`EVENTS_PAGE_MAX`]).
+pub const EVENTS_PAGE: usize = 1_000;
+/// How many events the admin keeps (the newest); older ones are only in its `events.jsonl`.
+pub const EVENTS_KEPT: usize = 20_000;
+/// The most events one `GET /api/v1/events` answers.
+pub const EVENTS_PAGE_MAX: usize = 10_000;
+/// The header of `GET /api/v1/events` naming the oldest event the admin still holds (absent
+/// when it holds none): events before it are only in its `events.jsonl`.
+pub const EVENTS_OLDEST_HEADER: &str = "x-ferry-oldest-event";
+/// The header of `GET /api/v1/events` naming the newest event: more remain after a page
+/// whose last event is older.
+pub const EVENTS_NEWEST_HEADER: &str = "x-ferry-newest-event";
+
+/// One page of the event log, with what the admin holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsPage {
+    pub events: Vec<Event>,
+    /// The oldest event the admin holds; `None` when it holds none.
+    pub oldest_id: Option<u64>,
+    /// The newest event recorded (0 when none ever was).
+    pub newest_id: u64,
 }
 
 /// A client of the Administration Server's `/api/v1`.
@@ -230,17 +292,19 @@ impl AdminClient {
     }
     /// `POST /api/v1/machines/{machine}/enroll-token`.
     pub async fn enroll_token(&self, machine: &str) -> Result<EnrollToken, ClientError> {
-        self.http.post(&format!("/api/v1/machines/{machine}/enroll-token"), &serde_json::json!({})).await
+        let path = format!("/api/v1/machines/{}/enroll-token", path_segment(machine)?);
+        self.http.post(&path, &serde_json::json!({})).await
     }
     /// `POST /api/v1/machines/{machine}/revoke`.
     pub async fn revoke_machine(&self, machine: &str) -> Result<Revoked, ClientError> {
-        self.http.post(&format!("/api/v1/machines/{machine}/revoke"), &serde_json::json!({})).await
+        let path = format!("/api/v1/machines/{}/revoke", path_segment(machine)?);
+        self.http.post(&path, &serde_json::json!({})).await
     }
     /// `GET /api/v1/pki/ca[?nonce=N]`: the domain CA certificate, and with a nonce the
     /// admin's proof that it knows the domain secret (`ferry_tls::ca_mac`).
     pub async fn pki_ca(&self, nonce: Option<&str>) -> Result<(String, Option<String>), ClientError> {
         let path = match nonce {
-            Some(n) => format!("/api/v1/pki/ca?nonce={n}"),
+            Some(n) => format!("/api/v1/pki/ca?nonce={}", utf8_percent_encode(n, NON_ALPHANUMERIC)),
             None => "/api/v1/pki/ca".to_string(),
         };
         self.http.get_text(&path, "x-ferry-ca-mac").await
@@ -259,7 +323,7 @@ impl AdminClient {
         self.http.put("/api/v1/domain", update).await
     }
     pub async fn server_config(&self, server: &str) -> Result<VersionedDomain, ClientError> {
-        self.http.get(&format!("/api/v1/servers/{server}/config")).await
+        self.http.get(&format!("/api/v1/servers/{}/config", path_segment(server)?)).await
     }
     pub async fn servers(&self) -> Result<Vec<ServerStatus>, ClientError> {
         self.http.get("/api/v1/servers").await
@@ -273,23 +337,48 @@ impl AdminClient {
     pub async fn leases(&self) -> Result<Vec<ferry_core::lease::Lease>, ClientError> {
         self.http.get("/api/v1/leases").await
     }
+    /// Every event after `since` that the admin holds, page after page.
     pub async fn events(&self, since: u64) -> Result<Vec<Event>, ClientError> {
-        self.http.get(&format!("/api/v1/events?since={since}")).await
+        let mut all = Vec::new();
+        let mut after = since;
+        loop {
+            let page = self.events_page(after, EVENTS_PAGE).await?;
+            match page.events.last() {
+                Some(e) => after = e.id,
+                None => return Ok(all),
+            }
+            let done = page.events.len() < EVENTS_PAGE || after >= page.newest_id;
+            all.extend(page.events);
+            if done {
+                return Ok(all);
+            }
+        }
+    }
+    /// `GET /api/v1/events?since=ID&limit=N`: at most `limit` events after `since`, oldest
+    /// first, and what the admin holds (to go on from the last one, or to tell that older
+    /// ones are no longer kept).
+    pub async fn events_page(&self, since: u64, limit: usize) -> Result<EventsPage, ClientError> {
+        let (events, headers): (Vec<Event>, _) =
+            self.http.get_full(&format!("/api/v1/events?since={since}&limit={limit}")).await?;
+        let number = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let newest_id = number(EVENTS_NEWEST_HEADER).unwrap_or_else(|| events.last().map_or(since, |e| e.id));
+        Ok(EventsPage { oldest_id: number(EVENTS_OLDEST_HEADER), newest_id, events })
     }
     pub async fn post_events(&self, events: &[Event]) -> Result<serde_json::Value, ClientError> {
         self.http.post("/api/v1/events", &events).await
     }
     pub async fn start_cluster(&self, cluster: &str) -> Result<Operation, ClientError> {
-        self.http.post(&format!("/api/v1/clusters/{cluster}/start"), &serde_json::json!({})).await
+        self.http.post(&format!("/api/v1/clusters/{}/start", path_segment(cluster)?), &serde_json::json!({})).await
     }
     pub async fn start(&self, server: &str) -> Result<Operation, ClientError> {
-        self.http.post(&format!("/api/v1/servers/{server}/start"), &serde_json::json!({})).await
+        self.http.post(&format!("/api/v1/servers/{}/start", path_segment(server)?), &serde_json::json!({})).await
     }
     pub async fn stop(&self, server: &str, force: bool) -> Result<Operation, ClientError> {
-        self.http.post(&format!("/api/v1/servers/{server}/stop"), &StopRequest { force }).await
+        self.http.post(&format!("/api/v1/servers/{}/stop", path_segment(server)?), &StopRequest { force }).await
     }
     pub async fn migrate(&self, server: &str, to: &str) -> Result<Operation, ClientError> {
-        self.http.post(&format!("/api/v1/servers/{server}/migrate"), &MigrateRequest { to: to.into() }).await
+        let path = format!("/api/v1/servers/{}/migrate", path_segment(server)?);
+        self.http.post(&path, &MigrateRequest { to: to.into() }).await
     }
     pub async fn operation(&self, id: u64) -> Result<Operation, ClientError> {
         self.http.get(&format!("/api/v1/operations/{id}")).await
@@ -347,16 +436,59 @@ impl NmClient {
         self.http.get("/nm/v1/servers").await
     }
     pub async fn start(&self, server: &str, cmd: &NmStart) -> Result<NmAck, ClientError> {
-        self.http.post(&format!("/nm/v1/servers/{server}/start"), cmd).await
+        self.http.post(&format!("/nm/v1/servers/{}/start", path_segment(server)?), cmd).await
     }
     pub async fn stop(&self, server: &str, cmd: &NmStop) -> Result<NmAck, ClientError> {
-        self.http.post(&format!("/nm/v1/servers/{server}/stop"), cmd).await
+        self.http.post(&format!("/nm/v1/servers/{}/stop", path_segment(server)?), cmd).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_one_percent_encoded_path_segment() {
+        assert_eq!(path_segment("ms1").unwrap(), "ms1");
+        assert_eq!(path_segment("ms-1_a.b~").unwrap(), "ms-1_a.b~");
+        assert_eq!(path_segment("../../etc").unwrap(), "..%2F..%2Fetc");
+        assert_eq!(path_segment("a b?c#d%e").unwrap(), "a%20b%3Fc%23d%25e");
+        assert_eq!(path_segment("ü").unwrap(), "%C3%BC");
+        for bad in ["", ".", ".."] {
+            let e = path_segment(bad).unwrap_err();
+            assert!(matches!(e, ClientError::BadName { .. }), "{bad:?}: {e}");
+        }
+        // Why `.` and `..` are refused rather than encoded: URL parsers resolve them either way.
+        let url = reqwest::Url::parse("http://h/api/v1/servers/%2E%2E/stop").unwrap();
+        assert_eq!(url.path(), "/api/v1/stop");
+    }
+
+    /// The request line a real HTTP client sends for `stop("../../etc")`, read by a listener
+    /// that answers 404: one encoded segment, on the stop endpoint.
+    #[tokio::test]
+    async fn a_name_with_slashes_stays_on_its_endpoint() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            let body = r#"{"error":"unknown server"}"#;
+            let answer = format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or_default().to_string()
+        });
+        let e = AdminClient::new(&url, Duration::from_secs(5)).stop("../../etc", false).await.unwrap_err();
+        assert_eq!(e.status(), Some(404));
+        assert_eq!(seen.await.unwrap(), "POST /api/v1/servers/..%2F..%2Fetc/stop HTTP/1.1");
+        // Nothing is sent for a name that cannot be a segment.
+        let e = AdminClient::new(&url, Duration::from_secs(5)).start("..").await.unwrap_err();
+        assert_eq!(e.to_string(), r#"".." cannot be sent as a name: a path would resolve it to another endpoint"#);
+    }
 
     #[test]
     fn a_client_never_prints_its_token() {

@@ -7,6 +7,9 @@ pub mod client;
 pub mod events;
 pub mod types;
 
-pub use client::{AdminClient, ClientError, NmClient};
+pub use client::{
+    path_segment, AdminClient, ClientError, EventsPage, NmClient, EVENTS_KEPT, EVENTS_NEWEST_HEADER,
+    EVENTS_OLDEST_HEADER, EVENTS_PAGE, EVENTS_PAGE_MAX,
+};
 pub use events::EventSink;
 pub use types::*;

@@ -37,7 +37,11 @@ pub struct DomainUpdate {
 pub struct ServerStatus {
     pub name: String,
     pub cluster: String,
-    /// RUNNING, STARTING, STOPPING, SHUTDOWN, FENCED, FAILED, FAILED_CONFIG, EXPIRED, UNKNOWN.
+    /// RUNNING (it holds its lease and its Node Manager says its services answer),
+    /// STARTING, RESTARTING, STOPPING, SHUTDOWN, FENCED, FAILED, FAILED_CONFIG (what its
+    /// Node Manager says), EXPIRED (its lease ran out and no Node Manager runs it), UNKNOWN (it holds its
+    /// lease but its machine's Node Manager does not list it). With `view_stale`, the last
+    /// known state.
     pub state: String,
     /// Where it runs (or last ran): the lease's machine, else the Node Manager's.
     pub machine: Option<String>,
@@ -51,6 +55,14 @@ pub struct ServerStatus {
     pub master: bool,
     pub floating_ip: Option<String>,
     pub auto_migration: bool,
+    /// How old the admin's view of `machine` is: milliseconds since its Node Manager last
+    /// answered (`None`: it never did, or no machine is known).
+    #[serde(default)]
+    pub view_age_ms: Option<u64>,
+    /// `machine`'s Node Manager did not answer lately (`reachable` false in `ferry
+    /// machines`): `state` and `pid` are what it last said.
+    #[serde(default)]
+    pub view_stale: bool,
 }
 
 /// `GET /api/v1/clusters`.
@@ -63,14 +75,25 @@ pub struct ClusterStatus {
     pub servers: Vec<String>,
 }
 
-/// `GET /api/v1/machines`.
+/// `GET /api/v1/machines`: the admin's view of each machine, kept by polling its Node
+/// Manager in the background (it answers at once, whatever state the machines are in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineStatus {
     pub name: String,
     pub node_manager: String,
+    /// Its Node Manager answered the last poll, lately (the view is not stale).
     pub reachable: bool,
+    /// Why not, when not reachable.
     pub error: Option<String>,
+    /// What it runs, when reachable (empty otherwise).
     pub servers: Vec<NmServer>,
+    /// Milliseconds since its Node Manager last answered; `None` if it never did since the
+    /// admin started.
+    #[serde(default)]
+    pub last_seen_age_ms: Option<u64>,
+    /// The last answer is older than a couple of polls (or there was none).
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// An entry of the audit trail.

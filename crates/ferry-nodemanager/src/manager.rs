@@ -102,6 +102,12 @@ impl Plumbing {
     }
 }
 
+/// The fence loop woke this much later than the deadline it slept for: the Node Manager was
+/// not running (see `fence_loop`).
+const LATE_WAKE: Duration = Duration::from_millis(100);
+/// How long it then lets the local channel's readers catch up before it judges deadlines.
+const CATCH_UP: Duration = Duration::from_millis(20);
+
 /// How long the batcher waits after the first renewal for others to join it.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// The most renewals in one `renew_many`.
@@ -1302,6 +1308,8 @@ impl Nm {
 
     /// Rule 3: fences servers whose deadline passed, for ever (spawn it).
     async fn fence_loop(self: Arc<Self>) {
+        // The deadline this loop last woke late for and let the readers catch up on.
+        let mut caught_up: Option<Mono> = None;
         loop {
             let next = self.sup.lock().ok().and_then(|s| s.next_wakeup());
             let wait = async {
@@ -1313,6 +1321,15 @@ impl Nm {
             tokio::select! {
                 _ = wait => {}
                 _ = self.wake.notified() => continue,
+            }
+            // Woken long after the deadline it slept for: this Node Manager itself did not
+            // run (stopped, frozen, starved). Its servers' newer deadlines may be waiting
+            // unread on the local channel; let the readers deliver them before judging any
+            // deadline, or a healthy server would be killed for this process's pause.
+            if next != caught_up && next.is_some_and(|at| clock::now().since(at) > LATE_WAKE.as_millis() as u64) {
+                caught_up = next;
+                tokio::time::sleep(CATCH_UP).await;
+                continue;
             }
             let actions = self.sup.lock().map(|mut s| s.tick(clock::now())).unwrap_or_default();
             for a in actions {

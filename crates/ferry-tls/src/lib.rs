@@ -13,13 +13,16 @@
 //! Every leaf names its holder in a URI subject alternative name (`ferry:admin`,
 //! `ferry:machine:NAME`, `ferry:server:NAME`) and carries the DNS name [`DNS_NAME`], so a
 //! chain is verified against that fixed name, whatever address a peer was dialled at, and
-//! the holder is then checked by identity ([`Expect`]). Revocation is by serial number
+//! the holder is then checked by identity ([`Expect`]). The admin's leaf also names its
+//! listen address and host names ([`Ca::issue_named`]), for clients such as curl that check
+//! the address they dialled; those names identify nobody. Revocation is by serial number
 //! ([`Revocations`]): the admin records the serials it signed for each machine, and a
 //! revoked machine's certificates, and every server certificate its issuing certificate
 //! signed, are refused during the handshake.
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -315,8 +318,20 @@ impl Ca {
 
     /// Credentials made here, key and all (the admin's own).
     pub fn issue(&self, identity: &Identity) -> Result<Credentials, TlsError> {
+        self.issue_named(identity, &[], &[])
+    }
+
+    /// [`Ca::issue`], with the leaf also naming `ips` and the DNS names `dns`: so a client
+    /// that checks the address it dialled (curl, a browser) accepts it. Who the holder is
+    /// stays its identity's URI alone; ferry's own clients check only that.
+    pub fn issue_named(&self, identity: &Identity, ips: &[IpAddr], dns: &[String]) -> Result<Credentials, TlsError> {
         let key = KeyPair::generate().map_err(cert_err)?;
-        let cert = leaf_params(identity, days(MACHINE_DAYS))?.signed_by(&key, &self.issuer).map_err(cert_err)?;
+        let mut p = leaf_params(identity, days(MACHINE_DAYS))?;
+        p.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        for name in dns.iter().filter(|n| n.as_str() != DNS_NAME) {
+            p.subject_alt_names.push(SanType::DnsName(name.as_str().try_into().map_err(cert_err)?));
+        }
+        let cert = p.signed_by(&key, &self.issuer).map_err(cert_err)?;
         Ok(Credentials { chain_pem: cert.pem(), key_pem: key.serialize_pem(), ca_pem: self.cert_pem.clone() })
     }
 }
@@ -428,6 +443,30 @@ impl Credentials {
         let chain = certs(&self.chain_pem)?;
         let leaf = chain.first().ok_or_else(|| TlsError::Cert("no certificate in the chain".into()))?;
         identity_of(leaf).map(|(id, _)| id).map_err(TlsError::Cert)
+    }
+
+    /// The IP addresses and DNS names the leaf names (its subject alternative names other
+    /// than the identity).
+    pub fn names(&self) -> Result<(Vec<IpAddr>, Vec<String>), TlsError> {
+        use x509_parser::extensions::GeneralName;
+        let chain = certs(&self.chain_pem)?;
+        let leaf = chain.first().ok_or_else(|| TlsError::Cert("no certificate in the chain".into()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(cert_err)?;
+        let (mut ips, mut dns) = (Vec::new(), Vec::new());
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                match name {
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())),
+                        16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())),
+                        _ => {}
+                    },
+                    GeneralName::DNSName(d) => dns.push(d.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Ok((ips, dns))
     }
 
     /// Seconds until the leaf expires (negative once it has).

@@ -183,3 +183,53 @@ fn the_ca_mac_proves_the_secret_without_showing_it() {
     assert!(!ca_mac_ok("secret", "n1", "CA2", &mac), "another CA");
     assert!(!mac.contains("secret"));
 }
+
+/// The admin's certificate may also name its addresses and host names (so curl accepts it);
+/// that changes nothing of who is who: ferry's clients still check the identity alone, and
+/// a client that checks the name it dialled accepts exactly the names listed.
+#[tokio::test]
+async fn addresses_in_a_certificate_do_not_change_who_it_names() {
+    use rustls::client::danger::ServerCertVerifier;
+    let d = domain();
+    let ips: Vec<IpAddr> = vec!["198.18.1.1".parse().unwrap(), "::1".parse().unwrap()];
+    let admin = d.ca.issue_named(&Identity::Admin, &ips, &["admin.example".into(), "ferry".into()]).unwrap();
+    assert_eq!(admin.identity().unwrap(), Identity::Admin);
+    assert_eq!(admin.names().unwrap(), (ips, vec!["ferry".to_string(), "admin.example".to_string()]));
+    assert_eq!(d.ca.issue(&Identity::Admin).unwrap().names().unwrap(), (vec![], vec!["ferry".to_string()]));
+
+    // ferry's clients: the identity, whatever address was dialled.
+    let (nm_b, _) = enroll(&d.ca, "b");
+    let got =
+        talk(&admin, Revocations::default(), nm_b.client_config(Expect::Identity(Identity::Admin)).unwrap()).await;
+    assert_eq!(got.as_deref(), Ok("ferry:machine:b"));
+    let got = talk(
+        &admin,
+        Revocations::default(),
+        nm_b.client_config(Expect::Identity(Identity::Machine("b".into()))).unwrap(),
+    )
+    .await;
+    assert!(got.as_ref().is_err_and(|e| e.contains("expected machine b")), "{got:?}");
+
+    // A client that checks the name it dialled (as curl does).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(d.ca.cert_pem()).unwrap()),
+        provider,
+    )
+    .build()
+    .unwrap();
+    let leaf = &certs(&admin.chain_pem).unwrap()[0];
+    for (name, ok) in [
+        ("198.18.1.1", true),
+        ("::1", true),
+        ("admin.example", true),
+        ("ferry", true),
+        ("198.18.1.2", false),
+        ("127.0.0.1", false),
+        ("other.example", false),
+    ] {
+        let n = ServerName::try_from(name).unwrap();
+        let r = verifier.verify_server_cert(leaf, &[], &n, &[], UnixTime::now());
+        assert_eq!(r.is_ok(), ok, "{name}: {r:?}");
+    }
+}

@@ -5,12 +5,15 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ferry_core::domain::ConfigErrors;
-use ferry_core::{MachineName, ServerName};
+use ferry_core::{ClusterName, MachineName, ServerName};
 
 /// Exit status when the command could not do what was asked.
 pub const EXIT_FAILED: i32 = 1;
 /// Exit status for a command-line or domain-file error.
 pub const EXIT_USAGE: i32 = 2;
+
+/// The help heading of the options every command takes.
+const GLOBAL: &str = "Global options (all optional)";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -20,19 +23,28 @@ pub const EXIT_USAGE: i32 = 2;
 )]
 pub struct Cli {
     /// The Administration Server's URL, for client commands.
-    #[arg(long, global = true, env = "FERRY_ADMIN", default_value = "http://127.0.0.1:7001")]
+    // Global options go under their own heading, so a subcommand's help (`ferry migrate
+    // --help`) does not list them among its own, next to the ones it requires.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_ADMIN",
+        default_value = "http://127.0.0.1:7001",
+        value_name = "URL",
+        help_heading = GLOBAL
+    )]
     pub admin: String,
     /// The domain CA certificate, to reach the Administration Server over TLS from another
     /// host (the admin writes it to DOMAIN_DIR/.ferry/ca.pem and DATA/pki/ca.pem). Not
     /// needed on the admin's own host, where client commands may use plain HTTP.
-    #[arg(long, global = true, env = "FERRY_CA")]
+    #[arg(long, global = true, env = "FERRY_CA", value_name = "FILE", help_heading = GLOBAL)]
     pub ca: Option<PathBuf>,
     /// The file holding the token a command needs. Client commands: the operator token
     /// [default: $FERRY_TOKEN, else the file $FERRY_TOKEN_FILE, else the client file the admin
     /// left for this user, $FERRY_CONFIG_DIR/admins/HOST_PORT/token, $FERRY_CONFIG_DIR
     /// defaulting to ~/.config/ferry]. `ferry enroll`: the one-time enrollment token, `-` for
     /// standard input [default: $FERRY_ENROLL_TOKEN].
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -42,6 +54,14 @@ pub struct Cli {
 pub enum Output {
     Text,
     Json,
+}
+
+/// `ferry events` also prints one JSON object per line, for a stream.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum EventsOutput {
+    Text,
+    Json,
+    Jsonl,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,20 +130,20 @@ pub enum Cmd {
     Validate { file: PathBuf },
     /// Start every server of a cluster on its home machine (Figure 7-1).
     StartCluster {
-        cluster: String,
+        cluster: ClusterName,
         /// Wait until every server holds its lease.
         #[arg(long)]
         wait: bool,
     },
     /// Start a server on its home machine.
     Start {
-        server: String,
+        server: ServerName,
         #[arg(long)]
         wait: bool,
     },
     /// Stop a server through its Node Manager (graceful, then forced after its shutdown_timeout).
     Stop {
-        server: String,
+        server: ServerName,
         /// Kill at once instead of asking it to shut down.
         #[arg(long)]
         force: bool,
@@ -132,9 +152,11 @@ pub enum Cmd {
     },
     /// Move a server to another machine (manual migration and failback, Figure 7-3).
     Migrate {
-        server: String,
-        #[arg(long)]
-        to: String,
+        /// The server to move.
+        server: ServerName,
+        /// The machine to move it to: its home machine or one of its candidates.
+        #[arg(long, value_name = "MACHINE")]
+        to: MachineName,
         /// Show the migration's steps as they happen and wait for the end.
         #[arg(long)]
         wait: bool,
@@ -151,12 +173,21 @@ pub enum Cmd {
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
         output: Output,
     },
-    /// Show the event log: migrations, fencing, elections.
+    /// Show the event log: migrations, fencing, elections. Every event the admin holds by
+    /// default, oldest first.
     Events {
+        /// Keep showing events as they come (with text or jsonl output).
         #[arg(long)]
         follow: bool,
+        /// Only the events after this one (by id).
+        #[arg(long, value_name = "ID", default_value_t = 0)]
+        since: u64,
+        /// At most this many events; what was left out, and how to get it, goes to stderr.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// `json`: one JSON array; `jsonl`: one JSON object per line.
         #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
-        output: Output,
+        output: EventsOutput,
     },
     /// Manage operator tokens: create (shown once), list, revoke (the Admin role).
     Token {
@@ -258,10 +289,10 @@ pub enum TokenAction {
 pub enum MachineAction {
     /// Print a one-time token (valid one hour) with which `ferry enroll --machine MACHINE`
     /// gets the machine its certificates.
-    EnrollToken { machine: String },
+    EnrollToken { machine: MachineName },
     /// Revoke every certificate of a machine: its Node Manager, and the servers it started,
     /// are refused by every process of the domain until the machine enrolls again.
-    Revoke { machine: String },
+    Revoke { machine: MachineName },
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,18 +309,24 @@ pub enum LeasingAction {
     },
 }
 
+/// Logs go to stderr; in colour only on a terminal, so a log file (a daemon's stderr
+/// redirected, a Node Manager's log of its servers) holds plain text without escape codes.
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }
 
 fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
+            errln!("ferry: cannot start the async runtime: {e}");
             std::process::exit(EXIT_FAILED);
         }
     }
@@ -304,7 +341,7 @@ pub fn main() -> i32 {
             let name = match ServerName::new(name) {
                 Ok(n) => n,
                 Err(e) => {
-                    eprintln!("ferry server: {e}");
+                    errln!("ferry server: {e}");
                     return ferry_server::EXIT_CONFIG;
                 }
             };
@@ -319,7 +356,7 @@ pub fn main() -> i32 {
                     code
                 }
                 Err(e) => {
-                    eprintln!("ferry server: cannot start the async runtime: {e}");
+                    errln!("ferry server: cannot start the async runtime: {e}");
                     EXIT_FAILED
                 }
             }
@@ -350,7 +387,7 @@ pub fn main() -> i32 {
                 // for a secret or an Administration Server that may be down.
                 Some(Ok(d)) if !d.machines.iter().any(|m| m.name.as_str() == machine) => {
                     let known: Vec<&str> = d.machines.iter().map(|m| m.name.as_str()).collect();
-                    eprintln!(
+                    errln!(
                         "ferry nodemanager: machine {machine} is not defined in domain {} ({} defines {}): add a [[machines]] entry named {machine} or pass the right --machine",
                         d.name,
                         domain.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -392,14 +429,14 @@ pub fn main() -> i32 {
             });
             match r {
                 Ok(()) => {
-                    println!(
+                    outln!(
                         "lease table at {shown} {}",
                         if reset { "re-created (every lease was dropped)" } else { "is ready" }
                     );
                     0
                 }
                 Err(e) => {
-                    eprintln!("ferry leasing: {e}");
+                    errln!("ferry leasing: {e}");
                     EXIT_FAILED
                 }
             }
@@ -428,7 +465,7 @@ fn report(r: anyhow::Result<()>, what: &str) -> i32 {
         Err(e) => match e.chain().find_map(|c| c.downcast_ref::<ConfigErrors>()) {
             Some(errs) => domain_problems(errs),
             None => {
-                eprintln!("{what}: {e:#}");
+                errln!("{what}: {e:#}");
                 EXIT_FAILED
             }
         },
@@ -438,15 +475,15 @@ fn report(r: anyhow::Result<()>, what: &str) -> i32 {
 /// Prints a domain file's problems, one `FILE:LINE:COL: field: message` line each, and
 /// returns the exit status of a bad domain file.
 fn domain_problems(errs: &ConfigErrors) -> i32 {
-    eprintln!("{errs}");
-    eprintln!("{} problem{} found", errs.errors.len(), if errs.errors.len() == 1 { "" } else { "s" });
+    errln!("{errs}");
+    errln!("{} problem{} found", errs.errors.len(), if errs.errors.len() == 1 { "" } else { "s" });
     EXIT_USAGE
 }
 
 fn validate(file: &std::path::Path) -> i32 {
     match ferry_host::files::load_domain(file) {
         Ok(d) => {
-            println!(
+            outln!(
                 "{}: domain {} is valid: {} machines, {} clusters, {} servers",
                 file.display(),
                 d.name,
@@ -568,7 +605,7 @@ async fn enroll(
         &ferry_nodemanager::pki::Enrollment::Token(token),
     )
     .await?;
-    println!(
+    outln!(
         "machine {machine} enrolled: certificates in {}; start its Node Manager with --data-dir {}",
         ferry_nodemanager::pki::pki_dir(&data_dir).display(),
         data_dir.display()
@@ -580,10 +617,30 @@ async fn enroll(
 async fn rotate(admin: &str, machine: String, data_dir: PathBuf) -> anyhow::Result<()> {
     let machine = MachineName::new(machine)?;
     let serials = ferry_nodemanager::pki::rotate(&data_dir, machine.as_str(), admin).await?;
-    println!(
+    outln!(
         "machine {machine}: new keys and certificates in {} (serials {}); restart its Node Manager to use them (its servers keep running); the old ones stay valid until they expire, or until `ferry machine revoke`",
         ferry_nodemanager::pki::pki_dir(&data_dir).display(),
         serials.join(", ")
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// A subcommand's help lists the global options apart from its own, with their defaults,
+    /// so none of them looks required (`ferry migrate --help` showed `--admin` next to `--to`).
+    #[test]
+    fn global_options_show_apart_and_optional() {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let help = cmd.find_subcommand_mut("migrate").unwrap().render_help().to_string();
+        let (own, global) = help.split_once("Global options (all optional):").expect(&help);
+        assert!(own.contains("Usage: ferry migrate [OPTIONS] --to <MACHINE> <SERVER>\n"), "{help}");
+        assert!(own.contains("--to <MACHINE>") && !own.contains("--admin") && !own.contains("--ca"), "{help}");
+        let admin = global.lines().find(|l| l.trim_start().starts_with("--admin <URL>")).expect(&help);
+        assert!(admin.contains("[env: FERRY_ADMIN=") && admin.contains("[default: http://127.0.0.1:7001]"), "{admin}");
+        assert!(global.contains("--ca <FILE>") && global.contains("--token-file <PATH>"), "{help}");
+    }
 }

@@ -10,7 +10,7 @@ use ferry_core::TokenName;
 use ferry_host::{clock, files};
 use serde::de::DeserializeOwned;
 
-use crate::cli::{Cmd, MachineAction, Output, TokenAction, EXIT_FAILED, EXIT_USAGE};
+use crate::cli::{Cmd, EventsOutput, MachineAction, Output, TokenAction, EXIT_FAILED, EXIT_USAGE};
 
 /// Exit status when the Administration Server cannot be reached.
 const EXIT_UNREACHABLE: i32 = 3;
@@ -21,14 +21,14 @@ pub(crate) async fn run(admin_url: &str, ca: Option<&Path>, token_file: Option<&
     let (admin, raw) = match admin_client(admin_url, ca) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("ferry: {e}");
+            errln!("ferry: {e}");
             return EXIT_FAILED;
         }
     };
     let cred = match find_token(token_file, admin.base()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ferry: {e}");
+            errln!("ferry: {e}");
             return EXIT_USAGE;
         }
     };
@@ -40,9 +40,9 @@ pub(crate) async fn run(admin_url: &str, ca: Option<&Path>, token_file: Option<&
     match dispatch(&target, cmd).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: {e}");
+            errln!("ferry: {e}");
             if e.is_unreachable() {
-                eprintln!(
+                errln!(
                     "hint: is the Administration Server running? pass --admin URL or set FERRY_ADMIN (now {})",
                     target.admin.base()
                 );
@@ -50,11 +50,11 @@ pub(crate) async fn run(admin_url: &str, ca: Option<&Path>, token_file: Option<&
             }
             let cred = &target.cred;
             match (e.status(), &cred.source) {
-                (Some(401), None) => eprintln!(
+                (Some(401), None) => errln!(
                     "hint: no operator token was found: ferry reads --token-file PATH, else $FERRY_TOKEN, else the file $FERRY_TOKEN_FILE, else {}",
                     if cred.looked.is_empty() { "the admin's client file (no $FERRY_CONFIG_DIR or $HOME)".to_string() } else { cred.looked.join(", ") }
                 ),
-                (Some(401 | 403), Some(source)) => eprintln!("hint: the token came from {source}"),
+                (Some(401 | 403), Some(source)) => errln!("hint: the token came from {source}"),
                 _ => {}
             }
             EXIT_FAILED
@@ -226,7 +226,7 @@ async fn token_command(target: &Target, action: TokenAction) -> Result<i32, Clie
             let name = match TokenName::new(name) {
                 Ok(n) => n,
                 Err(e) => {
-                    eprintln!("ferry: {e}");
+                    errln!("ferry: {e}");
                     return Ok(EXIT_USAGE);
                 }
             };
@@ -238,8 +238,8 @@ async fn token_command(target: &Target, action: TokenAction) -> Result<i32, Clie
             });
             let made: NewToken = token_call(target, reqwest::Method::POST, "/api/v1/tokens", Some(body)).await?;
             // Only the token on stdout, so `T=$(ferry token create ...)` works.
-            println!("{}", made.token);
-            eprintln!(
+            outln!("{}", made.token);
+            errln!(
                 "token '{}' created with the {} role ({}); it is shown only this once: keep it in a file only its user can read, and use it with --token-file FILE or FERRY_TOKEN_FILE",
                 made.info.name,
                 made.info.role,
@@ -250,11 +250,11 @@ async fn token_command(target: &Target, action: TokenAction) -> Result<i32, Clie
         TokenAction::List { output } => {
             let list: Vec<TokenInfo> = token_call(target, reqwest::Method::GET, "/api/v1/tokens", None).await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default()),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&list).unwrap_or_default()),
                 Output::Text => {
-                    println!("{:<20} {:<9} {:<8} {:<25} {:<25}", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES");
+                    outln!("{:<20} {:<9} {:<8} {:<25} {:<25}", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES");
                     for t in list {
-                        println!(
+                        outln!(
                             "{:<20} {:<9} {:<8} {:<25} {:<25}",
                             t.name.as_str(),
                             t.role.as_str(),
@@ -269,12 +269,12 @@ async fn token_command(target: &Target, action: TokenAction) -> Result<i32, Clie
         }
         TokenAction::Revoke { name } => {
             if let Err(e) = TokenName::new(name.as_str()) {
-                eprintln!("ferry: {e}");
+                errln!("ferry: {e}");
                 return Ok(EXIT_USAGE);
             }
-            let info: TokenInfo =
-                token_call(target, reqwest::Method::DELETE, &format!("/api/v1/tokens/{name}"), None).await?;
-            println!("token '{}' ({} role) revoked", info.name, info.role);
+            let path = format!("/api/v1/tokens/{}", ferry_api::path_segment(&name)?);
+            let info: TokenInfo = token_call(target, reqwest::Method::DELETE, &path, None).await?;
+            outln!("token '{}' ({} role) revoked", info.name, info.role);
             Ok(0)
         }
     }
@@ -294,49 +294,49 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
     match cmd {
         Cmd::Token { action } => token_command(target, action).await,
         Cmd::StartCluster { cluster, wait } => {
-            let op = admin.start_cluster(&cluster).await?;
+            let op = admin.start_cluster(cluster.as_str()).await?;
             follow(admin, op, wait).await
         }
         Cmd::Start { server, wait } => {
-            let op = admin.start(&server).await?;
+            let op = admin.start(server.as_str()).await?;
             follow(admin, op, wait).await
         }
         Cmd::Stop { server, force, wait } => {
-            let op = admin.stop(&server, force).await?;
+            let op = admin.stop(server.as_str(), force).await?;
             follow(admin, op, wait).await
         }
         Cmd::Migrate { server, to, wait } => {
-            let op = admin.migrate(&server, &to).await?;
+            let op = admin.migrate(server.as_str(), to.as_str()).await?;
             follow(admin, op, wait).await
         }
         Cmd::Status { watch, output } => loop {
             let servers = admin.servers().await?;
             let text = match output {
                 Output::Json => serde_json::to_string_pretty(&servers).unwrap_or_default(),
-                Output::Text => status_table(&servers),
+                Output::Text => status_table(&servers, &admin.machines().await?),
             };
             if watch {
                 // Clear the screen and redraw, like `watch`.
-                print!("\x1b[2J\x1b[H{}  (every 1s, Ctrl-C to stop)\n\n{text}\n", admin.base());
+                out!("\x1b[2J\x1b[H{}  (every 1s, Ctrl-C to stop)\n\n{text}\n", admin.base());
                 tokio::time::sleep(Duration::from_secs(1)).await;
             } else {
-                println!("{text}");
+                outln!("{text}");
                 return Ok(0);
             }
         },
         Cmd::Machine { action: MachineAction::EnrollToken { machine } } => {
-            let t = admin.enroll_token(&machine).await?;
+            let t = admin.enroll_token(machine.as_str()).await?;
             // The token alone on stdout, so `$(ferry machine enroll-token m)` works.
-            println!("{}", t.token);
-            eprintln!(
+            outln!("{}", t.token);
+            errln!(
                 "one-time enrollment token for machine {machine}, valid one hour: on {machine}, run\n  FERRY_ENROLL_TOKEN=<token> ferry --admin {} enroll --machine {machine} --data-dir DIR",
                 admin.base()
             );
             Ok(0)
         }
         Cmd::Machine { action: MachineAction::Revoke { machine } } => {
-            let r = admin.revoke_machine(&machine).await?;
-            println!(
+            let r = admin.revoke_machine(machine.as_str()).await?;
+            outln!(
                 "revoked {} certificate{} of machine {machine}: its Node Manager and the servers it started are refused; enroll it again (`ferry machine enroll-token {machine}`, then `ferry enroll --force` on it) and restart its Node Manager",
                 r.serials.len(),
                 if r.serials.len() == 1 { "" } else { "s" }
@@ -346,18 +346,18 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
         Cmd::Machines { output } => {
             let machines = admin.machines().await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&machines).unwrap_or_default()),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&machines).unwrap_or_default()),
                 Output::Text => {
-                    println!("{:<14} {:<22} {:<10} SERVERS", "MACHINE", "NODE MANAGER", "REACHABLE");
+                    outln!("{:<14} {:<22} {:<10} SERVERS", "MACHINE", "NODE MANAGER", "REACHABLE");
                     for m in machines {
                         let servers: Vec<String> =
                             m.servers.iter().map(|s| format!("{} ({})", s.name, s.state)).collect();
-                        println!(
+                        outln!(
                             "{:<14} {:<22} {:<10} {}",
                             m.name,
                             m.node_manager,
                             if m.reachable { "yes" } else { "NO" },
-                            if m.reachable { servers.join(", ") } else { m.error.unwrap_or_default() }
+                            if m.reachable { servers.join(", ") } else { last_answer(&m) }
                         );
                     }
                 }
@@ -367,14 +367,20 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
         Cmd::Leases { output } => {
             let leases = admin.leases().await?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&leases).unwrap_or_default()),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&leases).unwrap_or_default()),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "{:<24} {:<10} {:<12} {:>6} {:<8} {:>10} {:<16}",
-                        "LEASE", "OWNER", "MACHINE", "EPOCH", "STATE", "LEFT", "INCARNATION"
+                        "LEASE",
+                        "OWNER",
+                        "MACHINE",
+                        "EPOCH",
+                        "STATE",
+                        "LEFT",
+                        "INCARNATION"
                     );
                     for l in leases {
-                        println!(
+                        outln!(
                             "{:<24} {:<10} {:<12} {:>6} {:<8} {:>10} {:<16}",
                             l.name.to_string(),
                             l.owner.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
@@ -389,36 +395,78 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
             }
             Ok(0)
         }
-        Cmd::Events { follow, output } => {
-            let mut since = 0;
-            loop {
-                let events = admin.events(since).await?;
-                for e in &events {
-                    since = since.max(e.id);
-                    match output {
-                        Output::Json => {
-                            println!("{}", serde_json::to_string(e).unwrap_or_default())
-                        }
-                        Output::Text => {
-                            let by = e.by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default();
-                            println!(
-                                "{} {:<24} {:<20} {}{by}",
-                                clock::format_wall(e.at_ms),
-                                e.source,
-                                e.kind,
-                                e.message
-                            )
-                        }
-                    }
-                }
-                if !follow {
-                    return Ok(0);
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
+        Cmd::Events { follow, since, limit, output } => events(admin, follow, since, limit, output).await,
         _ => Ok(EXIT_FAILED),
     }
+}
+
+/// `ferry events`: every event after `since` the admin holds, page after page, oldest
+/// first; at most `limit`. What is left out, and how to get it, goes to stderr.
+async fn events(
+    admin: &AdminClient,
+    follow: bool,
+    since: u64,
+    limit: Option<u64>,
+    output: EventsOutput,
+) -> Result<i32, ClientError> {
+    if follow && output == EventsOutput::Json {
+        errln!("ferry: --follow goes on for ever, so it cannot print one JSON array: use -o jsonl (one object per line) or the text output");
+        return Ok(EXIT_USAGE);
+    }
+    let (mut after, mut shown, mut newest) = (since, 0u64, since);
+    let mut not_held = None;
+    let mut first_page = true;
+    loop {
+        let want = limit.map_or(ferry_api::EVENTS_PAGE as u64, |l| (l - shown).min(ferry_api::EVENTS_PAGE as u64));
+        if want == 0 {
+            break;
+        }
+        let page = admin.events_page(after, want as usize).await?;
+        if std::mem::take(&mut first_page) {
+            not_held = page.oldest_id.filter(|&oldest| oldest > after + 1).map(|oldest| (after + 1, oldest - 1));
+        }
+        newest = newest.max(page.newest_id);
+        for e in &page.events {
+            match output {
+                EventsOutput::Json => out!("{}  {}", if shown == 0 { "[\n" } else { ",\n" }, json(e)),
+                EventsOutput::Jsonl => outln!("{}", json(e)),
+                EventsOutput::Text => {
+                    let by = e.by.as_ref().map(|b| format!(" (by {b})")).unwrap_or_default();
+                    outln!("{} {:<24} {:<20} {}{by}", clock::format_wall(e.at_ms), e.source, e.kind, e.message)
+                }
+            }
+            shown += 1;
+            after = after.max(e.id);
+        }
+        if page.events.is_empty() || after >= page.newest_id {
+            if !follow {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    if output == EventsOutput::Json {
+        outln!("{}", if shown == 0 { "[]" } else { "\n]" });
+    }
+    if let Some((from, to)) = not_held {
+        errln!(
+            "ferry: events {from} to {to} are no longer held by the Administration Server (it keeps the newest {}); they are in events.jsonl in its data directory",
+            ferry_api::EVENTS_KEPT
+        );
+    }
+    if after < newest {
+        errln!(
+            "ferry: showed {shown} event{} (the --limit); events {} to {newest} remain: `ferry events --since {after}` shows them",
+            if shown == 1 { "" } else { "s" },
+            after + 1
+        );
+    }
+    Ok(0)
+}
+
+/// One event as a JSON object on one line.
+fn json(e: &ferry_api::Event) -> String {
+    serde_json::to_string(e).unwrap_or_default()
 }
 
 fn left(ms: Option<i64>, held: bool) -> String {
@@ -429,17 +477,32 @@ fn left(ms: Option<i64>, held: bool) -> String {
     }
 }
 
-fn status_table(servers: &[ferry_api::ServerStatus]) -> String {
+/// When an unreachable machine's Node Manager last answered, and why it does not now:
+/// `last answered 4.2 s ago: ...`.
+fn last_answer(m: &ferry_api::MachineStatus) -> String {
+    let when = m
+        .last_seen_age_ms
+        .map_or("never answered".to_string(), |ms| format!("last answered {:.1} s ago", ms as f64 / 1000.0));
+    match &m.error {
+        Some(e) => format!("{when}: {e}"),
+        None => when,
+    }
+}
+
+/// The servers, then a line for each machine whose Node Manager does not answer. A state
+/// with `?` is the last one its machine's Node Manager gave (it holds its lease).
+fn status_table(servers: &[ferry_api::ServerStatus], machines: &[ferry_api::MachineStatus]) -> String {
     let mut out = format!(
         "{:<12} {:<12} {:<14} {:<12} {:>8} {:>6} {:>14} {:<6}\n",
         "SERVER", "CLUSTER", "STATE", "MACHINE", "PID", "EPOCH", "LEASE LEFT", "MASTER"
     );
+    let last_known = |s: &ferry_api::ServerStatus| s.view_stale && s.lease_remaining_ms.is_some_and(|ms| ms > 0);
     for s in servers {
         out.push_str(&format!(
             "{:<12} {:<12} {:<14} {:<12} {:>8} {:>6} {:>14} {:<6}\n",
             s.name,
             s.cluster,
-            s.state,
+            if last_known(s) { format!("{}?", s.state) } else { s.state.clone() },
             s.machine.clone().unwrap_or_else(|| "-".into()),
             s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             s.epoch.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -447,13 +510,19 @@ fn status_table(servers: &[ferry_api::ServerStatus]) -> String {
             if s.master { "yes" } else { "" },
         ));
     }
+    for m in machines.iter().filter(|m| !m.reachable) {
+        out.push_str(&format!("{}  UNREACHABLE ({})\n", m.name, last_answer(m)));
+    }
+    if servers.iter().any(last_known) {
+        out.push_str("?: the last state its machine's Node Manager gave; it holds its lease\n");
+    }
     out.trim_end().to_string()
 }
 
 /// Prints an operation's steps as they happen (with `wait`) or just its id.
 async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, ClientError> {
     if !wait {
-        println!("operation {} ({} {}) accepted; follow it with `ferry events --follow`", op.id, op.kind, op.target);
+        outln!("operation {} ({} {}) accepted; follow it with `ferry events --follow`", op.id, op.kind, op.target);
         return Ok(0);
     }
     let started = clock::now();
@@ -474,24 +543,19 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
             if tty {
                 bar.println(line);
             } else {
-                println!("{line}");
+                outln!("{line}");
             }
         }
         shown = cur.steps.len();
         match cur.state.as_str() {
             "succeeded" => {
                 bar.finish_and_clear();
-                println!(
-                    "{} {} succeeded in {:.2}s",
-                    cur.kind,
-                    cur.target,
-                    clock::now().since(started) as f64 / 1000.0
-                );
+                outln!("{} {} succeeded in {:.2}s", cur.kind, cur.target, clock::now().since(started) as f64 / 1000.0);
                 return Ok(0);
             }
             "failed" => {
                 bar.finish_and_clear();
-                eprintln!("{} {} failed: {}", cur.kind, cur.target, cur.error.unwrap_or_default());
+                errln!("{} {} failed: {}", cur.kind, cur.target, cur.error.unwrap_or_default());
                 return Ok(EXIT_FAILED);
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -34,7 +34,7 @@ impl Narrator {
 
     fn say(&self, at_ms: u64, step: &str, text: &str) {
         let rel = at_ms as i64 - self.t0_ms as i64;
-        println!("  {:>+7.3}s  {step:<5} {text}", rel as f64 / 1000.0);
+        outln!("  {:>+7.3}s  {step:<5} {text}", rel as f64 / 1000.0);
     }
 
     /// Narrates events until `done` says the figure is over or `patience` runs out.
@@ -100,29 +100,29 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         Some(d) => d,
         None => tempfile::Builder::new().prefix("ferry-demo-").tempdir()?.keep(),
     };
-    println!("ferry demo: whole server migration, live (WebLogic Server 10.3, chapter 7, Figures 7-1, 7-2, 7-3)\n");
-    println!("domain file:  {}", dir.join("domain.toml").display());
-    println!("timings:      health_check_interval {INTERVAL_MS} ms x {PERIODS} periods = lease {} ms; fencing_grace_period {GRACE_MS} ms", INTERVAL_MS * PERIODS as u64);
+    outln!("ferry demo: whole server migration, live (WebLogic Server 10.3, chapter 7, Figures 7-1, 7-2, 7-3)\n");
+    outln!("domain file:  {}", dir.join("domain.toml").display());
+    outln!("timings:      health_check_interval {INTERVAL_MS} ms x {PERIODS} periods = lease {} ms; fencing_grace_period {GRACE_MS} ms", INTERVAL_MS * PERIODS as u64);
     if let Some(ds) = &spec.data_source {
         // A database named on the command line gets its lease table first (idempotent).
         ferry_store::init(ds)
             .await
             .with_context(|| format!("cannot prepare the lease table at {}", ferry_core::domain::redact_url(ds)))?;
-        println!("lease table:  {}", ferry_core::domain::redact_url(ds));
+        outln!("lease table:  {}", ferry_core::domain::redact_url(ds));
     }
     let mut h = Harness::start(spec, &exe, Some(dir.clone())).await?;
-    println!(
+    outln!(
         "admin:        {}   (try: ferry status --admin {} --token-file {} in another terminal)",
         h.admin_url,
         h.admin_url,
         h.admin_token_file().display()
     );
-    println!(
+    outln!(
         "machines:     machine-b, machine-c, machine-d (one Node Manager each; logs in {})",
         dir.join("logs").display()
     );
     for (s, a) in &h.service_addr {
-        println!("service {s}:  http://{a}  (its address on this host: the floating IP's stand-in)");
+        outln!("service {s}:  http://{a}  (its address on this host: the floating IP's stand-in)");
     }
 
     let admin = h.admin();
@@ -133,7 +133,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
     };
 
     // ---- Figure 7-1 ----
-    println!("\nFigure 7-1  Startup of a cluster with migratable servers");
+    outln!("\nFigure 7-1  Startup of a cluster with migratable servers");
     n.t0_ms = clock::wall_ms();
     n.say(n.t0_ms, "1.", "the administrator starts the cluster: ferry start-cluster cluster-1");
     admin.start_cluster("cluster-1").await?;
@@ -165,7 +165,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
     let status = h.status().await?;
     n.say(clock::wall_ms(), "7.", "the servers renew their leases every health_check_interval:");
     for s in &status {
-        println!(
+        outln!(
             "             {} on {} epoch {} lease left {} ms{}",
             s.name,
             s.machine.clone().unwrap_or_default(),
@@ -176,10 +176,10 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
     }
     let master = status.iter().find(|s| s.master).map(|s| s.name.clone()).unwrap_or_default();
     let (_, before) = answered_from(&h, "ms2", "machine-c", Duration::from_secs(10)).await?;
-    println!("             ms2 answers: {before}");
+    outln!("             ms2 answers: {before}");
 
     // ---- Figure 7-2 ----
-    println!("\nFigure 7-2  Automatic migration of a failed server");
+    outln!("\nFigure 7-2  Automatic migration of a failed server");
     n.t0_ms = clock::wall_ms();
     let killed = h.kill_machine("machine-c");
     n.say(
@@ -220,7 +220,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
     let bound = INTERVAL_MS * PERIODS as u64 + GRACE_MS;
 
     // ---- Figure 7-3 (failback) ----
-    println!("\nFigure 7-3  Manual whole server migration (failback of ms2 to its repaired machine)");
+    outln!("\nFigure 7-3  Manual whole server migration (failback of ms2 to its repaired machine)");
     n.t0_ms = clock::wall_ms();
     h.start_nm("machine-c").await?;
     n.say(clock::wall_ms(), "", "machine C is repaired: its Node Manager runs again");
@@ -264,28 +264,28 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
     // ---- Summary ----
     let journals: Vec<_> = ["ms1", "ms2"].iter().map(|s| crate::harness::check_journal(&h.journal_path(s))).collect();
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-    println!("\nSummary (measured on this host)");
-    println!("  {:<62} {:>10} {:>16}", "", "measured", "seed's bound");
-    println!("  {:<62} {:>10}", "cluster master", master);
-    println!("  {:<62} {:>10}", "7-2 machine C killed -> master saw ms2's lease expired", ms(detect));
-    println!(
+    outln!("\nSummary (measured on this host)");
+    outln!("  {:<62} {:>10} {:>16}", "", "measured", "seed's bound");
+    outln!("  {:<62} {:>10}", "cluster master", master);
+    outln!("  {:<62} {:>10}", "7-2 machine C killed -> master saw ms2's lease expired", ms(detect));
+    outln!(
         "  {:<62} {:>10} {:>16}",
         "7-2 machine C killed -> ms2 restarted on machine D",
         ms(started),
         format!("{bound} ms + start")
     );
-    println!("  {:<62} {:>10}", "7-2 machine C killed -> ms2 holds its lease on machine D", ms(leased));
-    println!("  {:<62} {:>10}", "7-2 machine C killed -> ms2's service answers from machine D", format!("{total} ms"));
-    println!(
+    outln!("  {:<62} {:>10}", "7-2 machine C killed -> ms2 holds its lease on machine D", ms(leased));
+    outln!("  {:<62} {:>10}", "7-2 machine C killed -> ms2's service answers from machine D", format!("{total} ms"));
+    outln!(
         "  {:<62} {:>10}",
         "7-3 ferry migrate ms2 --to machine-c -> answers from machine C",
         format!("{failback} ms")
     );
-    println!("  (bound = health_check_interval x periods + fencing_grace_period = {INTERVAL_MS} x {PERIODS} + {GRACE_MS} ms,");
-    println!("   until the master acts; starting the process on machine D comes on top)");
+    outln!("  (bound = health_check_interval x periods + fencing_grace_period = {INTERVAL_MS} x {PERIODS} + {GRACE_MS} ms,");
+    outln!("   until the master acts; starting the process on machine D comes on top)");
     for (s, j) in ["ms1", "ms2"].iter().zip(&journals) {
         match j {
-            Ok(list) => println!(
+            Ok(list) => outln!(
                 "  {:<58} {:>10}",
                 format!(
                     "{s}: instances (epochs {}), never two at once",
@@ -293,7 +293,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
                 ),
                 "ok"
             ),
-            Err(e) => println!("  {s}: SAFETY CHECK FAILED: {e}"),
+            Err(e) => outln!("  {s}: SAFETY CHECK FAILED: {e}"),
         }
     }
     if journals.iter().any(|j| j.is_err()) {
@@ -301,10 +301,10 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
     }
     if exit_after {
         h.shutdown();
-        println!("\ndone; every process was stopped. The domain's files stay in {}", dir.display());
+        outln!("\ndone; every process was stopped. The domain's files stay in {}", dir.display());
         return Ok(());
     }
-    println!("\nThe cluster stays up. In another terminal:\n  export FERRY_ADMIN={}\n  export FERRY_TOKEN_FILE={}\n  ferry status\n  ferry events\n  ferry migrate ms1 --to machine-d --wait\nPress Ctrl-C to stop every process.", h.admin_url, h.admin_token_file().display());
+    outln!("\nThe cluster stays up. In another terminal:\n  export FERRY_ADMIN={}\n  export FERRY_TOKEN_FILE={}\n  ferry status\n  ferry events\n  ferry migrate ms1 --to machine-d --wait\nPress Ctrl-C to stop every process.", h.admin_url, h.admin_token_file().display());
     // Ctrl-C, or SIGTERM from a supervisor: either way every process goes.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -312,7 +312,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         _ = term.recv() => {}
     }
     h.shutdown();
-    println!("\nstopped every process; the domain's files stay in {}", dir.display());
+    outln!("\nstopped every process; the domain's files stay in {}", dir.display());
     Ok(())
 }
 
@@ -328,31 +328,31 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     // Faster than the one-host demo: the lab's network is quick, and so is PostgreSQL.
     let (interval, periods, grace) = (200u64, 3u32, 300u64);
     let spec = DomainSpec::figure_7_1(interval, periods, grace);
-    println!("ferry demo --hosts: whole server migration between network-namespace machines\n");
+    outln!("ferry demo --hosts: whole server migration between network-namespace machines\n");
     let Some(mut d) = LabDomain::start(spec, &exe, dir).await? else {
         anyhow::bail!(
             "the lab cannot run here (see above): it needs root, iproute2, nftables, iputils-arping and postgresql"
         );
     };
-    println!("lab:          switch 198.18.1.1 (PostgreSQL, Administration Server), client 198.18.1.2");
+    outln!("lab:          switch 198.18.1.1 (PostgreSQL, Administration Server), client 198.18.1.2");
     for m in &d.spec.machines {
-        println!("              {m}: {} (its own network namespace, Node Manager on :5556)", d.lab.addr(m)?);
+        outln!("              {m}: {} (its own network namespace, Node Manager on :5556)", d.lab.addr(m)?);
     }
-    println!("domain file:  {}", d.domain_file.display());
-    println!(
+    outln!("domain file:  {}", d.domain_file.display());
+    outln!(
         "timings:      interval {interval} ms x {periods} = lease {} ms, grace {grace} ms",
         interval * periods as u64
     );
     let fip = d.floating["ms2"];
     let start = clock::wall_ms();
     let say = |t0: u64, step: &str, text: &str| {
-        println!("  {:>+7.3}s  {step:<5} {text}", (clock::wall_ms() as i64 - t0 as i64) as f64 / 1000.0)
+        outln!("  {:>+7.3}s  {step:<5} {text}", (clock::wall_ms() as i64 - t0 as i64) as f64 / 1000.0)
     };
     let narrate = |t0: u64, e: &Event, step: &str| {
-        println!("  {:>+7.3}s  {step:<5} {}", (e.at_ms as i64 - t0 as i64) as f64 / 1000.0, e.message)
+        outln!("  {:>+7.3}s  {step:<5} {}", (e.at_ms as i64 - t0 as i64) as f64 / 1000.0, e.message)
     };
 
-    println!("\nFigure 7-1  Startup");
+    outln!("\nFigure 7-1  Startup");
     say(start, "1.", "ferry start-cluster cluster-1");
     let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await?;
     if !out.status.success() {
@@ -392,7 +392,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         ),
     );
 
-    println!("\nFigure 7-2  Machine C crashes (every process killed, cable pulled)");
+    outln!("\nFigure 7-2  Machine C crashes (every process killed, cable pulled)");
     let before = d.status().await?.into_iter().find(|s| s.name == "ms2").map(|s| s.epoch.unwrap_or(0)).unwrap_or(0);
     let t0 = clock::wall_ms();
     let t0_boot = clock::now().0;
@@ -428,7 +428,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
             holders.extend(on(&m, &d.addresses(&m).await?));
         }
     }
-    println!(
+    outln!(
         "  client:    last answer from machine-c {} ms before the crash; first answer from {} {} ms after it (outage); the floating IP is now on {}",
         view.last_before_ms.map_or("-".to_string(), |t| (t0_boot as i64 - t as i64).to_string()),
         view.new_machine.clone().unwrap_or_default(),
@@ -436,32 +436,26 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         holders.join(", ")
     );
 
-    println!("\nFigure 7-3  Machine C is repaired; ms2 fails back by hand");
+    outln!("\nFigure 7-3  Machine C is repaired; ms2 fails back by hand");
     d.lab.revive("machine-c").await?;
     d.start_nm("machine-c")?;
     d.wait_nm("machine-c", Duration::from_secs(20)).await?;
     let t3 = clock::wall_ms();
     say(t3, "1.", "ferry migrate ms2 --to machine-c --wait");
     let out = d.cli(&["migrate", "ms2", "--to", "machine-c", "--wait"]).await?;
-    print!(
-        "{}",
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("             {l}\n")).collect::<String>()
-    );
+    out!("{}", String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("             {l}\n")).collect::<String>());
     let back = d.wait_running("ms2", "machine-c", 0, Duration::from_secs(30)).await?;
     let safe: Vec<_> =
         ["ms1", "ms2"].iter().map(|s| crate::harness::check_journal(&d.journal_path(s)).map(|l| l.len())).collect();
-    println!("\nSummary");
-    println!(
+    outln!("\nSummary");
+    outln!(
         "  client outage when machine-c crashed: {} ms (bound: lease {} + grace {grace} + scan + start)",
         view.outage_ms.map_or("-".into(), |t| t.to_string()),
         interval * periods as u64
     );
-    println!("  ms2 back on machine-c with fencing token {}", back.epoch.unwrap_or(0));
-    println!(
-        "  no two instances at once (journals): {}",
-        if safe.iter().all(|r| r.is_ok()) { "ok" } else { "VIOLATED" }
-    );
-    println!(
+    outln!("  ms2 back on machine-c with fencing token {}", back.epoch.unwrap_or(0));
+    outln!("  no two instances at once (journals): {}", if safe.iter().all(|r| r.is_ok()) { "ok" } else { "VIOLATED" });
+    outln!(
         "  an older instance answered the client after a newer one: {}",
         if view.went_back.is_some() { "YES" } else { "never" }
     );
@@ -474,7 +468,8 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         );
     }
     if !out.status.success() {
-        problems.push(format!("ferry migrate ms2 --to machine-c failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        problems
+            .push(format!("ferry migrate ms2 --to machine-c failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     for (s, r) in ["ms1", "ms2"].iter().zip(&safe) {
         if let Err(e) = r {
@@ -488,10 +483,10 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         anyhow::bail!("the demo did not play out as Figures 7-2 and 7-3 say: {}", problems.join("; "));
     }
     if exit_after {
-        println!("\ndone; the lab is being removed");
+        outln!("\ndone; the lab is being removed");
         return Ok(());
     }
-    println!("\nThe lab stays up. Look around (as root):\n  ip netns list\n  ip netns exec {} {} --admin {} --ca {} --token-file {} status\nPress Ctrl-C to remove the lab.", d.lab.namespace("sw")?, exe.display(), d.admin_url, d.ca_file(), d.admin_token_file().display());
+    outln!("\nThe lab stays up. Look around (as root):\n  ip netns list\n  ip netns exec {} {} --admin {} --ca {} --token-file {} status\nPress Ctrl-C to remove the lab.", d.lab.namespace("sw")?, exe.display(), d.admin_url, d.ca_file(), d.admin_token_file().display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

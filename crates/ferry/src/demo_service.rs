@@ -42,7 +42,7 @@ pub async fn run(listen: SocketAddr, journal: Option<PathBuf>) -> i32 {
         }
     }
     let Some(listener) = listener else {
-        eprintln!("demo-service: cannot listen on {listen}");
+        errln!("demo-service: cannot listen on {listen}");
         return 1;
     };
     let body = serde_json::json!({ "server": server, "machine": machine, "fencing_token": epoch, "incarnation": incarnation, "pid": pid }).to_string();
@@ -93,7 +93,7 @@ pub struct ClientLine {
 /// (or its absence) to `log`: what a user of the floating IP saw.
 pub async fn run_client(target: SocketAddr, log: PathBuf, interval_ms: u64) -> i32 {
     let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) else {
-        eprintln!("demo-client: cannot open {}", log.display());
+        errln!("demo-client: cannot open {}", log.display());
         return 1;
     };
     loop {

@@ -147,7 +147,7 @@ impl Harness {
             // FERRY_TEST_KEEP=1 keeps the directory (logs, events, journals) for a post-mortem.
             None if std::env::var_os("FERRY_TEST_KEEP").is_some() => {
                 let t = tempfile::Builder::new().prefix("ferry-").tempdir()?.keep();
-                eprintln!("harness directory kept: {}", t.display());
+                errln!("harness directory kept: {}", t.display());
                 (t, None)
             }
             None => {

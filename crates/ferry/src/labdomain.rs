@@ -211,7 +211,10 @@ impl LabDomain {
 
     pub async fn events(&self) -> anyhow::Result<Vec<ferry_api::Event>> {
         let out = self.cli(&["events", "-o", "json"]).await?;
-        Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+        if !out.status.success() {
+            bail!("ferry events: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Waits until `server` runs on `machine` with an epoch above `epoch`.
@@ -333,6 +336,9 @@ fn domain_toml(
             "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{addr}:{NM_PORT}\"\ninterface = \"{}\"\nnetmask = \"255.255.255.0\"\n",
             spec.interfaces.iter().find(|(n, _)| n == m).map_or(ferry_lab::HOST_IFACE, |(_, i)| i.as_str())
         );
+        if let Some((_, hook, timeout_ms)) = spec.ifconfig_hooks.iter().find(|(h, _, _)| h == m) {
+            t += &format!("hooks = {{ ifconfig = \"{}\", timeout = \"{timeout_ms}ms\" }}\n", hook.display());
+        }
     }
     t += &format!(
         "\n[[clusters]]\nname = \"{}\"\nmigration_candidates = [{}]\nfencing_grace_period = \"{}ms\"\nmigration_retry_delay = \"{}ms\"\n",

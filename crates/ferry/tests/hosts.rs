@@ -1084,3 +1084,71 @@ async fn hung_server_orphaned_by_a_node_manager_restart_is_fenced_before_a_new_i
     );
     assert_journals_safe(&d);
 }
+
+/// Issue 9, items 1 and 2 on real hosts, with the example `ifconfig` hook
+/// (`examples/hooks/ifconfig.sh`: `ip`, a duplicate-address probe with `arping -D`, exit 3
+/// when another host answers) made to take half a second to remove an address. A manual
+/// migration waits for the source's `removeif`, so the target's probe finds the address
+/// free. Then every process of the server's machine dies while its kernel keeps the
+/// address: every other candidate refuses the server (address in use) and nothing moves,
+/// until that machine's Node Manager starts again and removes what it left behind.
+#[tokio::test]
+async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what_it_left() {
+    let _g = SERIAL.lock().await;
+    let hooks = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hooks/ifconfig.sh");
+    let hook = hooks.path().join("slow-removeif.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\nif [ \"$1\" = removeif ]; then sleep 0.5; fi\nexec {} \"$@\"\n", example.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
+    spec.ifconfig_hooks = spec.machines.iter().map(|m| (m.clone(), hook.clone(), 5_000)).collect();
+    let Some(mut d) = LabDomain::start(spec, exe(), None).await.expect("the lab domain starts") else { return };
+    start_cluster(&d).await;
+    client_on(&mut d, "ms2").await;
+    let fip = d.floating["ms2"].ip().to_string();
+    assert!(has_ip(&d, "machine-c", &fip).await);
+    let before = status_of(&d, "ms2").await;
+
+    // 1. The migration: the stop answers after the slow removeif; machine-d's probe is clean.
+    let out = d.cli(&["migrate", "ms2", "--to", "machine-d", "--wait"]).await.unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), trail(&events(&d).await));
+    let on_d = d.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.unwrap();
+    assert!(has_ip(&d, "machine-d", &fip).await && !has_ip(&d, "machine-c", &fip).await);
+    let ev = events(&d).await;
+    assert_eq!(count(&ev, "address-in-use", "ms2"), 0, "machine-d found the address free:\n{}", trail(&ev));
+    let removed = ev.iter().find(|e| e.kind == "removeif" && e.machine.as_deref() == Some("machine-c")).unwrap();
+    let stopped = ev.iter().find(|e| e.kind == "nm-stopped" && e.server.as_deref() == Some("ms2")).unwrap();
+    assert!(removed.at_ms <= stopped.at_ms, "the stop answered before the address was gone:\n{}", trail(&ev));
+    wait_client_new(&d, "ms2", 0, before.epoch.unwrap()).await;
+
+    // 2. Every process of machine-d dies; its kernel (and the address) stays.
+    let seen = ev.len();
+    for pid in d.lab.pids("machine-d").await.unwrap() {
+        process::signal(pid, Signal::SIGKILL);
+    }
+    wait_event(&d, "a candidate to refuse ms2 because its address still answers", |e| {
+        e.kind == "address-in-use" && e.server.as_deref() == Some("ms2")
+    })
+    .await;
+    assert!(has_ip(&d, "machine-d", &fip).await, "the dead machine's kernel still holds the address");
+    let holders_now = holders(&d, &fip).await;
+    assert_eq!(holders_now, vec!["machine-d".to_string()], "nobody else took the address");
+    d.start_nm("machine-d").unwrap();
+    wait_event(&d, "machine-d's Node Manager to remove the leftover address", |e| {
+        e.kind == "leftover" && e.server.as_deref() == Some("ms2") && e.source == "nodemanager/machine-d"
+    })
+    .await;
+    let back = wait_running_anywhere(&d, "ms2", on_d.epoch.unwrap()).await;
+    let machine = back.machine.clone().unwrap();
+    assert_eq!(holders(&d, &fip).await, vec![machine.clone()], "the address is where ms2 runs: {back:?}");
+    let ev = events(&d).await;
+    println!("after the Node Manager's restart ms2 runs on {machine}:\n{}", trail(&ev[seen..]));
+    let t = clock::now().0;
+    wait_client_after(&d, "ms2", t).await;
+    assert_client_safe(&d, "ms2");
+    assert_journals_safe(&d);
+}

@@ -563,6 +563,13 @@ async fn the_command_line_drives_the_domain() {
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("start-cluster cluster-1 succeeded"));
+    // On a running cluster, every server gets its line, the first one too.
+    let out = ferry_cli(&url, &cfg, &["start-cluster", "cluster-1", "--wait"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for line in ["ms1 is already running on machine-b", "ms2 is already running on machine-c"] {
+        assert_eq!(text.matches(line).count(), 1, "start-cluster --wait on a running cluster:\n{text}");
+    }
 
     let out = ferry_cli(&url, &cfg, &["status", "-o", "json"]);
     assert!(out.status.success());
@@ -598,10 +605,7 @@ async fn the_command_line_drives_the_domain() {
     }
 
     let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
-    let events: Vec<ferry_api::Event> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
-        .collect();
+    let events: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
     assert!(events.iter().any(|e| e.kind == "master-acquired"));
     assert!(events.iter().any(|e| e.kind == "lease-released" && e.server.as_deref() == Some("ms1")));
 
@@ -726,8 +730,7 @@ async fn operator_tokens_have_roles_and_every_change_names_its_token() {
 
     // The audit trail names the tokens: `-o json` and the human form.
     let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
-    let events: Vec<ferry_api::Event> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
     let by = |kind: &str, who: &str| events.iter().any(|e| e.kind == kind && e.by.as_deref() == Some(who));
     assert!(by("nm-stopped", "ci") && by("nm-started", "ci"), "the stop and start name 'ci'");
     assert!(by("config-changed", "admin") && by("token-created", "admin") && by("token-revoked", "admin"));
@@ -1888,4 +1891,304 @@ async fn a_fenced_server_is_restarted_by_the_master_alone_while_one_is_live() {
     assert!(ms2.iter().any(|e| e.kind == "restart-in-place" && e.source.starts_with("server/")), "{ms2:#?}");
     assert!(!ms2.iter().any(|e| e.kind == "restart-after-fence"), "{ms2:#?}");
     journal_with(&h, "ms2", 2).await;
+}
+
+/// Every `*.log` file under `dir`, at any depth.
+fn log_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "log") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Logs written to files (the admin's and Node Managers' stderr, the servers' logs their
+/// Node Managers keep) are plain text: colour codes only on a terminal.
+#[tokio::test]
+async fn logs_written_to_files_have_no_colour_codes() {
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let files = log_files(&h.dir);
+    let names: Vec<String> = files.iter().map(|p| p.strip_prefix(&h.dir).unwrap_or(p).display().to_string()).collect();
+    for want in ["logs/admin.log", "logs/nm-machine-b.log", "logs/nm-machine-c.log"] {
+        assert!(names.iter().any(|n| n == want), "no {want} among {names:?}");
+    }
+    assert!(names.iter().any(|n| n.ends_with("server.log")), "no server log among {names:?}");
+    for f in &files {
+        let text = std::fs::read(f).unwrap();
+        assert!(!text.windows(2).any(|w| w == b"\x1b["), "{} holds ANSI escape codes", f.display());
+    }
+    // A Node Manager says how it really reached the admin: over TLS (item 10).
+    let nm_log = std::fs::read_to_string(h.dir.join("logs/nm-machine-b.log")).unwrap();
+    let enrolled =
+        nm_log.lines().find(|l| l.contains("enrolled with the Administration Server at")).unwrap_or_default();
+    assert!(enrolled.contains(" at https://127.0.0.1:"), "{enrolled}");
+}
+
+/// Names are checked by the client before any call (exit 2 with the reason), so a name can
+/// never reach another endpoint: the admin named here does not exist, and an attempt to
+/// call it would end in exit 3.
+#[test]
+fn names_are_checked_before_any_call() {
+    let cfg = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (&["stop", "../../etc"][..], "invalid server name \"../../etc\": must start with a letter or digit"),
+        (
+            &["start", "ms1/start"][..],
+            "invalid server name \"ms1/start\": may hold only letters, digits, '-', '_' and '.'",
+        ),
+        (&["migrate", "ms1", "--to", "machine-b/../x"][..], "invalid machine name \"machine-b/../x\""),
+        (&["migrate", "..", "--to", "machine-b"][..], "invalid server name \"..\""),
+        (&["start-cluster", "cluster 1"][..], "invalid cluster name \"cluster 1\""),
+        (&["machine", "revoke", "m%2F1"][..], "invalid machine name \"m%2F1\""),
+        (&["machine", "enroll-token", ""][..], "invalid machine name \"\": must not be empty"),
+    ] {
+        let out = ferry_cli("http://127.0.0.1:1", cfg.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "ferry {args:?}: {err}");
+        assert!(err.contains(want), "ferry {args:?} said {err}");
+    }
+}
+
+/// `ferry ARGS` with its stdout a pipe: `keep` bytes are read, then the pipe is closed while
+/// it still writes. Its exit status and stderr.
+fn ferry_cli_closed_pipe(h: &Harness, args: &[&str], keep: usize) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(exe())
+        .args(args)
+        .env("FERRY_ADMIN", &h.admin_url)
+        .env("FERRY_CONFIG_DIR", h.client_config_dir())
+        .env_remove("FERRY_TOKEN")
+        .env_remove("FERRY_TOKEN_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ferry runs");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; keep];
+    stdout.read_exact(&mut buf).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+/// Posts `n` events as a daemon does (with the domain secret).
+async fn post_events(h: &Harness, n: usize) {
+    let admin = ferry_api::AdminClient::with_secret(&h.admin_url, &h.secret().await.unwrap(), PATIENCE);
+    let batch = |i0: usize, k: usize| -> Vec<ferry_api::Event> {
+        (i0..i0 + k)
+            .map(|i| ferry_api::Event {
+                id: 0,
+                at_ms: 1,
+                source: "test".into(),
+                kind: "load".into(),
+                server: None,
+                machine: None,
+                epoch: None,
+                message: format!("event {i}"),
+                by: None,
+            })
+            .collect()
+    };
+    for i0 in (0..n).step_by(1_000) {
+        admin.post_events(&batch(i0, (n - i0).min(1_000))).await.unwrap();
+    }
+}
+
+/// `ferry events` pages through the whole log (more than one page of the API, more than
+/// its old cap of 10,000); `-o json` is one JSON array and `-o jsonl` one object per line;
+/// `--since` and `--limit` page by hand, and when it stops short, or the admin no longer
+/// holds the oldest events, stderr says what was left out and how to get it. No command
+/// panics when its reader closes the pipe.
+#[tokio::test]
+async fn events_page_through_everything_and_a_closed_pipe_ends_no_command_badly() {
+    let _g = SERIAL.lock().await;
+    let h = Harness::start(spec(), exe(), None).await.expect("domain starts");
+    let (url, cfg) = (h.admin_url.clone(), h.client_config_dir());
+    post_events(&h, 10_500).await;
+    let newest = h.admin().events_page(0, 1).await.unwrap().newest_id;
+    assert!(newest > 10_500, "{newest}");
+
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let all: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), (1..=newest).collect::<Vec<_>>());
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "jsonl"]);
+    let lines: Vec<ferry_api::Event> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect();
+    assert_eq!(lines, all);
+    let out = ferry_cli(&url, &cfg, &["events"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count() as u64, newest);
+
+    // By hand: a limit says what remains and how to get it; --since goes on from there.
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json", "--since", "100", "--limit", "2500"]);
+    let some: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(some.iter().map(|e| e.id).collect::<Vec<_>>(), (101..=2600).collect::<Vec<_>>());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "ferry: showed 2500 events (the --limit); events 2601 to {newest} remain: `ferry events --since 2600` shows them"
+        )
+    );
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json", "--since", "2600"]);
+    let rest: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rest.first().map(|e| e.id), Some(2601));
+    assert_eq!(rest.last().map(|e| e.id), Some(newest));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json", "--since", &newest.to_string()]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n");
+    let out = ferry_cli(&url, &cfg, &["events", "--follow", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use -o jsonl"));
+
+    // A reader that stops early: no panic, a clean exit.
+    let (code, err) = ferry_cli_closed_pipe(&h, &["events", "-o", "json"], 100);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "ferry events -o json | head -c 100");
+    let (code, err) = ferry_cli_closed_pipe(&h, &["events"], 100);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "ferry events | head -c 100");
+    for args in
+        [&["status"][..], &["status", "-o", "json"], &["machines"], &["leases", "-o", "json"], &["token", "list"]]
+    {
+        let (code, err) = ferry_cli_closed_pipe(&h, args, 1);
+        assert_eq!((code, err.as_str()), (Some(0), ""), "ferry {args:?} | head -c 1");
+    }
+
+    // Past what the admin keeps in memory: the oldest are named, and where they are.
+    post_events(&h, 10_500).await;
+    let page = h.admin().events_page(0, 1).await.unwrap();
+    let (oldest, newest) = (page.oldest_id.unwrap(), page.newest_id);
+    assert_eq!(newest - oldest + 1, ferry_api::EVENTS_KEPT as u64);
+    let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
+    let kept: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(kept.iter().map(|e| e.id).collect::<Vec<_>>(), (oldest..=newest).collect::<Vec<_>>());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "ferry: events 1 to {} are no longer held by the Administration Server (it keeps the newest 20000); they are in events.jsonl in its data directory",
+            oldest - 1
+        )
+    );
+    let log = std::fs::read_to_string(h.dir.join("data/admin/events.jsonl")).unwrap();
+    assert_eq!(log.lines().count() as u64, newest, "every event is in events.jsonl");
+}
+
+/// The pid of `machine`'s Node Manager.
+fn nm_pid(h: &Harness, machine: &str) -> i32 {
+    let is_nm = |pid: &i32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .split(|&b| b == 0)
+            .any(|a| a == b"nodemanager")
+    };
+    h.machine_pids(machine).into_iter().find(is_nm).expect("the Node Manager runs")
+}
+
+/// `ferry machines -o json` and `ferry status -o json` as the CLI prints them.
+fn cli_views(h: &Harness) -> (Vec<ferry_api::MachineStatus>, Vec<ferry_api::ServerStatus>) {
+    let cfg = h.client_config_dir();
+    let machines = ferry_cli(&h.admin_url, &cfg, &["machines", "-o", "json"]);
+    assert!(machines.status.success(), "{}", String::from_utf8_lossy(&machines.stderr));
+    let status = ferry_cli(&h.admin_url, &cfg, &["status", "-o", "json"]);
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    (serde_json::from_slice(&machines.stdout).unwrap(), serde_json::from_slice(&status.stdout).unwrap())
+}
+
+/// A machine whose Node Manager hangs (SIGSTOP: connections to it hang, as with a pulled
+/// cable) costs `ferry status` nothing: it answers from what the admin knows, marks the
+/// machine unreachable and stale with the age of its last answer, and shows the servers
+/// there as last known. Once the Node Manager answers again, so does the view.
+#[tokio::test]
+async fn status_answers_while_a_node_manager_hangs_and_marks_its_machine_stale() {
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let (machines, servers) = cli_views(&h);
+    assert!(machines.iter().all(|m| m.reachable && !m.stale && m.last_seen_age_ms.is_some()), "{machines:?}");
+    assert!(servers.iter().all(|s| !s.view_stale && s.state == "RUNNING"), "{servers:?}");
+
+    let nm = nm_pid(&h, "machine-c");
+    assert!(ferry_host::process::signal(nm, Signal::SIGSTOP));
+    let mut answers = 0;
+    let mut ages = Vec::new();
+    let stale = wait_until(PATIENCE, "status to mark machine-c stale", || {
+        let (machines, servers) = cli_views(&h);
+        answers += 1;
+        let c = machines.iter().find(|m| m.name == "machine-c").unwrap().clone();
+        let ms2 = servers.iter().find(|s| s.name == "ms2").unwrap().clone();
+        let done = !c.reachable
+            && c.stale
+            && c.error.is_some()
+            && c.servers.is_empty()
+            && ms2.machine.as_deref() == Some("machine-c")
+            && ms2.view_stale
+            && ms2.view_age_ms.is_some();
+        if done {
+            ages.push(c.last_seen_age_ms.expect("an age"));
+        }
+        async move { done }
+    })
+    .await;
+    let text = ferry_cli(&h.admin_url, &h.client_config_dir(), &["status"]);
+    let (machines, _) = cli_views(&h);
+    assert!(ferry_host::process::signal(nm, Signal::SIGCONT));
+    stale.unwrap();
+    assert!(answers > 0);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(text.contains("machine-c  UNREACHABLE (last answered ") && text.contains(" s ago: "), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ms2 ") && l.contains("RUNNING? ")), "{text}");
+    let later = machines.iter().find(|m| m.name == "machine-c").unwrap().last_seen_age_ms.unwrap();
+    assert!(later > ages[0], "the age grows: {} then {later}", ages[0]);
+    // machine-b's Node Manager answered all along.
+    assert!(machines.iter().find(|m| m.name == "machine-b").unwrap().reachable);
+
+    wait_until(PATIENCE, "machine-c's view to be fresh again", || {
+        let (machines, _) = cli_views(&h);
+        async move { machines.iter().all(|m| m.reachable && !m.stale) }
+    })
+    .await
+    .unwrap();
+    assert_safe(&h).await;
+}
+
+/// A Node Manager that was itself stopped (SIGSTOP, a frozen cgroup, a starved host) woke to
+/// find its servers' deadlines passed, while their newer deadlines still waited unread on its
+/// local channel, and killed a healthy server (found while testing `ferry status` against a
+/// stopped Node Manager). It now reads what queued up first: a server that kept renewing
+/// (directly, while its Node Manager did not answer) keeps running.
+#[tokio::test]
+async fn a_node_manager_resumed_after_a_pause_does_not_fence_its_healthy_servers() {
+    let _g = SERIAL.lock().await;
+    let h = started().await;
+    let before = status_of(&h, "ms2").await;
+    let since = events(&h).await.last().map_or(0, |e| e.id);
+    let pid = nm_pid(&h, "machine-c");
+    for _ in 0..3 {
+        assert!(ferry_host::process::signal(pid, Signal::SIGSTOP));
+        // Well past a lease (600 ms): every deadline ms2 reported meanwhile queues unread.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert!(ferry_host::process::signal(pid, Signal::SIGCONT));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    wait_until(PATIENCE, "machine-c's Node Manager to answer again", || async {
+        h.nm_client("machine-c", Duration::from_secs(2)).await.unwrap().health().await.is_ok()
+    })
+    .await
+    .unwrap();
+    let after = status_of(&h, "ms2").await;
+    let ev = h.admin().events(since).await.unwrap();
+    let fenced: Vec<_> = ev.iter().filter(|e| e.kind == "fenced" || e.kind == "server-exited").collect();
+    assert!(fenced.is_empty(), "nobody was fenced: {fenced:#?}");
+    assert_eq!((after.epoch, after.machine.as_deref()), (before.epoch, Some("machine-c")), "{after:?}");
+    assert_safe(&h).await;
 }
