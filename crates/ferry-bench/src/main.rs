@@ -118,6 +118,9 @@ struct OutageArgs {
     /// fencing_grace_period.
     #[arg(long, default_value_t = 500)]
     grace_ms: u64,
+    /// How long the table stays down after every server fenced itself.
+    #[arg(long, default_value_t = 10_000)]
+    down_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -239,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(a) = og {
         let t = Timings { interval_ms: a.interval_ms, periods: a.periods, grace_ms: a.grace_ms };
         anyhow::ensure!(a.interval_ms > 0 && a.periods > 0, "interval and periods must be positive");
-        let rep = outage::run(&exe, &base.join("outage"), a.runs, t).await?;
+        let rep = outage::run(&exe, &base.join("outage"), a.runs, t, a.down_ms).await?;
         outage::print(&rep);
         out.outage = Some(rep);
     }

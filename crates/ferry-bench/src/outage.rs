@@ -35,18 +35,20 @@ pub struct OutageRun {
 pub struct OutageReport {
     pub timings: Timings,
     pub runs_requested: usize,
+    /// How long the table stayed down after every server had fenced itself.
+    pub down_after_fence_ms: u64,
     pub loadavg_before: String,
     pub loadavg_after: String,
     pub runs: Vec<OutageRun>,
 }
 
-pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings) -> anyhow::Result<OutageReport> {
+pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings, down_ms: u64) -> anyhow::Result<OutageReport> {
     let loadavg_before = common::loadavg();
     let mut out = Vec::new();
     for i in 1..=runs {
         let dir = base.join(format!("run-{i:03}"));
         let mut r = OutageRun { run: i, dir: dir.display().to_string(), ..Default::default() };
-        if let Err(e) = one(exe, &dir, t, &mut r).await {
+        if let Err(e) = one(exe, &dir, t, down_ms, &mut r).await {
             r.error = Some(format!("{e:#}"));
         }
         eprintln!(
@@ -58,10 +60,17 @@ pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings) -> anyhow::Re
         );
         out.push(r);
     }
-    Ok(OutageReport { timings: t, runs_requested: runs, loadavg_before, loadavg_after: common::loadavg(), runs: out })
+    Ok(OutageReport {
+        timings: t,
+        runs_requested: runs,
+        down_after_fence_ms: down_ms,
+        loadavg_before,
+        loadavg_after: common::loadavg(),
+        runs: out,
+    })
 }
 
-async fn one(exe: &Path, dir: &Path, t: Timings, r: &mut OutageRun) -> anyhow::Result<()> {
+async fn one(exe: &Path, dir: &Path, t: Timings, down_ms: u64, r: &mut OutageRun) -> anyhow::Result<()> {
     let mut pg = ferry_store::testing::PgServer::start()?;
     ferry_store::init(&pg.url()).await?;
     let mut spec = DomainSpec::figure_7_1(t.interval_ms, t.periods, t.grace_ms);
@@ -78,7 +87,7 @@ async fn one(exe: &Path, dir: &Path, t: Timings, r: &mut OutageRun) -> anyhow::R
     common::settle_random_phase(t).await;
     let down_at = clock::now();
     pg.stop()?;
-    // Every server fences itself; then the table stays away one lease longer.
+    // Every server fences itself; then the table stays away `down_ms` longer.
     wait_until(PATIENCE, "every service to stop answering", || async {
         let mut none = true;
         for s in ["ms1", "ms2"] {
@@ -87,7 +96,7 @@ async fn one(exe: &Path, dir: &Path, t: Timings, r: &mut OutageRun) -> anyhow::R
         none
     })
     .await?;
-    tokio::time::sleep(Duration::from_millis(t.ttl_ms())).await;
+    tokio::time::sleep(Duration::from_millis(down_ms)).await;
     pg.start_again()?;
     let back = clock::now();
     r.down_ms = back.since(down_at);
@@ -117,12 +126,13 @@ pub fn print(rep: &OutageReport) {
     let col = |f: fn(&OutageRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
     println!("\n## lease-table outage: PostgreSQL stopped until every server fenced itself, then started again\n");
     println!(
-        "settings: health_check_interval {} ms x {} periods = lease {} ms, fencing_grace_period {} ms; {} runs, each a fresh domain on a private PostgreSQL; the table stays down one lease after the last fence; load average {} before, {} after\n",
+        "settings: health_check_interval {} ms x {} periods = lease {} ms, fencing_grace_period {} ms; {} runs, each a fresh domain on a private PostgreSQL; the table stays down {} ms after every service stopped answering; load average {} before, {} after\n",
         t.interval_ms,
         t.periods,
         t.ttl_ms(),
         t.grace_ms,
         rep.runs_requested,
+        rep.down_after_fence_ms,
         rep.loadavg_before,
         rep.loadavg_after
     );

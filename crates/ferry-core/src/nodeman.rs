@@ -24,17 +24,16 @@ pub enum ExitKind {
 }
 
 impl ExitKind {
-    /// Classifies an exit status: `code` if it exited, `signal` if a signal killed it.
+    /// Classifies an exit status: `code` if it exited (`None`: a signal killed it), and
+    /// whether this Node Manager was stopping or killing it. The server's own word comes
+    /// first: one that exited 75 fenced itself even if the Node Manager's backstop fired
+    /// at the same moment (it found nothing left to kill).
     pub fn classify(code: Option<i32>, killed_by_us: bool) -> ExitKind {
-        match code {
-            Some(0) => return ExitKind::Clean,
-            _ if killed_by_us => return ExitKind::KilledByUs,
-            _ => {}
-        }
         match code {
             Some(0) => ExitKind::Clean,
             Some(75) => ExitKind::Fenced,
             Some(78) => ExitKind::ConfigError,
+            _ if killed_by_us => ExitKind::KilledByUs,
             _ => ExitKind::Crash,
         }
     }
@@ -498,5 +497,7 @@ mod tests {
         assert_eq!(ExitKind::classify(Some(78), false), ExitKind::ConfigError);
         assert_eq!(ExitKind::classify(None, false), ExitKind::Crash);
         assert_eq!(ExitKind::classify(None, true), ExitKind::KilledByUs);
+        assert_eq!(ExitKind::classify(Some(75), true), ExitKind::Fenced, "it fenced itself before the backstop");
+        assert_eq!(ExitKind::classify(Some(1), true), ExitKind::KilledByUs, "a stop it did not survive");
     }
 }

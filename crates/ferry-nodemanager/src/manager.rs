@@ -994,6 +994,9 @@ impl Nm {
         );
         for action in actions {
             match action {
+                // A server that fenced itself while an operator or the master stopped it
+                // stays stopped.
+                SupervisorAction::Restart { if_unclaimed: true, .. } if stopping => {}
                 SupervisorAction::Restart { server, handover_from, delay_ms, if_unclaimed: true } => {
                     let nm = self.clone();
                     let generation = self.generation(&server);
@@ -1383,6 +1386,12 @@ impl Nm {
             if current {
                 self.teardown(&server).await;
             }
+        }
+        if n == 0 {
+            // The server had ended by itself (it fenced itself a moment earlier): its exit
+            // tells that story; this backstop killed nothing.
+            tracing::info!("{server} (pid {pid}) was already gone when its deadline passed");
+            return;
         }
         self.events.emit(
             "fenced",

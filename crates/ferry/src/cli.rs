@@ -483,13 +483,14 @@ fn domain_problems(errs: &ConfigErrors) -> i32 {
 fn validate(file: &std::path::Path) -> i32 {
     match ferry_host::files::load_domain(file) {
         Ok(d) => {
+            let n = |k: usize, one: &str| format!("{k} {one}{}", if k == 1 { "" } else { "s" });
             outln!(
-                "{}: domain {} is valid: {} machines, {} clusters, {} servers",
+                "{}: domain {} is valid: {}, {}, {}",
                 file.display(),
                 d.name,
-                d.machines.len(),
-                d.clusters.len(),
-                d.servers.len()
+                n(d.machines.len(), "machine"),
+                n(d.clusters.len(), "cluster"),
+                n(d.servers.len(), "server")
             );
             0
         }
