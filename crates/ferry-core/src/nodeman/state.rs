@@ -1,0 +1,81 @@
+//! The state of a server on its machine, as its Node Manager knows it: the first line of
+//! the seed's `server.state` file, `GET /nm/v1/servers`, and (with the lease table) the
+//! state word of `ferry status`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerState {
+    /// Started; its services do not answer their health checks yet.
+    Starting,
+    /// Its services answered their health checks.
+    Running,
+    /// Crashed; to be started again here at once (a lease handover).
+    Restarting,
+    /// Being stopped (graceful, then forced).
+    Stopping,
+    /// Not running: never started here, stopped, or it exited cleanly.
+    #[default]
+    Shutdown,
+    /// It fenced itself, or this Node Manager fenced it (rule 3).
+    Fenced,
+    /// It could not be started here, or crashed too often in a row (rule 9).
+    Failed,
+    /// It exited with a configuration error (exit 78): starting it again will not help.
+    FailedConfig,
+}
+
+impl ServerState {
+    /// The word as the seed's `server.state` file and the APIs write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerState::Starting => "STARTING",
+            ServerState::Running => "RUNNING",
+            ServerState::Restarting => "RESTARTING",
+            ServerState::Stopping => "STOPPING",
+            ServerState::Shutdown => "SHUTDOWN",
+            ServerState::Fenced => "FENCED",
+            ServerState::Failed => "FAILED",
+            ServerState::FailedConfig => "FAILED_CONFIG",
+        }
+    }
+
+    /// Parses [`ServerState::as_str`]'s words.
+    pub fn parse(word: &str) -> Option<ServerState> {
+        [
+            ServerState::Starting,
+            ServerState::Running,
+            ServerState::Restarting,
+            ServerState::Stopping,
+            ServerState::Shutdown,
+            ServerState::Fenced,
+            ServerState::Failed,
+            ServerState::FailedConfig,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == word)
+    }
+}
+
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_match_serde() {
+        for s in [ServerState::Starting, ServerState::FailedConfig, ServerState::Shutdown] {
+            assert_eq!(ServerState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+        assert_eq!(ServerState::parse("running"), None);
+    }
+}
