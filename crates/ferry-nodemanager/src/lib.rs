@@ -1,11 +1,22 @@
-//! ferry-nodemanager: the Node Manager (DESIGN §1). The only thing that starts, stops and
-//! kills servers on its machine. It runs each `ferry server` as a session leader, relays its
-//! reports, fences it when its lease deadline passes (rule 3), restarts it at once when it
-//! crashes (handing the lease over, rule 4), moves floating IPs and mounts through hooks, and
-//! refuses callers without the domain secret and commands from deposed masters (rule 5).
+//! ferry-nodemanager: the Node Manager (DESIGN §1), the only thing that starts, stops and
+//! kills servers on its machine. Its decisions are ferry-core's `NodeManager`; this crate is
+//! the shell around it:
+//!
+//! * `daemon`: start-up, enrollment, the listeners, the configuration refresh;
+//! * `actor`: the one task that owns the state machine and the processes, fed by messages;
+//! * `channel`: the local channel its servers report on (and adopted servers reconnect to);
+//! * `renewals`: the batcher that sends all its servers' renewals as one `renew_many`;
+//! * `plumbing`: floating IPs, mounts, spawning and killing;
+//! * `authorize`: who may command it (the admin, its cluster's current master);
+//! * `http`: `/nm/v1` over mutual TLS; `pki`: its certificates.
 
+mod actor;
+mod authorize;
+mod channel;
+mod daemon;
 mod http;
-mod manager;
 pub mod pki;
+mod plumbing;
+mod renewals;
 
-pub use manager::{run, NmOptions};
+pub use daemon::{run, NmOptions};

@@ -6,8 +6,8 @@ use crate::domain::Domain;
 use crate::ids::{Incarnation, ServerName};
 use crate::lease::Lease;
 use crate::nodeman::state::ServerState;
-use crate::time::Mono;
 use crate::nodeman::supervisor::{after_fence, AfterFence, ExitKind, SupervisorAction};
+use crate::time::Mono;
 
 use super::*;
 

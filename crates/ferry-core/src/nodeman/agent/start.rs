@@ -337,7 +337,14 @@ impl NodeManager {
     }
 
     /// Ends the current start with `refusal`.
-    pub(super) fn refuse(&mut self, now: Mono, domain: &Domain, server: &ServerName, refusal: Refusal, out: &mut Vec<Action>) {
+    pub(super) fn refuse(
+        &mut self,
+        now: Mono,
+        domain: &Domain,
+        server: &ServerName,
+        refusal: Refusal,
+        out: &mut Vec<Action>,
+    ) {
         let Some(slot) = self.slots.get_mut(server) else { return };
         if let Some(Work { job: Job::Start { id: Some(id), .. }, .. }) = &slot.work {
             out.push(Action::Reply { id: *id, result: Err(refusal) });

@@ -84,7 +84,13 @@ impl NodeManager {
         }
     }
 
-    pub(super) fn stop_after_teardown(&mut self, now: Mono, domain: &Domain, server: &ServerName, out: &mut Vec<Action>) {
+    pub(super) fn stop_after_teardown(
+        &mut self,
+        now: Mono,
+        domain: &Domain,
+        server: &ServerName,
+        out: &mut Vec<Action>,
+    ) {
         let slot = self.slots.get_mut(server).expect("slot");
         let Some(w) = slot.work.as_mut() else { return };
         if let (true, Some((inc, Some(epoch)))) = (w.forced, w.stopped.clone()) {
@@ -182,9 +188,7 @@ impl NodeManager {
         let Some(w) = slot.work.clone() else { return out };
         match (w.job, w.step) {
             (Job::Stop { .. }, Step::TearingDown) => self.stop_after_teardown(now, domain, server, &mut out),
-            (Job::Teardown { state }, Step::TearingDown) => {
-                self.finish_teardown(now, domain, server, state, &mut out)
-            }
+            (Job::Teardown { state }, Step::TearingDown) => self.finish_teardown(now, domain, server, state, &mut out),
             (Job::Start { .. }, Step::Undoing { refusal }) => self.refuse(now, domain, server, refusal, &mut out),
             _ => {}
         }

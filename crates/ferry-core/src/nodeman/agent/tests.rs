@@ -80,7 +80,9 @@ fn shape(actions: &[Action]) -> Vec<String> {
             Action::SetState { state, .. } => format!("state {state}"),
             Action::ReadLease { .. } => "read lease".into(),
             Action::ReadLeases { .. } => "read leases".into(),
-            Action::KillSession { pid, fence, .. } => format!("kill session {pid}{}", if *fence { " (fence)" } else { "" }),
+            Action::KillSession { pid, fence, .. } => {
+                format!("kill session {pid}{}", if *fence { " (fence)" } else { "" })
+            }
             Action::Terminate { pid, .. } => format!("terminate {pid}"),
             Action::KillOrphan { .. } => "kill orphan".into(),
             Action::Plumb { ip, .. } => format!("plumb {ip}"),
@@ -149,7 +151,10 @@ fn a_start_is_refused_while_another_holds_the_lease_or_the_table_cannot_be_read(
     );
     // An expired lease is no obstacle.
     nm.command(Mono(4), &d, 3, &s("ms1"), Origin::Admin, Command::Start { in_place: false });
-    assert_eq!(shape(&nm.lease_read(Mono(5), &d, &s("ms1"), Ok(Some(lease("ms1", "m2", "x", 4, -1))))), strs(&["kill orphan"]));
+    assert_eq!(
+        shape(&nm.lease_read(Mono(5), &d, &s("ms1"), Ok(Some(lease("ms1", "m2", "x", 4, -1))))),
+        strs(&["kill orphan"])
+    );
 }
 
 #[test]
@@ -178,7 +183,11 @@ fn an_address_still_in_use_is_a_refusal_worth_another_try_not_a_failure() {
     let a = nm.plumbed(Mono(7), &d, &s("ms1"), Err(("no eth9".into(), false)));
     assert_eq!(
         shape(&a),
-        strs(&["state FAILED", "event start-failed", "reply 502: not starting ms1: adding floating IP 198.18.1.101 failed: no eth9"])
+        strs(&[
+            "state FAILED",
+            "event start-failed",
+            "reply 502: not starting ms1: adding floating IP 198.18.1.101 failed: no eth9"
+        ])
     );
 }
 
@@ -239,7 +248,10 @@ fn a_fence_is_announced_once_the_address_is_gone() {
     assert_eq!(shape(&a), strs(&["event removeif", "state FENCED", "event fenced"]));
     match &a[2] {
         Action::Event { message, epoch, .. } => {
-            assert_eq!(message, "ms1 (pid 100) missed its lease deadline by 5 ms; the Node Manager killed its 2 processes");
+            assert_eq!(
+                message,
+                "ms1 (pid 100) missed its lease deadline by 5 ms; the Node Manager killed its 2 processes"
+            );
             assert_eq!(*epoch, Some(Epoch(3)));
         }
         other => panic!("{other:?}"),
@@ -379,7 +391,8 @@ fn leftovers_of_an_earlier_node_manager_are_removed_in_their_own_turn() {
 #[test]
 fn commands_for_a_server_that_may_not_run_here_are_refused_at_once() {
     let d = domain();
-    let mut nm = NodeManager::new(MachineName::new("m3").unwrap(), RestartPolicy::default(), NodeManagerTiming::default());
+    let mut nm =
+        NodeManager::new(MachineName::new("m3").unwrap(), RestartPolicy::default(), NodeManagerTiming::default());
     let a = nm.command(Mono(0), &d, 1, &s("ms1"), Origin::Admin, Command::Start { in_place: false });
     assert_eq!(
         shape(&a),
