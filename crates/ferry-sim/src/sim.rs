@@ -24,7 +24,8 @@ use ferry_core::domain::Domain;
 use ferry_core::keeper::{Keeper, KeeperAction, KeeperState, KeeperTiming};
 use ferry_core::lease::Lease;
 use ferry_core::master::{CommandResult, MasterAction, MasterTiming, Planner};
-use ferry_core::nodeman::{after_fence, AfterFence, ExitKind, RestartPolicy, Supervisor, SupervisorAction};
+use ferry_core::nodeman::agent::{CommandId, ServerReport};
+use ferry_core::nodeman::{Action, Command, NodeManager, NodeManagerTiming, Origin, Refusal, RestartPolicy};
 use ferry_core::time::Bugs;
 use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
 use rand::rngs::StdRng;
@@ -223,15 +224,14 @@ enum Ev {
         host: HostId,
         boot: u32,
     },
-    NmRestart {
+    /// A process of `host` ended; its Node Manager hears of it.
+    NmExit {
         host: HostId,
         boot: u32,
         server: ServerName,
-        handover_from: Incarnation,
-        /// For a fenced server brought back only if nobody else will (`after_fence`) and
-        /// nobody started it since: the generation, when it fenced (the host's clock), and
-        /// whether the store could not be read at an earlier look.
-        unclaimed: Option<(u64, u64, bool)>,
+        incarnation: Incarnation,
+        code: Option<i32>,
+        why: String,
     },
     AdminStart(usize),
     Fault(usize),
@@ -280,36 +280,33 @@ impl Ord for Scheduled {
 
 enum NmItem {
     Msg(Payload),
-    Restart { server: ServerName, handover_from: Incarnation, unclaimed: Option<(u64, u64, bool)> },
+    Exit { server: ServerName, incarnation: Incarnation, code: Option<i32>, why: String },
 }
 
+/// A machine's Node Manager: ferry-core's, plus what the simulation needs around it.
 struct Nm {
-    sup: Supervisor,
-    /// The live `ferry server` process of each server on this machine.
-    procs: BTreeMap<ServerName, InstId>,
+    core: NodeManager,
     /// Highest master epoch that arrived here, for the checker (property 3).
     seen: BTreeMap<ClusterName, Epoch>,
     /// Work that arrived while the host was frozen.
     inbox: VecDeque<NmItem>,
     wake_at: Option<u64>,
-    /// Bumped by every start that is not a handover (a master's, the operator's): a pending
-    /// restart of a fenced server gives way to it.
-    generation: BTreeMap<ServerName, u64>,
+    next_id: CommandId,
+    /// Commands of cluster masters waiting for the Node Manager's answer: who, which.
+    waiting: BTreeMap<CommandId, (InstId, u64)>,
 }
 
 impl Nm {
-    fn new(policy: RestartPolicy, bugs: Bugs) -> Self {
-        let mut sup = Supervisor::new(policy);
-        sup.bugs = bugs;
-        Nm {
-            sup,
-            procs: BTreeMap::new(),
-            seen: BTreeMap::new(),
-            inbox: VecDeque::new(),
-            wake_at: None,
-            generation: BTreeMap::new(),
-        }
+    fn new(machine: MachineName, policy: RestartPolicy, bugs: Bugs) -> Self {
+        let mut core = NodeManager::new(machine, policy, NodeManagerTiming::default());
+        core.supervisor.bugs = bugs;
+        Nm { core, seen: BTreeMap::new(), inbox: VecDeque::new(), wake_at: None, next_id: 0, waiting: BTreeMap::new() }
     }
+}
+
+/// The pid the Node Manager knows an instance by.
+fn pid_of(i: InstId) -> i32 {
+    i32::try_from(i + 1).unwrap_or(i32::MAX)
 }
 
 struct Host {
@@ -457,7 +454,7 @@ impl Sim {
                 frozen: false,
                 freeze_token: 0,
                 boot: 0,
-                nm: Some(Nm::new(policy, bugs)),
+                nm: Some(Nm::new(m.clone(), policy, bugs)),
             });
         }
         let db = hosts.len();
@@ -630,19 +627,19 @@ impl Sim {
                 }
                 self.nm_tick(host);
             }
-            Ev::NmRestart { host, boot, server, handover_from, unclaimed } => {
-                if !self.hosts[host].up || self.hosts[host].boot != boot {
+            Ev::NmExit { host, boot, server, incarnation, code, why } => {
+                if !self.hosts[host].up || self.hosts[host].boot != boot || self.hosts[host].nm.is_none() {
                 } else if self.hosts[host].frozen {
                     let nm = self.hosts[host].nm.as_mut().expect("up");
-                    nm.inbox.push_back(NmItem::Restart { server, handover_from, unclaimed });
+                    nm.inbox.push_back(NmItem::Exit { server, incarnation, code, why });
                 } else {
-                    self.nm_restart(host, server, handover_from, unclaimed);
+                    self.nm_exited(host, &server, &incarnation, code, &why);
                 }
             }
             Ev::AdminStart(s) => {
                 let (home, server) = (self.sc.servers[s].home, self.sc.servers[s].name.clone());
                 if self.nm_running(home, self.hosts[home].boot) {
-                    self.nm_start(home, &server, false);
+                    self.nm_start(home, &server);
                 }
             }
             Ev::Fault(f) => {
@@ -797,122 +794,177 @@ impl Sim {
     }
 
     // ---------------------------------------------------------------- Node Manager
+    //
+    // The Node Manager is ferry-core's `NodeManager`, the very code ferry-nodemanager runs:
+    // the simulation only performs its actions (instantly: a lease read is the store's row
+    // now, plumbing succeeds, a spawn is a new instance) and feeds the outcomes back.
 
     fn nm_running(&self, h: HostId, boot: u32) -> bool {
         let host = &self.hosts[h];
         host.up && host.boot == boot && !host.frozen && host.nm.is_some()
     }
 
+    /// Whether machine `h` can read the lease table right now.
+    fn nm_reads_store(&self, h: HostId) -> bool {
+        self.store_outages.is_empty() && !self.net.blocked(h, self.db) && !self.net.blocked(self.db, h)
+    }
+
     fn nm_handle(&mut self, h: HostId, payload: Payload) {
         let Payload::Command { id, from, tenure, cluster, epoch, server, in_place } = payload else {
             return;
         };
+        let local = self.local(h);
         let nm = self.hosts[h].nm.as_mut().expect("up");
         let seen = nm.seen.get(&cluster).copied().unwrap_or_default();
         nm.seen.insert(cluster.clone(), seen.max(epoch));
-        let result = match nm.sup.check_master(&cluster, epoch) {
-            Err(e) => {
-                self.stats.stale_rejected += 1;
-                tr!(self, "nm {} refuses start {server} from tenure {tenure}: {e}", self.hosts[h].name);
-                CommandResult::Refused(e.to_string())
-            }
-            Ok(()) => {
-                if epoch < seen {
-                    let detail = format!(
-                        "Node Manager on {} executes `start {server}` from master tenure {tenure} at epoch {epoch}, after epoch {seen} reached it",
-                        self.hosts[h].name
-                    );
-                    self.checker.violate(Property::StaleCommand, self.now, detail);
-                }
-                tr!(
-                    self,
-                    "nm {} executes start {server} (in place: {in_place}, master epoch {epoch})",
-                    self.hosts[h].name
-                );
-                self.nm_start(h, &server, in_place);
-                CommandResult::Accepted
-            }
-        };
-        self.send(h, Node::Inst(from), Payload::CommandResp { id, result });
+        nm.next_id += 1;
+        let cid = nm.next_id;
+        nm.waiting.insert(cid, (from, id));
+        let origin = Origin::Master { cluster: cluster.clone(), epoch, server: self.insts[from].server.clone() };
+        let actions = nm.core.command(local, &self.domain, cid, &server, origin, Command::Start { in_place });
+        let stale = actions.iter().any(|a| matches!(a, Action::Reply { result: Err(Refusal::StaleMaster(_)), .. }));
+        if stale {
+            self.stats.stale_rejected += 1;
+            tr!(self, "nm {} refuses start {server} from tenure {tenure}: stale master epoch {epoch}", self.hosts[h].name);
+        } else if epoch < seen {
+            let detail = format!(
+                "Node Manager on {} executes `start {server}` from master tenure {tenure} at epoch {epoch}, after epoch {seen} reached it",
+                self.hosts[h].name
+            );
+            self.checker.violate(Property::StaleCommand, self.now, detail);
+        } else {
+            tr!(self, "nm {} takes start {server} (in place: {in_place}, master epoch {epoch})", self.hosts[h].name);
+        }
+        self.nm_perform(h, actions);
     }
 
-    /// Starts `server` here; in place means kill what is left of it first (and hand over).
-    fn nm_start(&mut self, h: HostId, server: &ServerName, in_place: bool) {
-        let nm = self.hosts[h].nm.as_ref().expect("up");
-        let existing = nm.procs.get(server).copied().filter(|i| self.insts[*i].alive);
-        match existing {
-            Some(old) if in_place => {
-                let inc = self.insts[old].incarnation.clone();
-                let local = self.local(h);
-                if self.insts[old].keeper.as_ref().is_some_and(|k| k.held(local).is_some()) {
-                    self.stats.healthy_killed += 1;
-                    tr!(self, "nm {} kills a healthy {} for an in-place restart", self.hosts[h].name, self.who(old));
-                }
-                self.inst_exit(old, ExitKind::KilledByUs, "killed for an in-place restart");
-                self.spawn(h, server, Some(inc));
+    /// An operator's (or the scenario's) start of `server` on its Node Manager.
+    fn nm_start(&mut self, h: HostId, server: &ServerName) {
+        let local = self.local(h);
+        let nm = self.hosts[h].nm.as_mut().expect("up");
+        nm.next_id += 1;
+        let cid = nm.next_id;
+        let actions =
+            nm.core.command(local, &self.domain, cid, server, Origin::Admin, Command::Start { in_place: false });
+        self.nm_perform(h, actions);
+    }
+
+    /// Performs a Node Manager's actions, feeding each outcome back at once.
+    fn nm_perform(&mut self, h: HostId, actions: Vec<Action>) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(a) = queue.pop_front() {
+            if !self.nm_running(h, self.hosts[h].boot) {
+                return;
             }
-            Some(_) => {}
-            None => {
-                self.spawn(h, server, None);
-            }
+            let more = self.nm_act(h, a);
+            queue.extend(more);
         }
-        if let Some(nm) = self.hosts[h].nm.as_mut() {
-            nm.sup.reset_crashes(server);
-            *nm.generation.entry(server.clone()).or_default() += 1;
+        self.nm_reschedule(h);
+    }
+
+    fn nm_act(&mut self, h: HostId, a: Action) -> Vec<Action> {
+        let local = self.local(h);
+        let readable = self.nm_reads_store(h);
+        let rows = if readable { Some(self.store.list(self.now)) } else { None };
+        let name = self.hosts[h].name.clone();
+        match a {
+            Action::Reply { id, result } => {
+                let nm = self.hosts[h].nm.as_mut().expect("up");
+                if let Some((from, cmd)) = nm.waiting.remove(&id) {
+                    let result = match result {
+                        Ok(_) => CommandResult::Accepted,
+                        Err(r @ Refusal::AddressInUse { .. }) => CommandResult::AddressInUse(r.to_string()),
+                        Err(r) => CommandResult::Refused(r.to_string()),
+                    };
+                    self.send(h, Node::Inst(from), Payload::CommandResp { id: cmd, result });
+                }
+                vec![]
+            }
+            Action::Event { kind, server, message, .. } => {
+                match kind {
+                    "restart-after-fence" => self.stats.fenced_restarts += 1,
+                    "restart-in-place" => self.stats.crash_restarts += 1,
+                    _ => {}
+                }
+                tr!(self, "nm {name} {kind} {server}: {message}");
+                vec![]
+            }
+            Action::SetState { .. } | Action::PersistMasterEpochs { .. } | Action::Watch { .. } => vec![],
+            Action::ReadLease { server } => {
+                let result = match &rows {
+                    Some(rows) => Ok(rows.iter().find(|l| l.server() == Some(&server)).cloned()),
+                    None => Err("the lease table does not answer".to_string()),
+                };
+                self.hosts[h].nm.as_mut().expect("up").core.lease_read(local, &self.domain, &server, result)
+            }
+            Action::ReadLeases { server, cluster } => {
+                let result = match &rows {
+                    Some(rows) => Ok((
+                        rows.iter().find(|l| l.server() == Some(&server)).cloned(),
+                        rows.iter().find(|l| l.name == LeaseName::Master(cluster.clone())).cloned(),
+                    )),
+                    None => Err("the lease table does not answer".to_string()),
+                };
+                self.hosts[h].nm.as_mut().expect("up").core.leases_read(local, &self.domain, &server, result)
+            }
+            Action::KillSession { server, pid, fence } => {
+                let target = self.inst_of_pid(h, pid);
+                if let Some(i) = target {
+                    let local = self.local(h);
+                    if fence {
+                        self.stats.nm_fences += 1;
+                        tr!(self, "nm {name} fences {server}: SIGKILL of its session");
+                    } else if self.insts[i].keeper.as_ref().is_some_and(|k| k.held(local).is_some()) {
+                        self.stats.healthy_killed += 1;
+                        tr!(self, "nm {name} kills a healthy {}", self.who(i));
+                    }
+                    self.inst_exit(i, None, if fence { "fenced by its Node Manager" } else { "killed by its Node Manager" });
+                }
+                if fence {
+                    self.hosts[h].nm.as_mut().expect("up").core.fence_killed(&server, usize::from(target.is_some()));
+                }
+                vec![]
+            }
+            Action::Terminate { pid, .. } => {
+                if let Some(i) = self.inst_of_pid(h, pid) {
+                    self.inst_exit(i, Some(0), "stopped gracefully");
+                }
+                vec![]
+            }
+            Action::KillOrphan { server } => {
+                let supervised = self.hosts[h].nm.as_ref().and_then(|nm| nm.core.pid_of(&server));
+                let orphan = self
+                    .alive
+                    .iter()
+                    .copied()
+                    .find(|i| self.insts[*i].host == h && self.insts[*i].server == server && Some(pid_of(*i)) != supervised);
+                if let Some(i) = orphan {
+                    self.inst_exit(i, None, "killed as an orphan by its Node Manager");
+                }
+                self.hosts[h].nm.as_mut().expect("up").core.orphan_killed(local, &self.domain, &server, orphan.map(pid_of))
+            }
+            Action::Plumb { server, ip } => {
+                self.hosts[h].nm.as_mut().expect("up").core.plumbed(local, &self.domain, &server, Ok(format!("{ip} added")))
+            }
+            Action::Mount { server } => self.hosts[h].nm.as_mut().expect("up").core.mounted(local, &self.domain, &server, Ok("mounted".into())),
+            Action::Teardown { server, teardown } => {
+                let ip = teardown.ip.map(|ip| Ok(format!("{ip} removed")));
+                let unmount = teardown.unmount.then(|| Ok("unmounted".to_string()));
+                self.hosts[h].nm.as_mut().expect("up").core.torn_down(local, &self.domain, &server, ip, unmount)
+            }
+            Action::ReleaseLease { server, .. } => self.hosts[h].nm.as_mut().expect("up").core.released(local, &self.domain, &server, Ok(())),
+            Action::Spawn { server, handover_from } => {
+                let i = self.spawn(h, &server, handover_from);
+                let incarnation = self.insts[i].incarnation.clone();
+                self.hosts[h].nm.as_mut().expect("up").core.spawned(local, &self.domain, &server, incarnation, Ok(pid_of(i)))
+            }
         }
     }
 
-    /// A restart the supervisor asked for. For a fenced server (`unclaimed`), like
-    /// ferry-nodemanager's `restart_if_unclaimed`: give way to any start since, then read the
-    /// lease and the master lease and decide as the Node Manager does (`after_fence`); while
-    /// the store cannot be read, try again every health-check interval. (The read is modeled as
-    /// instant; the handover re-checks the row atomically anyway.)
-    fn nm_restart(
-        &mut self,
-        h: HostId,
-        server: ServerName,
-        handover_from: Incarnation,
-        unclaimed: Option<(u64, u64, bool)>,
-    ) {
-        let nm = self.hosts[h].nm.as_ref().expect("up");
-        if nm.procs.get(&server).is_some_and(|i| self.insts[*i].alive) {
-            return;
-        }
-        if let Some((generation, fenced_at, was_down)) = unclaimed {
-            if nm.generation.get(&server).copied().unwrap_or(0) != generation {
-                return;
-            }
-            let readable =
-                self.store_outages.is_empty() && !self.net.blocked(h, self.db) && !self.net.blocked(self.db, h);
-            if !readable {
-                // Like the Node Manager: ask again every health-check interval.
-                let delay_ms = self
-                    .domain
-                    .server(&server)
-                    .map_or(1_000, |s| s.health_check_interval.as_millis().clamp(50, 10_000) as u64);
-                let at = self.hosts[h].clock.true_at(self.local(h) + delay_ms, self.now);
-                let boot = self.hosts[h].boot;
-                let unclaimed = Some((generation, fenced_at, true));
-                let ev = Ev::NmRestart { host: h, boot, server, handover_from, unclaimed };
-                self.schedule(at, ev);
-                return;
-            }
-            // The Node Manager's own decision (ferry-core), on what the table says now.
-            let rows = self.store.list(self.now);
-            let row = rows.iter().find(|l| l.server() == Some(&server));
-            let cluster = self.domain.server(&server).map(|s| s.cluster.clone());
-            let master = rows.iter().find(|l| cluster.as_ref().is_some_and(|c| l.name == LeaseName::Master(c.clone())));
-            let since_fence_ms = self.local(h).since(Mono(fenced_at));
-            if let AfterFence::GiveWay(why) =
-                after_fence(&server, &handover_from, row, master, since_fence_ms, was_down)
-            {
-                tr!(self, "nm {} does not restart fenced {server}: {why}", self.hosts[h].name);
-                return;
-            }
-            self.stats.fenced_restarts += 1;
-            tr!(self, "nm {} restarts fenced {server}: its lease is unclaimed", self.hosts[h].name);
-        }
-        self.spawn(h, &server, Some(handover_from));
+    /// The live instance on `h` that the Node Manager knows as `pid`.
+    fn inst_of_pid(&self, h: HostId, pid: i32) -> Option<InstId> {
+        let i = usize::try_from(pid).ok()?.checked_sub(1)?;
+        (i < self.insts.len() && self.insts[i].alive && self.insts[i].host == h).then_some(i)
     }
 
     fn spawn(&mut self, h: HostId, server: &ServerName, handover_from: Option<Incarnation>) -> InstId {
@@ -948,9 +1000,6 @@ impl Sim {
         });
         self.alive.insert(id);
         self.stats.instances += 1;
-        let nm = self.hosts[h].nm.as_mut().expect("up");
-        nm.procs.insert(server.clone(), id);
-        nm.sup.on_started(server, incarnation, local);
         let d = self.rng.gen_range(self.sc.start_ms.0..=self.sc.start_ms.1);
         self.schedule(self.now + d, Ev::InstStarted(id));
         tr!(self, "spawn {} (handover from {:?})", self.who(id), self.insts[id].handover_from);
@@ -962,51 +1011,15 @@ impl Sim {
             return;
         }
         let local = self.local(h);
-        let acts = self.hosts[h].nm.as_mut().expect("up").sup.tick(local);
-        self.nm_actions(h, acts);
+        let actions = self.hosts[h].nm.as_mut().expect("up").core.tick(local, &self.domain);
+        self.nm_perform(h, actions);
     }
 
-    fn nm_actions(&mut self, h: HostId, acts: Vec<SupervisorAction>) {
-        for a in acts {
-            match a {
-                SupervisorAction::Restart { server, handover_from, delay_ms, if_unclaimed } => {
-                    let unclaimed = if if_unclaimed {
-                        let nm = self.hosts[h].nm.as_ref().expect("up");
-                        Some((nm.generation.get(&server).copied().unwrap_or(0), self.local(h).0, false))
-                    } else {
-                        self.stats.crash_restarts += 1;
-                        None
-                    };
-                    if delay_ms == 0 {
-                        self.nm_restart(h, server, handover_from, unclaimed);
-                    } else {
-                        let at = self.hosts[h].clock.true_at(self.local(h) + delay_ms, self.now);
-                        let boot = self.hosts[h].boot;
-                        self.schedule(at, Ev::NmRestart { host: h, boot, server, handover_from, unclaimed });
-                    }
-                }
-                SupervisorAction::Fence { server, incarnation, late_ms } => {
-                    let target = self
-                        .alive
-                        .iter()
-                        .copied()
-                        .find(|i| self.insts[*i].host == h && self.insts[*i].incarnation == incarnation);
-                    if let Some(i) = target {
-                        self.stats.nm_fences += 1;
-                        tr!(
-                            self,
-                            "nm {} fences {server} ({late_ms} ms late): SIGKILL of its group",
-                            self.hosts[h].name
-                        );
-                        self.inst_exit(i, ExitKind::KilledByUs, "fenced by its Node Manager");
-                    }
-                }
-                SupervisorAction::Down { server, state } => {
-                    tr!(self, "nm {}: {server} is {state}", self.hosts[h].name);
-                }
-            }
-        }
-        self.nm_reschedule(h);
+    /// A process of machine `h` ended: its Node Manager hears of it (its child's exit).
+    fn nm_exited(&mut self, h: HostId, server: &ServerName, incarnation: &Incarnation, code: Option<i32>, why: &str) {
+        let local = self.local(h);
+        let actions = self.hosts[h].nm.as_mut().expect("up").core.exited(local, &self.domain, server, incarnation, code, why.to_string());
+        self.nm_perform(h, actions);
     }
 
     fn nm_reschedule(&mut self, h: HostId) {
@@ -1015,7 +1028,7 @@ impl Sim {
         }
         let local = self.local(h);
         let nm = self.hosts[h].nm.as_ref().expect("up");
-        let Some(w) = nm.sup.next_wakeup().filter(|w| *w > local) else {
+        let Some(w) = nm.core.next_wakeup().filter(|w| *w > local) else {
             return;
         };
         let at = self.hosts[h].clock.true_at(w, self.now) + self.rng.gen_range(0..=TIMER_JITTER_MS);
@@ -1038,11 +1051,12 @@ impl Sim {
 
     /// A process ends: its services stop with it (SIGKILL of the group, or the Node
     /// Manager kills what is left when it reaps), and its Node Manager is told.
-    fn inst_exit(&mut self, i: InstId, kind: ExitKind, why: &str) {
+    /// `code`: its exit status (`None`: killed by a signal).
+    fn inst_exit(&mut self, i: InstId, code: Option<i32>, why: &str) {
         if !self.insts[i].alive {
             return;
         }
-        tr!(self, "exit {} ({kind:?}): {why}", self.who(i));
+        tr!(self, "exit {} ({code:?}): {why}", self.who(i));
         if self.insts[i].tenure.is_some() {
             self.master_died_at.push(self.now);
         }
@@ -1058,17 +1072,11 @@ impl Sim {
             let server = inst.server.clone();
             self.checker.run_stop(self.now, &server, i);
         }
-        let (h, server, inc) = (inst.host, inst.server.clone(), inst.incarnation.clone());
-        if !self.nm_running(h, self.hosts[h].boot) {
-            return;
-        }
-        let local = self.local(h);
-        let nm = self.hosts[h].nm.as_mut().expect("up");
-        if nm.procs.get(&server) == Some(&i) {
-            nm.procs.remove(&server);
-        }
-        let acts = nm.sup.on_exit(&server, &inc, kind, local);
-        self.nm_actions(h, acts);
+        let (h, server, incarnation) = (inst.host, inst.server.clone(), inst.incarnation.clone());
+        // Its Node Manager hears of it as of its child's exit: a moment later, not inside
+        // whatever action killed it.
+        let boot = self.hosts[h].boot;
+        self.schedule(self.now, Ev::NmExit { host: h, boot, server, incarnation, code, why: why.to_string() });
     }
 
     fn inst_handle(&mut self, i: InstId, payload: Payload) {
@@ -1209,14 +1217,14 @@ impl Sim {
                     self.check_deadline(i, "server", at, granted);
                     self.check_deadline(i, "Node Manager backstop of the server", backstop, granted);
                     if let Some(nm) = self.hosts[h].nm.as_mut() {
-                        nm.sup.on_deadline(&server, &inc, backstop);
+                        nm.core.report(&server, &inc, ServerReport::Deadline { at: backstop });
                     }
                     self.nm_reschedule(h);
                 }
                 KeeperAction::Fence { reason } => {
                     self.stats.keeper_fences += 1;
                     let why = reason.to_string();
-                    self.inst_exit(i, ExitKind::Fenced, &why);
+                    self.inst_exit(i, Some(75), &why);
                 }
                 KeeperAction::Release { .. } => {}
             }
@@ -1294,7 +1302,7 @@ impl Sim {
         if let Some(Err(e)) = inst.planner.as_ref().map(|p| p.validate(&self.planner_timing)) {
             errs.push(format!("planner of {}: {e}", self.who(i)));
         }
-        if let Some(Err(e)) = self.hosts[inst.host].nm.as_ref().map(|nm| nm.sup.validate()) {
+        if let Some(Err(e)) = self.hosts[inst.host].nm.as_ref().map(|nm| nm.core.validate()) {
             errs.push(format!("supervisor of {}: {e}", self.hosts[inst.host].name));
         }
         for e in errs {
@@ -1653,7 +1661,7 @@ impl Sim {
                 if self.hosts[self.insts[i].host].frozen {
                     return;
                 }
-                self.inst_exit(i, ExitKind::Crash, "crashed");
+                self.inst_exit(i, None, "crashed");
             }
             Fault::Cut { target, links, ms } => {
                 let Some(h) = self.resolve(target) else {
@@ -1755,7 +1763,7 @@ impl Sim {
         let host = &mut self.hosts[h];
         host.up = true;
         host.clock = HostClock::new(host.clock.drift_ppm, boot_mono, self.now, host.clock.wall_offset_ms);
-        host.nm = Some(Nm::new(self.policy, self.bugs));
+        host.nm = Some(Nm::new(host.machine.clone().expect("a machine"), self.policy, self.bugs));
         tr!(self, "machine {} boots; its Node Manager starts empty", self.hosts[h].name);
     }
 
@@ -1807,9 +1815,7 @@ impl Sim {
             }
             match item {
                 NmItem::Msg(p) => self.nm_handle(h, p),
-                NmItem::Restart { server, handover_from, unclaimed } => {
-                    self.nm_restart(h, server, handover_from, unclaimed)
-                }
+                NmItem::Exit { server, incarnation, code, why } => self.nm_exited(h, &server, &incarnation, code, &why),
             }
         }
         self.nm_reschedule(h);
@@ -1894,7 +1900,7 @@ impl Sim {
             for s in 0..self.sc.servers.len() {
                 let (home, server) = (self.sc.servers[s].home, self.sc.servers[s].name.clone());
                 if self.nm_running(home, self.hosts[home].boot) {
-                    self.nm_start(home, &server, false);
+                    self.nm_start(home, &server);
                 }
             }
         }
