@@ -206,7 +206,7 @@ pub(crate) async fn require(State(s): State<Arc<AdminState>>, mut req: Request, 
         .and_then(|c| c.0.peer.as_ref())
         .and_then(|p| s.pki.revoked.refuses(p));
     if let Some(why) = revoked {
-        return crate::http::error_with(403, why, serde_json::Value::Null);
+        return crate::errors::error_with(403, why, serde_json::Value::Null);
     }
     if let Access::Token(need) = access(req.method(), req.uri().path()) {
         if need.daemons && daemon_by_certificate(&req) {
@@ -225,7 +225,7 @@ pub(crate) async fn require(State(s): State<Arc<AdminState>>, mut req: Request, 
             Ok(Principal::Daemon) => {}
             Err(r) => {
                 tracing::info!(status = r.status, "refused {} {}: {}", req.method(), req.uri().path(), r.error);
-                return crate::http::error_with(r.status, r.error, r.detail);
+                return crate::errors::error_with(r.status, r.error, r.detail);
             }
         }
     }

@@ -9,13 +9,16 @@
 
 mod auth;
 mod config;
+mod daemon;
+mod errors;
 mod events;
 mod http;
+mod operations;
 mod ops;
 mod pki;
 mod state;
 mod tokens;
 mod views;
 
+pub use daemon::{run, AdminOptions};
 pub use http::router;
-pub use state::{run, AdminOptions};

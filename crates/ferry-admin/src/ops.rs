@@ -2,9 +2,8 @@
 //! operation whose steps are recorded (for `ferry migrate --wait`) and logged as events.
 //! Requests are checked before anything is touched, so a refused request disturbs nothing.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use ferry_core::EventKind;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_api::{NmStart, NmStop, Operation, Origin, Step};
@@ -12,75 +11,14 @@ use ferry_core::lease::Lease;
 use ferry_core::{ClusterName, LeaseName, MachineName, ServerName, TokenName};
 use ferry_host::clock;
 
+use crate::operations::ApiError;
 use crate::state::AdminState;
-
-/// A refusal answered to the caller.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: u16,
-    pub error: String,
-}
-
-impl ApiError {
-    pub fn new(status: u16, error: impl Into<String>) -> Self {
-        ApiError { status, error: error.into() }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Operations {
-    next: AtomicU64,
-    ops: Mutex<BTreeMap<u64, Operation>>,
-}
-
-const KEEP_OPS: usize = 1_000;
 
 /// How long `locate` waits for each Node Manager (a dead machine's costs this much).
 const LOCATE_TIMEOUT: Duration = Duration::from_millis(800);
 
-impl Operations {
-    fn create(&self, kind: &str, target: &str, by: &TokenName) -> u64 {
-        let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        ops.insert(
-            id,
-            Operation {
-                id,
-                kind: kind.into(),
-                target: target.into(),
-                state: "running".into(),
-                steps: vec![],
-                error: None,
-                by: Some(by.to_string()),
-            },
-        );
-        while ops.len() > KEEP_OPS {
-            let first = *ops.keys().next().unwrap_or(&0);
-            ops.remove(&first);
-        }
-        id
-    }
-
-    pub fn get(&self, id: u64) -> Option<Operation> {
-        self.ops.lock().ok()?.get(&id).cloned()
-    }
-
-    /// The name of the operator token that asked for operation `id`.
-    fn by(&self, id: u64) -> Option<String> {
-        self.ops.lock().ok()?.get(&id).and_then(|o| o.by.clone())
-    }
-
-    fn update(&self, id: u64, f: impl FnOnce(&mut Operation)) {
-        if let Ok(mut ops) = self.ops.lock() {
-            if let Some(op) = ops.get_mut(&id) {
-                f(op);
-            }
-        }
-    }
-}
-
 impl AdminState {
-    fn step(&self, op: u64, kind: &str, server: &ServerName, machine: Option<&MachineName>, message: String) {
+    fn step(&self, op: u64, kind: EventKind, server: &ServerName, machine: Option<&MachineName>, message: String) {
         self.ops.update(op, |o| o.steps.push(Step { at_ms: clock::wall_ms(), message: message.clone() }));
         let by = self.ops.by(op);
         self.record(kind, Some(server.as_str()), machine.map(|m| m.as_str()), None, message, by.as_deref());
@@ -216,7 +154,7 @@ impl AdminState {
             .ok_or_else(|| StartFailure::Other(format!("machine {machine} is not defined")))?;
         self.step(
             op,
-            "contact-nm",
+            EventKind::ContactNm,
             &cfg.name,
             Some(machine),
             format!("contacting the Node Manager on {machine} to start {}", cfg.name),
@@ -230,7 +168,13 @@ impl AdminState {
                     StartFailure::Other(msg)
                 }
             })?;
-        self.step(op, "nm-started", &cfg.name, Some(machine), format!("Node Manager on {machine}: {}", ack.message));
+        self.step(
+            op,
+            EventKind::NmStarted,
+            &cfg.name,
+            Some(machine),
+            format!("Node Manager on {machine}: {}", ack.message),
+        );
         let l = self
             .wait_lease(&cfg.name, Self::start_timeout(cfg), |l| {
                 l.as_ref().is_some_and(|l| l.is_live() && l.machine.as_ref() == Some(machine))
@@ -240,7 +184,7 @@ impl AdminState {
         let epoch = l.map(|l| l.epoch.0).unwrap_or(0);
         self.step(
             op,
-            "lease-obtained",
+            EventKind::LeaseObtained,
             &cfg.name,
             Some(machine),
             format!("{} obtained its lease on {machine} (epoch {epoch})", cfg.name),
@@ -308,7 +252,7 @@ impl AdminState {
                 Err(StartFailure::AddressInUse(e)) if clock::now() < until => {
                     self.step(
                         op,
-                        "address-in-use",
+                        EventKind::AddressInUse,
                         &cfg.name,
                         Some(to),
                         format!("{e}; asking {to} again in {} ms", ADDRESS_RETRY.as_millis()),
@@ -323,7 +267,7 @@ impl AdminState {
         };
         self.step(
             op,
-            "rollback",
+            EventKind::Rollback,
             &cfg.name,
             Some(back),
             format!("{failure}; starting {} again on {back}, where it came from", cfg.name),
@@ -366,9 +310,9 @@ impl AdminState {
                         Ok(epoch) => {
                             let (me2, first) = (me.clone(), first.clone());
                             tasks.push(tokio::spawn(async move {
-                                me2.running(&first, &first.machine, epoch)
-                                    .await
-                                    .map(|msg| me2.step(op, "start-complete", &first.name, Some(&first.machine), msg))
+                                me2.running(&first, &first.machine, epoch).await.map(|msg| {
+                                    me2.step(op, EventKind::StartComplete, &first.name, Some(&first.machine), msg)
+                                })
                             }));
                         }
                         Err(e) => first_error = Some(e),
@@ -393,7 +337,7 @@ impl AdminState {
                         _ => me2
                             .start_on(op, &s, &s.machine)
                             .await
-                            .map(|msg| me2.step(op, "start-complete", &s.name, Some(&s.machine), msg)),
+                            .map(|msg| me2.step(op, EventKind::StartComplete, &s.name, Some(&s.machine), msg)),
                     }
                 }));
             }
@@ -416,7 +360,7 @@ impl AdminState {
     /// The step of a start-cluster for a server that holds its lease already.
     fn already_running(&self, op: u64, server: &ServerName, machine: Option<&MachineName>) {
         let on = machine.map_or("an unknown machine", |m| m.as_str());
-        self.step(op, "already-running", server, machine, format!("{server} is already running on {on}"));
+        self.step(op, EventKind::AlreadyRunning, server, machine, format!("{server} is already running on {on}"));
     }
 
     /// `ferry stop SERVER [--force]`: through its Node Manager, which releases its lease.
@@ -445,7 +389,7 @@ impl AdminState {
         let nm = self.nm(machine, budget).ok_or_else(|| format!("machine {machine} is not defined"))?;
         self.step(
             op,
-            "contact-nm",
+            EventKind::ContactNm,
             &cfg.name,
             Some(machine),
             format!(
@@ -472,13 +416,13 @@ impl AdminState {
         match answer {
             Some(r) => {
                 let ack = r.map_err(|e| format!("the Node Manager on {machine} could not stop {}: {e}", cfg.name))?;
-                self.step(op, "nm-stopped", &cfg.name, Some(machine), format!("Node Manager on {machine}: {}", ack.message));
+                self.step(op, EventKind::NmStopped, &cfg.name, Some(machine), format!("Node Manager on {machine}: {}", ack.message));
                 // So that `ferry status` shows the stop at once, not at the next poll.
                 let _ = self.ask_nm(machine, Duration::from_secs(2)).await;
             }
             None => self.step(
                 op,
-                "nm-silent",
+                EventKind::NmSilent,
                 &cfg.name,
                 Some(machine),
                 format!("{} released its lease but the Node Manager on {machine} stopped answering; going on without its answer", cfg.name),
@@ -488,7 +432,7 @@ impl AdminState {
         if let Some(l) = l {
             self.step(
                 op,
-                "lease-removed",
+                EventKind::LeaseRemoved,
                 &cfg.name,
                 Some(machine),
                 format!("{}'s lease row is released (epoch {})", cfg.name, l.epoch),
@@ -542,7 +486,7 @@ impl AdminState {
             Some(m) => {
                 self.step(
                     op,
-                    "migration-start",
+                    EventKind::MigrationStart,
                     &cfg.name,
                     Some(m),
                     format!("migrating {} from {m} to {to}", cfg.name),
@@ -551,7 +495,7 @@ impl AdminState {
                     // The source machine may be dead: then its lease must run out first.
                     self.step(
                         op,
-                        "migration-wait",
+                        EventKind::MigrationWait,
                         &cfg.name,
                         Some(m),
                         format!("{e}; waiting for {}'s lease to expire before starting it on {to}", cfg.name),
@@ -579,7 +523,7 @@ impl AdminState {
             }
             None => self.step(
                 op,
-                "migration-start",
+                EventKind::MigrationStart,
                 &cfg.name,
                 None,
                 format!("{} is not running; starting it on {to}", cfg.name),

@@ -1,34 +1,21 @@
 //! The Administration Server's state and its run-time view of the domain.
 
+use ferry_core::EventKind;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use ferry_api::{ClusterStatus, Event, MachineStatus, NmClient, NmServer, ServerStatus, VersionedDomain};
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{LeaseName, MachineName, Mono, ServerName};
-use ferry_host::{clock, files};
+use ferry_host::clock;
 use ferry_store::LeaseStore;
 
 use crate::config::ConfigStore;
 use crate::events::EventLog;
-use crate::ops::Operations;
-use crate::tokens::{self, TokenFiles, TokenStore};
+use crate::operations::Operations;
+use crate::tokens::TokenStore;
 use crate::views::{self, Views};
-
-#[derive(Debug, Clone)]
-pub struct AdminOptions {
-    pub domain_file: PathBuf,
-    pub data_dir: PathBuf,
-    /// Overrides `[admin] listen`.
-    pub listen: Option<std::net::SocketAddr>,
-    /// The directory of the user's client files (`$FERRY_CONFIG_DIR`, else
-    /// `$HOME/.config/ferry`), where the first start leaves the initial Admin token for this
-    /// host's operators; `None` to leave it only in the data directory.
-    pub client_config_dir: Option<PathBuf>,
-}
 
 /// How long the admin waits for a Node Manager to accept a connection.
 const NM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -92,7 +79,14 @@ impl AdminState {
     }
 
     /// Records an event from the admin itself.
-    pub fn event(&self, kind: &str, server: Option<&str>, machine: Option<&str>, epoch: Option<u64>, message: String) {
+    pub fn event(
+        &self,
+        kind: EventKind,
+        server: Option<&str>,
+        machine: Option<&str>,
+        epoch: Option<u64>,
+        message: String,
+    ) {
         self.record(kind, server, machine, epoch, message, None);
     }
 
@@ -100,7 +94,7 @@ impl AdminState {
     /// audit trail of changes made through the API).
     pub(crate) fn record(
         &self,
-        kind: &str,
+        kind: EventKind,
         server: Option<&str>,
         machine: Option<&str>,
         epoch: Option<u64>,
@@ -108,14 +102,14 @@ impl AdminState {
         by: Option<&str>,
     ) {
         match by {
-            Some(by) => tracing::info!(kind, by, "{message}"),
-            None => tracing::info!(kind, "{message}"),
+            Some(by) => tracing::info!(kind = kind.as_str(), by, "{message}"),
+            None => tracing::info!(kind = kind.as_str(), "{message}"),
         }
         self.events.append(Event {
             id: 0,
             at_ms: clock::wall_ms(),
             source: "admin".into(),
-            kind: kind.into(),
+            kind,
             server: server.map(Into::into),
             machine: machine.map(Into::into),
             epoch,
@@ -305,97 +299,6 @@ pub(crate) fn judge(
         (_, Some((m, e))) => judged(&e.state, Some(m), None),
         (Some(l), None) if l.state == LeaseState::Released => judged("SHUTDOWN", l.machine.as_ref(), None),
         _ => judged("SHUTDOWN", None, None),
-    }
-}
-
-/// Runs the Administration Server until Ctrl-C or SIGTERM.
-pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
-    let (config, note) = ConfigStore::open(&opts.data_dir, &opts.domain_file)?;
-    let secret_path = files::secret_path(&opts.domain_file);
-    if let Some(dir) = secret_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let _ = std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-    }
-    let secret = files::secret(&secret_path, true, rand::random)
-        .with_context(|| format!("cannot read or create the domain secret {}", secret_path.display()))?;
-    let domain = config.current.clone();
-    let listen = opts.listen.unwrap_or(domain.domain.admin.listen);
-    let names = crate::pki::AdminNames::new(listen, crate::pki::AdminNames::hostname().as_deref());
-    let pki = crate::pki::AdminPki::open(&opts.data_dir, &opts.domain_file, domain.domain.name.as_str(), &names)?;
-    let ds = domain.domain.leasing.data_source.clone();
-    // The admin runs whatever state the lease table is in: its views answer with the
-    // table's error (and the fix) until it is reachable.
-    let store = ferry_store::open_lazy(&ds, Duration::from_secs(5));
-    let lease_table_problem = if ds.starts_with("sqlite://") {
-        // The embedded lease table is created on first use; a production database is
-        // prepared by its operator with `ferry leasing init`.
-        ferry_store::init(&ds).await.err()
-    } else {
-        store.expired().await.err()
-    };
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} ([admin] listen)"))?;
-    // The client file is named after the address operators reach: the bound one.
-    let token_files =
-        TokenFiles::new(&opts.data_dir, opts.client_config_dir.as_deref(), listener.local_addr().unwrap_or(listen));
-    let (tokens, token_notes) = tokens::bootstrap(&opts.data_dir, &token_files, clock::wall_ms(), rand::random)?;
-    let state = Arc::new(AdminState {
-        config: Mutex::new(config),
-        store,
-        events: EventLog::open(opts.data_dir.join("events.jsonl")),
-        ops: Operations::default(),
-        secret,
-        started_ms: clock::wall_ms(),
-        pki,
-        nm_clients: Mutex::default(),
-        tokens: Mutex::new(tokens),
-        token_hint: token_files.hint(),
-        views: Arc::default(),
-    });
-    // The machines' views, from the first moment (crash-only: nothing of them is kept).
-    tokio::spawn(crate::views::keep_polling(state.clone()));
-    for n in token_notes {
-        state.event("operator-tokens", None, None, None, n);
-    }
-    if let Some(e) = lease_table_problem {
-        state.event(
-            "lease-table-unavailable",
-            None,
-            None,
-            None,
-            format!("{}; the Administration Server runs anyway and its views answer with this error until the table is reachable", ferry_store::chain(&e)),
-        );
-    }
-    if let Some(n) = note {
-        state.event("config-imported", None, None, None, n);
-    }
-    state.event(
-        "admin-started",
-        None,
-        None,
-        None,
-        format!(
-            "Administration Server of domain {} listening on {listen} (configuration version {})",
-            domain.domain.name, domain.version
-        ),
-    );
-    // TLS for daemons (mutual) and remote operators; plain HTTP from this host only.
-    let config =
-        state.pki.creds.server_config_optional_client(state.pki.revoked.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = ferry_tls::TlsListener::new(listener, config, true)?;
-    let app = crate::http::router(state).into_make_service_with_connect_info::<ferry_tls::PeerInfo>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
     }
 }
 

@@ -26,8 +26,6 @@ use ferry_api::{NmClient, NmServer};
 use ferry_core::{MachineName, Mono};
 use ferry_host::clock;
 
-use crate::state::AdminState;
-
 /// How often the background round asks each Node Manager what it runs.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// The bound on one poll (connect and answer).
@@ -224,20 +222,6 @@ impl Views {
                 let _ = tokio::time::timeout(Duration::from_millis(left), notified).await;
             }
         }
-    }
-}
-
-/// The background round: every [`POLL_INTERVAL`], one poll of each machine of the domain
-/// that has none in flight; views of machines that left the domain are dropped. Runs for
-/// the admin's life.
-pub(crate) async fn keep_polling(state: Arc<AdminState>) {
-    loop {
-        let machines = state.nm_clients_for_views();
-        state.views.retain(&machines.iter().map(|(m, a, _)| (m.clone(), a.clone())).collect::<Vec<_>>());
-        for (m, addr, client) in machines {
-            state.views.poll(m, addr, client);
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 

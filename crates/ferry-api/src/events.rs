@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::client::AdminClient;
-use crate::types::Event;
+use crate::types::{Event, EventKind};
 
 const CAPACITY: usize = 2_000;
 const BATCH: usize = 200;
@@ -35,19 +35,19 @@ impl EventSink {
     /// Records an event: logged at once, delivered to the admin when it can be.
     pub fn emit(
         &self,
-        kind: &str,
+        kind: EventKind,
         server: Option<&str>,
         machine: Option<&str>,
         epoch: Option<u64>,
         message: impl Into<String>,
     ) {
         let message = message.into();
-        tracing::info!(kind, server = server.unwrap_or(""), epoch, "{message}");
+        tracing::info!(kind = kind.as_str(), server = server.unwrap_or(""), epoch, "{message}");
         self.push(Event {
             id: 0,
             at_ms: (self.wall_ms)(),
             source: self.source.clone(),
-            kind: kind.into(),
+            kind,
             server: server.map(Into::into),
             machine: machine.map(Into::into),
             epoch,

@@ -1,6 +1,7 @@
 //! Wire types. Field names are stable: `ferry status -o json` prints [`ServerStatus`] as is.
 
 use ferry_core::domain::Domain;
+pub use ferry_core::EventKind;
 use serde::{Deserialize, Serialize};
 
 /// `detail.reason` of a Node Manager's refusal to start a server because another host still
@@ -107,7 +108,7 @@ pub struct Event {
     /// `admin`, `nodemanager/MACHINE`, `server/NAME`.
     pub source: String,
     /// A stable word: `server-started`, `lease-acquired`, `fenced`, `master-acquired`, ...
-    pub kind: String,
+    pub kind: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,7 +390,7 @@ pub enum Report {
     /// `server` names the server the event is about when it is not the reporter (the
     /// cluster master reports on others).
     Event {
-        kind: String,
+        kind: EventKind,
         message: String,
         epoch: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,6 +5,7 @@
 //! answer from machine-d. Every run starts a fresh domain, so every run starts from the same
 //! state (no restart history, no earlier failover, ms1 master), and checks the journals.
 
+use ferry_core::EventKind;
 use std::path::Path;
 use std::time::Duration;
 
@@ -167,16 +168,17 @@ async fn measure(h: &Harness, r: &mut FailoverRun, t: Timings) -> anyhow::Result
     r.answered_ms = Some(answered as i64 - t0 as i64);
     r.token_after = after["fencing_token"].as_u64().unwrap_or(0);
 
-    let is = |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms2");
+    let is = |e: &ferry_api::Event, kind: EventKind| e.kind == kind && e.server.as_deref() == Some("ms2");
     let on_d = |e: &ferry_api::Event| e.machine.as_deref() == Some("machine-d");
-    let events =
-        common::events_until(h, since, "lease-acquired of ms2 on machine-d", |e| is(e, "lease-acquired") && on_d(e))
-            .await?;
-    r.detect_ms = common::first_after(&events, t0_wall, |e| is(e, "lease-expired"));
-    r.restart_in_place_ms = common::first_after(&events, t0_wall, |e| is(e, "restart-in-place"));
-    r.migrate_ms = common::first_after(&events, t0_wall, |e| is(e, "migrate"));
-    r.started_ms = common::first_after(&events, t0_wall, |e| is(e, "server-started") && on_d(e));
-    r.leased_ms = common::first_after(&events, t0_wall, |e| is(e, "lease-acquired") && on_d(e));
+    let events = common::events_until(h, since, "lease-acquired of ms2 on machine-d", |e| {
+        is(e, EventKind::LeaseAcquired) && on_d(e)
+    })
+    .await?;
+    r.detect_ms = common::first_after(&events, t0_wall, |e| is(e, EventKind::LeaseExpired));
+    r.restart_in_place_ms = common::first_after(&events, t0_wall, |e| is(e, EventKind::RestartInPlace));
+    r.migrate_ms = common::first_after(&events, t0_wall, |e| is(e, EventKind::Migrate));
+    r.started_ms = common::first_after(&events, t0_wall, |e| is(e, EventKind::ServerStarted) && on_d(e));
+    r.leased_ms = common::first_after(&events, t0_wall, |e| is(e, EventKind::LeaseAcquired) && on_d(e));
     if let (Some(d), Some(x)) = (r.detect_ms, r.expiry_ms) {
         r.detect_lag_ms = Some(d - x);
     }

@@ -21,6 +21,7 @@
 //! checked every run: both servers' journals (never two instances at once) and both
 //! clients' logs (never an older instance answering after a newer one).
 
+use ferry_core::EventKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -424,24 +425,24 @@ async fn measure(
         r.token_after = l.epoch;
     }
 
-    let is = |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms2");
+    let is = |e: &ferry_api::Event, kind: EventKind| e.kind == kind && e.server.as_deref() == Some("ms2");
     let on_d = |e: &ferry_api::Event| e.machine.as_deref() == Some("machine-d");
     let until = clock::now() + Duration::from_secs(10);
     let events = loop {
         let ev: Vec<ferry_api::Event> =
             d.events().await.unwrap_or_default().into_iter().filter(|e| e.id > since).collect();
-        if ev.iter().any(|e| is(e, "lease-acquired") && on_d(e)) || clock::now() >= until {
+        if ev.iter().any(|e| is(e, EventKind::LeaseAcquired) && on_d(e)) || clock::now() >= until {
             break ev;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let at = |pred: &dyn Fn(&ferry_api::Event) -> bool| common::first_after(&events, t0_wall, pred);
-    r.detect_ms = at(&|e| is(e, "lease-expired"));
-    r.in_place_ms = at(&|e| is(e, "restart-in-place"));
-    r.migrate_ms = at(&|e| is(e, "migrate"));
-    r.addif_ms = at(&|e| is(e, "addif") && on_d(e));
-    r.started_ms = at(&|e| is(e, "server-started") && on_d(e));
-    r.leased_ms = at(&|e| is(e, "lease-acquired") && on_d(e));
+    r.detect_ms = at(&|e| is(e, EventKind::LeaseExpired));
+    r.in_place_ms = at(&|e| is(e, EventKind::RestartInPlace));
+    r.migrate_ms = at(&|e| is(e, EventKind::Migrate));
+    r.addif_ms = at(&|e| is(e, EventKind::Addif) && on_d(e));
+    r.started_ms = at(&|e| is(e, EventKind::ServerStarted) && on_d(e));
+    r.leased_ms = at(&|e| is(e, EventKind::LeaseAcquired) && on_d(e));
     if let Some(m) = r.migrate_ms {
         let bound = (t.timers_ms() + t.interval_ms) as i64 + (first - m);
         r.bound_ms = Some(bound);

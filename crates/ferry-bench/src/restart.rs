@@ -8,6 +8,7 @@
 //! 800 ms, then gives up), so repeated crashes of one server in one domain would measure
 //! the backoff, not the restart.
 
+use ferry_core::EventKind;
 use std::path::Path;
 
 use ferry::harness::Harness;
@@ -135,17 +136,19 @@ async fn measure(h: &Harness, r: &mut RestartRun, t: Timings) -> anyhow::Result<
     r.answered_ms = Some(answered as i64 - t0 as i64);
     r.token_after = after["fencing_token"].as_u64().unwrap_or(0);
 
-    let is = |e: &ferry_api::Event, kind: &str| e.kind == kind && e.server.as_deref() == Some("ms1");
+    let is = |e: &ferry_api::Event, kind: EventKind| e.kind == kind && e.server.as_deref() == Some("ms1");
     let events = common::events_until(h, since, "lease-acquired of the new ms1", |e| {
-        is(e, "lease-acquired") && e.source == "server/ms1"
+        is(e, EventKind::LeaseAcquired) && e.source == "server/ms1"
     })
     .await?;
-    r.exited_ms = common::first_after(&events, t0_wall, |e| is(e, "server-exited"));
-    r.started_ms = common::first_after(&events, t0_wall, |e| is(e, "server-started"));
-    r.leased_ms = common::first_after(&events, t0_wall, |e| is(e, "lease-acquired") && e.source == "server/ms1");
-    r.handover =
-        events.iter().any(|e| is(e, "lease-acquired") && e.source == "server/ms1" && e.message.contains("handover"))
-            && !events.iter().any(|e| is(e, "lease-expired"));
+    r.exited_ms = common::first_after(&events, t0_wall, |e| is(e, EventKind::ServerExited));
+    r.started_ms = common::first_after(&events, t0_wall, |e| is(e, EventKind::ServerStarted));
+    r.leased_ms =
+        common::first_after(&events, t0_wall, |e| is(e, EventKind::LeaseAcquired) && e.source == "server/ms1");
+    r.handover = events
+        .iter()
+        .any(|e| is(e, EventKind::LeaseAcquired) && e.source == "server/ms1" && e.message.contains("handover"))
+        && !events.iter().any(|e| is(e, EventKind::LeaseExpired));
     Ok(())
 }
 

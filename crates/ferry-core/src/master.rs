@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::domain::Domain;
+use crate::event::EventKind;
 use crate::ids::{ClusterName, Epoch, Incarnation, MachineName, ServerName};
 use crate::lease::Lease;
 use crate::time::Mono;
@@ -18,7 +19,7 @@ pub enum MasterAction {
     /// machine to power-fence (the cluster's `fence_command`) before starting elsewhere.
     Start { server: ServerName, machine: MachineName, in_place: bool, power_fence: Option<MachineName> },
     /// Something for the event log: `kind` is a stable word, `message` for people.
-    Event { kind: &'static str, server: ServerName, message: String },
+    Event { kind: EventKind, server: ServerName, message: String },
 }
 
 /// What a Node Manager said to a start command.
@@ -142,7 +143,7 @@ impl Planner {
                         continue;
                     };
                     out.push(MasterAction::Event {
-                        kind: "lease-expired",
+                        kind: EventKind::LeaseExpired,
                         server: server.clone(),
                         message: format!(
                             "lease of {server} on {machine} expired (epoch {}, {} ms ago); waiting the fencing grace period of {} ms",
@@ -171,7 +172,7 @@ impl Planner {
                         self.tracks.remove(server);
                         if lease.is_live() {
                             out.push(MasterAction::Event {
-                                kind: "server-recovered",
+                                kind: EventKind::ServerRecovered,
                                 server: server.clone(),
                                 message: format!(
                                     "{server} holds its lease again on {} (epoch {})",
@@ -221,7 +222,7 @@ impl Planner {
         }
         if let Phase::Awaiting { machine, .. } = &track.phase {
             out.push(MasterAction::Event {
-                kind: "start-timeout",
+                kind: EventKind::StartTimeout,
                 server: server.clone(),
                 message: format!(
                     "{server} did not take its lease on {machine} within {} ms; trying the next machine",
@@ -267,7 +268,7 @@ impl Planner {
                 track.address_waits = 0;
                 track.phase = Phase::Commanding { machine: machine.clone() };
                 out.push(MasterAction::Event {
-                    kind: if in_place { "restart-in-place" } else { "migrate" },
+                    kind: if in_place { EventKind::RestartInPlace } else { EventKind::Migrate },
                     server: server.clone(),
                     message: if in_place {
                         format!("asking the Node Manager on {machine} to restart {server} where it failed")
@@ -282,7 +283,7 @@ impl Planner {
                 if track.circuit > timing.additional_attempts {
                     track.phase = Phase::GaveUp;
                     out.push(MasterAction::Event {
-                        kind: "gave-up",
+                        kind: EventKind::GaveUp,
                         server: server.clone(),
                         message: format!(
                             "no machine could start {server} after {} circuits of its candidates; giving up until an operator starts it",
@@ -292,7 +293,7 @@ impl Planner {
                 } else {
                     track.phase = Phase::Backoff { until: now + timing.retry_delay_ms };
                     out.push(MasterAction::Event {
-                        kind: "backoff",
+                        kind: EventKind::Backoff,
                         server: server.clone(),
                         message: format!(
                             "every candidate machine failed to start {server}; circuit {} of {} again in {} ms",
@@ -331,7 +332,7 @@ impl Planner {
                 track.address_waits += 1;
                 let interval_ms = domain.server(server).map_or(1_000, |s| s.health_check_interval.as_millis() as u64);
                 out.push(MasterAction::Event {
-                    kind: "address-in-use",
+                    kind: EventKind::AddressInUse,
                     server: server.clone(),
                     message: format!(
                         "Node Manager on {machine} could not start {server} yet: {e}; asking again in {interval_ms} ms ({} of {})",
@@ -343,7 +344,7 @@ impl Planner {
             }
             CommandResult::Unreachable(e) | CommandResult::Refused(e) | CommandResult::AddressInUse(e) => {
                 out.push(MasterAction::Event {
-                    kind: "machine-failed",
+                    kind: EventKind::MachineFailed,
                     server: server.clone(),
                     message: format!("Node Manager on {machine} could not start {server}: {e}"),
                 });

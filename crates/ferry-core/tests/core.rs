@@ -83,11 +83,11 @@ fn starts(actions: &[MasterAction]) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-fn kinds(actions: &[MasterAction]) -> Vec<&'static str> {
+fn kinds(actions: &[MasterAction]) -> Vec<&str> {
     actions
         .iter()
         .filter_map(|a| match a {
-            MasterAction::Event { kind, .. } => Some(*kind),
+            MasterAction::Event { kind, .. } => Some(kind.as_str()),
             _ => None,
         })
         .collect()

@@ -4,6 +4,7 @@
 //! the `/nm/v1` listener, and run until Ctrl-C or SIGTERM. Servers are left running when it
 //! stops: a Node Manager restart must not take the domain down (the next one adopts them).
 
+use ferry_core::EventKind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -116,7 +117,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
         format!("cannot listen on {} (node_manager of machine {})", machine.node_manager, opts.machine)
     })?;
     events.emit(
-        "nodemanager-started",
+        EventKind::NodemanagerStarted,
         None,
         Some(opts.machine.as_str()),
         None,
@@ -251,10 +252,14 @@ async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
     crate::pki::load(&opts.data_dir, machine)
 }
 
-/// Whether an enrollment failure may pass by itself (the admin is not up yet).
+/// Whether an enrollment failure may pass by itself: the admin did not answer (it is not up
+/// yet), or has not written the domain CA next to the domain file yet. Decided from the
+/// errors themselves, not their wording; a refusal will not change by waiting.
 fn is_transient(e: &anyhow::Error) -> bool {
-    let text = format!("{e:#}");
-    text.contains("cannot reach") || text.contains("did not answer") || text.contains("cannot read the domain CA")
+    e.chain().any(|cause| {
+        cause.downcast_ref::<ferry_api::ClientError>().is_some_and(|c| c.is_unreachable())
+            || cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 async fn load_initial_domain(
@@ -286,5 +291,25 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_admin_that_is_not_up_yet_is_worth_waiting_for() {
+        let unreachable = ferry_api::ClientError::Unreachable { url: "https://a".into(), reason: "refused".into() };
+        assert!(is_transient(&anyhow::Error::new(unreachable).context("enrollment of machine m failed")));
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no ca.pem");
+        assert!(is_transient(&anyhow::Error::new(missing).context("cannot read the domain CA certificate")));
+        let refused = ferry_api::ClientError::Api {
+            status: 403,
+            error: "cannot reach ... (a message that only looks transient)".into(),
+            detail: serde_json::Value::Null,
+        };
+        assert!(!is_transient(&anyhow::Error::new(refused).context("enrollment of machine m failed")));
+        assert!(!is_transient(&anyhow::anyhow!("did not answer: just words")));
     }
 }

@@ -117,7 +117,7 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
     let got = admin
         .enroll(&keys.request(machine, token))
         .await
-        .map_err(|e| anyhow::anyhow!("enrollment of machine {machine} at {} failed: {e}", admin.base()))?;
+        .with_context(|| format!("enrollment of machine {machine} at {} failed", admin.base()))?;
     keys.store(data_dir, machine, got, false)?;
     Ok(())
 }
@@ -132,7 +132,7 @@ pub async fn rotate(data_dir: &Path, machine: &str, admin_url: &str) -> anyhow::
     let got = admin
         .rotate(&keys.request(machine, String::new()))
         .await
-        .map_err(|e| anyhow::anyhow!("rotation of machine {machine} at {} failed: {e}", admin.base()))?;
+        .with_context(|| format!("rotation of machine {machine} at {} failed", admin.base()))?;
     keys.store(data_dir, machine, got, true)
 }
 
@@ -191,7 +191,7 @@ impl NewKeys {
 async fn fetch_ca_unchecked(admin_url: &str, nonce: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
     let admin =
         AdminClient::with_tls_config(admin_url, ferry_tls::trust_on_first_use_client_config(), Duration::from_secs(10));
-    admin.pki_ca(nonce).await.map_err(|e| anyhow::anyhow!("cannot fetch the domain CA certificate: {e}"))
+    admin.pki_ca(nonce).await.context("cannot fetch the domain CA certificate")
 }
 
 /// Fetches the CA certificate with a fresh nonce and accepts it only if the admin proved it

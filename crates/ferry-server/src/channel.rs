@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::Report;
@@ -15,7 +15,8 @@ use ferry_api::Report;
 /// Lines kept while the Node Manager is away (events mostly; the deadline is kept apart).
 const BUFFER: usize = 200;
 
-struct Channel {
+/// The server's side of the channel; the runtime keeps one and passes it around.
+pub(crate) struct Channel {
     path: Option<String>,
     state: Mutex<State>,
     /// Where the Node Manager's replies go (the runtime's channel).
@@ -30,69 +31,68 @@ struct State {
     pending: VecDeque<String>,
 }
 
-static CHANNEL: OnceLock<Channel> = OnceLock::new();
+impl Channel {
+    /// The channel to the Node Manager at `path` (none: reports go to stdout), who the
+    /// server is, and what to do with the Node Manager's replies (read on a thread of their
+    /// own).
+    pub fn new(
+        path: Option<String>,
+        hello: Report,
+        on_reply: Box<dyn Fn(ferry_api::Reply) + Send + Sync>,
+    ) -> Arc<Self> {
+        Arc::new(Channel { path, state: Mutex::new(State { hello: Some(hello), ..Default::default() }), on_reply })
+    }
 
-/// Sets where reports go (once, at start-up), who the server is, and what to do with the
-/// Node Manager's replies (read on a thread of their own).
-pub(crate) fn init(path: Option<String>, hello: Report, on_reply: Box<dyn Fn(ferry_api::Reply) + Send + Sync>) {
-    let _ =
-        CHANNEL.set(Channel { path, state: Mutex::new(State { hello: Some(hello), ..Default::default() }), on_reply });
-}
-
-/// Updates what the next `Hello` says (epoch and master role), for a reconnect.
-pub(crate) fn update_hello(epoch: Option<u64>, master: Option<bool>) {
-    let Some(ch) = CHANNEL.get() else { return };
-    if let Ok(mut st) = ch.state.lock() {
-        if let Some(Report::Hello { epoch: e, master: m, .. }) = st.hello.as_mut() {
-            if epoch.is_some() {
-                *e = epoch;
-            }
-            if let Some(v) = master {
-                *m = v;
+    /// Updates what the next `Hello` says (epoch and master role), for a reconnect.
+    pub fn update_hello(&self, epoch: Option<u64>, master: Option<bool>) {
+        if let Ok(mut st) = self.state.lock() {
+            if let Some(Report::Hello { epoch: e, master: m, .. }) = st.hello.as_mut() {
+                if epoch.is_some() {
+                    *e = epoch;
+                }
+                if let Some(v) = master {
+                    *m = v;
+                }
             }
         }
     }
-}
 
-/// Sends one report; never blocks for long, never fails the caller. True when it reached a
-/// connected Node Manager (a renewal handed over can then be answered).
-pub(crate) fn send(r: &Report) -> bool {
-    let Ok(line) = serde_json::to_string(r) else {
-        return false;
-    };
-    let Some(ch) = CHANNEL.get() else {
-        stdout_line(&line);
-        return false;
-    };
-    let Some(path) = ch.path.as_deref() else {
-        stdout_line(&line);
-        return false;
-    };
-    let Ok(mut st) = ch.state.lock() else { return false };
-    if matches!(r, Report::Deadline { .. }) {
-        st.last_deadline = Some(line.clone());
-    }
-    if st.stream.is_none() {
-        connect(&mut st, path);
-    }
-    let ok = match st.stream.as_mut() {
-        Some(s) => write_line(s, &line).is_ok(),
-        None => false,
-    };
-    if !ok {
-        st.stream = None;
-        // Deadlines are re-sent on reconnect; a renewal is retried by the keeper instead.
-        if !matches!(r, Report::Deadline { .. } | Report::Renew { .. }) {
-            if st.pending.len() >= BUFFER {
-                st.pending.pop_front();
-            }
-            st.pending.push_back(line);
+    /// Sends one report; never blocks for long, never fails the caller. True when it
+    /// reached a connected Node Manager (a renewal handed over can then be answered).
+    pub fn send(self: &Arc<Self>, r: &Report) -> bool {
+        let Ok(line) = serde_json::to_string(r) else {
+            return false;
+        };
+        let Some(path) = self.path.as_deref() else {
+            stdout_line(&line);
+            return false;
+        };
+        let Ok(mut st) = self.state.lock() else { return false };
+        if matches!(r, Report::Deadline { .. }) {
+            st.last_deadline = Some(line.clone());
         }
+        if st.stream.is_none() {
+            connect(self, &mut st, path);
+        }
+        let ok = match st.stream.as_mut() {
+            Some(s) => write_line(s, &line).is_ok(),
+            None => false,
+        };
+        if !ok {
+            st.stream = None;
+            // Deadlines are re-sent on reconnect; a renewal is retried by the keeper instead.
+            if !matches!(r, Report::Deadline { .. } | Report::Renew { .. }) {
+                if st.pending.len() >= BUFFER {
+                    st.pending.pop_front();
+                }
+                st.pending.push_back(line);
+            }
+        }
+        ok
     }
-    ok
 }
 
-fn connect(st: &mut State, path: &str) {
+fn connect(ch: &Arc<Channel>, st: &mut State, path: &str) {
     let Ok(mut s) = UnixStream::connect(path) else {
         return;
     };
@@ -113,14 +113,14 @@ fn connect(st: &mut State, path: &str) {
     st.pending.clear();
     // The Node Manager's replies come back on the same connection.
     if let Ok(reader) = s.try_clone() {
-        std::thread::spawn(move || read_replies(reader));
+        let ch = ch.clone();
+        std::thread::spawn(move || read_replies(&ch, reader));
     }
     st.stream = Some(s);
 }
 
-fn read_replies(stream: UnixStream) {
+fn read_replies(ch: &Channel, stream: UnixStream) {
     use std::io::BufRead;
-    let Some(ch) = CHANNEL.get() else { return };
     for line in std::io::BufReader::new(stream).lines() {
         let Ok(line) = line else { return };
         if let Ok(reply) = serde_json::from_str::<ferry_api::Reply>(&line) {

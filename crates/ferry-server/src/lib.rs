@@ -5,8 +5,11 @@
 //! competes for its cluster's master lease.
 
 mod channel;
+mod context;
+mod daemon;
 mod master;
 mod runtime;
 mod services;
 
-pub use runtime::{run, EXIT_CONFIG, EXIT_FENCED};
+pub use daemon::run;
+pub use runtime::{EXIT_CONFIG, EXIT_FENCED};

@@ -4,6 +4,7 @@
 //! Managers, each command stamped with the master lease's epoch (rule 5) and sent only while
 //! the master's own deadline has not passed (rule 6).
 
+use ferry_core::EventKind;
 use std::time::Duration;
 
 use ferry_api::{NmClient, NmStart, Origin, Report};
@@ -14,7 +15,7 @@ use ferry_core::{LeaseName, Mono, ServerName};
 use ferry_host::clock;
 use ferry_store::ScanCursor;
 
-use crate::runtime::{Ctx, Msg};
+use crate::context::{Ctx, Msg};
 
 pub(crate) struct MasterRole {
     keeper: Keeper,
@@ -223,10 +224,10 @@ impl MasterRole {
                     self.reach = Reachability::new(clock::now(), self.timing.interval_ms);
                     self.next_scan = clock::now();
                     self.full_scan_at = self.next_scan;
-                    crate::channel::update_hello(None, Some(true));
+                    ctx.channel.update_hello(None, Some(true));
                     ctx.report(&Report::Master { held: true, epoch: epoch.0 });
                     ctx.event(
-                        "master-acquired",
+                        EventKind::MasterAcquired,
                         Some(epoch.0),
                         format!("{} is now cluster master of {} (master epoch {epoch})", ctx.name, ctx.server.cluster),
                     );
@@ -248,10 +249,10 @@ impl MasterRole {
                             }
                         });
                     }
-                    crate::channel::update_hello(None, Some(false));
+                    ctx.channel.update_hello(None, Some(false));
                     ctx.report(&Report::Master { held: false, epoch });
                     ctx.event(
-                        "master-lost",
+                        EventKind::MasterLost,
                         Some(epoch),
                         format!("{} gave up the cluster master role of {}: {reason}", ctx.name, ctx.server.cluster),
                     );
@@ -316,13 +317,8 @@ impl MasterRole {
         for a in actions {
             match a {
                 MasterAction::Event { kind, server, message } => {
-                    tracing::info!(kind, server = %server, "{message}");
-                    ctx.report(&Report::Event {
-                        kind: kind.into(),
-                        message,
-                        epoch: self.epoch,
-                        server: Some(server.to_string()),
-                    });
+                    tracing::info!(kind = kind.as_str(), server = %server, "{message}");
+                    ctx.report(&Report::Event { kind, message, epoch: self.epoch, server: Some(server.to_string()) });
                 }
                 MasterAction::Start { server, machine, in_place, power_fence } => {
                     // Rule 6: act only while the master lease is valid by our own deadline.
@@ -390,7 +386,7 @@ impl MasterRole {
             if let KeeperAction::Release { epoch } = a {
                 match ctx.store.release(&Self::lease(ctx), &self.incarnation(ctx), epoch).await {
                     Ok(()) => ctx.event(
-                        "master-released",
+                        EventKind::MasterReleased,
                         Some(epoch.0),
                         format!("{} released the cluster master role of {}", ctx.name, ctx.server.cluster),
                     ),

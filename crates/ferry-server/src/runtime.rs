@@ -2,20 +2,18 @@
 //! the master role; store calls, health checks and Node Manager calls run as side tasks and
 //! report back over a channel, so nothing slow ever stands between the loop and a deadline.
 
+use ferry_core::EventKind;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::{AdminClient, Bootstrap, Report, VersionedDomain};
-use ferry_core::domain::{Domain, Server};
+use ferry_api::Report;
 use ferry_core::keeper::{Keeper, KeeperAction, KeeperTiming};
-use ferry_core::lease::Lease;
-use ferry_core::{Incarnation, LeaseName, MachineName, Mono, ServerName};
-use ferry_host::{clock, files};
-use ferry_store::{AcquireRequest, LeaseStore, StoreError};
-use tokio::io::AsyncBufReadExt;
+use ferry_core::{Incarnation, LeaseName, Mono};
+use ferry_host::clock;
+use ferry_store::StoreError;
 use tokio::sync::mpsc;
 
+use crate::context::{Ctx, Msg};
 use crate::master::MasterRole;
 use crate::services::{self, Running, ServiceEnv};
 
@@ -26,213 +24,7 @@ pub const EXIT_CONFIG: i32 = 78;
 /// Exit status when a hosted service died (the Node Manager restarts the server at once).
 const EXIT_SERVICE_DIED: i32 = 70;
 
-/// Answers that side tasks send back to the loop.
-pub(crate) enum Msg {
-    ServerAcquire(Result<Lease, StoreError>),
-    ServerRenew(Result<Lease, StoreError>),
-    MasterAcquire(Result<Lease, StoreError>),
-    MasterRenew(Result<Lease, StoreError>),
-    /// The expired (and tracked) leases, and the ms until the next lease expires.
-    Scan(Result<ferry_store::Scan, StoreError>),
-    NmResult {
-        server: ServerName,
-        machine: MachineName,
-        result: ferry_core::master::CommandResult,
-    },
-    Health(Vec<(String, Result<(), String>)>),
-    /// The Node Manager's answer on the local channel (a batched renewal).
-    Reply(ferry_api::Reply),
-    /// A renewal handed to the Node Manager got no answer in time.
-    RenewTimeout {
-        id: u64,
-    },
-    /// The master's reachability check of one Node Manager.
-    NmHealth {
-        machine: MachineName,
-        ok: bool,
-    },
-}
-
-/// What every part of the runtime shares.
-pub(crate) struct Ctx {
-    pub name: ServerName,
-    pub machine: MachineName,
-    pub incarnation: Incarnation,
-    pub domain: Domain,
-    pub server: Server,
-    pub store: Arc<dyn LeaseStore>,
-    /// This server's certificate from its Node Manager (mutual TLS as cluster master).
-    pub credentials: Option<ferry_tls::Credentials>,
-    pub tx: mpsc::Sender<Msg>,
-}
-
-impl Ctx {
-    pub fn report(&self, r: &Report) {
-        report(r);
-    }
-
-    pub fn event(&self, kind: &str, epoch: Option<u64>, message: String) {
-        tracing::info!(kind, "{message}");
-        report(&Report::Event { kind: kind.into(), message, epoch, server: None });
-    }
-
-    pub fn request(&self, name: LeaseName) -> AcquireRequest {
-        AcquireRequest {
-            name,
-            owner: self.name.clone(),
-            machine: self.machine.clone(),
-            incarnation: self.incarnation.clone(),
-            ttl: self.server.lease_ttl(),
-        }
-    }
-}
-
-/// Sends one report to the Node Manager (see `channel`): a Node Manager that is gone does
-/// not stop the server, which keeps running on its own lease.
-fn report(r: &Report) {
-    crate::channel::send(r);
-}
-
-/// Runs `ferry server NAME`; returns the process's exit status (told to the Node Manager
-/// first, which cannot wait for a server it adopted).
-pub async fn run(name: ServerName) -> i32 {
-    let code = run_inner(name).await;
-    report(&Report::Exiting { code });
-    code
-}
-
-async fn run_inner(name: ServerName) -> i32 {
-    let boot = match read_bootstrap().await {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("ferry server {name}: {e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let machine = match MachineName::new(boot.machine.as_str()) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("ferry server {name}: {e}");
-            return EXIT_CONFIG;
-        }
-    };
-    let (tx, rx) = mpsc::channel(256);
-    let replies = tx.clone();
-    crate::channel::init(
-        boot.channel.clone(),
-        Report::Hello {
-            server: name.to_string(),
-            incarnation: boot.incarnation.clone(),
-            pid: std::process::id(),
-            epoch: None,
-            master: false,
-        },
-        // Read on the channel's own thread, outside the runtime.
-        Box::new(move |reply| {
-            let _ = replies.blocking_send(Msg::Reply(reply));
-        }),
-    );
-    let cache_dir = PathBuf::from(&boot.cache_dir);
-    let Some(domain) = obtain_config(&name, &boot, &cache_dir).await else {
-        return EXIT_CONFIG;
-    };
-    let Some(server) = domain.domain.server(&name).cloned() else {
-        eprintln!(
-            "ferry server {name}: server {name} is not defined in domain {} (version {})",
-            domain.domain.name, domain.version
-        );
-        return EXIT_CONFIG;
-    };
-    let mut timing = KeeperTiming::new(server.health_check_interval, server.health_check_periods_until_fencing);
-    // Patience to take the lease: long enough for a dead holder's lease to run out.
-    timing.acquire_patience_ms = Some(timing.ttl_ms + 2 * timing.interval_ms);
-    // Connected on first use: an unreachable table is then just a failed acquisition,
-    // retried within the acquire patience (and after it, by the Node Manager).
-    let store =
-        ferry_store::open_lazy(&domain.domain.leasing.data_source, Duration::from_millis(timing.request_timeout_ms()));
-    let ctx = Ctx {
-        name,
-        machine,
-        incarnation: Incarnation(boot.incarnation.clone()),
-        domain: domain.domain.clone(),
-        server,
-        store,
-        credentials: boot.credentials.clone(),
-        tx,
-    };
-    let handover = boot.handover_from.clone().map(Incarnation);
-    Runtime::new(ctx, timing, handover, cache_dir).run(rx).await
-}
-
-async fn read_bootstrap() -> Result<Bootstrap, String> {
-    let mut line = String::new();
-    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-    match tokio::time::timeout(Duration::from_secs(10), stdin.read_line(&mut line)).await {
-        Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).map_err(|e| format!("bad bootstrap message from the Node Manager: {e}")),
-        _ => Err("no bootstrap message on stdin: `ferry server` is started by a Node Manager (`ferry start NAME`), not by hand".into()),
-    }
-}
-
-/// Figure 7-1 steps 4 and 5: fetch the configuration from the admin and cache it; when the
-/// admin is down, use the cached copy (managed server independence), then the Node
-/// Manager's copy.
-async fn obtain_config(name: &ServerName, boot: &Bootstrap, cache_dir: &std::path::Path) -> Option<VersionedDomain> {
-    let cache = cache_dir.join("config-cache.json");
-    let admin = match &boot.credentials {
-        Some(c) => AdminClient::with_tls(&boot.admin_url, c, Duration::from_secs(2)),
-        None => AdminClient::new(&boot.admin_url, Duration::from_secs(2)),
-    };
-    match admin.server_config(name.as_str()).await {
-        Ok(d) => {
-            if let Ok(bytes) = serde_json::to_vec(&d) {
-                if let Err(e) = files::write_atomic(&cache, &bytes, 0o600) {
-                    tracing::warn!("could not cache the configuration at {}: {e}", cache.display());
-                }
-            }
-            report(&Report::Event {
-                kind: "config-obtained".into(),
-                message: format!(
-                    "{name} obtained configuration version {} from the Administration Server and cached it",
-                    d.version
-                ),
-                epoch: None,
-                server: None,
-            });
-            return Some(d);
-        }
-        Err(e) => {
-            tracing::warn!("Administration Server unavailable ({e}); using cached configuration")
-        }
-    }
-    if let Some(d) = std::fs::read(&cache).ok().and_then(|b| serde_json::from_slice::<VersionedDomain>(&b).ok()) {
-        report(&Report::Event {
-            kind: "config-cached".into(),
-            message: format!(
-                "{name} started from its cached configuration version {} (Administration Server unreachable)",
-                d.version
-            ),
-            epoch: None,
-            server: None,
-        });
-        return Some(d);
-    }
-    if let Some(d) = boot.domain.clone() {
-        report(&Report::Event {
-            kind: "config-cached".into(),
-            message: format!("{name} started from the Node Manager's copy of the configuration (version {}; Administration Server unreachable)", d.version),
-            epoch: None,
-            server: None,
-        });
-        return Some(d);
-    }
-    eprintln!(
-        "ferry server {name}: the Administration Server at {} is unreachable and no configuration is cached",
-        boot.admin_url
-    );
-    None
-}
-
-struct Runtime {
+pub(crate) struct Runtime {
     ctx: Ctx,
     keeper: Keeper,
     handover: Option<Incarnation>,
@@ -268,7 +60,7 @@ enum Flow {
 }
 
 impl Runtime {
-    fn new(ctx: Ctx, timing: KeeperTiming, handover: Option<Incarnation>, dir: PathBuf) -> Self {
+    pub fn new(ctx: Ctx, timing: KeeperTiming, handover: Option<Incarnation>, dir: PathBuf) -> Self {
         let now = clock::now();
         Runtime {
             keeper: Keeper::new(timing, now),
@@ -289,7 +81,7 @@ impl Runtime {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> i32 {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> i32 {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(t) => t,
             Err(e) => {
@@ -303,7 +95,7 @@ impl Runtime {
             if self.cert_refresh_at.is_some_and(|at| now >= at) {
                 // Ask again in a minute if no answer comes (the Node Manager may be down).
                 self.cert_refresh_at = Some(now + 60_000);
-                crate::channel::send(&Report::Certificate);
+                self.ctx.channel.send(&Report::Certificate);
             }
             let actions = self.keeper.tick(now);
             if let Flow::Exit(code) = self.on_keeper(actions).await {
@@ -348,7 +140,7 @@ impl Runtime {
                         // Retrying cannot help: the table is missing or of another version.
                         eprintln!("ferry server {}: {e}", self.ctx.name);
                         self.ctx.event(
-                            "config-error",
+                            EventKind::ConfigError,
                             None,
                             format!("{} cannot use the lease table: {e}", self.ctx.name),
                         );
@@ -458,7 +250,7 @@ impl Runtime {
                             epoch: epoch.0,
                             ttl_ms: self.ctx.server.lease_ttl().as_millis() as u64,
                         };
-                        if crate::channel::send(&report) {
+                        if self.ctx.channel.send(&report) {
                             self.renew_pending = Some(id);
                             let tx = self.ctx.tx.clone();
                             let wait = Duration::from_millis(self.keeper.timing.request_timeout_ms());
@@ -490,10 +282,10 @@ impl Runtime {
                 }
                 KeeperAction::Acquired { epoch } => {
                     self.epoch = Some(epoch.0);
-                    crate::channel::update_hello(Some(epoch.0), None);
+                    self.ctx.channel.update_hello(Some(epoch.0), None);
                     self.ctx.report(&Report::Acquired { epoch: epoch.0 });
                     self.ctx.event(
-                        "lease-acquired",
+                        EventKind::LeaseAcquired,
                         Some(epoch.0),
                         format!(
                             "{} obtained its server lease on {} (epoch {}, ttl {} ms){}",
@@ -513,7 +305,7 @@ impl Runtime {
                     match services::start_all(&env, &self.dir) {
                         Ok(s) => self.services = s,
                         Err(e) => {
-                            self.ctx.event("start-failed", Some(epoch.0), format!("{}: {e}", self.ctx.name));
+                            self.ctx.event(EventKind::StartFailed, Some(epoch.0), format!("{}: {e}", self.ctx.name));
                             self.release_all().await;
                             return Flow::Exit(EXIT_CONFIG);
                         }
@@ -526,7 +318,7 @@ impl Runtime {
                     services::kill_all(&mut self.services);
                     let msg = format!("{} {reason}; its services were killed", self.ctx.name);
                     eprintln!("<Error> <Cluster> <FERRY-000150> <{msg}>");
-                    self.ctx.event("fenced", self.epoch, msg);
+                    self.ctx.event(EventKind::Fenced, self.epoch, msg);
                     return Flow::Exit(EXIT_FENCED);
                 }
                 KeeperAction::Release { epoch } => self.release_server_lease(epoch).await,
@@ -542,7 +334,7 @@ impl Runtime {
         if let Some((svc, status)) = services::exited(&mut self.services) {
             services::kill_all(&mut self.services);
             self.ctx.event(
-                "service-died",
+                EventKind::ServiceDied,
                 self.epoch,
                 format!(
                     "service {svc} of {} ended ({status}); the server exits so its Node Manager restarts it",
@@ -592,7 +384,7 @@ impl Runtime {
         if !healthy && !self.unhealthy_reported {
             self.unhealthy_reported = true;
             self.ctx.event(
-                "unhealthy",
+                EventKind::Unhealthy,
                 self.epoch,
                 format!("{} stops renewing its lease: {}", self.ctx.name, problems.join("; ")),
             );
@@ -601,7 +393,7 @@ impl Runtime {
             self.running_reported = true;
             self.ctx.report(&Report::Running);
             self.ctx.event(
-                "server-running",
+                EventKind::ServerRunning,
                 self.epoch,
                 format!("{} is running on {}: its services answer", self.ctx.name, self.ctx.machine),
             );
@@ -612,11 +404,11 @@ impl Runtime {
         let r = self.ctx.store.release(&LeaseName::Server(self.ctx.name.clone()), &self.ctx.incarnation, epoch).await;
         match r {
             Ok(()) => self.ctx.event(
-                "lease-released",
+                EventKind::LeaseReleased,
                 Some(epoch.0),
                 format!("{} removed its lease (epoch {epoch})", self.ctx.name),
             ),
-            Err(e) => self.ctx.event("lease-release-failed", Some(epoch.0), format!("{}: {e}", self.ctx.name)),
+            Err(e) => self.ctx.event(EventKind::LeaseReleaseFailed, Some(epoch.0), format!("{}: {e}", self.ctx.name)),
         }
     }
 
@@ -634,7 +426,7 @@ impl Runtime {
 
     /// SIGTERM: stop the services, give the leases back (Figure 7-3 step 4), exit 0.
     async fn shutdown(&mut self) -> i32 {
-        self.ctx.event("server-stopping", self.epoch, format!("{} is shutting down gracefully", self.ctx.name));
+        self.ctx.event(EventKind::ServerStopping, self.epoch, format!("{} is shutting down gracefully", self.ctx.name));
         let patience = self.ctx.server.shutdown_timeout * 8 / 10;
         services::stop_all(&mut self.services, patience).await;
         self.release_all().await;

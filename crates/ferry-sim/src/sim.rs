@@ -27,7 +27,7 @@ use ferry_core::master::{CommandResult, MasterAction, MasterTiming, Planner};
 use ferry_core::nodeman::agent::{CommandId, ServerReport};
 use ferry_core::nodeman::{Action, Command, NodeManager, NodeManagerTiming, Origin, Refusal, RestartPolicy};
 use ferry_core::time::Bugs;
-use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
+use ferry_core::{ClusterName, Epoch, EventKind, Incarnation, LeaseName, MachineName, Mono, ServerName};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -825,7 +825,11 @@ impl Sim {
         let stale = actions.iter().any(|a| matches!(a, Action::Reply { result: Err(Refusal::StaleMaster(_)), .. }));
         if stale {
             self.stats.stale_rejected += 1;
-            tr!(self, "nm {} refuses start {server} from tenure {tenure}: stale master epoch {epoch}", self.hosts[h].name);
+            tr!(
+                self,
+                "nm {} refuses start {server} from tenure {tenure}: stale master epoch {epoch}",
+                self.hosts[h].name
+            );
         } else if epoch < seen {
             let detail = format!(
                 "Node Manager on {} executes `start {server}` from master tenure {tenure} at epoch {epoch}, after epoch {seen} reached it",
@@ -882,8 +886,8 @@ impl Sim {
             }
             Action::Event { kind, server, message, .. } => {
                 match kind {
-                    "restart-after-fence" => self.stats.fenced_restarts += 1,
-                    "restart-in-place" => self.stats.crash_restarts += 1,
+                    EventKind::RestartAfterFence => self.stats.fenced_restarts += 1,
+                    EventKind::RestartInPlace => self.stats.crash_restarts += 1,
                     _ => {}
                 }
                 tr!(self, "nm {name} {kind} {server}: {message}");
@@ -918,7 +922,11 @@ impl Sim {
                         self.stats.healthy_killed += 1;
                         tr!(self, "nm {name} kills a healthy {}", self.who(i));
                     }
-                    self.inst_exit(i, None, if fence { "fenced by its Node Manager" } else { "killed by its Node Manager" });
+                    self.inst_exit(
+                        i,
+                        None,
+                        if fence { "fenced by its Node Manager" } else { "killed by its Node Manager" },
+                    );
                 }
                 if fence {
                     self.hosts[h].nm.as_mut().expect("up").core.fence_killed(&server, usize::from(target.is_some()));
@@ -933,30 +941,46 @@ impl Sim {
             }
             Action::KillOrphan { server } => {
                 let supervised = self.hosts[h].nm.as_ref().and_then(|nm| nm.core.pid_of(&server));
-                let orphan = self
-                    .alive
-                    .iter()
-                    .copied()
-                    .find(|i| self.insts[*i].host == h && self.insts[*i].server == server && Some(pid_of(*i)) != supervised);
+                let orphan = self.alive.iter().copied().find(|i| {
+                    self.insts[*i].host == h && self.insts[*i].server == server && Some(pid_of(*i)) != supervised
+                });
                 if let Some(i) = orphan {
                     self.inst_exit(i, None, "killed as an orphan by its Node Manager");
                 }
-                self.hosts[h].nm.as_mut().expect("up").core.orphan_killed(local, &self.domain, &server, orphan.map(pid_of))
+                self.hosts[h].nm.as_mut().expect("up").core.orphan_killed(
+                    local,
+                    &self.domain,
+                    &server,
+                    orphan.map(pid_of),
+                )
             }
-            Action::Plumb { server, ip } => {
-                self.hosts[h].nm.as_mut().expect("up").core.plumbed(local, &self.domain, &server, Ok(format!("{ip} added")))
+            Action::Plumb { server, ip } => self.hosts[h].nm.as_mut().expect("up").core.plumbed(
+                local,
+                &self.domain,
+                &server,
+                Ok(format!("{ip} added")),
+            ),
+            Action::Mount { server } => {
+                self.hosts[h].nm.as_mut().expect("up").core.mounted(local, &self.domain, &server, Ok("mounted".into()))
             }
-            Action::Mount { server } => self.hosts[h].nm.as_mut().expect("up").core.mounted(local, &self.domain, &server, Ok("mounted".into())),
             Action::Teardown { server, teardown } => {
                 let ip = teardown.ip.map(|ip| Ok(format!("{ip} removed")));
                 let unmount = teardown.unmount.then(|| Ok("unmounted".to_string()));
                 self.hosts[h].nm.as_mut().expect("up").core.torn_down(local, &self.domain, &server, ip, unmount)
             }
-            Action::ReleaseLease { server, .. } => self.hosts[h].nm.as_mut().expect("up").core.released(local, &self.domain, &server, Ok(())),
+            Action::ReleaseLease { server, .. } => {
+                self.hosts[h].nm.as_mut().expect("up").core.released(local, &self.domain, &server, Ok(()))
+            }
             Action::Spawn { server, handover_from } => {
                 let i = self.spawn(h, &server, handover_from);
                 let incarnation = self.insts[i].incarnation.clone();
-                self.hosts[h].nm.as_mut().expect("up").core.spawned(local, &self.domain, &server, incarnation, Ok(pid_of(i)))
+                self.hosts[h].nm.as_mut().expect("up").core.spawned(
+                    local,
+                    &self.domain,
+                    &server,
+                    incarnation,
+                    Ok(pid_of(i)),
+                )
             }
         }
     }
@@ -1018,7 +1042,14 @@ impl Sim {
     /// A process of machine `h` ended: its Node Manager hears of it (its child's exit).
     fn nm_exited(&mut self, h: HostId, server: &ServerName, incarnation: &Incarnation, code: Option<i32>, why: &str) {
         let local = self.local(h);
-        let actions = self.hosts[h].nm.as_mut().expect("up").core.exited(local, &self.domain, server, incarnation, code, why.to_string());
+        let actions = self.hosts[h].nm.as_mut().expect("up").core.exited(
+            local,
+            &self.domain,
+            server,
+            incarnation,
+            code,
+            why.to_string(),
+        );
         self.nm_perform(h, actions);
     }
 
@@ -1578,9 +1609,9 @@ impl Sim {
                 }
                 MasterAction::Event { kind, server, message } => {
                     match kind {
-                        "migrate" => self.stats.migrations += 1,
-                        "restart-in-place" => self.stats.in_place += 1,
-                        "gave-up" => self.stats.gave_up += 1,
+                        EventKind::Migrate => self.stats.migrations += 1,
+                        EventKind::RestartInPlace => self.stats.in_place += 1,
+                        EventKind::GaveUp => self.stats.gave_up += 1,
                         _ => {}
                     }
                     tr!(self, "{} event {kind} {server}: {message}", self.who(i));

@@ -10,7 +10,7 @@ use ferry_core::TokenName;
 use ferry_host::{clock, files};
 use serde::de::DeserializeOwned;
 
-use crate::cli::{Cmd, EventsOutput, MachineAction, Output, TokenAction, EXIT_FAILED, EXIT_USAGE};
+use crate::args::{Cmd, EventsOutput, MachineAction, Output, TokenAction, EXIT_FAILED, EXIT_USAGE};
 
 /// Exit status when the Administration Server cannot be reached.
 const EXIT_UNREACHABLE: i32 = 3;

@@ -3,6 +3,7 @@
 //! this host, narrated step by step from the domain's own event log, with measured times
 //! next to the seed's bound.
 
+use ferry_core::EventKind;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ impl Narrator {
     }
 }
 
-fn is(e: &Event, kind: &str, server: &str) -> bool {
+fn is(e: &Event, kind: EventKind, server: &str) -> bool {
     e.kind == kind && e.server.as_deref() == Some(server)
 }
 
@@ -154,7 +155,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
             )
         },
         |e| {
-            if e.kind == "server-running" {
+            if e.kind == EventKind::ServerRunning {
                 running += 1;
             }
             running == 2
@@ -207,15 +208,16 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
                     .to_string(),
                 )
             },
-            |e| is(e, "lease-acquired", "ms2"),
+            |e| is(e, EventKind::LeaseAcquired, "ms2"),
         )
         .await?;
     let (answered_ms, after) = answered_from(&h, "ms2", "machine-d", Duration::from_secs(30)).await?;
     n.say(answered_ms, "", &format!("ms2 answers from machine-d: {after}"));
-    let at = |kind: &str| seen.iter().find(|e| is(e, kind, "ms2")).map(|e| e.at_ms.saturating_sub(n.t0_ms));
-    let detect = at("lease-expired");
-    let started = at("server-started");
-    let leased = at("lease-acquired");
+    let at =
+        |kind: EventKind| seen.iter().find(|e| is(e, kind.clone(), "ms2")).map(|e| e.at_ms.saturating_sub(n.t0_ms));
+    let detect = at(EventKind::LeaseExpired);
+    let started = at(EventKind::ServerStarted);
+    let leased = at(EventKind::LeaseAcquired);
     let total = answered_ms.saturating_sub(n.t0_ms);
     let bound = INTERVAL_MS * PERIODS as u64 + GRACE_MS;
 
@@ -254,7 +256,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
                 .to_string(),
             )
         },
-        |e| is(e, "lease-acquired", "ms2"),
+        |e| is(e, EventKind::LeaseAcquired, "ms2"),
     )
     .await?;
     let (back_ms, back) = answered_from(&h, "ms2", "machine-c", Duration::from_secs(30)).await?;

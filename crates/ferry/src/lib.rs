@@ -7,6 +7,7 @@
 
 #[macro_use]
 pub mod out;
+pub mod args;
 pub mod cli;
 mod client;
 pub mod demo;

@@ -14,7 +14,7 @@
 use std::io::Write;
 
 /// Writes to stdout; a reader that went away ends the process quietly (exit 0), any other
-/// failure to write ends it with [`crate::cli::EXIT_FAILED`].
+/// failure to write ends it with [`crate::args::EXIT_FAILED`].
 pub fn stdout(args: std::fmt::Arguments<'_>) {
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
@@ -22,7 +22,7 @@ pub fn stdout(args: std::fmt::Arguments<'_>) {
             std::process::exit(0);
         }
         stderr(format_args!("ferry: cannot write to standard output: {e}\n"));
-        std::process::exit(crate::cli::EXIT_FAILED);
+        std::process::exit(crate::args::EXIT_FAILED);
     }
 }
 

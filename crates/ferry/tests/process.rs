@@ -1990,7 +1990,7 @@ async fn post_events(h: &Harness, n: usize) {
                 id: 0,
                 at_ms: 1,
                 source: "test".into(),
-                kind: "load".into(),
+                kind: ferry_api::EventKind::parse("load"),
                 server: None,
                 machine: None,
                 epoch: None,

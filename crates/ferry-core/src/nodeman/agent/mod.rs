@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use crate::domain::Domain;
+use crate::event::EventKind;
 use crate::ids::{ClusterName, Epoch, Incarnation, MachineName, ServerName};
 use crate::nodeman::refusal::Refusal;
 use crate::nodeman::state::ServerState;
@@ -86,7 +87,7 @@ pub enum Action {
     /// Answer command `id`.
     Reply { id: CommandId, result: Result<Ack, Refusal> },
     /// For the event log.
-    Event { kind: &'static str, server: ServerName, epoch: Option<Epoch>, message: String },
+    Event { kind: EventKind, server: ServerName, epoch: Option<Epoch>, message: String },
     /// The server's state changed (the seed's `server.state` file).
     SetState { server: ServerName, state: ServerState },
     /// Read `server/NAME` → [`NodeManager::lease_read`].
@@ -435,7 +436,7 @@ impl NodeManager {
                 }
                 Err(stale) => {
                     out.push(Action::Event {
-                        kind: "stale-master-refused",
+                        kind: EventKind::StaleMasterRefused,
                         server: server.clone(),
                         epoch: Some(*epoch),
                         message: format!("refused a command from {from}: {stale}"),

@@ -3,6 +3,7 @@
 //! earlier Node Manager left behind.
 
 use crate::domain::Domain;
+use crate::event::EventKind;
 use crate::ids::{Incarnation, ServerName};
 use crate::lease::Lease;
 use crate::nodeman::state::ServerState;
@@ -35,7 +36,7 @@ impl NodeManager {
         let kind = ExitKind::classify(code, p.stopping || p.fenced);
         let actions = self.supervisor.on_exit(server, incarnation, kind, now);
         out.push(Action::Event {
-            kind: "server-exited",
+            kind: EventKind::ServerExited,
             server: server.clone(),
             epoch: p.epoch,
             message: format!("{server} (incarnation {incarnation}) ended: {description} ({kind:?})"),
@@ -119,13 +120,13 @@ impl NodeManager {
                             w.forced = true;
                             w.step = Step::Exiting { until: now + self.timing.kill_patience_ms, forced: true };
                             out.push(Action::Event {
-                                kind: "stop-timeout",
+                                kind: EventKind::StopTimeout,
                                 server: server.clone(),
                                 epoch: p.epoch,
                                 message: format!("{server} did not stop in time; killing it"),
                             });
                             out.push(Action::Event {
-                                kind: "kill",
+                                kind: EventKind::Kill,
                                 server: server.clone(),
                                 epoch: p.epoch,
                                 message: format!("killing {server} (pid {}) and its services", p.pid),
@@ -141,7 +142,7 @@ impl NodeManager {
                 Some(Pending::Restart { at, handover_from, delay_ms }) if now >= at => {
                     slot.pending = None;
                     out.push(Action::Event {
-                        kind: "restart-in-place",
+                        kind: EventKind::RestartInPlace,
                         server: server.clone(),
                         epoch: None,
                         message: format!(
@@ -198,7 +199,7 @@ impl NodeManager {
             Err(detail) => {
                 if !w.table_was_down {
                     out.push(Action::Event {
-                        kind: "waiting-for-lease-table",
+                        kind: EventKind::WaitingForLeaseTable,
                         server: server.clone(),
                         epoch,
                         message: format!(
@@ -221,7 +222,7 @@ impl NodeManager {
             AfterFence::GiveWay(why) => {
                 slot.pending = None;
                 out.push(Action::Event {
-                    kind: "not-restarting",
+                    kind: EventKind::NotRestarting,
                     server: server.clone(),
                     epoch: lease.as_ref().map(|l| l.epoch),
                     message: format!("not restarting fenced {server} here: {why}"),
@@ -236,7 +237,7 @@ impl NodeManager {
             AfterFence::Restart => {
                 slot.pending = None;
                 out.push(Action::Event {
-                    kind: "restart-after-fence",
+                    kind: EventKind::RestartAfterFence,
                     server: server.clone(),
                     epoch: lease.as_ref().map(|l| l.epoch),
                     message: format!(
@@ -309,7 +310,7 @@ impl NodeManager {
         self.supervisor.on_started(&hello.server, hello.incarnation.clone(), now);
         out.push(Action::SetState { server: hello.server.clone(), state: ServerState::Running });
         out.push(Action::Event {
-            kind: "adopted",
+            kind: EventKind::Adopted,
             server: hello.server.clone(),
             epoch: hello.epoch,
             message: format!(
@@ -334,7 +335,7 @@ impl NodeManager {
             slot.ip_plumbed = ip;
             slot.mounted = mount;
             out.push(Action::Event {
-                kind: "leftover",
+                kind: EventKind::Leftover,
                 server: server.clone(),
                 epoch: None,
                 message: format!(

@@ -2,6 +2,7 @@
 //! process; or the refusal, with whatever was put in place taken off again.
 
 use crate::domain::Domain;
+use crate::event::EventKind;
 use crate::ids::{Incarnation, ServerName};
 use crate::lease::Lease;
 use crate::nodeman::refusal::Refusal;
@@ -41,7 +42,7 @@ impl NodeManager {
             // Manager reaps it itself).
             p.stopping = true;
             out.push(Action::Event {
-                kind: "kill",
+                kind: EventKind::Kill,
                 server: server.clone(),
                 epoch: p.epoch,
                 message: format!("killing what is left of {server} (pid {}) before restarting it in place", p.pid),
@@ -134,7 +135,7 @@ impl NodeManager {
         }
         if let Some(pid) = killed {
             out.push(Action::Event {
-                kind: "kill",
+                kind: EventKind::Kill,
                 server: server.clone(),
                 epoch: None,
                 message: format!(
@@ -174,7 +175,7 @@ impl NodeManager {
         let ip = domain.server(server).and_then(|s| s.floating_ip).unwrap_or(Ipv4Addr::UNSPECIFIED);
         match result {
             Ok(line) => {
-                out.push(Action::Event { kind: "addif", server: server.clone(), epoch: None, message: line });
+                out.push(Action::Event { kind: EventKind::Addif, server: server.clone(), epoch: None, message: line });
                 self.slots.get_mut(server).expect("slot").ip_plumbed = true;
                 self.mount_or_spawn(now, domain, server, &mut out);
             }
@@ -184,7 +185,7 @@ impl NodeManager {
                 let refusal =
                     Refusal::AddressInUse { server: server.clone(), machine: self.machine.clone(), ip, detail };
                 out.push(Action::Event {
-                    kind: "address-in-use",
+                    kind: EventKind::AddressInUse,
                     server: server.clone(),
                     epoch: None,
                     message: refusal.to_string(),
@@ -195,7 +196,7 @@ impl NodeManager {
                 let refusal = Refusal::PlumbFailed { server: server.clone(), ip, detail };
                 self.set_state(server, ServerState::Failed, &mut out);
                 out.push(Action::Event {
-                    kind: "start-failed",
+                    kind: EventKind::StartFailed,
                     server: server.clone(),
                     epoch: None,
                     message: refusal.to_string(),
@@ -233,14 +234,14 @@ impl NodeManager {
         match result {
             Ok(line) => {
                 self.slots.get_mut(server).expect("slot").mounted = true;
-                out.push(Action::Event { kind: "mount", server: server.clone(), epoch: None, message: line });
+                out.push(Action::Event { kind: EventKind::Mount, server: server.clone(), epoch: None, message: line });
                 self.spawn(now, domain, server, &mut out);
             }
             Err(detail) => {
                 let refusal = Refusal::MountFailed { server: server.clone(), detail };
                 self.set_state(server, ServerState::Failed, &mut out);
                 out.push(Action::Event {
-                    kind: "start-failed",
+                    kind: EventKind::StartFailed,
                     server: server.clone(),
                     epoch: None,
                     message: refusal.to_string(),
@@ -301,7 +302,7 @@ impl NodeManager {
                 self.supervisor.on_started(server, incarnation.clone(), now);
                 self.set_state(server, ServerState::Starting, &mut out);
                 out.push(Action::Event {
-                    kind: "server-started",
+                    kind: EventKind::ServerStarted,
                     server: server.clone(),
                     epoch: None,
                     message: match &w.handover_from {
@@ -325,7 +326,7 @@ impl NodeManager {
             Err(detail) => {
                 let refusal = Refusal::SpawnFailed { server: server.clone(), detail };
                 out.push(Action::Event {
-                    kind: "start-failed",
+                    kind: EventKind::StartFailed,
                     server: server.clone(),
                     epoch: None,
                     message: refusal.to_string(),

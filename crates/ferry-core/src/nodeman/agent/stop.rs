@@ -2,6 +2,7 @@
 //! off before the stop is answered or a fence announced.
 
 use crate::domain::Domain;
+use crate::event::EventKind;
 use crate::ids::ServerName;
 use crate::nodeman::state::ServerState;
 use crate::time::Mono;
@@ -52,7 +53,7 @@ impl NodeManager {
             w.forced = true;
             w.step = Step::Exiting { until: now + self.timing.kill_patience_ms, forced: true };
             out.push(Action::Event {
-                kind: "kill",
+                kind: EventKind::Kill,
                 server: server.clone(),
                 epoch,
                 message: format!("killing {server} (pid {pid}) and its services"),
@@ -61,7 +62,7 @@ impl NodeManager {
         } else {
             w.step = Step::Exiting { until: now + timeout, forced: false };
             out.push(Action::Event {
-                kind: "stop",
+                kind: EventKind::Stop,
                 server: server.clone(),
                 epoch,
                 message: format!("asking {server} (pid {pid}) to shut down gracefully"),
@@ -136,7 +137,7 @@ impl NodeManager {
             self.slots.get(server).and_then(|s| s.work.as_ref()).and_then(|w| w.stopped.clone()).and_then(|s| s.1);
         if result.is_ok() {
             out.push(Action::Event {
-                kind: "lease-released",
+                kind: EventKind::LeaseReleased,
                 server: server.clone(),
                 epoch,
                 message: format!(
@@ -164,13 +165,21 @@ impl NodeManager {
         match ip {
             Some(Ok(line)) => {
                 slot.ip_plumbed = false;
-                out.push(Action::Event { kind: "removeif", server: server.clone(), epoch: None, message: line });
+                out.push(Action::Event {
+                    kind: EventKind::Removeif,
+                    server: server.clone(),
+                    epoch: None,
+                    message: line,
+                });
             }
             // Still there: keep the record, so the next teardown (or a restarted Node
             // Manager) tries again.
-            Some(Err(e)) => {
-                out.push(Action::Event { kind: "removeif-failed", server: server.clone(), epoch: None, message: e })
-            }
+            Some(Err(e)) => out.push(Action::Event {
+                kind: EventKind::RemoveifFailed,
+                server: server.clone(),
+                epoch: None,
+                message: e,
+            }),
             None => {}
         }
         if unmount.is_some() {
@@ -178,11 +187,14 @@ impl NodeManager {
         }
         match unmount {
             Some(Ok(line)) => {
-                out.push(Action::Event { kind: "unmount", server: server.clone(), epoch: None, message: line })
+                out.push(Action::Event { kind: EventKind::Unmount, server: server.clone(), epoch: None, message: line })
             }
-            Some(Err(e)) => {
-                out.push(Action::Event { kind: "unmount-failed", server: server.clone(), epoch: None, message: e })
-            }
+            Some(Err(e)) => out.push(Action::Event {
+                kind: EventKind::UnmountFailed,
+                server: server.clone(),
+                epoch: None,
+                message: e,
+            }),
             None => {}
         }
         let Some(w) = slot.work.clone() else { return out };
@@ -212,7 +224,7 @@ impl NodeManager {
         if let Some(f) = slot.fenced.take() {
             if f.killed > 0 {
                 out.push(Action::Event {
-                    kind: "fenced",
+                    kind: EventKind::Fenced,
                     server: server.clone(),
                     epoch: f.epoch,
                     message: format!(
