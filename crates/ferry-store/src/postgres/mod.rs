@@ -68,7 +68,7 @@ use crate::{AcquireRequest, LeaseStore, Renewal, Result, Scan, ScanCursor, Store
 mod tls;
 
 /// The DDL `ferry leasing init` runs; idempotent.
-pub const SCHEMA_SQL: &str = include_str!("../schema/postgres.sql");
+pub const SCHEMA_SQL: &str = include_str!("../../schema/postgres.sql");
 
 /// The version `SCHEMA_SQL` writes into `ferry_schema` and the only one this build reads.
 pub const SCHEMA_VERSION: i64 = 1;
