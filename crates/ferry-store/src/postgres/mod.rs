@@ -21,8 +21,8 @@
 //!   dead TCP connection costs one call, not every later one.
 //! - **Rule 8, durable writes:** sessions keep `synchronous_commit` on; if the server or
 //!   database turned it off, the session turns it back on.
-//! - **No password in messages:** [`PostgresStore::describe`] and every error name the data
-//!   source with the password replaced by `***`.
+//! - **No password in messages:** [`describe`](crate::LeaseStore::describe) and every error
+//!   name the data source with the password replaced by `***`.
 //! - **Batched renewals:** [`LeaseStore::renew_many`](crate::LeaseStore::renew_many) is one
 //!   transaction of two round trips whatever the batch size: lock every named row in name
 //!   order (so two batches never deadlock) and read the clock behind the locks, decide each
