@@ -555,6 +555,62 @@ fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// The handshake-signature methods of a certificate verifier (the same three in rustls's
+/// `ServerCertVerifier` and `ClientCertVerifier`), written once for ferry's three verifiers.
+/// They say whether the peer's handshake was signed by the key of the certificate it sent,
+/// which is what binds the session to that certificate:
+/// - `checked by FIELD`: the wrapped WebPKI verifier in `self.FIELD` checks them, with the
+///   ring provider's algorithms it was built with ([`ClientVerifier`], [`ServerVerifier`]
+///   only add checks of who the certificate names, and of revocation);
+/// - `unchecked, schemes from FIELD`: every signature is taken as valid and the schemes in
+///   `self.FIELD` are offered; only for [`AnyServer`], over which nothing is sent and
+///   nothing is believed but the CA certificate, itself checked against the fingerprint the
+///   enrollment token carries.
+macro_rules! handshake_signatures {
+    (checked by $inner:ident) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.$inner.verify_tls12_signature(message, cert, dss)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            self.$inner.verify_tls13_signature(message, cert, dss)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.$inner.supported_verify_schemes()
+        }
+    };
+    (unchecked, schemes from $schemes:ident) => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.$schemes.clone()
+        }
+    };
+}
+
 /// A client configuration that accepts any server certificate: only for fetching the CA
 /// certificate at enrollment, which the caller then checks against the fingerprint the
 /// enrollment token carries (nothing else is sent or believed over it).
@@ -585,25 +641,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
         Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.schemes.clone()
-    }
+    handshake_signatures!(unchecked, schemes from schemes);
 }
 
 /// The fingerprint an enrollment token carries: the first 16 bytes of the SHA-256 of the
@@ -688,25 +726,7 @@ impl rustls::server::danger::ClientCertVerifier for ClientVerifier {
         }
         Ok(ok)
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    handshake_signatures!(checked by inner);
 }
 
 #[derive(Debug)]
@@ -739,25 +759,7 @@ impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
         }
         Ok(ok)
     }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
+    handshake_signatures!(checked by inner);
 }
 
 /// Writes a file atomically with `mode` (`ferry_host::files::write_atomic`), naming it in

@@ -1,3 +1,7 @@
+//! Tests of the domain CA, enrollment and mutual TLS: certificates issued by a CA made in a
+//! temporary directory, checked in real handshakes over loopback TCP (who each side is,
+//! strangers, revoked machines and the servers they issued, expiry, addresses in names).
+
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

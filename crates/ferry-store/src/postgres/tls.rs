@@ -38,7 +38,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::PgProblem;
+use super::errors::PgProblem;
 
 /// libpq's `sslmode` (`allow` is taken as `prefer`: both accept either kind of connection;
 /// ferry tries TLS first).
