@@ -128,8 +128,11 @@ impl AdminPki {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let revoked = Revocations::global().clone();
+        let revoked = Revocations::default();
         revoked.replace(registry.revoked.clone());
+        // The admin's clients (to Node Managers) refuse what it revoked.
+        let mut creds = creds;
+        creds.revoked = revoked.clone();
         Ok(AdminPki { ca, creds, revoked, dir, inner: Mutex::new(Inner { registry, tokens: Vec::new() }) })
     }
 

@@ -77,12 +77,15 @@ pub fn load(data_dir: &Path, machine: &str) -> anyhow::Result<NmTls> {
     };
     let issuer = MachineIssuer::from_pem(&read("issuer.pem")?, &read("issuer.key")?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("issuer.pem").display()))?;
-    let revoked = Revocations::global().clone();
+    let revoked = Revocations::default();
     if let Ok(text) = std::fs::read(dir.join("revoked.json")) {
         if let Ok(serials) = serde_json::from_slice::<BTreeSet<String>>(&text) {
             revoked.replace(serials);
         }
     }
+    // This Node Manager's clients (to the admin, to other machines) refuse what is revoked.
+    let mut creds = creds;
+    creds.revoked = revoked.clone();
     Ok(NmTls { creds, issuer, revoked, dir })
 }
 
@@ -164,7 +167,12 @@ impl NewKeys {
     /// Checks what the admin sent is this machine's and usable, and stores it with the keys
     /// (keeping the old files as `*.old` when `keep_old`). Returns the new serials.
     fn store(self, data_dir: &Path, machine: &str, got: EnrollResponse, keep_old: bool) -> anyhow::Result<Vec<String>> {
-        let creds = Credentials { chain_pem: got.chain_pem, key_pem: self.leaf.key_pem, ca_pem: got.ca_pem };
+        let creds = Credentials {
+            chain_pem: got.chain_pem,
+            key_pem: self.leaf.key_pem,
+            ca_pem: got.ca_pem,
+            revoked: Revocations::default(),
+        };
         let who = creds.identity().map_err(|e| anyhow::anyhow!("the admin sent an unusable certificate: {e}"))?;
         if who != Identity::Machine(machine.into()) {
             anyhow::bail!("the admin sent a certificate for {who}, not for machine {machine}");

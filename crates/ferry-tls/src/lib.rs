@@ -177,14 +177,16 @@ fn identity_of(der: &CertificateDer<'_>) -> Result<(Identity, String), String> {
 #[derive(Debug, Clone, Default)]
 pub struct Revocations(Arc<RwLock<BTreeSet<String>>>);
 
-impl Revocations {
-    /// The process's list: what its clients check the servers they reach against (a
-    /// process belongs to one domain). Servers' listeners take theirs explicitly.
-    pub fn global() -> &'static Revocations {
-        static GLOBAL: std::sync::OnceLock<Revocations> = std::sync::OnceLock::new();
-        GLOBAL.get_or_init(Revocations::default)
+/// Two lists are equal when they refuse the same serials.
+impl PartialEq for Revocations {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.snapshot() == other.snapshot()
     }
+}
 
+impl Eq for Revocations {}
+
+impl Revocations {
     pub fn replace(&self, serials: BTreeSet<String>) {
         if let Ok(mut g) = self.0.write() {
             *g = serials;
@@ -332,7 +334,12 @@ impl Ca {
             p.subject_alt_names.push(SanType::DnsName(name.as_str().try_into().map_err(cert_err)?));
         }
         let cert = p.signed_by(&key, &self.issuer).map_err(cert_err)?;
-        Ok(Credentials { chain_pem: cert.pem(), key_pem: key.serialize_pem(), ca_pem: self.cert_pem.clone() })
+        Ok(Credentials {
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: self.cert_pem.clone(),
+            revoked: Revocations::default(),
+        })
     }
 }
 
@@ -394,6 +401,7 @@ impl MachineIssuer {
             chain_pem: format!("{}{}", cert.pem(), self.cert_pem),
             key_pem: key.serialize_pem(),
             ca_pem: ca_pem.to_string(),
+            revoked: Revocations::default(),
         })
     }
 }
@@ -404,6 +412,10 @@ pub struct Credentials {
     pub chain_pem: String,
     pub key_pem: String,
     pub ca_pem: String,
+    /// What the clients built from these credentials refuse in the servers they reach
+    /// (the process's list, kept up to date by its owner; never sent anywhere).
+    #[serde(skip)]
+    pub revoked: Revocations,
 }
 
 impl fmt::Debug for Credentials {
@@ -429,6 +441,7 @@ impl Credentials {
             chain_pem: read(dir.join(format!("{name}.pem")))?,
             key_pem: read(dir.join(format!("{name}.key")))?,
             ca_pem: read(dir.join("ca.pem"))?,
+            revoked: Revocations::default(),
         })
     }
 
@@ -517,7 +530,7 @@ impl Credentials {
     /// A client configuration that presents these credentials and accepts only a server
     /// of the domain that is `expect`.
     pub fn client_config(&self, expect: Expect) -> Result<rustls::ClientConfig, TlsError> {
-        verifying_client(&self.ca_pem, expect)?
+        verifying_client(&self.ca_pem, expect, self.revoked.clone())?
             .with_client_auth_cert(certs(&self.chain_pem)?, self.key()?)
             .map_err(cert_err)
     }
@@ -526,7 +539,7 @@ impl Credentials {
 /// A client configuration without a certificate of its own (an operator's CLI) that trusts
 /// the domain CA and accepts only `expect`.
 pub fn anonymous_client_config(ca_pem: &str, expect: Expect) -> Result<rustls::ClientConfig, TlsError> {
-    Ok(verifying_client(ca_pem, expect)?.with_no_client_auth())
+    Ok(verifying_client(ca_pem, expect, Revocations::default())?.with_no_client_auth())
 }
 
 /// A client configuration under way that trusts the CA in `ca_pem` and accepts only
@@ -534,6 +547,7 @@ pub fn anonymous_client_config(ca_pem: &str, expect: Expect) -> Result<rustls::C
 fn verifying_client(
     ca_pem: &str,
     expect: Expect,
+    revoked: Revocations,
 ) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone())
@@ -543,7 +557,7 @@ fn verifying_client(
         .with_safe_default_protocol_versions()
         .map_err(cert_err)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect })))
+        .with_custom_certificate_verifier(Arc::new(ServerVerifier { inner, expect, revoked })))
 }
 
 /// The trust anchors in a PEM text.
@@ -733,6 +747,7 @@ impl rustls::server::danger::ClientCertVerifier for ClientVerifier {
 struct ServerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
     expect: Expect,
+    revoked: Revocations,
 }
 
 impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
@@ -753,7 +768,7 @@ impl rustls::client::danger::ServerCertVerifier for ServerVerifier {
                 return Err(rustls::Error::General(format!("expected {want}, but the peer is {}", peer.identity)));
             }
         }
-        if let Some(why) = Revocations::global().refuses(&peer) {
+        if let Some(why) = self.revoked.refuses(&peer) {
             tracing::warn!("refused a TLS server: {why}");
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
         }

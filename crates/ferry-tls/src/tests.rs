@@ -25,7 +25,12 @@ fn enroll(ca: &Ca, m: &str) -> (Credentials, MachineIssuer) {
     let issuing = request(&Identity::Machine(m.into())).unwrap();
     let chain = ca.sign_leaf(&leaf.csr_pem, &Identity::Machine(m.into())).unwrap();
     let issuer_pem = ca.sign_issuer(&issuing.csr_pem, m).unwrap();
-    let creds = Credentials { chain_pem: chain, key_pem: leaf.key_pem, ca_pem: ca.cert_pem().into() };
+    let creds = Credentials {
+        chain_pem: chain,
+        key_pem: leaf.key_pem,
+        ca_pem: ca.cert_pem().into(),
+        revoked: Revocations::default(),
+    };
     (creds, MachineIssuer::from_pem(&issuer_pem, &issuing.key_pem).unwrap())
 }
 
@@ -88,7 +93,12 @@ fn the_ca_names_the_holder_whatever_the_request_asked_for() {
     // A request that claims to be the admin, signed for machine b: the certificate says b.
     let r = request(&Identity::Admin).unwrap();
     let pem = d.ca.sign_leaf(&r.csr_pem, &Identity::Machine("b".into())).unwrap();
-    let creds = Credentials { chain_pem: pem, key_pem: r.key_pem, ca_pem: d.ca.cert_pem().into() };
+    let creds = Credentials {
+        chain_pem: pem,
+        key_pem: r.key_pem,
+        ca_pem: d.ca.cert_pem().into(),
+        revoked: Revocations::default(),
+    };
     assert_eq!(creds.identity().unwrap(), Identity::Machine("b".into()));
     assert!(d
         .ca
@@ -150,9 +160,9 @@ async fn a_revoked_machine_and_the_servers_it_issued_are_refused() {
     let got = talk(&nm_b, revoked.clone(), nm_b.client_config(Expect::AnyPeer).unwrap()).await;
     assert_eq!(got.as_deref(), Ok("ferry:machine:b"), "machine b is not revoked");
 
-    // A client refuses to talk to a revoked machine too (the process-wide list).
-    Revocations::global().replace(revoked.snapshot());
-    let admin = d.ca.issue(&Identity::Admin).unwrap();
+    // A client refuses to talk to a revoked machine too (the list its credentials carry).
+    let mut admin = d.ca.issue(&Identity::Admin).unwrap();
+    admin.revoked = revoked.clone();
     let got = talk(&nm_c, Revocations::default(), admin.client_config(Expect::AnyPeer).unwrap()).await;
     assert!(got.is_err(), "a client reached revoked machine c: {got:?}");
 
