@@ -36,7 +36,7 @@ use ferry_core::{Incarnation, LeaseName, MachineName, Mono, ServerName};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::check::{Checker, Property};
+use crate::check::Checker;
 use crate::clock::HostClock;
 use crate::net::Net;
 use crate::scenario::{Links, Scenario, SimConfig, FAULTS_FROM_MS};
@@ -183,6 +183,12 @@ pub struct Sim {
     master_died_at: Vec<u64>,
 }
 
+/// How the trace and the violations name a process: `SERVER#INSTANCE@HOST`.
+fn who(insts: &[Inst], hosts: &[Host], i: InstId) -> String {
+    let inst = &insts[i];
+    format!("{}#{}@{}", inst.server, i, hosts[inst.host].name)
+}
+
 /// Runs one seed with its generated scenario.
 pub fn run(cfg: &SimConfig) -> Outcome {
     run_scenario(cfg, Scenario::generate(cfg))
@@ -326,8 +332,7 @@ impl Sim {
     }
 
     fn who(&self, i: InstId) -> String {
-        let inst = &self.insts[i];
-        format!("{}#{}@{}", inst.server, i, self.hosts[inst.host].name)
+        who(&self.insts, &self.hosts, i)
     }
 
     fn paused(&self, i: InstId) -> bool {
@@ -441,32 +446,7 @@ impl Sim {
 
     fn finish(mut self, heal_at: u64, bound: u64, end: u64) -> Outcome {
         let base = self.operator_at_ms.unwrap_or(heal_at).max(heal_at);
-        let mut slowest_recovery_ms = 0;
-        for spec in self.sc.servers.clone() {
-            if !spec.auto_migration {
-                continue;
-            }
-            let first = self.checker.first_run_since(&spec.name, heal_at);
-            if let Some(t) = first {
-                slowest_recovery_ms = slowest_recovery_ms.max(t.saturating_sub(base));
-            }
-            match first {
-                Some(t) if t <= base + bound => {}
-                Some(t) => self.checker.violate(
-                    Property::Liveness,
-                    t,
-                    format!("{} ran again only {} ms after the faults stopped (bound {bound} ms)", spec.name, t - base),
-                ),
-                None => self.checker.violate(
-                    Property::Liveness,
-                    end,
-                    format!("{} never ran again after the faults stopped (bound {bound} ms)", spec.name),
-                ),
-            }
-            if !self.checker.is_running(&spec.name) {
-                self.checker.violate(Property::Liveness, end, format!("{} is not running at the end", spec.name));
-            }
-        }
+        let slowest_recovery_ms = self.checker.liveness(&self.sc.servers, heal_at, base, bound, end);
         self.now = end;
         Outcome {
             slowest_recovery_ms,

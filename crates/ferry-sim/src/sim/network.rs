@@ -11,7 +11,6 @@ use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, Mono, ServerName};
 use super::nodemanager::NmItem;
 use super::server::InstItem;
 use super::{Ev, HostId, InstId, Sim};
-use crate::check::Property;
 use crate::store::{Acquire, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +130,7 @@ impl Sim {
                     let before = self.store.epoch(&a.name);
                     let r = self.store.acquire(self.now, &a);
                     let after = self.store.epoch(&a.name);
-                    if after < before {
-                        let detail = format!("store epoch of {} went from {before} back to {after}", a.name);
-                        self.checker.violate(Property::Epoch, self.now, detail);
-                    }
+                    self.checker.store_acquired(self.now, &a.name, before, after);
                     match r {
                         Ok(l) => self.granted(l),
                         Err(e) => StoreReply::Refused(e),

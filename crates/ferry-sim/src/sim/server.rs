@@ -14,7 +14,7 @@ use rand::Rng;
 
 use super::master::Cmd;
 use super::network::{Node, Payload, StoreOp, StoreReply};
-use super::{Ev, HostId, InstId, Sim, TIMER_JITTER_MS};
+use super::{who, Ev, HostId, InstId, Sim, TIMER_JITTER_MS};
 use crate::check::Property;
 use crate::store::{Acquire, StoreError};
 
@@ -252,13 +252,8 @@ impl Sim {
     pub(super) fn check_deadline(&mut self, i: InstId, which: &str, at: Mono, granted_until: u64) {
         let h = self.insts[i].host;
         let fence_by = self.hosts[h].clock.true_at(at, 0) + TIMER_JITTER_MS;
-        if fence_by >= granted_until {
-            let detail = format!(
-                "{} moves its {which} lease deadline to {at} (true {fence_by} ms) but the store expires it at {granted_until} ms",
-                self.who(i)
-            );
-            self.checker.violate(Property::FenceBeforeExpiry, self.now, detail);
-        }
+        let (insts, hosts) = (&self.insts, &self.hosts);
+        self.checker.deadline_moved(self.now, || who(insts, hosts, i), which, at, fence_by, granted_until);
     }
 
     fn services_start(&mut self, i: InstId, epoch: Epoch) {
