@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 use rand::Rng;
 
 use super::nodemanager::{Nm, NmItem};
-use super::server::InstItem;
-use super::{Ev, HostId, InstId, Sim};
+use super::server::InstanceItem;
+use super::{Event, HostId, InstanceId, Sim};
 use crate::clock::HostClock;
 use crate::scenario::{Fault, Links, ProcTarget, Target};
 
@@ -18,23 +18,23 @@ impl Sim {
     fn resolve(&mut self, target: Target) -> Option<HostId> {
         let h = match target {
             Target::Machine(m) => m,
-            Target::MasterHost => match self.master_inst() {
-                Some(i) => self.insts[i].host,
-                None => self.rng.gen_range(0..self.sc.machines.len()),
+            Target::MasterHost => match self.master_instance() {
+                Some(i) => self.instances[i].host,
+                None => self.rng.gen_range(0..self.scenario.machines.len()),
             },
-            Target::HostOf(s) => self.insts[self.newest(s)?].host,
-            Target::NewestHost => self.insts[*self.alive.last()?].host,
+            Target::HostOf(s) => self.instances[self.newest(s)?].host,
+            Target::NewestHost => self.instances[*self.alive.last()?].host,
         };
         self.hosts[h].up.then_some(h)
     }
 
-    fn master_inst(&self) -> Option<InstId> {
-        self.active_tenures.iter().rev().map(|t| self.tenures[*t].inst).find(|i| self.insts[*i].alive)
+    fn master_instance(&self) -> Option<InstanceId> {
+        self.active_tenures.iter().rev().map(|t| self.tenures[*t].instance).find(|i| self.instances[*i].alive)
     }
 
-    fn newest(&self, s: usize) -> Option<InstId> {
-        let name = &self.sc.servers.get(s)?.name;
-        self.alive.iter().rev().copied().find(|i| &self.insts[*i].server == name)
+    fn newest(&self, s: usize) -> Option<InstanceId> {
+        let name = &self.scenario.servers.get(s)?.name;
+        self.alive.iter().rev().copied().find(|i| &self.instances[*i].server == name)
     }
 
     pub(super) fn inject(&mut self, fault: Fault) {
@@ -49,14 +49,14 @@ impl Sim {
                 };
                 self.crash_machine(h);
                 let boot = self.hosts[h].boot;
-                self.schedule(self.now + down_ms, Ev::Reboot { host: h, boot });
+                self.schedule(self.now + down_ms, Event::Reboot { host: h, boot });
             }
             Fault::Freeze { target, ms } => {
                 let Some(h) = self.resolve(target) else {
                     return;
                 };
                 if let Some(token) = self.freeze(h) {
-                    self.schedule(self.now + ms, Ev::Thaw { host: h, token, then_cut_ms: None });
+                    self.schedule(self.now + ms, Event::Thaw { host: h, token, then_cut_ms: None });
                 }
             }
             Fault::FreezeThenIsolate { target, freeze_ms, cut_ms } => {
@@ -64,7 +64,7 @@ impl Sim {
                     return;
                 };
                 if let Some(token) = self.freeze(h) {
-                    self.schedule(self.now + freeze_ms, Ev::Thaw { host: h, token, then_cut_ms: Some(cut_ms) });
+                    self.schedule(self.now + freeze_ms, Event::Thaw { host: h, token, then_cut_ms: Some(cut_ms) });
                 }
             }
             Fault::Hang { target, ms } => {
@@ -75,17 +75,17 @@ impl Sim {
                     return;
                 }
                 tr!(self, "SIGSTOP {}", self.who(i));
-                self.insts[i].hung = true;
-                self.schedule(self.now + ms, Ev::Resume(i));
+                self.instances[i].hung = true;
+                self.schedule(self.now + ms, Event::Resume(i));
             }
             Fault::CrashProcess { target } => {
                 let Some(i) = self.resolve_proc(target) else {
                     return;
                 };
-                if self.hosts[self.insts[i].host].frozen {
+                if self.hosts[self.instances[i].host].frozen {
                     return;
                 }
-                self.inst_exit(i, None, "crashed");
+                self.instance_exit(i, None, "crashed");
             }
             Fault::Cut { target, links, ms } => {
                 let Some(h) = self.resolve(target) else {
@@ -95,29 +95,29 @@ impl Sim {
             }
             Fault::Split { side_a, ms } => {
                 let mut pairs = BTreeSet::new();
-                for a in 0..self.sc.machines.len() {
-                    for b in 0..self.sc.machines.len() {
+                for a in 0..self.scenario.machines.len() {
+                    for b in 0..self.scenario.machines.len() {
                         if side_a.contains(&a) != side_a.contains(&b) {
                             pairs.insert((a, b));
                         }
                     }
                 }
-                let id = self.id();
+                let id = self.fresh_id();
                 self.net.cut(id, pairs);
-                self.schedule(self.now + ms, Ev::Uncut(id));
+                self.schedule(self.now + ms, Event::Uncut(id));
             }
             Fault::Slow { target, extra_ms, ms } => {
                 let Some(h) = self.resolve(target) else {
                     return;
                 };
-                let id = self.id();
+                let id = self.fresh_id();
                 self.net.slow(id, h, extra_ms);
-                self.schedule(self.now + ms, Ev::Unslow(id));
+                self.schedule(self.now + ms, Event::Unslow(id));
             }
             Fault::StoreOutage { ms } => {
-                let id = self.id();
+                let id = self.fresh_id();
                 self.store_outages.insert(id);
-                self.schedule(self.now + ms, Ev::StoreBack(id));
+                self.schedule(self.now + ms, Event::StoreBack(id));
             }
             Fault::ClockJump { target, jump_ms } => {
                 let Some(h) = self.resolve(target) else {
@@ -129,48 +129,48 @@ impl Sim {
         }
     }
 
-    fn resolve_proc(&self, target: ProcTarget) -> Option<InstId> {
+    fn resolve_proc(&self, target: ProcTarget) -> Option<InstanceId> {
         match target {
             ProcTarget::Server(s) => self.newest(s),
-            ProcTarget::Master => self.master_inst(),
+            ProcTarget::Master => self.master_instance(),
             ProcTarget::Newest => self.alive.last().copied(),
         }
     }
 
     pub(super) fn cut(&mut self, h: HostId, links: Links, ms: u64) {
         let mut pairs = BTreeSet::new();
-        let db = self.db;
+        let store_host = self.store_host;
         if matches!(links, Links::Store | Links::Full | Links::ToStore) {
-            pairs.insert((h, db));
+            pairs.insert((h, store_host));
         }
         if matches!(links, Links::Store | Links::Full | Links::FromStore) {
-            pairs.insert((db, h));
+            pairs.insert((store_host, h));
         }
         if matches!(links, Links::Peers | Links::Full) {
-            for o in (0..self.sc.machines.len()).filter(|o| *o != h) {
+            for o in (0..self.scenario.machines.len()).filter(|o| *o != h) {
                 pairs.insert((h, o));
                 pairs.insert((o, h));
             }
         }
-        let id = self.id();
+        let id = self.fresh_id();
         tr!(self, "cut {:?} of {}", links, self.hosts[h].name);
         self.net.cut(id, pairs);
-        self.schedule(self.now + ms, Ev::Uncut(id));
+        self.schedule(self.now + ms, Event::Uncut(id));
     }
 
     fn crash_machine(&mut self, h: HostId) {
         tr!(self, "machine {} loses power", self.hosts[h].name);
-        let on_host: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].host == h).collect();
+        let on_host: Vec<InstanceId> = self.alive.iter().copied().filter(|i| self.instances[*i].host == h).collect();
         for i in on_host {
-            if self.insts[i].tenure.is_some() {
+            if self.instances[i].tenure.is_some() {
                 self.master_died_at.push(self.now);
             }
             self.end_tenure(i, "machine crashed");
-            let inst = &mut self.insts[i];
-            inst.alive = false;
-            if inst.services_up {
-                inst.services_up = false;
-                let server = inst.server.clone();
+            let instance = &mut self.instances[i];
+            instance.alive = false;
+            if instance.services_up {
+                instance.services_up = false;
+                let server = instance.server.clone();
                 self.checker.run_stop(self.now, &server, i);
             }
             self.alive.remove(&i);
@@ -199,10 +199,10 @@ impl Sim {
         tr!(self, "host {} freezes", self.hosts[h].name);
         self.hosts[h].frozen = true;
         self.hosts[h].freeze_token += 1;
-        let on_host: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].host == h).collect();
+        let on_host: Vec<InstanceId> = self.alive.iter().copied().filter(|i| self.instances[*i].host == h).collect();
         for i in on_host {
-            if self.insts[i].services_up {
-                let server = self.insts[i].server.clone();
+            if self.instances[i].services_up {
+                let server = self.instances[i].server.clone();
                 self.checker.run_stop(self.now, &server, i);
             }
         }
@@ -215,16 +215,16 @@ impl Sim {
         tr!(self, "host {} thaws", self.hosts[h].name);
         self.hosts[h].frozen = false;
         self.nm_tick(h);
-        let on_host: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].host == h).collect();
+        let on_host: Vec<InstanceId> = self.alive.iter().copied().filter(|i| self.instances[*i].host == h).collect();
         for &i in &on_host {
-            if self.insts[i].alive && !self.insts[i].hung && self.insts[i].started {
+            if self.instances[i].alive && !self.instances[i].hung && self.instances[i].started {
                 self.deadline_checks(i);
             }
         }
         for &i in &on_host {
-            let inst = &self.insts[i];
-            if inst.alive && inst.services_up {
-                let (server, epoch) = (inst.server.clone(), inst.epoch);
+            let instance = &self.instances[i];
+            if instance.alive && instance.services_up {
+                let (server, epoch) = (instance.server.clone(), instance.epoch);
                 let machine = self.hosts[h].name.clone();
                 self.checker.run_start(self.now, &server, i, &machine, epoch);
             }
@@ -244,37 +244,37 @@ impl Sim {
         }
         self.nm_reschedule(h);
         for i in on_host {
-            if !self.insts[i].hung {
+            if !self.instances[i].hung {
                 self.drain(i);
             }
         }
     }
 
-    fn drain(&mut self, i: InstId) {
-        while let Some(item) = self.insts[i].inbox.pop_front() {
-            if !self.insts[i].alive || self.paused(i) {
-                self.insts[i].inbox.push_front(item);
+    fn drain(&mut self, i: InstanceId) {
+        while let Some(item) = self.instances[i].inbox.pop_front() {
+            if !self.instances[i].alive || self.paused(i) {
+                self.instances[i].inbox.push_front(item);
                 break;
             }
             match item {
-                InstItem::Msg(p) => self.inst_handle(i, p),
-                InstItem::Started => self.inst_start(i),
+                InstanceItem::Msg(p) => self.instance_handle(i, p),
+                InstanceItem::Started => self.instance_start(i),
             }
         }
-        self.inst_poll(i);
+        self.instance_poll(i);
     }
 
     /// SIGCONT: deadline checks first, then what queued up.
-    pub(super) fn resume(&mut self, i: InstId) {
-        if !self.insts[i].alive || !self.insts[i].hung {
+    pub(super) fn resume(&mut self, i: InstanceId) {
+        if !self.instances[i].alive || !self.instances[i].hung {
             return;
         }
         tr!(self, "SIGCONT {}", self.who(i));
-        self.insts[i].hung = false;
+        self.instances[i].hung = false;
         if self.paused(i) {
             return;
         }
-        if self.insts[i].started {
+        if self.instances[i].started {
             self.deadline_checks(i);
         }
         self.drain(i);
@@ -285,17 +285,17 @@ impl Sim {
         self.healed = true;
         self.net.heal();
         self.store_outages.clear();
-        for h in 0..self.sc.machines.len() {
+        for h in 0..self.scenario.machines.len() {
             if !self.hosts[h].up {
                 self.reboot(h);
             }
         }
-        for h in 0..self.sc.machines.len() {
+        for h in 0..self.scenario.machines.len() {
             if self.hosts[h].frozen {
                 self.thaw(h);
             }
         }
-        let hung: Vec<InstId> = self.alive.iter().copied().filter(|i| self.insts[*i].hung).collect();
+        let hung: Vec<InstanceId> = self.alive.iter().copied().filter(|i| self.instances[*i].hung).collect();
         for i in hung {
             self.resume(i);
         }
@@ -308,8 +308,8 @@ impl Sim {
     /// seed whose cluster died early still exercises the rest of its faults.
     pub(super) fn operator(&mut self) {
         self.start_cluster_if_down();
-        let at = self.now + 4 * self.sc.ttl_ms() + self.sc.interval_ms;
-        self.schedule(at, Ev::Operator);
+        let at = self.now + 4 * self.scenario.ttl_ms() + self.scenario.interval_ms;
+        self.schedule(at, Event::Operator);
     }
 
     fn start_cluster_if_down(&mut self) {
@@ -319,8 +319,8 @@ impl Sim {
                 self.operator_at_ms = Some(self.now);
             }
             tr!(self, "OPERATOR: the whole cluster is down; start-cluster");
-            for s in 0..self.sc.servers.len() {
-                let (home, server) = (self.sc.servers[s].home, self.sc.servers[s].name.clone());
+            for s in 0..self.scenario.servers.len() {
+                let (home, server) = (self.scenario.servers[s].home, self.scenario.servers[s].name.clone());
                 if self.nm_running(home, self.hosts[home].boot) {
                     self.nm_start(home, &server);
                 }

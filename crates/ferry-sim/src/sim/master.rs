@@ -10,11 +10,13 @@ use ferry_core::master::{MasterAction, Planner};
 use ferry_core::{Epoch, MachineName, Mono, ServerName};
 
 use super::network::{Node, Payload, StoreOp, StoreReply};
-use super::server::{ReqKind, Slot};
-use super::{InstId, Sim};
+use super::server::{RequestKind, RequestSlot};
+use super::{InstanceId, Sim};
 use crate::store::{Acquire, StoreError};
 
-pub(super) struct Cmd {
+/// A command a master sent to a Node Manager and awaits the answer to, until `timeout_at`
+/// on its own clock.
+pub(super) struct PendingCommand {
     pub(super) server: ServerName,
     pub(super) machine: MachineName,
     pub(super) timeout_at: Mono,
@@ -22,7 +24,7 @@ pub(super) struct Cmd {
 
 /// One stretch of one process acting as cluster master.
 pub(super) struct Tenure {
-    pub(super) inst: InstId,
+    pub(super) instance: InstanceId,
     pub(super) epoch: Epoch,
     /// False for a usurper (the `master_no_wait` planted bug).
     pub(super) legit: bool,
@@ -31,128 +33,136 @@ pub(super) struct Tenure {
 }
 
 impl Sim {
-    pub(super) fn master_reply(&mut self, i: InstId, local: Mono, kind: ReqKind, reply: StoreReply) {
-        let inst = &mut self.insts[i];
-        let Some(k) = inst.mk.as_mut() else {
+    /// The store's answer to the master keeper's request.
+    pub(super) fn master_reply(&mut self, i: InstanceId, local: Mono, kind: RequestKind, reply: StoreReply) {
+        let instance = &mut self.instances[i];
+        let Some(keeper) = instance.master_keeper.as_mut() else {
             return;
         };
         if let StoreReply::Lease(_, until) = reply {
-            inst.mgranted_until = inst.mgranted_until.max(until);
+            instance.master_granted_until = instance.master_granted_until.max(until);
         }
-        let acts = match (kind, reply) {
-            (ReqKind::Acquire, StoreReply::Lease(l, _)) => k.on_acquired(local, l.epoch),
-            (ReqKind::Acquire, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => {
-                k.on_acquire_failed(local, d)
+        let actions = match (kind, reply) {
+            (RequestKind::Acquire, StoreReply::Lease(l, _)) => keeper.on_acquired(local, l.epoch),
+            (RequestKind::Acquire, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => {
+                keeper.on_acquire_failed(local, d)
             }
-            (ReqKind::Acquire, _) => k.on_acquire_failed(local, "lease table unavailable".into()),
-            (_, StoreReply::Lease(..)) => k.on_renewed(local),
-            (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => k.on_lost(local, d),
-            (_, _) => k.on_renew_failed(local, "lease table unavailable".into()),
+            (RequestKind::Acquire, _) => keeper.on_acquire_failed(local, "lease table unavailable".into()),
+            (_, StoreReply::Lease(..)) => keeper.on_renewed(local),
+            (_, StoreReply::Refused(StoreError::Held(d) | StoreError::Lost(d))) => keeper.on_lost(local, d),
+            (_, _) => keeper.on_renew_failed(local, "lease table unavailable".into()),
         };
-        self.master_keeper_actions(i, acts);
+        self.master_keeper_actions(i, actions);
     }
 
-    pub(super) fn master_keeper_actions(&mut self, i: InstId, acts: Vec<KeeperAction>) {
-        for a in acts {
-            if !self.insts[i].alive {
+    /// Performs what the master lease's keeper asks: acquiring it begins a tenure, losing it
+    /// ends the tenure.
+    pub(super) fn master_keeper_actions(&mut self, i: InstanceId, actions: Vec<KeeperAction>) {
+        for a in actions {
+            if !self.instances[i].alive {
                 break;
             }
-            let inst = &self.insts[i];
+            let instance = &self.instances[i];
             let ttl_ms = self.master_timing.ttl_ms;
             match a {
                 KeeperAction::Acquire => {
                     let op = StoreOp::Acquire(Acquire {
                         name: self.master_lease.clone(),
-                        owner: inst.server.clone(),
-                        machine: self.hosts[inst.host].machine.clone().expect("a machine"),
-                        incarnation: inst.incarnation.clone(),
+                        owner: instance.server.clone(),
+                        machine: self.hosts[instance.host].machine.clone().expect("a machine"),
+                        incarnation: instance.incarnation.clone(),
                         ttl_ms,
                         handover_from: None,
                     });
-                    self.store_request(i, Slot::Master, ReqKind::Acquire, op);
+                    self.store_request(i, RequestSlot::Master, RequestKind::Acquire, op);
                 }
                 KeeperAction::Renew { epoch } => {
                     let op = StoreOp::Renew {
                         name: self.master_lease.clone(),
-                        incarnation: inst.incarnation.clone(),
+                        incarnation: instance.incarnation.clone(),
                         epoch,
                         ttl_ms,
                     };
-                    self.store_request(i, Slot::Master, ReqKind::Renew, op);
+                    self.store_request(i, RequestSlot::Master, RequestKind::Renew, op);
                 }
                 KeeperAction::Acquired { epoch } => self.begin_tenure(i, epoch, true),
-                KeeperAction::Deadline { at } => self.check_deadline(i, "master", at, inst.mgranted_until),
+                KeeperAction::Deadline { at } => self.check_deadline(i, "master", at, instance.master_granted_until),
                 KeeperAction::Release { .. } => {}
                 KeeperAction::Fence { reason } => {
                     let why = format!("master role lost: {reason}");
                     self.end_tenure(i, &why);
                     // Back in the race for the role an interval later, with a fresh keeper.
-                    let local = self.local(self.insts[i].host);
+                    let local = self.local(self.instances[i].host);
                     let retry_at = local + self.master_timing.interval_ms;
-                    self.insts[i].mk = Some(Keeper::new(self.master_timing, retry_at));
-                    self.insts[i].mreq = None;
+                    self.instances[i].master_keeper = Some(Keeper::new(self.master_timing, retry_at));
+                    self.instances[i].master_request = None;
                 }
             }
         }
         self.validate(i);
     }
 
-    pub(super) fn master_duties(&mut self, i: InstId) {
-        if !self.insts[i].alive {
+    /// In the role: a scan when one is due, heartbeats every interval. Out of it, with the
+    /// `master_no_wait` planted bug: take the role once the heartbeats stop.
+    pub(super) fn master_duties(&mut self, i: InstanceId) {
+        if !self.instances[i].alive {
             return;
         }
-        let local = self.local(self.insts[i].host);
-        let inst = &self.insts[i];
-        if inst.tenure.is_some() {
-            let due = match inst.planner.as_ref().and_then(|p| p.next_wakeup()) {
-                Some(w) => w.min(inst.next_scan),
-                None => inst.next_scan,
+        let local = self.local(self.instances[i].host);
+        let instance = &self.instances[i];
+        if instance.tenure.is_some() {
+            let due = match instance.planner.as_ref().and_then(|p| p.next_wakeup()) {
+                Some(w) => w.min(instance.next_scan),
+                None => instance.next_scan,
             };
-            if inst.scan.is_none() && local >= due {
-                self.insts[i].next_scan = local + self.scan_ms;
-                self.store_request(i, Slot::Scan, ReqKind::List, StoreOp::List);
+            if instance.scan_request.is_none() && local >= due {
+                self.instances[i].next_scan = local + self.scan_interval_ms;
+                self.store_request(i, RequestSlot::Scan, RequestKind::List, StoreOp::List);
             }
-            if local >= self.insts[i].next_hb {
-                self.insts[i].next_hb = local + self.sc.interval_ms;
-                let epoch = self.tenures[self.insts[i].tenure.expect("tenure")].epoch;
-                let peers: Vec<InstId> = self.alive.iter().copied().filter(|j| *j != i).collect();
+            if local >= self.instances[i].next_heartbeat {
+                self.instances[i].next_heartbeat = local + self.scenario.interval_ms;
+                let epoch = self.tenures[self.instances[i].tenure.expect("tenure")].epoch;
+                let peers: Vec<InstanceId> = self.alive.iter().copied().filter(|j| *j != i).collect();
                 for j in peers {
-                    self.send(self.insts[i].host, Node::Inst(j), Payload::Heartbeat { from: i, epoch });
+                    self.send(self.instances[i].host, Node::Instance(j), Payload::Heartbeat { from: i, epoch });
                 }
             }
-        } else if self.bugs.master_no_wait() && inst.services_up && local >= inst.last_hb + self.master_timing.ttl_ms {
+        } else if self.bugs.master_no_wait()
+            && instance.services_up
+            && local >= instance.last_heartbeat + self.master_timing.ttl_ms
+        {
             // The planted bug: no heartbeat for a lease's worth of time, so take the role
             // without waiting for the store to grant the master lease.
-            let epoch = Epoch(inst.hb_epoch.0 + 1);
+            let epoch = Epoch(instance.heartbeat_epoch.0 + 1);
             self.stats.usurpers += 1;
             self.begin_tenure(i, epoch, false);
         }
     }
 
-    fn begin_tenure(&mut self, i: InstId, epoch: Epoch, legit: bool) {
+    fn begin_tenure(&mut self, i: InstanceId, epoch: Epoch, legit: bool) {
         if legit {
             self.checker.master_acquired(self.now, i, epoch);
         }
         self.end_tenure(i, "takes the role for real");
         let t = self.tenures.len();
-        self.tenures.push(Tenure { inst: i, epoch, legit, start_ms: self.now, end_ms: None });
+        self.tenures.push(Tenure { instance: i, epoch, legit, start_ms: self.now, end_ms: None });
         self.active_tenures.insert(t);
         self.stats.masters += 1;
-        let local = self.local(self.insts[i].host);
-        let inst = &mut self.insts[i];
-        inst.tenure = Some(t);
-        inst.planner = Some(Planner::new(self.sc.cluster.clone()));
-        inst.next_scan = local;
-        inst.next_hb = local;
+        let local = self.local(self.instances[i].host);
+        let instance = &mut self.instances[i];
+        instance.tenure = Some(t);
+        instance.planner = Some(Planner::new(self.scenario.cluster.clone()));
+        instance.next_scan = local;
+        instance.next_heartbeat = local;
         tr!(self, "master: {} tenure {t} epoch {epoch}{}", self.who(i), if legit { "" } else { " (usurped)" });
     }
 
-    pub(super) fn end_tenure(&mut self, i: InstId, why: &str) {
-        let inst = &mut self.insts[i];
-        let Some(t) = inst.tenure.take() else { return };
-        inst.planner = None;
-        inst.cmds.clear();
-        inst.scan = None;
+    pub(super) fn end_tenure(&mut self, i: InstanceId, why: &str) {
+        let instance = &mut self.instances[i];
+        let Some(t) = instance.tenure.take() else { return };
+        instance.planner = None;
+        instance.commands.clear();
+        instance.scan_request = None;
         self.tenures[t].end_ms = Some(self.now);
         self.active_tenures.remove(&t);
         tr!(self, "master tenure {t} of {} ends: {why}", self.who(i));
@@ -161,37 +171,37 @@ impl Sim {
     /// Whether tenure `t`'s process would act as master right now: alive, in the role, and
     /// (for a real master) its master keeper's deadline not passed on its own clock.
     fn believes(&self, t: usize) -> bool {
-        let ten = &self.tenures[t];
-        let inst = &self.insts[ten.inst];
-        if ten.end_ms.is_some() || !inst.alive || inst.tenure != Some(t) {
+        let tenure = &self.tenures[t];
+        let instance = &self.instances[tenure.instance];
+        if tenure.end_ms.is_some() || !instance.alive || instance.tenure != Some(t) {
             return false;
         }
-        if !ten.legit {
+        if !tenure.legit {
             return true;
         }
-        let local = self.local(inst.host);
-        inst.mk.as_ref().and_then(|k| k.held(local)).is_some_and(|(e, _)| e == ten.epoch)
+        let local = self.local(instance.host);
+        instance.master_keeper.as_ref().and_then(|keeper| keeper.held(local)).is_some_and(|(e, _)| e == tenure.epoch)
     }
 
-    pub(super) fn scan_reply(&mut self, i: InstId, local: Mono, reply: StoreReply) {
+    pub(super) fn scan_reply(&mut self, i: InstanceId, local: Mono, reply: StoreReply) {
         let StoreReply::Leases(leases) = reply else {
             return;
         };
         // Look again the instant the next lease runs out (LeaseStore::next_expiry_ms).
         if let Some(ms) = leases.iter().filter(|l| l.is_live()).map(|l| l.remaining_ms).min() {
             let at = local + (ms.max(0) as u64 + 1);
-            self.insts[i].next_scan = self.insts[i].next_scan.min(at);
+            self.instances[i].next_scan = self.instances[i].next_scan.min(at);
         }
-        let acts = match self.insts[i].planner.as_mut() {
+        let actions = match self.instances[i].planner.as_mut() {
             Some(p) => p.on_scan(local, &leases, &self.domain),
             None => return,
         };
-        self.master_plan(i, acts);
+        self.master_plan(i, actions);
     }
 
-    pub(super) fn master_plan(&mut self, i: InstId, acts: Vec<MasterAction>) {
-        for a in acts {
-            let Some(t) = self.insts[i].tenure.filter(|_| self.insts[i].alive) else {
+    pub(super) fn master_plan(&mut self, i: InstanceId, actions: Vec<MasterAction>) {
+        for a in actions {
+            let Some(t) = self.instances[i].tenure.filter(|_| self.instances[i].alive) else {
                 break;
             };
             match a {
@@ -211,7 +221,7 @@ impl Sim {
                             self.tenures[t].start_ms,
                             self.tenures[t].epoch,
                             if self.tenures[t].legit { "" } else { ", usurped" },
-                            self.who(self.tenures[o].inst),
+                            self.who(self.tenures[o].instance),
                             self.tenures[o].start_ms,
                             self.tenures[o].epoch,
                             if self.tenures[o].legit { "" } else { ", usurped" },
@@ -221,17 +231,18 @@ impl Sim {
                     let Some(h) = self.hosts.iter().position(|x| x.machine.as_ref() == Some(&machine)) else {
                         continue;
                     };
-                    let id = self.id();
-                    let local = self.local(self.insts[i].host);
+                    let id = self.fresh_id();
+                    let local = self.local(self.instances[i].host);
                     let epoch = self.tenures[t].epoch;
                     self.stats.commands += 1;
                     tr!(self, "{} -> nm {machine}: start {server} (in place: {in_place}, epoch {epoch})", self.who(i));
-                    self.insts[i]
-                        .cmds
-                        .insert(id, Cmd { server: server.clone(), machine, timeout_at: local + self.cmd_timeout_ms });
-                    let cluster = self.sc.cluster.clone();
+                    self.instances[i].commands.insert(
+                        id,
+                        PendingCommand { server: server.clone(), machine, timeout_at: local + self.command_timeout_ms },
+                    );
+                    let cluster = self.scenario.cluster.clone();
                     let payload = Payload::Command { id, from: i, tenure: t, cluster, epoch, server, in_place };
-                    self.send(self.insts[i].host, Node::Nm(h), payload);
+                    self.send(self.instances[i].host, Node::Nm(h), payload);
                 }
                 MasterAction::Event { kind, server, message } => {
                     match kind {

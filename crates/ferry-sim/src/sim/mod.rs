@@ -43,7 +43,7 @@ use crate::scenario::{Links, Scenario, SimConfig, FAULTS_FROM_MS};
 use crate::store::Store;
 
 type HostId = usize;
-type InstId = usize;
+type InstanceId = usize;
 
 /// Timers fire up to this late (scheduling latency); the keeper's margin must cover it.
 const TIMER_JITTER_MS: u64 = 2;
@@ -51,7 +51,7 @@ const TIMER_JITTER_MS: u64 = 2;
 /// Appends a line to the trace, formatting nothing unless tracing is on.
 macro_rules! tr {
     ($sim:expr, $($arg:tt)*) => {
-        if $sim.cfg.trace {
+        if $sim.config.trace {
             let line = format!($($arg)*);
             $sim.trace.push(format!("{:>7} {}", $sim.now, line));
         }
@@ -69,17 +69,19 @@ use master::Tenure;
 use network::{Node, Payload};
 use nodemanager::{Nm, NmItem};
 pub use outcome::{Outcome, Stats};
-use server::{Inst, InstItem};
+use server::{Instance, InstanceItem};
 
+/// What the queue holds. An event for a host carries the boot it was meant for, so one
+/// scheduled before a power loss does not reach the machine's next life.
 #[derive(Debug, Clone)]
-enum Ev {
+enum Event {
     Deliver {
         to: Node,
         boot: u32,
         payload: Payload,
     },
-    InstWake(InstId),
-    InstStarted(InstId),
+    InstanceWake(InstanceId),
+    InstanceStarted(InstanceId),
     NmWake {
         host: HostId,
         boot: u32,
@@ -104,7 +106,7 @@ enum Ev {
         token: u64,
         then_cut_ms: Option<u64>,
     },
-    Resume(InstId),
+    Resume(InstanceId),
     Uncut(u64),
     Unslow(u64),
     StoreBack(u64),
@@ -114,79 +116,101 @@ enum Ev {
     End,
 }
 
+/// An event in the queue, at a true instant; `seq` keeps insertion order among equals.
 struct Scheduled {
     at: u64,
     seq: u64,
-    ev: Ev,
+    event: Event,
 }
 
 impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
     }
 }
 impl Eq for Scheduled {}
 impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 impl Ord for Scheduled {
     /// Reversed: the heap pops the earliest time, then the earliest scheduled.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
     }
 }
 
+/// A machine, or the store's host: its clock, whether it is up or frozen, its Node Manager.
 struct Host {
     name: String,
+    /// `None` for the store's host.
     machine: Option<MachineName>,
     clock: HostClock,
     up: bool,
     frozen: bool,
+    /// Counts freezes, so only the thaw of the latest one thaws it.
     freeze_token: u64,
+    /// Counts power losses.
     boot: u32,
+    /// `None` while the machine is down, and on the store's host.
     nm: Option<Nm>,
 }
 
+/// One run: the whole simulated world, and the queue of what happens next.
 pub struct Sim {
-    cfg: SimConfig,
-    sc: Scenario,
+    config: SimConfig,
+    scenario: Scenario,
+    /// The scenario's domain, as every Node Manager and planner reads it.
     domain: Domain,
     bugs: Bugs,
+    /// The one source of randomness, seeded from the seed.
     rng: StdRng,
+    /// True time, in ms.
     now: u64,
+    /// How many events were ever scheduled (the tie-breaker of `Scheduled`).
     seq: u64,
     queue: BinaryHeap<Scheduled>,
+    /// The machines, then the store's host.
     hosts: Vec<Host>,
-    db: HostId,
+    store_host: HostId,
     store: Store,
+    /// The store outages under way, by id; the store answers "unavailable" while any is.
     store_outages: BTreeSet<u64>,
     net: Net,
-    insts: Vec<Inst>,
-    alive: BTreeSet<InstId>,
+    /// Every server process that ever started, by id.
+    instances: Vec<Instance>,
+    /// The ones still alive.
+    alive: BTreeSet<InstanceId>,
+    /// Every stretch of any process in the master role, and those not ended.
     tenures: Vec<Tenure>,
     active_tenures: BTreeSet<usize>,
     checker: Checker,
     stats: Stats,
     trace: Vec<String>,
+    /// The last id handed out to a request, command, cut or outage.
     next_id: u64,
     server_timing: KeeperTiming,
     master_timing: KeeperTiming,
     planner_timing: MasterTiming,
     policy: RestartPolicy,
-    scan_ms: u64,
-    cmd_timeout_ms: u64,
+    /// How often a master scans the lease table (besides when a lease runs out).
+    scan_interval_ms: u64,
+    /// How long a master waits for a Node Manager's answer.
+    command_timeout_ms: u64,
     master_lease: LeaseName,
+    /// The faults stopped.
     healed: bool,
+    /// When the operator ran `start-cluster` after healing, if it had to.
     operator_at_ms: Option<u64>,
+    /// When a process in the master role died.
     master_died_at: Vec<u64>,
 }
 
 /// How the trace and the violations name a process: `SERVER#INSTANCE@HOST`.
-fn who(insts: &[Inst], hosts: &[Host], i: InstId) -> String {
-    let inst = &insts[i];
-    format!("{}#{}@{}", inst.server, i, hosts[inst.host].name)
+fn who(instances: &[Instance], hosts: &[Host], i: InstanceId) -> String {
+    let instance = &instances[i];
+    format!("{}#{}@{}", instance.server, i, hosts[instance.host].name)
 }
 
 /// Runs one seed with its generated scenario.
@@ -195,21 +219,21 @@ pub fn run(cfg: &SimConfig) -> Outcome {
 }
 
 /// Runs a given (possibly hand-edited) scenario.
-pub fn run_scenario(cfg: &SimConfig, sc: Scenario) -> Outcome {
-    Sim::new(cfg, sc).run()
+pub fn run_scenario(cfg: &SimConfig, scenario: Scenario) -> Outcome {
+    Sim::new(cfg, scenario).run()
 }
 
 impl Sim {
-    pub fn new(cfg: &SimConfig, sc: Scenario) -> Sim {
-        let domain = sc.domain();
+    pub fn new(cfg: &SimConfig, scenario: Scenario) -> Sim {
+        let domain = scenario.domain();
         let mut rng = StdRng::seed_from_u64(cfg.seed);
         let bugs = cfg.bugs;
         // The Node Manager's policy, as ferry-nodemanager uses it.
         let policy = RestartPolicy::default();
         let mut hosts = Vec::new();
-        for (i, m) in sc.machines.iter().enumerate() {
+        for (i, m) in scenario.machines.iter().enumerate() {
             let clock = HostClock::new(
-                sc.host_drift_ppm[i],
+                scenario.host_drift_ppm[i],
                 rng.gen_range(10_000..10_000_000),
                 0,
                 rng.gen_range(-60_000..60_000),
@@ -225,8 +249,8 @@ impl Sim {
                 nm: Some(Nm::new(m.clone(), policy, bugs)),
             });
         }
-        let db = hosts.len();
-        let store_clock = HostClock::new(sc.store_drift_ppm, rng.gen_range(10_000..10_000_000), 0, 0);
+        let store_host = hosts.len();
+        let store_clock = HostClock::new(scenario.store_drift_ppm, rng.gen_range(10_000..10_000_000), 0, 0);
         hosts.push(Host {
             name: "db".into(),
             machine: None,
@@ -237,27 +261,27 @@ impl Sim {
             boot: 0,
             nm: None,
         });
-        let interval = Duration::from_millis(sc.interval_ms);
-        let mut server_timing = KeeperTiming::new(interval, sc.periods);
+        let interval = Duration::from_millis(scenario.interval_ms);
+        let mut server_timing = KeeperTiming::new(interval, scenario.periods);
         server_timing.bugs = bugs;
-        if sc.acquire_patience {
+        if scenario.acquire_patience {
             // As ferry-server: long enough for a dead holder's lease to run out.
-            server_timing.acquire_patience_ms = Some(sc.ttl_ms() + 2 * sc.interval_ms);
+            server_timing.acquire_patience_ms = Some(scenario.ttl_ms() + 2 * scenario.interval_ms);
         }
-        let mut master_timing = KeeperTiming::new(interval, sc.periods);
+        let mut master_timing = KeeperTiming::new(interval, scenario.periods);
         master_timing.bugs = bugs;
-        let planner_timing = Planner::new(sc.cluster.clone()).timing(&domain);
+        let planner_timing = Planner::new(scenario.cluster.clone()).timing(&domain);
         let mut net = Net::default();
-        net.max_delay_ms = sc.max_delay_ms;
+        net.max_delay_ms = scenario.max_delay_ms;
         // Loss and long delays are faults: they start with the fault phase.
-        net.long_ms = (sc.interval_ms / 2, 4 * sc.ttl_ms());
+        net.long_ms = (scenario.interval_ms / 2, 4 * scenario.ttl_ms());
         Sim {
-            cfg: cfg.clone(),
-            master_lease: LeaseName::Master(sc.cluster.clone()),
+            config: cfg.clone(),
+            master_lease: LeaseName::Master(scenario.cluster.clone()),
             // As ferry-server's master: a scan every interval (and when a lease runs out), a
             // Node Manager call bounded by twice the interval within 0.2 to 2 s, at least 1 s.
-            scan_ms: sc.interval_ms,
-            cmd_timeout_ms: (2 * sc.interval_ms).clamp(100, 1_000),
+            scan_interval_ms: scenario.interval_ms,
+            command_timeout_ms: (2 * scenario.interval_ms).clamp(100, 1_000),
             domain,
             bugs,
             rng,
@@ -265,11 +289,11 @@ impl Sim {
             seq: 0,
             queue: BinaryHeap::new(),
             hosts,
-            db,
+            store_host,
             store: Store::new(store_clock),
             store_outages: BTreeSet::new(),
             net,
-            insts: Vec::new(),
+            instances: Vec::new(),
             alive: BTreeSet::new(),
             tenures: Vec::new(),
             active_tenures: BTreeSet::new(),
@@ -281,7 +305,7 @@ impl Sim {
             master_timing,
             planner_timing,
             policy,
-            sc,
+            scenario,
             healed: false,
             operator_at_ms: None,
             master_died_at: Vec::new(),
@@ -292,16 +316,16 @@ impl Sim {
     /// bound, plus a master takeover, plus whatever a planner or Node Manager may still be
     /// waiting out from the fault phase, plus slack for messages still in flight.
     pub fn heal_bound_ms(&self) -> u64 {
-        let ttl = self.sc.ttl_ms();
-        let interval = self.sc.interval_ms;
+        let ttl = self.scenario.ttl_ms();
+        let interval = self.scenario.interval_ms;
         let design = self.design_bound_ms();
         let takeover = self.takeover_ms();
         // A planner track may be waiting for a start to time out or for its backoff, and
         // unreachable machines each cost a command timeout. (Node Manager restart backoffs
         // do not count: the master's start does not wait for them.)
         let leftovers = self.planner_timing.start_timeout_ms
-            + self.sc.retry_delay_ms
-            + self.sc.machines.len() as u64 * self.cmd_timeout_ms;
+            + self.scenario.retry_delay_ms
+            + self.scenario.machines.len() as u64 * self.command_timeout_ms;
         // Messages of the fault phase still in flight (long delays, slow links), retries.
         let slack = 8 * ttl + 4 * interval + 500;
         design + takeover + leftovers + slack
@@ -309,82 +333,82 @@ impl Sim {
 
     /// DESIGN §3: interval × periods + grace + one scan + start time.
     pub fn design_bound_ms(&self) -> u64 {
-        self.sc.ttl_ms() + self.sc.grace_ms + self.scan_ms + self.sc.start_ms.1
+        self.scenario.ttl_ms() + self.scenario.grace_ms + self.scan_interval_ms + self.scenario.start_ms.1
     }
 
     /// The master lease's own expiry, one acquisition retry, and the new master's first scan.
     pub fn takeover_ms(&self) -> u64 {
-        self.master_timing.ttl_ms + self.sc.interval_ms + self.scan_ms
+        self.master_timing.ttl_ms + self.scenario.interval_ms + self.scan_interval_ms
     }
 
-    fn schedule(&mut self, at: u64, ev: Ev) {
+    fn schedule(&mut self, at: u64, event: Event) {
         self.seq += 1;
-        self.queue.push(Scheduled { at, seq: self.seq, ev });
+        self.queue.push(Scheduled { at, seq: self.seq, event });
     }
 
     fn local(&self, h: HostId) -> Mono {
         self.hosts[h].clock.mono(self.now)
     }
 
-    fn id(&mut self) -> u64 {
+    fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
 
-    fn who(&self, i: InstId) -> String {
-        who(&self.insts, &self.hosts, i)
+    fn who(&self, i: InstanceId) -> String {
+        who(&self.instances, &self.hosts, i)
     }
 
-    fn paused(&self, i: InstId) -> bool {
-        self.insts[i].hung || self.hosts[self.insts[i].host].frozen
+    fn paused(&self, i: InstanceId) -> bool {
+        self.instances[i].hung || self.hosts[self.instances[i].host].frozen
     }
 
     pub fn run(mut self) -> Outcome {
         // Figure 7-1: start-cluster asks each home machine's Node Manager to start its servers.
-        for s in 0..self.sc.servers.len() {
+        for s in 0..self.scenario.servers.len() {
             let at = self.rng.gen_range(0..50);
-            self.schedule(at, Ev::AdminStart(s));
+            self.schedule(at, Event::AdminStart(s));
         }
-        self.schedule(FAULTS_FROM_MS, Ev::FaultPhase);
-        for f in 0..self.sc.faults.len() {
-            self.schedule(self.sc.faults[f].0, Ev::Fault(f));
+        self.schedule(FAULTS_FROM_MS, Event::FaultPhase);
+        for f in 0..self.scenario.faults.len() {
+            self.schedule(self.scenario.faults[f].0, Event::Fault(f));
         }
-        self.schedule(FAULTS_FROM_MS, Ev::Operator);
-        let heal_at = self.sc.heal_at_ms;
+        self.schedule(FAULTS_FROM_MS, Event::Operator);
+        let heal_at = self.scenario.heal_at_ms;
         let bound = self.heal_bound_ms();
         let end = heal_at + bound + 2_000;
-        self.schedule(heal_at, Ev::Heal);
-        self.schedule(end, Ev::End);
-        tr!(self, "domain:\n{}", self.sc.domain_toml());
-        while let Some(s) = self.queue.pop() {
-            self.now = s.at;
+        self.schedule(heal_at, Event::Heal);
+        self.schedule(end, Event::End);
+        tr!(self, "domain:\n{}", self.scenario.domain_toml());
+        while let Some(next) = self.queue.pop() {
+            self.now = next.at;
             self.stats.events += 1;
-            if matches!(s.ev, Ev::End) {
+            if matches!(next.event, Event::End) {
                 break;
             }
-            self.dispatch(s.ev);
+            self.dispatch(next.event);
         }
         self.finish(heal_at, bound, end)
     }
 
-    fn dispatch(&mut self, ev: Ev) {
-        match ev {
-            Ev::Deliver { to, boot, payload } => self.deliver(to, boot, payload),
-            Ev::InstWake(i) => {
-                if self.insts[i].wake_at == Some(self.now) {
-                    self.insts[i].wake_at = None;
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Deliver { to, boot, payload } => self.deliver(to, boot, payload),
+            Event::InstanceWake(i) => {
+                if self.instances[i].wake_at == Some(self.now) {
+                    self.instances[i].wake_at = None;
                 }
-                self.inst_poll(i);
+                self.instance_poll(i);
             }
-            Ev::InstStarted(i) => {
-                if !self.insts[i].alive {
+            Event::InstanceStarted(i) => {
+                if !self.instances[i].alive {
                 } else if self.paused(i) {
-                    self.insts[i].inbox.push_back(InstItem::Started);
+                    self.instances[i].inbox.push_back(InstanceItem::Started);
                 } else {
-                    self.inst_start(i);
+                    self.instance_start(i);
                 }
             }
-            Ev::NmWake { host, boot } => {
+            Event::NmWake { host, boot } => {
                 if !self.nm_running(host, boot) {
                     return;
                 }
@@ -394,7 +418,7 @@ impl Sim {
                 }
                 self.nm_tick(host);
             }
-            Ev::NmExit { host, boot, server, incarnation, code, why } => {
+            Event::NmExit { host, boot, server, incarnation, code, why } => {
                 if !self.hosts[host].up || self.hosts[host].boot != boot || self.hosts[host].nm.is_none() {
                 } else if self.hosts[host].frozen {
                     let nm = self.hosts[host].nm.as_mut().expect("up");
@@ -403,23 +427,23 @@ impl Sim {
                     self.nm_exited(host, &server, &incarnation, code, &why);
                 }
             }
-            Ev::AdminStart(s) => {
-                let (home, server) = (self.sc.servers[s].home, self.sc.servers[s].name.clone());
+            Event::AdminStart(s) => {
+                let (home, server) = (self.scenario.servers[s].home, self.scenario.servers[s].name.clone());
                 if self.nm_running(home, self.hosts[home].boot) {
                     self.nm_start(home, &server);
                 }
             }
-            Ev::Fault(f) => {
-                let fault = self.sc.faults[f].1.clone();
+            Event::Fault(f) => {
+                let fault = self.scenario.faults[f].1.clone();
                 self.stats.faults += 1;
                 self.inject(fault);
             }
-            Ev::Reboot { host, boot } => {
+            Event::Reboot { host, boot } => {
                 if !self.hosts[host].up && self.hosts[host].boot == boot {
                     self.reboot(host);
                 }
             }
-            Ev::Thaw { host, token, then_cut_ms } => {
+            Event::Thaw { host, token, then_cut_ms } => {
                 let h = &self.hosts[host];
                 if h.up && h.frozen && h.freeze_token == token {
                     if let Some(ms) = then_cut_ms {
@@ -428,33 +452,33 @@ impl Sim {
                     self.thaw(host);
                 }
             }
-            Ev::Resume(i) => self.resume(i),
-            Ev::Uncut(id) => self.net.uncut(id),
-            Ev::Unslow(id) => self.net.unslow(id),
-            Ev::StoreBack(id) => {
+            Event::Resume(i) => self.resume(i),
+            Event::Uncut(id) => self.net.uncut(id),
+            Event::Unslow(id) => self.net.unslow(id),
+            Event::StoreBack(id) => {
                 self.store_outages.remove(&id);
             }
-            Ev::FaultPhase => {
-                self.net.loss = self.sc.loss;
-                self.net.long_p = self.sc.long_p;
+            Event::FaultPhase => {
+                self.net.loss = self.scenario.loss;
+                self.net.long_p = self.scenario.long_p;
             }
-            Ev::Heal => self.heal(),
-            Ev::Operator => self.operator(),
-            Ev::End => {}
+            Event::Heal => self.heal(),
+            Event::Operator => self.operator(),
+            Event::End => {}
         }
     }
 
     fn finish(mut self, heal_at: u64, bound: u64, end: u64) -> Outcome {
         let base = self.operator_at_ms.unwrap_or(heal_at).max(heal_at);
-        let slowest_recovery_ms = self.checker.liveness(&self.sc.servers, heal_at, base, bound, end);
+        let slowest_recovery_ms = self.checker.liveness(&self.scenario.servers, heal_at, base, bound, end);
         self.now = end;
         Outcome {
             slowest_recovery_ms,
             design_bound_ms: self.design_bound_ms(),
             takeover_ms: self.takeover_ms(),
-            cmd_timeout_ms: self.cmd_timeout_ms,
+            cmd_timeout_ms: self.command_timeout_ms,
             master_died_at: self.master_died_at,
-            seed: self.cfg.seed,
+            seed: self.config.seed,
             violations: self.checker.violations,
             runs: self.checker.runs,
             stats: self.stats,
@@ -462,7 +486,7 @@ impl Sim {
             heal_at_ms: heal_at,
             bound_ms: bound,
             end_ms: end,
-            scenario: self.sc,
+            scenario: self.scenario,
         }
     }
 }

@@ -9,15 +9,15 @@ use ferry_core::master::CommandResult;
 use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, Mono, ServerName};
 
 use super::nodemanager::NmItem;
-use super::server::InstItem;
-use super::{Ev, HostId, InstId, Sim};
+use super::server::InstanceItem;
+use super::{Event, HostId, InstanceId, Sim};
 use crate::store::{Acquire, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Node {
     Store,
     Nm(HostId),
-    Inst(InstId),
+    Instance(InstanceId),
 }
 
 #[derive(Debug, Clone)]
@@ -41,7 +41,7 @@ pub(super) enum StoreReply {
 pub(super) enum Payload {
     StoreReq {
         req: u64,
-        from: InstId,
+        from: InstanceId,
         op: StoreOp,
     },
     StoreResp {
@@ -50,7 +50,7 @@ pub(super) enum Payload {
     },
     Command {
         id: u64,
-        from: InstId,
+        from: InstanceId,
         tenure: usize,
         cluster: ClusterName,
         epoch: Epoch,
@@ -62,7 +62,7 @@ pub(super) enum Payload {
         result: CommandResult,
     },
     Heartbeat {
-        from: InstId,
+        from: InstanceId,
         epoch: Epoch,
     },
 }
@@ -70,9 +70,9 @@ pub(super) enum Payload {
 impl Sim {
     fn host_of(&self, n: Node) -> HostId {
         match n {
-            Node::Store => self.db,
+            Node::Store => self.store_host,
             Node::Nm(h) => h,
-            Node::Inst(i) => self.insts[i].host,
+            Node::Instance(i) => self.instances[i].host,
         }
     }
 
@@ -86,7 +86,7 @@ impl Sim {
             }
             Some(d) => {
                 let boot = self.hosts[to_host].boot;
-                self.schedule(self.now + d, Ev::Deliver { to, boot, payload });
+                self.schedule(self.now + d, Event::Deliver { to, boot, payload });
             }
         }
     }
@@ -105,15 +105,15 @@ impl Sim {
                 }
                 self.nm_handle(h, payload);
             }
-            Node::Inst(i) => {
-                if !self.insts[i].alive {
+            Node::Instance(i) => {
+                if !self.instances[i].alive {
                     return;
                 }
                 if self.paused(i) {
-                    self.insts[i].inbox.push_back(InstItem::Msg(payload));
+                    self.instances[i].inbox.push_back(InstanceItem::Msg(payload));
                     return;
                 }
-                self.inst_handle(i, payload);
+                self.instance_handle(i, payload);
             }
         }
     }
@@ -145,7 +145,7 @@ impl Sim {
                 StoreOp::List => StoreReply::Leases(self.store.list(self.now)),
             }
         };
-        if self.cfg.trace {
+        if self.config.trace {
             let said = match &reply {
                 StoreReply::Lease(l, _) => format!("granted {} epoch {} ({} ms)", l.name, l.epoch, l.remaining_ms),
                 StoreReply::Leases(l) => format!("{} rows", l.len()),
@@ -154,7 +154,7 @@ impl Sim {
             };
             tr!(self, "  store -> {}: {said}", self.who(from));
         }
-        self.send(self.db, Node::Inst(from), Payload::StoreResp { req, reply });
+        self.send(self.store_host, Node::Instance(from), Payload::StoreResp { req, reply });
     }
 
     /// A grant as the holder receives it, tagged with the true instant of its expiry.

@@ -13,10 +13,11 @@ use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, Server
 use rand::Rng;
 
 use super::network::{Node, Payload};
-use super::server::Inst;
-use super::{Ev, HostId, InstId, Sim, TIMER_JITTER_MS};
+use super::server::Instance;
+use super::{Event, HostId, InstanceId, Sim, TIMER_JITTER_MS};
 use crate::check::Property;
 
+/// Work that reached a Node Manager while its host was frozen.
 pub(super) enum NmItem {
     Msg(Payload),
     Exit { server: ServerName, incarnation: Incarnation, code: Option<i32>, why: String },
@@ -25,26 +26,36 @@ pub(super) enum NmItem {
 /// A machine's Node Manager: ferry-core's, plus what the simulation needs around it.
 pub(super) struct Nm {
     pub(super) core: NodeManager,
-    /// Highest master epoch that arrived here, for the checker (property 3).
-    pub(super) seen: BTreeMap<ClusterName, Epoch>,
+    /// The highest master epoch of each cluster that arrived here, for the checker
+    /// (property 4: no stale command executed).
+    pub(super) highest_master_epoch: BTreeMap<ClusterName, Epoch>,
     /// Work that arrived while the host was frozen.
     pub(super) inbox: VecDeque<NmItem>,
+    /// The true instant its next wake-up is scheduled for.
     pub(super) wake_at: Option<u64>,
+    /// The id of the last command it took.
     pub(super) next_id: CommandId,
     /// Commands of cluster masters waiting for the Node Manager's answer: who, which.
-    pub(super) waiting: BTreeMap<CommandId, (InstId, u64)>,
+    pub(super) waiting: BTreeMap<CommandId, (InstanceId, u64)>,
 }
 
 impl Nm {
     pub(super) fn new(machine: MachineName, policy: RestartPolicy, bugs: Bugs) -> Self {
         let mut core = NodeManager::new(machine, policy, NodeManagerTiming::default());
         core.supervisor.bugs = bugs;
-        Nm { core, seen: BTreeMap::new(), inbox: VecDeque::new(), wake_at: None, next_id: 0, waiting: BTreeMap::new() }
+        Nm {
+            core,
+            highest_master_epoch: BTreeMap::new(),
+            inbox: VecDeque::new(),
+            wake_at: None,
+            next_id: 0,
+            waiting: BTreeMap::new(),
+        }
     }
 }
 
 /// The pid the Node Manager knows an instance by.
-fn pid_of(i: InstId) -> i32 {
+fn pid_of(i: InstanceId) -> i32 {
     i32::try_from(i + 1).unwrap_or(i32::MAX)
 }
 
@@ -59,7 +70,7 @@ impl Sim {
 
     /// Whether machine `h` can read the lease table right now.
     fn nm_reads_store(&self, h: HostId) -> bool {
-        self.store_outages.is_empty() && !self.net.blocked(h, self.db) && !self.net.blocked(self.db, h)
+        self.store_outages.is_empty() && !self.net.blocked(h, self.store_host) && !self.net.blocked(self.store_host, h)
     }
 
     pub(super) fn nm_handle(&mut self, h: HostId, payload: Payload) {
@@ -68,12 +79,12 @@ impl Sim {
         };
         let local = self.local(h);
         let nm = self.hosts[h].nm.as_mut().expect("up");
-        let seen = nm.seen.get(&cluster).copied().unwrap_or_default();
-        nm.seen.insert(cluster.clone(), seen.max(epoch));
+        let seen = nm.highest_master_epoch.get(&cluster).copied().unwrap_or_default();
+        nm.highest_master_epoch.insert(cluster.clone(), seen.max(epoch));
         nm.next_id += 1;
         let cid = nm.next_id;
         nm.waiting.insert(cid, (from, id));
-        let origin = Origin::Master { cluster: cluster.clone(), epoch, server: self.insts[from].server.clone() };
+        let origin = Origin::Master { cluster: cluster.clone(), epoch, server: self.instances[from].server.clone() };
         let actions = nm.core.command(local, &self.domain, cid, &server, origin, Command::Start { in_place });
         let stale = actions.iter().any(|a| matches!(a, Action::Reply { result: Err(Refusal::StaleMaster(_)), .. }));
         if stale {
@@ -133,7 +144,7 @@ impl Sim {
                         Err(r @ Refusal::AddressInUse { .. }) => CommandResult::AddressInUse(r.to_string()),
                         Err(r) => CommandResult::Refused(r.to_string()),
                     };
-                    self.send(h, Node::Inst(from), Payload::CommandResp { id: cmd, result });
+                    self.send(h, Node::Instance(from), Payload::CommandResp { id: cmd, result });
                 }
                 vec![]
             }
@@ -165,17 +176,17 @@ impl Sim {
                 self.hosts[h].nm.as_mut().expect("up").core.leases_read(local, &self.domain, &server, result)
             }
             Action::KillSession { server, pid, fence } => {
-                let target = self.inst_of_pid(h, pid);
+                let target = self.instance_of_pid(h, pid);
                 if let Some(i) = target {
                     let local = self.local(h);
                     if fence {
                         self.stats.nm_fences += 1;
                         tr!(self, "nm {name} fences {server}: SIGKILL of its session");
-                    } else if self.insts[i].keeper.as_ref().is_some_and(|k| k.held(local).is_some()) {
+                    } else if self.instances[i].server_keeper.as_ref().is_some_and(|k| k.held(local).is_some()) {
                         self.stats.healthy_killed += 1;
                         tr!(self, "nm {name} kills a healthy {}", self.who(i));
                     }
-                    self.inst_exit(
+                    self.instance_exit(
                         i,
                         None,
                         if fence { "fenced by its Node Manager" } else { "killed by its Node Manager" },
@@ -187,18 +198,20 @@ impl Sim {
                 vec![]
             }
             Action::Terminate { pid, .. } => {
-                if let Some(i) = self.inst_of_pid(h, pid) {
-                    self.inst_exit(i, Some(0), "stopped gracefully");
+                if let Some(i) = self.instance_of_pid(h, pid) {
+                    self.instance_exit(i, Some(0), "stopped gracefully");
                 }
                 vec![]
             }
             Action::KillOrphan { server } => {
                 let supervised = self.hosts[h].nm.as_ref().and_then(|nm| nm.core.pid_of(&server));
                 let orphan = self.alive.iter().copied().find(|i| {
-                    self.insts[*i].host == h && self.insts[*i].server == server && Some(pid_of(*i)) != supervised
+                    self.instances[*i].host == h
+                        && self.instances[*i].server == server
+                        && Some(pid_of(*i)) != supervised
                 });
                 if let Some(i) = orphan {
-                    self.inst_exit(i, None, "killed as an orphan by its Node Manager");
+                    self.instance_exit(i, None, "killed as an orphan by its Node Manager");
                 }
                 self.hosts[h].nm.as_mut().expect("up").core.orphan_killed(
                     local,
@@ -226,7 +239,7 @@ impl Sim {
             }
             Action::Spawn { server, handover_from } => {
                 let i = self.spawn(h, &server, handover_from);
-                let incarnation = self.insts[i].incarnation.clone();
+                let incarnation = self.instances[i].incarnation.clone();
                 self.hosts[h].nm.as_mut().expect("up").core.spawned(
                     local,
                     &self.domain,
@@ -239,47 +252,47 @@ impl Sim {
     }
 
     /// The live instance on `h` that the Node Manager knows as `pid`.
-    fn inst_of_pid(&self, h: HostId, pid: i32) -> Option<InstId> {
+    fn instance_of_pid(&self, h: HostId, pid: i32) -> Option<InstanceId> {
         let i = usize::try_from(pid).ok()?.checked_sub(1)?;
-        (i < self.insts.len() && self.insts[i].alive && self.insts[i].host == h).then_some(i)
+        (i < self.instances.len() && self.instances[i].alive && self.instances[i].host == h).then_some(i)
     }
 
-    fn spawn(&mut self, h: HostId, server: &ServerName, handover_from: Option<Incarnation>) -> InstId {
+    fn spawn(&mut self, h: HostId, server: &ServerName, handover_from: Option<Incarnation>) -> InstanceId {
         let incarnation = Incarnation::from_random(self.rng.gen());
         let local = self.local(h);
-        let id = self.insts.len();
-        self.insts.push(Inst {
+        let id = self.instances.len();
+        self.instances.push(Instance {
             server: server.clone(),
             host: h,
             incarnation: incarnation.clone(),
             alive: true,
             hung: false,
             started: false,
-            keeper: None,
+            server_keeper: None,
             handover_from,
-            req: None,
+            server_request: None,
             services_up: false,
             epoch: Epoch(0),
-            granted_until: 0,
-            mgranted_until: 0,
-            mk: None,
-            mreq: None,
+            server_granted_until: 0,
+            master_granted_until: 0,
+            master_keeper: None,
+            master_request: None,
             tenure: None,
             planner: None,
-            scan: None,
+            scan_request: None,
             next_scan: local,
-            next_hb: local,
-            cmds: BTreeMap::new(),
-            last_hb: local,
-            hb_epoch: Epoch(0),
+            next_heartbeat: local,
+            commands: BTreeMap::new(),
+            last_heartbeat: local,
+            heartbeat_epoch: Epoch(0),
             inbox: VecDeque::new(),
             wake_at: None,
         });
         self.alive.insert(id);
         self.stats.instances += 1;
-        let d = self.rng.gen_range(self.sc.start_ms.0..=self.sc.start_ms.1);
-        self.schedule(self.now + d, Ev::InstStarted(id));
-        tr!(self, "spawn {} (handover from {:?})", self.who(id), self.insts[id].handover_from);
+        let d = self.rng.gen_range(self.scenario.start_ms.0..=self.scenario.start_ms.1);
+        self.schedule(self.now + d, Event::InstanceStarted(id));
+        tr!(self, "spawn {} (handover from {:?})", self.who(id), self.instances[id].handover_from);
         id
     }
 
@@ -326,7 +339,7 @@ impl Sim {
         if nm.wake_at.is_none_or(|cur| cur < self.now || at < cur) {
             let boot = self.hosts[h].boot;
             self.hosts[h].nm.as_mut().expect("up").wake_at = Some(at);
-            self.schedule(at, Ev::NmWake { host: h, boot });
+            self.schedule(at, Event::NmWake { host: h, boot });
         }
     }
 }
