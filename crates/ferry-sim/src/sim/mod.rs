@@ -1,5 +1,5 @@
 //! The discrete-event simulator: hosts with their own clocks, a Node Manager per machine
-//! running the core's `Supervisor`, `ferry server` processes each running a `Keeper` for
+//! running the core's `NodeManager`, `ferry server` processes each running a `Keeper` for
 //! their server lease, a `Keeper` for the cluster-master lease and, while they hold it, a
 //! `Planner`; one lease store; a lossy, partitionable network. Events sit in one queue
 //! ordered by true time and then by insertion, so a seed replays exactly.
