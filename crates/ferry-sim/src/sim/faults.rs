@@ -15,6 +15,7 @@ use crate::clock::HostClock;
 use crate::scenario::{Fault, Links, ProcTarget, Target};
 
 impl Sim {
+    /// The machine a fault hits, if it is up.
     fn resolve(&mut self, target: Target) -> Option<HostId> {
         let h = match target {
             Target::Machine(m) => m,
@@ -28,10 +29,12 @@ impl Sim {
         self.hosts[h].up.then_some(h)
     }
 
+    /// The live process of the newest tenure still under way.
     fn master_instance(&self) -> Option<InstanceId> {
         self.active_tenures.iter().rev().map(|t| self.tenures[*t].instance).find(|i| self.instances[*i].alive)
     }
 
+    /// The newest live process of the scenario's server number `s`.
     fn newest(&self, s: usize) -> Option<InstanceId> {
         let name = &self.scenario.servers.get(s)?.name;
         self.alive.iter().rev().copied().find(|i| &self.instances[*i].server == name)
@@ -129,6 +132,7 @@ impl Sim {
         }
     }
 
+    /// The process a fault hits.
     fn resolve_proc(&self, target: ProcTarget) -> Option<InstanceId> {
         match target {
             ProcTarget::Server(s) => self.newest(s),
@@ -137,6 +141,7 @@ impl Sim {
         }
     }
 
+    /// Cuts `links` of machine `h` for `ms`.
     pub(super) fn cut(&mut self, h: HostId, links: Links, ms: u64) {
         let mut pairs = BTreeSet::new();
         let store_host = self.store_host;
@@ -158,6 +163,7 @@ impl Sim {
         self.schedule(self.now + ms, Event::Uncut(id));
     }
 
+    /// Power loss: every process of the machine dies with its Node Manager.
     fn crash_machine(&mut self, h: HostId) {
         tr!(self, "machine {} loses power", self.hosts[h].name);
         let on_host: Vec<InstanceId> = self.alive.iter().copied().filter(|i| self.instances[*i].host == h).collect();
@@ -182,6 +188,7 @@ impl Sim {
         host.boot += 1;
     }
 
+    /// The machine boots with a new boot-time clock and an empty Node Manager.
     pub(super) fn reboot(&mut self, h: HostId) {
         let boot_mono = self.rng.gen_range(3_000..20_000);
         let host = &mut self.hosts[h];
@@ -250,6 +257,7 @@ impl Sim {
         }
     }
 
+    /// Runs what queued up for a process while it could not run.
     fn drain(&mut self, i: InstanceId) {
         while let Some(item) = self.instances[i].inbox.pop_front() {
             if !self.instances[i].alive || self.paused(i) {
@@ -280,6 +288,8 @@ impl Sim {
         self.drain(i);
     }
 
+    /// Every fault stops: links healed, store back, machines booted, hosts thawed, processes
+    /// continued; the operator starts the cluster if nothing of it is left.
     pub(super) fn heal(&mut self) {
         tr!(self, "HEAL: faults stop");
         self.healed = true;
