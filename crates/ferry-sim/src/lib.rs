@@ -1,6 +1,6 @@
 //! ferry-sim: a seeded, deterministic discrete-event simulation of ferry's core state
 //! machines (DESIGN §5, "simulation"): the lease `Keeper`, the cluster-master `Planner` and
-//! the Node Manager's `Supervisor`, driven by simulated clocks, a simulated lease store and a
+//! the `NodeManager`, driven by simulated clocks, a simulated lease store and a
 //! simulated network with crashes, hangs, freezes, partitions, delays and store outages.
 //! The core is sans-IO, so no runtime is involved: the simulator feeds the very same code the
 //! shells run, under a clock it controls.
