@@ -19,6 +19,12 @@ pub(crate) fn error_with(status: u16, msg: impl Into<String>, detail: serde_json
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        error(self.status, self.error)
+        error(self.status(), self.to_string())
+    }
+}
+
+impl IntoResponse for crate::pki::Refusal {
+    fn into_response(self) -> Response {
+        error(self.status(), self.to_string())
     }
 }

@@ -491,7 +491,8 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
             );
             Json(r).into_response()
         }
-        Err(crate::pki::Refusal(status, msg)) => {
+        Err(refusal) => {
+            let msg = refusal.to_string();
             s.event(
                 EventKind::EnrollmentRefused,
                 None,
@@ -499,7 +500,7 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
                 None,
                 format!("refused to enroll machine {machine}: {msg}"),
             );
-            error(status, msg)
+            refusal.into_response()
         }
     }
 }
@@ -560,7 +561,7 @@ async fn pki_rotate(
             );
             Json(r).into_response()
         }
-        Err(crate::pki::Refusal(status, msg)) => error(status, msg),
+        Err(refusal) => refusal.into_response(),
     }
 }
 

@@ -9,16 +9,50 @@ use std::sync::Mutex;
 use ferry_api::Operation;
 use ferry_core::TokenName;
 
-/// A refusal answered to the caller.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: u16,
-    pub error: String,
+/// Why a request is refused before anything is touched, each with its HTTP status
+/// ([`ApiError::status`], the one place that maps them; `errors.rs` answers with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    BadName(#[from] ferry_core::ids::NameError),
+    #[error("unknown {what} {name}: domain {domain} defines {known}")]
+    Unknown { what: &'static str, name: String, domain: String, known: String },
+    #[error("cannot read the lease table: {0}")]
+    TableUnreadable(String),
+    #[error(
+        "{server} is already running on {machine} (epoch {epoch}, lease {remaining_ms} ms left); to move it use `ferry migrate {server} --to MACHINE`"
+    )]
+    AlreadyRunning { server: String, machine: String, epoch: u64, remaining_ms: i64 },
+    #[error("{0} is not running")]
+    NotRunning(String),
+    #[error("{target} is not a candidate machine for {server}: it may run on {allowed}")]
+    NotACandidate { target: String, server: String, allowed: String },
+    #[error("{server} is already running on {target}")]
+    AlreadyThere { server: String, target: String },
 }
 
 impl ApiError {
-    pub fn new(status: u16, error: impl Into<String>) -> Self {
-        ApiError { status, error: error.into() }
+    /// The HTTP status of the answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadName(_) => 400,
+            ApiError::Unknown { .. } => 404,
+            ApiError::TableUnreadable(_) => 503,
+            ApiError::AlreadyRunning { .. }
+            | ApiError::NotRunning(_)
+            | ApiError::NotACandidate { .. }
+            | ApiError::AlreadyThere { .. } => 409,
+        }
+    }
+
+    /// An unknown `what` (server, cluster, machine) of `domain`, naming those it defines.
+    pub fn unknown<'a>(what: &'static str, name: &str, domain: &str, known: impl Iterator<Item = &'a str>) -> Self {
+        ApiError::Unknown {
+            what,
+            name: name.to_string(),
+            domain: domain.to_string(),
+            known: known.collect::<Vec<_>>().join(", "),
+        }
     }
 }
 

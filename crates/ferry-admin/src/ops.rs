@@ -39,10 +39,9 @@ impl AdminState {
 
     fn server_cfg(&self, name: &str) -> Result<ferry_core::domain::Server, ApiError> {
         let d = self.domain().domain;
-        let server = ServerName::new(name).map_err(|e| ApiError::new(400, e.to_string()))?;
+        let server = ServerName::new(name)?;
         d.server(&server).cloned().ok_or_else(|| {
-            let known: Vec<_> = d.servers.iter().map(|s| s.name.to_string()).collect();
-            ApiError::new(404, format!("unknown server {server}: domain {} defines {}", d.name, known.join(", ")))
+            ApiError::unknown("server", server.as_str(), &d.name, d.servers.iter().map(|s| s.name.as_str()))
         })
     }
 
@@ -50,7 +49,7 @@ impl AdminState {
         self.store
             .get(&LeaseName::Server(server.clone()))
             .await
-            .map_err(|e| ApiError::new(503, format!("cannot read the lease table: {}", ferry_store::chain(&e))))
+            .map_err(|e| ApiError::TableUnreadable(ferry_store::chain(&e)))
     }
 
     /// Where the server runs now: the machine of its live lease, else a Node Manager that
@@ -98,17 +97,12 @@ impl AdminState {
     pub async fn start_server(self: &Arc<Self>, name: &str, by: &TokenName) -> Result<Operation, ApiError> {
         let cfg = self.server_cfg(name)?;
         if let Some(l) = self.lease_of(&cfg.name).await?.filter(|l| l.is_live()) {
-            return Err(ApiError::new(
-                409,
-                format!(
-                    "{} is already running on {} (epoch {}, lease {} ms left); to move it use `ferry migrate {} --to MACHINE`",
-                    cfg.name,
-                    l.machine.as_ref().map_or("?", |m| m.as_str()),
-                    l.epoch,
-                    l.remaining_ms,
-                    cfg.name
-                ),
-            ));
+            return Err(ApiError::AlreadyRunning {
+                server: cfg.name.to_string(),
+                machine: l.machine.as_ref().map_or("?".to_string(), |m| m.to_string()),
+                epoch: l.epoch.0,
+                remaining_ms: l.remaining_ms,
+            });
         }
         let op = self.ops.create("start", cfg.name.as_str(), by);
         let me = self.clone();
@@ -284,12 +278,13 @@ impl AdminState {
     /// `ferry start-cluster CLUSTER` (Figure 7-1): start every server not already running.
     pub async fn start_cluster(self: &Arc<Self>, name: &str, by: &TokenName) -> Result<Operation, ApiError> {
         let d = self.domain().domain;
-        let cluster = ClusterName::new(name).map_err(|e| ApiError::new(400, e.to_string()))?;
+        let cluster = ClusterName::new(name)?;
         if d.cluster(&cluster).is_none() {
-            let known: Vec<_> = d.clusters.iter().map(|c| c.name.to_string()).collect();
-            return Err(ApiError::new(
-                404,
-                format!("unknown cluster {cluster}: domain {} defines {}", d.name, known.join(", ")),
+            return Err(ApiError::unknown(
+                "cluster",
+                cluster.as_str(),
+                &d.name,
+                d.clusters.iter().map(|c| c.name.as_str()),
             ));
         }
         let servers: Vec<_> = d.servers_in(&cluster).cloned().collect();
@@ -367,7 +362,7 @@ impl AdminState {
     pub async fn stop_server(self: &Arc<Self>, name: &str, force: bool, by: &TokenName) -> Result<Operation, ApiError> {
         let cfg = self.server_cfg(name)?;
         let Some(machine) = self.locate(&cfg.name).await? else {
-            return Err(ApiError::new(409, format!("{} is not running", cfg.name)));
+            return Err(ApiError::NotRunning(cfg.name.to_string()));
         };
         let op = self.ops.create("stop", cfg.name.as_str(), by);
         let me = self.clone();
@@ -445,26 +440,28 @@ impl AdminState {
     pub async fn migrate(self: &Arc<Self>, name: &str, to: &str, by: &TokenName) -> Result<Operation, ApiError> {
         let cfg = self.server_cfg(name)?;
         let d = self.domain().domain;
-        let target = MachineName::new(to).map_err(|e| ApiError::new(400, e.to_string()))?;
+        let target = MachineName::new(to)?;
         if d.machine(&target).is_none() {
-            let known: Vec<_> = d.machines.iter().map(|m| m.name.to_string()).collect();
-            return Err(ApiError::new(
-                404,
-                format!("unknown machine {target}: domain {} defines {}", d.name, known.join(", ")),
+            return Err(ApiError::unknown(
+                "machine",
+                target.as_str(),
+                &d.name,
+                d.machines.iter().map(|m| m.name.as_str()),
             ));
         }
         let mut allowed = vec![cfg.machine.clone()];
         allowed.extend(d.candidates_for(&cfg).into_iter().filter(|m| m != &cfg.machine));
         if !allowed.contains(&target) {
             let list: Vec<_> = allowed.iter().map(|m| m.to_string()).collect();
-            return Err(ApiError::new(
-                409,
-                format!("{target} is not a candidate machine for {}: it may run on {}", cfg.name, list.join(", ")),
-            ));
+            return Err(ApiError::NotACandidate {
+                target: target.to_string(),
+                server: cfg.name.to_string(),
+                allowed: list.join(", "),
+            });
         }
         let from = self.locate(&cfg.name).await?;
         if from.as_ref() == Some(&target) {
-            return Err(ApiError::new(409, format!("{} is already running on {target}", cfg.name)));
+            return Err(ApiError::AlreadyThere { server: cfg.name.to_string(), target: target.to_string() });
         }
         let op = self.ops.create("migrate", cfg.name.as_str(), by);
         let me = self.clone();

@@ -43,8 +43,25 @@ struct Inner {
     tokens: Vec<([u8; 32], String, u64)>,
 }
 
-/// A refusal: HTTP status and what to do.
-pub struct Refusal(pub u16, pub String);
+/// Why a machine gets no certificates, each with its HTTP status (`status`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "the enrollment token for machine {0} is not valid (unknown, already used, expired after an hour, or made for another machine): run `ferry machine enroll-token {0}` for a new one"
+    )]
+    BadToken(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::BadToken(_) => 403,
+            Refusal::BadRequest(_) => 400,
+        }
+    }
+}
 
 fn hash(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
@@ -178,15 +195,7 @@ impl AdminPki {
                 Some(i) => {
                     inner.tokens.remove(i);
                 }
-                None => {
-                    return Err(Refusal(
-                        403,
-                        format!(
-                            "the enrollment token for machine {} is not valid (unknown, already used, expired after an hour, or made for another machine): run `ferry machine enroll-token {}` for a new one",
-                            req.machine, req.machine
-                        ),
-                    ))
-                }
+                None => return Err(Refusal::BadToken(req.machine.clone())),
             }
         }
         self.sign(&mut inner, req)
@@ -203,8 +212,9 @@ impl AdminPki {
     /// Signs a machine's two requests and records the serials (under the caller's lock).
     fn sign(&self, inner: &mut Inner, req: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
         let id = Identity::Machine(req.machine.clone());
-        let chain_pem = self.ca.sign_leaf(&req.leaf_csr, &id).map_err(|e| Refusal(400, e.to_string()))?;
-        let issuer_pem = self.ca.sign_issuer(&req.issuer_csr, &req.machine).map_err(|e| Refusal(400, e.to_string()))?;
+        let chain_pem = self.ca.sign_leaf(&req.leaf_csr, &id).map_err(|e| Refusal::BadRequest(e.to_string()))?;
+        let issuer_pem =
+            self.ca.sign_issuer(&req.issuer_csr, &req.machine).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let serials: Vec<String> =
             [&chain_pem, &issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect();
         inner.registry.machines.entry(req.machine.clone()).or_default().extend(serials);
