@@ -25,8 +25,9 @@ use ferry_store::postgres::{PostgresOptions, PostgresStore};
 use serde::Serialize;
 
 use crate::common::{loadavg, MachineFacts};
-use crate::leases_load::{self, micros, Batching, Fleet, Mode, PhaseReport, ScanReport};
+use crate::leases_load::{self, micros, Batching, Fleet, Mode, PhaseReport};
 use crate::leases_pg::{self, BaselineReport, Server};
+use crate::leases_scan::{self, ScanReport};
 
 /// The TTL of the leases' first acquisition: long enough to outlast acquiring 100,000 of
 /// them; renewals then use `interval × periods`.
@@ -305,12 +306,12 @@ async fn one_size(
                 .collect();
             counts.sort_unstable();
             counts.dedup();
-            let (s, mut d) = leases_load::scans(
+            let (s, mut d) = leases_scan::scans(
                 &fleet,
                 &master,
                 mode,
                 batching,
-                &leases_load::ScanPlan {
+                &leases_scan::ScanPlan {
                     counts,
                     seconds: args.scan_seconds,
                     every: Duration::from_millis(args.scan_every_ms.max(1)),

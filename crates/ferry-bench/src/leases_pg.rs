@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use ferry_store::testing::PgServer;
 use serde::Serialize;
 
-use crate::leases_load::{micros, Tally};
+use crate::leases_tally::{micros, Tally};
 
 /// What the tuned configuration changes, on top of the test server's command line
 /// (`fsync=on`, `shared_buffers=16MB`, `max_connections=100`). Every one of them is a

@@ -25,6 +25,8 @@ mod hosts_probe;
 mod leases;
 mod leases_load;
 mod leases_pg;
+mod leases_scan;
+mod leases_tally;
 mod outage;
 mod restart;
 mod stats;
