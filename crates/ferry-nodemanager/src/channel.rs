@@ -21,6 +21,11 @@ use crate::actor::{Handle, Msg};
 use crate::plumbing::{Record, ServerDirs};
 use crate::renewals::{Batcher, Writer};
 
+/// After a failed accept, how long the listener waits before the next.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long writing a certificate to a server may take.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The longest line a server may send (a report is a few hundred bytes).
 const MAX_LINE: usize = 64 * 1024;
 
@@ -47,7 +52,7 @@ pub(crate) fn listen(path: &Path, channel: Arc<Channel>) -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     tracing::warn!("local channel: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_RETRY).await;
                 }
             }
         }
@@ -122,7 +127,7 @@ impl Channel {
                         if let Ok(mut line) = serde_json::to_vec(&ferry_api::Reply::Certificate { credentials }) {
                             line.push(b'\n');
                             let mut w = write.lock().await;
-                            let _ = tokio::time::timeout(Duration::from_secs(1), w.write_all(&line)).await;
+                            let _ = tokio::time::timeout(ANSWER_TIMEOUT, w.write_all(&line)).await;
                         }
                     }
                     Err(e) => tracing::warn!("cannot issue a fresh certificate for {server}: {e}"),

@@ -28,8 +28,10 @@ const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// How long each call to the admin may take.
 const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// A first start waits this many half-second rounds for an admin that is not up yet.
+/// A first start waits this many rounds for an admin that is not up yet ...
 const ENROLL_PATIENCE_ROUNDS: u32 = 120;
+/// ... this long apart.
+const ENROLL_RETRY: Duration = Duration::from_millis(500);
 
 /// How the Node Manager is started (`ferry nodemanager`).
 #[derive(Debug, Clone)]
@@ -243,7 +245,7 @@ async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
                         tracing::warn!("waiting for the Administration Server to enroll machine {machine}: {e:#}");
                     }
                     waited += 1;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(ENROLL_RETRY).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -15,6 +15,12 @@ use ferry_api::{AdminClient, EnrollRequest, EnrollResponse};
 use ferry_host::files;
 use ferry_tls::{Credentials, Expect, Identity, MachineIssuer, Revocations};
 
+/// How long an enrollment or rotation call to the admin may take (it signs certificates).
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the revocation list is fetched from the admin, and how long that may take.
+const REVOCATIONS_EVERY: Duration = Duration::from_secs(3);
+const REVOCATIONS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What a Node Manager proves itself with and trusts.
 pub struct NmTls {
     pub creds: Credentials,
@@ -116,7 +122,7 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
     let keys = NewKeys::make(machine)?;
     let tls = ferry_tls::anonymous_client_config(&ca_pem, Expect::Identity(Identity::Admin))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let admin = AdminClient::with_tls_config(admin_url, tls, Duration::from_secs(10));
+    let admin = AdminClient::with_tls_config(admin_url, tls, ENROLL_TIMEOUT);
     let got = admin
         .enroll(&keys.request(machine, token))
         .await
@@ -131,7 +137,7 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
 pub async fn rotate(data_dir: &Path, machine: &str, admin_url: &str) -> anyhow::Result<Vec<String>> {
     let current = load(data_dir, machine)?;
     let keys = NewKeys::make(machine)?;
-    let admin = AdminClient::with_tls(admin_url, &current.creds, Duration::from_secs(10));
+    let admin = AdminClient::with_tls(admin_url, &current.creds, ENROLL_TIMEOUT);
     let got = admin
         .rotate(&keys.request(machine, String::new()))
         .await
@@ -197,8 +203,7 @@ impl NewKeys {
 /// The CA certificate as the server at `admin_url` presents it, trusting nothing yet (the
 /// caller checks it), and the proof header for `nonce`.
 async fn fetch_ca_unchecked(admin_url: &str, nonce: Option<&str>) -> anyhow::Result<(String, Option<String>)> {
-    let admin =
-        AdminClient::with_tls_config(admin_url, ferry_tls::trust_on_first_use_client_config(), Duration::from_secs(10));
+    let admin = AdminClient::with_tls_config(admin_url, ferry_tls::trust_on_first_use_client_config(), ENROLL_TIMEOUT);
     admin.pki_ca(nonce).await.context("cannot fetch the domain CA certificate")
 }
 
@@ -228,7 +233,7 @@ async fn fetch_pinned_ca(admin_url: &str, pin: &str) -> anyhow::Result<String> {
 
 /// Keeps `revoked` in step with the admin's list (every few seconds while it answers).
 pub async fn revocation_loop(tls: std::sync::Arc<NmTls>, admin_url: String) {
-    let admin = AdminClient::with_tls(&admin_url, &tls.creds, Duration::from_secs(2));
+    let admin = AdminClient::with_tls(&admin_url, &tls.creds, REVOCATIONS_TIMEOUT);
     loop {
         match admin.revoked().await {
             Ok(list) => {
@@ -242,6 +247,6 @@ pub async fn revocation_loop(tls: std::sync::Arc<NmTls>, admin_url: String) {
             }
             Err(e) => tracing::debug!("cannot fetch the revocation list: {e}"),
         }
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(REVOCATIONS_EVERY).await;
     }
 }
