@@ -35,14 +35,15 @@ mod cgroup;
 mod cmd;
 mod faults;
 mod lab;
+mod node;
 mod postgres;
 mod stale;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-pub use faults::Cut;
-pub use lab::{Freezer, Lab, LabSpec, CLIENT, SWITCH};
+pub use lab::{Freezer, Lab, LabSpec};
+pub use node::{Cut, CLIENT, SWITCH};
 pub use postgres::{PgInLab, DATABASE as PG_DATABASE, PORT as PG_PORT, SUPERUSER as PG_SUPERUSER};
 pub use stale::cleanup_stale;
 

@@ -20,7 +20,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::cmd::{checked, checked_blocking, COMMAND_TIMEOUT};
-use crate::lab::{ns_command, SWITCH};
+use crate::lab::ns_command;
+use crate::node::SWITCH;
 use crate::{which, Lab, LabError, Result, SWITCH_ADDR};
 
 /// The superuser, and owner of [`DATABASE`]; logs in from the lab without a password.
