@@ -45,13 +45,13 @@ pub(crate) fn machine_addr(i: usize) -> Option<Ipv4Addr> {
 /// A partition of one host (a machine or the client) at the switch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
-    /// Nothing in or out, ARP included ([`Lab::partition`]).
+    /// Nothing in or out, ARP included ([`crate::Lab::partition`]).
     Isolated,
     /// Reaches the switch (198.18.1.1) but no other machine; the client still reaches it
-    /// ([`Lab::partition_from_peers`]).
+    /// ([`crate::Lab::partition_from_peers`]).
     FromPeers,
     /// Reaches the other machines and the client but not the switch's address
-    /// ([`Lab::partition_from_switch`]).
+    /// ([`crate::Lab::partition_from_switch`]).
     FromSwitch,
 }
 
