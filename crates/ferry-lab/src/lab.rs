@@ -5,7 +5,7 @@
 //! `ip netns exec NS ...`), and every namespace is checked not to be the root namespace right
 //! after it is created, so a bug here cannot reconfigure the host's own network.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -360,6 +360,15 @@ impl Lab {
         Ok(ns_command(&self.ip, &node.ns, procs.as_deref(), program))
     }
 
+    /// The command line [`Lab::command`] starts with: append a program and its arguments to
+    /// run it inside `node`'s namespace and cgroup, with `std::process` or whatever else
+    /// spawns it (ferry-testkit's PostgreSQL server runs in the switch this way).
+    pub fn command_prefix(&self, node: &str) -> Result<Vec<OsString>> {
+        let node = self.node(node)?;
+        let procs = self.cgroups.as_ref().map(|cg| cg.dir(&node.ns).join("cgroup.procs"));
+        Ok(ns_argv(&self.ip, &node.ns, procs.as_deref()))
+    }
+
     /// Starts `program ARGS` in `node` (namespace and cgroup) with `env` added to the
     /// environment, stdout and stderr appended to `log_file`, stdin from `/dev/null`.
     pub fn spawn<S: AsRef<OsStr>>(
@@ -492,22 +501,28 @@ impl Drop for Lab {
 
 /// `ip netns exec NS program`, wrapped in `sh` that first joins the cgroup whose
 /// `cgroup.procs` is `procs` (before `ip netns exec` remounts `/sys` and hides it).
-pub(crate) fn ns_command(
-    ip: &Path,
-    ns: &str,
-    procs: Option<&Path>,
-    program: impl AsRef<OsStr>,
-) -> tokio::process::Command {
-    let mut cmd = match procs {
-        Some(procs) => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(r#"echo $$ > "$1" && shift && exec "$@""#).arg("ferry-lab").arg(procs).arg(ip);
-            c
-        }
-        None => tokio::process::Command::new(ip),
-    };
-    cmd.args(["netns", "exec", ns]).arg(program).stdin(Stdio::null());
+fn ns_command(ip: &Path, ns: &str, procs: Option<&Path>, program: impl AsRef<OsStr>) -> tokio::process::Command {
+    let argv = ns_argv(ip, ns, procs);
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).arg(program).stdin(Stdio::null());
     cmd
+}
+
+/// The command line of [`ns_command`] up to the program.
+fn ns_argv(ip: &Path, ns: &str, procs: Option<&Path>) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = match procs {
+        Some(procs) => vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            r#"echo $$ > "$1" && shift && exec "$@""#.into(),
+            "ferry-lab".into(),
+            procs.into(),
+            ip.into(),
+        ],
+        None => vec![ip.into()],
+    };
+    argv.extend(["netns", "exec", ns].map(OsString::from));
+    argv
 }
 
 fn make_dir(dir: &Path) -> Result<()> {

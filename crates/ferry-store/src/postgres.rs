@@ -1474,7 +1474,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_over_tls_are_encrypted_and_verified() {
-        let Some(pg) = crate::testing::PgServer::start_with_tls_or_skip() else {
+        let Some(pg) = ferry_testkit::PgServer::start_with_tls_or_skip() else {
             return;
         };
         let Some(ca) = pg.ca_cert_path() else {
@@ -1510,7 +1510,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_keep_synchronous_commit_on_and_bound_every_statement() {
-        let Some(pg) = crate::testing::PgServer::start_or_skip() else {
+        let Some(pg) = ferry_testkit::PgServer::start_or_skip() else {
             return;
         };
         pg.execute("ALTER DATABASE ferry SET synchronous_commit = off")
@@ -1535,7 +1535,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_batch_probes_the_primary_key() {
-        let Some(pg) = crate::testing::PgServer::start_or_skip() else {
+        let Some(pg) = ferry_testkit::PgServer::start_or_skip() else {
             return;
         };
         let store = PostgresStore::open_and_init(&pg.url(), Duration::from_secs(10)).await.expect("open");

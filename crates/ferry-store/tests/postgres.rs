@@ -7,7 +7,7 @@
 //! (the conformance suite over a checked TLS connection, and the refusals an operator meets:
 //! no TLS on the server, a certificate of another CA or for another host name).
 //!
-//! Every test starts its own private server (`ferry_store::testing::PgServer`). Without the
+//! Every test starts its own private server (`ferry_testkit::PgServer`). Without the
 //! PostgreSQL server binaries the tests print why and pass, except under `CI=true`, where
 //! they fail.
 
@@ -19,8 +19,8 @@ use std::time::Duration;
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::postgres::{PostgresOptions, PostgresStore, EXPIRED_SQL, NEXT_EXPIRY_SQL};
-use ferry_store::testing::{PgServer, TestCa};
-use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, Scan, ScanCursor, StoreError};
+use ferry_store::{AcquireRequest, LeaseStore, Renewal, Scan, ScanCursor, StoreError};
+use ferry_testkit::{conformance, PgServer, TestCa};
 use proptest::prelude::*;
 use tokio::time::Instant;
 

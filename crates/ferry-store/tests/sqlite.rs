@@ -12,7 +12,8 @@ use std::time::Duration;
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::sqlite::{SqliteStore, EXPIRED_SQL};
-use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, Scan, ScanCursor, StoreError};
+use ferry_store::{AcquireRequest, LeaseStore, Renewal, Scan, ScanCursor, StoreError};
+use ferry_testkit::conformance;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 

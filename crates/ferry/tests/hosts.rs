@@ -14,11 +14,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferry::demo_service::ClientLine;
-use ferry::harness::{check_journal, wait_until, DomainSpec};
-use ferry::labdomain::{client_view, ClientView, LabDomain};
 use ferry_api::{Event, MachineStatus, ServerStatus};
 use ferry_host::{clock, process};
+use ferry_testkit::{check_journal, client_view, wait_until, ClientLine, ClientView, DomainSpec, LabDomain};
 use nix::sys::signal::Signal;
 
 /// One lab at a time: the two cores are shared.
@@ -737,7 +735,7 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     let ms1 = status_of(&d, "ms1").await;
     let ms2 = status_of(&d, "ms2").await;
 
-    d.pg.stop().await.unwrap();
+    d.pg.stop().unwrap();
     let stopped = clock::now().0;
     let fenced_both = wait_until(PATIENCE, "both servers to fence themselves", || async {
         let m = machines(&d).await;
@@ -766,7 +764,7 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     }
 
     let back = clock::now().0;
-    d.pg.start().await.unwrap();
+    d.pg.start_again().unwrap();
     let patience = Duration::from_secs(60);
     d.wait_running("ms1", "machine-b", ms1.epoch.unwrap(), patience).await.expect("ms1 back on machine-b");
     d.wait_running("ms2", "machine-c", ms2.epoch.unwrap(), patience).await.expect("ms2 back on machine-c");

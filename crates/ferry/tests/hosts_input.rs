@@ -6,8 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferry::harness::DomainSpec;
-use ferry::labdomain::LabDomain;
+use ferry_testkit::{DomainSpec, LabDomain};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use ferry::harness::{check_journal, wait_until, DomainSpec, Harness};
 use ferry_api::{NmClient, NmStart, NmStop, Origin};
+use ferry_testkit::{check_journal, wait_until, DomainSpec, Harness};
 use nix::sys::signal::Signal;
 
 /// One domain at a time: two cores shared by parallel domains would make leases of a few
@@ -32,8 +32,8 @@ async fn started() -> Harness {
     let h = Harness::start(spec(), exe(), None).await.expect("domain starts");
     let admin = h.admin();
     admin.start_cluster("cluster-1").await.expect("start-cluster accepted");
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.expect("ms1 runs on machine-b");
-    h.wait_running_on("ms2", "machine-c", PATIENCE).await.expect("ms2 runs on machine-c");
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.expect("ms1 runs on machine-b");
+    h.wait_running("ms2", "machine-c", 0, PATIENCE).await.expect("ms2 runs on machine-c");
     h
 }
 
@@ -53,7 +53,7 @@ async fn assert_safe(h: &Harness) {
 
 /// `server`'s journal once it shows at least `instances` instances (a service writes its
 /// first line a moment after its server reports it running), checked for safety each time.
-async fn journal_with(h: &Harness, server: &str, instances: usize) -> Vec<ferry::harness::Instance> {
+async fn journal_with(h: &Harness, server: &str, instances: usize) -> Vec<ferry_testkit::Instance> {
     let path = h.journal_path(server);
     let enough = || async {
         path.exists()
@@ -74,7 +74,7 @@ async fn kill_machine_then_failback() {
     assert!(status_of(&h, "ms1").await.master, "the first server started is the cluster master");
 
     assert!(h.kill_machine("machine-c") >= 3, "machine-c had a Node Manager, a server and a service");
-    let after = h.wait_running_on("ms2", "machine-d", PATIENCE).await.expect("ms2 migrated to machine-d");
+    let after = h.wait_running("ms2", "machine-d", 0, PATIENCE).await.expect("ms2 migrated to machine-d");
     assert!(after.epoch > before.epoch, "the new instance has a larger fencing token");
     let answer = h.wait_answer_from("ms2", "machine-d", PATIENCE).await.expect("ms2's service answers");
     assert_eq!(answer["fencing_token"], after.epoch.unwrap());
@@ -95,7 +95,7 @@ async fn kill_machine_then_failback() {
     .unwrap();
     let op = admin.operation(op.id).await.unwrap();
     assert_eq!(op.state, "succeeded", "{op:?}");
-    let back = h.wait_running_after("ms2", "machine-c", after.epoch.unwrap(), PATIENCE).await.unwrap();
+    let back = h.wait_running("ms2", "machine-c", after.epoch.unwrap(), PATIENCE).await.unwrap();
     assert!(back.epoch > after.epoch);
     // ms1 was never disturbed.
     let ms1 = status_of(&h, "ms1").await;
@@ -123,10 +123,8 @@ async fn hung_server_is_fenced_and_restarted_in_place() {
     .await
     .unwrap();
     wait_until(PATIENCE, "the hung server to be gone", || async { !ferry_host::process::alive(pid) }).await.unwrap();
-    let after = h
-        .wait_running_after("ms2", "machine-c", before.epoch.unwrap(), PATIENCE)
-        .await
-        .expect("ms2 restarted in place");
+    let after =
+        h.wait_running("ms2", "machine-c", before.epoch.unwrap(), PATIENCE).await.expect("ms2 restarted in place");
     assert!(after.epoch > before.epoch);
     assert_ne!(after.pid, Some(pid));
     let ev = events(&h).await;
@@ -178,7 +176,7 @@ async fn master_machine_dies_another_server_takes_over() {
     assert!(status_of(&h, "ms1").await.master);
     h.kill_machine("machine-b");
     // ms1's candidates are machine-d first.
-    h.wait_running_on("ms1", "machine-d", PATIENCE).await.expect("ms1 migrated to machine-d");
+    h.wait_running("ms1", "machine-d", 0, PATIENCE).await.expect("ms1 migrated to machine-d");
     let ms2 = status_of(&h, "ms2").await;
     assert_eq!(ms2.machine.as_deref(), Some("machine-c"));
     let ev = events(&h).await;
@@ -202,7 +200,7 @@ async fn admin_down_servers_keep_running_and_restart_from_cache() {
     assert!(ferry_host::process::signal(before.pid.unwrap(), Signal::SIGKILL));
     let addr = h.service_addr["ms1"];
     wait_until(PATIENCE, "ms1 to answer with a new fencing token", || async {
-        ferry::harness::probe(addr, Duration::from_millis(300))
+        ferry_testkit::probe(addr, Duration::from_millis(300))
             .await
             .is_some_and(|v| v["fencing_token"].as_u64() > before.epoch)
     })
@@ -244,7 +242,7 @@ async fn stop_is_respected_and_start_brings_it_back() {
     assert!(h.who_answers("ms2").await.is_none());
     // A forced stop releases the lease too.
     admin.start("ms2").await.expect("start accepted");
-    h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     let op = admin.stop("ms2", true).await.expect("forced stop accepted");
     wait_until(PATIENCE, "the forced stop to finish", || async {
         admin.operation(op.id).await.map(|o| o.state == "succeeded").unwrap_or(false)
@@ -689,7 +687,7 @@ async fn operator_tokens_have_roles_and_every_change_names_its_token() {
         .unwrap();
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
-    h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     // ... but changes neither the configuration nor the tokens.
     let ci = ferry_api::AdminClient::with_token(&url, &operator, PATIENCE);
     let domain = ci.domain().await.unwrap();
@@ -829,8 +827,8 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
     // leases over from their fenced incarnations, with no operator.
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
-    h.wait_running_after("ms1", "machine-b", 1, PATIENCE).await.expect("ms1 back on machine-b");
-    h.wait_running_after("ms2", "machine-c", 1, PATIENCE).await.expect("ms2 back on machine-c");
+    h.wait_running("ms1", "machine-b", 1, PATIENCE).await.expect("ms1 back on machine-b");
+    h.wait_running("ms2", "machine-c", 1, PATIENCE).await.expect("ms2 back on machine-c");
     // The old master lease runs out by the store's clock; then one of them takes it.
     let admin = h.admin();
     wait_until(PATIENCE, "a cluster master again", || async {
@@ -918,7 +916,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     })
     .await
     .unwrap();
-    h.wait_running_after("ms2", "machine-c", before.epoch.unwrap(), PATIENCE).await.expect("ms2 restarted in place");
+    h.wait_running("ms2", "machine-c", before.epoch.unwrap(), PATIENCE).await.expect("ms2 restarted in place");
     assert_safe(&h).await;
 }
 
@@ -928,7 +926,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
 #[tokio::test]
 async fn postgres_lease_table_failover_and_outage() {
     let _g = SERIAL.lock().await;
-    let Some(mut pg) = tokio::task::spawn_blocking(ferry_store::testing::PgServer::start_or_skip).await.unwrap() else {
+    let Some(mut pg) = tokio::task::spawn_blocking(ferry_testkit::PgServer::start_or_skip).await.unwrap() else {
         return;
     };
     let url = pg.url();
@@ -938,14 +936,12 @@ async fn postgres_lease_table_failover_and_outage() {
     spec.data_source = Some(url.clone());
     let h = Harness::start(spec, exe(), None).await.expect("domain starts");
     h.admin().start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
-    let before = h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    let before = h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
 
     h.kill_machine("machine-c");
-    let moved = h
-        .wait_running_after("ms2", "machine-d", before.epoch.unwrap(), PATIENCE)
-        .await
-        .expect("ms2 migrated on PostgreSQL");
+    let moved =
+        h.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.expect("ms2 migrated on PostgreSQL");
     h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
 
     // The database goes away: both servers fence themselves before their leases could expire.
@@ -982,8 +978,8 @@ async fn postgres_lease_table_failover_and_outage() {
     })
     .await
     .unwrap();
-    h.wait_running_after("ms1", "machine-b", 1, Duration::from_secs(60)).await.expect("ms1 back");
-    h.wait_running_after("ms2", "machine-d", moved.epoch.unwrap(), Duration::from_secs(60))
+    h.wait_running("ms1", "machine-b", 1, Duration::from_secs(60)).await.expect("ms1 back");
+    h.wait_running("ms2", "machine-d", moved.epoch.unwrap(), Duration::from_secs(60))
         .await
         .expect("ms2 back where it ran");
     h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
@@ -1001,7 +997,7 @@ async fn postgres_lease_table_failover_and_outage() {
 #[tokio::test]
 async fn misconfigured_postgres_gets_clear_errors_and_no_crash() {
     let _g = SERIAL.lock().await;
-    let Some(pg) = tokio::task::spawn_blocking(ferry_store::testing::PgServer::start_or_skip).await.unwrap() else {
+    let Some(pg) = tokio::task::spawn_blocking(ferry_testkit::PgServer::start_or_skip).await.unwrap() else {
         return;
     };
     pg.create_user_with_password("alice", "s3cret-pw").await.unwrap();
@@ -1266,8 +1262,8 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     let h = Harness::start(spec, exe(), None).await.expect("domain starts");
     let admin = h.admin();
     admin.start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
-    let before = h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    let before = h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     // A start on a machine whose hook fails is refused with the hook's words.
     let nm_d = h.nm_client("machine-d", Duration::from_secs(5)).await.unwrap();
     h.kill_machine("machine-c");
@@ -1297,7 +1293,7 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     std::fs::write(&hangs_b, "#!/bin/sh\necho ok\n").unwrap();
     assert!(h.who_answers("ms1").await.is_some(), "ms1 was never disturbed");
     let after = h
-        .wait_running_after("ms2", "machine-b", before.epoch.unwrap(), Duration::from_secs(60))
+        .wait_running("ms2", "machine-b", before.epoch.unwrap(), Duration::from_secs(60))
         .await
         .expect("ms2 runs on machine-b");
     assert!(after.epoch > before.epoch);
@@ -1320,8 +1316,8 @@ async fn servers_renew_through_their_node_manager_in_batches() {
     spec.servers[1].home = "machine-b".into();
     let h = Harness::start(spec, exe(), None).await.expect("domain starts");
     h.admin().start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
-    let before = h.wait_running_on("ms2", "machine-b", PATIENCE).await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    let before = h.wait_running("ms2", "machine-b", 0, PATIENCE).await.unwrap();
     let nm = h.nm_client("machine-b", Duration::from_secs(2)).await.unwrap();
     let first = nm.health().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1459,8 +1455,8 @@ async fn enrollment_by_one_time_token_and_revocation() {
     .await
     .unwrap();
     // The rest of the domain runs on.
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
-    h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     let events = admin.events(0).await.unwrap();
     assert!(
         events.iter().any(|e| e.kind == "machine-revoked" && e.by.as_deref() == Some("admin")),
@@ -1604,8 +1600,8 @@ async fn servers_refresh_their_short_lived_certificates_and_the_master_still_com
     s.env.push(("FERRY_SERVER_CERT_SECONDS".into(), "6".into()));
     let h = Harness::start(s, exe(), None).await.expect("domain starts");
     h.admin().start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
-    h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     // Three lifetimes: every certificate the servers started with has expired by then.
     let log = h.dir.join("data/nm-machine-b/servers/ms1/server.log");
     wait_until(Duration::from_secs(60), "ms1 to take its third fresh certificate", || async {
@@ -1615,7 +1611,7 @@ async fn servers_refresh_their_short_lived_certificates_and_the_master_still_com
     .unwrap_or_else(|e| panic!("{e}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
     // The master (ms1) still commands: machine-c dies, ms2 comes back on machine-d.
     h.kill_machine("machine-c");
-    h.wait_running_on("ms2", "machine-d", PATIENCE).await.expect("the master moved ms2 with a fresh certificate");
+    h.wait_running("ms2", "machine-d", 0, PATIENCE).await.expect("the master moved ms2 with a fresh certificate");
 }
 
 /// A Node Manager on another host, started with `--admin-url` and the domain secret but no
@@ -1718,15 +1714,15 @@ async fn a_migration_waits_for_a_slow_removeif_retries_a_busy_address_and_rolls_
     let h = Harness::start(spec, exe(), None).await.expect("domain starts");
     let admin = h.admin();
     admin.start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
-    let on_c = h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    let on_c = h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     let owner = |ip: &str| std::fs::read_to_string(state.join(format!("ip-{ip}"))).ok().map(|s| s.trim().to_string());
     assert_eq!(owner("198.18.1.102").as_deref(), Some("machine-c"));
 
     // 1. The stop waits for the slow removeif: the target finds the address free at once.
     let op = finished(&h, admin.migrate("ms2", "machine-d").await.unwrap()).await;
     assert_eq!(op.state, "succeeded", "{op:?}");
-    let on_d = h.wait_running_after("ms2", "machine-d", on_c.epoch.unwrap(), PATIENCE).await.unwrap();
+    let on_d = h.wait_running("ms2", "machine-d", on_c.epoch.unwrap(), PATIENCE).await.unwrap();
     assert_eq!(owner("198.18.1.102").as_deref(), Some("machine-d"));
     let ev = events(&h).await;
     let ms2 = |e: &&ferry_api::Event| e.server.as_deref() == Some("ms2");
@@ -1754,7 +1750,7 @@ async fn a_migration_waits_for_a_slow_removeif_retries_a_busy_address_and_rolls_
     std::fs::remove_file(state.join("block-machine-c")).unwrap();
     let op = finished(&h, op).await;
     assert_eq!(op.state, "succeeded", "{op:?}");
-    let back_on_c = h.wait_running_after("ms2", "machine-c", on_d.epoch.unwrap(), PATIENCE).await.unwrap();
+    let back_on_c = h.wait_running("ms2", "machine-c", on_d.epoch.unwrap(), PATIENCE).await.unwrap();
 
     // 3. A target that never gets the address: the migration rolls back, ms2 runs again on c.
     std::fs::write(state.join("block-machine-b"), "").unwrap();
@@ -1762,7 +1758,7 @@ async fn a_migration_waits_for_a_slow_removeif_retries_a_busy_address_and_rolls_
     assert_eq!(op.state, "failed", "{op:?}");
     let error = op.error.clone().unwrap_or_default();
     assert!(error.contains("migration to machine-b failed") && error.contains("rolled back"), "{error}");
-    let rolled = h.wait_running_after("ms2", "machine-c", back_on_c.epoch.unwrap(), PATIENCE).await.unwrap();
+    let rolled = h.wait_running("ms2", "machine-c", back_on_c.epoch.unwrap(), PATIENCE).await.unwrap();
     assert_eq!(owner("198.18.1.102").as_deref(), Some("machine-c"), "{rolled:?}");
     assert!(h.who_answers("ms2").await.is_some(), "ms2 answers after the rollback");
     journal_with(&h, "ms2", 4).await;
@@ -1782,8 +1778,8 @@ async fn a_restarted_node_manager_removes_the_floating_ips_it_left_behind() {
     let mut h = Harness::start(spec, exe(), None).await.expect("domain starts");
     let admin = h.admin();
     admin.start_cluster("cluster-1").await.unwrap();
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await.unwrap();
-    let before = h.wait_running_on("ms2", "machine-c", PATIENCE).await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    let before = h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     let owner = |ip: &str| std::fs::read_to_string(state.join(format!("ip-{ip}"))).ok().map(|s| s.trim().to_string());
     assert_eq!(owner("198.18.1.102").as_deref(), Some("machine-c"));
     // Machine-c's processes die; its "kernel" keeps the address (the hook's file stays).
