@@ -10,8 +10,8 @@ use ferry_testkit::{DomainSpec, LabDomain};
 use nix::sys::signal::Signal;
 
 use super::{
-    assert_client_safe, assert_journals_safe, client_on, count, events, has_ip, holders, start_cluster, status_of,
-    trail, wait_client_after, wait_client_new, wait_event, wait_running_anywhere, GRACE_MS, INTERVAL_MS, PERIODS,
+    assert_ending, client_on, count, events, has_ip, holders, start_cluster, status_of, trail, wait_client_after,
+    wait_client_new, wait_event, wait_running_anywhere, Ending, GRACE_MS, INTERVAL_MS, PERIODS,
 };
 use crate::{exe, PATIENCE, SERIAL};
 
@@ -79,8 +79,7 @@ async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what
     println!("after the Node Manager's restart ms2 runs on {machine}:\n{}", trail(&ev[seen..]));
     let t = clock::now().0;
     wait_client_after(&d, "ms2", t).await;
-    assert_client_safe(&d, "ms2");
-    assert_journals_safe(&d);
+    assert_ending(&d, Ending { clients: &["ms2"], ..Ending::default() }).await;
 }
 
 #[tokio::test]

@@ -7,8 +7,8 @@ use ferry_host::clock;
 use ferry_testkit::LabDomain;
 
 use super::{
-    assert_client_safe, assert_journals_safe, client_on, count, events, kill_running, longest_gap_ms, start_cluster,
-    started_domain, status_of, trail, wait_client_after, TTL_MS,
+    assert_ending, client_on, count, events, kill_running, start_cluster, started_domain, status_of, trail,
+    wait_client_after, Ending, TTL_MS,
 };
 use crate::{PATIENCE, SERIAL};
 
@@ -120,18 +120,15 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     );
     wait_client_after(&d, "ms2", t2).await;
     wait_client_after(&d, "ms1", t2).await;
-    let gap2 = longest_gap_ms(&d, "ms2", t0, t2);
-    let gap1 = longest_gap_ms(&d, "ms1", t1, t2);
-    println!("clock jumps: longest gaps in answers ms2 {gap2} ms, ms1 (after its move) {gap1} ms");
-    assert!(gap2 < 1_000 && gap1 < 1_000, "{gap2} {gap1}");
     let ev = events(&d).await;
-    for s in ["ms1", "ms2"] {
-        for kind in ["lease-expired", "fenced", "migrate", "restart-in-place", "unhealthy"] {
-            assert_eq!(count(&ev, kind, s), 0, "{kind} {s}:\n{}", trail(&ev));
-        }
-    }
     assert_eq!(count(&ev, "server-exited", "ms2"), 0, "{}", trail(&ev));
-    assert_eq!(assert_client_safe(&d, "ms2").len(), 1);
-    assert_client_safe(&d, "ms1");
-    assert_journals_safe(&d);
+    // ms1 moved once, by hand, before the window checked for it.
+    let end = Ending {
+        what: "clock jumps",
+        clients: &["ms1", "ms2"],
+        one_instance: &["ms2"],
+        kept_answering: &[("ms2", t0, t2), ("ms1", t1, t2)],
+        no_events: &["lease-expired", "fenced", "migrate", "restart-in-place", "unhealthy"],
+    };
+    assert_ending(&d, end).await;
 }

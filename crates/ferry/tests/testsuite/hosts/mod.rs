@@ -11,6 +11,7 @@
 //! generous deadline: the machine is shared, so the tests assert bounds with slack and
 //! print what they measured, never tight timings.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -278,6 +279,51 @@ fn longest_gap_ms(d: &LabDomain, server: &str, from: u64, to: u64) -> u64 {
         prev = t;
     }
     gap
+}
+
+/// What a fault test checks at its end ([`assert_ending`]); the defaults check nothing but
+/// the journals.
+#[derive(Debug, Default)]
+struct Ending<'a> {
+    /// What the test is about, for the lines it prints.
+    what: &'a str,
+    /// The servers whose clients must never have seen an older instance answer after a
+    /// newer one, nor two instances interleave ([`assert_client_safe`]).
+    clients: &'a [&'a str],
+    /// Servers of `clients` whose client saw one instance only, all along.
+    one_instance: &'a [&'a str],
+    /// `(server, from, to)`: `server`'s client got answers all the time from `from` to `to`,
+    /// never a second or more apart.
+    kept_answering: &'a [(&'a str, u64, u64)],
+    /// Kinds of event that must not have happened to any of `clients`.
+    no_events: &'a [&'a str],
+}
+
+/// The checks every fault test ends with: the clients safe, one instance and short gaps where
+/// nothing was to move, none of the events that must not happen, and the services' journals
+/// safe ([`assert_journals_safe`]). Gives what each client saw.
+async fn assert_ending(d: &LabDomain, end: Ending<'_>) -> BTreeMap<String, Vec<Seen>> {
+    let seen: BTreeMap<String, Vec<Seen>> =
+        end.clients.iter().map(|s| (s.to_string(), assert_client_safe(d, s))).collect();
+    for s in end.one_instance {
+        let seen = &seen[*s];
+        assert_eq!(seen.len(), 1, "one instance answered throughout: {seen:?}");
+    }
+    for (s, from, to) in end.kept_answering {
+        let gap = longest_gap_ms(d, s, *from, *to);
+        println!("{}: longest gap in answers of {s} {gap} ms", end.what);
+        assert!(gap < 1_000, "{s} kept answering (longest gap {gap} ms)");
+    }
+    if !end.no_events.is_empty() {
+        let ev = events(d).await;
+        for s in end.clients {
+            for kind in end.no_events {
+                assert_eq!(count(&ev, kind, s), 0, "{kind} {s}:\n{}", trail(&ev));
+            }
+        }
+    }
+    assert_journals_safe(d);
+    seen
 }
 
 /// Starts a client on `server`'s floating IP and waits until it gets answers.

@@ -9,8 +9,8 @@ use ferry_testkit::{check_journal, client_view, LabDomain};
 use nix::sys::signal::Signal;
 
 use super::{
-    assert_client_safe, assert_journals_safe, client_instances, client_on, events, holders, kill_running, live_copies,
-    liveness_bound_ms, started, status_of, trail, wait_running_anywhere,
+    assert_ending, client_instances, client_on, events, holders, kill_running, live_copies, liveness_bound_ms, started,
+    status_of, trail, wait_running_anywhere, Ending,
 };
 use crate::{PATIENCE, SERIAL};
 
@@ -130,7 +130,8 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
         );
         outcomes.push((ok_b, text_b, other.to_string()));
     }
-    let seen = assert_client_safe(&d, "ms2");
+    let seen = assert_ending(&d, Ending { clients: &["ms2"], ..Ending::default() }).await;
+    let seen = &seen["ms2"];
     let longest = seen.windows(2).map(|w| w[1].first_ms.saturating_sub(w[0].last_ms)).max().unwrap_or(0);
     println!("migration races: the longest time without ms2 at its floating IP: {longest} ms");
     // The admin goes on once ms2 released its lease, even if the source machine died before
@@ -140,7 +141,6 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
         "ms2 was away from its floating IP for {longest} ms, beyond the bound {} ms",
         liveness_bound_ms()
     );
-    assert_journals_safe(&d);
     for (ok, text, machine) in outcomes {
         assert_clear_outcome(ok, &text, "ms2", &machine);
     }
@@ -183,5 +183,5 @@ async fn hung_server_orphaned_by_a_node_manager_restart_is_fenced_before_a_new_i
         "the new instance never answered at the floating IP (the old one kept it): {view:?}\nevents:\n{}",
         trail(&ev)
     );
-    assert_journals_safe(&d);
+    assert_ending(&d, Ending::default()).await;
 }
