@@ -155,13 +155,24 @@ impl LabDomain {
         )
     }
 
-    /// Waits until the admin sees `machine`'s Node Manager answer.
+    /// Waits until the admin has heard `machine`'s Node Manager answer since this call began.
+    /// An older answer does not count: after a crash the admin's view still holds the dead
+    /// Node Manager's last answer (reachable) until its poll of the pulled cable times out,
+    /// and a Node Manager started again is not listening yet.
     pub async fn wait_nm(&self, machine: &str, patience: Duration) -> anyhow::Result<()> {
-        let until = clock::now() + patience;
+        let asked = clock::now();
+        let until = asked + patience;
         loop {
+            // An answer at most this old came after `asked`.
+            let since_ms = clock::now().since(asked);
             let out = self.cli(&["machines", "-o", "json"]).await?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if v.as_array().is_some_and(|a| a.iter().any(|m| m["name"] == machine && m["reachable"] == true)) {
+            let answered = |m: &serde_json::Value| {
+                m["name"] == machine
+                    && m["reachable"] == true
+                    && m["last_seen_age_ms"].as_u64().is_some_and(|age| age <= since_ms)
+            };
+            if v.as_array().is_some_and(|a| a.iter().any(answered)) {
                 return Ok(());
             }
             if clock::now() >= until {

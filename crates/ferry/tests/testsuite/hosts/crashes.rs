@@ -10,8 +10,8 @@ use nix::sys::signal::Signal;
 
 use super::{
     assert_ending, assert_outage_within, client_on, count, events, has_ip, holders, kill_running, liveness_bound_ms,
-    machines, master_liveness_bound_ms, started, status_of, trail, wait_client_after, wait_client_new, wait_event,
-    wait_running_anywhere, Ending, CLIENT_MS, GRACE_MS, INTERVAL_MS, TTL_MS,
+    machines, master_liveness_bound_ms, started, started_domain, status_of, trail, wait_client_after, wait_client_new,
+    wait_event, wait_running_anywhere, Ending, CLIENT_MS, GRACE_MS, INTERVAL_MS, TTL_MS,
 };
 use crate::{PATIENCE, SERIAL};
 
@@ -360,4 +360,24 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     .await
     .unwrap();
     assert_ending(&d, Ending { clients: &["ms1", "ms2"], no_events: &["migrate"], ..Ending::default() }).await;
+}
+
+/// A machine that crashed and came back counts as up once its new Node Manager answers: the
+/// admin's view from before the crash (the old Node Manager's last answer, still fresh for a
+/// moment) does not count. (`ferry demo --hosts` failed back to a machine whose new Node
+/// Manager did not listen yet.)
+#[tokio::test]
+async fn a_revived_machine_is_up_once_its_new_node_manager_answers() {
+    let _g = SERIAL.lock().await;
+    let Some(d) = started_domain().await else { return };
+    d.lab.crash("machine-c").await.unwrap();
+    // Down for about as long as a failover takes, so that the admin's poll of machine-c is
+    // still waiting on the pulled cable when the machine comes back.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    d.lab.revive("machine-c").await.unwrap();
+    d.start_nm("machine-c").unwrap();
+    d.wait_nm("machine-c", PATIENCE).await.unwrap();
+    let nm = std::net::SocketAddrV4::new(d.lab.addr("machine-c").unwrap(), ferry_testkit::labdomain::NM_PORT);
+    let answer = d.lab.connect(ferry_lab::SWITCH, nm, Duration::from_secs(1)).await.unwrap();
+    assert!(answer.is_some(), "machine-c's new Node Manager listens on {nm} once wait_nm has returned");
 }
