@@ -37,65 +37,11 @@
 //! server against. Plain and TLS connections are both accepted.
 
 mod ca;
+mod error;
 mod server;
 mod setup;
 
 pub use ca::TestCa;
-pub use server::{PgOptions, PgServer};
-pub use setup::postgres_bin_dir;
-
-/// The superuser (and owner of the [`DATABASE`]) every server is created with; it logs
-/// in over TCP from the networks of [`PgOptions::clients`] without a password.
-pub const SUPERUSER: &str = "ferry";
-/// The database every server has.
-pub const DATABASE: &str = "ferry";
-/// Where a lab's server listens: the switch's own address, on PostgreSQL's usual port (each
-/// lab has its own switch namespace, so the port is always free).
-pub const LAB_PORT: u16 = 5432;
-/// Members of this role must log in with a password (see
-/// [`PgServer::create_user_with_password`]).
-const PASSWORD_ROLE: &str = "ferry_password_auth";
-/// Changes whenever the template's contents change, so an old cached template is not used.
-const TEMPLATE_FORMAT: u32 = 1;
-
-/// What went wrong starting or driving a test server.
-#[derive(Debug, thiserror::Error)]
-pub enum PgServerError {
-    /// The server binaries are not installed.
-    #[error(
-        "PostgreSQL server binaries not found (looked in /usr/lib/postgresql/*/bin and \
-         PATH){}; apt-get install postgresql",
-        if *.required { " and CI=true requires them" } else { "" }
-    )]
-    NotFound {
-        /// True under `CI=true`: the tests must not be skipped.
-        required: bool,
-    },
-    /// A command ran but failed.
-    #[error("{what} failed: {detail}")]
-    Command { what: String, detail: String },
-    /// A file or process operation failed.
-    #[error("{what}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Talking SQL to the server failed.
-    #[error("{what}")]
-    Sql {
-        what: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-}
-
-impl PgServerError {
-    /// Whether a test should skip rather than fail: the binaries are missing and this is
-    /// not CI.
-    pub fn is_skip(&self) -> bool {
-        matches!(self, PgServerError::NotFound { required: false })
-    }
-}
-
-type Result<T, E = PgServerError> = std::result::Result<T, E>;
+pub use error::PgServerError;
+pub use server::{PgOptions, PgServer, LAB_PORT};
+pub use setup::{postgres_bin_dir, DATABASE, SUPERUSER};

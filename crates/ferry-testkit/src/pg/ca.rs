@@ -2,7 +2,7 @@
 //! PostgreSQL servers started with TLS ([`super::PgServer::start_with_tls`]), and stands for
 //! the wrong CA in tests of refused certificates.
 
-use super::PgServerError;
+use super::error::PgServerError;
 
 /// A throw-away certificate authority: issues test servers' certificates, and stands for
 /// the wrong CA in tests of refused certificates.

@@ -12,11 +12,15 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::ca::TestCa;
+use super::error::{PgServerError, Result};
 use super::setup::{
-    as_postgres, command, find_binaries, hand_to_postgres, io, run, sql, template, write_hba, Template,
-    LOOPBACK_CLIENTS,
+    as_postgres, command, find_binaries, hand_to_postgres, io, run, sql, template, write_hba, Template, DATABASE,
+    LOOPBACK_CLIENTS, PASSWORD_ROLE, SUPERUSER,
 };
-use super::{PgServerError, Result, DATABASE, LAB_PORT, PASSWORD_ROLE, SUPERUSER};
+
+/// Where a lab's server listens: the switch's own address, on PostgreSQL's usual port (each
+/// lab has its own switch namespace, so the port is always free).
+pub const LAB_PORT: u16 = 5432;
 
 /// Where and how a [`PgServer`] runs. The default is a server on a free port of
 /// 127.0.0.1 that trusts loopback, without TLS, run here, in a directory under `$TMPDIR`.

@@ -8,7 +8,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::{PgServerError, Result, DATABASE, PASSWORD_ROLE, SUPERUSER, TEMPLATE_FORMAT};
+use super::error::{PgServerError, Result};
+
+/// The superuser (and owner of the [`DATABASE`]) every server is created with; it logs
+/// in over TCP from the networks of [`super::PgOptions::clients`] without a password.
+pub const SUPERUSER: &str = "ferry";
+/// The database every server has.
+pub const DATABASE: &str = "ferry";
+/// Members of this role must log in with a password (see
+/// [`super::PgServer::create_user_with_password`]).
+pub(super) const PASSWORD_ROLE: &str = "ferry_password_auth";
+/// Changes whenever the template's contents change, so an old cached template is not used.
+const TEMPLATE_FORMAT: u32 = 1;
 
 /// The networks a server trusts unless told otherwise: loopback.
 pub(super) const LOOPBACK_CLIENTS: [&str; 2] = ["127.0.0.1/32", "::1/128"];
