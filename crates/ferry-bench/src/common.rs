@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ferry::harness::{check_journal, probe, wait_until, DomainSpec, Harness};
 use ferry_api::Event;
 use ferry_host::clock;
 use ferry_host::process;
+use ferry_testkit::{check_journal, probe, wait_until, DomainSpec, Harness};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
@@ -70,8 +70,8 @@ pub async fn fresh_domain(exe: &Path, dir: &Path, t: Timings) -> anyhow::Result<
     let spec = DomainSpec::figure_7_1(t.interval_ms, t.periods, t.grace_ms);
     let h = Harness::start(spec, exe, Some(dir.to_path_buf())).await?;
     h.admin().start_cluster("cluster-1").await.context("start-cluster refused")?;
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await?;
-    h.wait_running_on("ms2", "machine-c", PATIENCE).await?;
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await?;
+    h.wait_running("ms2", "machine-c", 0, PATIENCE).await?;
     let admin = h.admin();
     wait_until(PATIENCE, "a cluster master", || async {
         admin.servers().await.map(|l| l.iter().any(|s| s.master)).unwrap_or(false)

@@ -9,8 +9,8 @@ use ferry_core::EventKind;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry::harness::Harness;
 use ferry_host::clock;
+use ferry_testkit::Harness;
 use serde::Serialize;
 
 use crate::common::{self, Timings, PATIENCE};

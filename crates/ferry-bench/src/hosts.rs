@@ -27,9 +27,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use ferry::harness::{check_journal, DomainSpec};
-use ferry::labdomain::LabDomain;
 use ferry_host::clock;
+use ferry_testkit::{check_journal, DomainSpec, LabDomain};
 use serde::Serialize;
 
 use crate::common::{self, MachineFacts, Timings};
@@ -454,7 +453,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(150)).await;
     r.demo_client_ms = ka::demo_client_first(&client_log, t0, |l| l.machine == "machine-d" && l.epoch > token_before);
     let pv = hosts_probe::view(&hosts_probe::read(&probe_log), t0, "machine-c", accept);
-    let cv = ferry::labdomain::client_view(
+    let cv = ferry_testkit::client_view(
         &std::fs::read_to_string(&client_log)
             .unwrap_or_default()
             .lines()

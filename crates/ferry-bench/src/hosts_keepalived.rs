@@ -26,9 +26,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ferry::demo_service::ClientLine;
 use ferry_host::clock;
 use ferry_lab::{Lab, LabSpec, CLIENT};
+use ferry_testkit::ClientLine;
 use serde::Serialize;
 
 use crate::hosts_probe;

@@ -67,7 +67,7 @@ pub async fn run(a: ProbeArgs) -> anyhow::Result<()> {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let t0_ms = clock::now().ms();
-                let answer = ferry::harness::probe(target, timeout).await;
+                let answer = ferry_testkit::probe(target, timeout).await;
                 let t_ms = clock::now().ms();
                 let line = match answer {
                     Some(v) => ProbeLine {

@@ -185,7 +185,7 @@ pub async fn run(args: LeasesArgs, json: Option<PathBuf>) -> anyhow::Result<()> 
         facts.nproc, facts.kernel, facts.cpu, facts.loadavg
     );
     println!(
-        "PostgreSQL {version}, private server on 127.0.0.1 (ferry_store::testing::PgServer), same host as the benchmark client (one thread)"
+        "PostgreSQL {version}, private server on 127.0.0.1 (ferry_testkit::PgServer), same host as the benchmark client (one thread)"
     );
     println!(
         "holders: N simulated servers over {} simulated Node Managers, each with a pool of {pool} connection(s) ({} in all); every lease renewed once per {} ms (TTL {} ms), phases spread evenly, open loop; a holder gives up after {} ms (80% of the interval, as ferry's keeper)",

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use ferry_store::testing::PgServer;
+use ferry_testkit::PgServer;
 use serde::Serialize;
 
 use crate::leases_tally::{micros, Tally};
@@ -269,11 +269,11 @@ pub async fn pgbench(
             "-p",
             &server.port().to_string(),
             "-U",
-            ferry_store::testing::SUPERUSER,
+            ferry_testkit::SUPERUSER,
             "-f",
         ])
         .arg(&script)
-        .arg(ferry_store::testing::DATABASE)
+        .arg(ferry_testkit::DATABASE)
         .env("PGOPTIONS", format!("-c search_path={schema}"))
         .output()
         .await

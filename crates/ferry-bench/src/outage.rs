@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferry::harness::{wait_until, DomainSpec, Harness};
 use ferry_host::clock;
+use ferry_testkit::{wait_until, DomainSpec, Harness};
 use serde::Serialize;
 
 use crate::common::{self, Timings, PATIENCE};
@@ -71,14 +71,14 @@ pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings, down_ms: u64)
 }
 
 async fn one(exe: &Path, dir: &Path, t: Timings, down_ms: u64, r: &mut OutageRun) -> anyhow::Result<()> {
-    let mut pg = ferry_store::testing::PgServer::start()?;
+    let mut pg = ferry_testkit::PgServer::start()?;
     ferry_store::init(&pg.url()).await?;
     let mut spec = DomainSpec::figure_7_1(t.interval_ms, t.periods, t.grace_ms);
     spec.data_source = Some(pg.url());
     let h = Harness::start(spec, exe, Some(dir.to_path_buf())).await?;
     h.admin().start_cluster("cluster-1").await?;
-    h.wait_running_on("ms1", "machine-b", PATIENCE).await?;
-    h.wait_running_on("ms2", "machine-c", PATIENCE).await?;
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await?;
+    h.wait_running("ms2", "machine-c", 0, PATIENCE).await?;
     let mut tokens = Vec::new();
     for s in ["ms1", "ms2"] {
         let (_, v) = common::probe_until(h.service_addr[s], PATIENCE, |_| true).await?;
@@ -91,7 +91,7 @@ async fn one(exe: &Path, dir: &Path, t: Timings, down_ms: u64, r: &mut OutageRun
     wait_until(PATIENCE, "every service to stop answering", || async {
         let mut none = true;
         for s in ["ms1", "ms2"] {
-            none &= ferry::harness::probe(h.service_addr[s], Duration::from_millis(100)).await.is_none();
+            none &= ferry_testkit::probe(h.service_addr[s], Duration::from_millis(100)).await.is_none();
         }
         none
     })

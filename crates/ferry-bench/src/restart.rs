@@ -11,8 +11,8 @@
 use ferry_core::EventKind;
 use std::path::Path;
 
-use ferry::harness::Harness;
 use ferry_host::clock;
+use ferry_testkit::Harness;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 

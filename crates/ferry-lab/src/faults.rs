@@ -21,7 +21,7 @@
 //!   (`ferry_host::ipaddr::probe`) still sees the addresses of the machine on the other side.
 //!   [`Lab::partition`] drops ARP too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -29,30 +29,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::cmd::{checked, COMMAND_TIMEOUT};
-use crate::lab::{inet_addresses, Node, SWITCH};
-use crate::{which, Lab, LabError, Result, HOST_IFACE};
-
-/// A partition of one host (a machine or the client) at the switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
-    /// Nothing in or out, ARP included ([`Lab::partition`]).
-    Isolated,
-    /// Reaches the switch (198.18.1.1) but no other machine; the client still reaches it
-    /// ([`Lab::partition_from_peers`]).
-    FromPeers,
-    /// Reaches the other machines and the client but not the switch's address
-    /// ([`Lab::partition_from_switch`]).
-    FromSwitch,
-}
-
-/// The faults in force.
-#[derive(Debug, Default)]
-pub(crate) struct Faults {
-    cuts: BTreeMap<String, Cut>,
-    frozen: BTreeSet<String>,
-    /// Per frozen node, the processes it SIGSTOPped (to SIGCONT on thaw).
-    stopped: BTreeMap<String, Vec<i32>>,
-}
+use crate::lab::Lab;
+use crate::node::{cidr, inet_addresses, Cut, Node, SWITCH};
+use crate::{which, LabError, Result, HOST_IFACE};
 
 /// The nftables table that holds every partition rule of a lab (in its switch namespace).
 const TABLE: &str = "ferry_lab";
@@ -76,7 +55,7 @@ impl Lab {
         faults.frozen.remove(&node.name);
         faults.stopped.remove(&node.name);
         drop(faults);
-        let base = crate::lab::cidr(node.addr)?;
+        let base = cidr(node.addr)?;
         let out = self.ip_in(&node, &["-o", "-4", "addr", "show", "dev", HOST_IFACE]).await?;
         for addr in inet_addresses(&out) {
             if addr != base {

@@ -5,7 +5,7 @@
 //! `ip netns exec NS ...`), and every namespace is checked not to be the root namespace right
 //! after it is created, so a bug here cannot reconfigure the host's own network.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,19 +15,11 @@ use std::time::Duration;
 
 use crate::cgroup::Cgroups;
 use crate::cmd::{checked, output, stderr_of, COMMAND_TIMEOUT};
-use crate::faults::Faults;
+use crate::node::{
+    check_machines, cidr, guard, inet_addresses, mac_of, machine_addr, machine_octets, Faults, Node, CLIENT, SWITCH,
+};
 use crate::stale::{check_tag, cleanup_stale, parse_pids, state_root, teardown, write_owner};
-use crate::{in_lab_net, which, LabError, Result, CLIENT_ADDR, HOST_IFACE, SUBNET_PREFIX_LEN, SWITCH_ADDR};
-
-/// The node name of the switch (namespace `{prefix}sw`, bridge `br0`, 198.18.1.1).
-pub const SWITCH: &str = "sw";
-/// The node name of the client (namespace `{prefix}client`, 198.18.1.2).
-pub const CLIENT: &str = "client";
-/// The last octet of the first machine's address (198.18.1.11); floating IPs start at .100.
-const FIRST_MACHINE_OCTET: u8 = 11;
-const LAST_MACHINE_OCTET: u8 = 99;
-/// Interface names are limited to 15 bytes (IFNAMSIZ - 1); ports are `sw-<machine>`.
-const MAX_MACHINE_NAME: usize = 15 - "sw-".len();
+use crate::{which, LabError, Result, CLIENT_ADDR, HOST_IFACE, SWITCH_ADDR};
 
 /// Labs made by this process so far: the `N` of `TAG-PID-N-`.
 static LABS_MADE: AtomicUsize = AtomicUsize::new(0);
@@ -84,22 +76,6 @@ pub struct Lab {
     freezer: Freezer,
     pub(crate) faults: tokio::sync::Mutex<Faults>,
     torn_down: bool,
-}
-
-/// A resolved node name.
-#[derive(Debug, Clone)]
-pub(crate) struct Node {
-    pub(crate) name: String,
-    pub(crate) ns: String,
-    pub(crate) addr: Ipv4Addr,
-    pub(crate) is_switch: bool,
-}
-
-impl Node {
-    /// The node's port on the bridge (`sw-NAME`, in the switch namespace).
-    pub(crate) fn port(&self) -> String {
-        format!("sw-{}", self.name)
-    }
 }
 
 impl Lab {
@@ -314,11 +290,7 @@ impl Lab {
         } else if name == CLIENT && self.with_client {
             Some(CLIENT_ADDR)
         } else {
-            self.machines
-                .iter()
-                .position(|m| m == name)
-                .and_then(|i| u8::try_from(i).ok())
-                .map(|i| Ipv4Addr::new(198, 18, 1, FIRST_MACHINE_OCTET + i))
+            self.machines.iter().position(|m| m == name).and_then(machine_addr)
         };
         match found {
             Some(addr) => Ok(Node {
@@ -386,6 +358,15 @@ impl Lab {
         let node = self.node(node)?;
         let procs = self.cgroups.as_ref().map(|cg| cg.dir(&node.ns).join("cgroup.procs"));
         Ok(ns_command(&self.ip, &node.ns, procs.as_deref(), program))
+    }
+
+    /// The command line [`Lab::command`] starts with: append a program and its arguments to
+    /// run it inside `node`'s namespace and cgroup, with `std::process` or whatever else
+    /// spawns it (ferry-testkit's PostgreSQL server runs in the switch this way).
+    pub fn command_prefix(&self, node: &str) -> Result<Vec<OsString>> {
+        let node = self.node(node)?;
+        let procs = self.cgroups.as_ref().map(|cg| cg.dir(&node.ns).join("cgroup.procs"));
+        Ok(ns_argv(&self.ip, &node.ns, procs.as_deref()))
     }
 
     /// Starts `program ARGS` in `node` (namespace and cgroup) with `env` added to the
@@ -520,87 +501,28 @@ impl Drop for Lab {
 
 /// `ip netns exec NS program`, wrapped in `sh` that first joins the cgroup whose
 /// `cgroup.procs` is `procs` (before `ip netns exec` remounts `/sys` and hides it).
-pub(crate) fn ns_command(
-    ip: &Path,
-    ns: &str,
-    procs: Option<&Path>,
-    program: impl AsRef<OsStr>,
-) -> tokio::process::Command {
-    let mut cmd = match procs {
-        Some(procs) => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(r#"echo $$ > "$1" && shift && exec "$@""#).arg("ferry-lab").arg(procs).arg(ip);
-            c
-        }
-        None => tokio::process::Command::new(ip),
-    };
-    cmd.args(["netns", "exec", ns]).arg(program).stdin(Stdio::null());
+fn ns_command(ip: &Path, ns: &str, procs: Option<&Path>, program: impl AsRef<OsStr>) -> tokio::process::Command {
+    let argv = ns_argv(ip, ns, procs);
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]).arg(program).stdin(Stdio::null());
     cmd
 }
 
-/// The `A/P` after each `inet` of `ip -o -4 addr show` output.
-pub(crate) fn inet_addresses(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            words.find(|w| *w == "inet")?;
-            words.next().map(str::to_string)
-        })
-        .collect()
-}
-
-/// `A/24`, refusing addresses outside 198.18.0.0/15.
-pub(crate) fn cidr(addr: Ipv4Addr) -> Result<String> {
-    guard(addr)?;
-    Ok(format!("{addr}/{SUBNET_PREFIX_LEN}"))
-}
-
-fn guard(addr: Ipv4Addr) -> Result<()> {
-    if in_lab_net(addr) {
-        Ok(())
-    } else {
-        Err(LabError::AddressOutsideLab { addr })
-    }
-}
-
-fn mac_of(addr: Ipv4Addr) -> String {
-    format!("02:00:c6:12:01:{:02x}", addr.octets()[3])
-}
-
-fn machine_octets(count: usize) -> impl Iterator<Item = u8> {
-    (0..count).map(|i| u8::try_from(i).ok().and_then(|i| FIRST_MACHINE_OCTET.checked_add(i)).unwrap_or(u8::MAX))
-}
-
-fn check_machines(machines: &[String]) -> Result<()> {
-    let max = usize::from(LAST_MACHINE_OCTET - FIRST_MACHINE_OCTET) + 1;
-    if machines.len() > max {
-        return Err(LabError::Spec(format!(
-            "{} machines are too many: addresses 198.18.1.{FIRST_MACHINE_OCTET}-{LAST_MACHINE_OCTET} hold {max}",
-            machines.len()
-        )));
-    }
-    for (i, m) in machines.iter().enumerate() {
-        let ok = !m.is_empty()
-            && m.len() <= MAX_MACHINE_NAME
-            && m.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !m.starts_with('-');
-        if !ok {
-            return Err(LabError::Spec(format!(
-                "machine name {m:?} must be 1-{MAX_MACHINE_NAME} lowercase letters, digits or '-' \
-                 (its switch port sw-{m} must fit in 15 characters)"
-            )));
-        }
-        if m == SWITCH || m == CLIENT {
-            return Err(LabError::Spec(format!(
-                "machine name {m:?} is reserved for the lab's {} namespace",
-                if m == SWITCH { "switch" } else { "client" }
-            )));
-        }
-        if machines[..i].contains(m) {
-            return Err(LabError::Spec(format!("machine name {m:?} appears twice")));
-        }
-    }
-    Ok(())
+/// The command line of [`ns_command`] up to the program.
+fn ns_argv(ip: &Path, ns: &str, procs: Option<&Path>) -> Vec<OsString> {
+    let mut argv: Vec<OsString> = match procs {
+        Some(procs) => vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            r#"echo $$ > "$1" && shift && exec "$@""#.into(),
+            "ferry-lab".into(),
+            procs.into(),
+            ip.into(),
+        ],
+        None => vec![ip.into()],
+    };
+    argv.extend(["netns", "exec", ns].map(OsString::from));
+    argv
 }
 
 fn make_dir(dir: &Path) -> Result<()> {
@@ -636,49 +558,6 @@ fn check_not_root_namespace(ns: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn machine_names_must_fit_a_port_name() {
-        assert!(check_machines(&names(&["a", "machine-b", "m12345678901"])).is_ok());
-        assert!(check_machines(&names(&["m123456789012"])).is_err());
-        assert!(check_machines(&names(&["A"])).is_err());
-        assert!(check_machines(&names(&["sw"])).is_err());
-        assert!(check_machines(&names(&["client"])).is_err());
-        assert!(check_machines(&names(&["a", "a"])).is_err());
-        assert!(check_machines(&names(&["-a"])).is_err());
-        assert!(check_machines(&names(&[""])).is_err());
-    }
-
-    #[test]
-    fn at_most_89_machines() {
-        let many: Vec<String> = (0..90).map(|i| format!("m{i}")).collect();
-        let e = check_machines(&many).unwrap_err();
-        assert!(e.to_string().contains("too many"), "{e}");
-        assert!(check_machines(&many[..89]).is_ok());
-    }
-
-    #[test]
-    fn addresses_outside_the_lab_net_are_refused() {
-        assert!(cidr(Ipv4Addr::new(198, 18, 1, 11)).is_ok());
-        let e = cidr(Ipv4Addr::new(10, 0, 0, 1)).unwrap_err();
-        assert!(matches!(e, LabError::AddressOutsideLab { .. }), "{e}");
-    }
-
-    #[test]
-    fn macs_are_fixed() {
-        assert_eq!(mac_of(Ipv4Addr::new(198, 18, 1, 11)), "02:00:c6:12:01:0b");
-    }
-
-    #[test]
-    fn inet_lines_parse() {
-        let out = "2: eth0    inet 198.18.1.11/24 brd 198.18.1.255 scope global eth0\\       valid_lft forever preferred_lft forever\n\
-                   2: eth0    inet 198.18.1.100/24 scope global secondary eth0\\       valid_lft forever preferred_lft forever\n";
-        assert_eq!(inet_addresses(out), vec!["198.18.1.11/24".to_string(), "198.18.1.100/24".to_string()]);
-    }
 
     #[test]
     fn the_cgroup_wrapper_joins_then_execs() {

@@ -9,7 +9,7 @@
 //! Topology (all addresses from 198.18.0.0/15, the benchmarking range; nothing else is used):
 //!
 //! ```text
-//!   {prefix}sw       bridge br0 198.18.1.1/24 (fixed MAC); hosts PostgreSQL on :5432
+//!   {prefix}sw       bridge br0 198.18.1.1/24 (fixed MAC); PostgreSQL on :5432 (ferry-testkit)
 //!    ├─ sw-client ── {prefix}client   eth0 198.18.1.2/24      (measures what users see)
 //!    ├─ sw-a ─────── {prefix}a        eth0 198.18.1.11/24     (machine "a")
 //!    └─ sw-b ─────── {prefix}b        eth0 198.18.1.12/24     (machine "b") ...
@@ -35,15 +35,14 @@ mod cgroup;
 mod cmd;
 mod faults;
 mod lab;
-mod postgres;
+mod node;
 mod stale;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-pub use faults::Cut;
-pub use lab::{Freezer, Lab, LabSpec, CLIENT, SWITCH};
-pub use postgres::{PgInLab, DATABASE as PG_DATABASE, PORT as PG_PORT, SUPERUSER as PG_SUPERUSER};
+pub use lab::{Freezer, Lab, LabSpec};
+pub use node::{Cut, CLIENT, SWITCH};
 pub use stale::cleanup_stale;
 
 /// The network every lab address comes from (RFC 2544 benchmarking, 198.18.0.0/15).

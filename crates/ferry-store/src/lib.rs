@@ -1,6 +1,7 @@
-//! ferry-store: the lease table (DESIGN §3). The [`LeaseStore`] trait, its SQLite and
-//! PostgreSQL implementations, the conformance suite every implementation must pass, and
-//! private PostgreSQL servers for tests ([`testing`]).
+//! ferry-store: the lease table (DESIGN §3). The [`LeaseStore`] trait and its SQLite and
+//! PostgreSQL implementations. The conformance suite every implementation must pass, and
+//! the private PostgreSQL servers its tests run against, are test support and live in
+//! ferry-testkit (`ferry_testkit::conformance`, `ferry_testkit::PgServer`).
 //!
 //! **Architecture Invariant:** expiry is decided by the store's own clock (rule 1). No method
 //! takes a timestamp from the caller; every row read comes back with `remaining_ms` computed
@@ -13,12 +14,10 @@ use ferry_core::domain::redact_url;
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
-pub mod conformance;
 pub mod lazy;
 pub mod postgres;
 mod rules;
 pub mod sqlite;
-pub mod testing;
 
 pub use lazy::open_lazy;
 

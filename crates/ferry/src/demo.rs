@@ -11,7 +11,7 @@ use anyhow::Context;
 use ferry_api::{AdminClient, Event};
 use ferry_host::clock;
 
-use crate::harness::{probe, DomainSpec, Harness};
+use ferry_testkit::{check_journal, client_view, probe, DomainSpec, Harness, LabDomain};
 
 const INTERVAL_MS: u64 = 500;
 const PERIODS: u32 = 3;
@@ -264,7 +264,7 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
     let failback = back_ms.saturating_sub(t_migrate);
 
     // ---- Summary ----
-    let journals: Vec<_> = ["ms1", "ms2"].iter().map(|s| crate::harness::check_journal(&h.journal_path(s))).collect();
+    let journals: Vec<_> = ["ms1", "ms2"].iter().map(|s| check_journal(&h.journal_path(s))).collect();
     let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
     outln!("\nSummary (measured on this host)");
     outln!("  {:<62} {:>10} {:>16}", "", "measured", "seed's bound");
@@ -324,8 +324,6 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
 /// a client namespace asks the floating IP who answers every 5 ms, and the narration shows
 /// what it saw.
 pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
-    use crate::labdomain::{client_view, LabDomain};
-
     let exe = std::env::current_exe().context("cannot find the ferry executable")?;
     // Faster than the one-host demo: the lab's network is quick, and so is PostgreSQL.
     let (interval, periods, grace) = (200u64, 3u32, 300u64);
@@ -447,8 +445,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     let out = d.cli(&["migrate", "ms2", "--to", "machine-c", "--wait"]).await?;
     out!("{}", String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("             {l}\n")).collect::<String>());
     let back = d.wait_running("ms2", "machine-c", 0, Duration::from_secs(30)).await?;
-    let safe: Vec<_> =
-        ["ms1", "ms2"].iter().map(|s| crate::harness::check_journal(&d.journal_path(s)).map(|l| l.len())).collect();
+    let safe: Vec<_> = ["ms1", "ms2"].iter().map(|s| check_journal(&d.journal_path(s)).map(|l| l.len())).collect();
     outln!("\nSummary");
     outln!(
         "  client outage when machine-c crashed: {} ms (bound: lease {} + grace {grace} + scan + start)",

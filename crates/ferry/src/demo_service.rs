@@ -1,23 +1,16 @@
 //! The demo's hosted service: answers every HTTP request with the server, machine and
 //! fencing token it runs under, and (optionally) appends a line to a journal every 10 ms
-//! while it runs, so tests can prove no two instances ever ran at once.
+//! while it runs, so tests can prove no two instances ever ran at once; and the client that
+//! asks a floating IP who answers. The records' format and the checks on them are
+//! ferry-testkit's (`ferry_testkit::service`).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ferry_testkit::{probe, ClientLine, JournalLine};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// One journal line: who was alive at `t_ms` (CLOCK_BOOTTIME, comparable across processes).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct JournalLine {
-    pub t_ms: u64,
-    pub server: String,
-    pub machine: String,
-    pub epoch: u64,
-    pub pid: u32,
-}
 
 pub async fn run(listen: SocketAddr, journal: Option<PathBuf>) -> i32 {
     let env = |k: &str| std::env::var(k).unwrap_or_default();
@@ -75,20 +68,6 @@ fn journal_loop(path: PathBuf, mut line: JournalLine) {
     }
 }
 
-/// One probe of a client: at `t_ms` (CLOCK_BOOTTIME) the service answered as `server` on
-/// `machine` with `epoch`, or did not answer (`ok` false).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct ClientLine {
-    pub t_ms: u64,
-    pub ok: bool,
-    #[serde(default)]
-    pub machine: String,
-    #[serde(default)]
-    pub epoch: u64,
-    #[serde(default)]
-    pub pid: u32,
-}
-
 /// `ferry demo-client`: asks `target` who it is every `interval_ms` and appends each answer
 /// (or its absence) to `log`: what a user of the floating IP saw.
 pub async fn run_client(target: SocketAddr, log: PathBuf, interval_ms: u64) -> i32 {
@@ -98,7 +77,7 @@ pub async fn run_client(target: SocketAddr, log: PathBuf, interval_ms: u64) -> i
     };
     loop {
         let t_ms = ferry_host::clock::now().0;
-        let answer = crate::harness::probe(target, Duration::from_millis(interval_ms.max(20) * 4)).await;
+        let answer = probe(target, Duration::from_millis(interval_ms.max(20) * 4)).await;
         let line = match answer {
             Some(v) => ClientLine {
                 t_ms,

@@ -609,7 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_large_batch_probes_the_primary_key() {
-        let Some(pg) = crate::testing::PgServer::start_or_skip() else {
+        let Some(pg) = ferry_testkit::PgServer::start_or_skip() else {
             return;
         };
         let store = PostgresStore::open_and_init(&pg.url(), Duration::from_secs(10)).await.expect("open");

@@ -218,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_over_tls_are_encrypted_and_verified() {
-        let Some(pg) = crate::testing::PgServer::start_with_tls_or_skip() else {
+        let Some(pg) = ferry_testkit::PgServer::start_with_tls_or_skip() else {
             return;
         };
         let Some(ca) = pg.ca_cert_path() else {
@@ -245,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_keep_synchronous_commit_on_and_bound_every_statement() {
-        let Some(pg) = crate::testing::PgServer::start_or_skip() else {
+        let Some(pg) = ferry_testkit::PgServer::start_or_skip() else {
             return;
         };
         pg.execute("ALTER DATABASE ferry SET synchronous_commit = off")

@@ -12,10 +12,11 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use ferry_api::ServerStatus;
 use ferry_host::clock;
-use ferry_lab::{Lab, LabSpec, PgInLab, CLIENT, SWITCH};
+use ferry_lab::{Lab, LabSpec, CLIENT, SWITCH};
 
-use crate::demo_service::ClientLine;
-use crate::harness::DomainSpec;
+use crate::domain::{wait_running, DomainSpec};
+use crate::pg::{PgOptions, PgServer};
+use crate::service::ClientLine;
 
 /// Where the Administration Server listens in the lab.
 pub const ADMIN_PORT: u16 = 7001;
@@ -25,8 +26,10 @@ pub const NM_PORT: u16 = 5556;
 pub const SERVICE_PORT: u16 = 8080;
 
 pub struct LabDomain {
+    /// Dropped first: tearing the lab down kills every process in it, PostgreSQL included.
     pub lab: Lab,
-    pub pg: PgInLab,
+    /// PostgreSQL in the switch namespace ([`PgOptions::in_lab`]).
+    pub pg: PgServer,
     pub dir: PathBuf,
     pub domain_file: PathBuf,
     pub exe: PathBuf,
@@ -47,7 +50,12 @@ impl LabDomain {
         let Some(lab) = Lab::up_or_skip(lab_spec).await else {
             return Ok(None);
         };
-        let pg = lab.start_postgres().await.context("PostgreSQL in the lab")?;
+        let options = PgOptions::in_lab(&lab)?;
+        // `pg_ctl` blocks for a fraction of a second (the first time, building the template,
+        // for a second or two).
+        let pg = tokio::task::spawn_blocking(move || PgServer::start_with(options))
+            .await?
+            .context("PostgreSQL in the lab")?;
         let (dir, tmp) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(&d)?;
@@ -147,13 +155,24 @@ impl LabDomain {
         )
     }
 
-    /// Waits until the admin sees `machine`'s Node Manager answer.
+    /// Waits until the admin has heard `machine`'s Node Manager answer since this call began.
+    /// An older answer does not count: after a crash the admin's view still holds the dead
+    /// Node Manager's last answer (reachable) until its poll of the pulled cable times out,
+    /// and a Node Manager started again is not listening yet.
     pub async fn wait_nm(&self, machine: &str, patience: Duration) -> anyhow::Result<()> {
-        let until = clock::now() + patience;
+        let asked = clock::now();
+        let until = asked + patience;
         loop {
+            // An answer at most this old came after `asked`.
+            let since_ms = clock::now().since(asked);
             let out = self.cli(&["machines", "-o", "json"]).await?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            if v.as_array().is_some_and(|a| a.iter().any(|m| m["name"] == machine && m["reachable"] == true)) {
+            let answered = |m: &serde_json::Value| {
+                m["name"] == machine
+                    && m["reachable"] == true
+                    && m["last_seen_age_ms"].as_u64().is_some_and(|age| age <= since_ms)
+            };
+            if v.as_array().is_some_and(|a| a.iter().any(answered)) {
                 return Ok(());
             }
             if clock::now() >= until {
@@ -209,15 +228,8 @@ impl LabDomain {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
-    pub async fn events(&self) -> anyhow::Result<Vec<ferry_api::Event>> {
-        let out = self.cli(&["events", "-o", "json"]).await?;
-        if !out.status.success() {
-            bail!("ferry events: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
-    }
-
-    /// Waits until `server` runs on `machine` with an epoch above `epoch`.
+    /// Waits until `server` runs on `machine` with an epoch above `epoch` (0 for any
+    /// instance, the epoch it had for a new one).
     pub async fn wait_running(
         &self,
         server: &str,
@@ -225,22 +237,16 @@ impl LabDomain {
         epoch: u64,
         patience: Duration,
     ) -> anyhow::Result<ServerStatus> {
-        let until = clock::now() + patience;
-        let mut last = None;
-        loop {
-            if let Ok(list) = self.status().await {
-                if let Some(s) = list.into_iter().find(|s| s.name == server) {
-                    if s.state == "RUNNING" && s.machine.as_deref() == Some(machine) && s.epoch.unwrap_or(0) > epoch {
-                        return Ok(s);
-                    }
-                    last = Some(s);
-                }
-            }
-            if clock::now() >= until {
-                bail!("{server} is not running on {machine} (epoch > {epoch}) after {patience:?}: {last:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        // Each look runs `ferry status` in the switch namespace: poll less often.
+        wait_running(|| self.status(), Duration::from_millis(50), server, machine, epoch, patience).await
+    }
+
+    pub async fn events(&self) -> anyhow::Result<Vec<ferry_api::Event>> {
+        let out = self.cli(&["events", "-o", "json"]).await?;
+        if !out.status.success() {
+            bail!("ferry events: {}", String::from_utf8_lossy(&out.stderr));
         }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Starts a client in the client namespace that asks `server`'s floating IP who answers
@@ -282,43 +288,10 @@ impl LabDomain {
     }
 }
 
-/// What a client saw around a failure at `t0_ms` (CLOCK_BOOTTIME): the last answer before,
-/// the first answer after from another instance, and whether an older instance ever
-/// answered again after a newer one (which must never happen).
-#[derive(Debug, Clone)]
-pub struct ClientView {
-    pub last_before_ms: Option<u64>,
-    pub first_new_ms: Option<u64>,
-    pub new_machine: Option<String>,
-    pub outage_ms: Option<u64>,
-    pub went_back: Option<String>,
-}
-
-pub fn client_view(lines: &[ClientLine], t0_ms: u64, old_epoch: u64) -> ClientView {
-    let last_before_ms = lines.iter().filter(|l| l.ok && l.t_ms < t0_ms).map(|l| l.t_ms).max();
-    let first_new = lines.iter().find(|l| l.ok && l.t_ms >= t0_ms && l.epoch > old_epoch);
-    let mut went_back = None;
-    let mut highest = 0;
-    for l in lines.iter().filter(|l| l.ok) {
-        if l.epoch < highest {
-            went_back = Some(format!("epoch {} answered at {} ms after epoch {highest} had", l.epoch, l.t_ms));
-            break;
-        }
-        highest = highest.max(l.epoch);
-    }
-    ClientView {
-        last_before_ms,
-        first_new_ms: first_new.map(|l| l.t_ms),
-        new_machine: first_new.map(|l| l.machine.clone()),
-        outage_ms: first_new.map(|l| l.t_ms.saturating_sub(t0_ms)),
-        went_back,
-    }
-}
-
 fn domain_toml(
     spec: &DomainSpec,
     lab: &Lab,
-    pg: &PgInLab,
+    pg: &PgServer,
     floating: &BTreeMap<String, SocketAddrV4>,
     dir: &Path,
     exe: &Path,

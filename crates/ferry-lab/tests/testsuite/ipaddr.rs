@@ -31,7 +31,9 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 100);
 async fn in_machine(lab: &Lab, machine: &str, ops: &[&str]) -> Result<Vec<std::result::Result<String, String>>> {
     let exe = std::env::current_exe()?;
     let mut cmd = lab.command(machine, &exe)?;
-    cmd.args(["--exact", "inside_a_lab_namespace", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+    // libtest names the test by its path below the crate: `ipaddr::inside_a_lab_namespace`.
+    let helper = format!("{}::inside_a_lab_namespace", module_path!().split_once("::").map_or("", |(_, m)| m));
+    cmd.args(["--exact", helper.as_str(), "--ignored", "--nocapture", "--test-threads=1", "-q"])
         .env(OPS_VAR, ops.join("\n"))
         .env(OUTER_NETNS_VAR, netns_id()?)
         .kill_on_drop(true);

@@ -1,6 +1,6 @@
 //! A whole domain of real `ferry` processes on one host: an Administration Server and one
 //! Node Manager per machine, each tagged in its environment so that "kill machine C" can
-//! find and kill every process of that machine, whoever its parent is by then. Shared by
+//! find and kill every process of that machine, whoever its parent is by then. Used by
 //! `ferry demo`, the process tests and the benchmark. Dropping a [`Harness`] kills everything
 //! it started, also when a test fails. Its processes keep their client files in the harness
 //! directory (`FERRY_CONFIG_DIR`), never in the user's home, and it calls the admin with the
@@ -15,72 +15,11 @@ use anyhow::{bail, Context};
 use ferry_api::{AdminClient, NmClient, ServerStatus};
 use ferry_host::{clock, process};
 
-use crate::demo_service::JournalLine;
+use crate::domain::{wait_running, wait_until, DomainSpec};
+use crate::service::probe;
 
 /// The environment variable every process of a harness machine carries.
 pub const TAG_VAR: &str = "FERRY_MACHINE_TAG";
-
-/// One migratable server of a harness domain.
-#[derive(Debug, Clone)]
-pub struct ServerSpec {
-    pub name: String,
-    pub home: String,
-    pub candidates: Vec<String>,
-}
-
-/// What to start.
-#[derive(Debug, Clone)]
-pub struct DomainSpec {
-    pub name: String,
-    pub machines: Vec<String>,
-    pub cluster: String,
-    /// The cluster's `migration_candidates`.
-    pub cluster_candidates: Vec<String>,
-    pub servers: Vec<ServerSpec>,
-    pub interval_ms: u64,
-    pub periods: u32,
-    pub grace_ms: u64,
-    /// `None`: SQLite in the harness directory.
-    pub data_source: Option<String>,
-    /// Give every service a journal (for the no-two-instances check).
-    pub journal: bool,
-    pub shutdown_timeout_ms: u64,
-    /// Per machine: an `ifconfig` hook and its timeout in ms.
-    pub ifconfig_hooks: Vec<(String, PathBuf, u64)>,
-    /// Lab only: a machine whose floating-IP interface is not `eth0`.
-    pub interfaces: Vec<(String, String)>,
-    /// Lab only: a server whose floating IP is not the lab's next one.
-    pub floating_ips: Vec<(String, std::net::Ipv4Addr)>,
-    /// Extra environment of every daemon this harness starts (test knobs).
-    pub env: Vec<(String, String)>,
-}
-
-impl DomainSpec {
-    /// The demo's domain: machines B, C, D; ms1 at home on B, ms2 on C (Figure 7-1).
-    pub fn figure_7_1(interval_ms: u64, periods: u32, grace_ms: u64) -> Self {
-        let m = |s: &str| s.to_string();
-        DomainSpec {
-            name: "demo".into(),
-            machines: vec![m("machine-b"), m("machine-c"), m("machine-d")],
-            cluster: "cluster-1".into(),
-            cluster_candidates: vec![m("machine-b"), m("machine-c"), m("machine-d")],
-            servers: vec![
-                ServerSpec { name: m("ms1"), home: m("machine-b"), candidates: vec![m("machine-d"), m("machine-c")] },
-                ServerSpec { name: m("ms2"), home: m("machine-c"), candidates: vec![m("machine-d"), m("machine-b")] },
-            ],
-            interval_ms,
-            periods,
-            grace_ms,
-            data_source: None,
-            journal: true,
-            shutdown_timeout_ms: 5_000,
-            ifconfig_hooks: Vec::new(),
-            interfaces: Vec::new(),
-            floating_ips: Vec::new(),
-            env: Vec::new(),
-        }
-    }
-}
 
 /// A free TCP port on loopback, below the kernel's ephemeral range (bound and released).
 ///
@@ -147,7 +86,7 @@ impl Harness {
             // FERRY_TEST_KEEP=1 keeps the directory (logs, events, journals) for a post-mortem.
             None if std::env::var_os("FERRY_TEST_KEEP").is_some() => {
                 let t = tempfile::Builder::new().prefix("ferry-").tempdir()?.keep();
-                errln!("harness directory kept: {}", t.display());
+                eprintln!("harness directory kept: {}", t.display());
                 (t, None)
             }
             None => {
@@ -377,19 +316,9 @@ impl Harness {
         Ok(self.admin().servers().await?)
     }
 
-    /// Waits until `server` is RUNNING on `machine` (lease held there).
-    pub async fn wait_running_on(
-        &self,
-        server: &str,
-        machine: &str,
-        patience: Duration,
-    ) -> anyhow::Result<ServerStatus> {
-        self.wait_running_after(server, machine, 0, patience).await
-    }
-
-    /// Waits until `server` is RUNNING on `machine` with an epoch above `epoch`: a new
-    /// instance, not the one that was there.
-    pub async fn wait_running_after(
+    /// Waits until `server` is RUNNING on `machine` (lease held there) with an epoch above
+    /// `epoch`: 0 for any instance, the epoch it had for a new one.
+    pub async fn wait_running(
         &self,
         server: &str,
         machine: &str,
@@ -397,23 +326,8 @@ impl Harness {
         patience: Duration,
     ) -> anyhow::Result<ServerStatus> {
         let admin = self.admin();
-        let until = clock::now() + patience;
-        loop {
-            if let Ok(list) = admin.servers().await {
-                if let Some(s) = list.into_iter().find(|s| s.name == server) {
-                    if s.state == "RUNNING" && s.machine.as_deref() == Some(machine) && s.epoch.unwrap_or(0) > epoch {
-                        return Ok(s);
-                    }
-                    if clock::now() >= until {
-                        bail!("{server} is not running on {machine} after {patience:?}: {s:?}");
-                    }
-                }
-            }
-            if clock::now() >= until {
-                bail!("{server} is not running on {machine} after {patience:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let status = || async { Ok(admin.servers().await?) };
+        wait_running(status, Duration::from_millis(25), server, machine, epoch, patience).await
     }
 
     /// Kills every process this harness started, on every machine.
@@ -432,39 +346,6 @@ impl Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// One HTTP GET to a demo service; its JSON answer, if any.
-pub async fn probe(addr: SocketAddr, timeout: Duration) -> Option<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let work = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf);
-        let body = text.split("\r\n\r\n").nth(1)?;
-        serde_json::from_str(body).ok()
-    };
-    tokio::time::timeout(timeout, work).await.ok().flatten()
-}
-
-/// Polls `cond` every 20 ms until it holds or `patience` runs out.
-pub async fn wait_until<F, Fut>(patience: Duration, what: &str, mut cond: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = clock::now() + patience;
-    loop {
-        if cond().await {
-            return Ok(());
-        }
-        if clock::now() >= until {
-            bail!("timed out after {patience:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -524,63 +405,4 @@ fn domain_toml(
         let _ = std::fs::create_dir_all(dir.join("journal"));
     }
     t
-}
-
-/// What the journals say about one server: its instances in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Instance {
-    pub epoch: u64,
-    pub pid: u32,
-    pub machine: String,
-    pub first_ms: u64,
-    pub last_ms: u64,
-}
-
-/// Checks the safety property on a service journal: instances never overlap in time, and
-/// each later instance has a larger fencing token. Returns the instances in order.
-pub fn check_journal(path: &Path) -> anyhow::Result<Vec<Instance>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut by_instance: BTreeMap<(u64, u32), Instance> = BTreeMap::new();
-    for line in text.lines() {
-        let Ok(j) = serde_json::from_str::<JournalLine>(line) else {
-            continue;
-        };
-        let e = by_instance.entry((j.epoch, j.pid)).or_insert(Instance {
-            epoch: j.epoch,
-            pid: j.pid,
-            machine: j.machine.clone(),
-            first_ms: j.t_ms,
-            last_ms: j.t_ms,
-        });
-        e.first_ms = e.first_ms.min(j.t_ms);
-        e.last_ms = e.last_ms.max(j.t_ms);
-    }
-    let mut list: Vec<Instance> = by_instance.into_values().collect();
-    list.sort_by_key(|i| i.first_ms);
-    for w in list.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        if a.last_ms >= b.first_ms {
-            bail!(
-                "two instances ran at once: epoch {} pid {} on {} until {} ms, and epoch {} pid {} on {} from {} ms",
-                a.epoch,
-                a.pid,
-                a.machine,
-                a.last_ms,
-                b.epoch,
-                b.pid,
-                b.machine,
-                b.first_ms
-            );
-        }
-        if b.epoch <= a.epoch {
-            bail!(
-                "fencing token went backwards: epoch {} (pid {}) followed epoch {} (pid {})",
-                b.epoch,
-                b.pid,
-                a.epoch,
-                a.pid
-            );
-        }
-    }
-    Ok(list)
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
-use crate::{AcquireRequest, LeaseStore, Renewal, Result, ScanCursor, StoreError, SCAN_OVERLAP_MS};
+use ferry_store::{AcquireRequest, LeaseStore, Renewal, Result, ScanCursor, StoreError, SCAN_OVERLAP_MS};
 
 /// A check's body, boxed so the checks fit in one table.
 pub type CheckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -1,20 +1,18 @@
 //! The SQLite lease table against the conformance suite, through one handle and through two
 //! handles on one file (as two processes would), plus what only SQLite has: opening paths,
 //! schema set-up and versions, lock timeouts, and several real processes on one file.
-//!
-//! The one integration test binary of ferry-store (STYLE habit 11).
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::lease::Lease;
-use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
+use ferry_core::{Epoch, Incarnation, LeaseName};
 use ferry_store::sqlite::{SqliteStore, EXPIRED_SQL};
-use ferry_store::{conformance, AcquireRequest, LeaseStore, Renewal, Scan, ScanCursor, StoreError};
+use ferry_store::{AcquireRequest, LeaseStore, StoreError};
+use ferry_testkit::conformance;
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::common::{chain, lost_detail, request, server, test_name, TwoHandles, CALL_TIMEOUT};
 
 // ---- the conformance suite ----
 
@@ -40,63 +38,10 @@ async fn conformance_two_handles_on_one_file() {
         async move {
             let a = open_and_init(&path).await;
             let b = open(&path);
-            TwoHandles { handles: [a, b], next: AtomicUsize::new(0) }
+            TwoHandles::new(a, b)
         }
     })
     .await;
-}
-
-/// Sends each call to the next of two handles on one file, so every conformance check also
-/// runs across connections, the way two processes share the file.
-struct TwoHandles {
-    handles: [SqliteStore; 2],
-    next: AtomicUsize,
-}
-
-impl TwoHandles {
-    fn pick(&self) -> &SqliteStore {
-        &self.handles[self.next.fetch_add(1, Ordering::Relaxed) % 2]
-    }
-}
-
-#[async_trait::async_trait]
-impl LeaseStore for TwoHandles {
-    async fn acquire(&self, req: &AcquireRequest) -> ferry_store::Result<Lease> {
-        self.pick().acquire(req).await
-    }
-    async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> ferry_store::Result<Lease> {
-        self.pick().handover(req, from).await
-    }
-    async fn renew(
-        &self,
-        name: &LeaseName,
-        incarnation: &Incarnation,
-        epoch: Epoch,
-        ttl: Duration,
-    ) -> ferry_store::Result<Lease> {
-        self.pick().renew(name, incarnation, epoch, ttl).await
-    }
-    async fn renew_many(&self, renewals: &[Renewal]) -> ferry_store::Result<Vec<ferry_store::Result<Lease>>> {
-        self.pick().renew_many(renewals).await
-    }
-    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> ferry_store::Result<()> {
-        self.pick().release(name, incarnation, epoch).await
-    }
-    async fn get(&self, name: &LeaseName) -> ferry_store::Result<Option<Lease>> {
-        self.pick().get(name).await
-    }
-    async fn list(&self) -> ferry_store::Result<Vec<Lease>> {
-        self.pick().list().await
-    }
-    async fn expired(&self) -> ferry_store::Result<Vec<Lease>> {
-        self.pick().expired().await
-    }
-    async fn scan(&self, since: ScanCursor, tracked: &[LeaseName]) -> ferry_store::Result<Scan> {
-        self.pick().scan(since, tracked).await
-    }
-    fn describe(&self) -> String {
-        format!("{} (two handles)", self.handles[0].describe())
-    }
 }
 
 /// The trait's default `renew_many` (one `renew` after another), as stores that do not
@@ -421,7 +366,12 @@ fn several_processes_share_one_file() {
     let children: Vec<_> = (0..CHILDREN)
         .map(|i| {
             std::process::Command::new(&exe)
-                .args(["multiprocess_child", "--exact", "--nocapture", "--test-threads=1"])
+                .args([
+                    test_name(module_path!(), "multiprocess_child").as_str(),
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_DB, &path)
                 .env(CHILD_ID, i.to_string())
                 .env(CHILD_GO, &go)
@@ -448,9 +398,13 @@ fn several_processes_share_one_file() {
 }
 
 const CHILD_DB: &str = "FERRY_STORE_TEST_CHILD_DB";
+
 const CHILD_ID: &str = "FERRY_STORE_TEST_CHILD_ID";
+
 const CHILD_GO: &str = "FERRY_STORE_TEST_CHILD_GO";
+
 const CHILD_WINS: usize = 10;
+
 const WON: &str = "won epoch ";
 
 /// The child side of `several_processes_share_one_file`; does nothing in a normal run.
@@ -486,8 +440,6 @@ fn multiprocess_child() {
     });
 }
 
-// ---- helpers ----
-
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }
@@ -505,36 +457,4 @@ fn raw(path: &Path) -> rusqlite::Connection {
     let db = rusqlite::Connection::open(path).expect("raw open");
     db.busy_timeout(CALL_TIMEOUT).expect("busy timeout");
     db
-}
-
-fn server(name: &str) -> LeaseName {
-    LeaseName::Server(ServerName::new(name).expect("name"))
-}
-
-fn request(name: &LeaseName, machine: &str, incarnation: &str) -> AcquireRequest {
-    AcquireRequest {
-        name: name.clone(),
-        owner: ServerName::new("ms1").expect("name"),
-        machine: MachineName::new(machine).expect("name"),
-        incarnation: Incarnation(incarnation.to_string()),
-        ttl: Duration::from_secs(60),
-    }
-}
-
-fn lost_detail<T: std::fmt::Debug>(r: ferry_store::Result<T>) -> String {
-    match r {
-        Err(StoreError::Lost { detail, .. }) => detail,
-        other => panic!("expected Lost, got {other:?}"),
-    }
-}
-
-fn chain(e: &StoreError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

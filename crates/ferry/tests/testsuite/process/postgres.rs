@@ -1,0 +1,116 @@
+//! The domain on a real PostgreSQL lease table (a private server each test starts): a
+//! failover and an outage, and a misconfigured table at start-up.
+
+use std::time::Duration;
+
+use ferry_testkit::{wait_until, Harness};
+
+use super::{assert_safe, events, spec};
+use crate::{exe, PATIENCE, SERIAL};
+
+/// The same domain on a real PostgreSQL lease table (a private server this test starts):
+/// a machine dies and its server migrates; then the database goes down, every server fences
+/// itself and the master moves nothing; the database comes back and so does the domain.
+#[tokio::test]
+async fn postgres_lease_table_failover_and_outage() {
+    let _g = SERIAL.lock().await;
+    let Some(mut pg) = tokio::task::spawn_blocking(ferry_testkit::PgServer::start_or_skip).await.unwrap() else {
+        return;
+    };
+    let url = pg.url();
+    let out = std::process::Command::new(exe()).args(["leasing", "init", "--data-source", &url]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut spec = spec();
+    spec.data_source = Some(url.clone());
+    let h = Harness::start(spec, exe(), None).await.expect("domain starts");
+    h.admin().start_cluster("cluster-1").await.unwrap();
+    h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    let before = h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
+
+    h.kill_machine("machine-c");
+    let moved =
+        h.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.expect("ms2 migrated on PostgreSQL");
+    h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
+
+    // The database goes away: both servers fence themselves before their leases could expire.
+    let mut pg = tokio::task::spawn_blocking(move || {
+        pg.stop().expect("PostgreSQL stops");
+        pg
+    })
+    .await
+    .unwrap();
+    for (server, machine) in [("ms1", "machine-b"), ("ms2", "machine-d")] {
+        let nm = h.nm_client(machine, Duration::from_secs(2)).await.unwrap();
+        wait_until(PATIENCE, &format!("{server} to fence itself"), || async {
+            nm.servers()
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().find(|s| s.name == server))
+                .is_some_and(|s| s.state == "FENCED")
+        })
+        .await
+        .unwrap();
+        assert!(h.who_answers(server).await.is_none(), "{server}'s service is down");
+    }
+    let ev = events(&h).await;
+    let migrations_before = ev.iter().filter(|e| e.kind == "migrate").count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The admin answers with the database's error and no password.
+    let e = h.admin().servers().await.unwrap_err().to_string();
+    assert!(e.contains("cannot read the lease table") && e.contains("127.0.0.1"), "{e}");
+
+    // It comes back: the domain returns to its configured state with no operator.
+    let _pg = tokio::task::spawn_blocking(move || {
+        pg.start_again().expect("PostgreSQL starts again");
+        pg
+    })
+    .await
+    .unwrap();
+    h.wait_running("ms1", "machine-b", 1, Duration::from_secs(60)).await.expect("ms1 back");
+    h.wait_running("ms2", "machine-d", moved.epoch.unwrap(), Duration::from_secs(60))
+        .await
+        .expect("ms2 back where it ran");
+    h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
+    let ev = events(&h).await;
+    assert_eq!(
+        ev.iter().filter(|e| e.kind == "migrate").count(),
+        migrations_before,
+        "nothing migrated during or after the outage"
+    );
+    assert_safe(&h).await;
+}
+
+/// A misconfigured lease table at start-up: the daemons run, and every answer names the
+/// data source (without its password) and the fix.
+#[tokio::test]
+async fn misconfigured_postgres_gets_clear_errors_and_no_crash() {
+    let _g = SERIAL.lock().await;
+    let Some(pg) = tokio::task::spawn_blocking(ferry_testkit::PgServer::start_or_skip).await.unwrap() else {
+        return;
+    };
+    pg.create_user_with_password("alice", "s3cret-pw").await.unwrap();
+    let cases = [
+        // No table yet.
+        (pg.url(), "ferry leasing init"),
+        // Wrong password.
+        (pg.url_for("alice", Some("wrong-pw"), "ferry"), "authentication failed"),
+        // Nobody listens.
+        ("postgres://ferry:s3cret-pw@127.0.0.1:1/ferry".to_string(), "127.0.0.1:1"),
+    ];
+    for (url, want) in cases {
+        let mut spec = spec();
+        spec.data_source = Some(url.clone());
+        let h = Harness::start(spec, exe(), None).await.expect("the admin and Node Managers start anyway");
+        let e = h.admin().servers().await.unwrap_err();
+        assert_eq!(e.status(), Some(503));
+        let text = e.to_string();
+        assert!(text.contains(want), "{url}: {text}");
+        assert!(!text.contains("s3cret-pw") && !text.contains("wrong-pw"), "a password leaked: {text}");
+        // A start is refused with the same reason, and the admin keeps running.
+        let e = h.admin().start("ms1").await.unwrap_err().to_string();
+        assert!(e.contains("cannot read the lease table"), "{e}");
+        assert!(h.admin().domain().await.is_ok(), "the admin still runs");
+        let log = std::fs::read_to_string(h.dir.join("logs/admin.log")).unwrap_or_default();
+        assert!(!log.contains("s3cret-pw") && !log.contains("wrong-pw"), "a password leaked into the log");
+    }
+}
