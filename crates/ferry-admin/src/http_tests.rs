@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use ferry_api::Role;
+use ferry_api::{EventKind, Role};
 use tower::ServiceExt;
 
 use super::*;
@@ -200,7 +200,7 @@ async fn every_route_checks_the_callers_role() {
     assert_eq!(body["error"], "changing the configuration needs the Admin role; token 'ops' has Operator");
     let (s, _) = call(&a, "PUT", "/api/v1/domain", Some(&a.admin), &domain).await;
     assert_eq!(s, 200);
-    let changed = a.state.events.since(0, 100).into_iter().find(|e| e.kind == "config-changed").unwrap();
+    let changed = a.state.events.since(0, 100).into_iter().find(|e| e.kind == EventKind::ConfigChanged).unwrap();
     assert_eq!(changed.by.as_deref(), Some("root"));
 
     // Tokens: Admin only; the new token is answered once and works at once.

@@ -114,20 +114,6 @@ impl fmt::Display for EventKind {
     }
 }
 
-/// Comparing with a word, for code that still holds kinds as words (the tests, until they
-/// name kinds by variant).
-impl PartialEq<&str> for EventKind {
-    fn eq(&self, word: &&str) -> bool {
-        self.as_str() == *word
-    }
-}
-
-impl PartialEq<str> for EventKind {
-    fn eq(&self, word: &str) -> bool {
-        self.as_str() == word
-    }
-}
-
 impl Serialize for EventKind {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())

@@ -7,6 +7,7 @@
 //! ferry-sim drive the same code under a simulated clock and network.
 
 pub mod domain;
+pub mod error;
 pub mod event;
 pub mod ids;
 pub mod keeper;
@@ -16,6 +17,7 @@ pub mod nodeman;
 pub mod reach;
 pub mod time;
 
+pub use error::chain;
 pub use event::EventKind;
 pub use ids::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName, TokenName};
 pub use time::Mono;

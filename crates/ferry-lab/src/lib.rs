@@ -155,17 +155,7 @@ pub fn or_skip<T>(result: Result<T>) -> Option<T> {
     }
 }
 
-/// The error and all its sources, `: `-separated (for panics and logs).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub use ferry_core::chain;
 
 /// Checks that every tool in `tools` is installed (on `PATH` or in the sbin directories);
 /// [`LabError::Unavailable`] names the missing ones and the Debian packages that have them.

@@ -76,20 +76,7 @@ impl StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// An error with all its causes, `outer: inner: innermost`, for messages to operators.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        src = s.source();
-    }
-    out
-}
+pub use ferry_core::chain;
 
 /// A lease table. Every method is atomic; every change of owner or incarnation bumps the
 /// row's epoch (the fencing token), and epochs never go backwards, even across release.

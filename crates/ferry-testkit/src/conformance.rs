@@ -9,7 +9,6 @@
 //! every lease that must stay live uses a TTL of a minute, so a loaded machine cannot make
 //! a check flaky.
 
-use std::error::Error as _;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -728,17 +727,7 @@ fn mine(leases: Vec<Lease>, names: &[&LeaseName]) -> Vec<Lease> {
     leases.into_iter().filter(|l| names.contains(&&l.name)).collect()
 }
 
-/// An error with its whole source chain.
-fn chain(e: &StoreError) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+use ferry_core::chain;
 
 #[track_caller]
 fn ok<T>(what: &str, r: Result<T>) -> T {

@@ -234,6 +234,7 @@ pub fn redact(data_source: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain;
     use crate::postgres::pool::Pool;
 
     #[test]
@@ -287,16 +288,5 @@ mod tests {
         // Unix sockets never use TLS, as with libpq: nothing to check, no root file needed.
         let pool = Pool::new("postgres:///x?host=/run/postgresql&sslmode=verify-full", &options).ok();
         assert!(pool.is_some_and(|p| matches!(p.transport, Transport::Plain) && !p.unverified));
-    }
-
-    fn chain(e: &StoreError) -> String {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
     }
 }

@@ -101,13 +101,4 @@ pub(crate) fn lost_detail<T: std::fmt::Debug>(r: ferry_store::Result<T>) -> Stri
     }
 }
 
-pub(crate) fn chain(e: &StoreError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+pub(crate) use ferry_store::chain;

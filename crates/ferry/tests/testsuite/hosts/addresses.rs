@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use ferry_api::EventKind;
 use ferry_host::{clock, process};
 use ferry_testkit::{DomainSpec, LabDomain};
 use nix::sys::signal::Signal;
@@ -49,9 +50,10 @@ async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what
     let on_d = d.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.unwrap();
     assert!(has_ip(&d, "machine-d", &fip).await && !has_ip(&d, "machine-c", &fip).await);
     let ev = events(&d).await;
-    assert_eq!(count(&ev, "address-in-use", "ms2"), 0, "machine-d found the address free:\n{}", trail(&ev));
-    let removed = ev.iter().find(|e| e.kind == "removeif" && e.machine.as_deref() == Some("machine-c")).unwrap();
-    let stopped = ev.iter().find(|e| e.kind == "nm-stopped" && e.server.as_deref() == Some("ms2")).unwrap();
+    assert_eq!(count(&ev, EventKind::AddressInUse, "ms2"), 0, "machine-d found the address free:\n{}", trail(&ev));
+    let removed =
+        ev.iter().find(|e| e.kind == EventKind::Removeif && e.machine.as_deref() == Some("machine-c")).unwrap();
+    let stopped = ev.iter().find(|e| e.kind == EventKind::NmStopped && e.server.as_deref() == Some("ms2")).unwrap();
     assert!(removed.at_ms <= stopped.at_ms, "the stop answered before the address was gone:\n{}", trail(&ev));
     wait_client_new(&d, "ms2", 0, before.epoch.unwrap()).await;
 
@@ -61,7 +63,7 @@ async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what
         process::signal(pid, Signal::SIGKILL);
     }
     wait_event(&d, "a candidate to refuse ms2 because its address still answers", |e| {
-        e.kind == "address-in-use" && e.server.as_deref() == Some("ms2")
+        e.kind == EventKind::AddressInUse && e.server.as_deref() == Some("ms2")
     })
     .await;
     assert!(has_ip(&d, "machine-d", &fip).await, "the dead machine's kernel still holds the address");
@@ -69,7 +71,7 @@ async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what
     assert_eq!(holders_now, vec!["machine-d".to_string()], "nobody else took the address");
     d.start_nm("machine-d").unwrap();
     wait_event(&d, "machine-d's Node Manager to remove the leftover address", |e| {
-        e.kind == "leftover" && e.server.as_deref() == Some("ms2") && e.source == "nodemanager/machine-d"
+        e.kind == EventKind::Leftover && e.server.as_deref() == Some("ms2") && e.source == "nodemanager/machine-d"
     })
     .await;
     let back = wait_running_anywhere(&d, "ms2", on_d.epoch.unwrap()).await;
@@ -105,7 +107,7 @@ async fn bad_floating_ip_input_is_refused_and_the_master_moves_on() {
     );
     let ev = d.events().await.unwrap();
     assert!(
-        ev.iter().any(|e| e.kind == "address-in-use"
+        ev.iter().any(|e| e.kind == EventKind::AddressInUse
             && e.server.as_deref() == Some("ms2")
             && e.message.contains("another host answers")),
         "the event log records why, as a refusal worth another try (not a failure of machine-c)"
@@ -129,13 +131,13 @@ async fn bad_floating_ip_input_is_refused_and_the_master_moves_on() {
     assert!(after.epoch > before.epoch);
     let ev = d.events().await.unwrap();
     assert!(
-        ev.iter().any(|e| e.kind == "start-failed"
+        ev.iter().any(|e| e.kind == EventKind::StartFailed
             && e.machine.as_deref() == Some("machine-d")
             && e.message.contains("eth9")),
         "machine-d's refusal names the missing interface: {:?}",
         ev.iter().filter(|e| e.machine.as_deref() == Some("machine-d")).map(|e| &e.message).collect::<Vec<_>>()
     );
-    assert!(ev.iter().any(|e| e.kind == "machine-failed" && e.message.contains("machine-d")));
+    assert!(ev.iter().any(|e| e.kind == EventKind::MachineFailed && e.message.contains("machine-d")));
     let addrs_b = d.addresses("machine-b").await.unwrap();
     assert!(addrs_b.iter().any(|a| a.starts_with(&format!("{fip2}/"))), "the address moved to machine-b: {addrs_b:?}");
     assert!(addrs_b.iter().any(|a| a.starts_with(&format!("{fip1}/"))), "ms1's address stays: {addrs_b:?}");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ferry_api::EventKind;
 use ferry_host::clock;
 use ferry_testkit::LabDomain;
 
@@ -78,8 +79,11 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     // ferry itself sees the shifted clock: the event machine-c's Node Manager sent at start
     // carries a wall-clock time two hours ahead.
     let ev = events(&d).await;
-    let nm_start =
-        ev.iter().rev().find(|e| e.kind == "nodemanager-started" && e.source == "nodemanager/machine-c").unwrap();
+    let nm_start = ev
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::NodemanagerStarted && e.source == "nodemanager/machine-c")
+        .unwrap();
     let skew = nm_start.at_ms as i64 - clock::wall_ms() as i64;
     assert!(
         (6_600_000..7_300_000).contains(&skew),
@@ -121,14 +125,20 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     wait_client_after(&d, "ms2", t2).await;
     wait_client_after(&d, "ms1", t2).await;
     let ev = events(&d).await;
-    assert_eq!(count(&ev, "server-exited", "ms2"), 0, "{}", trail(&ev));
+    assert_eq!(count(&ev, EventKind::ServerExited, "ms2"), 0, "{}", trail(&ev));
     // ms1 moved once, by hand, before the window checked for it.
     let end = Ending {
         what: "clock jumps",
         clients: &["ms1", "ms2"],
         one_instance: &["ms2"],
         kept_answering: &[("ms2", t0, t2), ("ms1", t1, t2)],
-        no_events: &["lease-expired", "fenced", "migrate", "restart-in-place", "unhealthy"],
+        no_events: &[
+            EventKind::LeaseExpired,
+            EventKind::Fenced,
+            EventKind::Migrate,
+            EventKind::RestartInPlace,
+            EventKind::Unhealthy,
+        ],
     };
     assert_ending(&d, end).await;
 }

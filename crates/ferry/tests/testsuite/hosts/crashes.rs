@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ferry_api::EventKind;
 use ferry_host::{clock, process};
 use ferry_testkit::{check_journal, wait_until, ClientView, LabDomain};
 use nix::sys::signal::Signal;
@@ -56,7 +57,7 @@ async fn hung_server_is_fenced_by_its_node_manager_and_restarted_in_place() {
     let t0 = clock::now().0;
     assert!(process::signal(pid, Signal::SIGSTOP));
     wait_event(&d, "machine-c's Node Manager to fence the hung ms2", |e| {
-        e.kind == "fenced" && e.source == "nodemanager/machine-c" && e.server.as_deref() == Some("ms2")
+        e.kind == EventKind::Fenced && e.source == "nodemanager/machine-c" && e.server.as_deref() == Some("ms2")
     })
     .await;
     let after =
@@ -71,12 +72,13 @@ async fn hung_server_is_fenced_by_its_node_manager_and_restarted_in_place() {
     let t1 = clock::now().0;
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     wait_client_after(&d, "ms2", t1 + 900).await;
-    let seen = assert_ending(&d, Ending { clients: &["ms2"], no_events: &["migrate"], ..Ending::default() }).await;
+    let seen =
+        assert_ending(&d, Ending { clients: &["ms2"], no_events: &[EventKind::Migrate], ..Ending::default() }).await;
     let seen = &seen["ms2"];
     assert!(seen.iter().filter(|s| s.epoch == old_epoch).all(|s| s.last_ms < view.first_new_ms.unwrap()), "{seen:?}");
     assert_outage_within("hung server", &view, liveness_bound_ms());
     let ev = events(&d).await;
-    assert!(count(&ev, "restart-in-place", "ms2") >= 1, "{}", trail(&ev));
+    assert!(count(&ev, EventKind::RestartInPlace, "ms2") >= 1, "{}", trail(&ev));
 }
 
 /// Waits (at most `patience`) until a cluster master's restart-in-place command for `server`
@@ -87,11 +89,13 @@ async fn command_pending_at(d: &LabDomain, server: &str, machine: &str, patience
     while clock::now() < until {
         let ev = events(d).await;
         let last = ev.iter().rposition(|e| {
-            e.kind == "restart-in-place" && e.source.starts_with("server/") && e.server.as_deref() == Some(server)
+            e.kind == EventKind::RestartInPlace
+                && e.source.starts_with("server/")
+                && e.server.as_deref() == Some(server)
         });
         if let Some(i) = last {
             let answered = ev[i + 1..].iter().any(|e| {
-                e.kind == "machine-failed" && e.server.as_deref() == Some(server) && e.message.contains(machine)
+                e.kind == EventKind::MachineFailed && e.server.as_deref() == Some(server) && e.message.contains(machine)
             });
             if !answered {
                 match seen {
@@ -165,11 +169,12 @@ async fn frozen_machine_thaws_and_its_old_instance_never_answers_again() {
         view.first_new_ms.map(|t| t - thaw),
     );
     let ev = events(&d).await;
-    let refused = ev.iter().filter(|e| e.kind == "start-failed" && e.message.contains("another host answers")).count();
+    let refused =
+        ev.iter().filter(|e| e.kind == EventKind::StartFailed && e.message.contains("another host answers")).count();
     println!("frozen machine: {refused} starts elsewhere refused by the ARP probe while machine-c held the address");
     // Every instance that took the lease after the thaw found its floating IP in place.
     assert_eq!(
-        count(&ev, "service-died", "ms2"),
+        count(&ev, EventKind::ServiceDied, "ms2"),
         0,
         "an instance of ms2 started without its floating IP (see the Node Manager's exit/start race):\n{}",
         trail(&ev)
@@ -210,7 +215,7 @@ async fn node_manager_crash_leaves_its_server_running_and_the_new_one_adopts_it(
     );
     d.start_nm("machine-c").unwrap();
     wait_event(&d, "the new Node Manager to adopt ms2", |e| {
-        e.kind == "adopted" && e.server.as_deref() == Some("ms2") && e.source == "nodemanager/machine-c"
+        e.kind == EventKind::Adopted && e.server.as_deref() == Some("ms2") && e.source == "nodemanager/machine-c"
     })
     .await;
     let after = status_of(&d, "ms2").await;
@@ -230,7 +235,7 @@ async fn node_manager_crash_leaves_its_server_running_and_the_new_one_adopts_it(
         clients: &["ms2"],
         one_instance: &["ms2"],
         kept_answering: &[("ms2", t0, t1)],
-        no_events: &["lease-expired", "fenced", "migrate", "restart-in-place"],
+        no_events: &[EventKind::LeaseExpired, EventKind::Fenced, EventKind::Migrate, EventKind::RestartInPlace],
     };
     assert_ending(&d, end).await;
 }
@@ -255,7 +260,7 @@ async fn master_machine_crash_another_server_takes_over_and_migrates() {
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
     let ev = events(&d).await;
     assert!(
-        ev.iter().any(|e| e.kind == "master-acquired" && e.source == "server/ms2"),
+        ev.iter().any(|e| e.kind == EventKind::MasterAcquired && e.source == "server/ms2"),
         "ms2 became master:\n{}",
         trail(&ev)
     );
@@ -292,11 +297,11 @@ async fn admin_down_during_a_failure_is_not_on_the_failover_path() {
         .await
         .expect("the returned admin shows ms2 on machine-d");
     wait_event(&d, "the queued migration events to reach the admin", |e| {
-        e.kind == "migrate" && e.server.as_deref() == Some("ms2")
+        e.kind == EventKind::Migrate && e.server.as_deref() == Some("ms2")
     })
     .await;
     wait_event(&d, "ms2 to report starting without the admin", |e| {
-        e.kind == "config-cached" && e.server.as_deref() == Some("ms2")
+        e.kind == EventKind::ConfigCached && e.server.as_deref() == Some("ms2")
     })
     .await;
     assert!(after.epoch > before.epoch);
@@ -359,7 +364,7 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     })
     .await
     .unwrap();
-    assert_ending(&d, Ending { clients: &["ms1", "ms2"], no_events: &["migrate"], ..Ending::default() }).await;
+    assert_ending(&d, Ending { clients: &["ms1", "ms2"], no_events: &[EventKind::Migrate], ..Ending::default() }).await;
 }
 
 /// A machine that crashed and came back counts as up once its new Node Manager answers: the

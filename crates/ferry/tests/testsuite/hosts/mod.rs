@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_api::{Event, MachineStatus, ServerStatus};
+use ferry_api::{Event, EventKind, MachineStatus, ServerStatus};
 use ferry_host::{clock, process};
 use ferry_testkit::{check_journal, client_view, wait_until, ClientLine, ClientView, DomainSpec, LabDomain};
 use nix::sys::signal::Signal;
@@ -128,7 +128,7 @@ async fn events(d: &LabDomain) -> Vec<Event> {
     d.events().await.unwrap_or_default()
 }
 
-fn count(ev: &[Event], kind: &str, server: &str) -> usize {
+fn count(ev: &[Event], kind: EventKind, server: &str) -> usize {
     ev.iter().filter(|e| e.kind == kind && e.server.as_deref() == Some(server)).count()
 }
 
@@ -296,7 +296,7 @@ struct Ending<'a> {
     /// never a second or more apart.
     kept_answering: &'a [(&'a str, u64, u64)],
     /// Kinds of event that must not have happened to any of `clients`.
-    no_events: &'a [&'a str],
+    no_events: &'a [EventKind],
 }
 
 /// The checks every fault test ends with: the clients safe, one instance and short gaps where
@@ -318,7 +318,7 @@ async fn assert_ending(d: &LabDomain, end: Ending<'_>) -> BTreeMap<String, Vec<S
         let ev = events(d).await;
         for s in end.clients {
             for kind in end.no_events {
-                assert_eq!(count(&ev, kind, s), 0, "{kind} {s}:\n{}", trail(&ev));
+                assert_eq!(count(&ev, kind.clone(), s), 0, "{kind} {s}:\n{}", trail(&ev));
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ferry_api::EventKind;
 use ferry_host::clock;
 
 use super::{
@@ -35,12 +36,12 @@ async fn partitioned_machine_loses_its_server_and_does_not_take_it_back() {
     // If ms2 fenced itself (exit 75), machine-c's Node Manager wants it back once the lease
     // table answers, unless the master moved it: wait for that decision.
     let ev = events(&d).await;
-    let self_fenced = ev
-        .iter()
-        .any(|e| e.kind == "server-exited" && e.source == "nodemanager/machine-c" && e.message.contains("(Fenced)"));
+    let self_fenced = ev.iter().any(|e| {
+        e.kind == EventKind::ServerExited && e.source == "nodemanager/machine-c" && e.message.contains("(Fenced)")
+    });
     if self_fenced {
         wait_event(&d, "machine-c's Node Manager to leave ms2 to machine-d", |e| {
-            e.kind == "not-restarting" && e.source == "nodemanager/machine-c"
+            e.kind == EventKind::NotRestarting && e.source == "nodemanager/machine-c"
         })
         .await;
     }
@@ -84,7 +85,7 @@ async fn cut_from_peers_but_not_from_the_lease_table_moves_nothing() {
         clients: &["ms2"],
         one_instance: &["ms2"],
         kept_answering: &[("ms2", t0, t1)],
-        no_events: &["lease-expired", "migrate", "restart-in-place", "fenced"],
+        no_events: &[EventKind::LeaseExpired, EventKind::Migrate, EventKind::RestartInPlace, EventKind::Fenced],
     };
     assert_ending(&d, end).await;
 }
@@ -110,7 +111,7 @@ async fn cut_from_the_lease_table_fences_and_moves() {
     d.lab.heal().await.unwrap();
     // machine-c's events were queued while it could not reach the admin.
     wait_event(&d, "ms2 on machine-c to have fenced itself", |e| {
-        e.kind == "fenced" && e.source == "server/ms2" && e.machine.as_deref() == Some("machine-c")
+        e.kind == EventKind::Fenced && e.source == "server/ms2" && e.machine.as_deref() == Some("machine-c")
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1_000)).await;

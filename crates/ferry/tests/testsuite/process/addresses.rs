@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_api::{NmStart, Origin};
+use ferry_api::{EventKind, NmStart, Origin};
 use ferry_testkit::{wait_until, Harness};
 
 use super::{assert_safe, events, journal_with, spec, status_of};
@@ -50,12 +50,12 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     wait_until(PATIENCE, "both hook failures in the event log", || async {
         admin.events(0).await.is_ok_and(|ev| {
             let d = ev.iter().any(|e| {
-                e.kind == "start-failed"
+                e.kind == EventKind::StartFailed
                     && e.machine.as_deref() == Some("machine-d")
                     && e.message.contains("is in use on")
             });
             let b = ev.iter().any(|e| {
-                e.kind == "start-failed"
+                e.kind == EventKind::StartFailed
                     && e.machine.as_deref() == Some("machine-b")
                     && e.message.contains("did not finish within 300 ms")
             });
@@ -78,7 +78,7 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     assert!(after.epoch > before.epoch);
     let ev = events(&h).await;
     assert!(
-        ev.iter().any(|e| e.kind == "backoff" && e.server.as_deref() == Some("ms2")),
+        ev.iter().any(|e| e.kind == EventKind::Backoff && e.server.as_deref() == Some("ms2")),
         "the master paused between circuits"
     );
     journal_with(&h, "ms2", 2).await;
@@ -155,12 +155,13 @@ async fn a_migration_waits_for_a_slow_removeif_retries_a_busy_address_and_rolls_
     let ev = events(&h).await;
     let ms2 = |e: &&ferry_api::Event| e.server.as_deref() == Some("ms2");
     assert!(
-        !ev.iter().filter(ms2).any(|e| e.kind == "address-in-use"),
+        !ev.iter().filter(ms2).any(|e| e.kind == EventKind::AddressInUse),
         "machine-d never saw the address still on machine-c: {:#?}",
-        ev.iter().filter(ms2).filter(|e| e.kind == "address-in-use").collect::<Vec<_>>()
+        ev.iter().filter(ms2).filter(|e| e.kind == EventKind::AddressInUse).collect::<Vec<_>>()
     );
-    let removed = ev.iter().filter(ms2).find(|e| e.kind == "removeif" && e.machine.as_deref() == Some("machine-c"));
-    let stopped = ev.iter().filter(ms2).find(|e| e.kind == "nm-stopped");
+    let removed =
+        ev.iter().filter(ms2).find(|e| e.kind == EventKind::Removeif && e.machine.as_deref() == Some("machine-c"));
+    let stopped = ev.iter().filter(ms2).find(|e| e.kind == EventKind::NmStopped);
     let (removed, stopped) = (removed.expect("removeif on machine-c"), stopped.expect("the stop's answer"));
     assert!(
         removed.at_ms <= stopped.at_ms,
@@ -216,7 +217,7 @@ async fn a_restarted_node_manager_removes_the_floating_ips_it_left_behind() {
         admin
             .events(0)
             .await
-            .is_ok_and(|ev| ev.iter().any(|e| e.kind == "address-in-use" && e.server.as_deref() == Some("ms2")))
+            .is_ok_and(|ev| ev.iter().any(|e| e.kind == EventKind::AddressInUse && e.server.as_deref() == Some("ms2")))
     })
     .await
     .unwrap();
@@ -227,7 +228,7 @@ async fn a_restarted_node_manager_removes_the_floating_ips_it_left_behind() {
         admin
             .events(0)
             .await
-            .is_ok_and(|ev| ev.iter().any(|e| e.kind == "leftover" && e.server.as_deref() == Some("ms2")))
+            .is_ok_and(|ev| ev.iter().any(|e| e.kind == EventKind::Leftover && e.server.as_deref() == Some("ms2")))
     })
     .await
     .unwrap();
@@ -246,7 +247,7 @@ async fn a_restarted_node_manager_removes_the_floating_ips_it_left_behind() {
     h.start_nm("machine-b").await.unwrap();
     assert_eq!(owner("198.18.1.101").as_deref(), Some("machine-b"));
     assert!(
-        !events(&h).await.iter().any(|e| e.kind == "leftover" && e.server.as_deref() == Some("ms1")),
+        !events(&h).await.iter().any(|e| e.kind == EventKind::Leftover && e.server.as_deref() == Some("ms1")),
         "ms1 still runs: its address is not a leftover"
     );
     journal_with(&h, "ms2", 2).await;

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ferry_api::EventKind;
 use ferry_testkit::Harness;
 
 use super::{assert_safe, ferry_cli, spec, started};
@@ -69,8 +70,8 @@ async fn the_command_line_drives_the_domain() {
 
     let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
     let events: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
-    assert!(events.iter().any(|e| e.kind == "master-acquired"));
-    assert!(events.iter().any(|e| e.kind == "lease-released" && e.server.as_deref() == Some("ms1")));
+    assert!(events.iter().any(|e| e.kind == EventKind::MasterAcquired));
+    assert!(events.iter().any(|e| e.kind == EventKind::LeaseReleased && e.server.as_deref() == Some("ms1")));
 
     let out = ferry_cli(&url, &cfg, &["migrate", "ms1", "--to", "machine-q"]);
     assert_eq!(out.status.code(), Some(1));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_api::{NmStart, Origin};
+use ferry_api::{EventKind, NmStart, Origin};
 use ferry_testkit::{wait_until, Harness};
 use nix::sys::signal::Signal;
 
@@ -24,7 +24,7 @@ async fn kill_machine_then_failback() {
     let answer = h.wait_answer_from("ms2", "machine-d", PATIENCE).await.expect("ms2's service answers");
     assert_eq!(answer["fencing_token"], after.epoch.unwrap());
     let ev = events(&h).await;
-    for kind in ["lease-expired", "restart-in-place", "machine-failed", "migrate"] {
+    for kind in [EventKind::LeaseExpired, EventKind::RestartInPlace, EventKind::MachineFailed, EventKind::Migrate] {
         assert!(ev.iter().any(|e| e.kind == kind && e.server.as_deref() == Some("ms2")), "no {kind} event for ms2");
     }
     assert!(h.machine_pids("machine-c").is_empty(), "nothing of machine-c survived");
@@ -62,7 +62,7 @@ async fn hung_server_is_fenced_and_restarted_in_place() {
         admin
             .events(0)
             .await
-            .map(|ev| ev.iter().any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c"))
+            .map(|ev| ev.iter().any(|e| e.kind == EventKind::Fenced && e.source == "nodemanager/machine-c"))
             .unwrap_or(false)
     })
     .await
@@ -73,7 +73,7 @@ async fn hung_server_is_fenced_and_restarted_in_place() {
     assert!(after.epoch > before.epoch);
     assert_ne!(after.pid, Some(pid));
     let ev = events(&h).await;
-    assert!(ev.iter().any(|e| e.kind == "restart-in-place" && e.server.as_deref() == Some("ms2")));
+    assert!(ev.iter().any(|e| e.kind == EventKind::RestartInPlace && e.server.as_deref() == Some("ms2")));
     assert_safe(&h).await;
 }
 
@@ -100,13 +100,13 @@ async fn crashed_server_restarts_at_once_by_handover() {
     .unwrap();
     let ev = events(&h).await;
     assert!(
-        ev.iter().any(|e| e.kind == "lease-acquired"
+        ev.iter().any(|e| e.kind == EventKind::LeaseAcquired
             && e.server.as_deref() == Some("ms1")
             && e.message.contains("handover")),
         "ms1 took its lease by handover"
     );
     assert!(
-        !ev.iter().any(|e| e.kind == "lease-expired" && e.server.as_deref() == Some("ms1")),
+        !ev.iter().any(|e| e.kind == EventKind::LeaseExpired && e.server.as_deref() == Some("ms1")),
         "the lease never had to expire"
     );
     assert_safe(&h).await;
@@ -125,7 +125,7 @@ async fn master_machine_dies_another_server_takes_over() {
     let ms2 = status_of(&h, "ms2").await;
     assert_eq!(ms2.machine.as_deref(), Some("machine-c"));
     let ev = events(&h).await;
-    assert!(ev.iter().any(|e| e.kind == "master-acquired" && e.source == "server/ms2"), "ms2 became master");
+    assert!(ev.iter().any(|e| e.kind == EventKind::MasterAcquired && e.source == "server/ms2"), "ms2 became master");
     assert_safe(&h).await;
 }
 
@@ -158,7 +158,7 @@ async fn admin_down_servers_keep_running_and_restart_from_cache() {
         admin
             .events(0)
             .await
-            .map(|ev| ev.iter().any(|e| e.kind == "config-cached" && e.server.as_deref() == Some("ms1")))
+            .map(|ev| ev.iter().any(|e| e.kind == EventKind::ConfigCached && e.server.as_deref() == Some("ms1")))
             .unwrap_or(false)
     })
     .await
@@ -230,7 +230,7 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
         let nm_fenced = said_why
             || wait_until(Duration::from_secs(5), "a Node Manager fence event", || async {
                 admin.events(0).await.unwrap_or_default().iter().any(|e| {
-                    e.kind == "fenced"
+                    e.kind == EventKind::Fenced
                         && e.source == format!("nodemanager/{machine}")
                         && e.server.as_deref() == Some(server)
                 })
@@ -257,12 +257,12 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
     h.wait_answer_from("ms2", "machine-c", PATIENCE).await.unwrap();
     let ev = events(&h).await;
     assert!(
-        ev.iter().any(|e| e.kind == "restart-after-fence" && e.server.as_deref() == Some("ms2")),
+        ev.iter().any(|e| e.kind == EventKind::RestartAfterFence && e.server.as_deref() == Some("ms2")),
         "{:#?}",
         ev.iter().map(|e| format!("{:?} {} {} {}", e.server, e.source, e.kind, e.message)).collect::<Vec<_>>()
     );
     assert!(
-        !ev.iter().any(|e| e.kind == "not-restarting"),
+        !ev.iter().any(|e| e.kind == EventKind::NotRestarting),
         "after an outage the Node Managers bring their servers back themselves"
     );
     assert_safe(&h).await;
@@ -305,7 +305,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
         admin
             .events(0)
             .await
-            .map(|ev| ev.iter().any(|e| e.kind == "adopted" && e.server.as_deref() == Some("ms2")))
+            .map(|ev| ev.iter().any(|e| e.kind == EventKind::Adopted && e.server.as_deref() == Some("ms2")))
             .unwrap_or(false)
     })
     .await
@@ -328,7 +328,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
         admin
             .events(0)
             .await
-            .map(|ev| ev.iter().any(|e| e.kind == "fenced" && e.source == "nodemanager/machine-c"))
+            .map(|ev| ev.iter().any(|e| e.kind == EventKind::Fenced && e.source == "nodemanager/machine-c"))
             .unwrap_or(false)
     })
     .await
@@ -427,11 +427,11 @@ async fn a_fenced_server_is_restarted_by_the_master_alone_while_one_is_live() {
     let ev = events(&h).await;
     let ms2: Vec<_> = ev.iter().filter(|e| e.server.as_deref() == Some("ms2")).collect();
     assert!(
-        ms2.iter().any(|e| e.kind == "not-restarting" && e.message.contains("cluster master ms1")),
+        ms2.iter().any(|e| e.kind == EventKind::NotRestarting && e.message.contains("cluster master ms1")),
         "the Node Manager gave way to the master: {ms2:#?}"
     );
-    assert!(ms2.iter().any(|e| e.kind == "restart-in-place" && e.source.starts_with("server/")), "{ms2:#?}");
-    assert!(!ms2.iter().any(|e| e.kind == "restart-after-fence"), "{ms2:#?}");
+    assert!(ms2.iter().any(|e| e.kind == EventKind::RestartInPlace && e.source.starts_with("server/")), "{ms2:#?}");
+    assert!(!ms2.iter().any(|e| e.kind == EventKind::RestartAfterFence), "{ms2:#?}");
     journal_with(&h, "ms2", 2).await;
 }
 
@@ -538,7 +538,8 @@ async fn a_node_manager_resumed_after_a_pause_does_not_fence_its_healthy_servers
     .unwrap();
     let after = status_of(&h, "ms2").await;
     let ev = h.admin().events(since).await.unwrap();
-    let fenced: Vec<_> = ev.iter().filter(|e| e.kind == "fenced" || e.kind == "server-exited").collect();
+    let fenced: Vec<_> =
+        ev.iter().filter(|e| e.kind == EventKind::Fenced || e.kind == EventKind::ServerExited).collect();
     assert!(fenced.is_empty(), "nobody was fenced: {fenced:#?}");
     assert_eq!((after.epoch, after.machine.as_deref()), (before.epoch, Some("machine-c")), "{after:?}");
     assert_safe(&h).await;

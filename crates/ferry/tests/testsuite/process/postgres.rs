@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ferry_api::EventKind;
 use ferry_testkit::{wait_until, Harness};
 
 use super::{assert_safe, events, spec};
@@ -53,7 +54,7 @@ async fn postgres_lease_table_failover_and_outage() {
         assert!(h.who_answers(server).await.is_none(), "{server}'s service is down");
     }
     let ev = events(&h).await;
-    let migrations_before = ev.iter().filter(|e| e.kind == "migrate").count();
+    let migrations_before = ev.iter().filter(|e| e.kind == EventKind::Migrate).count();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The admin answers with the database's error and no password.
     let e = h.admin().servers().await.unwrap_err().to_string();
@@ -73,7 +74,7 @@ async fn postgres_lease_table_failover_and_outage() {
     h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
     let ev = events(&h).await;
     assert_eq!(
-        ev.iter().filter(|e| e.kind == "migrate").count(),
+        ev.iter().filter(|e| e.kind == EventKind::Migrate).count(),
         migrations_before,
         "nothing migrated during or after the outage"
     );

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ferry_api::EventKind;
 use ferry_testkit::{wait_until, Harness};
 
 use super::{assert_safe, ferry_cli, ferry_cli_env, spec, started};
@@ -122,11 +123,15 @@ async fn operator_tokens_have_roles_and_every_change_names_its_token() {
     // The audit trail names the tokens: `-o json` and the human form.
     let out = ferry_cli(&url, &cfg, &["events", "-o", "json"]);
     let events: Vec<ferry_api::Event> = serde_json::from_slice(&out.stdout).expect("events -o json is one JSON array");
-    let by = |kind: &str, who: &str| events.iter().any(|e| e.kind == kind && e.by.as_deref() == Some(who));
-    assert!(by("nm-stopped", "ci") && by("nm-started", "ci"), "the stop and start name 'ci'");
-    assert!(by("config-changed", "admin") && by("token-created", "admin") && by("token-revoked", "admin"));
+    let by = |kind: EventKind, who: &str| events.iter().any(|e| e.kind == kind && e.by.as_deref() == Some(who));
+    assert!(by(EventKind::NmStopped, "ci") && by(EventKind::NmStarted, "ci"), "the stop and start name 'ci'");
     assert!(
-        events.iter().filter(|e| e.kind == "contact-nm").all(|e| e.by.is_some()),
+        by(EventKind::ConfigChanged, "admin")
+            && by(EventKind::TokenCreated, "admin")
+            && by(EventKind::TokenRevoked, "admin")
+    );
+    assert!(
+        events.iter().filter(|e| e.kind == EventKind::ContactNm).all(|e| e.by.is_some()),
         "every operation step has its token"
     );
     assert!(events.iter().filter(|e| e.source != "admin").all(|e| e.by.is_none()), "daemons' events name no operator");
@@ -264,7 +269,7 @@ async fn enrollment_by_one_time_token_and_revocation() {
     h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     let events = admin.events(0).await.unwrap();
     assert!(
-        events.iter().any(|e| e.kind == "machine-revoked" && e.by.as_deref() == Some("admin")),
+        events.iter().any(|e| e.kind == EventKind::MachineRevoked && e.by.as_deref() == Some("admin")),
         "the revocation is in the event log, with the token that made it"
     );
 }
