@@ -128,7 +128,7 @@ async fn put_domain(
                 None,
                 None,
                 format!("configuration version {v} accepted"),
-                Some(caller.name.as_str()),
+                Some(&caller.name),
             );
             Json(out).into_response()
         }
@@ -355,7 +355,7 @@ async fn create_token(
                 None,
                 None,
                 format!("token '{}' created with the {} role ({expiry})", info.name, info.role),
-                Some(caller.name.as_str()),
+                Some(&caller.name),
             );
             // The one answer that carries a token: keep it out of every cache.
             (
@@ -390,7 +390,7 @@ async fn revoke_token(
                 None,
                 None,
                 format!("token '{}' ({} role) revoked", info.name, info.role),
-                Some(caller.name.as_str()),
+                Some(&caller.name),
             );
             Json(info).into_response()
         }
@@ -469,10 +469,7 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
         Ok(b) => b,
         Err(e) => return error(e.status().as_u16(), format!("bad enrollment request: {}", e.body_text())),
     };
-    let machine = match ferry_core::MachineName::new(req.machine.as_str()) {
-        Ok(m) => m,
-        Err(e) => return error(400, format!("bad machine name: {e}")),
-    };
+    let machine = req.machine.clone();
     let d = s.domain();
     if d.domain.machine(&machine).is_none() {
         return error(
@@ -485,7 +482,7 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
             s.event(
                 EventKind::MachineEnrolled,
                 None,
-                Some(machine.as_str()),
+                Some(&machine),
                 None,
                 format!("machine {machine} enrolled: its Node Manager has certificates of the domain"),
             );
@@ -496,7 +493,7 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
             s.event(
                 EventKind::EnrollmentRefused,
                 None,
-                Some(machine.as_str()),
+                Some(&machine),
                 None,
                 format!("refused to enroll machine {machine}: {msg}"),
             );
@@ -555,7 +552,7 @@ async fn pki_rotate(
             s.event(
                 EventKind::MachineRotated,
                 None,
-                Some(m.as_str()),
+                Some(&req.machine),
                 None,
                 format!("machine {m} rotated its keys: new certificates issued; the old ones stay valid until they expire or the machine is revoked"),
             );
@@ -584,14 +581,14 @@ async fn enroll_token(
     if d.domain.machine(&machine).is_none() {
         return error(404, format!("machine {machine} is not defined in domain {}", d.domain.name));
     }
-    let t = s.pki.enroll_token(machine.as_str(), ferry_host::clock::wall_ms());
+    let t = s.pki.enroll_token(&machine, ferry_host::clock::wall_ms());
     s.record(
         EventKind::EnrollTokenCreated,
         None,
-        Some(machine.as_str()),
+        Some(&machine),
         None,
         format!("a one-time enrollment token for machine {machine} was made (valid one hour)"),
-        Some(caller.name.as_str()),
+        Some(&caller.name),
     );
     Json(t).into_response()
 }
@@ -606,16 +603,16 @@ async fn revoke_machine(
         Ok(m) => m,
         Err(e) => return error(400, format!("bad machine name: {e}")),
     };
-    let r = s.pki.revoke(machine.as_str());
+    let r = s.pki.revoke(&machine);
     // Kept connections were checked at their handshake, before the revocation.
     s.nm_clients.lock().unwrap_or_else(|p| p.into_inner()).clear();
     s.record(
         EventKind::MachineRevoked,
         None,
-        Some(machine.as_str()),
+        Some(&machine),
         None,
         format!("the certificates of machine {machine} were revoked ({} serials); its Node Manager and the servers it started are refused until it enrolls again", r.serials.len()),
-        Some(caller.name.as_str()),
+        Some(&caller.name),
     );
     Json(r).into_response()
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use ferry_api::Operation;
+use ferry_api::{Operation, OperationKind, OperationState};
 use ferry_core::TokenName;
 
 /// Why a request is refused before anything is touched, each with its HTTP status
@@ -65,26 +65,26 @@ pub(crate) struct Operations {
 const KEEP_OPS: usize = 1_000;
 
 impl Operations {
-    pub fn create(&self, kind: &str, target: &str, by: &TokenName) -> u64 {
+    /// A new operation, running: what the caller answers at once (it is then carried out
+    /// in the background, its steps and outcome recorded under its `id`).
+    pub fn create(&self, kind: OperationKind, target: &str, by: &TokenName) -> Operation {
         let id = self.next.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
-        ops.insert(
+        let op = Operation {
             id,
-            Operation {
-                id,
-                kind: kind.into(),
-                target: target.into(),
-                state: "running".into(),
-                steps: vec![],
-                error: None,
-                by: Some(by.to_string()),
-            },
-        );
+            kind,
+            target: target.into(),
+            state: OperationState::Running,
+            steps: vec![],
+            error: None,
+            by: Some(by.clone()),
+        };
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.insert(id, op.clone());
         while ops.len() > KEEP_OPS {
             let first = *ops.keys().next().unwrap_or(&0);
             ops.remove(&first);
         }
-        id
+        op
     }
 
     pub fn get(&self, id: u64) -> Option<Operation> {
@@ -92,7 +92,7 @@ impl Operations {
     }
 
     /// The name of the operator token that asked for operation `id`.
-    pub fn by(&self, id: u64) -> Option<String> {
+    pub fn by(&self, id: u64) -> Option<TokenName> {
         self.ops.lock().ok()?.get(&id).and_then(|o| o.by.clone())
     }
 

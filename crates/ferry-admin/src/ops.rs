@@ -2,11 +2,12 @@
 //! operation whose steps are recorded (for `ferry migrate --wait`) and logged as events.
 //! Requests are checked before anything is touched, so a refused request disturbs nothing.
 
+use ferry_core::nodeman::ServerState;
 use ferry_core::EventKind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_api::{NmStart, NmStop, Operation, Origin, Step};
+use ferry_api::{NmStart, NmStop, Operation, OperationKind, OperationState, Origin, Step};
 use ferry_core::lease::Lease;
 use ferry_core::{ClusterName, LeaseName, MachineName, ServerName, TokenName};
 use ferry_host::clock;
@@ -21,17 +22,17 @@ impl AdminState {
     fn step(&self, op: u64, kind: EventKind, server: &ServerName, machine: Option<&MachineName>, message: String) {
         self.ops.update(op, |o| o.steps.push(Step { at_ms: clock::wall_ms(), message: message.clone() }));
         let by = self.ops.by(op);
-        self.record(kind, Some(server.as_str()), machine.map(|m| m.as_str()), None, message, by.as_deref());
+        self.record(kind, Some(server), machine, None, message, by.as_ref());
     }
 
     fn finish(&self, op: u64, result: Result<String, String>) {
         self.ops.update(op, |o| match result {
             Ok(msg) => {
                 o.steps.push(Step { at_ms: clock::wall_ms(), message: msg });
-                o.state = "succeeded".into();
+                o.state = OperationState::Succeeded;
             }
             Err(e) => {
-                o.state = "failed".into();
+                o.state = OperationState::Failed;
                 o.error = Some(e);
             }
         });
@@ -104,13 +105,14 @@ impl AdminState {
                 remaining_ms: l.remaining_ms,
             });
         }
-        let op = self.ops.create("start", cfg.name.as_str(), by);
+        let created = self.ops.create(OperationKind::Start, cfg.name.as_str(), by);
+        let op = created.id;
         let me = self.clone();
         tokio::spawn(async move {
             let r = me.start_on(op, &cfg, &cfg.machine).await;
             me.finish(op, r);
         });
-        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+        Ok(created)
     }
 
     /// Starts `cfg` on `machine` and waits until it runs there: its lease, then its services.
@@ -208,7 +210,7 @@ impl AdminState {
         loop {
             let last = match self.ask_nm(machine, Duration::from_secs(2)).await {
                 Ok(list) => match list.into_iter().find(|e| e.name == cfg.name.as_str()) {
-                    Some(e) if e.state == "RUNNING" => return Ok(()),
+                    Some(e) if e.state == ServerState::Running => return Ok(()),
                     Some(e) => format!("its Node Manager says {}", e.state),
                     None => "its Node Manager does not list it".to_string(),
                 },
@@ -288,7 +290,8 @@ impl AdminState {
             ));
         }
         let servers: Vec<_> = d.servers_in(&cluster).cloned().collect();
-        let op = self.ops.create("start-cluster", cluster.as_str(), by);
+        let created = self.ops.create(OperationKind::StartCluster, cluster.as_str(), by);
+        let op = created.id;
         let me = self.clone();
         tokio::spawn(async move {
             let mut tasks = Vec::new();
@@ -349,7 +352,7 @@ impl AdminState {
                 if errors.is_empty() { Ok(format!("cluster {cluster} started")) } else { Err(errors.join("; ")) },
             );
         });
-        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+        Ok(created)
     }
 
     /// The step of a start-cluster for a server that holds its lease already.
@@ -364,13 +367,14 @@ impl AdminState {
         let Some(machine) = self.locate(&cfg.name).await? else {
             return Err(ApiError::NotRunning(cfg.name.to_string()));
         };
-        let op = self.ops.create("stop", cfg.name.as_str(), by);
+        let created = self.ops.create(OperationKind::Stop, cfg.name.as_str(), by);
+        let op = created.id;
         let me = self.clone();
         tokio::spawn(async move {
             let r = me.stop_on(op, &cfg, &machine, force).await.map(|_| format!("{} stopped", cfg.name));
             me.finish(op, r);
         });
-        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+        Ok(created)
     }
 
     async fn stop_on(
@@ -463,13 +467,14 @@ impl AdminState {
         if from.as_ref() == Some(&target) {
             return Err(ApiError::AlreadyThere { server: cfg.name.to_string(), target: target.to_string() });
         }
-        let op = self.ops.create("migrate", cfg.name.as_str(), by);
+        let created = self.ops.create(OperationKind::Migrate, cfg.name.as_str(), by);
+        let op = created.id;
         let me = self.clone();
         tokio::spawn(async move {
             let r = me.migrate_steps(op, &cfg, from, &target).await;
             me.finish(op, r);
         });
-        Ok(self.ops.get(op).unwrap_or_else(|| placeholder(op)))
+        Ok(created)
     }
 
     async fn migrate_steps(
@@ -542,15 +547,3 @@ enum StartFailure {
 
 /// How long a migration waits before asking a target that refused for an address in use again.
 const ADDRESS_RETRY: Duration = Duration::from_millis(200);
-
-fn placeholder(id: u64) -> Operation {
-    Operation {
-        id,
-        kind: String::new(),
-        target: String::new(),
-        state: "running".into(),
-        steps: vec![],
-        error: None,
-        by: None,
-    }
-}

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ferry_api::{EnrollRequest, EnrollResponse, EnrollToken, Revoked};
+use ferry_core::MachineName;
 use ferry_host::files;
 use ferry_tls::{Ca, Credentials, Identity, Revocations};
 use serde::{Deserialize, Serialize};
@@ -40,7 +41,7 @@ struct Registry {
 struct Inner {
     registry: Registry,
     /// Pending enrollment tokens: SHA-256 of the token, its machine, expiry (Unix ms).
-    tokens: Vec<([u8; 32], String, u64)>,
+    tokens: Vec<([u8; 32], MachineName, u64)>,
 }
 
 /// Why a machine gets no certificates, each with its HTTP status (`status`).
@@ -170,14 +171,14 @@ impl AdminPki {
 
     /// A one-time token for `ferry enroll --machine MACHINE`: random, then the CA's
     /// fingerprint (so the machine can check it reached this domain's admin).
-    pub fn enroll_token(&self, machine: &str, now_ms: u64) -> EnrollToken {
+    pub fn enroll_token(&self, machine: &MachineName, now_ms: u64) -> EnrollToken {
         let secret: [u8; 24] = rand::random();
         let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         let token = format!("{hex}.{}", ferry_tls::ca_pin(self.ca.cert_pem()));
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.tokens.retain(|(_, _, exp)| *exp > now_ms);
-        inner.tokens.push((hash(&token), machine.to_string(), now_ms + TOKEN_TTL_MS));
-        EnrollToken { machine: machine.to_string(), token, expires_ms: now_ms + TOKEN_TTL_MS }
+        inner.tokens.push((hash(&token), machine.clone(), now_ms + TOKEN_TTL_MS));
+        EnrollToken { machine: machine.clone(), token, expires_ms: now_ms + TOKEN_TTL_MS }
     }
 
     /// Signs a machine's requests if `req.token` is a pending token for it (used up here)
@@ -195,7 +196,7 @@ impl AdminPki {
                 Some(i) => {
                     inner.tokens.remove(i);
                 }
-                None => return Err(Refusal::BadToken(req.machine.clone())),
+                None => return Err(Refusal::BadToken(req.machine.to_string())),
             }
         }
         self.sign(&mut inner, req)
@@ -211,26 +212,26 @@ impl AdminPki {
 
     /// Signs a machine's two requests and records the serials (under the caller's lock).
     fn sign(&self, inner: &mut Inner, req: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
-        let id = Identity::Machine(req.machine.clone());
+        let id = Identity::Machine(req.machine.to_string());
         let chain_pem = self.ca.sign_leaf(&req.leaf_csr, &id).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let issuer_pem =
             self.ca.sign_issuer(&req.issuer_csr, &req.machine).map_err(|e| Refusal::BadRequest(e.to_string()))?;
         let serials: Vec<String> =
             [&chain_pem, &issuer_pem].iter().filter_map(|p| ferry_tls::serial_of(p).ok()).collect();
-        inner.registry.machines.entry(req.machine.clone()).or_default().extend(serials);
+        inner.registry.machines.entry(req.machine.to_string()).or_default().extend(serials);
         self.persist(inner);
         Ok(EnrollResponse { chain_pem, issuer_pem, ca_pem: self.ca.cert_pem().to_string() })
     }
 
     /// Revokes every certificate machine `machine` was issued (and so every server
     /// certificate its Node Manager signed). Its Node Manager must enroll again.
-    pub fn revoke(&self, machine: &str) -> Revoked {
+    pub fn revoke(&self, machine: &MachineName) -> Revoked {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let serials = inner.registry.machines.remove(machine).unwrap_or_default();
+        let serials = inner.registry.machines.remove(machine.as_str()).unwrap_or_default();
         inner.registry.revoked.extend(serials.iter().cloned());
         self.revoked.replace(inner.registry.revoked.clone());
         self.persist(&inner);
-        Revoked { machine: machine.to_string(), serials }
+        Revoked { machine: machine.clone(), serials }
     }
 
     pub fn revoked_serials(&self) -> Vec<String> {

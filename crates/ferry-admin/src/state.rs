@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use ferry_api::{ClusterStatus, Event, MachineStatus, NmClient, NmServer, ServerStatus, VersionedDomain};
 use ferry_core::lease::{Lease, LeaseState};
-use ferry_core::{LeaseName, MachineName, Mono, ServerName};
+use ferry_core::nodeman::ViewState;
+use ferry_core::{Epoch, LeaseName, MachineName, Mono, ServerName, TokenName};
 use ferry_host::clock;
 use ferry_store::LeaseStore;
 
@@ -82,9 +83,9 @@ impl AdminState {
     pub fn event(
         &self,
         kind: EventKind,
-        server: Option<&str>,
-        machine: Option<&str>,
-        epoch: Option<u64>,
+        server: Option<&ServerName>,
+        machine: Option<&MachineName>,
+        epoch: Option<Epoch>,
         message: String,
     ) {
         self.record(kind, server, machine, epoch, message, None);
@@ -95,14 +96,14 @@ impl AdminState {
     pub(crate) fn record(
         &self,
         kind: EventKind,
-        server: Option<&str>,
-        machine: Option<&str>,
-        epoch: Option<u64>,
+        server: Option<&ServerName>,
+        machine: Option<&MachineName>,
+        epoch: Option<Epoch>,
         message: String,
-        by: Option<&str>,
+        by: Option<&TokenName>,
     ) {
         match by {
-            Some(by) => tracing::info!(kind = kind.as_str(), by, "{message}"),
+            Some(by) => tracing::info!(kind = kind.as_str(), by = by.as_str(), "{message}"),
             None => tracing::info!(kind = kind.as_str(), "{message}"),
         }
         self.events.append(Event {
@@ -110,11 +111,11 @@ impl AdminState {
             at_ms: clock::wall_ms(),
             source: "admin".into(),
             kind,
-            server: server.map(Into::into),
-            machine: machine.map(Into::into),
+            server: server.cloned(),
+            machine: machine.cloned(),
             epoch,
             message,
-            by: by.map(Into::into),
+            by: by.cloned(),
         });
     }
 
@@ -182,7 +183,7 @@ impl AdminState {
             .map(|(m, v)| {
                 let fresh = v.fresh(now);
                 MachineStatus {
-                    name: m.to_string(),
+                    name: m.clone(),
                     node_manager: d.domain.machine(&m).map_or_else(|| v.addr.clone(), |m| m.node_manager.to_string()),
                     reachable: fresh,
                     error: (!fresh).then(|| v.problem(now)),
@@ -211,14 +212,14 @@ impl AdminState {
             let j = judge(&s.name, lease, &views, now);
             let view = j.machine.as_ref().and_then(|m| views.iter().find(|(n, _)| n == m)).map(|(_, v)| v);
             out.push(ServerStatus {
-                name: s.name.to_string(),
-                cluster: s.cluster.to_string(),
+                name: s.name.clone(),
+                cluster: s.cluster.clone(),
                 state: j.state,
-                machine: j.machine.map(|m| m.to_string()),
-                home_machine: s.machine.to_string(),
+                machine: j.machine,
+                home_machine: s.machine.clone(),
                 pid: j.pid,
-                epoch: lease.map(|l| l.epoch.0),
-                incarnation: lease.and_then(|l| l.incarnation.as_ref().map(|i| i.0.clone())),
+                epoch: lease.map(|l| l.epoch),
+                incarnation: lease.and_then(|l| l.incarnation.clone()),
                 lease_remaining_ms: lease.filter(|l| l.state == LeaseState::Held).map(|l| l.remaining_ms),
                 master,
                 floating_ip: s.floating_ip.map(|i| i.to_string()),
@@ -236,11 +237,11 @@ impl AdminState {
         for c in &d.clusters {
             let lease = self.store.get(&LeaseName::Master(c.name.clone())).await?.filter(|l| l.is_live());
             out.push(ClusterStatus {
-                name: c.name.to_string(),
-                master: lease.as_ref().and_then(|l| l.owner.as_ref().map(|o| o.to_string())),
-                master_epoch: lease.as_ref().map(|l| l.epoch.0),
+                name: c.name.clone(),
+                master: lease.as_ref().and_then(|l| l.owner.clone()),
+                master_epoch: lease.as_ref().map(|l| l.epoch),
                 master_lease_remaining_ms: lease.as_ref().map(|l| l.remaining_ms),
-                servers: d.servers_in(&c.name).map(|s| s.name.to_string()).collect(),
+                servers: d.servers_in(&c.name).map(|s| s.name.clone()).collect(),
             });
         }
         Ok(out)
@@ -250,7 +251,7 @@ impl AdminState {
 /// What `ferry status` says of one server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Judged {
-    pub state: String,
+    pub state: ViewState,
     pub machine: Option<MachineName>,
     pub pid: Option<i32>,
 }
@@ -266,11 +267,11 @@ pub(crate) fn judge(
     views: &[(MachineName, views::View)],
     now: Mono,
 ) -> Judged {
-    let entry_in = |v: &views::View| v.servers.iter().find(|e| e.name == server.as_str()).cloned();
+    let entry_in = |v: &views::View| v.servers.iter().find(|e| e.name == *server).cloned();
     if let Some(l) = lease.filter(|l| l.is_live()) {
         let e = l.machine.as_ref().and_then(|m| views.iter().find(|(n, _)| n == m)).and_then(|(_, v)| entry_in(v));
         return Judged {
-            state: e.as_ref().map_or("UNKNOWN", |e| e.state.as_str()).to_string(),
+            state: e.as_ref().map_or(ViewState::Unknown, |e| e.state.into()),
             machine: l.machine.clone(),
             pid: e.and_then(|e| e.pid),
         };
@@ -288,17 +289,14 @@ pub(crate) fn judge(
             }
         }
     }
-    let judged = |state: &str, machine: Option<&MachineName>, pid| Judged {
-        state: state.into(),
-        machine: machine.cloned(),
-        pid,
-    };
+    let judged =
+        |state: ViewState, machine: Option<&MachineName>, pid| Judged { state, machine: machine.cloned(), pid };
     match (lease, &best) {
-        (_, Some((m, e))) if e.pid.is_some() => judged(&e.state, Some(m), e.pid),
-        (Some(l), _) if l.is_expired() => judged("EXPIRED", l.machine.as_ref(), None),
-        (_, Some((m, e))) => judged(&e.state, Some(m), None),
-        (Some(l), None) if l.state == LeaseState::Released => judged("SHUTDOWN", l.machine.as_ref(), None),
-        _ => judged("SHUTDOWN", None, None),
+        (_, Some((m, e))) if e.pid.is_some() => judged(e.state.into(), Some(m), e.pid),
+        (Some(l), _) if l.is_expired() => judged(ViewState::Expired, l.machine.as_ref(), None),
+        (_, Some((m, e))) => judged(e.state.into(), Some(m), None),
+        (Some(l), None) if l.state == LeaseState::Released => judged(ViewState::Shutdown, l.machine.as_ref(), None),
+        _ => judged(ViewState::Shutdown, None, None),
     }
 }
 
@@ -325,8 +323,8 @@ mod tests {
 
     fn entry(state: &str, pid: Option<i32>) -> ferry_api::NmServer {
         ferry_api::NmServer {
-            name: "ms1".into(),
-            state: state.into(),
+            name: ServerName::new("ms1").unwrap(),
+            state: ferry_core::nodeman::ServerState::parse(state).unwrap(),
             pid,
             incarnation: None,
             epoch: None,
@@ -350,7 +348,11 @@ mod tests {
     }
 
     fn judged(state: &str, machine: Option<&str>, pid: Option<i32>) -> Judged {
-        Judged { state: state.into(), machine: machine.map(|m| MachineName::new(m).unwrap()), pid }
+        Judged {
+            state: serde_json::from_str(&format!("{state:?}")).unwrap(),
+            machine: machine.map(|m| MachineName::new(m).unwrap()),
+            pid,
+        }
     }
 
     /// RUNNING means healthy: with a live lease, the state is what the Node Manager of the

@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ferry_api::{Role, TokenInfo};
+use ferry_api::{Role, TokenInfo, TokenState};
 use ferry_core::TokenName;
 use ferry_host::{clock, files};
 use serde::{Deserialize, Serialize};
@@ -46,13 +46,13 @@ struct Record {
 }
 
 impl Record {
-    fn state(&self, now_ms: u64) -> &'static str {
+    fn state(&self, now_ms: u64) -> TokenState {
         if self.revoked_ms.is_some() {
-            "revoked"
+            TokenState::Revoked
         } else if self.expires_ms.is_some_and(|e| now_ms >= e) {
-            "expired"
+            TokenState::Expired
         } else {
-            "active"
+            TokenState::Active
         }
     }
 
@@ -63,7 +63,7 @@ impl Record {
             created_ms: self.created_ms,
             expires_ms: self.expires_ms,
             revoked_ms: self.revoked_ms,
-            state: self.state(now_ms).into(),
+            state: self.state(now_ms),
         }
     }
 }
@@ -179,14 +179,14 @@ impl TokenStore {
         }
         let before = self.records.clone();
         if let Some(i) = self.records.iter().position(|r| r.name == name) {
-            if self.records[i].state(now_ms) == "active" {
+            if self.records[i].state(now_ms) == TokenState::Active {
                 return Err(TokenError::Exists(name));
             }
             // The name of a revoked or expired token may be used again.
             self.records.remove(i);
         }
         if self.records.len() >= MAX_TOKENS {
-            self.records.retain(|r| r.state(now_ms) == "active");
+            self.records.retain(|r| r.state(now_ms) == TokenState::Active);
             if self.records.len() >= MAX_TOKENS {
                 self.records = before;
                 return Err(TokenError::Full);
@@ -216,7 +216,7 @@ impl TokenStore {
         if self.records[i].revoked_ms.is_some() {
             return Err(TokenError::AlreadyRevoked(name.clone()));
         }
-        let is_active_admin = |r: &Record| r.role == Role::Admin && r.state(now_ms) == "active";
+        let is_active_admin = |r: &Record| r.role == Role::Admin && r.state(now_ms) == TokenState::Active;
         if is_active_admin(&self.records[i]) && self.records.iter().filter(|r| is_active_admin(r)).count() == 1 {
             return Err(TokenError::LastAdmin(name.clone()));
         }
@@ -383,7 +383,7 @@ mod tests {
         let mut s = store(dir.path());
         let (t, info) = s.create(name("ci"), Role::Operator, None, 1_000, [7; 32]).unwrap();
         assert!(t.starts_with(TOKEN_PREFIX) && t.len() == TOKEN_PREFIX.len() + 64, "{}", t.len());
-        assert_eq!((info.role, info.state.as_str(), info.expires_ms), (Role::Operator, "active", None));
+        assert_eq!((info.role, info.state, info.expires_ms), (Role::Operator, TokenState::Active, None));
         assert_eq!(s.verify(&t, 2_000), Ok(Caller { name: name("ci"), role: Role::Operator }));
         assert_eq!(s.verify("ferry_00", 2_000), Err(Invalid::Unknown));
         assert_eq!(s.verify("", 2_000), Err(Invalid::Unknown));
@@ -406,10 +406,10 @@ mod tests {
         assert_eq!(info.expires_ms, Some(1_500));
         assert!(s.verify(&short, 1_499).is_ok());
         assert_eq!(s.verify(&short, 1_500), Err(Invalid::Expired { name: name("short"), at_ms: 1_500 }));
-        assert_eq!(s.list(2_000).iter().find(|i| i.name == name("short")).unwrap().state, "expired");
+        assert_eq!(s.list(2_000).iter().find(|i| i.name == name("short")).unwrap().state, TokenState::Expired);
         let (ci, _) = s.create(name("ci"), Role::Operator, None, 0, [3; 32]).unwrap();
         let info = s.revoke(&name("ci"), 5_000).unwrap();
-        assert_eq!((info.state.as_str(), info.revoked_ms), ("revoked", Some(5_000)));
+        assert_eq!((info.state, info.revoked_ms), (TokenState::Revoked, Some(5_000)));
         let e = s.verify(&ci, 6_000).unwrap_err();
         assert_eq!(e, Invalid::Revoked { name: name("ci"), at_ms: 5_000 });
         assert!(e.to_string().starts_with("token 'ci' was revoked at 1970-01-01T00:00:05"), "{e}");

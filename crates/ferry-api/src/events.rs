@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::client::AdminClient;
+use ferry_core::{Epoch, MachineName, ServerName};
+
 use crate::types::{Event, EventKind};
 
 const CAPACITY: usize = 2_000;
@@ -36,20 +38,25 @@ impl EventSink {
     pub fn emit(
         &self,
         kind: EventKind,
-        server: Option<&str>,
-        machine: Option<&str>,
-        epoch: Option<u64>,
+        server: Option<&ServerName>,
+        machine: Option<&MachineName>,
+        epoch: Option<Epoch>,
         message: impl Into<String>,
     ) {
         let message = message.into();
-        tracing::info!(kind = kind.as_str(), server = server.unwrap_or(""), epoch, "{message}");
+        tracing::info!(
+            kind = kind.as_str(),
+            server = server.map_or("", |s| s),
+            epoch = epoch.map(|e| e.0),
+            "{message}"
+        );
         self.push(Event {
             id: 0,
             at_ms: (self.wall_ms)(),
             source: self.source.clone(),
             kind,
-            server: server.map(Into::into),
-            machine: machine.map(Into::into),
+            server: server.cloned(),
+            machine: machine.cloned(),
             epoch,
             message,
             by: None,

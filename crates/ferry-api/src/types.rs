@@ -1,7 +1,9 @@
 //! Wire types. Field names are stable: `ferry status -o json` prints [`ServerStatus`] as is.
 
 use ferry_core::domain::Domain;
+pub use ferry_core::nodeman::{ServerState, ViewState};
 pub use ferry_core::EventKind;
+use ferry_core::{ClusterName, Epoch, Incarnation, LeaseName, MachineName, ServerName, TokenName};
 use serde::{Deserialize, Serialize};
 
 /// `detail.reason` of a Node Manager's refusal to start a server because another host still
@@ -36,20 +38,20 @@ pub struct DomainUpdate {
 /// One server in the run-time view (`GET /api/v1/servers`, `ferry status -o json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerStatus {
-    pub name: String,
-    pub cluster: String,
+    pub name: ServerName,
+    pub cluster: ClusterName,
     /// RUNNING (it holds its lease and its Node Manager says its services answer),
     /// STARTING, RESTARTING, STOPPING, SHUTDOWN, FENCED, FAILED, FAILED_CONFIG (what its
     /// Node Manager says), EXPIRED (its lease ran out and no Node Manager runs it), UNKNOWN (it holds its
     /// lease but its machine's Node Manager does not list it). With `view_stale`, the last
     /// known state.
-    pub state: String,
+    pub state: ViewState,
     /// Where it runs (or last ran): the lease's machine, else the Node Manager's.
-    pub machine: Option<String>,
-    pub home_machine: String,
+    pub machine: Option<MachineName>,
+    pub home_machine: MachineName,
     pub pid: Option<i32>,
-    pub epoch: Option<u64>,
-    pub incarnation: Option<String>,
+    pub epoch: Option<Epoch>,
+    pub incarnation: Option<Incarnation>,
     /// Time left on the server lease by the store's clock; negative once expired.
     pub lease_remaining_ms: Option<i64>,
     /// Whether this server holds its cluster's master lease.
@@ -69,18 +71,18 @@ pub struct ServerStatus {
 /// `GET /api/v1/clusters`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
-    pub name: String,
-    pub master: Option<String>,
-    pub master_epoch: Option<u64>,
+    pub name: ClusterName,
+    pub master: Option<ServerName>,
+    pub master_epoch: Option<Epoch>,
     pub master_lease_remaining_ms: Option<i64>,
-    pub servers: Vec<String>,
+    pub servers: Vec<ServerName>,
 }
 
 /// `GET /api/v1/machines`: the admin's view of each machine, kept by polling its Node
 /// Manager in the background (it answers at once, whatever state the machines are in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MachineStatus {
-    pub name: String,
+    pub name: MachineName,
     pub node_manager: String,
     /// Its Node Manager answered the last poll, lately (the view is not stale).
     pub reachable: bool,
@@ -110,16 +112,16 @@ pub struct Event {
     /// A stable word: `server-started`, `lease-acquired`, `fenced`, `master-acquired`, ...
     pub kind: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
+    pub server: Option<ServerName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub machine: Option<String>,
+    pub machine: Option<MachineName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<u64>,
+    pub epoch: Option<Epoch>,
     pub message: String,
     /// The name of the operator token behind a change made through the API (start, stop,
     /// migrate, start-cluster, configuration and token changes); never the token itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
+    pub by: Option<TokenName>,
 }
 
 /// `POST /api/v1/servers/{name}/migrate`.
@@ -139,17 +141,86 @@ pub struct StopRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
     pub id: u64,
-    /// `start-cluster`, `start`, `stop`, `migrate`.
-    pub kind: String,
+    pub kind: OperationKind,
+    /// The server, or for `start-cluster` the cluster.
     pub target: String,
-    /// `running`, `succeeded`, `failed`.
-    pub state: String,
+    pub state: OperationState,
     pub steps: Vec<Step>,
     pub error: Option<String>,
     /// The name of the operator token that asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub by: Option<String>,
+    pub by: Option<TokenName>,
 }
+
+/// What an [`Operation`] does: `start-cluster`, `start`, `stop`, `migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OperationKind {
+    StartCluster,
+    Start,
+    Stop,
+    Migrate,
+}
+
+impl OperationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::StartCluster => "start-cluster",
+            OperationKind::Start => "start",
+            OperationKind::Stop => "stop",
+            OperationKind::Migrate => "migrate",
+        }
+    }
+}
+
+/// Where an [`Operation`] is: `running`, then `succeeded` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperationState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl OperationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationState::Running => "running",
+            OperationState::Succeeded => "succeeded",
+            OperationState::Failed => "failed",
+        }
+    }
+}
+
+/// Where an operator token is: `active`, `expired` or `revoked`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl TokenState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Expired => "expired",
+            TokenState::Revoked => "revoked",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($ty:ty),*) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(OperationKind, OperationState, TokenState);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
@@ -208,7 +279,7 @@ impl std::str::FromStr for Role {
 /// `POST /api/v1/tokens`: make a token. Without `ttl_ms` it is valid until revoked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenRequest {
-    pub name: ferry_core::TokenName,
+    pub name: TokenName,
     pub role: Role,
     #[serde(default)]
     pub ttl_ms: Option<u64>,
@@ -218,15 +289,14 @@ pub struct TokenRequest {
 /// or its hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenInfo {
-    pub name: ferry_core::TokenName,
+    pub name: TokenName,
     pub role: Role,
     /// Wall-clock milliseconds since the Unix epoch.
     pub created_ms: u64,
     pub expires_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_ms: Option<u64>,
-    /// `active`, `expired` or `revoked`.
-    pub state: String,
+    pub state: TokenState,
 }
 
 /// The answer to `POST /api/v1/tokens`: the only message that ever carries a token, once.
@@ -245,14 +315,8 @@ impl std::fmt::Debug for NewToken {
 
 // ---- Node Manager ----
 
-/// Who sends a Node Manager command: the Administration Server, or a cluster master with
-/// its master lease epoch (rule 5).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Origin {
-    Admin,
-    Master { cluster: String, epoch: u64, server: String },
-}
+/// Who sends a Node Manager command (the core's type, as it travels).
+pub use ferry_core::nodeman::agent::Origin;
 
 /// `POST /nm/v1/servers/{name}/start`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,12 +342,11 @@ pub struct NmStop {
 /// A server as its Node Manager sees it (`GET /nm/v1/servers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NmServer {
-    pub name: String,
-    /// STARTING, RUNNING, STOPPING, SHUTDOWN, FENCED, FAILED, FAILED_CONFIG.
-    pub state: String,
+    pub name: ServerName,
+    pub state: ServerState,
     pub pid: Option<i32>,
-    pub incarnation: Option<String>,
-    pub epoch: Option<u64>,
+    pub incarnation: Option<Incarnation>,
+    pub epoch: Option<Epoch>,
     /// Time left before this Node Manager fences the server (rule 3).
     pub deadline_in_ms: Option<i64>,
     pub restarts: u32,
@@ -294,8 +357,8 @@ pub struct NmServer {
 /// `POST /nm/v1/...` answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NmAck {
-    pub server: String,
-    pub state: String,
+    pub server: ServerName,
+    pub state: ServerState,
     pub pid: Option<i32>,
     pub message: String,
 }
@@ -303,7 +366,7 @@ pub struct NmAck {
 /// `GET /nm/v1/health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NmHealth {
-    pub machine: String,
+    pub machine: MachineName,
     pub version: String,
     /// Lease renewals this Node Manager sent to the lease table for its servers, and in how
     /// many batches (`renew_many` calls).
@@ -337,10 +400,10 @@ pub enum RenewOutcome {
 /// The first and only line a Node Manager writes to a server's stdin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bootstrap {
-    pub machine: String,
-    pub incarnation: String,
+    pub machine: MachineName,
+    pub incarnation: Incarnation,
     /// Rule 4: the incarnation this Node Manager reaped, whose lease may be handed over.
-    pub handover_from: Option<String>,
+    pub handover_from: Option<Incarnation>,
     pub admin_url: String,
     /// This server's certificate (short-lived, issued by this machine's Node Manager) and
     /// key, for mutual TLS with Node Managers (as cluster master) and the admin.
@@ -364,10 +427,10 @@ pub struct Bootstrap {
 pub enum Report {
     /// The first line on every connection to the Node Manager's channel: who is speaking.
     /// A Node Manager that does not know this incarnation (it restarted) adopts the server.
-    Hello { server: String, incarnation: String, pid: u32, epoch: Option<u64>, master: bool },
+    Hello { server: ServerName, incarnation: Incarnation, pid: u32, epoch: Option<Epoch>, master: bool },
     /// Renew this lease in the Node Manager's next batch (one `renew_many` for all its
     /// servers). The server took its deadline's `t0` before sending this (rule 2).
-    Renew { id: u64, lease: String, incarnation: String, epoch: u64, ttl_ms: u64 },
+    Renew { id: u64, lease: LeaseName, incarnation: Incarnation, epoch: Epoch, ttl_ms: u64 },
     /// Half the server's certificate's life has passed: asks its Node Manager for a fresh
     /// one (answered with [`Reply::Certificate`]).
     Certificate,
@@ -379,11 +442,11 @@ pub enum Report {
     /// after its own deadline, still before the store can expire the lease.
     Deadline { at_ms: u64 },
     /// The server lease is held: services are starting.
-    Acquired { epoch: u64 },
+    Acquired { epoch: Epoch },
     /// Services answered their health checks.
     Running,
     /// The server took or lost its cluster's master role.
-    Master { held: bool, epoch: u64 },
+    Master { held: bool, epoch: Epoch },
     /// Released the lease on a clean stop: stop watching its deadline.
     Released,
     /// For the event log.
@@ -392,9 +455,9 @@ pub enum Report {
     Event {
         kind: EventKind,
         message: String,
-        epoch: Option<u64>,
+        epoch: Option<Epoch>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        server: Option<String>,
+        server: Option<ServerName>,
     },
 }
 
@@ -402,7 +465,7 @@ pub enum Report {
 /// the public halves travel: the keys stay on the machine.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollRequest {
-    pub machine: String,
+    pub machine: MachineName,
     /// A one-time enrollment token (`ferry machine enroll-token`), or the domain secret
     /// (a Node Manager on the admin's host that can read it).
     pub token: String,
@@ -431,7 +494,7 @@ pub struct EnrollResponse {
 /// `POST /api/v1/machines/{name}/enroll-token`: a one-time token for `ferry enroll`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrollToken {
-    pub machine: String,
+    pub machine: MachineName,
     pub token: String,
     /// Unix milliseconds after which the token is refused.
     pub expires_ms: u64,
@@ -449,6 +512,6 @@ impl std::fmt::Debug for EnrollToken {
 /// `POST /api/v1/machines/{name}/revoke`: what was revoked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Revoked {
-    pub machine: String,
+    pub machine: MachineName,
     pub serials: Vec<String>,
 }

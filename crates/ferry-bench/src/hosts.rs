@@ -324,7 +324,7 @@ async fn setup_once(exe: &Path, dir: &Path, t: Timings) -> anyhow::Result<LabDom
     let until = clock::now() + PATIENCE;
     loop {
         let masters: Vec<String> =
-            d.status().await.unwrap_or_default().into_iter().filter(|s| s.master).map(|s| s.name).collect();
+            d.status().await.unwrap_or_default().into_iter().filter(|s| s.master).map(|s| s.name.to_string()).collect();
         match masters.as_slice() {
             [m] if m == "ms1" => return Ok(d),
             [m] => bail!("setup: the cluster master is {m}, not ms1"),

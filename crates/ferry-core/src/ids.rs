@@ -68,7 +68,8 @@ macro_rules! name_type {
         }
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                // `pad`, so `{:<12}` lines up tables.
+                f.pad(&self.0)
             }
         }
         impl AsRef<str> for $ty {
@@ -90,6 +91,11 @@ macro_rules! name_type {
         }
         impl PartialEq<&str> for $ty {
             fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+        impl PartialEq<String> for $ty {
+            fn eq(&self, other: &String) -> bool {
                 self.0 == *other
             }
         }
@@ -125,7 +131,7 @@ pub struct Epoch(pub u64);
 
 impl fmt::Display for Epoch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -143,7 +149,7 @@ impl Incarnation {
 
 impl fmt::Display for Incarnation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -167,8 +173,8 @@ impl LeaseName {
 impl fmt::Display for LeaseName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Server(n) => write!(f, "server/{n}"),
-            Self::Master(n) => write!(f, "master/{n}"),
+            Self::Server(n) => f.pad(&format!("server/{n}")),
+            Self::Master(n) => f.pad(&format!("master/{n}")),
         }
     }
 }
@@ -197,6 +203,18 @@ mod tests {
         assert!(ServerName::new("-x").is_err());
         assert!(ServerName::new("a b").is_err());
         assert!(MachineName::new("machine-b").is_ok());
+    }
+
+    /// Tables (`ferry status`, `ferry machines`) align names, epochs and states by width.
+    #[test]
+    fn names_and_epochs_honour_the_width_of_a_table_column() {
+        let ms1 = ServerName::new("ms1").unwrap();
+        assert_eq!(
+            format!("{ms1:<6}|{:>4}|{:<12}|", Epoch(7), LeaseName::Server(ms1.clone())),
+            "ms1   |   7|server/ms1  |"
+        );
+        let state = crate::nodeman::ViewState::Running;
+        assert_eq!(format!("{state:<9}|{:<7}|", crate::EventKind::Kill), "RUNNING  |kill   |");
     }
 
     #[test]

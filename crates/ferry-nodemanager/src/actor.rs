@@ -301,11 +301,11 @@ impl Actor {
             .servers()
             .into_iter()
             .map(|v| NmServer {
-                name: v.server.to_string(),
-                state: v.state.to_string(),
+                name: v.server,
+                state: v.state,
                 pid: v.pid,
-                incarnation: v.incarnation.map(|i| i.0),
-                epoch: v.epoch.map(|e| e.0),
+                incarnation: v.incarnation,
+                epoch: v.epoch,
                 deadline_in_ms: v.deadline.map(|d| d.0 as i64 - now.0 as i64),
                 restarts: v.restarts,
                 last_exit: v.last_exit,
@@ -331,15 +331,15 @@ impl Actor {
             Action::Reply { id, result } => {
                 if let Some(reply) = self.replies.remove(&id) {
                     let _ = reply.send(result.map(|ack| NmAck {
-                        server: ack.server.to_string(),
-                        state: ack.state.to_string(),
+                        server: ack.server,
+                        state: ack.state,
                         pid: ack.pid,
                         message: ack.message,
                     }));
                 }
             }
             Action::Event { kind, server, epoch, message } => {
-                env.events.emit(kind, Some(server.as_str()), Some(machine.as_str()), epoch.map(|e| e.0), message)
+                env.events.emit(kind, Some(&server), Some(&machine), epoch, message)
             }
             Action::SetState { server, state } => {
                 let _ = self.states.send((server, state));

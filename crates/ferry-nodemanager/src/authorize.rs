@@ -4,7 +4,7 @@
 //! comes after, in ferry-core.
 
 use ferry_api::Origin;
-use ferry_core::{ClusterName, LeaseName};
+use ferry_core::{ClusterName, Epoch, LeaseName, ServerName};
 use ferry_store::LeaseStore;
 use ferry_tls::{Identity, Peer};
 
@@ -16,15 +16,13 @@ pub(crate) enum Denied {
     #[error("the Administration Server's certificate cannot send a cluster master's command")]
     AdminAsMaster,
     #[error("the command claims to come from {claimed}, but the certificate is server {actual}'s")]
-    WrongServer { claimed: String, actual: String },
-    #[error("{0}")]
-    BadCluster(String),
+    WrongServer { claimed: ServerName, actual: String },
     #[error("cannot check that {server} is master of {cluster}: {detail}")]
-    CannotCheck { server: String, cluster: String, detail: String },
+    CannotCheck { server: String, cluster: ClusterName, detail: String },
     #[error("server {server} is not the current master of {cluster} at epoch {epoch}: the lease table names {owner} at epoch {held}{expired}")]
-    NotMaster { server: String, cluster: String, epoch: u64, owner: String, held: u64, expired: &'static str },
+    NotMaster { server: String, cluster: ClusterName, epoch: Epoch, owner: String, held: Epoch, expired: &'static str },
     #[error("server {server} is not master of {cluster}: the cluster has no master lease")]
-    NoMaster { server: String, cluster: String },
+    NoMaster { server: String, cluster: ClusterName },
     #[error("server {0} cannot send the Administration Server's commands")]
     ServerAsAdmin(String),
     #[error("machine {0}'s certificate cannot command a Node Manager: only the admin and cluster masters can")]
@@ -35,7 +33,6 @@ impl Denied {
     pub fn status(&self) -> u16 {
         match self {
             Denied::NoCertificate => 401,
-            Denied::BadCluster(_) => 400,
             Denied::CannotCheck { .. } => 503,
             _ => 403,
         }
@@ -49,25 +46,22 @@ pub(crate) async fn authorize(store: &dyn LeaseStore, peer: Option<&Peer>, origi
         (Identity::Admin, Origin::Admin) => Ok(()),
         (Identity::Admin, Origin::Master { .. }) => Err(Denied::AdminAsMaster),
         (Identity::Server(s), Origin::Master { cluster, epoch, server }) => {
-            if s != server {
+            if *server != *s {
                 return Err(Denied::WrongServer { claimed: server.clone(), actual: s.clone() });
             }
-            let name = ClusterName::new(cluster.as_str()).map_err(|e| Denied::BadCluster(e.to_string()))?;
             let cannot = |e: ferry_store::StoreError| Denied::CannotCheck {
                 server: s.clone(),
                 cluster: cluster.clone(),
                 detail: ferry_store::chain(&e),
             };
-            match store.get(&LeaseName::Master(name)).await.map_err(cannot)? {
-                Some(l) if l.is_live() && l.owner.as_ref().is_some_and(|o| o.as_str() == s) && l.epoch.0 == *epoch => {
-                    Ok(())
-                }
+            match store.get(&LeaseName::Master(cluster.clone())).await.map_err(cannot)? {
+                Some(l) if l.is_live() && l.owner.as_ref().is_some_and(|o| o == s) && l.epoch == *epoch => Ok(()),
                 Some(l) => Err(Denied::NotMaster {
                     server: s.clone(),
                     cluster: cluster.clone(),
                     epoch: *epoch,
                     owner: l.owner.as_ref().map_or("nobody".to_string(), |o| o.to_string()),
-                    held: l.epoch.0,
+                    held: l.epoch,
                     expired: if l.is_live() { "" } else { " (expired)" },
                 }),
                 None => Err(Denied::NoMaster { server: s.clone(), cluster: cluster.clone() }),

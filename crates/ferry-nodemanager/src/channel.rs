@@ -13,7 +13,7 @@ use anyhow::Context;
 use ferry_api::{EventSink, Report};
 use ferry_core::nodeman::agent::ServerReport;
 use ferry_core::nodeman::Hello;
-use ferry_core::{Epoch, Incarnation, LeaseName, Mono, ServerName};
+use ferry_core::{Incarnation, LeaseName, MachineName, Mono, ServerName};
 use ferry_host::{clock, process};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -35,7 +35,7 @@ pub(crate) struct Channel {
     pub events: EventSink,
     pub tls: Arc<crate::pki::NmTls>,
     pub dirs: ServerDirs,
-    pub machine: String,
+    pub machine: MachineName,
 }
 
 /// Listens on `path` (mode 0600) for ever (spawn it).
@@ -72,14 +72,12 @@ impl Channel {
             tracing::warn!("ignoring a channel connection that did not start with hello");
             return;
         };
-        let Ok(server) = ServerName::new(server) else { return };
-        let incarnation = Incarnation(incarnation);
         let pid = pid as i32;
         let hello = Hello {
             server: server.clone(),
             incarnation: incarnation.clone(),
             pid,
-            epoch: epoch.map(Epoch),
+            epoch,
             master,
             // It must really be that server, leading its own session.
             is_server_leader: process::is_server_leader(pid, server.as_str()),
@@ -107,17 +105,12 @@ impl Channel {
         match report {
             Report::Renew { id, lease, incarnation: inc, epoch, ttl_ms } => {
                 // A server may only renew its own lease.
-                let Ok(name) = LeaseName::parse(&lease) else { return };
-                if name != LeaseName::Server(server.clone()) || inc != incarnation.0 {
+                if lease != LeaseName::Server(server.clone()) || inc != *incarnation {
                     tracing::warn!("{server}: refusing to renew {lease} for incarnation {inc}");
                     return;
                 }
-                let renewal = ferry_store::Renewal {
-                    name,
-                    incarnation: Incarnation(inc),
-                    epoch: Epoch(epoch),
-                    ttl: Duration::from_millis(ttl_ms),
-                };
+                let renewal =
+                    ferry_store::Renewal { name: lease, incarnation: inc, epoch, ttl: Duration::from_millis(ttl_ms) };
                 self.batcher.push(id, renewal, write.clone());
             }
             Report::Certificate => {
@@ -138,7 +131,7 @@ impl Channel {
                 at_ms: clock::wall_ms(),
                 source: format!("server/{server}"),
                 kind,
-                server: Some(about.unwrap_or_else(|| server.to_string())),
+                server: Some(about.unwrap_or_else(|| server.clone())),
                 machine: Some(self.machine.clone()),
                 epoch,
                 message,
@@ -147,9 +140,7 @@ impl Channel {
             Report::Deadline { at_ms } => {
                 self.actor.send(to_actor(ServerReport::Deadline { at: Mono(at_ms) })).await;
             }
-            Report::Acquired { epoch } => {
-                self.actor.send(to_actor(ServerReport::Acquired { epoch: Epoch(epoch) })).await
-            }
+            Report::Acquired { epoch } => self.actor.send(to_actor(ServerReport::Acquired { epoch })).await,
             Report::Running => self.actor.send(to_actor(ServerReport::Running)).await,
             Report::Master { held, .. } => self.actor.send(to_actor(ServerReport::Master { held })).await,
             Report::Released => self.actor.send(to_actor(ServerReport::Released)).await,

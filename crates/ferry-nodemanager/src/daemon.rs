@@ -106,7 +106,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
         events: events.clone(),
         tls: tls.clone(),
         dirs: ServerDirs::new(&opts.data_dir),
-        machine: opts.machine.to_string(),
+        machine: opts.machine.clone(),
     });
     crate::channel::listen(&channel_path, channel)?;
     // Before taking commands: what an earlier Node Manager of this machine left in place
@@ -121,13 +121,13 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     events.emit(
         EventKind::NodemanagerStarted,
         None,
-        Some(opts.machine.as_str()),
+        Some(&opts.machine),
         None,
         format!("Node Manager for {} listening on {}", opts.machine, machine.node_manager),
     );
     let config = tls.creds.server_config(tls.revoked.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = ferry_tls::TlsListener::new(listener, config, false)?;
-    let api = Arc::new(crate::http::Api { machine: opts.machine.to_string(), actor: handle, tls, store, batcher });
+    let api = Arc::new(crate::http::Api { machine: opts.machine.clone(), actor: handle, tls, store, batcher });
     let app = crate::http::router(api).into_make_service_with_connect_info::<ferry_tls::PeerInfo>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
     // Leave servers running: a Node Manager restart must not take the domain down.
@@ -231,7 +231,7 @@ async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
         };
         let mut waited = 0u32;
         loop {
-            match crate::pki::enroll(&opts.data_dir, machine, &admin_url, &how).await {
+            match crate::pki::enroll(&opts.data_dir, &opts.machine, &admin_url, &how).await {
                 Ok(()) => {
                     tracing::info!(
                         "machine {machine} enrolled with the Administration Server at {}",

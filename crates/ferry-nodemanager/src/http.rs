@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use ferry_api::{ErrorBody, NmHealth, NmStart, NmStop};
 use ferry_core::nodeman::{Command, Origin, Refusal};
-use ferry_core::{ClusterName, Epoch, ServerName};
+use ferry_core::{MachineName, ServerName};
 use ferry_store::LeaseStore;
 use ferry_tls::PeerInfo;
 
@@ -26,7 +26,7 @@ use crate::renewals::Batcher;
 
 /// What the handlers share.
 pub(crate) struct Api {
-    pub machine: String,
+    pub machine: MachineName,
     pub actor: Handle,
     pub tls: Arc<crate::pki::NmTls>,
     pub store: Arc<dyn LeaseStore>,
@@ -123,29 +123,12 @@ fn command<T>(name: &str, body: Result<Json<T>, JsonRejection>, what: &str) -> R
     Ok((server, cmd))
 }
 
-/// The wire's origin as the core's, its names checked.
-fn origin(o: &ferry_api::Origin) -> Result<Origin, Bad> {
-    let bad = |e: ferry_core::ids::NameError| Bad(400, e.to_string());
-    Ok(match o {
-        ferry_api::Origin::Admin => Origin::Admin,
-        ferry_api::Origin::Master { cluster, epoch, server } => Origin::Master {
-            cluster: ClusterName::new(cluster.as_str()).map_err(bad)?,
-            epoch: Epoch(*epoch),
-            server: ServerName::new(server.as_str()).map_err(bad)?,
-        },
-    })
-}
-
 /// Authorizes, then hands the command to the actor and answers what it says.
-async fn run(api: &Api, info: &PeerInfo, server: ServerName, wire: &ferry_api::Origin, command: Command) -> Response {
-    if let Err(d) = authorize(api.store.as_ref(), info.peer.as_ref(), wire).await {
+async fn run(api: &Api, info: &PeerInfo, server: ServerName, origin: &Origin, command: Command) -> Response {
+    if let Err(d) = authorize(api.store.as_ref(), info.peer.as_ref(), origin).await {
         return denied(&d);
     }
-    let o = match origin(wire) {
-        Ok(o) => o,
-        Err(r) => return r.into_response(),
-    };
-    match api.actor.command(server, o, command).await {
+    match api.actor.command(server, origin.clone(), command).await {
         Some(Ok(ack)) => Json(ack).into_response(),
         Some(Err(r)) => refused(&r),
         None => error(503, "the Node Manager is shutting down", serde_json::Value::Null),

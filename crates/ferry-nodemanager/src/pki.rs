@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_api::{AdminClient, EnrollRequest, EnrollResponse};
+use ferry_core::MachineName;
 use ferry_host::files;
 use ferry_tls::{Credentials, Expect, Identity, MachineIssuer, Revocations};
 
@@ -96,7 +97,7 @@ pub fn load(data_dir: &Path, machine: &str) -> anyhow::Result<NmTls> {
 }
 
 /// Asks the admin at `admin_url` for this machine's certificates and stores them.
-pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrollment) -> anyhow::Result<()> {
+pub async fn enroll(data_dir: &Path, machine: &MachineName, admin_url: &str, how: &Enrollment) -> anyhow::Result<()> {
     let (token, ca_pem) = match how {
         Enrollment::DomainSecret { secret, ca_file: Some(ca_file) } => {
             let ca = std::fs::read_to_string(ca_file).with_context(|| {
@@ -134,7 +135,7 @@ pub async fn enroll(data_dir: &Path, machine: &str, admin_url: &str, how: &Enrol
 /// Rotation: asks the admin, with this machine's current certificate, for certificates of
 /// new keys made here, and puts them in place of the old ones (kept as `*.old`). Returns
 /// the new serials.
-pub async fn rotate(data_dir: &Path, machine: &str, admin_url: &str) -> anyhow::Result<Vec<String>> {
+pub async fn rotate(data_dir: &Path, machine: &MachineName, admin_url: &str) -> anyhow::Result<Vec<String>> {
     let current = load(data_dir, machine)?;
     let keys = NewKeys::make(machine)?;
     let admin = AdminClient::with_tls(admin_url, &current.creds, ENROLL_TIMEOUT);
@@ -161,9 +162,9 @@ impl NewKeys {
         }
     }
 
-    fn request(&self, machine: &str, token: String) -> EnrollRequest {
+    fn request(&self, machine: &MachineName, token: String) -> EnrollRequest {
         EnrollRequest {
-            machine: machine.into(),
+            machine: machine.clone(),
             token,
             leaf_csr: self.leaf.csr_pem.clone(),
             issuer_csr: self.issuing.csr_pem.clone(),

@@ -241,9 +241,9 @@ pub(crate) fn spawn_server(
     };
     let child = process::spawn(&spec).context("spawn failed")?;
     let boot = Bootstrap {
-        machine: plan.machine.to_string(),
-        incarnation: incarnation.0.clone(),
-        handover_from: handover_from.map(|i| i.0.clone()),
+        machine: plan.machine.clone(),
+        incarnation: incarnation.clone(),
+        handover_from: handover_from.cloned(),
         admin_url: plan.admin_url,
         credentials: plan.credentials,
         cache_dir: dir.display().to_string(),

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_api::Report;
+use ferry_core::Epoch;
 
 /// Lines kept while the Node Manager is away (events mostly; the deadline is kept apart).
 const BUFFER: usize = 200;
@@ -44,7 +45,7 @@ impl Channel {
     }
 
     /// Updates what the next `Hello` says (epoch and master role), for a reconnect.
-    pub fn update_hello(&self, epoch: Option<u64>, master: Option<bool>) {
+    pub fn update_hello(&self, epoch: Option<Epoch>, master: Option<bool>) {
         if let Ok(mut st) = self.state.lock() {
             if let Some(Report::Hello { epoch: e, master: m, .. }) = st.hello.as_mut() {
                 if epoch.is_some() {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use ferry_api::Report;
 use ferry_core::domain::{Domain, Server};
 use ferry_core::lease::Lease;
-use ferry_core::{Incarnation, LeaseName, MachineName, ServerName};
+use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use ferry_store::{AcquireRequest, LeaseStore, StoreError};
 use tokio::sync::mpsc;
 
@@ -63,7 +63,7 @@ impl Ctx {
         self.channel.send(r);
     }
 
-    pub fn event(&self, kind: EventKind, epoch: Option<u64>, message: String) {
+    pub fn event(&self, kind: EventKind, epoch: Option<Epoch>, message: String) {
         tracing::info!(kind = kind.as_str(), "{message}");
         self.report(&Report::Event { kind, message, epoch, server: None });
     }

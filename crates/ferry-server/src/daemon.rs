@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferry_api::{AdminClient, Bootstrap, Report, VersionedDomain};
 use ferry_core::keeper::KeeperTiming;
-use ferry_core::{Incarnation, MachineName, ServerName};
+use ferry_core::ServerName;
 use ferry_host::files;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -33,7 +33,7 @@ pub async fn run(name: ServerName) -> i32 {
     let channel = Channel::new(
         boot.channel.clone(),
         Report::Hello {
-            server: name.to_string(),
+            server: name.clone(),
             incarnation: boot.incarnation.clone(),
             pid: std::process::id(),
             epoch: None,
@@ -56,13 +56,7 @@ async fn run_inner(
     tx: mpsc::Sender<Msg>,
     rx: mpsc::Receiver<Msg>,
 ) -> i32 {
-    let machine = match MachineName::new(boot.machine.as_str()) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("ferry server {name}: {e}");
-            return EXIT_CONFIG;
-        }
-    };
+    let machine = boot.machine.clone();
     let cache_dir = PathBuf::from(&boot.cache_dir);
     let Some(domain) = obtain_config(&name, &boot, &cache_dir, &channel).await else {
         return EXIT_CONFIG;
@@ -84,7 +78,7 @@ async fn run_inner(
     let ctx = Ctx {
         name,
         machine,
-        incarnation: Incarnation(boot.incarnation.clone()),
+        incarnation: boot.incarnation.clone(),
         domain: domain.domain.clone(),
         server,
         store,
@@ -92,7 +86,7 @@ async fn run_inner(
         tx,
         channel,
     };
-    let handover = boot.handover_from.clone().map(Incarnation);
+    let handover = boot.handover_from.clone();
     crate::runtime::Runtime::new(ctx, timing, handover, cache_dir).run(rx).await
 }
 

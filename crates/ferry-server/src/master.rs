@@ -21,7 +21,7 @@ pub(crate) struct MasterRole {
     keeper: Keeper,
     timing: KeeperTiming,
     planner: Option<Planner>,
-    epoch: Option<u64>,
+    epoch: Option<ferry_core::Epoch>,
     scan_in_flight: bool,
     next_scan: Mono,
     /// When to start competing again after losing the role.
@@ -218,24 +218,24 @@ impl MasterRole {
                     });
                 }
                 KeeperAction::Acquired { epoch } => {
-                    self.epoch = Some(epoch.0);
+                    self.epoch = Some(epoch);
                     self.planner = Some(Planner::new(ctx.server.cluster.clone()));
                     // A new tenure knows nothing yet about who answers.
                     self.reach = Reachability::new(clock::now(), self.timing.interval_ms);
                     self.next_scan = clock::now();
                     self.full_scan_at = self.next_scan;
                     ctx.channel.update_hello(None, Some(true));
-                    ctx.report(&Report::Master { held: true, epoch: epoch.0 });
+                    ctx.report(&Report::Master { held: true, epoch });
                     ctx.event(
                         EventKind::MasterAcquired,
-                        Some(epoch.0),
+                        Some(epoch),
                         format!("{} is now cluster master of {} (master epoch {epoch})", ctx.name, ctx.server.cluster),
                     );
                 }
                 KeeperAction::Deadline { .. } => {}
                 KeeperAction::Fence { reason } => {
                     let held = self.epoch.take();
-                    let epoch = held.unwrap_or(0);
+                    let epoch = held.unwrap_or_default();
                     self.planner = None;
                     if let Some(e) = held {
                         // This tenure is over: the next one holds the lease under a new
@@ -244,7 +244,7 @@ impl MasterRole {
                         let (store, name, inc) = (ctx.store.clone(), Self::lease(ctx), self.incarnation(ctx));
                         self.tenure += 1;
                         tokio::spawn(async move {
-                            if let Err(err) = store.release(&name, &inc, ferry_core::Epoch(e)).await {
+                            if let Err(err) = store.release(&name, &inc, e).await {
                                 tracing::debug!("the ended master tenure's lease was not released: {err}");
                             }
                         });
@@ -318,7 +318,7 @@ impl MasterRole {
             match a {
                 MasterAction::Event { kind, server, message } => {
                     tracing::info!(kind = kind.as_str(), server = %server, "{message}");
-                    ctx.report(&Report::Event { kind, message, epoch: self.epoch, server: Some(server.to_string()) });
+                    ctx.report(&Report::Event { kind, message, epoch: self.epoch, server: Some(server) });
                 }
                 MasterAction::Start { server, machine, in_place, power_fence } => {
                     // Rule 6: act only while the master lease is valid by our own deadline.
@@ -342,11 +342,7 @@ impl MasterRole {
                     // and may take a while to plumb the IP and start the server.
                     let nm = self.client(ctx, &m.name, &m.node_manager.to_string(), Duration::from_secs(10));
                     let cmd = NmStart {
-                        origin: Origin::Master {
-                            cluster: ctx.server.cluster.to_string(),
-                            epoch: epoch.0,
-                            server: ctx.name.to_string(),
-                        },
+                        origin: Origin::Master { cluster: ctx.server.cluster.clone(), epoch, server: ctx.name.clone() },
                         in_place,
                     };
                     let fence_cmd = power_fence
@@ -387,7 +383,7 @@ impl MasterRole {
                 match ctx.store.release(&Self::lease(ctx), &self.incarnation(ctx), epoch).await {
                     Ok(()) => ctx.event(
                         EventKind::MasterReleased,
-                        Some(epoch.0),
+                        Some(epoch),
                         format!("{} released the cluster master role of {}", ctx.name, ctx.server.cluster),
                     ),
                     Err(e) => tracing::info!("master lease not released: {e}"),

@@ -30,7 +30,7 @@ pub(crate) struct Runtime {
     handover: Option<Incarnation>,
     dir: PathBuf,
     services: Vec<Running>,
-    epoch: Option<u64>,
+    epoch: Option<ferry_core::Epoch>,
     running_reported: bool,
     unhealthy_reported: bool,
     health_in_flight: bool,
@@ -245,9 +245,9 @@ impl Runtime {
                         let id = self.next_renew_id;
                         let report = Report::Renew {
                             id,
-                            lease: LeaseName::Server(self.ctx.name.clone()).to_string(),
-                            incarnation: self.ctx.incarnation.0.clone(),
-                            epoch: epoch.0,
+                            lease: LeaseName::Server(self.ctx.name.clone()),
+                            incarnation: self.ctx.incarnation.clone(),
+                            epoch,
                             ttl_ms: self.ctx.server.lease_ttl().as_millis() as u64,
                         };
                         if self.ctx.channel.send(&report) {
@@ -281,12 +281,12 @@ impl Runtime {
                     self.ctx.report(&Report::Deadline { at_ms: backstop.0 })
                 }
                 KeeperAction::Acquired { epoch } => {
-                    self.epoch = Some(epoch.0);
-                    self.ctx.channel.update_hello(Some(epoch.0), None);
-                    self.ctx.report(&Report::Acquired { epoch: epoch.0 });
+                    self.epoch = Some(epoch);
+                    self.ctx.channel.update_hello(Some(epoch), None);
+                    self.ctx.report(&Report::Acquired { epoch });
                     self.ctx.event(
                         EventKind::LeaseAcquired,
-                        Some(epoch.0),
+                        Some(epoch),
                         format!(
                             "{} obtained its server lease on {} (epoch {}, ttl {} ms){}",
                             self.ctx.name,
@@ -305,7 +305,7 @@ impl Runtime {
                     match services::start_all(&env, &self.dir) {
                         Ok(s) => self.services = s,
                         Err(e) => {
-                            self.ctx.event(EventKind::StartFailed, Some(epoch.0), format!("{}: {e}", self.ctx.name));
+                            self.ctx.event(EventKind::StartFailed, Some(epoch), format!("{}: {e}", self.ctx.name));
                             self.release_all().await;
                             return Flow::Exit(EXIT_CONFIG);
                         }
@@ -405,10 +405,10 @@ impl Runtime {
         match r {
             Ok(()) => self.ctx.event(
                 EventKind::LeaseReleased,
-                Some(epoch.0),
+                Some(epoch),
                 format!("{} removed its lease (epoch {epoch})", self.ctx.name),
             ),
-            Err(e) => self.ctx.event(EventKind::LeaseReleaseFailed, Some(epoch.0), format!("{}: {e}", self.ctx.name)),
+            Err(e) => self.ctx.event(EventKind::LeaseReleaseFailed, Some(epoch), format!("{}: {e}", self.ctx.name)),
         }
     }
 

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::bail;
-use ferry_api::ServerStatus;
+use ferry_api::{ServerStatus, ViewState};
 use ferry_host::clock;
 
 /// One migratable server of a harness domain.
@@ -111,7 +111,10 @@ where
     loop {
         if let Ok(list) = status().await {
             if let Some(s) = list.into_iter().find(|s| s.name == server) {
-                if s.state == "RUNNING" && s.machine.as_deref() == Some(machine) && s.epoch.unwrap_or(0) > epoch {
+                if s.state == ViewState::Running
+                    && s.machine.as_deref() == Some(machine)
+                    && s.epoch.map_or(0, |e| e.0) > epoch
+                {
                     return Ok(s);
                 }
                 last = Some(s);

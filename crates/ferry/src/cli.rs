@@ -300,13 +300,8 @@ async fn enroll(
         );
     }
     std::fs::create_dir_all(&data_dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
-    ferry_nodemanager::pki::enroll(
-        &data_dir,
-        machine.as_str(),
-        admin,
-        &ferry_nodemanager::pki::Enrollment::Token(token),
-    )
-    .await?;
+    ferry_nodemanager::pki::enroll(&data_dir, &machine, admin, &ferry_nodemanager::pki::Enrollment::Token(token))
+        .await?;
     outln!(
         "machine {machine} enrolled: certificates in {}; start its Node Manager with --data-dir {}",
         ferry_nodemanager::pki::pki_dir(&data_dir).display(),
@@ -318,7 +313,7 @@ async fn enroll(
 /// `ferry enroll --rotate`: new keys and certificates, asked for with the current ones.
 async fn rotate(admin: &str, machine: String, data_dir: PathBuf) -> anyhow::Result<()> {
     let machine = MachineName::new(machine)?;
-    let serials = ferry_nodemanager::pki::rotate(&data_dir, machine.as_str(), admin).await?;
+    let serials = ferry_nodemanager::pki::rotate(&data_dir, &machine, admin).await?;
     outln!(
         "machine {machine}: new keys and certificates in {} (serials {}); restart its Node Manager to use them (its servers keep running); the old ones stay valid until they expire, or until `ferry machine revoke`",
         ferry_nodemanager::pki::pki_dir(&data_dir).display(),

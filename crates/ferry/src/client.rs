@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_api::{AdminClient, ClientError, ErrorBody, NewToken, Operation, TokenInfo};
+use ferry_api::{AdminClient, ClientError, ErrorBody, NewToken, Operation, OperationState, TokenInfo};
 use ferry_core::TokenName;
 use ferry_host::{clock, files};
 use serde::de::DeserializeOwned;
@@ -502,8 +502,8 @@ fn status_table(servers: &[ferry_api::ServerStatus], machines: &[ferry_api::Mach
             "{:<12} {:<12} {:<14} {:<12} {:>8} {:>6} {:>14} {:<6}\n",
             s.name,
             s.cluster,
-            if last_known(s) { format!("{}?", s.state) } else { s.state.clone() },
-            s.machine.clone().unwrap_or_else(|| "-".into()),
+            if last_known(s) { format!("{}?", s.state) } else { s.state.to_string() },
+            s.machine.as_deref().unwrap_or("-"),
             s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             s.epoch.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             left(s.lease_remaining_ms, s.lease_remaining_ms.is_some()),
@@ -547,18 +547,18 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
             }
         }
         shown = cur.steps.len();
-        match cur.state.as_str() {
-            "succeeded" => {
+        match cur.state {
+            OperationState::Succeeded => {
                 bar.finish_and_clear();
                 outln!("{} {} succeeded in {:.2}s", cur.kind, cur.target, clock::now().since(started) as f64 / 1000.0);
                 return Ok(0);
             }
-            "failed" => {
+            OperationState::Failed => {
                 bar.finish_and_clear();
                 errln!("{} {} failed: {}", cur.kind, cur.target, cur.error.unwrap_or_default());
                 return Ok(EXIT_FAILED);
             }
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            OperationState::Running => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
 }

@@ -143,12 +143,12 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         Duration::from_secs(30),
         |e| {
             Some(
-                match e.kind.as_str() {
-                    "contact-nm" => "2.",
-                    "server-started" => "3.",
-                    "config-obtained" | "config-cached" => "4-5.",
-                    "lease-acquired" | "master-acquired" => "6.",
-                    "server-running" => "",
+                match &e.kind {
+                    EventKind::ContactNm => "2.",
+                    EventKind::ServerStarted => "3.",
+                    EventKind::ConfigObtained | EventKind::ConfigCached => "4-5.",
+                    EventKind::LeaseAcquired | EventKind::MasterAcquired => "6.",
+                    EventKind::ServerRunning => "",
                     _ => return None,
                 }
                 .to_string(),
@@ -169,13 +169,13 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
         outln!(
             "             {} on {} epoch {} lease left {} ms{}",
             s.name,
-            s.machine.clone().unwrap_or_default(),
-            s.epoch.unwrap_or(0),
+            s.machine.as_deref().unwrap_or("-"),
+            s.epoch.unwrap_or_default(),
             s.lease_remaining_ms.unwrap_or(0),
             if s.master { "  (cluster master)" } else { "" }
         );
     }
-    let master = status.iter().find(|s| s.master).map(|s| s.name.clone()).unwrap_or_default();
+    let master = status.iter().find(|s| s.master).map_or_else(String::new, |s| s.name.to_string());
     let (_, before) = answered_from(&h, "ms2", "machine-c", Duration::from_secs(10)).await?;
     outln!("             ms2 answers: {before}");
 
@@ -193,16 +193,16 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
             Duration::from_secs(60),
             |e| {
                 Some(
-                    match e.kind.as_str() {
-                        "master-acquired" => "",
-                        "lease-expired" => "2.",
-                        "restart-in-place" => "3.",
-                        "machine-failed" => "",
-                        "migrate" => "4.",
-                        "addif" => "",
-                        "server-started" => "5.",
-                        "config-obtained" | "config-cached" => "6-7.",
-                        "lease-acquired" => "8.",
+                    match &e.kind {
+                        EventKind::MasterAcquired => "",
+                        EventKind::LeaseExpired => "2.",
+                        EventKind::RestartInPlace => "3.",
+                        EventKind::MachineFailed => "",
+                        EventKind::Migrate => "4.",
+                        EventKind::Addif => "",
+                        EventKind::ServerStarted => "5.",
+                        EventKind::ConfigObtained | EventKind::ConfigCached => "6-7.",
+                        EventKind::LeaseAcquired => "8.",
                         _ => return None,
                     }
                     .to_string(),
@@ -237,8 +237,8 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
                 return None;
             }
             Some(
-                match e.kind.as_str() {
-                    "contact-nm" => {
+                match &e.kind {
+                    EventKind::ContactNm => {
                         contacts += 1;
                         if contacts == 1 {
                             "2."
@@ -246,11 +246,11 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
                             "5."
                         }
                     }
-                    "stop" | "server-exited" => "3.",
-                    "lease-released" => "4.",
-                    "server-started" => "6.",
-                    "config-obtained" | "config-cached" => "7-8.",
-                    "lease-acquired" => "9.",
+                    EventKind::Stop | EventKind::ServerExited => "3.",
+                    EventKind::LeaseReleased => "4.",
+                    EventKind::ServerStarted => "6.",
+                    EventKind::ConfigObtained | EventKind::ConfigCached => "7-8.",
+                    EventKind::LeaseAcquired => "9.",
                     _ => return None,
                 }
                 .to_string(),
@@ -360,12 +360,12 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     }
     d.wait_running("ms2", "machine-c", 0, Duration::from_secs(30)).await?;
     for e in d.events().await? {
-        let step = match e.kind.as_str() {
-            "contact-nm" => "2.",
-            "addif" => "",
-            "server-started" => "3.",
-            "config-obtained" => "4-5.",
-            "lease-acquired" | "master-acquired" => "6.",
+        let step = match &e.kind {
+            EventKind::ContactNm => "2.",
+            EventKind::Addif => "",
+            EventKind::ServerStarted => "3.",
+            EventKind::ConfigObtained => "4-5.",
+            EventKind::LeaseAcquired | EventKind::MasterAcquired => "6.",
             _ => continue,
         };
         narrate(start, &e, step);
@@ -393,7 +393,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     );
 
     outln!("\nFigure 7-2  Machine C crashes (every process killed, cable pulled)");
-    let before = d.status().await?.into_iter().find(|s| s.name == "ms2").map(|s| s.epoch.unwrap_or(0)).unwrap_or(0);
+    let before = d.status().await?.into_iter().find(|s| s.name == "ms2").and_then(|s| s.epoch).map_or(0, |e| e.0);
     let t0 = clock::wall_ms();
     let t0_boot = clock::now().0;
     d.lab.crash("machine-c").await?;
@@ -409,15 +409,15 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
     };
     let events = d.events().await?;
     for e in events.iter().skip(seen) {
-        let step = match e.kind.as_str() {
-            "lease-expired" => "2.",
-            "restart-in-place" => "3.",
-            "machine-failed" => "",
-            "migrate" => "4.",
-            "addif" => "",
-            "server-started" => "5.",
-            "config-obtained" => "6-7.",
-            "lease-acquired" => "8.",
+        let step = match &e.kind {
+            EventKind::LeaseExpired => "2.",
+            EventKind::RestartInPlace => "3.",
+            EventKind::MachineFailed => "",
+            EventKind::Migrate => "4.",
+            EventKind::Addif => "",
+            EventKind::ServerStarted => "5.",
+            EventKind::ConfigObtained => "6-7.",
+            EventKind::LeaseAcquired => "8.",
             _ => continue,
         };
         narrate(t0, e, step);
@@ -452,7 +452,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result
         view.outage_ms.map_or("-".into(), |t| t.to_string()),
         interval * periods as u64
     );
-    outln!("  ms2 back on machine-c with fencing token {}", back.epoch.unwrap_or(0));
+    outln!("  ms2 back on machine-c with fencing token {}", back.epoch.unwrap_or_default());
     outln!("  no two instances at once (journals): {}", if safe.iter().all(|r| r.is_ok()) { "ok" } else { "VIOLATED" });
     outln!(
         "  an older instance answered the client after a newer one: {}",

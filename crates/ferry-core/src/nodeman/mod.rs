@@ -19,5 +19,5 @@ pub mod supervisor;
 
 pub use agent::{Ack, Action, Command, Hello, NodeManager, NodeManagerTiming, Origin, ServerView, Teardown};
 pub use refusal::Refusal;
-pub use state::ServerState;
+pub use state::{ServerState, ViewState};
 pub use supervisor::{after_fence, AfterFence, ExitKind, RestartPolicy, StaleMaster, Supervisor, SupervisorAction};

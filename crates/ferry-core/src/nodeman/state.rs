@@ -62,7 +62,75 @@ impl ServerState {
 
 impl fmt::Display for ServerState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
+    }
+}
+
+/// A server's state in the domain's run-time view (`ferry status`, `GET /api/v1/servers`):
+/// what its Node Manager says ([`ServerState`]), judged with the lease table, and the two
+/// states only the lease table can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ViewState {
+    Starting,
+    /// It holds its lease and its Node Manager says its services answer.
+    Running,
+    Restarting,
+    Stopping,
+    Shutdown,
+    Fenced,
+    Failed,
+    FailedConfig,
+    /// Its lease ran out and no Node Manager runs it.
+    Expired,
+    /// It holds its lease but its machine's Node Manager does not list it.
+    Unknown,
+}
+
+impl ViewState {
+    /// The word `ferry status` prints.
+    pub fn as_str(self) -> &'static str {
+        match self.node_state() {
+            Some(s) => s.as_str(),
+            None if self == ViewState::Expired => "EXPIRED",
+            None => "UNKNOWN",
+        }
+    }
+
+    /// The Node Manager's state this view state repeats, if it is one.
+    pub fn node_state(self) -> Option<ServerState> {
+        Some(match self {
+            ViewState::Starting => ServerState::Starting,
+            ViewState::Running => ServerState::Running,
+            ViewState::Restarting => ServerState::Restarting,
+            ViewState::Stopping => ServerState::Stopping,
+            ViewState::Shutdown => ServerState::Shutdown,
+            ViewState::Fenced => ServerState::Fenced,
+            ViewState::Failed => ServerState::Failed,
+            ViewState::FailedConfig => ServerState::FailedConfig,
+            ViewState::Expired | ViewState::Unknown => return None,
+        })
+    }
+}
+
+impl From<ServerState> for ViewState {
+    fn from(s: ServerState) -> ViewState {
+        match s {
+            ServerState::Starting => ViewState::Starting,
+            ServerState::Running => ViewState::Running,
+            ServerState::Restarting => ViewState::Restarting,
+            ServerState::Stopping => ViewState::Stopping,
+            ServerState::Shutdown => ViewState::Shutdown,
+            ServerState::Fenced => ViewState::Fenced,
+            ServerState::Failed => ViewState::Failed,
+            ServerState::FailedConfig => ViewState::FailedConfig,
+        }
+    }
+}
+
+impl fmt::Display for ViewState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -77,5 +145,9 @@ mod tests {
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
         }
         assert_eq!(ServerState::parse("running"), None);
+        for s in [ViewState::Expired, ViewState::Unknown, ViewState::FailedConfig, ViewState::Running] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(s.node_state().map(ViewState::from).unwrap_or(s), s);
+        }
     }
 }

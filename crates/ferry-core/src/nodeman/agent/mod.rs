@@ -43,8 +43,11 @@ use crate::time::Mono;
 /// Correlates a command with its answer ([`Action::Reply`]).
 pub type CommandId = u64;
 
-/// Who sent a command.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who sent a command: the Administration Server, or a cluster master with its master
+/// lease epoch (rule 5). On the wire (`NmStart`, `NmStop`), `{"kind": "admin"}` or
+/// `{"kind": "master", "cluster": ..., "epoch": ..., "server": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Origin {
     /// The Administration Server (or this Node Manager itself).
     Admin,

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ferry_api::EventKind;
+use ferry_api::{EventKind, ViewState};
 use ferry_host::{clock, process};
 use ferry_testkit::{DomainSpec, LabDomain};
 use nix::sys::signal::Signal;
@@ -47,7 +47,7 @@ async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what
     // 1. The migration: the stop answers after the slow removeif; machine-d's probe is clean.
     let out = d.cli(&["migrate", "ms2", "--to", "machine-d", "--wait"]).await.unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), trail(&events(&d).await));
-    let on_d = d.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.unwrap();
+    let on_d = d.wait_running("ms2", "machine-d", before.epoch.unwrap().0, PATIENCE).await.unwrap();
     assert!(has_ip(&d, "machine-d", &fip).await && !has_ip(&d, "machine-c", &fip).await);
     let ev = events(&d).await;
     assert_eq!(count(&ev, EventKind::AddressInUse, "ms2"), 0, "machine-d found the address free:\n{}", trail(&ev));
@@ -55,7 +55,7 @@ async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what
         ev.iter().find(|e| e.kind == EventKind::Removeif && e.machine.as_deref() == Some("machine-c")).unwrap();
     let stopped = ev.iter().find(|e| e.kind == EventKind::NmStopped && e.server.as_deref() == Some("ms2")).unwrap();
     assert!(removed.at_ms <= stopped.at_ms, "the stop answered before the address was gone:\n{}", trail(&ev));
-    wait_client_new(&d, "ms2", 0, before.epoch.unwrap()).await;
+    wait_client_new(&d, "ms2", 0, before.epoch.unwrap().0).await;
 
     // 2. Every process of machine-d dies; its kernel (and the address) stays.
     let seen = ev.len();
@@ -74,9 +74,9 @@ async fn a_slow_removeif_is_waited_for_and_a_restarted_node_manager_removes_what
         e.kind == EventKind::Leftover && e.server.as_deref() == Some("ms2") && e.source == "nodemanager/machine-d"
     })
     .await;
-    let back = wait_running_anywhere(&d, "ms2", on_d.epoch.unwrap()).await;
+    let back = wait_running_anywhere(&d, "ms2", on_d.epoch.unwrap().0).await;
     let machine = back.machine.clone().unwrap();
-    assert_eq!(holders(&d, &fip).await, vec![machine.clone()], "the address is where ms2 runs: {back:?}");
+    assert_eq!(holders(&d, &fip).await, vec![machine.to_string()], "the address is where ms2 runs: {back:?}");
     let ev = events(&d).await;
     println!("after the Node Manager's restart ms2 runs on {machine}:\n{}", trail(&ev[seen..]));
     let t = clock::now().0;
@@ -127,7 +127,7 @@ async fn bad_floating_ip_input_is_refused_and_the_master_moves_on() {
     // 2. machine-c crashes: machine-d (ms2's first candidate) has no eth9, so the master
     // moves on to machine-b.
     d.lab.crash("machine-c").await.unwrap();
-    let after = d.wait_running("ms2", "machine-b", before.epoch.unwrap(), PATIENCE).await.expect("ms2 on machine-b");
+    let after = d.wait_running("ms2", "machine-b", before.epoch.unwrap().0, PATIENCE).await.expect("ms2 on machine-b");
     assert!(after.epoch > before.epoch);
     let ev = d.events().await.unwrap();
     assert!(
@@ -158,5 +158,5 @@ async fn a_floating_ip_outside_the_subnet_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("198.19.5.5") && err.contains("outside"), "{err}");
     let st = d.status().await.unwrap().into_iter().find(|s| s.name == "ms2").unwrap();
-    assert_ne!(st.state, "RUNNING");
+    assert_ne!(st.state, ViewState::Running);
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_api::EventKind;
+use ferry_api::{EventKind, ViewState};
 use ferry_host::clock;
 use ferry_testkit::LabDomain;
 
@@ -100,7 +100,7 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     let ms1 = status_of(&d, "ms1").await;
     let out = d.cli(&["migrate", "ms1", "--to", "machine-c", "--wait"]).await.unwrap();
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let ms1_c = d.wait_running("ms1", "machine-c", ms1.epoch.unwrap(), PATIENCE).await.unwrap();
+    let ms1_c = d.wait_running("ms1", "machine-c", ms1.epoch.unwrap().0, PATIENCE).await.unwrap();
     let t1 = clock::now().0;
     wait_client_after(&d, "ms1", t1).await;
     // A day forward.
@@ -113,13 +113,13 @@ async fn wall_clock_jumps_on_one_machine_change_nothing() {
     let now1 = status_of(&d, "ms1").await;
     let now2 = status_of(&d, "ms2").await;
     assert_eq!(
-        (now2.state.as_str(), now2.machine.as_deref(), now2.epoch, now2.pid),
-        ("RUNNING", Some("machine-c"), ms2.epoch, ms2.pid),
+        (now2.state, now2.machine.as_deref(), now2.epoch, now2.pid),
+        (ViewState::Running, Some("machine-c"), ms2.epoch, ms2.pid),
         "ms2 ran on through both jumps"
     );
     assert_eq!(
-        (now1.state.as_str(), now1.machine.as_deref(), now1.epoch, now1.pid),
-        ("RUNNING", Some("machine-c"), ms1_c.epoch, ms1_c.pid),
+        (now1.state, now1.machine.as_deref(), now1.epoch, now1.pid),
+        (ViewState::Running, Some("machine-c"), ms1_c.epoch, ms1_c.pid),
         "ms1, started under the skewed clock, ran on through the jump"
     );
     wait_client_after(&d, "ms2", t2).await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry_api::EventKind;
+use ferry_api::{EventKind, ServerState, ViewState};
 use ferry_host::{clock, process};
 use ferry_testkit::{check_journal, wait_until, ClientView, LabDomain};
 use nix::sys::signal::Signal;
@@ -32,9 +32,9 @@ async fn machine_crash_moves_server_and_floating_ip() {
     let t0 = clock::now().0;
     d.lab.crash("machine-c").await.unwrap();
     let after =
-        d.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.expect("ms2 moved to machine-d");
+        d.wait_running("ms2", "machine-d", before.epoch.unwrap().0, PATIENCE).await.expect("ms2 moved to machine-d");
     assert!(has_ip(&d, "machine-d", &fip).await, "the floating IP moved to machine-d");
-    let view = wait_client_new(&d, "ms2", t0, before.epoch.unwrap()).await;
+    let view = wait_client_new(&d, "ms2", t0, before.epoch.unwrap().0).await;
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
     assert_outage_within("machine crash", &view, liveness_bound_ms());
     assert!(after.epoch > before.epoch);
@@ -52,7 +52,7 @@ async fn hung_server_is_fenced_by_its_node_manager_and_restarted_in_place() {
     client_on(&mut d, "ms2").await;
     let before = status_of(&d, "ms2").await;
     let pid = before.pid.expect("ms2 has a pid");
-    let old_epoch = before.epoch.unwrap();
+    let old_epoch = before.epoch.unwrap().0;
 
     let t0 = clock::now().0;
     assert!(process::signal(pid, Signal::SIGSTOP));
@@ -128,7 +128,7 @@ async fn frozen_machine_thaws_and_its_old_instance_never_answers_again() {
     client_on(&mut d, "ms2").await;
     let fip = d.floating["ms2"].ip().to_string();
     let before = status_of(&d, "ms2").await;
-    let old_epoch = before.epoch.unwrap();
+    let old_epoch = before.epoch.unwrap().0;
 
     let frozen = clock::now();
     d.lab.freeze("machine-c").await.unwrap();
@@ -154,7 +154,7 @@ async fn frozen_machine_thaws_and_its_old_instance_never_answers_again() {
     let machine_now = now.machine.clone().unwrap();
     assert_eq!(
         holders(&d, &fip).await,
-        vec![machine_now.clone()],
+        vec![machine_now.to_string()],
         "ms2's floating IP is on exactly the machine that runs it"
     );
     let seen = assert_ending(&d, Ending { clients: &["ms2"], ..Ending::default() }).await;
@@ -209,8 +209,8 @@ async fn node_manager_crash_leaves_its_server_running_and_the_new_one_adopts_it(
     tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
     let mid = status_of(&d, "ms2").await;
     assert_eq!(
-        (mid.state.as_str(), mid.epoch),
-        ("RUNNING", before.epoch),
+        (mid.state, mid.epoch),
+        (ViewState::Running, before.epoch),
         "ms2 kept its lease without its Node Manager"
     );
     d.start_nm("machine-c").unwrap();
@@ -255,8 +255,8 @@ async fn master_machine_crash_another_server_takes_over_and_migrates() {
 
     let t0 = clock::now().0;
     d.lab.crash("machine-b").await.unwrap();
-    d.wait_running("ms1", "machine-d", ms1.epoch.unwrap(), PATIENCE).await.expect("ms1 moved to machine-d");
-    let view = wait_client_new(&d, "ms1", t0, ms1.epoch.unwrap()).await;
+    d.wait_running("ms1", "machine-d", ms1.epoch.unwrap().0, PATIENCE).await.expect("ms1 moved to machine-d");
+    let view = wait_client_new(&d, "ms1", t0, ms1.epoch.unwrap().0).await;
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
     let ev = events(&d).await;
     assert!(
@@ -280,7 +280,7 @@ async fn admin_down_during_a_failure_is_not_on_the_failover_path() {
     let Some(mut d) = started().await else { return };
     client_on(&mut d, "ms2").await;
     let before = status_of(&d, "ms2").await;
-    let old_epoch = before.epoch.unwrap();
+    let old_epoch = before.epoch.unwrap().0;
     let killed = kill_running(&d, ferry_lab::SWITCH, &["admin", "--domain"]).await;
     assert_eq!(killed.len(), 1, "one Administration Server: {killed:?}");
     assert!(d.status().await.is_err(), "the admin is down");
@@ -328,7 +328,7 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
         [("ms1", "machine-b"), ("ms2", "machine-c")].iter().all(|(s, machine)| {
             m.iter()
                 .filter(|v| v.name == *machine)
-                .any(|v| v.servers.iter().any(|e| e.name == *s && e.state == "FENCED" && e.pid.is_none()))
+                .any(|v| v.servers.iter().any(|e| e.name == *s && e.state == ServerState::Fenced && e.pid.is_none()))
         })
     })
     .await;
@@ -340,7 +340,7 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (s, old) in [("ms1", &ms1), ("ms2", &ms2)] {
         let lines = d.client_log(s);
-        let last_old = lines.iter().filter(|l| l.ok && l.epoch == old.epoch.unwrap()).map(|l| l.t_ms).max().unwrap();
+        let last_old = lines.iter().filter(|l| l.ok && l.epoch == old.epoch.unwrap().0).map(|l| l.t_ms).max().unwrap();
         println!(
             "database outage: {s}'s service last answered {} ms after the database was down",
             last_old as i64 - stopped as i64
@@ -352,10 +352,10 @@ async fn database_outage_fences_everything_and_the_domain_returns_in_place() {
     let back = clock::now().0;
     d.pg.start_again().unwrap();
     let patience = Duration::from_secs(60);
-    d.wait_running("ms1", "machine-b", ms1.epoch.unwrap(), patience).await.expect("ms1 back on machine-b");
-    d.wait_running("ms2", "machine-c", ms2.epoch.unwrap(), patience).await.expect("ms2 back on machine-c");
-    let v1 = wait_client_new(&d, "ms1", back, ms1.epoch.unwrap()).await;
-    let v2 = wait_client_new(&d, "ms2", back, ms2.epoch.unwrap()).await;
+    d.wait_running("ms1", "machine-b", ms1.epoch.unwrap().0, patience).await.expect("ms1 back on machine-b");
+    d.wait_running("ms2", "machine-c", ms2.epoch.unwrap().0, patience).await.expect("ms2 back on machine-c");
+    let v1 = wait_client_new(&d, "ms1", back, ms1.epoch.unwrap().0).await;
+    let v2 = wait_client_new(&d, "ms2", back, ms2.epoch.unwrap().0).await;
     assert_eq!(v1.new_machine.as_deref(), Some("machine-b"));
     assert_eq!(v2.new_machine.as_deref(), Some("machine-c"));
     println!("database outage: back {:?} / {:?} ms after the database returned", v1.outage_ms, v2.outage_ms);

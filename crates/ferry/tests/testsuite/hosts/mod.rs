@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_api::{Event, EventKind, MachineStatus, ServerStatus};
+use ferry_api::{Event, EventKind, MachineStatus, ServerStatus, ViewState};
 use ferry_host::{clock, process};
 use ferry_testkit::{check_journal, client_view, wait_until, ClientLine, ClientView, DomainSpec, LabDomain};
 use nix::sys::signal::Signal;
@@ -119,7 +119,7 @@ async fn live_copies(d: &LabDomain, server: &str) -> Vec<(String, i32)> {
                 .into_iter()
                 .filter(|s| s.name == server)
                 .filter_map(|s| s.pid)
-                .map(move |pid| (m.name.clone(), pid))
+                .map(move |pid| (m.name.to_string(), pid))
         })
         .collect()
 }
@@ -350,7 +350,7 @@ async fn wait_running_anywhere(d: &LabDomain, server: &str, epoch: u64) -> Serve
     loop {
         if let Ok(list) = d.status().await {
             if let Some(s) = list.into_iter().find(|s| s.name == server) {
-                if s.state == "RUNNING" && s.epoch.unwrap_or(0) > epoch && s.machine.is_some() {
+                if s.state == ViewState::Running && s.epoch.map_or(0, |e| e.0) > epoch && s.machine.is_some() {
                     return s;
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_api::EventKind;
+use ferry_api::{EventKind, ViewState};
 use ferry_host::clock;
 
 use super::{
@@ -23,7 +23,7 @@ async fn partitioned_machine_loses_its_server_and_does_not_take_it_back() {
     client_on(&mut d, "ms2").await;
     let fip = d.floating["ms2"].ip().to_string();
     let before = status_of(&d, "ms2").await;
-    let old_epoch = before.epoch.unwrap();
+    let old_epoch = before.epoch.unwrap().0;
 
     let t0 = clock::now().0;
     d.lab.partition("machine-c").await.unwrap();
@@ -75,8 +75,8 @@ async fn cut_from_peers_but_not_from_the_lease_table_moves_nothing() {
     let t1 = clock::now().0;
     d.lab.heal().await.unwrap();
     assert_eq!(
-        (mid.state.as_str(), mid.machine.as_deref(), mid.epoch, mid.pid),
-        ("RUNNING", Some("machine-c"), before.epoch, before.pid),
+        (mid.state, mid.machine.as_deref(), mid.epoch, mid.pid),
+        (ViewState::Running, Some("machine-c"), before.epoch, before.pid),
         "ms2 kept its lease on machine-c"
     );
     wait_client_after(&d, "ms2", t1).await;
@@ -101,7 +101,7 @@ async fn cut_from_the_lease_table_fences_and_moves() {
     client_on(&mut d, "ms2").await;
     let fip = d.floating["ms2"].ip().to_string();
     let before = status_of(&d, "ms2").await;
-    let old_epoch = before.epoch.unwrap();
+    let old_epoch = before.epoch.unwrap().0;
 
     let t0 = clock::now().0;
     d.lab.partition_from_switch("machine-c").await.unwrap();

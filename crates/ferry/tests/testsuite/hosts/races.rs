@@ -95,7 +95,7 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     d.lab.crash("machine-c").await.unwrap();
     let (ok_a, text_a) = migrate_outcome(child, &log_a).await;
-    let after = wait_running_anywhere(&d, "ms2", before.epoch.unwrap()).await;
+    let after = wait_running_anywhere(&d, "ms2", before.epoch.unwrap().0).await;
     let here = after.machine.clone().unwrap();
     assert!(here == "machine-d" || here == "machine-b", "{after:?}");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
@@ -106,7 +106,7 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
         text_a
     );
 
-    let mut outcomes = vec![(ok_a, text_a, here.clone())];
+    let mut outcomes = vec![(ok_a, text_a, here.to_string())];
 
     // The reverse: the machine ms2 runs on crashes, then an operator moves ms2 at once.
     let other = if here == "machine-d" { "machine-b" } else { "machine-d" };
@@ -120,7 +120,7 @@ async fn manual_migration_racing_a_crash_ends_with_one_instance() {
         let child = spawn_migrate(&d, "ms2", other, &log_b);
         let (ok_b, text_b) = migrate_outcome(child, &log_b).await;
         let after_b =
-            d.wait_running("ms2", other, after.epoch.unwrap(), PATIENCE).await.expect("ms2 runs on the last machine");
+            d.wait_running("ms2", other, after.epoch.unwrap().0, PATIENCE).await.expect("ms2 runs on the last machine");
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         assert_runs_once_on(&d, "ms2", other).await;
         assert!(after_b.epoch > after.epoch);
@@ -157,7 +157,7 @@ async fn hung_server_orphaned_by_a_node_manager_restart_is_fenced_before_a_new_i
     let Some(mut d) = started().await else { return };
     client_on(&mut d, "ms2").await;
     let before = status_of(&d, "ms2").await;
-    let old_epoch = before.epoch.unwrap();
+    let old_epoch = before.epoch.unwrap().0;
     let pid = before.pid.unwrap();
 
     let t0 = clock::now().0;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use ferry_api::{EventKind, NmStart, Origin};
+use ferry_api::{EventKind, NmStart, OperationState, Origin, ViewState};
 use ferry_testkit::{wait_until, Harness};
 
 use super::{assert_safe, events, journal_with, spec, status_of};
@@ -65,14 +65,14 @@ async fn failing_and_hanging_hooks_stop_the_start_and_the_master_moves_on() {
     .await
     .unwrap();
     let ms2 = h.status().await.unwrap().into_iter().find(|s| s.name == "ms2").unwrap();
-    assert_ne!(ms2.state, "RUNNING", "ms2 runs nowhere while every hook fails: {ms2:?}");
+    assert_ne!(ms2.state, ViewState::Running, "ms2 runs nowhere while every hook fails: {ms2:?}");
     let e = nm_d.start("ms2", &NmStart { origin: Origin::Admin, in_place: false }).await.unwrap_err();
     assert!(e.to_string().contains("is in use on"), "{e}");
     // Machine-b's hook is repaired: the master's next circuit starts ms2 there.
     std::fs::write(&hangs_b, "#!/bin/sh\necho ok\n").unwrap();
     assert!(h.who_answers("ms1").await.is_some(), "ms1 was never disturbed");
     let after = h
-        .wait_running("ms2", "machine-b", before.epoch.unwrap(), Duration::from_secs(60))
+        .wait_running("ms2", "machine-b", before.epoch.unwrap().0, Duration::from_secs(60))
         .await
         .expect("ms2 runs on machine-b");
     assert!(after.epoch > before.epoch);
@@ -119,7 +119,7 @@ async fn finished(h: &Harness, op: ferry_api::Operation) -> ferry_api::Operation
     let until = ferry_host::clock::now() + Duration::from_secs(60);
     loop {
         let o = admin.operation(op.id).await.expect("operation");
-        if o.state != "running" {
+        if o.state != OperationState::Running {
             return o;
         }
         assert!(ferry_host::clock::now() < until, "operation {} still running after 60 s: {o:?}", op.id);
@@ -149,8 +149,8 @@ async fn a_migration_waits_for_a_slow_removeif_retries_a_busy_address_and_rolls_
 
     // 1. The stop waits for the slow removeif: the target finds the address free at once.
     let op = finished(&h, admin.migrate("ms2", "machine-d").await.unwrap()).await;
-    assert_eq!(op.state, "succeeded", "{op:?}");
-    let on_d = h.wait_running("ms2", "machine-d", on_c.epoch.unwrap(), PATIENCE).await.unwrap();
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    let on_d = h.wait_running("ms2", "machine-d", on_c.epoch.unwrap().0, PATIENCE).await.unwrap();
     assert_eq!(owner("198.18.1.102").as_deref(), Some("machine-d"));
     let ev = events(&h).await;
     let ms2 = |e: &&ferry_api::Event| e.server.as_deref() == Some("ms2");
@@ -178,16 +178,16 @@ async fn a_migration_waits_for_a_slow_removeif_retries_a_busy_address_and_rolls_
     .unwrap();
     std::fs::remove_file(state.join("block-machine-c")).unwrap();
     let op = finished(&h, op).await;
-    assert_eq!(op.state, "succeeded", "{op:?}");
-    let back_on_c = h.wait_running("ms2", "machine-c", on_d.epoch.unwrap(), PATIENCE).await.unwrap();
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    let back_on_c = h.wait_running("ms2", "machine-c", on_d.epoch.unwrap().0, PATIENCE).await.unwrap();
 
     // 3. A target that never gets the address: the migration rolls back, ms2 runs again on c.
     std::fs::write(state.join("block-machine-b"), "").unwrap();
     let op = finished(&h, admin.migrate("ms2", "machine-b").await.unwrap()).await;
-    assert_eq!(op.state, "failed", "{op:?}");
+    assert_eq!(op.state, OperationState::Failed, "{op:?}");
     let error = op.error.clone().unwrap_or_default();
     assert!(error.contains("migration to machine-b failed") && error.contains("rolled back"), "{error}");
-    let rolled = h.wait_running("ms2", "machine-c", back_on_c.epoch.unwrap(), PATIENCE).await.unwrap();
+    let rolled = h.wait_running("ms2", "machine-c", back_on_c.epoch.unwrap().0, PATIENCE).await.unwrap();
     assert_eq!(owner("198.18.1.102").as_deref(), Some("machine-c"), "{rolled:?}");
     assert!(h.who_answers("ms2").await.is_some(), "ms2 answers after the rollback");
     journal_with(&h, "ms2", 4).await;
@@ -235,13 +235,13 @@ async fn a_restarted_node_manager_removes_the_floating_ips_it_left_behind() {
     let until = ferry_host::clock::now() + Duration::from_secs(60);
     let after = loop {
         let s = status_of(&h, "ms2").await;
-        if s.state == "RUNNING" && s.epoch > before.epoch {
+        if s.state == ViewState::Running && s.epoch > before.epoch {
             break s;
         }
         assert!(ferry_host::clock::now() < until, "ms2 never ran again: {s:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(owner("198.18.1.102"), after.machine, "the address is where ms2 runs");
+    assert_eq!(owner("198.18.1.102").as_deref(), after.machine.as_deref(), "the address is where ms2 runs");
     // ms1 still runs on machine-b, with its address: a Node Manager restart there keeps it.
     h.kill_nm_only("machine-b");
     h.start_nm("machine-b").await.unwrap();

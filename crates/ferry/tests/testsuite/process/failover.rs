@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_api::{EventKind, NmStart, Origin};
+use ferry_api::{EventKind, NmStart, OperationState, Origin, ServerState, ViewState};
 use ferry_testkit::{wait_until, Harness};
 use nix::sys::signal::Signal;
 
@@ -22,7 +22,7 @@ async fn kill_machine_then_failback() {
     let after = h.wait_running("ms2", "machine-d", 0, PATIENCE).await.expect("ms2 migrated to machine-d");
     assert!(after.epoch > before.epoch, "the new instance has a larger fencing token");
     let answer = h.wait_answer_from("ms2", "machine-d", PATIENCE).await.expect("ms2's service answers");
-    assert_eq!(answer["fencing_token"], after.epoch.unwrap());
+    assert_eq!(answer["fencing_token"], after.epoch.unwrap().0);
     let ev = events(&h).await;
     for kind in [EventKind::LeaseExpired, EventKind::RestartInPlace, EventKind::MachineFailed, EventKind::Migrate] {
         assert!(ev.iter().any(|e| e.kind == kind && e.server.as_deref() == Some("ms2")), "no {kind} event for ms2");
@@ -34,17 +34,17 @@ async fn kill_machine_then_failback() {
     let op = h.admin().migrate("ms2", "machine-c").await.expect("migration accepted");
     let admin = h.admin();
     wait_until(PATIENCE, "the failback to finish", || async {
-        admin.operation(op.id).await.map(|o| o.state != "running").unwrap_or(false)
+        admin.operation(op.id).await.map(|o| o.state != OperationState::Running).unwrap_or(false)
     })
     .await
     .unwrap();
     let op = admin.operation(op.id).await.unwrap();
-    assert_eq!(op.state, "succeeded", "{op:?}");
-    let back = h.wait_running("ms2", "machine-c", after.epoch.unwrap(), PATIENCE).await.unwrap();
+    assert_eq!(op.state, OperationState::Succeeded, "{op:?}");
+    let back = h.wait_running("ms2", "machine-c", after.epoch.unwrap().0, PATIENCE).await.unwrap();
     assert!(back.epoch > after.epoch);
     // ms1 was never disturbed.
     let ms1 = status_of(&h, "ms1").await;
-    assert_eq!(ms1.epoch, Some(1));
+    assert_eq!(ms1.epoch, Some(ferry_core::Epoch(1)));
     assert_safe(&h).await;
 }
 
@@ -69,7 +69,7 @@ async fn hung_server_is_fenced_and_restarted_in_place() {
     .unwrap();
     wait_until(PATIENCE, "the hung server to be gone", || async { !ferry_host::process::alive(pid) }).await.unwrap();
     let after =
-        h.wait_running("ms2", "machine-c", before.epoch.unwrap(), PATIENCE).await.expect("ms2 restarted in place");
+        h.wait_running("ms2", "machine-c", before.epoch.unwrap().0, PATIENCE).await.expect("ms2 restarted in place");
     assert!(after.epoch > before.epoch);
     assert_ne!(after.pid, Some(pid));
     let ev = events(&h).await;
@@ -89,7 +89,7 @@ async fn crashed_server_restarts_at_once_by_handover() {
     let admin = h.admin();
     wait_until(PATIENCE, "ms1 to run again with a new epoch", || async {
         admin.servers().await.ok().and_then(|l| l.into_iter().find(|s| s.name == "ms1")).is_some_and(|s| {
-            s.state == "RUNNING"
+            s.state == ViewState::Running
                 && s.epoch > before.epoch
                 && s.machine.as_deref() == Some("machine-b")
                 && s.pid.is_some()
@@ -140,14 +140,14 @@ async fn admin_down_servers_keep_running_and_restart_from_cache() {
     // Several lease periods pass without the admin.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let a = h.who_answers("ms1").await.expect("ms1 still answers");
-    assert_eq!(a["fencing_token"], before.epoch.unwrap());
+    assert_eq!(a["fencing_token"], before.epoch.unwrap().0);
     // Crash ms1's runtime: its Node Manager restarts it with the cached configuration.
     assert!(ferry_host::process::signal(before.pid.unwrap(), Signal::SIGKILL));
     let addr = h.service_addr["ms1"];
     wait_until(PATIENCE, "ms1 to answer with a new fencing token", || async {
         ferry_testkit::probe(addr, Duration::from_millis(300))
             .await
-            .is_some_and(|v| v["fencing_token"].as_u64() > before.epoch)
+            .is_some_and(|v| v["fencing_token"].as_u64() > before.epoch.map(|e| e.0))
     })
     .await
     .unwrap();
@@ -163,7 +163,7 @@ async fn admin_down_servers_keep_running_and_restart_from_cache() {
     })
     .await
     .unwrap();
-    assert_eq!(status_of(&h, "ms1").await.state, "RUNNING");
+    assert_eq!(status_of(&h, "ms1").await.state, ViewState::Running);
     assert_safe(&h).await;
 }
 
@@ -176,26 +176,26 @@ async fn stop_is_respected_and_start_brings_it_back() {
     let admin = h.admin();
     let op = admin.stop("ms2", false).await.expect("stop accepted");
     wait_until(PATIENCE, "the stop to finish", || async {
-        admin.operation(op.id).await.map(|o| o.state == "succeeded").unwrap_or(false)
+        admin.operation(op.id).await.map(|o| o.state == OperationState::Succeeded).unwrap_or(false)
     })
     .await
     .unwrap();
     // Longer than ttl + grace + a scan: the master must leave it alone.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let s = status_of(&h, "ms2").await;
-    assert_eq!(s.state, "SHUTDOWN", "{s:?}");
+    assert_eq!(s.state, ViewState::Shutdown, "{s:?}");
     assert!(h.who_answers("ms2").await.is_none());
     // A forced stop releases the lease too.
     admin.start("ms2").await.expect("start accepted");
     h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
     let op = admin.stop("ms2", true).await.expect("forced stop accepted");
     wait_until(PATIENCE, "the forced stop to finish", || async {
-        admin.operation(op.id).await.map(|o| o.state == "succeeded").unwrap_or(false)
+        admin.operation(op.id).await.map(|o| o.state == OperationState::Succeeded).unwrap_or(false)
     })
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(status_of(&h, "ms2").await.state, "SHUTDOWN");
+    assert_eq!(status_of(&h, "ms2").await.state, ViewState::Shutdown);
     assert_safe(&h).await;
 }
 
@@ -216,7 +216,7 @@ async fn lost_lease_table_makes_every_server_fence_itself() {
                 .await
                 .ok()
                 .and_then(|l| l.into_iter().find(|s| s.name == server))
-                .is_some_and(|s| s.state == "FENCED" && s.last_exit.as_deref() == Some("exit code 75"))
+                .is_some_and(|s| s.state == ServerState::Fenced && s.last_exit.as_deref() == Some("exit code 75"))
         })
         .await
         .unwrap();
@@ -280,7 +280,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     let home = if name == "ms1" { "machine-b" } else { "machine-c" };
     let master_creds = h.server_credentials(home, &name).unwrap();
     let master = |epoch| NmStart {
-        origin: Origin::Master { cluster: "cluster-1".into(), epoch, server: name.clone() },
+        origin: Origin::Master { cluster: cluster.name.clone(), epoch, server: name.clone() },
         in_place: false,
     };
     // The real master's epoch reaches this Node Manager (as a no-op start of a running server).
@@ -290,7 +290,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     wait_until(PATIENCE, "machine-c's Node Manager to persist the master epoch", || async {
         std::fs::read(&epochs_file).is_ok_and(|b| {
             serde_json::from_slice::<std::collections::BTreeMap<String, u64>>(&b)
-                .is_ok_and(|m| m.get("cluster-1") == Some(&epoch))
+                .is_ok_and(|m| m.get("cluster-1") == Some(&epoch.0))
         })
     })
     .await
@@ -298,7 +298,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     assert_eq!(h.kill_nm_only("machine-c"), 1);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let mid = status_of(&h, "ms2").await;
-    assert_eq!((mid.state.as_str(), mid.epoch), ("RUNNING", before.epoch), "ms2 kept running without its Node Manager");
+    assert_eq!((mid.state, mid.epoch), (ViewState::Running, before.epoch), "ms2 kept running without its Node Manager");
     h.start_nm("machine-c").await.unwrap();
     let admin = h.admin();
     wait_until(PATIENCE, "the new Node Manager to adopt ms2", || async {
@@ -311,14 +311,14 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     .await
     .unwrap();
     let nm = h.nm_client_as("machine-c", &master_creds);
-    let e = nm.start("ms2", &master(epoch - 1)).await.unwrap_err();
+    let e = nm.start("ms2", &master(ferry_core::Epoch(epoch.0 - 1))).await.unwrap_err();
     assert_eq!(e.status(), Some(403), "an older epoch is not the master's: {e}");
     // Rule 5 across restarts: the restarted Node Manager still knows master epoch `epoch`.
     let seen: std::collections::BTreeMap<String, u64> = serde_json::from_slice(
         &std::fs::read(h.dir.join("data/nm-machine-c/master-epochs.json")).expect("master epochs persisted"),
     )
     .unwrap();
-    assert_eq!(seen.get("cluster-1"), Some(&epoch), "{seen:?}");
+    assert_eq!(seen.get("cluster-1"), Some(&epoch.0), "{seen:?}");
     let seen = nm.servers().await.unwrap().into_iter().find(|s| s.name == "ms2").expect("adopted ms2 is listed");
     assert_eq!(seen.pid, before.pid);
     assert!(seen.deadline_in_ms.is_some(), "the adopted server reports its deadline again");
@@ -333,7 +333,7 @@ async fn restarted_node_manager_adopts_its_running_servers() {
     })
     .await
     .unwrap();
-    h.wait_running("ms2", "machine-c", before.epoch.unwrap(), PATIENCE).await.expect("ms2 restarted in place");
+    h.wait_running("ms2", "machine-c", before.epoch.unwrap().0, PATIENCE).await.expect("ms2 restarted in place");
     assert_safe(&h).await;
 }
 
@@ -358,14 +358,14 @@ async fn servers_renew_through_their_node_manager_in_batches() {
     assert!(later.renewals >= first.renewals + 5, "renewals go through the Node Manager: {first:?} -> {later:?}");
     assert!(later.renewal_batches > first.renewal_batches && later.renewal_batches <= later.renewals);
     let after = status_of(&h, "ms2").await;
-    assert_eq!((after.state.as_str(), after.epoch), ("RUNNING", before.epoch), "the lease stays live");
+    assert_eq!((after.state, after.epoch), (ViewState::Running, before.epoch), "the lease stays live");
     // Without its Node Manager, the server renews on its own.
     assert_eq!(h.kill_nm_only("machine-b"), 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let alone = status_of(&h, "ms2").await;
     assert_eq!(
-        (alone.state.as_str(), alone.epoch),
-        ("RUNNING", before.epoch),
+        (alone.state, alone.epoch),
+        (ViewState::Running, before.epoch),
         "ms2 kept its lease without its Node Manager"
     );
     assert_safe(&h).await;
@@ -402,7 +402,7 @@ async fn a_fenced_server_is_restarted_by_the_master_alone_while_one_is_live() {
     let after = loop {
         most = most.max(server_processes(&h, "ms2"));
         let s = status_of(&h, "ms2").await;
-        if s.state == "RUNNING" && s.epoch > before.epoch {
+        if s.state == ViewState::Running && s.epoch > before.epoch {
             break s;
         }
         assert!(ferry_host::clock::now() < until, "ms2 never came back: {s:?}");
@@ -466,7 +466,7 @@ async fn status_answers_while_a_node_manager_hangs_and_marks_its_machine_stale()
     let h = started().await;
     let (machines, servers) = cli_views(&h);
     assert!(machines.iter().all(|m| m.reachable && !m.stale && m.last_seen_age_ms.is_some()), "{machines:?}");
-    assert!(servers.iter().all(|s| !s.view_stale && s.state == "RUNNING"), "{servers:?}");
+    assert!(servers.iter().all(|s| !s.view_stale && s.state == ViewState::Running), "{servers:?}");
 
     let nm = nm_pid(&h, "machine-c");
     assert!(ferry_host::process::signal(nm, Signal::SIGSTOP));

@@ -55,13 +55,17 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let (master, epoch) = (cluster.master.expect("a master"), cluster.master_epoch.expect("an epoch"));
     let home = if master == "ms1" { "machine-b" } else { "machine-c" };
     let as_master = |epoch, server: &str| NmStart {
-        origin: Origin::Master { cluster: "cluster-1".into(), epoch, server: server.into() },
+        origin: Origin::Master {
+            cluster: cluster.name.clone(),
+            epoch,
+            server: ferry_core::ServerName::new(server).unwrap(),
+        },
         in_place: false,
     };
     let master_creds = h.server_credentials(home, &master).unwrap();
     let nm = h.nm_client_as("machine-c", &master_creds);
     nm.start("ms2", &as_master(epoch, &master)).await.expect("the current master may ask (ms2 already runs: no-op)");
-    let e = nm.start("ms2", &as_master(epoch - 1, &master)).await.unwrap_err();
+    let e = nm.start("ms2", &as_master(ferry_core::Epoch(epoch.0 - 1), &master)).await.unwrap_err();
     assert_eq!(e.status(), Some(403), "{e}");
     assert!(e.to_string().contains("not the current master"), "{e}");
     let e = nm.start("ms2", &NmStart { origin: Origin::Admin, in_place: false }).await.unwrap_err();
@@ -98,11 +102,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = h.status().await.unwrap();
     for (a, b) in before.iter().zip(&after) {
-        assert_eq!(
-            (a.state.as_str(), &a.machine, a.epoch, a.pid),
-            (b.state.as_str(), &b.machine, b.epoch, b.pid),
-            "nothing changed"
-        );
+        assert_eq!((a.state, &a.machine, a.epoch, a.pid), (b.state, &b.machine, b.epoch, b.pid), "nothing changed");
     }
     assert_safe(&h).await;
 }
@@ -475,11 +475,7 @@ async fn hostile_requests_get_clear_4xx_and_disturb_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = h.status().await.unwrap();
     for (a, b) in before.iter().zip(&after) {
-        assert_eq!(
-            (a.state.as_str(), &a.machine, a.epoch, a.pid),
-            (b.state.as_str(), &b.machine, b.epoch, b.pid),
-            "nothing changed"
-        );
+        assert_eq!((a.state, &a.machine, a.epoch, a.pid), (b.state, &b.machine, b.epoch, b.pid), "nothing changed");
     }
     drop(stall);
     assert_safe(&h).await;
@@ -496,8 +492,7 @@ async fn every_http_body_survives_random_input() {
     use proptest::strategy::ValueTree;
     let _g = SERIAL.lock().await;
     let h = started().await;
-    let before: Vec<(String, Option<i32>, Option<u64>)> =
-        h.status().await.unwrap().into_iter().map(|s| (s.name, s.pid, s.epoch)).collect();
+    let before: Vec<_> = h.status().await.unwrap().into_iter().map(|s| (s.name, s.pid, s.epoch)).collect();
     let version = h.admin().domain().await.unwrap().version;
     let secret = h.secret().await.unwrap();
     let creds = h.admin_credentials().await.unwrap();
@@ -605,8 +600,7 @@ async fn every_http_body_survives_random_input() {
     eprintln!("{cases} random bodies; answers by status: {by_status:?}");
     // Everything still runs, untouched.
     h.nm_client("machine-c", Duration::from_secs(2)).await.unwrap().health().await.expect("the Node Manager answers");
-    let after: Vec<(String, Option<i32>, Option<u64>)> =
-        h.status().await.unwrap().into_iter().map(|s| (s.name, s.pid, s.epoch)).collect();
+    let after: Vec<_> = h.status().await.unwrap().into_iter().map(|s| (s.name, s.pid, s.epoch)).collect();
     assert_eq!(before, after, "the servers were disturbed");
     assert_eq!(h.admin().domain().await.unwrap().version, version, "a random body changed the configuration");
 }

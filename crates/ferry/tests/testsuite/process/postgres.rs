@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ferry_api::EventKind;
+use ferry_api::{EventKind, ServerState};
 use ferry_testkit::{wait_until, Harness};
 
 use super::{assert_safe, events, spec};
@@ -29,8 +29,10 @@ async fn postgres_lease_table_failover_and_outage() {
     let before = h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
 
     h.kill_machine("machine-c");
-    let moved =
-        h.wait_running("ms2", "machine-d", before.epoch.unwrap(), PATIENCE).await.expect("ms2 migrated on PostgreSQL");
+    let moved = h
+        .wait_running("ms2", "machine-d", before.epoch.unwrap().0, PATIENCE)
+        .await
+        .expect("ms2 migrated on PostgreSQL");
     h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();
 
     // The database goes away: both servers fence themselves before their leases could expire.
@@ -47,7 +49,7 @@ async fn postgres_lease_table_failover_and_outage() {
                 .await
                 .ok()
                 .and_then(|l| l.into_iter().find(|s| s.name == server))
-                .is_some_and(|s| s.state == "FENCED")
+                .is_some_and(|s| s.state == ServerState::Fenced)
         })
         .await
         .unwrap();
@@ -68,7 +70,7 @@ async fn postgres_lease_table_failover_and_outage() {
     .await
     .unwrap();
     h.wait_running("ms1", "machine-b", 1, Duration::from_secs(60)).await.expect("ms1 back");
-    h.wait_running("ms2", "machine-d", moved.epoch.unwrap(), Duration::from_secs(60))
+    h.wait_running("ms2", "machine-d", moved.epoch.unwrap().0, Duration::from_secs(60))
         .await
         .expect("ms2 back where it ran");
     h.wait_answer_from("ms2", "machine-d", PATIENCE).await.unwrap();

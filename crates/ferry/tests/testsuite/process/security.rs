@@ -228,7 +228,7 @@ async fn enrollment_by_one_time_token_and_revocation() {
     // Without a certificate, or with machine-c's for machine-d: refused.
     let anon = ferry_api::AdminClient::new(&h.admin_url, Duration::from_secs(5));
     let req = ferry_api::EnrollRequest {
-        machine: "machine-d".into(),
+        machine: ferry_core::MachineName::new("machine-d").unwrap(),
         token: String::new(),
         leaf_csr: String::new(),
         issuer_csr: String::new(),
