@@ -14,15 +14,14 @@ use ferry_testkit::Harness;
 use serde::Serialize;
 
 use crate::common::{self, Timings, PATIENCE};
+use crate::runs::{self, OnDomain, Run, RunInfo, Runs};
 use crate::stats::{header, row, summarize};
 
 /// One run's raw sample; every `_ms` is from the kill instant.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct FailoverRun {
-    pub run: usize,
-    pub dir: String,
-    /// Domains started for this run (more than one when ms1 did not become master).
-    pub setup_attempts: u32,
+    #[serde(flatten)]
+    pub info: RunInfo,
     /// How far into a renewal interval the kill fell (random), ms.
     pub phase_ms: u64,
     pub processes_killed: usize,
@@ -52,9 +51,6 @@ pub struct FailoverRun {
     /// The full liveness bound for this run: timers + one scan interval + `start_ms`.
     pub bound_ms: Option<i64>,
     pub over_bound: bool,
-    /// `None` when the journals show no two instances at once; else the violation.
-    pub safety_violation: Option<String>,
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,69 +58,49 @@ pub struct FailoverReport {
     pub timings: Timings,
     pub runs_requested: usize,
     pub mode: &'static str,
-    pub loadavg_before: String,
-    pub loadavg_after: String,
-    pub runs: Vec<FailoverRun>,
+    #[serde(flatten)]
+    pub runs: Runs<FailoverRun>,
 }
 
 const MODE: &str = "fresh domain per run";
 
 pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings) -> anyhow::Result<FailoverReport> {
-    let loadavg_before = common::loadavg();
-    let mut out = Vec::new();
-    for i in 1..=runs {
-        let r = one(exe, &base.join(format!("run-{i:03}")), i, t).await;
-        eprintln!("failover {i}/{runs}: {}", progress(&r));
-        out.push(r);
-    }
-    Ok(FailoverReport {
-        timings: t,
-        runs_requested: runs,
-        mode: MODE,
-        loadavg_before,
-        loadavg_after: common::loadavg(),
-        runs: out,
-    })
+    let runs = runs::each("failover", base, runs, |r, dir| runs::on_fresh_domain(exe, t, r, dir)).await;
+    Ok(FailoverReport { timings: t, runs_requested: runs.runs.len(), mode: MODE, runs })
 }
 
-fn progress(r: &FailoverRun) -> String {
-    if let Some(e) = &r.error {
-        return format!("FAILED: {e} (see {})", r.dir);
+impl Run for FailoverRun {
+    fn info(&self) -> &RunInfo {
+        &self.info
     }
-    let f = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
-    format!(
-        "phase {} ms; detect {} migrate {} leased {} answered {} ms (bound {}){}{}",
-        r.phase_ms,
-        f(r.detect_ms),
-        f(r.migrate_ms),
-        f(r.leased_ms),
-        f(r.answered_ms),
-        f(r.bound_ms),
-        if r.over_bound { "  OVER BOUND" } else { "" },
-        match &r.safety_violation {
-            Some(v) => format!("  SAFETY VIOLATION: {v}"),
-            None => String::new(),
-        }
-    )
+
+    fn info_mut(&mut self) -> &mut RunInfo {
+        &mut self.info
+    }
+
+    fn progress(&self) -> String {
+        let f = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+        format!(
+            "phase {} ms; detect {} migrate {} leased {} answered {} ms (bound {}){}{}",
+            self.phase_ms,
+            f(self.detect_ms),
+            f(self.migrate_ms),
+            f(self.leased_ms),
+            f(self.answered_ms),
+            f(self.bound_ms),
+            if self.over_bound { "  OVER BOUND" } else { "" },
+            match &self.info.safety_violation {
+                Some(v) => format!("  SAFETY VIOLATION: {v}"),
+                None => String::new(),
+            }
+        )
+    }
 }
 
-async fn one(exe: &Path, dir: &Path, run: usize, t: Timings) -> FailoverRun {
-    let mut r = FailoverRun { run, dir: dir.display().to_string(), ..Default::default() };
-    let (h, d, attempts) = common::setup(exe, dir, run, t).await;
-    r.dir = d.display().to_string();
-    r.setup_attempts = attempts;
-    let h = match h {
-        Ok(h) => h,
-        Err(e) => {
-            r.error = Some(e);
-            return r;
-        }
-    };
-    if let Err(e) = measure(&h, &mut r, t).await {
-        r.error = Some(format!("{e:#}"));
+impl OnDomain for FailoverRun {
+    async fn measure(&mut self, h: &Harness, t: Timings) -> anyhow::Result<()> {
+        measure(h, self, t).await
     }
-    r.safety_violation = common::safety(&h).err();
-    r
 }
 
 async fn measure(h: &Harness, r: &mut FailoverRun, t: Timings) -> anyhow::Result<()> {
@@ -197,7 +173,7 @@ async fn measure(h: &Harness, r: &mut FailoverRun, t: Timings) -> anyhow::Result
 /// The markdown report of the scenario.
 pub fn print(rep: &FailoverReport) {
     let t = rep.timings;
-    let ok: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.error.is_none()).collect();
+    let ok = rep.runs.ok();
     let col = |f: fn(&FailoverRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
     let timers = t.timers_ms();
     let scan = t.interval_ms;
@@ -213,8 +189,8 @@ pub fn print(rep: &FailoverReport) {
         rep.runs_requested,
         rep.mode,
         common::PROBE_EVERY.as_millis(),
-        rep.loadavg_before,
-        rep.loadavg_after
+        rep.runs.loadavg_before,
+        rep.runs.loadavg_after
     );
     println!("{}", header("ms from the kill until", "bound (ms)"));
     println!(
@@ -267,7 +243,6 @@ pub fn print(rep: &FailoverReport) {
     let n = ok.len();
     let over_timers = ok.iter().filter(|r| r.answered_ms.is_some_and(|a| a > timers as i64)).count();
     let over: Vec<&&FailoverRun> = ok.iter().filter(|r| r.over_bound).collect();
-    let unsafe_runs: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.safety_violation.is_some()).collect();
     println!();
     println!("- outage over interval x periods + grace ({timers} ms): {over_timers}/{n} runs (that bound leaves out the detection lag and the start time)");
     println!(
@@ -288,13 +263,13 @@ pub fn print(rep: &FailoverReport) {
     for r in &over {
         println!(
             "  - run {}: outage {} ms > bound {} ms (detect {:?}, migrate {:?}, start {:?}); logs in {}",
-            r.run,
+            r.info.run,
             r.answered_ms.unwrap_or(0),
             r.bound_ms.unwrap_or(0),
             r.detect_ms,
             r.migrate_ms,
             r.start_ms,
-            r.dir
+            r.info.dir
         );
     }
     if let Some(s) = summarize(col(|r| r.answered_ms)) {
@@ -304,24 +279,5 @@ pub fn print(rep: &FailoverReport) {
             if s.p50 < 500 { "met" } else { "**NOT MET**" }
         );
     }
-    println!(
-        "- safety (journals: never two instances at once, fencing tokens increase): {}/{} runs clean{}",
-        rep.runs.len() - unsafe_runs.len(),
-        rep.runs.len(),
-        if unsafe_runs.is_empty() { "" } else { "  <- VIOLATION" }
-    );
-    for r in unsafe_runs {
-        println!("  - run {}: {} ({})", r.run, r.safety_violation.as_deref().unwrap_or(""), r.dir);
-    }
-    let failed: Vec<&FailoverRun> = rep.runs.iter().filter(|r| r.error.is_some()).collect();
-    if !failed.is_empty() {
-        println!("- failed runs (not in the table): {}", failed.len());
-        for r in failed {
-            println!("  - run {}: {} ({})", r.run, r.error.as_deref().unwrap_or(""), r.dir);
-        }
-    }
-    let retried = rep.runs.iter().filter(|r| r.setup_attempts > 1).count();
-    if retried > 0 {
-        println!("- runs whose first domain did not make ms1 master (domain restarted before measuring): {retried}");
-    }
+    runs::print_tail(&rep.runs.runs, "never two instances at once, fencing tokens increase");
 }

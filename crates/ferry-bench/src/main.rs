@@ -29,6 +29,7 @@ mod leases_scan;
 mod leases_tally;
 mod outage;
 mod restart;
+mod runs;
 mod stats;
 
 use std::path::PathBuf;

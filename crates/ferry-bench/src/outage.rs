@@ -14,12 +14,13 @@ use ferry_testkit::{wait_until, DomainSpec, Harness};
 use serde::Serialize;
 
 use crate::common::{self, Timings, PATIENCE};
+use crate::runs::{self, Run, RunInfo, Runs};
 use crate::stats::{header, row};
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OutageRun {
-    pub run: usize,
-    pub dir: String,
+    #[serde(flatten)]
+    pub info: RunInfo,
     /// How long PostgreSQL was down.
     pub down_ms: u64,
     /// From PostgreSQL accepting connections again until each service answered again.
@@ -27,8 +28,6 @@ pub struct OutageRun {
     pub ms2_back_ms: Option<i64>,
     /// Until every server answered.
     pub all_back_ms: Option<i64>,
-    pub safety_violation: Option<String>,
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,37 +36,33 @@ pub struct OutageReport {
     pub runs_requested: usize,
     /// How long the table stayed down after every server had fenced itself.
     pub down_after_fence_ms: u64,
-    pub loadavg_before: String,
-    pub loadavg_after: String,
-    pub runs: Vec<OutageRun>,
+    #[serde(flatten)]
+    pub runs: Runs<OutageRun>,
 }
 
 pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings, down_ms: u64) -> anyhow::Result<OutageReport> {
-    let loadavg_before = common::loadavg();
-    let mut out = Vec::new();
-    for i in 1..=runs {
-        let dir = base.join(format!("run-{i:03}"));
-        let mut r = OutageRun { run: i, dir: dir.display().to_string(), ..Default::default() };
+    let runs = runs::each("outage", base, runs, |mut r: OutageRun, dir| async move {
         if let Err(e) = one(exe, &dir, t, down_ms, &mut r).await {
-            r.error = Some(format!("{e:#}"));
+            r.info.error = Some(format!("{e:#}"));
         }
-        eprintln!(
-            "outage {i}/{runs}: {}",
-            match &r.error {
-                Some(e) => format!("FAILED: {e} (see {})", r.dir),
-                None => format!("down {} ms, every server back {:?} ms after the table", r.down_ms, r.all_back_ms),
-            }
-        );
-        out.push(r);
-    }
-    Ok(OutageReport {
-        timings: t,
-        runs_requested: runs,
-        down_after_fence_ms: down_ms,
-        loadavg_before,
-        loadavg_after: common::loadavg(),
-        runs: out,
+        r
     })
+    .await;
+    Ok(OutageReport { timings: t, runs_requested: runs.runs.len(), down_after_fence_ms: down_ms, runs })
+}
+
+impl Run for OutageRun {
+    fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    fn info_mut(&mut self) -> &mut RunInfo {
+        &mut self.info
+    }
+
+    fn progress(&self) -> String {
+        format!("down {} ms, every server back {:?} ms after the table", self.down_ms, self.all_back_ms)
+    }
 }
 
 async fn one(exe: &Path, dir: &Path, t: Timings, down_ms: u64, r: &mut OutageRun) -> anyhow::Result<()> {
@@ -116,13 +111,13 @@ async fn one(exe: &Path, dir: &Path, t: Timings, down_ms: u64, r: &mut OutageRun
         }
     }
     r.all_back_ms = Some(all);
-    r.safety_violation = common::safety(&h).err();
+    r.info.safety_violation = common::safety(&h).err();
     Ok(())
 }
 
 pub fn print(rep: &OutageReport) {
     let t = rep.timings;
-    let ok: Vec<&OutageRun> = rep.runs.iter().filter(|r| r.error.is_none()).collect();
+    let ok = rep.runs.ok();
     let col = |f: fn(&OutageRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
     println!("\n## lease-table outage: PostgreSQL stopped until every server fenced itself, then started again\n");
     println!(
@@ -133,8 +128,8 @@ pub fn print(rep: &OutageReport) {
         t.grace_ms,
         rep.runs_requested,
         rep.down_after_fence_ms,
-        rep.loadavg_before,
-        rep.loadavg_after
+        rep.runs.loadavg_before,
+        rep.runs.loadavg_after
     );
     let bound = format!("2 x interval = {} ms, plus the start", 2 * t.interval_ms);
     println!("{}", header("ms from PostgreSQL accepting connections again until", "bound"));
@@ -143,14 +138,6 @@ pub fn print(rep: &OutageReport) {
     println!("{}", row("**every server answers again**", col(|r| r.all_back_ms), &bound));
     let down: Vec<i64> = ok.iter().map(|r| r.down_ms as i64).collect();
     println!("{}", row("(how long the table was down)", down, ""));
-    let unsafe_runs = rep.runs.iter().filter(|r| r.safety_violation.is_some()).count();
-    println!(
-        "\n- safety (journals: never two instances at once): {}/{} runs clean{}",
-        rep.runs.len() - unsafe_runs,
-        rep.runs.len(),
-        if unsafe_runs == 0 { "" } else { "  <- VIOLATION" }
-    );
-    for r in rep.runs.iter().filter(|r| r.error.is_some()) {
-        println!("- run {} failed: {} ({})", r.run, r.error.as_deref().unwrap_or(""), r.dir);
-    }
+    println!();
+    runs::print_tail(&rep.runs.runs, "never two instances at once");
 }

@@ -17,6 +17,7 @@ use nix::sys::signal::Signal;
 use serde::Serialize;
 
 use crate::common::{self, Timings, PATIENCE};
+use crate::runs::{self, OnDomain, Run, RunInfo, Runs};
 use crate::stats::{header, row, summarize};
 
 /// DESIGN §6.
@@ -25,9 +26,8 @@ pub const TARGET_MS: i64 = 50;
 /// One run's raw sample; every `_ms` is from the kill.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestartRun {
-    pub run: usize,
-    pub dir: String,
-    pub setup_attempts: u32,
+    #[serde(flatten)]
+    pub info: RunInfo,
     pub phase_ms: u64,
     pub pid_before: i32,
     pub token_before: u64,
@@ -42,8 +42,6 @@ pub struct RestartRun {
     pub handover: bool,
     /// First answer of the new instance (larger fencing token).
     pub answered_ms: Option<i64>,
-    pub safety_violation: Option<String>,
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -51,67 +49,47 @@ pub struct RestartReport {
     pub timings: Timings,
     pub runs_requested: usize,
     pub mode: &'static str,
-    pub loadavg_before: String,
-    pub loadavg_after: String,
-    pub runs: Vec<RestartRun>,
+    #[serde(flatten)]
+    pub runs: Runs<RestartRun>,
 }
 
 const MODE: &str = "fresh domain per run (one crash each: the restart backoff would delay repeated crashes)";
 
 pub async fn run(exe: &Path, base: &Path, runs: usize, t: Timings) -> anyhow::Result<RestartReport> {
-    let loadavg_before = common::loadavg();
-    let mut out = Vec::new();
-    for i in 1..=runs {
-        let r = one(exe, &base.join(format!("run-{i:03}")), i, t).await;
-        eprintln!("restart {i}/{runs}: {}", progress(&r));
-        out.push(r);
-    }
-    Ok(RestartReport {
-        timings: t,
-        runs_requested: runs,
-        mode: MODE,
-        loadavg_before,
-        loadavg_after: common::loadavg(),
-        runs: out,
-    })
+    let runs = runs::each("restart", base, runs, |r, dir| runs::on_fresh_domain(exe, t, r, dir)).await;
+    Ok(RestartReport { timings: t, runs_requested: runs.runs.len(), mode: MODE, runs })
 }
 
-fn progress(r: &RestartRun) -> String {
-    if let Some(e) = &r.error {
-        return format!("FAILED: {e} (see {})", r.dir);
+impl Run for RestartRun {
+    fn info(&self) -> &RunInfo {
+        &self.info
     }
-    let f = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
-    format!(
-        "exited {} started {} leased {} answered {} ms{}{}",
-        f(r.exited_ms),
-        f(r.started_ms),
-        f(r.leased_ms),
-        f(r.answered_ms),
-        if r.handover { "" } else { "  (no handover)" },
-        match &r.safety_violation {
-            Some(v) => format!("  SAFETY VIOLATION: {v}"),
-            None => String::new(),
-        }
-    )
+
+    fn info_mut(&mut self) -> &mut RunInfo {
+        &mut self.info
+    }
+
+    fn progress(&self) -> String {
+        let f = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+        format!(
+            "exited {} started {} leased {} answered {} ms{}{}",
+            f(self.exited_ms),
+            f(self.started_ms),
+            f(self.leased_ms),
+            f(self.answered_ms),
+            if self.handover { "" } else { "  (no handover)" },
+            match &self.info.safety_violation {
+                Some(v) => format!("  SAFETY VIOLATION: {v}"),
+                None => String::new(),
+            }
+        )
+    }
 }
 
-async fn one(exe: &Path, dir: &Path, run: usize, t: Timings) -> RestartRun {
-    let mut r = RestartRun { run, dir: dir.display().to_string(), ..Default::default() };
-    let (h, d, attempts) = common::setup(exe, dir, run, t).await;
-    r.dir = d.display().to_string();
-    r.setup_attempts = attempts;
-    let h = match h {
-        Ok(h) => h,
-        Err(e) => {
-            r.error = Some(e);
-            return r;
-        }
-    };
-    if let Err(e) = measure(&h, &mut r, t).await {
-        r.error = Some(format!("{e:#}"));
+impl OnDomain for RestartRun {
+    async fn measure(&mut self, h: &Harness, t: Timings) -> anyhow::Result<()> {
+        measure(h, self, t).await
     }
-    r.safety_violation = common::safety(&h).err();
-    r
 }
 
 async fn measure(h: &Harness, r: &mut RestartRun, t: Timings) -> anyhow::Result<()> {
@@ -155,7 +133,7 @@ async fn measure(h: &Harness, r: &mut RestartRun, t: Timings) -> anyhow::Result<
 /// The markdown report of the scenario.
 pub fn print(rep: &RestartReport) {
     let t = rep.timings;
-    let ok: Vec<&RestartRun> = rep.runs.iter().filter(|r| r.error.is_none()).collect();
+    let ok = rep.runs.ok();
     let col = |f: fn(&RestartRun) -> Option<i64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>();
     println!("\n## in-place restart: ms1's `ferry server` process SIGKILLed, restarted by its Node Manager\n");
     println!(
@@ -169,8 +147,8 @@ pub fn print(rep: &RestartReport) {
         rep.runs_requested,
         rep.mode,
         common::PROBE_EVERY.as_millis(),
-        rep.loadavg_before,
-        rep.loadavg_after
+        rep.runs.loadavg_before,
+        rep.runs.loadavg_after
     );
     println!("{}", header("ms from the SIGKILL until", "target (ms)"));
     println!("{}", row("Node Manager reaped it (`server-exited`)", col(|r| r.exited_ms), ""));
@@ -199,31 +177,15 @@ pub fn print(rep: &RestartReport) {
     for r in &over {
         println!(
             "  - run {}: {} ms (exited {:?}, started {:?}, leased {:?}); logs in {}",
-            r.run,
+            r.info.run,
             r.answered_ms.unwrap_or(0),
             r.exited_ms,
             r.started_ms,
             r.leased_ms,
-            r.dir
+            r.info.dir
         );
     }
     let no_handover = ok.iter().filter(|r| !r.handover).count();
     println!("- lease taken over from the reaped incarnation (no expiry wait): {}/{n} runs", n - no_handover);
-    let unsafe_runs: Vec<&RestartRun> = rep.runs.iter().filter(|r| r.safety_violation.is_some()).collect();
-    println!(
-        "- safety (journals: never two instances at once, fencing tokens increase): {}/{} runs clean{}",
-        rep.runs.len() - unsafe_runs.len(),
-        rep.runs.len(),
-        if unsafe_runs.is_empty() { "" } else { "  <- VIOLATION" }
-    );
-    for r in unsafe_runs {
-        println!("  - run {}: {} ({})", r.run, r.safety_violation.as_deref().unwrap_or(""), r.dir);
-    }
-    let failed: Vec<&RestartRun> = rep.runs.iter().filter(|r| r.error.is_some()).collect();
-    if !failed.is_empty() {
-        println!("- failed runs (not in the table): {}", failed.len());
-        for r in failed {
-            println!("  - run {}: {} ({})", r.run, r.error.as_deref().unwrap_or(""), r.dir);
-        }
-    }
+    runs::print_tail(&rep.runs.runs, "never two instances at once, fencing tokens increase");
 }
