@@ -9,6 +9,7 @@
 pub mod domain;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod ids;
 pub mod keeper;
 pub mod lease;

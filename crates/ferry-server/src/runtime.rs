@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferry_api::Report;
+use ferry_core::health::HealthJudge;
 use ferry_core::keeper::{Keeper, KeeperAction, KeeperTiming};
 use ferry_core::{Incarnation, LeaseName, Mono};
 use ferry_host::clock;
@@ -35,6 +36,8 @@ pub(crate) struct Runtime {
     unhealthy_reported: bool,
     health_in_flight: bool,
     next_health: Mono,
+    /// When a failed check makes a service unhealthy (ferry-core decides).
+    health: HealthJudge,
     master: Option<MasterRole>,
     /// The renewal handed to the Node Manager's batch and not answered yet.
     renew_pending: Option<u64>,
@@ -73,6 +76,7 @@ impl Runtime {
             unhealthy_reported: false,
             health_in_flight: false,
             next_health: now,
+            health: HealthJudge::new(timing.ttl_ms.checked_div(timing.interval_ms).unwrap_or(1) as u32),
             master: None,
             renew_pending: None,
             next_renew_id: 0,
@@ -303,7 +307,13 @@ impl Runtime {
                         incarnation: &self.ctx.incarnation.0,
                     };
                     match services::start_all(&env, &self.dir) {
-                        Ok(s) => self.services = s,
+                        Ok(s) => {
+                            for svc in &s {
+                                let start_timeout_ms = svc.start_timeout.as_millis() as u64;
+                                self.health.add(&svc.name, svc.started_at, start_timeout_ms, svc.health.is_some());
+                            }
+                            self.services = s;
+                        }
                         Err(e) => {
                             self.ctx.event(EventKind::StartFailed, Some(epoch), format!("{}: {e}", self.ctx.name));
                             self.release_all().await;
@@ -362,34 +372,17 @@ impl Runtime {
     }
 
     fn on_health(&mut self, now: Mono, results: Vec<(String, Result<(), String>)>) {
-        let mut healthy = true;
-        let mut problems = Vec::new();
-        for (name, r) in results {
-            let Some(svc) = self.services.iter_mut().find(|s| s.name == name) else {
-                continue;
-            };
-            match r {
-                Ok(()) => svc.healthy_once = true,
-                Err(e) => {
-                    let starting =
-                        !svc.healthy_once && now.since(svc.started_at) < svc.start_timeout.as_millis() as u64;
-                    if !starting {
-                        healthy = false;
-                        problems.push(format!("{name}: {e}"));
-                    }
-                }
-            }
-        }
-        self.keeper.set_healthy(healthy);
-        if !healthy && !self.unhealthy_reported {
+        let verdict = self.health.on_results(now, &results);
+        self.keeper.set_healthy(verdict.healthy);
+        if !verdict.healthy && !self.unhealthy_reported {
             self.unhealthy_reported = true;
             self.ctx.event(
                 EventKind::Unhealthy,
                 self.epoch,
-                format!("{} stops renewing its lease: {}", self.ctx.name, problems.join("; ")),
+                format!("{} stops renewing its lease: {}", self.ctx.name, verdict.problems.join("; ")),
             );
         }
-        if healthy && self.services.iter().all(|s| s.healthy_once) && !self.running_reported {
+        if verdict.healthy && verdict.all_answered && !self.running_reported {
             self.running_reported = true;
             self.ctx.report(&Report::Running);
             self.ctx.event(

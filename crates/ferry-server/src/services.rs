@@ -17,7 +17,6 @@ pub(crate) struct Running {
     pub health: Option<Health>,
     pub start_timeout: Duration,
     pub started_at: ferry_core::Mono,
-    pub healthy_once: bool,
 }
 
 /// The environment every hosted service gets (DESIGN §4).
@@ -72,7 +71,6 @@ fn start_one(env: &ServiceEnv<'_>, svc: &Service, dir: &Path) -> Result<Running,
         health: svc.health.clone(),
         start_timeout: svc.start_timeout,
         started_at: ferry_host::clock::now(),
-        healthy_once: svc.health.is_none(),
     })
 }
 
