@@ -200,6 +200,7 @@ impl Planner {
         timing: &MasterTiming,
         out: &mut Vec<MasterAction>,
     ) {
+        let loads = self.loads();
         let Some(track) = self.tracks.get_mut(server) else {
             return;
         };
@@ -234,16 +235,35 @@ impl Planner {
             track.tried.clear();
         }
         let _ = lease;
-        Self::next_target(track, server, domain, timing, now, out);
+        Self::next_target(track, server, domain, timing, &loads, now, out);
+    }
+
+    /// How many servers the planner is starting on each machine now (commands out, starts
+    /// awaited, address waits): what spreads a dead machine's servers.
+    fn loads(&self) -> BTreeMap<MachineName, usize> {
+        let mut loads = BTreeMap::new();
+        for t in self.tracks.values() {
+            if let Phase::Commanding { machine }
+            | Phase::Awaiting { machine, .. }
+            | Phase::AddressWait { machine, .. } = &t.phase
+            {
+                *loads.entry(machine.clone()).or_insert(0) += 1;
+            }
+        }
+        loads
     }
 
     /// Picks the next machine: the failed machine first (restart in place), then the
-    /// server's candidates, then the cluster's, skipping what this circuit already tried.
+    /// server's candidates in their order, then the cluster's, the machine the planner is
+    /// starting the fewest servers on first (the seed: "a machine on the list"; list order
+    /// breaks ties), so a dead machine's servers spread instead of all landing on the first;
+    /// skipping what this circuit already tried.
     fn next_target(
         track: &mut Track,
         server: &ServerName,
         domain: &Domain,
         timing: &MasterTiming,
+        loads: &BTreeMap<MachineName, usize>,
         now: Mono,
         out: &mut Vec<MasterAction>,
     ) {
@@ -252,7 +272,13 @@ impl Planner {
         };
         let mut order = vec![track.failed_on.clone()];
         if cfg.auto_migration {
-            order.extend(domain.candidates_for(cfg).into_iter().filter(|m| m != &track.failed_on));
+            let all = domain.candidates_for(cfg);
+            let (preferred, mut cluster): (Vec<MachineName>, Vec<MachineName>) =
+                all.into_iter().filter(|m| m != &track.failed_on).partition(|m| cfg.candidate_machines.contains(m));
+            // A stable sort: equal loads keep the cluster list's order.
+            cluster.sort_by_key(|m| loads.get(m).copied().unwrap_or(0));
+            order.extend(preferred);
+            order.extend(cluster);
         }
         match order.into_iter().find(|m| !track.tried.contains(m)) {
             Some(machine) => {
@@ -318,6 +344,7 @@ impl Planner {
     ) -> Vec<MasterAction> {
         let timing = self.timing(domain);
         let mut out = Vec::new();
+        let loads = self.loads();
         let Some(track) = self.tracks.get_mut(server) else {
             return out;
         };
@@ -348,7 +375,7 @@ impl Planner {
                     server: server.clone(),
                     message: format!("Node Manager on {machine} could not start {server}: {e}"),
                 });
-                Self::next_target(track, server, domain, &timing, now, &mut out);
+                Self::next_target(track, server, domain, &timing, &loads, now, &mut out);
             }
         }
         out

@@ -134,6 +134,42 @@ fn expired_lease_waits_grace_then_restarts_in_place_then_migrates_in_order() {
     assert!(p.in_progress().is_empty());
 }
 
+/// Issue 11: a dead machine's servers whose only candidates are the cluster's spread over
+/// the machines the master is starting the fewest servers on, instead of all landing on
+/// the first; a server's own candidates keep their order.
+#[test]
+fn a_dead_machines_servers_spread_over_the_cluster_candidates() {
+    let mut text = String::from(
+        "name = \"t\"\n[leasing]\ndata_source = \"sqlite://leases.db\"\n[[clusters]]\nname = \"c1\"\nmigration_candidates = [\"n1\", \"n2\", \"n3\", \"n4\"]\nfencing_grace_period = \"0s\"\n",
+    );
+    for i in 1..=4 {
+        text += &format!("[[machines]]\nname = \"n{i}\"\nnode_manager = \"127.0.0.1:500{i}\"\n");
+    }
+    for i in 1..=7 {
+        text += &format!("[[servers]]\nname = \"s{i}\"\ncluster = \"c1\"\nmachine = \"n2\"\n");
+    }
+    text += "[[servers]]\nname = \"pinned\"\ncluster = \"c1\"\nmachine = \"n2\"\ncandidate_machines = [\"n1\"]\n";
+    let d = Domain::parse("t.toml", &text).expect("valid");
+    let mut p = Planner::new(ClusterName::new("c1").unwrap());
+    let mut names: Vec<String> = (1..=7).map(|i| format!("s{i}")).collect();
+    names.push("pinned".into());
+    let expired: Vec<Lease> = names.iter().map(|n| lease(n, "n2", 1, -5)).collect();
+    let a = p.on_scan(Mono(1_000), &expired, &d);
+    assert_eq!(starts(&a).len(), 8, "every server is first restarted where it failed");
+    let mut targets = Vec::new();
+    for n in &names {
+        let a = p.on_command_result(Mono(1_010), &s(n), &m("n2"), CommandResult::Unreachable("down".into()), &d);
+        let st = starts(&a);
+        assert_eq!(st.len(), 1, "{n}: {a:?}");
+        targets.push((n.clone(), st[0].1.clone()));
+    }
+    assert_eq!(
+        targets.iter().map(|(_, t)| t.as_str()).collect::<Vec<_>>(),
+        vec!["n1", "n3", "n4", "n1", "n3", "n4", "n1", "n1"],
+        "round the least loaded, the pinned server to its own candidate"
+    );
+}
+
 #[test]
 fn a_machine_refusing_for_an_address_still_in_use_is_asked_again_then_skipped() {
     let d = domain();

@@ -72,6 +72,30 @@ impl DomainSpec {
     }
 }
 
+impl DomainSpec {
+    /// `n` servers (`s001`, `s002`, ...) spread round-robin over `machines` machines
+    /// (`node-1`, ...), one cluster `scale` whose migration candidates are every machine, no
+    /// server-level candidates: the load of `ferry-bench scale` and the many-servers tests.
+    pub fn many(n: usize, machines: usize, interval_ms: u64, periods: u32, grace_ms: u64) -> Self {
+        let names: Vec<String> = (1..=machines.max(1)).map(|i| format!("node-{i}")).collect();
+        let servers = (0..n)
+            .map(|i| ServerSpec {
+                name: format!("s{:03}", i + 1),
+                home: names[i % names.len()].clone(),
+                candidates: Vec::new(),
+            })
+            .collect();
+        DomainSpec {
+            name: "scale".into(),
+            machines: names.clone(),
+            cluster: "scale".into(),
+            cluster_candidates: names,
+            servers,
+            ..DomainSpec::figure_7_1(interval_ms, periods, grace_ms)
+        }
+    }
+}
+
 /// Polls `cond` every 20 ms until it holds or `patience` runs out.
 pub async fn wait_until<F, Fut>(patience: Duration, what: &str, mut cond: F) -> anyhow::Result<()>
 where

@@ -349,6 +349,13 @@ impl Drop for Harness {
     }
 }
 
+/// The `i`th server's floating IP: 198.18.1.101 on, 250 to a /24 (198.18.2.1 follows
+/// 198.18.1.250), so a domain of hundreds of servers stays inside 198.18.0.0/15.
+fn floating_ip(i: usize) -> std::net::Ipv4Addr {
+    let n = 100 + i;
+    std::net::Ipv4Addr::new(198, 18, (1 + n / 250) as u8, (1 + n % 250) as u8)
+}
+
 fn list(items: &[String]) -> String {
     items.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
@@ -389,11 +396,11 @@ fn domain_toml(
             cmd.push(dir.join("journal").join(format!("{}.jsonl", s.name)).display().to_string());
         }
         t += &format!(
-            "\n[[servers]]\nname = \"{}\"\ncluster = \"{}\"\nmachine = \"{}\"\nfloating_ip = \"198.18.1.{}\"\ncandidate_machines = [{}]\nhealth_check_interval = \"{}ms\"\nhealth_check_periods_until_fencing = {}\nshutdown_timeout = \"{}ms\"\n\n[[servers.services]]\nname = \"hello\"\ncommand = [{}]\nhealth = {{ tcp = \"{addr}\" }}\n",
+            "\n[[servers]]\nname = \"{}\"\ncluster = \"{}\"\nmachine = \"{}\"\nfloating_ip = \"{}\"\ncandidate_machines = [{}]\nhealth_check_interval = \"{}ms\"\nhealth_check_periods_until_fencing = {}\nshutdown_timeout = \"{}ms\"\n\n[[servers.services]]\nname = \"hello\"\ncommand = [{}]\nhealth = {{ tcp = \"{addr}\" }}\n",
             s.name,
             spec.cluster,
             s.home,
-            101 + i,
+            floating_ip(i),
             list(&s.candidates),
             spec.interval_ms,
             spec.periods,
