@@ -200,20 +200,23 @@ impl Planner {
         timing: &MasterTiming,
         out: &mut Vec<MasterAction>,
     ) {
-        let loads = self.loads();
-        let Some(track) = self.tracks.get_mut(server) else {
-            return;
-        };
-        let due = match &track.phase {
-            Phase::Grace { until }
-            | Phase::Awaiting { until, .. }
-            | Phase::Backoff { until }
-            | Phase::AddressWait { until, .. } => now >= *until,
-            Phase::Commanding { .. } | Phase::GaveUp => false,
+        let due = match self.tracks.get(server).map(|t| &t.phase) {
+            Some(
+                Phase::Grace { until }
+                | Phase::Awaiting { until, .. }
+                | Phase::Backoff { until }
+                | Phase::AddressWait { until, .. },
+            ) => now >= *until,
+            _ => false,
         };
         if !due {
             return;
         }
+        // Only for a track that moves on: a scan reviews every tracked server.
+        let loads = self.loads();
+        let Some(track) = self.tracks.get_mut(server) else {
+            return;
+        };
         if let Phase::AddressWait { machine, .. } = &track.phase {
             let machine = machine.clone();
             let in_place = machine == track.failed_on;

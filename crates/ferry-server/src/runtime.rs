@@ -65,6 +65,7 @@ enum Flow {
 impl Runtime {
     pub fn new(ctx: Ctx, timing: KeeperTiming, handover: Option<Incarnation>, dir: PathBuf) -> Self {
         let now = clock::now();
+        let health = HealthJudge::new(ctx.server.health_check_periods_until_fencing);
         Runtime {
             keeper: Keeper::new(timing, now),
             ctx,
@@ -76,7 +77,7 @@ impl Runtime {
             unhealthy_reported: false,
             health_in_flight: false,
             next_health: now,
-            health: HealthJudge::new(timing.ttl_ms.checked_div(timing.interval_ms).unwrap_or(1) as u32),
+            health,
             master: None,
             renew_pending: None,
             next_renew_id: 0,
@@ -308,9 +309,10 @@ impl Runtime {
                     };
                     match services::start_all(&env, &self.dir) {
                         Ok(s) => {
-                            for svc in &s {
+                            let now = clock::now();
+                            for svc in &self.ctx.server.services {
                                 let start_timeout_ms = svc.start_timeout.as_millis() as u64;
-                                self.health.add(&svc.name, svc.started_at, start_timeout_ms, svc.health.is_some());
+                                self.health.add(&svc.name, now, start_timeout_ms, svc.health.is_some());
                             }
                             self.services = s;
                         }

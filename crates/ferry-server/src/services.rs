@@ -15,8 +15,6 @@ pub(crate) struct Running {
     pub child: tokio::process::Child,
     pub pid: i32,
     pub health: Option<Health>,
-    pub start_timeout: Duration,
-    pub started_at: ferry_core::Mono,
 }
 
 /// The environment every hosted service gets (DESIGN §4).
@@ -64,14 +62,7 @@ fn start_one(env: &ServiceEnv<'_>, svc: &Service, dir: &Path) -> Result<Running,
     let child =
         process::spawn(&spec).map_err(|e| format!("cannot start service {} ({}): {e}", svc.name, svc.command[0]))?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    Ok(Running {
-        name: svc.name.clone(),
-        child,
-        pid,
-        health: svc.health.clone(),
-        start_timeout: svc.start_timeout,
-        started_at: ferry_host::clock::now(),
-    })
+    Ok(Running { name: svc.name.clone(), child, pid, health: svc.health.clone() })
 }
 
 /// SIGKILLs every service's process group at once (fencing).

@@ -70,9 +70,7 @@ impl DomainSpec {
             env: Vec::new(),
         }
     }
-}
 
-impl DomainSpec {
     /// `n` servers (`s001`, `s002`, ...) spread round-robin over `machines` machines
     /// (`node-1`, ...), one cluster `scale` whose migration candidates are every machine, no
     /// server-level candidates: the load of `ferry-bench scale` and the many-servers tests.
