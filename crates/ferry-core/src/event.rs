@@ -97,6 +97,7 @@ kinds! {
     StaleMasterRefused = "stale-master-refused",
     StartComplete = "start-complete",
     StartFailed = "start-failed",
+    StartQueued = "start-queued",
     StartTimeout = "start-timeout",
     Stop = "stop",
     StopTimeout = "stop-timeout",

@@ -277,7 +277,7 @@ impl Actor {
                 let _ = reply.send(ok);
                 actions
             }
-            Msg::Report { server, incarnation, report } => self.nm.report(&server, &incarnation, report),
+            Msg::Report { server, incarnation, report } => self.nm.report(now, &d, &server, &incarnation, report),
             Msg::Domain(v) => {
                 self.domain = v;
                 return;

@@ -87,6 +87,19 @@ pub struct Machine {
     pub netmask: Option<Ipv4Addr>,
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
     pub hooks: Hooks,
+    /// How many servers this machine's Node Manager starts at once: a start holds its turn
+    /// from the lease check until its server reports RUNNING (or exits, or runs out of its
+    /// start budget); further starts are accepted at once and wait, restarts after a crash
+    /// first. What keeps a mass start from starving the renewals of the servers already up.
+    #[serde(default = "default_machine_starts")]
+    pub max_concurrent_starts: u32,
+}
+
+/// [`Machine::max_concurrent_starts`] unless the domain file says otherwise.
+pub const DEFAULT_MACHINE_CONCURRENT_STARTS: u32 = 4;
+
+fn default_machine_starts() -> u32 {
+    DEFAULT_MACHINE_CONCURRENT_STARTS
 }
 
 /// User scripts that replace the built-in actions (the `wlsifconfig.sh` equivalents).
@@ -132,6 +145,17 @@ pub struct Cluster {
     /// `COMMAND... MACHINE SERVER`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence_command: Option<Vec<String>>,
+    /// How many of this cluster's servers `start-cluster` starts at once (each until it is
+    /// RUNNING): the cluster-wide bound on top of each machine's `max_concurrent_starts`.
+    #[serde(default = "default_cluster_starts")]
+    pub max_concurrent_starts: u32,
+}
+
+/// [`Cluster::max_concurrent_starts`] unless the domain file says otherwise.
+pub const DEFAULT_CLUSTER_CONCURRENT_STARTS: u32 = 8;
+
+fn default_cluster_starts() -> u32 {
+    DEFAULT_CLUSTER_CONCURRENT_STARTS
 }
 
 fn default_grace() -> Duration {
@@ -372,6 +396,12 @@ impl Domain {
                     push(format!("machines[{i}].netmask"), format!("{mask} is not a contiguous netmask"));
                 }
             }
+            if m.max_concurrent_starts == 0 {
+                push(
+                    format!("machines[{i}].max_concurrent_starts"),
+                    format!("must be at least 1 (the default is {DEFAULT_MACHINE_CONCURRENT_STARTS})"),
+                );
+            }
             if let Some(iface) = &m.interface {
                 if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
                     push(format!("machines[{i}].interface"), format!("{iface:?} is not an interface name"));
@@ -391,6 +421,12 @@ impl Domain {
                         format!("unknown machine {:?}: define it under [[machines]]", m.as_str()),
                     );
                 }
+            }
+            if c.max_concurrent_starts == 0 {
+                push(
+                    format!("clusters[{i}].max_concurrent_starts"),
+                    format!("must be at least 1 (the default is {DEFAULT_CLUSTER_CONCURRENT_STARTS})"),
+                );
             }
             if let Some(cmd) = &c.fence_command {
                 if cmd.is_empty() {

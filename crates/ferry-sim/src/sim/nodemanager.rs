@@ -119,7 +119,7 @@ impl Sim {
     }
 
     /// Performs a Node Manager's actions, feeding each outcome back at once.
-    fn nm_perform(&mut self, h: HostId, actions: Vec<Action>) {
+    pub(super) fn nm_perform(&mut self, h: HostId, actions: Vec<Action>) {
         let mut queue = VecDeque::from(actions);
         while let Some(a) = queue.pop_front() {
             if !self.nm_running(h, self.hosts[h].boot) {

@@ -257,8 +257,15 @@ impl Sim {
                     let backstop = at + self.server_timing.margin_ms / 2;
                     self.check_deadline(i, "server", at, granted);
                     self.check_deadline(i, "Node Manager backstop of the server", backstop, granted);
+                    let local = self.local(h);
                     if let Some(nm) = self.hosts[h].nm.as_mut() {
-                        nm.core.report(&server, &incarnation, ServerReport::Deadline { at: backstop });
+                        nm.core.report(
+                            local,
+                            &self.domain,
+                            &server,
+                            &incarnation,
+                            ServerReport::Deadline { at: backstop },
+                        );
                     }
                     self.nm_reschedule(h);
                 }
@@ -294,6 +301,14 @@ impl Sim {
         tr!(self, "services up: {} epoch {epoch}", self.who(i));
         self.checker.services_acquired(self.now, &server, i, epoch);
         self.checker.run_start(self.now, &server, i, &machine, epoch);
+        // Its services answer: RUNNING, which ends its start on its Node Manager (and gives
+        // its turn to the next start waiting there).
+        let (h, incarnation) = (self.instances[i].host, self.instances[i].incarnation.clone());
+        if self.nm_running(h, self.hosts[h].boot) {
+            let nm = self.hosts[h].nm.as_mut().expect("up");
+            let actions = nm.core.report(local, &self.domain, &server, &incarnation, ServerReport::Running);
+            self.nm_perform(h, actions);
+        }
     }
 
     /// Property 6: the process's keepers and planner, and its machine's Node Manager, still

@@ -33,6 +33,7 @@ use crate::nodeman::refusal::Refusal;
 use crate::nodeman::state::ServerState;
 use crate::nodeman::supervisor::{RestartPolicy, Supervisor};
 
+mod admission;
 mod processes;
 mod start;
 mod stop;
@@ -218,6 +219,8 @@ enum Job {
 enum Step {
     /// A start in place killed what was left; waits for its exit.
     Killing,
+    /// A start waits for its turn (`max_concurrent_starts`); already answered.
+    Queued,
     ReadingLease,
     KillingOrphan,
     Plumbing,
@@ -248,6 +251,8 @@ struct Work {
     forced: bool,
     /// A stop: the process it stopped.
     stopped: Option<(Incarnation, Option<Epoch>)>,
+    /// A start: its command was answered when it was queued for a turn.
+    answered: bool,
 }
 
 /// A restart this Node Manager will make on its own.
@@ -306,11 +311,22 @@ pub struct NodeManager {
     pub supervisor: Supervisor,
     timing: NodeManagerTiming,
     slots: BTreeMap<ServerName, Slot>,
+    /// Starts holding a turn, and when each must give it back at the latest.
+    admitted: BTreeMap<ServerName, Mono>,
+    /// Starts waiting for a turn, in the order they get one.
+    waiting: VecDeque<ServerName>,
 }
 
 impl NodeManager {
     pub fn new(machine: MachineName, policy: RestartPolicy, timing: NodeManagerTiming) -> Self {
-        NodeManager { machine, supervisor: Supervisor::new(policy), timing, slots: BTreeMap::new() }
+        NodeManager {
+            machine,
+            supervisor: Supervisor::new(policy),
+            timing,
+            slots: BTreeMap::new(),
+            admitted: BTreeMap::new(),
+            waiting: VecDeque::new(),
+        }
     }
 
     pub fn machine(&self) -> &MachineName {
@@ -345,6 +361,9 @@ impl NodeManager {
     pub fn next_wakeup(&self) -> Option<Mono> {
         let mut at = self.supervisor.next_wakeup();
         let mut take = |m: Mono| at = Some(at.map_or(m, |a| a.min(m)));
+        for until in self.admitted.values() {
+            take(*until);
+        }
         for s in self.slots.values() {
             if let Some(Work { step: Step::Exiting { until, .. }, .. }) = &s.work {
                 take(*until);
@@ -367,6 +386,14 @@ impl NodeManager {
             }
             if matches!(s.state, ServerState::Running | ServerState::Starting) && s.proc.is_none() && s.work.is_none() {
                 return Err(format!("{name}: {} without a process", s.state));
+            }
+            let queued = matches!(&s.work, Some(Work { step: Step::Queued, .. }));
+            let listed = self.waiting.contains(name);
+            if queued != listed {
+                return Err(format!("{name}: queued for a turn {queued}, in the waiting list {listed}"));
+            }
+            if queued && self.admitted.contains_key(name) {
+                return Err(format!("{name}: waits for a turn while it holds one"));
             }
         }
         Ok(())
@@ -454,6 +481,41 @@ impl NodeManager {
     /// Runs `job` now if the server is idle, else after the jobs before it.
     fn submit(&mut self, now: Mono, domain: &Domain, server: &ServerName, job: Job, out: &mut Vec<Action>) {
         let slot = self.slots.entry(server.clone()).or_default();
+        if let Some(Work { step: Step::Queued, .. }) = &slot.work {
+            match &job {
+                // A stop while the start still waits for its turn: the start is dropped
+                // (it was answered; nothing of it is in place yet) and the stop runs now.
+                Job::Stop { .. } => {
+                    self.cancel_queued(now, domain, server, out);
+                    let slot = self.slots.entry(server.clone()).or_default();
+                    if slot.work.is_some() {
+                        slot.queue.push_back(job);
+                    } else {
+                        self.begin(now, domain, server, job, out);
+                    }
+                    return;
+                }
+                // The same start again: it waits already.
+                Job::Start { id: Some(id), in_place: false, handover_from: None, .. } => {
+                    let ahead = self.waiting.iter().position(|s| s == server).unwrap_or(0);
+                    out.push(Action::Reply {
+                        id: *id,
+                        result: Ok(Ack {
+                            server: server.clone(),
+                            state: ServerState::Starting,
+                            pid: None,
+                            message: format!(
+                                "{server} is already waiting for its turn to start on {} ({ahead} ahead of it)",
+                                self.machine
+                            ),
+                        }),
+                    });
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let slot = self.slots.entry(server.clone()).or_default();
         if slot.work.is_some() {
             slot.queue.push_back(job);
             return;
@@ -486,6 +548,7 @@ impl NodeManager {
             lease_not_live: false,
             forced: false,
             stopped: None,
+            answered: false,
         });
         match job {
             Job::Start { id, in_place, handover_from, .. } => {

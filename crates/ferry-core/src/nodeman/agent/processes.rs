@@ -29,6 +29,8 @@ impl NodeManager {
         let mut out = Vec::new();
         let Some(slot) = self.slots.get_mut(server) else { return out };
         let Some(p) = slot.proc.take_if(|p| &p.incarnation == incarnation) else { return out };
+        self.start_over(now, domain, server, &mut out);
+        let slot = self.slots.get_mut(server).expect("slot");
         // Whatever the server left behind in its session dies with it.
         out.push(Action::KillSession { server: server.clone(), pid: p.pid, fence: false });
         slot.last_exit = Some(description.clone());
@@ -98,6 +100,7 @@ impl NodeManager {
     /// Something is due: fences (rule 3), a stop's timeout, a restart.
     pub fn tick(&mut self, now: Mono, domain: &Domain) -> Vec<Action> {
         let mut out = Vec::new();
+        self.expire_turns(now, domain, &mut out);
         for a in self.supervisor.tick(now) {
             let SupervisorAction::Fence { server, incarnation, late_ms } = a else { continue };
             let Some(slot) = self.slots.get_mut(&server) else { continue };
@@ -255,7 +258,14 @@ impl NodeManager {
     }
 
     /// A server reported over its local channel.
-    pub fn report(&mut self, server: &ServerName, incarnation: &Incarnation, report: ServerReport) -> Vec<Action> {
+    pub fn report(
+        &mut self,
+        now: Mono,
+        domain: &Domain,
+        server: &ServerName,
+        incarnation: &Incarnation,
+        report: ServerReport,
+    ) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(slot) = self.slots.get_mut(server) else { return out };
         let Some(p) = slot.proc.as_mut().filter(|p| &p.incarnation == incarnation) else { return out };
@@ -270,6 +280,7 @@ impl NodeManager {
                     slot.state = ServerState::Running;
                     out.push(Action::SetState { server: server.clone(), state: ServerState::Running });
                 }
+                self.start_over(now, domain, server, &mut out);
             }
             ServerReport::Master { held } => p.master = held,
             ServerReport::Released => {

@@ -58,14 +58,24 @@ impl NodeManager {
         self.after_kill(now, domain, server, out);
     }
 
-    /// A start, once nothing of the server runs here any more.
+    /// A start, once nothing of the server runs here any more: now if a turn is free,
+    /// else once one is ([`NodeManager::take_turn`]).
     pub(super) fn after_kill(&mut self, now: Mono, domain: &Domain, server: &ServerName, out: &mut Vec<Action>) {
+        if self.take_turn(now, domain, server, out) {
+            self.start_admitted(now, domain, server, out);
+        }
+    }
+
+    /// A start that holds its turn: the lease check, or straight on for a handover.
+    pub(super) fn start_admitted(&mut self, now: Mono, domain: &Domain, server: &ServerName, out: &mut Vec<Action>) {
         let slot = self.slots.get_mut(server).expect("slot");
         let Some(Work { job: Job::Start { origin, .. }, handover_from, .. }) = slot.work.clone() else { return };
         if !matches!(origin, Origin::Admin) || handover_from.is_none() {
             self.supervisor.reset_crashes(server);
         }
         let slot = self.slots.get_mut(server).expect("slot");
+        // No longer waiting for a turn, whichever way it goes on.
+        set_work_step(slot, Step::ReadingLease);
         if handover_from.is_none() {
             // Never a second copy, and never the address on two machines: read the lease.
             set_work_step(slot, Step::ReadingLease);
@@ -312,7 +322,7 @@ impl NodeManager {
                         None => format!("started {server} (pid {pid}, incarnation {incarnation})"),
                     },
                 });
-                if let Some(id) = id {
+                if let (Some(id), false) = (id, w.answered) {
                     let ack = Ack {
                         server: server.clone(),
                         state: ServerState::Starting,
@@ -347,9 +357,22 @@ impl NodeManager {
         out: &mut Vec<Action>,
     ) {
         let Some(slot) = self.slots.get_mut(server) else { return };
-        if let Some(Work { job: Job::Start { id: Some(id), .. }, .. }) = &slot.work {
-            out.push(Action::Reply { id: *id, result: Err(refusal) });
+        match &slot.work {
+            // Answered when it was queued: the refusal goes to the log instead.
+            Some(Work { job: Job::Start { id: Some(_), .. }, answered: true, .. }) => {
+                out.push(Action::Event {
+                    kind: EventKind::StartFailed,
+                    server: server.clone(),
+                    epoch: None,
+                    message: format!("the start accepted while it waited for its turn failed: {refusal}"),
+                });
+            }
+            Some(Work { job: Job::Start { id: Some(id), .. }, .. }) => {
+                out.push(Action::Reply { id: *id, result: Err(refusal) });
+            }
+            _ => {}
         }
+        self.give_back_turn(now, domain, server, out);
         self.next_job(now, domain, server, out);
     }
 }

@@ -110,8 +110,8 @@ fn running(nm: &mut NodeManager, d: &Domain) {
     nm.orphan_killed(Mono(2), d, &s("ms1"), None);
     nm.plumbed(Mono(3), d, &s("ms1"), Ok("added".into()));
     nm.spawned(Mono(4), d, &s("ms1"), inc("a"), Ok(100));
-    nm.report(&s("ms1"), &inc("a"), ServerReport::Acquired { epoch: Epoch(3) });
-    nm.report(&s("ms1"), &inc("a"), ServerReport::Running);
+    nm.report(Mono(5), &d, &s("ms1"), &inc("a"), ServerReport::Acquired { epoch: Epoch(3) });
+    nm.report(Mono(5), &d, &s("ms1"), &inc("a"), ServerReport::Running);
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn a_start_reads_the_lease_kills_orphans_plumbs_then_spawns() {
     );
     assert_eq!(nm.pid_of(&s("ms1")), Some(100));
     // RUNNING only once its services answer.
-    assert_eq!(shape(&nm.report(&s("ms1"), &inc("a"), ServerReport::Running)), strs(&["state RUNNING"]));
+    assert_eq!(shape(&nm.report(Mono(5), &d, &s("ms1"), &inc("a"), ServerReport::Running)), strs(&["state RUNNING"]));
     nm.validate().unwrap();
 }
 
@@ -234,7 +234,7 @@ fn a_fence_is_announced_once_the_address_is_gone() {
     let d = domain();
     let mut nm = nm();
     running(&mut nm, &d);
-    nm.report(&s("ms1"), &inc("a"), ServerReport::Deadline { at: Mono(500) });
+    nm.report(Mono(5), &d, &s("ms1"), &inc("a"), ServerReport::Deadline { at: Mono(500) });
     assert_eq!(nm.next_wakeup(), Some(Mono(500)));
     let a = nm.tick(Mono(505), &d);
     assert_eq!(shape(&a), strs(&["kill session 100 (fence)"]));
@@ -368,7 +368,7 @@ fn hello_adopts_a_server_of_an_earlier_node_manager_once() {
     assert_eq!(nm.hello(Mono(1), &d, hello("x", true)), (true, vec![]), "known");
     assert_eq!(nm.hello(Mono(1), &d, hello("y", true)), (false, vec![]), "another incarnation while x runs");
     // Its exit comes from the watch, with the status it announced.
-    nm.report(&s("ms1"), &inc("x"), ServerReport::Exiting { code: 0 });
+    nm.report(Mono(5), &d, &s("ms1"), &inc("x"), ServerReport::Exiting { code: 0 });
     let a = nm.exited(Mono(5), &d, &s("ms1"), &inc("x"), None, "ended (adopted)".into());
     assert_eq!(
         shape(&a),
@@ -401,3 +401,137 @@ fn commands_for_a_server_that_may_not_run_here_are_refused_at_once() {
     let a = nm.command(Mono(0), &d, 2, &s("nosuch"), Origin::Admin, Command::Start { in_place: false });
     assert_eq!(shape(&a), strs(&["reply 404: unknown server nosuch: it is not defined in domain t"]));
 }
+
+const BUSY: &str = r#"
+name = "t"
+[leasing]
+data_source = "sqlite://leases.db"
+
+[[machines]]
+name = "m1"
+node_manager = "127.0.0.1:5001"
+max_concurrent_starts = 2
+
+[[clusters]]
+name = "c1"
+migration_candidates = ["m1"]
+
+[[servers]]
+name = "a1"
+cluster = "c1"
+machine = "m1"
+health_check_interval = "100ms"
+
+[[servers]]
+name = "a2"
+cluster = "c1"
+machine = "m1"
+health_check_interval = "100ms"
+
+[[servers]]
+name = "a3"
+cluster = "c1"
+machine = "m1"
+health_check_interval = "100ms"
+"#;
+
+/// `server` through its lease check and orphan check to its spawn as `incarnation`.
+fn spawn_through(nm: &mut NodeManager, d: &Domain, at: u64, server: &str, incarnation: &str) -> Vec<Action> {
+    nm.lease_read(Mono(at), d, &s(server), Ok(None));
+    nm.orphan_killed(Mono(at), d, &s(server), None);
+    nm.spawned(Mono(at), d, &s(server), inc(incarnation), Ok(at as i32))
+}
+
+#[test]
+fn starts_beyond_the_machines_turns_are_answered_at_once_and_wait() {
+    let d = Domain::parse("t.toml", BUSY).expect("valid");
+    let mut nm = nm();
+    let start = Command::Start { in_place: false };
+    assert_eq!(shape(&nm.command(Mono(0), &d, 1, &s("a1"), Origin::Admin, start.clone())), strs(&["read lease"]));
+    assert_eq!(shape(&nm.command(Mono(0), &d, 2, &s("a2"), Origin::Admin, start.clone())), strs(&["read lease"]));
+    // Both turns are taken: a3 is accepted now and waits, with nothing done for it yet.
+    let a = nm.command(Mono(1), &d, 3, &s("a3"), Origin::Admin, start.clone());
+    assert_eq!(
+        shape(&a),
+        strs(&[
+            "reply ok: a3 waits for its turn to start on m1: 2 start(s) running, 0 waiting ahead of it (max_concurrent_starts = 2)",
+            "event start-queued"
+        ])
+    );
+    // Asked again while it waits: answered at once too.
+    let a = nm.command(Mono(2), &d, 4, &s("a3"), Origin::Admin, start.clone());
+    assert_eq!(shape(&a), strs(&["reply ok: a3 is already waiting for its turn to start on m1 (0 ahead of it)"]));
+    nm.validate().unwrap();
+    // a1 spawned is not a1 started: the turn is held until its server reports RUNNING.
+    let a = spawn_through(&mut nm, &d, 10, "a1", "x1");
+    assert_eq!(shape(&a), strs(&["state STARTING", "event server-started", "reply ok: started a1 on m1"]));
+    assert!(nm.report(Mono(20), &d, &s("a1"), &inc("x1"), ServerReport::Acquired { epoch: Epoch(1) }).is_empty());
+    let a = nm.report(Mono(30), &d, &s("a1"), &inc("x1"), ServerReport::Running);
+    assert_eq!(shape(&a), strs(&["state RUNNING", "read lease"]), "a1 RUNNING gives its turn to a3");
+    // a3's command was answered when it was queued: its spawn answers nobody again.
+    let a = spawn_through(&mut nm, &d, 40, "a3", "x3");
+    assert_eq!(shape(&a), strs(&["state STARTING", "event server-started"]));
+    nm.validate().unwrap();
+}
+
+#[test]
+fn a_turn_comes_back_when_its_start_fails_exits_or_runs_out_of_budget() {
+    let d = Domain::parse("t.toml", BUSY).expect("valid");
+    let mut nm = nm();
+    let start = Command::Start { in_place: false };
+    for (id, server) in [(1, "a1"), (2, "a2"), (3, "a3")] {
+        nm.command(Mono(0), &d, id, &s(server), Origin::Admin, start.clone());
+    }
+    // a1's start is refused (the table cannot be read): a3 gets its turn.
+    let a = nm.lease_read(Mono(5), &d, &s("a1"), Err("no table".into()));
+    assert_eq!(shape(&a)[1..], strs(&["read lease"]));
+    // a2 spawns and dies before RUNNING: its turn is free again (nobody waits).
+    spawn_through(&mut nm, &d, 10, "a2", "x2");
+    nm.exited(Mono(20), &d, &s("a2"), &inc("x2"), Some(1), "exit code 1".into());
+    assert!(!nm.admitted.contains_key(&s("a2")));
+    // a3 spawns and never reports RUNNING: its turn, taken when a1's came back, runs out
+    // after its budget.
+    spawn_through(&mut nm, &d, 30, "a3", "x3");
+    let until = nm.admitted[&s("a3")];
+    assert_eq!(until, Mono(5 + start_budget_ms(&d, &s("a3"))));
+    // (a2's crash restart is due first.)
+    assert!(nm.next_wakeup().is_some_and(|at| at <= until));
+    nm.tick(Mono(until.0 - 1), &d);
+    assert!(nm.admitted.contains_key(&s("a3")));
+    nm.tick(until, &d);
+    assert!(!nm.admitted.contains_key(&s("a3")));
+    nm.validate().unwrap();
+}
+
+#[test]
+fn a_stop_drops_a_start_still_waiting_and_a_crash_restart_goes_first() {
+    let four = format!("{BUSY}\n[[servers]]\nname = \"a4\"\ncluster = \"c1\"\nmachine = \"m1\"\n");
+    let d = Domain::parse("t.toml", &four).expect("valid");
+    let mut nm = nm();
+    let start = Command::Start { in_place: false };
+    nm.command(Mono(0), &d, 1, &s("a1"), Origin::Admin, start.clone());
+    spawn_through(&mut nm, &d, 1, "a1", "x1");
+    nm.report(Mono(2), &d, &s("a1"), &inc("x1"), ServerReport::Running);
+    for (id, server) in [(2, "a2"), (3, "a3"), (4, "a4")] {
+        nm.command(Mono(3), &d, id, &s(server), Origin::Admin, start.clone());
+    }
+    assert_eq!(nm.waiting, [s("a4")]);
+    // a1 crashes: its restart waits for a turn too, ahead of a4.
+    nm.exited(Mono(5), &d, &s("a1"), &inc("x1"), None, "killed by signal 9".into());
+    let due = nm.next_wakeup().expect("a restart is due");
+    let a = nm.tick(due, &d);
+    assert!(shape(&a).contains(&"event start-queued".to_string()), "{a:?}");
+    assert_eq!(nm.waiting, [s("a1"), s("a4")]);
+    // A stop drops a4's waiting start.
+    let a = nm.command(due, &d, 5, &s("a4"), Origin::Admin, Command::Stop { force: false, timeout_ms: None });
+    assert_eq!(shape(&a)[0], "event start-failed");
+    assert_eq!(nm.waiting, [s("a1")]);
+    nm.validate().unwrap();
+    // a2 RUNNING: the turn goes to a1's restart, which hands its lease over (no lease read).
+    spawn_through(&mut nm, &d, due.0 + 1, "a2", "x2");
+    let a = nm.report(Mono(due.0 + 2), &d, &s("a2"), &inc("x2"), ServerReport::Running);
+    assert_eq!(shape(&a), strs(&["state RUNNING", "spawn (handover from x1)"]));
+    nm.validate().unwrap();
+}
+
+use super::admission::start_budget_ms;
