@@ -290,6 +290,12 @@ impl AdminState {
             ));
         }
         let servers: Vec<_> = d.servers_in(&cluster).cloned().collect();
+        // At most the cluster's max_concurrent_starts at once, each from its command until
+        // it is RUNNING: a cluster of hundreds starts in waves its machines can carry, and
+        // each start's deadline counts from its own turn, not from the command.
+        let turns = Arc::new(tokio::sync::Semaphore::new(
+            d.cluster(&cluster).map_or(1, |c| c.max_concurrent_starts.max(1)) as usize,
+        ));
         let created = self.ops.create(OperationKind::StartCluster, cluster.as_str(), by);
         let op = created.id;
         let me = self.clone();
@@ -307,7 +313,9 @@ impl AdminState {
                     _ => match me.start_leased(op, &first, &first.machine).await.map_err(|e| e.to_string()) {
                         Ok(epoch) => {
                             let (me2, first) = (me.clone(), first.clone());
+                            let turn = turns.clone().try_acquire_owned().ok();
                             tasks.push(tokio::spawn(async move {
+                                let _turn = turn;
                                 me2.running(&first, &first.machine, epoch).await.map(|msg| {
                                     me2.step(op, EventKind::StartComplete, &first.name, Some(&first.machine), msg)
                                 })
@@ -326,7 +334,9 @@ impl AdminState {
             }
             for s in servers {
                 let me2 = me.clone();
+                let Ok(turn) = turns.clone().acquire_owned().await else { break };
                 tasks.push(tokio::spawn(async move {
+                    let _turn = turn;
                     match me2.lease_of(&s.name).await {
                         Ok(Some(l)) if l.is_live() => {
                             me2.already_running(op, &s.name, l.machine.as_ref());

@@ -84,7 +84,9 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
             }
         });
     }
-    let batcher = Batcher::start(store.clone());
+    // The renewals on a connection of their own: a burst of starts (lease reads, handovers)
+    // never queues ahead of the renewals of the servers already up.
+    let batcher = Batcher::start(ferry_store::open_lazy(&domain.domain.leasing.data_source, STORE_CALL_TIMEOUT));
     let channel_path = opts.data_dir.join("nm.sock");
     let mut nm = NodeManager::new(opts.machine.clone(), RestartPolicy::default(), NodeManagerTiming::default());
     nm.supervisor.restore_master_epochs(restore_master_epochs(&opts.data_dir));

@@ -16,6 +16,7 @@ mod cli;
 mod failover;
 mod input;
 mod postgres;
+mod scale;
 mod security;
 
 fn spec() -> DomainSpec {
