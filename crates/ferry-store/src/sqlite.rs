@@ -6,9 +6,15 @@
 //!   (`julianday('now')`) inside its own write transaction and decides expiry from it; no
 //!   method takes a timestamp from the caller.
 //! - **Rule 7, bounded calls:** the rusqlite work runs on the blocking pool under
-//!   `tokio::time::timeout(call_timeout)`, and SQLite's `busy_timeout` equals the call
-//!   timeout, so a locked or slow file answers `Timeout`/`Unavailable` instead of holding the
-//!   caller past its deadline. The connection sits behind an async mutex: callers queue
+//!   `tokio::time::timeout(call_timeout)`, and a busy file is waited for until the call's own
+//!   deadline (counted from the call, the wait for the connection included) and not a moment
+//!   longer, so a locked or slow file answers `Timeout` at the deadline: never "database is
+//!   locked" while the caller's timeout has time left, and no work left running after it.
+//! - **Renewals first:** a writer waiting for the file polls for it (SQLite's own
+//!   `busy_timeout` backs off to 100 ms sleeps, so a busy writer in a tight loop, a mass
+//!   start, starves a waiting renewal batch of another process to its timeout). Renewals
+//!   poll every 200 µs, everything else every 2 ms: when the lock comes free, a waiting
+//!   renewal is almost always the one that takes it (issue 11). The connection sits behind an async mutex: callers queue
 //!   without occupying blocking threads, and a call that outlives its caller holds at most
 //!   one blocking thread (it finishes, or fails at the busy timeout, in the background; its
 //!   caller has already been told `Timeout`, which means "outcome unknown").
@@ -22,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName};
@@ -91,7 +97,7 @@ impl SqliteStore {
                 unavailable(data_source.clone(), SetupError::CreateDir { path: parent.to_path_buf(), source })
             })?;
         }
-        let db = connect(&path, call_timeout)
+        let db = within(Instant::now() + call_timeout, Wait::OTHER, || connect(&path))
             .map_err(|source| unavailable(data_source.clone(), SetupError::Open { path: path.clone(), source }))?;
         Ok(SqliteStore {
             conn: Arc::new(tokio::sync::Mutex::new(Conn { db, schema_checked: false })),
@@ -151,11 +157,22 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
     {
+        self.call_waiting(check, Wait::OTHER, work).await
+    }
+
+    /// [`SqliteStore::call`], polling a busy file every `wait`.
+    async fn call_waiting<T, F>(&self, check: Check, wait: Wait, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
+    {
         let conn = Arc::clone(&self.conn);
+        let deadline = Instant::now() + self.call_timeout;
         let attempt = async move {
             // Waiting for the connection counts against the deadline but occupies no thread.
             let mut guard = conn.lock_owned().await;
             tokio::task::spawn_blocking(move || {
+                let _wait = Waiting::until(deadline, wait);
                 let conn = &mut *guard;
                 if check == Check::Schema && !conn.schema_checked {
                     check_schema(&conn.db)?;
@@ -169,24 +186,77 @@ impl SqliteStore {
             })
             .await
         };
+        let timeout = || StoreError::Timeout {
+            data_source: self.data_source.to_string(),
+            timeout_ms: u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX),
+        };
         match tokio::time::timeout(self.call_timeout, attempt).await {
             Ok(Ok(Ok(value))) => Ok(value),
+            // The file stayed locked until the deadline ([`busy`] gave up): the call timed
+            // out, whether or not the runtime's timer has fired yet.
+            Ok(Ok(Err(failure))) if failure.is_busy() => Err(timeout()),
             Ok(Ok(Err(failure))) => Err(failure.into_store_error(&self.data_source)),
             Ok(Err(join)) => {
                 Err(StoreError::Unavailable { data_source: self.data_source.to_string(), source: Box::new(join) })
             }
-            Err(_elapsed) => Err(StoreError::Timeout {
-                data_source: self.data_source.to_string(),
-                timeout_ms: u64::try_from(self.call_timeout.as_millis()).unwrap_or(u64::MAX),
-            }),
+            Err(_elapsed) => Err(timeout()),
         }
     }
 }
 
+/// How often a writer that finds the file locked looks again.
+#[derive(Debug, Clone, Copy)]
+struct Wait(Duration);
+
+impl Wait {
+    const RENEWAL: Wait = Wait(Duration::from_micros(200));
+    const OTHER: Wait = Wait(Duration::from_millis(2));
+}
+
+thread_local! {
+    /// The deadline and poll of the call this blocking thread runs (see [`busy`]).
+    static WAITING: std::cell::Cell<Option<(Instant, Wait)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Sets the deadline of the call on this thread for as long as it lives.
+struct Waiting;
+
+impl Waiting {
+    fn until(deadline: Instant, wait: Wait) -> Waiting {
+        WAITING.with(|w| w.set(Some((deadline, wait))));
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.with(|w| w.set(None));
+    }
+}
+
+fn within<T>(deadline: Instant, wait: Wait, f: impl FnOnce() -> T) -> T {
+    let _wait = Waiting::until(deadline, wait);
+    f()
+}
+
+/// SQLite's busy handler: the file is locked by another writer; wait `poll` and try again
+/// while the call's deadline allows, else give up (SQLITE_BUSY, which the call's own
+/// timeout has already turned into `Timeout` for its caller). A connection used outside a
+/// call (none is) gets no wait at all.
+fn busy(_attempts: i32) -> bool {
+    let Some((deadline, Wait(poll))) = WAITING.with(|w| w.get()) else { return false };
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    std::thread::sleep(poll.min(left));
+    true
+}
+
 /// Opens the connection with the settings rules 7 and 8 need.
-fn connect(path: &Path, call_timeout: Duration) -> rusqlite::Result<Connection> {
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let db = Connection::open(path)?;
-    db.busy_timeout(call_timeout)?;
+    db.busy_handler(Some(busy))?;
     let mode: String = db.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         // Still durable with synchronous=FULL, but writers block readers.
@@ -212,7 +282,7 @@ impl LeaseStore for SqliteStore {
     async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease> {
         let name = name.clone();
         let incarnation = incarnation.clone();
-        self.call(Check::Schema, move |db| {
+        self.call_waiting(Check::Schema, Wait::RENEWAL, move |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = store_now_ms(&tx)?;
             let old = read_row(&tx, &name.to_string())?;
@@ -230,7 +300,7 @@ impl LeaseStore for SqliteStore {
         }
         let renewals = renewals.to_vec();
         let data_source = Arc::clone(&self.data_source);
-        self.call(Check::Schema, move |db| {
+        self.call_waiting(Check::Schema, Wait::RENEWAL, move |db| {
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let now = store_now_ms(&tx)?;
             let mut outcomes = Vec::with_capacity(renewals.len());
@@ -483,6 +553,15 @@ impl From<CorruptRow> for Failure {
 }
 
 impl Failure {
+    /// Another connection held the file's lock until the call's deadline.
+    fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            Failure::Sql(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+
     fn into_store_error(self, data_source: &str) -> StoreError {
         let unavailable = |source: Box<dyn std::error::Error + Send + Sync>| StoreError::Unavailable {
             data_source: data_source.to_string(),

@@ -193,6 +193,10 @@ fn validate(file: &std::path::Path) -> i32 {
                 n(d.clusters.len(), "cluster"),
                 n(d.servers.len(), "server")
             );
+            // Valid, but a machine's takeover would outlast a lease (issue 11).
+            for t in d.takeovers() {
+                errln!("warning: {}", t.warning());
+            }
             0
         }
         Err(errs) => domain_problems(&errs),

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ClusterName, MachineName, ServerName};
 
+mod headroom;
 mod locate;
 
+pub use headroom::{Takeover, ASSUMED_START_MS};
 use locate::{locate, toml_problem};
 
 /// The seed's defaults.

@@ -458,3 +458,93 @@ fn raw(path: &Path) -> rusqlite::Connection {
     db.busy_timeout(CALL_TIMEOUT).expect("busy timeout");
     db
 }
+
+/// Issue 11: four Node Managers renewing their servers in batches on one file while a fifth
+/// handle starts and stops servers as fast as it can. A busy file makes a caller wait, up
+/// to its call timeout: no "database is locked" (or any other error) reaches a holder
+/// while its timeout has time left, and a timeout only comes once the timeout has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contention_among_node_managers_never_answers_locked_early() {
+    use ferry_core::{MachineName, ServerName};
+    use ferry_store::Renewal;
+
+    const CALL: Duration = Duration::from_millis(400);
+    let dir = tempdir();
+    let path = format!("sqlite://{}", dir.path().join("busy.db").display());
+    SqliteStore::open_and_init(&path, CALL).await.expect("init");
+    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for nm in 0..5 {
+        let store = SqliteStore::open_bounded(&path, CALL).await.expect("open");
+        tasks.push(tokio::spawn(async move {
+            let mut took_all = Vec::new();
+            let mut check = |took: Duration, r: Result<(), StoreError>| {
+                took_all.push(took);
+                match r {
+                    Ok(()) => {}
+                    Err(StoreError::Timeout { .. }) => assert!(took >= CALL, "a timeout after only {took:?}"),
+                    Err(e) => panic!("handle {nm}: {e} after {took:?} of {CALL:?}"),
+                }
+            };
+            let lease = |i: usize| LeaseName::Server(ServerName::new(format!("n{nm}s{i:03}")).expect("name"));
+            let req = |i: usize| AcquireRequest {
+                name: lease(i),
+                owner: ServerName::new("ms1").expect("name"),
+                machine: MachineName::new(format!("node-{nm}")).expect("name"),
+                incarnation: Incarnation(format!("i{nm}-{i}")),
+                ttl: Duration::from_secs(2),
+            };
+            if nm == 4 {
+                // The starter: acquire, then release, round and round.
+                let mut i = 0;
+                while tokio::time::Instant::now() < until {
+                    let t = tokio::time::Instant::now();
+                    let r = store.acquire(&req(i % 50)).await;
+                    let epoch = r.as_ref().map(|l| l.epoch).ok();
+                    check(t.elapsed(), r.map(|_| ()));
+                    if let Some(epoch) = epoch {
+                        let t = tokio::time::Instant::now();
+                        let r = store.release(&lease(i % 50), &req(i % 50).incarnation, epoch).await;
+                        check(t.elapsed(), r);
+                    }
+                    i += 1;
+                }
+                return took_all;
+            }
+            // A Node Manager with 25 servers: acquire them, then renew them all every 50 ms.
+            let mut held = Vec::new();
+            for i in 0..25 {
+                let t = tokio::time::Instant::now();
+                let r = store.acquire(&req(i)).await;
+                if let Ok(l) = &r {
+                    held.push(Renewal {
+                        name: lease(i),
+                        incarnation: req(i).incarnation,
+                        epoch: l.epoch,
+                        ttl: req(i).ttl,
+                    });
+                }
+                check(t.elapsed(), r.map(|_| ()));
+            }
+            while tokio::time::Instant::now() < until {
+                let t = tokio::time::Instant::now();
+                let r = store.renew_many(&held).await;
+                if let Ok(each) = &r {
+                    for one in each {
+                        assert!(one.is_ok(), "handle {nm}: a renewal of a held lease failed: {one:?}");
+                    }
+                }
+                check(t.elapsed(), r.map(|_| ()));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            took_all
+        }));
+    }
+    for (nm, t) in tasks.into_iter().enumerate() {
+        let mut took = t.await.expect("no handle panicked");
+        assert!(took.len() > 1, "handle {nm} made calls");
+        took.sort();
+        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+        println!("handle {nm}: {} calls, p50 {:?}, p99 {:?}, max {:?}", took.len(), at(0.5), at(0.99), at(1.0));
+    }
+}

@@ -629,3 +629,34 @@ fn names_are_checked_before_any_call() {
         assert!(err.contains(want), "ferry {args:?} said {err}");
     }
 }
+
+/// `ferry validate` warns (and still exits 0) when a machine may have to take over more
+/// servers than it starts within a lease; with fewer servers per machine it says nothing.
+#[test]
+fn validate_warns_when_a_takeover_outlasts_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |servers: usize| {
+        let mut t = String::from("name = \"big\"\n[leasing]\ndata_source = \"sqlite://x.db\"\n");
+        for m in 1..=4 {
+            t += &format!("[[machines]]\nname = \"node-{m}\"\nnode_manager = \"127.0.0.1:{}\"\n", 5600 + m);
+        }
+        t += "[[clusters]]\nname = \"web\"\nmigration_candidates = [\"node-1\", \"node-2\", \"node-3\", \"node-4\"]\n";
+        for s in 0..servers {
+            t += &format!(
+                "[[servers]]\nname = \"web{s:03}\"\ncluster = \"web\"\nmachine = \"node-{}\"\nhealth_check_interval = \"500ms\"\n",
+                s % 4 + 1
+            );
+        }
+        let path = dir.path().join(format!("big-{servers}.toml"));
+        std::fs::write(&path, t).unwrap();
+        std::process::Command::new(exe()).arg("validate").arg(&path).output().unwrap()
+    };
+    let out = file(200);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: if node-1 fails, node-2 may have to start 17 of its servers, 4 at a time"), "{err}");
+    assert!(err.contains("longer than their lease time to live (1500 ms)"), "{err}");
+    let out = file(100);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no warning at 25 servers a machine");
+}
