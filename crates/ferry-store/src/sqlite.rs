@@ -28,7 +28,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use ferry_core::time::Mono;
+use ferry_host::clock;
 
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName};
@@ -97,7 +100,7 @@ impl SqliteStore {
                 unavailable(data_source.clone(), SetupError::CreateDir { path: parent.to_path_buf(), source })
             })?;
         }
-        let db = within(Instant::now() + call_timeout, Wait::OTHER, || connect(&path))
+        let db = within(clock::now() + call_timeout, Wait::OTHER, || connect(&path))
             .map_err(|source| unavailable(data_source.clone(), SetupError::Open { path: path.clone(), source }))?;
         Ok(SqliteStore {
             conn: Arc::new(tokio::sync::Mutex::new(Conn { db, schema_checked: false })),
@@ -167,7 +170,7 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> Result<T, Failure> + Send + 'static,
     {
         let conn = Arc::clone(&self.conn);
-        let deadline = Instant::now() + self.call_timeout;
+        let deadline = clock::now() + self.call_timeout;
         let attempt = async move {
             // Waiting for the connection counts against the deadline but occupies no thread.
             let mut guard = conn.lock_owned().await;
@@ -215,14 +218,14 @@ impl Wait {
 
 thread_local! {
     /// The deadline and poll of the call this blocking thread runs (see [`busy`]).
-    static WAITING: std::cell::Cell<Option<(Instant, Wait)>> = const { std::cell::Cell::new(None) };
+    static WAITING: std::cell::Cell<Option<(Mono, Wait)>> = const { std::cell::Cell::new(None) };
 }
 
 /// Sets the deadline of the call on this thread for as long as it lives.
 struct Waiting;
 
 impl Waiting {
-    fn until(deadline: Instant, wait: Wait) -> Waiting {
+    fn until(deadline: Mono, wait: Wait) -> Waiting {
         WAITING.with(|w| w.set(Some((deadline, wait))));
         Waiting
     }
@@ -234,7 +237,7 @@ impl Drop for Waiting {
     }
 }
 
-fn within<T>(deadline: Instant, wait: Wait, f: impl FnOnce() -> T) -> T {
+fn within<T>(deadline: Mono, wait: Wait, f: impl FnOnce() -> T) -> T {
     let _wait = Waiting::until(deadline, wait);
     f()
 }
@@ -245,10 +248,12 @@ fn within<T>(deadline: Instant, wait: Wait, f: impl FnOnce() -> T) -> T {
 /// call (none is) gets no wait at all.
 fn busy(_attempts: i32) -> bool {
     let Some((deadline, Wait(poll))) = WAITING.with(|w| w.get()) else { return false };
-    let left = deadline.saturating_duration_since(Instant::now());
+    let left = Duration::from_millis(deadline.0.saturating_sub(clock::now().0));
     if left.is_zero() {
         return false;
     }
+    // SQLite calls this on the blocking thread that runs the call, never on the runtime.
+    #[allow(clippy::disallowed_methods)]
     std::thread::sleep(poll.min(left));
     true
 }
