@@ -162,6 +162,10 @@ pub struct Scenario {
     pub long_p: f64,
     /// How long a `ferry server` process takes from spawn to its first lease request.
     pub start_ms: (u64, u64),
+    /// Each machine's `max_concurrent_starts`: one seed in three starts one server at a time,
+    /// so migrations and restarts wait their turn (drawn from the seed alone, so the rest of
+    /// a scenario stays what it was before machines had turns).
+    pub starts_per_machine: u32,
     /// Faults of the fault phase, by true time.
     pub faults: Vec<(u64, Fault)>,
     pub heal_at_ms: u64,
@@ -235,6 +239,7 @@ impl Scenario {
             loss,
             long_p,
             start_ms: (5, 20 + interval_ms / 2),
+            starts_per_machine: [1, 2, 4][(cfg.seed % 3) as usize],
             faults,
             heal_at_ms,
         }
@@ -303,7 +308,11 @@ impl Scenario {
         let ms = |v: u64| humanize(Duration::from_millis(v));
         let mut t = String::from("name = \"sim\"\n\n[leasing]\ndata_source = \"sqlite://sim.db\"\n");
         for (i, m) in self.machines.iter().enumerate() {
-            t += &format!("\n[[machines]]\nname = \"{m}\"\nnode_manager = \"127.0.0.1:{}\"\n", 5556 + i);
+            t += &format!(
+                "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"127.0.0.1:{}\"\nmax_concurrent_starts = {}\n",
+                5556 + i,
+                self.starts_per_machine
+            );
         }
         let all: Vec<String> = self.machines.iter().map(|m| format!("\"{m}\"")).collect();
         t += &format!(
