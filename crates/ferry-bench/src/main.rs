@@ -9,11 +9,13 @@
 //!   keepalived), ferry's outage next to keepalived's in the same run.
 //! * `outage`: the lease table (a private PostgreSQL) goes away until every server fenced
 //!   itself and comes back; how soon the domain runs again without an operator.
+//! * `scale`: many servers per machine (25 to 200 on four machines): the cluster's start,
+//!   fences, status latency, CPU and RSS per process kind, and a machine's failover.
 //! * `leases`: the lease table at scale on a private PostgreSQL (1,000 to 100,000 leases
 //!   renewed every second, single and batched renewals, the master's scan, and the
 //!   database's own single-row UPDATE rate); against 10,000 at 1 s with p99 under 50 ms.
 //!
-//! `failover`, `restart` and `hosts` need the `ferry` binary of the same profile next to this one:
+//! `failover`, `restart`, `outage`, `scale` and `hosts` need the `ferry` binary of the same profile next to this one:
 //! `cargo build --release -p ferry -p ferry-bench && target/release/ferry-bench all`.
 //! `leases` needs only the PostgreSQL server binaries (`apt-get install postgresql`).
 
@@ -30,6 +32,7 @@ mod leases_tally;
 mod outage;
 mod restart;
 mod runs;
+mod scale;
 mod stats;
 
 use std::path::PathBuf;
@@ -80,6 +83,9 @@ enum Cmd {
     /// Stop the lease table (a private PostgreSQL) until every server fenced itself, start it
     /// again, and measure until every server runs again.
     Outage(OutageArgs),
+    /// N servers per run on M machines: start, fences, status latency, CPU and RSS per
+    /// process kind, and the failover of one machine's servers.
+    Scale(scale::ScaleArgs),
     /// (internal) The overlapping client `hosts` runs in the lab's client namespace.
     #[command(hide = true)]
     HostsProbe(hosts_probe::ProbeArgs),
@@ -197,11 +203,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Hosts(args) = &cli.cmd {
         return hosts::run(args.clone(), &exe, &base, cli.json.clone()).await;
     }
+    if let Cmd::Scale(args) = &cli.cmd {
+        return scale::run(args.clone(), &exe, &base, cli.json.clone()).await;
+    }
     let (fo, rs) = match &cli.cmd {
         Cmd::Failover(a) => (Some(a.clone()), None),
         Cmd::Restart(a) => (None, Some(a.clone())),
         Cmd::All => (Some(FailoverArgs::default()), Some(RestartArgs::default())),
-        Cmd::Leases(_) | Cmd::Hosts(_) | Cmd::HostsProbe(_) | Cmd::Outage(_) => (None, None),
+        Cmd::Leases(_) | Cmd::Hosts(_) | Cmd::HostsProbe(_) | Cmd::Outage(_) | Cmd::Scale(_) => (None, None),
     };
     let og = match &cli.cmd {
         Cmd::Outage(a) => Some(a.clone()),
