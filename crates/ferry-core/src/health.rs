@@ -16,6 +16,10 @@ use crate::time::Mono;
 /// `health_check_periods_until_fencing`, so the decision stays within the lease's budget).
 pub const FAILURES_UNTIL_UNHEALTHY: u32 = 2;
 
+/// How often a service that has not answered yet is checked (at most every interval): a
+/// start is RUNNING within this of its service answering, not up to an interval later.
+pub const STARTING_POLL_MS: u64 = 20;
+
 #[derive(Debug, Clone)]
 struct Service {
     name: String,
@@ -66,6 +70,16 @@ impl HealthJudge {
         });
     }
 
+    /// How long after a round of checks the next one is due: one interval, or
+    /// [`STARTING_POLL_MS`] while a service has not answered yet.
+    pub fn next_check_in(&self, interval_ms: u64) -> u64 {
+        if self.services.iter().all(|s| s.answered_once) {
+            interval_ms
+        } else {
+            STARTING_POLL_MS.min(interval_ms)
+        }
+    }
+
     /// One round of check results (`Err` with what went wrong) at `now`.
     pub fn on_results(&mut self, now: Mono, results: &[(String, Result<(), String>)]) -> Verdict {
         let mut problems = Vec::new();
@@ -101,6 +115,20 @@ impl HealthJudge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_not_answering_yet_is_checked_often_then_every_interval() {
+        let mut h = HealthJudge::new(3);
+        assert_eq!(h.next_check_in(500), 500, "no service: every interval");
+        h.add("web", Mono(0), 30_000, true);
+        h.add("cron", Mono(0), 30_000, false);
+        assert_eq!(h.next_check_in(500), STARTING_POLL_MS);
+        assert_eq!(h.next_check_in(10), 10, "never more often than the interval asks");
+        h.on_results(Mono(20), &[fail("web")]);
+        assert_eq!(h.next_check_in(500), STARTING_POLL_MS);
+        h.on_results(Mono(40), &[ok("web")]);
+        assert_eq!(h.next_check_in(500), 500);
+    }
 
     fn fail(name: &str) -> (String, Result<(), String>) {
         (name.to_string(), Err("no answer within 400 ms".to_string()))

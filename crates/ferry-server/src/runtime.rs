@@ -356,7 +356,9 @@ impl Runtime {
             return Flow::Exit(EXIT_SERVICE_DIED);
         }
         if now >= self.next_health && !self.health_in_flight {
-            self.next_health = now + self.keeper.timing.interval_ms;
+            // Often while a service is still starting (RUNNING as soon as it answers), then
+            // every interval (ferry-core's HealthJudge decides).
+            self.next_health = now + self.health.next_check_in(self.keeper.timing.interval_ms);
             self.health_in_flight = true;
             let checks: Vec<_> =
                 self.services.iter().filter_map(|s| s.health.clone().map(|h| (s.name.clone(), h))).collect();

@@ -390,7 +390,8 @@ fn domain_toml(
     );
     for (i, s) in spec.servers.iter().enumerate() {
         let addr = services[&s.name];
-        let mut cmd = vec![exe.display().to_string(), "demo-service".into(), "--listen".into(), addr.to_string()];
+        let mut cmd = spec.service_prefix.clone();
+        cmd.extend([exe.display().to_string(), "demo-service".into(), "--listen".into(), addr.to_string()]);
         if spec.journal {
             cmd.push("--journal".into());
             cmd.push(dir.join("journal").join(format!("{}.jsonl", s.name)).display().to_string());

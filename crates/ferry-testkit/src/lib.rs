@@ -22,7 +22,7 @@ pub mod labdomain;
 pub mod pg;
 pub mod service;
 
-pub use domain::{wait_until, DomainSpec, ServerSpec};
+pub use domain::{wait_until, DomainSpec, ServerSpec, PYTHON_SERVICE};
 pub use harness::{free_port, Harness, TAG_VAR};
 pub use labdomain::LabDomain;
 pub use pg::{postgres_bin_dir, PgOptions, PgServer, PgServerError, TestCa, DATABASE, SUPERUSER};
