@@ -28,71 +28,7 @@ pub struct SpawnSpec {
     pub new_session: bool,
     /// Start the child in a new process group of its own (ignored with `new_session`).
     pub new_group: bool,
-    /// The child's niceness (`setpriority`), when set; otherwise inherited.
-    pub niceness: Option<i32>,
     pub cwd: Option<PathBuf>,
-}
-
-/// How much ahead of hosted services the lease-critical processes (a Node Manager and its
-/// `ferry server`s) run when the Node Manager may raise its priority (root, or
-/// CAP_SYS_NICE): their renewals then never wait for CPU behind services that are starting
-/// (issue 11: a python3 interpreter per service, a dozen starting at once on two cores).
-pub const LEASE_CRITICAL_BOOST: i32 = 5;
-
-/// The environment variable through which a Node Manager that raised its priority tells
-/// its servers the niceness their hosted services run at (its own from before).
-pub const SERVICES_NICE_VAR: &str = "FERRY_SERVICES_NICE";
-
-static SERVICES_NICE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-
-/// Raises this Node Manager's priority by [`LEASE_CRITICAL_BOOST`] if it may; its servers
-/// inherit it, and [`services_nice_env`] tells them to start their services at the niceness
-/// from before. What happened, for the log.
-pub fn boost_lease_critical() -> String {
-    match raise_priority(LEASE_CRITICAL_BOOST) {
-        Ok(before) => {
-            let _ = SERVICES_NICE.set(before);
-            format!(
-                "the Node Manager and its servers run at niceness {}, hosted services at {before}: renewals never wait for CPU behind starting services",
-                before - LEASE_CRITICAL_BOOST
-            )
-        }
-        Err(e) => format!(
-            "the Node Manager, its servers and their services share one priority (raising the Node Manager's needs root or CAP_SYS_NICE: {e})"
-        ),
-    }
-}
-
-/// The variable to give a spawned `ferry server`, when the priority was raised.
-pub fn services_nice_env() -> Option<(String, String)> {
-    SERVICES_NICE.get().map(|n| (SERVICES_NICE_VAR.to_string(), n.to_string()))
-}
-
-/// This process's niceness.
-pub fn niceness() -> i32 {
-    // SAFETY: getpriority reads the calling process's priority; no memory is shared. It
-    // returns -1 both for niceness -1 and for an error, and for our own pid it cannot fail.
-    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
-}
-
-/// Lowers this process's niceness by `boost` (raises its priority): the niceness it had
-/// before on success, or why not (no CAP_SYS_NICE).
-/// Linux keeps a niceness per thread: every thread of the process is changed, and threads
-/// started later inherit it from the thread that starts them.
-pub fn raise_priority(boost: i32) -> io::Result<i32> {
-    let before = niceness();
-    let mut tids: Vec<libc::id_t> =
-        std::fs::read_dir("/proc/self/task")?.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
-    if tids.is_empty() {
-        tids.push(0);
-    }
-    for tid in tids {
-        // SAFETY: setpriority on a thread of our own; no memory is shared.
-        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, before - boost) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(before)
 }
 
 /// Starts a process as `spec` says.
@@ -137,17 +73,6 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<tokio::process::Child> {
         }
     } else if spec.new_group {
         cmd.process_group(0);
-    }
-    if let Some(nice) = spec.niceness {
-        // SAFETY: `setpriority` is a plain system call on the child itself, touching no
-        // memory of the parent. Raising a niceness is always allowed; a failure to lower it
-        // leaves the inherited one.
-        unsafe {
-            cmd.pre_exec(move || {
-                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
-                Ok(())
-            });
-        }
     }
     cmd.kill_on_drop(false);
     cmd.spawn()
@@ -293,54 +218,6 @@ pub async fn kill_session_and_wait(sid: i32, patience: std::time::Duration) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A raised priority holds for every thread, so a child spawned from any of them
-    /// inherits it (Linux keeps a niceness per thread). Needs root (CAP_SYS_NICE).
-    #[test]
-    fn a_raised_priority_reaches_children_of_every_thread() {
-        let before = niceness();
-        let worker = std::thread::spawn(|| std::thread::park_timeout(std::time::Duration::from_secs(5)));
-        if let Err(e) = raise_priority(2) {
-            assert!(std::env::var("CI").is_err(), "CI runs as root, yet the priority could not be raised: {e}");
-            println!("not run: raising the priority needs root or CAP_SYS_NICE ({e})");
-            return;
-        }
-        let tid = worker.thread().id();
-        let nice_of = |path: &str| {
-            std::fs::read_to_string(path)
-                .ok()
-                .and_then(|s| s.split(' ').nth(18).map(str::to_string))
-                .unwrap_or_default()
-        };
-        // Every thread of this process, the one started before included.
-        for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-            let path = format!("{}/stat", e.path().display());
-            assert_eq!(nice_of(&path), (before - 2).to_string(), "{path} ({tid:?})");
-        }
-        worker.thread().unpark();
-        worker.join().unwrap();
-        // Back (raising a niceness is always allowed), on every thread.
-        for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-            let tid: libc::id_t = e.file_name().to_str().unwrap().parse().unwrap();
-            // SAFETY: setpriority on a thread of our own.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, before) };
-        }
-    }
-
-    /// A child spawned with a niceness runs at it (field 19 of its `/proc/PID/stat`).
-    #[tokio::test]
-    async fn a_child_runs_at_the_niceness_it_was_given() {
-        let mine = niceness();
-        let spec = SpawnSpec {
-            program: "/bin/sh".into(),
-            args: vec!["-c".into(), "cut -d' ' -f19 /proc/self/stat".into()],
-            stdout_piped: true,
-            niceness: Some(mine + 3),
-            ..Default::default()
-        };
-        let out = spawn(&spec).expect("spawn sh").wait_with_output().await.expect("output");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (mine + 3).to_string());
-    }
 
     /// A shell leading its own session with two children: three processes, counted once
     /// each however many scans it takes the kernel to finish them off.

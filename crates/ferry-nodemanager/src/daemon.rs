@@ -73,9 +73,6 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     let events = EventSink::new(format!("nodemanager/{}", opts.machine), clock::wall_ms);
     tokio::spawn(events.clone().deliver(AdminClient::with_tls(&admin_url, &tls.creds, ADMIN_CALL_TIMEOUT)));
     tokio::spawn(crate::pki::revocation_loop(tls.clone(), admin_url.clone()));
-    // Renewals before services' work: the Node Manager and the servers it starts run at a
-    // higher priority than their hosted services where it may raise its own (issue 11).
-    tracing::info!("{}", ferry_host::process::boost_lease_critical());
     // The lease table, opened at once in the background: the first start (a failover) must
     // not pay for the connection.
     let store = ferry_store::open_lazy(&domain.domain.leasing.data_source, STORE_CALL_TIMEOUT);

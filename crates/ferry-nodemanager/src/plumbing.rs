@@ -230,16 +230,13 @@ pub(crate) fn spawn_server(
     let spec = process::SpawnSpec {
         program: plan.ferry_exe.to_path_buf(),
         args: vec!["server".into(), server.to_string()],
-        env: std::iter::once(("FERRY_LOG_TARGET".into(), "stderr".into()))
-            .chain(process::services_nice_env())
-            .collect(),
+        env: vec![("FERRY_LOG_TARGET".into(), "stderr".into())],
         env_remove: vec!["FERRY_SECRET".into()],
         log_file: Some(dir.join("server.log")),
         stdout_piped: false,
         stdin_piped: true,
         new_session: true,
         new_group: false,
-        niceness: None,
         cwd: Some(dir.clone()),
     };
     let child = process::spawn(&spec).context("spawn failed")?;

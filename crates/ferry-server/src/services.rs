@@ -54,11 +54,9 @@ fn start_one(env: &ServiceEnv<'_>, svc: &Service, dir: &Path) -> Result<Running,
         program: svc.command[0].clone().into(),
         args: svc.command[1..].to_vec(),
         env: vars,
-        env_remove: vec!["FERRY_SECRET".into(), "FERRY_LOG_TARGET".into(), process::SERVICES_NICE_VAR.into()],
+        env_remove: vec!["FERRY_SECRET".into(), "FERRY_LOG_TARGET".into()],
         log_file: Some(dir.join(format!("{}.log", svc.name))),
         new_group: true,
-        // Back at the niceness the operator gave the Node Manager, below the server's own.
-        niceness: std::env::var(process::SERVICES_NICE_VAR).ok().and_then(|n| n.parse().ok()),
         ..Default::default()
     };
     let child =
