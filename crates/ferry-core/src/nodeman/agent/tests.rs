@@ -110,8 +110,8 @@ fn running(nm: &mut NodeManager, d: &Domain) {
     nm.orphan_killed(Mono(2), d, &s("ms1"), None);
     nm.plumbed(Mono(3), d, &s("ms1"), Ok("added".into()));
     nm.spawned(Mono(4), d, &s("ms1"), inc("a"), Ok(100));
-    nm.report(Mono(5), &d, &s("ms1"), &inc("a"), ServerReport::Acquired { epoch: Epoch(3) });
-    nm.report(Mono(5), &d, &s("ms1"), &inc("a"), ServerReport::Running);
+    nm.report(Mono(5), d, &s("ms1"), &inc("a"), ServerReport::Acquired { epoch: Epoch(3) });
+    nm.report(Mono(5), d, &s("ms1"), &inc("a"), ServerReport::Running);
 }
 
 #[test]
