@@ -222,3 +222,41 @@ pub async fn setup(exe: &Path, dir: &Path, run: usize, t: Timings) -> (Result<Ha
     }
     last
 }
+
+/// The opening lines every report prints: its title, the host, the `ferry` under test and
+/// where the runs' domains stay. The machine facts, for the JSON.
+pub fn print_header(title: &str, exe: &Path, base: &Path) -> MachineFacts {
+    let facts = MachineFacts::read();
+    println!("# {title}\n");
+    println!(
+        "host: {} cores, kernel {}, CPU {}; load average at start {} (the host is shared)",
+        facts.nproc, facts.kernel, facts.cpu, facts.loadavg
+    );
+    println!("ferry: {}", exe.display());
+    println!("runs' domains (logs, lease tables, journals): {}", base.display());
+    facts
+}
+
+// ---- /proc ----
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if it cannot be asked), read once.
+pub fn clock_ticks_per_s() -> f64 {
+    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// The fields after `(comm)` of /proc/PID/stat (`self` for this process): state ppid pgrp
+/// session tty tpgid flags minflt cminflt majflt cmajflt utime(11) stime(12) cutime(13)
+/// cstime(14) ...
+pub fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    Some(after.split_whitespace().map(str::to_string).collect())
+}

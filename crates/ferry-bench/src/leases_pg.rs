@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use ferry_testkit::PgServer;
 use serde::Serialize;
 
+use crate::common::{clock_ticks_per_s, stat_fields};
 use crate::leases_tally::{micros, Tally};
 
 /// What the tuned configuration changes, on top of the test server's command line
@@ -446,25 +447,6 @@ impl CpuMeter {
             machine_cores: cores(machine_busy_ticks().saturating_sub(self.machine)),
         }
     }
-}
-
-fn clock_ticks_per_s() -> f64 {
-    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *HZ.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-            .unwrap_or(100.0)
-    })
-}
-
-/// The fields after `(comm)` of /proc/PID/stat.
-fn stat_fields(pid: &str) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    Some(after.split_whitespace().map(str::to_string).collect())
 }
 
 /// utime + stime (+ the reaped children's, if `children`) of a process, in clock ticks.

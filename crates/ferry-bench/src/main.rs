@@ -217,14 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
 
-    let facts = MachineFacts::read();
-    println!("# ferry-bench\n");
-    println!(
-        "host: {} cores, kernel {}, CPU {}; load average at start {} (the host is shared)",
-        facts.nproc, facts.kernel, facts.cpu, facts.loadavg
-    );
-    println!("ferry: {}", exe.display());
-    println!("runs' domains (logs, lease tables, journals): {}", base.display());
+    let facts = common::print_header("ferry-bench", &exe, &base);
     println!(
         "times in ms; p50/p99 are nearest-rank (p99 is the maximum below 100 runs); every run starts a fresh domain (Administration Server, Node Managers of machine-b, -c, -d; ms1 on machine-b is cluster master, ms2 on machine-c)"
     );

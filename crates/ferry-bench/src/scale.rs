@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -158,14 +157,7 @@ pub async fn run(a: ScaleArgs, exe: &Path, base: &Path, json: Option<PathBuf>) -
     anyhow::ensure!(!a.servers.is_empty() && a.servers.iter().all(|&n| n > 0), "--servers: positive counts");
     anyhow::ensure!(a.machines >= 2, "--machines: at least 2 (node-2 is killed)");
     let t = Timings { interval_ms: a.interval_ms, periods: a.periods, grace_ms: a.grace_ms };
-    let facts = MachineFacts::read();
-    println!("# ferry-bench scale\n");
-    println!(
-        "host: {} cores, kernel {}, CPU {}; load average at start {} (the host is shared)",
-        facts.nproc, facts.kernel, facts.cpu, facts.loadavg
-    );
-    println!("ferry: {}", exe.display());
-    println!("runs' domains (logs, lease tables, journals): {}", base.display());
+    let facts = common::print_header("ferry-bench scale", exe, base);
     println!(
         "settings: servers {:?} (each a fresh domain: Administration Server, {} Node Managers node-1..node-{}, servers s001.. round-robin from node-1, one cluster `scale` whose candidates are every machine, SQLite lease table); \
          health_check_interval {} ms x {} periods = lease {} ms, fencing_grace_period {} ms; steady window {} s; every service is {}",
@@ -303,7 +295,7 @@ async fn measure(h: &Harness, r: &mut ScaleRun, a: &ScaleArgs, t: Timings) -> an
     let cpu1: Vec<Option<u64>> = procs.iter().map(|p| cpu_ticks(p.pid)).collect();
     let secs = clock::now().since(w0) as f64 / 1000.0;
     r.steady_ms = Some(clock::now().since(w0));
-    let hz = clock_ticks_per_s();
+    let hz = common::clock_ticks_per_s();
     for (i, p) in procs.iter().enumerate() {
         // A process that died in the window (a restart) is left out.
         let (Some(c1), false) = (cpu1[i], rss[i].is_empty()) else { continue };
@@ -464,21 +456,9 @@ fn domain_procs(h: &Harness) -> Vec<Proc> {
     out
 }
 
-fn clock_ticks_per_s() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 /// utime + stime of a live process, in clock ticks.
 fn cpu_ticks(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After `(comm)`: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt
-    // utime(11) stime(12).
-    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let f = common::stat_fields(&pid.to_string())?;
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
