@@ -53,6 +53,10 @@ pub struct ScaleArgs {
     /// `demo` (the demo service alone, a few ms).
     #[arg(long, value_enum, default_value_t = ServiceKind::Python)]
     pub service: ServiceKind,
+    /// Every machine's `max_concurrent_starts` (default: left out of the domain file, so
+    /// ferry's default applies).
+    #[arg(long)]
+    pub starts_per_machine: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -111,6 +115,10 @@ pub struct ScaleRun {
     /// `ferry start s001` alone on the idle domain until the status showed it RUNNING
     /// (polled every 50 ms): one uncontended start, the "start" of the failover bound.
     pub one_start_ms: Option<i64>,
+    /// CPU (utime + stime, ms) that start cost: s001's `ferry server` and its services,
+    /// read once it is RUNNING. Times the servers a machine failure moves, over the host's
+    /// cores, it is the least any takeover on this one host can take after the master's order.
+    pub one_start_cpu_ms: Option<u64>,
     /// From `start-cluster` until the status showed every server RUNNING.
     pub start_ms: Option<i64>,
     /// On a start timeout: the servers not RUNNING, with their last status.
@@ -209,6 +217,7 @@ async fn one(exe: &Path, dir: &Path, n: usize, a: &ScaleArgs, t: Timings) -> Sca
         ..ScaleRun::default()
     };
     let mut spec = DomainSpec::many(n, a.machines, t.interval_ms, t.periods, t.grace_ms);
+    spec.starts_per_machine = a.starts_per_machine;
     if a.service == ServiceKind::Python {
         spec.service_prefix = ferry_testkit::PYTHON_SERVICE.iter().map(|s| s.to_string()).collect();
     }
@@ -237,6 +246,7 @@ async fn measure(h: &Harness, r: &mut ScaleRun, a: &ScaleArgs, t: Timings) -> an
     .await;
     if ok {
         r.one_start_ms = Some(clock::now().since(t0) as i64);
+        r.one_start_cpu_ms = start_cpu_ms(h, "s001");
     }
     // 1. The start.
     let deadline = Duration::from_secs(120 + n as u64);
@@ -456,6 +466,24 @@ fn domain_procs(h: &Harness) -> Vec<Proc> {
     out
 }
 
+/// utime + stime (ms) of `server`'s `ferry server` process and of its children (its
+/// services; a service that exec'd keeps its pid and its times).
+fn start_cpu_ms(h: &Harness, server: &str) -> Option<u64> {
+    let procs = domain_procs(h);
+    let parent = procs.iter().find(|p| {
+        p.kind == "server"
+            && std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(2) == Some(server.as_bytes()))
+    })?;
+    let ppid = |pid: i32| common::stat_fields(&pid.to_string())?.get(1)?.parse::<i32>().ok();
+    let ticks: u64 = procs
+        .iter()
+        .filter(|p| p.pid == parent.pid || (p.kind == "service" && ppid(p.pid) == Some(parent.pid)))
+        .filter_map(|p| cpu_ticks(p.pid))
+        .sum();
+    Some((ticks as f64 * 1000.0 / common::clock_ticks_per_s()) as u64)
+}
+
 /// utime + stime of a live process, in clock ticks.
 fn cpu_ticks(pid: i32) -> Option<u64> {
     let f = common::stat_fields(&pid.to_string())?;
@@ -484,6 +512,10 @@ fn progress(r: &ScaleRun) -> String {
         r.error.as_ref().map_or(String::new(), |e| format!("; ERROR: {e}")),
         r.safety_violation.as_ref().map_or(String::new(), |v| format!("; SAFETY VIOLATION: {v}")),
     )
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn ms_of_us(us: i64) -> String {
@@ -592,13 +624,16 @@ pub fn print(rep: &ScaleReport) {
          from the kill until the status (polled every 100 ms) shows each of {VICTIM}'s servers RUNNING on another machine with a larger epoch; \
          ordered = its `migrate` event (the master's order; source clock); p50 bound = the seed's interval x periods + grace, plus one interval (the master's scan) = {} + {} + {} = {bound} ms; \
          max bound = that plus one start (`ferry start s001` alone on the idle domain, same run): DESIGN §3's liveness bound; \
+         CPU floor = the CPU of that one start x the servers moved / the host's {} cores: on one host shared by every machine, no takeover finishes sooner after the master's order \
+         (the last of them at ordered max + floor, the median near ordered p50 + floor / 2); \
          collateral = `fenced` events of servers that were not on {VICTIM}, until one lease + grace after the last moved\n",
         t.ttl_ms(),
         t.grace_ms,
-        t.interval_ms
+        t.interval_ms,
+        cores()
     );
-    println!("| servers | on {VICTIM} | moved | ordered p50 / max (ms) | RUNNING elsewhere p50 / max (ms) | p50 bound: seed + interval (ms) | one start (ms) | max bound: + one start (ms) | over max bound | collateral fences |");
-    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    println!("| servers | on {VICTIM} | moved | ordered p50 / max (ms) | RUNNING elsewhere p50 / max (ms) | p50 bound: seed + interval (ms) | one start (ms) | max bound: + one start (ms) | over max bound | one start's CPU (ms) | CPU floor (ms) | collateral fences |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for r in &rep.runs {
         let Some(f) = &r.failover else { continue };
         let pm = |v: &BTreeMap<String, i64>| {
@@ -608,8 +643,9 @@ pub fn print(rep: &ScaleReport) {
         let over = max_bound.map_or("-".into(), |b| {
             format!("{}/{}", f.running_elsewhere_ms.values().filter(|&&v| v > b).count(), f.on_victim.len())
         });
+        let floor = r.one_start_cpu_ms.map(|c| c * f.on_victim.len() as u64 / cores() as u64);
         println!(
-            "| {} | {}{} | {} | {} | {} | {bound} | {} | {} | {over} | {} |",
+            "| {} | {}{} | {} | {} | {} | {bound} | {} | {} | {over} | {} | {} | {} |",
             r.servers,
             f.on_victim.len(),
             if f.master_on_victim { " (master)" } else { "" },
@@ -618,6 +654,8 @@ pub fn print(rep: &ScaleReport) {
             pm(&f.running_elsewhere_ms),
             r.one_start_ms.map_or("-".into(), |v| v.to_string()),
             max_bound.map_or("-".into(), |v| v.to_string()),
+            r.one_start_cpu_ms.map_or("-".into(), |v| v.to_string()),
+            floor.map_or("-".into(), |v| v.to_string()),
             f.collateral_fences.len()
         );
     }

@@ -45,6 +45,8 @@ pub struct DomainSpec {
     pub env: Vec<(String, String)>,
     /// Put before every service's command (see [`PYTHON_SERVICE`]).
     pub service_prefix: Vec<String>,
+    /// Every machine's `max_concurrent_starts` (`None`: the domain file leaves it out).
+    pub starts_per_machine: Option<u32>,
 }
 
 /// A [`DomainSpec::service_prefix`] that makes every service start as a python3 service
@@ -78,6 +80,7 @@ impl DomainSpec {
             floating_ips: Vec::new(),
             env: Vec::new(),
             service_prefix: Vec::new(),
+            starts_per_machine: None,
         }
     }
 

@@ -377,6 +377,9 @@ fn domain_toml(
     );
     for m in &spec.machines {
         t += &format!("\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{}\"\n", nms[m]);
+        if let Some(turns) = spec.starts_per_machine {
+            t += &format!("max_concurrent_starts = {turns}\n");
+        }
         if let Some((_, hook, timeout_ms)) = spec.ifconfig_hooks.iter().find(|(h, _, _)| h == m) {
             t += &format!("hooks = {{ ifconfig = \"{}\", timeout = \"{timeout_ms}ms\" }}\n", hook.display());
         }

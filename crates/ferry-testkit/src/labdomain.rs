@@ -309,6 +309,9 @@ fn domain_toml(
             "\n[[machines]]\nname = \"{m}\"\nnode_manager = \"{addr}:{NM_PORT}\"\ninterface = \"{}\"\nnetmask = \"255.255.255.0\"\n",
             spec.interfaces.iter().find(|(n, _)| n == m).map_or(ferry_lab::HOST_IFACE, |(_, i)| i.as_str())
         );
+        if let Some(turns) = spec.starts_per_machine {
+            t += &format!("max_concurrent_starts = {turns}\n");
+        }
         if let Some((_, hook, timeout_ms)) = spec.ifconfig_hooks.iter().find(|(h, _, _)| h == m) {
             t += &format!("hooks = {{ ifconfig = \"{}\", timeout = \"{timeout_ms}ms\" }}\n", hook.display());
         }
