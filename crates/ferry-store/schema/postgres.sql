@@ -18,7 +18,10 @@ CREATE TABLE IF NOT EXISTS ferry_schema (
 );
 
 INSERT INTO ferry_schema (version)
-    SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM ferry_schema);
+    SELECT 2 WHERE NOT EXISTS (SELECT 1 FROM ferry_schema);
+
+-- Version 2 only adds ferry_authority (below): a version-1 table is upgraded in place.
+UPDATE ferry_schema SET version = 2 WHERE version = 1;
 
 CREATE TABLE IF NOT EXISTS ferry_leases (
     -- `server/ms1`, `master/cluster-1`; bytewise order ("C"), as in SQLite, whatever the
@@ -40,3 +43,18 @@ CREATE TABLE IF NOT EXISTS ferry_leases (
 -- rows are left out).
 CREATE INDEX IF NOT EXISTS ferry_leases_held_expiry
     ON ferry_leases (expires_at) WHERE state = 'held';
+
+-- Which database server the lease clocks were last restarted for (DESIGN §3 rule 11): one
+-- row, the identity of the primary (system identifier, timeline, postmaster start) and when
+-- a ferry process first saw it. A process that connects to a server whose identity is not
+-- this row's (a promoted standby, a restarted or moved primary) rewrites the row and, in the
+-- same transaction, extends every held lease to at least a full TTL from the new server's
+-- clock (extend, never shorten), because that clock is not the one the expiries were
+-- computed with.
+CREATE TABLE IF NOT EXISTS ferry_authority (
+    singleton         boolean     NOT NULL PRIMARY KEY DEFAULT true CHECK (singleton),
+    system_identifier text        NOT NULL,
+    timeline          bigint      NOT NULL,
+    started_at        timestamptz NOT NULL,
+    since             timestamptz NOT NULL
+);

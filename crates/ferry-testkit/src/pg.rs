@@ -43,5 +43,5 @@ mod setup;
 
 pub use ca::TestCa;
 pub use error::PgServerError;
-pub use server::{PgOptions, PgServer, LAB_PORT};
+pub use server::{libfaketime, PgOptions, PgServer, LAB_PORT};
 pub use setup::{postgres_bin_dir, DATABASE, SUPERUSER};

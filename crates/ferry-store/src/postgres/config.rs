@@ -290,3 +290,96 @@ mod tests {
         assert!(pool.is_some_and(|p| matches!(p.transport, Transport::Plain) && !p.unverified));
     }
 }
+
+/// One config per host of a multi-host data source, in the data source's order, each with
+/// every other setting of `config`: the pool tries them one by one, so it can pass over a
+/// host that answers but must not be used (a former primary, rule 11), which a multi-host
+/// connect of tokio-postgres would pick again and again. A single host: `config` itself.
+pub(super) fn per_host(config: &Config) -> Vec<Config> {
+    let hosts = config.get_hosts();
+    let addrs = config.get_hostaddrs();
+    let count = hosts.len().max(addrs.len());
+    if count <= 1 {
+        return vec![config.clone()];
+    }
+    let ports = config.get_ports();
+    (0..count)
+        .map(|i| {
+            let mut one = Config::new();
+            if let Some(user) = config.get_user() {
+                one.user(user);
+            }
+            if let Some(password) = config.get_password() {
+                one.password(password);
+            }
+            if let Some(db) = config.get_dbname() {
+                one.dbname(db);
+            }
+            if let Some(options) = config.get_options() {
+                one.options(options);
+            }
+            if let Some(name) = config.get_application_name() {
+                one.application_name(name);
+            }
+            one.ssl_mode(config.get_ssl_mode());
+            one.ssl_negotiation(config.get_ssl_negotiation());
+            one.channel_binding(config.get_channel_binding());
+            one.target_session_attrs(config.get_target_session_attrs());
+            if let Some(t) = config.get_connect_timeout() {
+                one.connect_timeout(*t);
+            }
+            if let Some(t) = config.get_tcp_user_timeout() {
+                one.tcp_user_timeout(*t);
+            }
+            one.keepalives(config.get_keepalives());
+            one.keepalives_idle(config.get_keepalives_idle());
+            if let Some(t) = config.get_keepalives_interval() {
+                one.keepalives_interval(t);
+            }
+            if let Some(n) = config.get_keepalives_retries() {
+                one.keepalives_retries(n);
+            }
+            match hosts.get(i) {
+                Some(Host::Tcp(name)) => {
+                    one.host(name);
+                }
+                Some(Host::Unix(path)) => {
+                    one.host_path(path);
+                }
+                None => {}
+            }
+            if let Some(addr) = addrs.get(i) {
+                one.hostaddr(*addr);
+            }
+            if let Some(port) = ports.get(i).or(ports.first()) {
+                one.port(*port);
+            }
+            one
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod per_host_tests {
+    use super::*;
+
+    #[test]
+    fn each_host_keeps_every_other_setting() {
+        let config: Config =
+            "postgres://u:pw@a:5432,b:5433/db?target_session_attrs=read-write&connect_timeout=3".parse().unwrap();
+        let each = per_host(&config);
+        assert_eq!(each.len(), 2);
+        assert_eq!(each[1].get_hosts(), &[Host::Tcp("b".into())]);
+        assert_eq!(each[1].get_ports(), &[5433]);
+        assert_eq!(each[0].get_ports(), &[5432]);
+        for one in &each {
+            assert_eq!(one.get_user(), Some("u"));
+            assert_eq!(one.get_password(), Some(&b"pw"[..]));
+            assert_eq!(one.get_dbname(), Some("db"));
+            assert_eq!(one.get_target_session_attrs(), config.get_target_session_attrs());
+            assert_eq!(one.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        }
+        let single: Config = "postgres://u@a:1/db".parse().unwrap();
+        assert_eq!(per_host(&single).len(), 1);
+    }
+}

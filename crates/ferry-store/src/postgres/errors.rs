@@ -9,6 +9,7 @@
 
 use tokio_postgres::error::SqlState;
 
+use super::authority::Identity;
 use super::{tls, SCHEMA_VERSION};
 use crate::rules::{self, CorruptRow, SchemaProblem};
 use crate::StoreError;
@@ -37,6 +38,11 @@ pub(super) enum Failure {
     /// The row kept changing under a take (only while the table is being reset).
     Busy(String),
     PoolClosed,
+    /// The server is a former primary: a timeline behind one this store already used.
+    Stale {
+        found: Identity,
+        seen: Identity,
+    },
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -52,6 +58,32 @@ impl From<CorruptRow> for Failure {
 }
 
 impl Failure {
+    /// Whether the call may be tried again at once, on another connection: the server was
+    /// not reached, went away, is (still) a standby, or is a former primary. What happens
+    /// during a failover; a lease call is idempotent (a retried take or renewal whose first
+    /// answer was lost finds its own row), so retrying within the call timeout is safe.
+    pub(super) fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Connect(e) => tls::failure(e).is_none() && e.code().is_none_or(is_failover_state),
+            Failure::Sql(e) => match e.code() {
+                Some(c) => is_failover_state(c),
+                None => e.is_closed() || is_transport(e),
+            },
+            Failure::Stale { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The message the operator would read, for logs of retried attempts.
+    pub(super) fn describe(&self, names: &Names) -> String {
+        let copy = match self {
+            Failure::Stale { found, seen } => Failure::Stale { found: found.clone(), seen: seen.clone() },
+            Failure::Connect(e) | Failure::Sql(e) => return format!("{e}"),
+            _ => return "a lease call failed".to_string(),
+        };
+        copy.into_store_error(names).to_string()
+    }
+
     pub(super) fn into_store_error(self, names: &Names) -> StoreError {
         let data_source = &names.data_source;
         let unavailable = |problem: PgProblem| StoreError::Unavailable {
@@ -64,6 +96,9 @@ impl Failure {
             Failure::Corrupt(e) => unavailable(PgProblem::Corrupt(e)),
             Failure::Busy(name) => unavailable(PgProblem::Busy { name }),
             Failure::PoolClosed => unavailable(PgProblem::PoolClosed),
+            Failure::Stale { found, seen } => {
+                unavailable(PgProblem::Stale { target: names.target.clone(), found, seen })
+            }
             Failure::Connect(e) => {
                 let user = names.user.clone();
                 let target = names.target.clone();
@@ -109,7 +144,10 @@ impl Failure {
                 Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
                     unavailable(PgProblem::Privilege { user: names.user.clone(), source: e })
                 }
-                Some(c) if *c == SqlState::READ_ONLY_SQL_TRANSACTION => {
+                Some(c)
+                    if *c == SqlState::READ_ONLY_SQL_TRANSACTION
+                        || *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE =>
+                {
                     unavailable(PgProblem::ReadOnly { target: names.target.clone(), source: e })
                 }
                 None if e.is_closed() || is_transport(&e) => {
@@ -119,6 +157,16 @@ impl Failure {
             },
         }
     }
+}
+
+/// The states a server passes through in a failover: shutting down, starting up, read-only
+/// (a standby, or a primary being demoted).
+fn is_failover_state(c: &SqlState) -> bool {
+    *c == SqlState::ADMIN_SHUTDOWN
+        || *c == SqlState::CRASH_SHUTDOWN
+        || *c == SqlState::CANNOT_CONNECT_NOW
+        || *c == SqlState::READ_ONLY_SQL_TRANSACTION
+        || *c == SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE
 }
 
 /// Whether tokio-postgres failed to talk to the server (rather than the server refusing
@@ -286,4 +334,12 @@ pub(super) enum PgProblem {
     Busy { name: String },
     #[error("the connection pool is closed")]
     PoolClosed,
+    #[error(
+        "the PostgreSQL server reached through {target} is on {found}, behind timeline {} \
+         that this process already used: it is a former primary that came back after a \
+         failover, and ferry does not write to it; rebuild it as a standby of the new primary \
+         (pg_rewind or pg_basebackup) or take it out of the data source",
+        seen.timeline
+    )]
+    Stale { target: String, found: Identity, seen: Identity },
 }

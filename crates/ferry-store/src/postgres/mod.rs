@@ -58,6 +58,7 @@ use std::time::Duration;
 
 use crate::{Result, StoreError};
 
+mod authority;
 mod config;
 mod errors;
 mod operations;
@@ -74,7 +75,7 @@ use pool::{Check, Pool};
 pub const SCHEMA_SQL: &str = include_str!("../../schema/postgres.sql");
 
 /// The version `SCHEMA_SQL` writes into `ferry_schema` and the only one this build reads.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// A lease table in a PostgreSQL database.
 pub struct PostgresStore {

@@ -16,7 +16,7 @@ use super::errors::Failure;
 use super::pool::Check;
 use super::{PostgresStore, SCHEMA_SQL, SCHEMA_VERSION};
 use crate::rules::{self, CorruptRow, Refusal, Row, Take, Version};
-use crate::{AcquireRequest, LeaseStore, Renewal, Result, Scan, ScanCursor};
+use crate::{AcquireRequest, LeaseStore, Renewal, Result, Scan, ScanCursor, StoreError};
 
 /// Serialises `init` and `reset` across processes: `CREATE TABLE IF NOT EXISTS` is not safe
 /// against itself in PostgreSQL. The bytes spell "ferrylse".
@@ -45,6 +45,10 @@ macro_rules! at_ms {
         concat!("to_timestamp(", $param, "::bigint::float8 / 1000)")
     };
 }
+
+/// The first and the longest pause between the attempts of a call that met a failover.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(100);
 
 const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
@@ -155,9 +159,15 @@ impl PostgresStore {
             let result = async {
                 let c = conn.client()?;
                 c.batch_execute(&format!("{BEGIN_SQL}; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")).await?;
-                if let Err(problem) = read_version(c).await?.check_init(SCHEMA_VERSION) {
-                    c.batch_execute("ROLLBACK").await?;
-                    return Err(Failure::Schema(problem));
+                match read_version(c).await? {
+                    // Version 1 lacks only `ferry_authority`: the DDL upgrades it in place.
+                    Version::Is(1) => {}
+                    version => {
+                        if let Err(problem) = version.check_init(SCHEMA_VERSION) {
+                            c.batch_execute("ROLLBACK").await?;
+                            return Err(Failure::Schema(problem));
+                        }
+                    }
                 }
                 c.batch_execute(SCHEMA_SQL).await?;
                 c.batch_execute("COMMIT").await?;
@@ -178,7 +188,8 @@ impl PostgresStore {
                 let c = conn.client()?;
                 c.batch_execute(&format!(
                     "{BEGIN_SQL}; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY}); \
-                     DROP TABLE IF EXISTS ferry_leases; DROP TABLE IF EXISTS ferry_schema;"
+                     DROP TABLE IF EXISTS ferry_leases; DROP TABLE IF EXISTS ferry_schema; \
+                     DROP TABLE IF EXISTS ferry_authority;"
                 ))
                 .await?;
                 c.batch_execute(SCHEMA_SQL).await?;
@@ -193,20 +204,48 @@ impl PostgresStore {
 
     /// Runs `op` on a pooled connection whose schema has been checked, keeping the
     /// connection only when the call ended cleanly.
+    ///
+    /// A failure of the kind a database failover causes ([`Failure::is_retryable`]: the
+    /// server is gone, not yet promoted, or a former primary) is retried on a new connection
+    /// with a short backoff until the call timeout; if the time runs out, the call fails
+    /// with the last such failure (transient, never a lost lease).
     async fn with_conn<T>(&self, op: impl AsyncOp<T>) -> Result<T> {
-        self.call(async {
-            let conn = self.pool.lend(Check::Schema).await?;
-            let result = op.run(conn.client()?).await;
-            conn.finish(result)
-        })
-        .await
+        let deadline = tokio::time::Instant::now() + self.call_timeout;
+        let mut backoff = RETRY_FIRST;
+        let mut last: Option<Failure> = None;
+        loop {
+            let attempt = async {
+                let conn = self.pool.lend(Check::Schema).await?;
+                let result = op.run(conn.client()?).await;
+                conn.finish(result)
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(failure)) if failure.is_retryable() && tokio::time::Instant::now() + backoff < deadline => {
+                    tracing::debug!(error = %failure.describe(&self.pool.names), "retrying a lease call");
+                    last = Some(failure);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+                Ok(Err(failure)) => return Err(failure.into_store_error(&self.pool.names)),
+                Err(_elapsed) => {
+                    return Err(match last {
+                        Some(failure) => failure.into_store_error(&self.pool.names),
+                        None => StoreError::Timeout {
+                            data_source: self.pool.names.data_source.clone(),
+                            timeout_ms: self.pool.names.timeout_ms,
+                        },
+                    })
+                }
+            }
+        }
     }
 }
 
 /// One lease operation over a connection. (A trait rather than a closure so the borrow of
 /// the client can be named.)
 trait AsyncOp<T> {
-    fn run(self, client: &Client) -> impl std::future::Future<Output = Result<T, Failure>> + Send;
+    fn run(&self, client: &Client) -> impl std::future::Future<Output = Result<T, Failure>> + Send;
 }
 
 #[async_trait::async_trait]
@@ -269,7 +308,7 @@ struct TakeOp<'a> {
 }
 
 impl AsyncOp<Lease> for TakeOp<'_> {
-    async fn run(self, c: &Client) -> Result<Lease, Failure> {
+    async fn run(&self, c: &Client) -> Result<Lease, Failure> {
         let name = self.req.name.to_string();
         // A second pass only follows a lost insert race; a third cannot lose another one
         // (the row exists by then), unless the table is being reset under us.
@@ -302,7 +341,7 @@ struct RenewOp<'a> {
 }
 
 impl AsyncOp<Lease> for RenewOp<'_> {
-    async fn run(self, c: &Client) -> Result<Lease, Failure> {
+    async fn run(&self, c: &Client) -> Result<Lease, Failure> {
         let name = self.name.to_string();
         let (old, now) = lock_row(c, &name).await?;
         match rules::renew(old, self.name, self.incarnation, self.epoch, self.ttl, now) {
@@ -326,7 +365,7 @@ struct RenewManyOp<'a> {
 }
 
 impl AsyncOp<Vec<Result<Lease, Failure>>> for RenewManyOp<'_> {
-    async fn run(self, c: &Client) -> Result<Vec<Result<Lease, Failure>>, Failure> {
+    async fn run(&self, c: &Client) -> Result<Vec<Result<Lease, Failure>>, Failure> {
         use std::collections::HashMap;
 
         let mut names: Vec<String> = self.renewals.iter().map(|r| r.name.to_string()).collect();
@@ -429,7 +468,7 @@ struct ReleaseOp<'a> {
 }
 
 impl AsyncOp<()> for ReleaseOp<'_> {
-    async fn run(self, c: &Client) -> Result<(), Failure> {
+    async fn run(&self, c: &Client) -> Result<(), Failure> {
         let name = self.name.to_string();
         let (old, now) = lock_row(c, &name).await?;
         match rules::release(old, self.name, self.incarnation, self.epoch, now) {
@@ -458,7 +497,7 @@ struct GetOp<'a> {
 }
 
 impl AsyncOp<Option<Lease>> for GetOp<'_> {
-    async fn run(self, c: &Client) -> Result<Option<Lease>, Failure> {
+    async fn run(&self, c: &Client) -> Result<Option<Lease>, Failure> {
         let name = self.name.to_string();
         match c.query_typed_opt(GET_SQL, &[(&name, Type::TEXT)]).await? {
             Some(r) => {
@@ -475,7 +514,7 @@ struct ScanOp {
 }
 
 impl AsyncOp<Vec<Lease>> for ScanOp {
-    async fn run(self, c: &Client) -> Result<Vec<Lease>, Failure> {
+    async fn run(&self, c: &Client) -> Result<Vec<Lease>, Failure> {
         let rows = c.query_typed(self.sql, &[]).await?;
         let mut leases = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -492,7 +531,7 @@ struct ScanWindowOp<'a> {
 }
 
 impl AsyncOp<Scan> for ScanWindowOp<'_> {
-    async fn run(self, c: &Client) -> Result<Scan, Failure> {
+    async fn run(&self, c: &Client) -> Result<Scan, Failure> {
         let names: Vec<String> = self.tracked.iter().map(|n| n.to_string()).collect();
         let floor = self.since.floor_ms();
         // One round trip: the statements run in the order sent, the clock first.
@@ -531,7 +570,7 @@ impl AsyncOp<Scan> for ScanWindowOp<'_> {
 struct NextExpiryOp;
 
 impl AsyncOp<Option<i64>> for NextExpiryOp {
-    async fn run(self, c: &Client) -> Result<Option<i64>, Failure> {
+    async fn run(&self, c: &Client) -> Result<Option<i64>, Failure> {
         let r = c.query_typed_one(NEXT_EXPIRY_SQL, &[]).await?;
         Ok(r.try_get(0)?)
     }

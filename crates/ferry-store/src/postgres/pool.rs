@@ -12,10 +12,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::config::{DataSource, PostgresOptions};
+use super::authority::{self, Authorities, Identity};
+use super::config::{self, DataSource, PostgresOptions};
 use super::errors::{Failure, Names};
 use super::operations::read_version;
 use super::SCHEMA_VERSION;
+use crate::rules::{SchemaProblem, Version};
 use crate::Result;
 
 /// Bounds of the connect timeout of a new connection (made in the background, see
@@ -59,8 +61,9 @@ where
 /// At most `size` connections, made on demand and kept while they stay clean.
 pub(super) struct Pool {
     /// How new connections are made: in a task of their own, with a connect timeout longer
-    /// than a call's (see [`Pool::lend`]).
-    config: Config,
+    /// than a call's (see [`Pool::lend`]); one config per host of the data source, tried in
+    /// its order ([`config::per_host`]).
+    configs: Vec<Config>,
     pub(super) transport: Transport,
     /// Run once on each new connection (rule 7 and 8 settings).
     session_sql: String,
@@ -70,11 +73,16 @@ pub(super) struct Pool {
     pub(super) names: Names,
     /// TLS without checking the server's certificate (`sslmode=require`, no root file).
     pub(super) unverified: bool,
+    /// The servers seen behind the data source (rule 11).
+    authorities: Authorities,
 }
 
 struct Conn {
     client: Client,
-    /// Whether `ferry_schema` has been seen at [`SCHEMA_VERSION`] through this connection.
+    /// The server this connection reached (rule 11).
+    identity: Identity,
+    /// Whether `ferry_schema` has been seen at [`SCHEMA_VERSION`] through this connection,
+    /// and the server compared with the recorded authority.
     schema_checked: bool,
 }
 
@@ -114,7 +122,7 @@ impl Pool {
         );
         let size = options.pool_size.max(1);
         Ok(Pool {
-            config,
+            configs: config::per_host(&config),
             transport,
             session_sql,
             idle: Mutex::new(Vec::new()),
@@ -122,6 +130,7 @@ impl Pool {
             size,
             names,
             unverified,
+            authorities: Authorities::default(),
         })
     }
 
@@ -132,6 +141,8 @@ impl Pool {
             let next = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match next {
                 Some(conn) if conn.client.is_closed() => continue,
+                // A former primary since a failover this store saw: closed, never used.
+                Some(conn) if self.authorities.is_stale(&conn.identity) => continue,
                 other => break other,
             }
         };
@@ -144,12 +155,7 @@ impl Pool {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let pool = Arc::clone(self);
                 tokio::spawn(async move {
-                    let made = async {
-                        let client = pool.transport.connect(&pool.config).await.map_err(Failure::Connect)?;
-                        client.batch_execute(&pool.session_sql).await?;
-                        Ok::<_, Failure>(Conn { client, schema_checked: false })
-                    }
-                    .await;
+                    let made = pool.connect_any().await;
                     if let Err(Ok((conn, slot))) = tx.send(made.map(|c| (c, slot))) {
                         // Nobody waits any more: keep it for the next call.
                         if !conn.client.is_closed() {
@@ -162,10 +168,38 @@ impl Pool {
             }
         };
         if check == Check::Schema && !conn.schema_checked {
-            read_version(&conn.client).await?.check(SCHEMA_VERSION).map_err(Failure::Schema)?;
+            match read_version(&conn.client).await? {
+                Version::Is(1) => return Err(Failure::Schema(SchemaProblem::Upgradable(1))),
+                version => version.check(SCHEMA_VERSION).map_err(Failure::Schema)?,
+            }
+            authority::check(&conn.client, &conn.identity).await?;
             conn.schema_checked = true;
         }
         Ok(Lent { conn: Some(conn), pool: Arc::clone(self), _slot: slot })
+    }
+
+    /// A new connection to the first host, in the data source's order, that accepts one as
+    /// the data source asks (`target_session_attrs`), is a primary (a standby is never used,
+    /// not even for reads) and is not a former primary (rule 11); else the last failure, or
+    /// a former primary's refusal if there was one (the one the operator must act on).
+    async fn connect_any(&self) -> Result<Conn, Failure> {
+        let mut last = Failure::PoolClosed;
+        let mut stale = None;
+        for config in &self.configs {
+            let made = async {
+                let client = self.transport.connect(config).await.map_err(Failure::Connect)?;
+                client.batch_execute(&self.session_sql).await?;
+                let identity = authority::identify(&client).await?;
+                self.authorities.admit(&identity)?;
+                Ok::<_, Failure>(Conn { client, identity, schema_checked: false })
+            };
+            match made.await {
+                Ok(conn) => return Ok(conn),
+                Err(failure @ Failure::Stale { .. }) => stale = Some(failure),
+                Err(failure) => last = failure,
+            }
+        }
+        Err(stale.unwrap_or(last))
     }
 }
 
@@ -199,12 +233,10 @@ impl Lent {
         result
     }
 
-    /// `finish` for `init` and `reset`: success also leaves the schema checked.
-    pub(super) fn finish_creating(mut self, result: Result<(), Failure>) -> Result<(), Failure> {
+    /// `finish` for `init` and `reset`: the connection is kept after success (its first
+    /// lease call then checks the schema and the authority, rule 11).
+    pub(super) fn finish_creating(self, result: Result<(), Failure>) -> Result<(), Failure> {
         if result.is_ok() {
-            if let Some(conn) = self.conn.as_mut() {
-                conn.schema_checked = true;
-            }
             self.give_back();
         }
         result

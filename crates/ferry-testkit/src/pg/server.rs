@@ -42,6 +42,10 @@ pub struct PgOptions {
     pub run_under: Vec<OsString>,
     /// The directory the server's own directory is made in; `None`: the temporary directory.
     pub parent_dir: Option<PathBuf>,
+    /// Run the server under libfaketime with this `FAKETIME` (`"+3s"`, `"-2s"`): its wall
+    /// clock, and so `now()` and `clock_timestamp()`, is off by that much (monotonic clocks
+    /// are left alone). See [`libfaketime`].
+    pub clock_offset: Option<String>,
 }
 
 impl Default for PgOptions {
@@ -53,6 +57,7 @@ impl Default for PgOptions {
             clients: LOOPBACK_CLIENTS.map(String::from).to_vec(),
             run_under: Vec::new(),
             parent_dir: None,
+            clock_offset: None,
         }
     }
 }
@@ -106,18 +111,58 @@ impl PgServer {
     pub fn start_with(options: PgOptions) -> Result<PgServer> {
         let bin = find_binaries()?;
         let Template { dir: template, major } = template(&bin)?;
-        let mut dir = tempfile::Builder::new();
-        dir.prefix("ferry-pg-");
-        let dir = match &options.parent_dir {
-            Some(parent) => dir.tempdir_in(parent),
-            None => dir.tempdir(),
-        }
-        .map_err(io("cannot create a directory for the test server"))?;
-        hand_to_postgres(dir.path())?;
+        let dir = server_dir(&options)?;
         run(
             Command::new("cp").arg("-a").arg(template.join("data")).arg(dir.path().join("data")),
             "copying the template cluster",
         )?;
+        PgServer::start_in(bin, major, dir, options)
+    }
+
+    /// Starts a streaming standby of this server, as `options` say (on a free port unless
+    /// given one): a copy taken with `pg_basebackup -R` (so it shares the primary's system
+    /// identifier and follows it), running until [`PgServer::promote`]. The primary's
+    /// replication connections are trusted from its clients' networks. A standby is
+    /// synchronous once the primary runs [`PgServer::require_synchronous_standby`].
+    pub fn start_standby(&self, options: PgOptions) -> Result<PgServer> {
+        let dir = server_dir(&options)?;
+        let data = dir.path().join("data");
+        let port = self.port.to_string();
+        let host = self.options.listen.to_string();
+        let args: [&OsStr; 13] = [
+            "-h".as_ref(),
+            host.as_ref(),
+            "-p".as_ref(),
+            port.as_ref(),
+            "-U".as_ref(),
+            SUPERUSER.as_ref(),
+            "-D".as_ref(),
+            data.as_ref(),
+            "-R".as_ref(),
+            "-X".as_ref(),
+            "stream".as_ref(),
+            "-c".as_ref(),
+            "fast".as_ref(),
+        ];
+        let mut argv = self.options.run_under.clone();
+        argv.extend(as_postgres(&self.bin.join("pg_basebackup"), &args));
+        run(&mut command(&argv), "pg_basebackup")?;
+        PgServer::start_in(self.bin.clone(), self.major, dir, options)
+    }
+
+    /// Makes every commit wait for a standby's confirmation (`synchronous_standby_names =
+    /// '*'`, reloaded): what DESIGN §3 rule 8 asks of a highly available lease table.
+    pub async fn require_synchronous_standby(&self) -> Result<()> {
+        self.execute("ALTER SYSTEM SET synchronous_standby_names = '*'").await?;
+        self.execute("SELECT pg_reload_conf()").await
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote -w`: returns once it accepts writes).
+    pub fn promote(&self) -> Result<()> {
+        self.pg_ctl(&["promote", "-w", "-t", "60"], "pg_ctl promote")
+    }
+
+    fn start_in(bin: PathBuf, major: u32, dir: tempfile::TempDir, options: PgOptions) -> Result<PgServer> {
         write_hba(&dir.path().join("data").join("pg_hba.conf"), &options.clients)?;
         let sock = dir.path().join("sock");
         std::fs::create_dir(&sock).map_err(io("cannot create the socket directory"))?;
@@ -319,7 +364,24 @@ impl PgServer {
             options.as_ref(),
         ];
         let mut argv = self.options.run_under.clone();
-        argv.extend(as_postgres(&self.bin.join("pg_ctl"), &args));
+        match &self.options.clock_offset {
+            None => argv.extend(as_postgres(&self.bin.join("pg_ctl"), &args)),
+            Some(offset) => {
+                let Some(lib) = libfaketime() else {
+                    return Err(PgServerError::Command {
+                        what: "starting a server with its clock off".into(),
+                        detail: "libfaketime is not installed; apt-get install faketime".into(),
+                    });
+                };
+                let preload = format!("LD_PRELOAD={}", lib.display());
+                let faketime = format!("FAKETIME={offset}");
+                let pg_ctl = self.bin.join("pg_ctl");
+                let mut with_env: Vec<&OsStr> =
+                    vec![preload.as_ref(), faketime.as_ref(), "DONT_FAKE_MONOTONIC=1".as_ref(), pg_ctl.as_ref()];
+                with_env.extend(args);
+                argv.extend(as_postgres(Path::new("/usr/bin/env"), &with_env));
+            }
+        }
         let result = run(&mut command(&argv), "pg_ctl start");
         match result {
             Ok(_) => {
@@ -374,6 +436,30 @@ impl Drop for PgServer {
         }
         // The TempDir removes the directory after this.
     }
+}
+
+/// libfaketime's preload library, if the Debian package libfaketime is installed.
+pub fn libfaketime() -> Option<PathBuf> {
+    let dirs = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime"))
+        .chain([PathBuf::from("/usr/lib/faketime")]);
+    dirs.map(|d| d.join("libfaketime.so.1")).find(|p| p.is_file())
+}
+
+/// A new directory for a server (owned by `postgres` when this process is root).
+fn server_dir(options: &PgOptions) -> Result<tempfile::TempDir> {
+    let mut dir = tempfile::Builder::new();
+    dir.prefix("ferry-pg-");
+    let dir = match &options.parent_dir {
+        Some(parent) => dir.tempdir_in(parent),
+        None => dir.tempdir(),
+    }
+    .map_err(io("cannot create a directory for the test server"))?;
+    hand_to_postgres(dir.path())?;
+    Ok(dir)
 }
 
 /// A server, or `None` after printing why not when the binaries are missing outside CI.

@@ -37,6 +37,10 @@ pub(super) fn write_hba(path: &Path, clients: &[String]) -> Result<()> {
     for net in clients {
         text.push_str(&format!("host all all {net} trust\n"));
     }
+    // Standbys of this server (`PgServer::start_standby`) stream from it.
+    for net in clients {
+        text.push_str(&format!("host replication {SUPERUSER} {net} trust\n"));
+    }
     // The copy's file already belongs to the server's user; rewriting it keeps that.
     std::fs::write(path, text).map_err(io(format!("cannot write {}", path.display())))
 }

@@ -195,15 +195,15 @@ async fn a_dropped_table_is_a_schema_error() {
 async fn another_schema_version_is_reported() {
     let pg = pg_server!();
     open_and_init(&pg.url()).await;
-    pg.execute("UPDATE ferry_schema SET version = 2").await.expect("update");
+    pg.execute("UPDATE ferry_schema SET version = 3").await.expect("update");
     let store = open(&pg.url()).await;
-    let err = store.list().await.expect_err("version 2");
+    let err = store.list().await.expect_err("version 3");
     assert!(matches!(err, StoreError::Schema { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("schema version 2") && text.contains("reads version 1"), "{text}");
+    assert!(text.contains("schema version 3") && text.contains("reads version 2"), "{text}");
     assert!(text.contains(&pg.url()), "{text}");
     let err = store.init().await.expect_err("init must not touch another version");
-    assert!(err.to_string().contains("schema version 2"), "{err}");
+    assert!(err.to_string().contains("schema version 3"), "{err}");
     store.reset().await.expect("reset replaces any version");
     store.list().await.expect("list after reset");
 }

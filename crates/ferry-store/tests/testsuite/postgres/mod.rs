@@ -40,6 +40,7 @@ macro_rules! tls_pg_server {
 mod bounds;
 mod conformance;
 mod errors;
+mod failover;
 mod model;
 mod races;
 mod schema;

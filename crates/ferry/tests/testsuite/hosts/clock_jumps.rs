@@ -5,24 +5,13 @@ use std::time::Duration;
 
 use ferry_api::{EventKind, ViewState};
 use ferry_host::clock;
-use ferry_testkit::LabDomain;
+use ferry_testkit::{libfaketime, LabDomain};
 
 use super::{
     assert_ending, client_on, count, events, kill_running, start_cluster, started_domain, status_of, trail,
     wait_client_after, Ending, TTL_MS,
 };
 use crate::{PATIENCE, SERIAL};
-
-/// libfaketime's preload library, if the Debian package libfaketime is installed.
-fn libfaketime() -> Option<std::path::PathBuf> {
-    let dirs = std::fs::read_dir("/usr/lib")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("faketime"))
-        .chain([std::path::PathBuf::from("/usr/lib/faketime")]);
-    dirs.map(|d| d.join("libfaketime.so.1")).find(|p| p.is_file())
-}
 
 /// The wall clock (ms since the Unix epoch) that processes of machine-c see under the
 /// libfaketime settings `env`.

@@ -1,0 +1,320 @@
+//! The lease table across a database failover (DESIGN §3 rules 8 and 11): a new authority
+//! restarts the lease clocks (also when only recorded as changed: the rule's own test),
+//! version-1 tables are upgraded, and with real streaming replication (a primary and a
+//! `pg_basebackup` standby whose clock is off by seconds under libfaketime) a promotion keeps
+//! every lease, loses no acknowledged epoch, and a former primary that comes back is never
+//! written to.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use ferry_core::{Epoch, Incarnation};
+use ferry_store::postgres::PostgresStore;
+use ferry_store::{AcquireRequest, LeaseStore, Renewal, StoreError};
+use ferry_testkit::{PgOptions, PgServer};
+
+use super::{open_and_init, query_one};
+use crate::common::{request, server};
+
+const TTL: Duration = Duration::from_millis(1500);
+
+fn short(name: &str, incarnation: &str) -> AcquireRequest {
+    AcquireRequest { ttl: TTL, ..request(&server(name), "m", incarnation) }
+}
+
+/// Rule 11 on one server: a recorded authority that differs from the server reached (what a
+/// promotion looks like to the next connection) renews every held lease at the server's
+/// clock, never shortens one, leaves released rows alone, and happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_authority_restarts_the_lease_clocks() {
+    let pg = pg_server!();
+    let store = open_and_init(&pg.url()).await;
+    store.acquire(&short("stale", "a")).await.expect("acquire");
+    store.acquire(&request(&server("far"), "m", "b")).await.expect("acquire (60 s)");
+    store.acquire(&short("gone", "c")).await.expect("acquire");
+    store.release(&server("gone"), &Incarnation("c".into()), Epoch(1)).await.expect("release");
+    let recorded: i64 = query_one(&pg, "SELECT count(*) FROM ferry_authority").await;
+    assert_eq!(recorded, 1, "the first lease call records the server");
+
+    // As the old clock saw it: "stale" expired a second ago, "ahead" was renewed by a
+    // clock 10 s ahead of the new one; then the primary changes.
+    store.acquire(&short("ahead", "d")).await.expect("acquire");
+    pg.execute(
+        "UPDATE ferry_leases SET expires_at = now() - interval '1 second', \
+             renewed_at = now() - interval '2500 milliseconds' WHERE name = 'server/stale'; \
+         UPDATE ferry_leases SET expires_at = now() + interval '11500 milliseconds', \
+             renewed_at = now() + interval '10 seconds' WHERE name = 'server/ahead'; \
+         UPDATE ferry_authority SET system_identifier = 'another system'",
+    )
+    .await
+    .expect("set the scene");
+    let expiry = "SELECT extract(epoch FROM expires_at)::float8 FROM ferry_leases WHERE name = ";
+    let far_before: f64 = query_one(&pg, &format!("{expiry}'server/far'")).await;
+    let ahead_before: f64 = query_one(&pg, &format!("{expiry}'server/ahead'")).await;
+    assert_eq!(store.expired().await.expect("expired").len(), 1, "the old store's connection is not re-checked");
+
+    let after = PostgresStore::open(&pg.url(), Duration::from_secs(10)).await.expect("open");
+    let expired = after.expired().await.expect("expired");
+    assert!(expired.is_empty(), "a lease expired under the new authority: {expired:?}");
+    let stale = after.get(&server("stale")).await.expect("get").expect("row");
+    assert!(stale.remaining_ms > 1000 && stale.remaining_ms <= 1500, "a full TTL from the new clock: {stale:?}");
+    assert_eq!(stale.epoch, Epoch(1), "the epoch is untouched");
+    let taken = after.acquire(&short("stale", "intruder")).await;
+    assert!(matches!(taken, Err(StoreError::Held { .. })), "acquisition obeys the rule too: {taken:?}");
+    let far_after: f64 = query_one(&pg, &format!("{expiry}'server/far'")).await;
+    assert!(far_after >= far_before, "a lease was shortened: {far_before} -> {far_after}");
+    let ahead_after: f64 = query_one(&pg, &format!("{expiry}'server/ahead'")).await;
+    assert_eq!(ahead_before, ahead_after, "a lease expiring beyond a full TTL is left alone");
+    let gone = after.get(&server("gone")).await.expect("get").expect("row");
+    assert_eq!(gone.state, ferry_core::lease::LeaseState::Released, "a released row stays released");
+    let system: String = query_one(&pg, "SELECT system_identifier FROM ferry_authority").await;
+    assert_ne!(system, "another system", "the new server is recorded");
+
+    // Once recorded, another connection to the same server changes nothing.
+    pg.execute("UPDATE ferry_leases SET expires_at = now() - interval '1 second' WHERE name = 'server/stale'")
+        .await
+        .expect("expire it");
+    let again = PostgresStore::open(&pg.url(), Duration::from_secs(10)).await.expect("open");
+    assert_eq!(again.expired().await.expect("expired").len(), 1, "the same server restarted the clocks again");
+    // And the holder of an expired-and-restarted lease renews it as usual.
+    let renewed = after.renew(&server("far"), &Incarnation("b".into()), Epoch(1), TTL).await;
+    assert!(renewed.is_ok(), "{renewed:?}");
+}
+
+#[tokio::test]
+async fn a_version_1_table_is_upgraded_in_place() {
+    let pg = pg_server!();
+    let store = open_and_init(&pg.url()).await;
+    store.acquire(&request(&server("ms1"), "m", "a")).await.expect("acquire");
+    pg.execute("DROP TABLE ferry_authority; UPDATE ferry_schema SET version = 1").await.expect("make it version 1");
+    let old = PostgresStore::open(&pg.url(), Duration::from_secs(10)).await.expect("open");
+    let refused = old.get(&server("ms1")).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Schema { detail, .. }) if detail.contains("leasing init")),
+        "{refused:?}"
+    );
+    old.init().await.expect("init upgrades");
+    let version: i32 = query_one(&pg, "SELECT version FROM ferry_schema").await;
+    assert_eq!(version, 2);
+    let kept = old.get(&server("ms1")).await.expect("get").expect("the lease survives the upgrade");
+    assert_eq!(kept.epoch, Epoch(1));
+}
+
+/// A primary with a synchronous streaming standby, both on loopback; the standby's clock is
+/// off by `standby_clock` (libfaketime).
+struct Pair {
+    primary: PgServer,
+    standby: PgServer,
+}
+
+impl Pair {
+    async fn start(standby_clock: &str) -> Option<Pair> {
+        let primary = PgServer::start_or_skip()?;
+        let standby = primary
+            .start_standby(PgOptions { clock_offset: Some(standby_clock.to_string()), ..PgOptions::default() })
+            .expect("a standby");
+        primary.require_synchronous_standby().await.expect("synchronous standby");
+        // Wait until the primary counts it as synchronous.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sync: i64 =
+                query_one(&primary, "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").await;
+            if sync == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the standby never became synchronous");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(Pair { primary, standby })
+    }
+
+    /// Both hosts, the primary first, writable sessions only: the data source the README
+    /// documents.
+    fn url(&self) -> String {
+        format!(
+            "postgres://ferry@127.0.0.1:{},127.0.0.1:{}/ferry?target_session_attrs=read-write",
+            self.primary.port(),
+            self.standby.port()
+        )
+    }
+
+    /// Kills the primary (as a crash would) and promotes the standby.
+    fn fail_over(&mut self) -> Duration {
+        let started = Instant::now();
+        self.primary.stop().expect("kill the primary");
+        self.standby.promote().expect("promote");
+        started.elapsed()
+    }
+}
+
+/// Twenty holders renewing every 250 ms through the documented multi-host data source; the
+/// primary dies and the standby, its clock 3 s ahead, is promoted. Without rule 11 the new
+/// primary would find every lease expired at once; with it, every holder renews again and
+/// nothing expires while they do, and a holder that stops renewing expires a TTL later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_with_its_clock_ahead_keeps_every_lease() {
+    let Some(mut pair) = Pair::start("+3s").await else {
+        return;
+    };
+    let store = PostgresStore::open_and_init(&pair.url(), Duration::from_millis(400)).await.expect("open");
+    let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    let mut renewals = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let lease = store.acquire(&short(name, &format!("i{i}"))).await.expect("acquire");
+        renewals.push(Renewal {
+            name: lease.name,
+            incarnation: Incarnation(format!("i{i}")),
+            epoch: lease.epoch,
+            ttl: TTL,
+        });
+    }
+    let promotion = pair.fail_over();
+    // Renew until it works again; no renewal may be refused as lost.
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match store.renew_many(&renewals).await {
+            Ok(outcomes) => {
+                for o in &outcomes {
+                    assert!(o.is_ok(), "a lease was lost in the failover: {o:?}");
+                }
+                break;
+            }
+            Err(e) => assert!(e.is_transient(), "a failover error must be transient: {e}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the store never reached the new primary");
+    }
+    eprintln!("promotion {promotion:?}, renewing again {:?} later ({attempts} calls)", started.elapsed());
+    let expired = store.expired().await.expect("expired");
+    assert!(expired.is_empty(), "leases expired on the new primary: {expired:?}");
+    // Liveness: a holder that stops renewing still expires, by the new clock.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let expired = store.expired().await.expect("expired");
+        if expired.len() == names.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the leases never expired: {} of {}", expired.len(), names.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The same with the standby's clock behind: nothing expires early, and nothing lives on
+/// unboundedly (each lease expires within a TTL of its last renewal by the new clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_standby_with_its_clock_behind_expires_nothing_early() {
+    let Some(mut pair) = Pair::start("-3s").await else {
+        return;
+    };
+    let store = PostgresStore::open_and_init(&pair.url(), Duration::from_millis(400)).await.expect("open");
+    let lease = store.acquire(&short("s1", "a")).await.expect("acquire");
+    pair.fail_over();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        match store.renew(&lease.name, &Incarnation("a".into()), lease.epoch, TTL).await {
+            Ok(l) => break l,
+            Err(e) => assert!(e.is_transient(), "{e}"),
+        }
+        assert!(Instant::now() < deadline, "never renewed on the new primary");
+    };
+    assert!(renewed.remaining_ms <= TTL.as_millis() as i64, "{renewed:?}");
+    let stored = store.get(&lease.name).await.expect("get").expect("row");
+    assert!(
+        stored.remaining_ms <= TTL.as_millis() as i64 + 50,
+        "the old clock's expiry (3 s later by the new clock) must not outlive a renewal: {stored:?}"
+    );
+}
+
+/// Rule 8: an epoch bump the store acknowledged is on the standby when it is promoted. A
+/// holder hands its lease over again and again (each an epoch bump) while the primary is
+/// killed; the promoted standby has every acknowledged epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_epoch_bump_is_lost_in_a_failover() {
+    let Some(mut pair) = Pair::start("+0s").await else {
+        return;
+    };
+    let url = pair.url();
+    let store = std::sync::Arc::new(PostgresStore::open_and_init(&url, Duration::from_secs(2)).await.expect("open"));
+    let first = store.acquire(&short("s1", "i0")).await.expect("acquire");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let worker = {
+        let store = std::sync::Arc::clone(&store);
+        let stop = std::sync::Arc::clone(&stop);
+        tokio::spawn(async move {
+            let mut acked = first.epoch;
+            for i in 1.. {
+                // Stops at the first failure, or once the primary is dead (a handover in
+                // flight then may still be answered by the new primary).
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                match store.handover(&short("s1", &format!("i{i}")), &Incarnation(format!("i{}", i - 1))).await {
+                    Ok(lease) => acked = lease.epoch,
+                    Err(_) => break,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    pair.primary.stop().expect("kill the primary");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    pair.standby.promote().expect("promote");
+    let acked = worker.await.expect("worker");
+    assert!(acked.0 > 5, "the handovers did not run: last epoch {acked:?}");
+    let after = PostgresStore::open(&url, Duration::from_secs(10)).await.expect("open the new primary");
+    let row = after.get(&server("s1")).await.expect("get").expect("row");
+    assert!(
+        row.epoch >= acked,
+        "an acknowledged epoch was lost: {:?} on the new primary, {acked:?} acknowledged",
+        row.epoch
+    );
+}
+
+/// A split: after the failover the old primary comes back, writable, first in the data
+/// source. The store has used the new primary's timeline and never writes to the old one;
+/// with the new primary down it says why, and once it is back it renews there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_primary_that_comes_back_is_never_written_to() {
+    let Some(mut pair) = Pair::start("+0s").await else {
+        return;
+    };
+    let store = PostgresStore::open_and_init(&pair.url(), Duration::from_millis(500)).await.expect("open");
+    let lease = store.acquire(&short("s1", "a")).await.expect("acquire");
+    let holder = Incarnation("a".into());
+    let renew = || store.renew(&lease.name, &holder, lease.epoch, TTL);
+    pair.fail_over();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while renew().await.is_err() {
+        assert!(Instant::now() < deadline, "never renewed on the new primary");
+    }
+    pair.primary.start_again().expect("the old primary comes back");
+    let before: i64 = query_one(
+        &pair.primary,
+        "SELECT floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM ferry_leases WHERE name = 'server/s1'",
+    )
+    .await;
+    // New connections start at the first host, the old primary: passed over.
+    pair.standby.stop().expect("stop the new primary");
+    let refused = renew().await;
+    let message = match &refused {
+        Err(e @ StoreError::Unavailable { .. }) => {
+            e.to_string() + &std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default()
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    };
+    assert!(message.contains("former primary"), "{message}");
+    pair.standby.start_again().expect("the new primary comes back");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while renew().await.is_err() {
+        assert!(Instant::now() < deadline, "never renewed on the new primary again");
+    }
+    let after: i64 = query_one(
+        &pair.primary,
+        "SELECT floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM ferry_leases WHERE name = 'server/s1'",
+    )
+    .await;
+    assert_eq!(before, after, "the former primary was written to");
+}
