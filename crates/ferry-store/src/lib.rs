@@ -257,6 +257,15 @@ pub async fn init(data_source: &str) -> Result<()> {
     }
 }
 
+/// What the lease table's database lacks for rule 8 (durable writes across a failover), if
+/// anything: PostgreSQL without a synchronous standby. `None` for SQLite (one file, synced).
+pub async fn durability_warning(data_source: &str) -> Result<Option<String>> {
+    match open_backend(data_source, ADMIN_CALL_TIMEOUT).await? {
+        Opened::Sqlite(_) => Ok(None),
+        Opened::Postgres(store) => store.durability_warning().await,
+    }
+}
+
 /// `ferry leasing reset --data-source URL`: drops the lease table and creates it empty.
 /// Every lease is forgotten, so epochs restart at 1: only for a cluster that is stopped.
 pub async fn reset(data_source: &str) -> Result<()> {

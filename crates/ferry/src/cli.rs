@@ -134,6 +134,11 @@ pub fn main() -> i32 {
                         "lease table at {shown} {}",
                         if reset { "re-created (every lease was dropped)" } else { "is ready" }
                     );
+                    match rt.block_on(ferry_store::durability_warning(&ds)) {
+                        Ok(None) => {}
+                        Ok(Some(warning)) => errln!("warning: {warning}"),
+                        Err(e) => errln!("warning: cannot check the database's replication: {e}"),
+                    }
                     0
                 }
                 Err(e) => {

@@ -131,6 +131,12 @@ impl PostgresStore {
             Err(StoreError::Timeout { .. }) if options.patient_open => return Ok(store),
             Err(e) => return Err(e),
         }
+        if store.pool.hosts() > 1 {
+            // Several hosts: failover is intended, so rule 8 needs a synchronous standby.
+            if let Ok(Some(warning)) = store.durability_warning().await {
+                tracing::warn!(data_source = %store.pool.names.data_source, "{warning}");
+            }
+        }
         if store.pool.unverified {
             // Once per store, and only once it works (a lazy store retries failed opens).
             tracing::warn!(

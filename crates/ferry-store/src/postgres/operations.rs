@@ -50,6 +50,11 @@ macro_rules! at_ms {
 const RETRY_FIRST: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(100);
 
+/// The primary's synchronous replication: the standbys it waits for, and how many are
+/// connected as such.
+const DURABILITY_SQL: &str = "SELECT current_setting('synchronous_standby_names'), \
+     (SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum'))";
+
 const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 
 /// Locks the row for the rest of the transaction (a missing row locks nothing).
@@ -175,6 +180,43 @@ impl PostgresStore {
             }
             .await;
             conn.finish_creating(result)
+        })
+        .await
+    }
+
+    /// What rule 8 needs of the server and is missing, in words for the operator: without
+    /// a synchronous standby (`synchronous_standby_names` set, and one connected), a commit
+    /// is acknowledged before any standby has it, so a failover can lose an acknowledged
+    /// renewal or epoch bump. `None` when a synchronous standby confirms every commit.
+    pub async fn durability_warning(&self) -> Result<Option<String>> {
+        self.call(async {
+            let conn = self.pool.lend(Check::Nothing).await?;
+            let result = async {
+                let r = conn.client()?.query_typed_one(DURABILITY_SQL, &[]).await?;
+                let names: String = r.try_get(0)?;
+                let sync: i64 = r.try_get(1)?;
+                Ok(if names.trim().is_empty() {
+                    Some(
+                        "the PostgreSQL primary has no synchronous standby (synchronous_standby_names \
+                         is empty), so a failover can lose a lease write it acknowledged: a lost \
+                         epoch bump lets two instances run; set synchronous_standby_names on the \
+                         primary (for example '*' or 'FIRST 1 (standby1, standby2)') or run a \
+                         single PostgreSQL server without failover"
+                            .to_string(),
+                    )
+                } else if sync == 0 {
+                    Some(format!(
+                        "synchronous_standby_names is {names:?} but no synchronous standby is \
+                         connected now (or this user may not see pg_stat_replication: grant it \
+                         pg_monitor), so commits wait for one; check the standbys' \
+                         primary_conninfo and application_name"
+                    ))
+                } else {
+                    None
+                })
+            }
+            .await;
+            conn.finish(result)
         })
         .await
     }

@@ -134,6 +134,11 @@ impl Pool {
         })
     }
 
+    /// How many hosts the data source lists.
+    pub(super) fn hosts(&self) -> usize {
+        self.configs.len()
+    }
+
     /// A connection for one call: an idle one, or a new one while the pool has room.
     pub(super) async fn lend(self: &Arc<Self>, check: Check) -> Result<Lent, Failure> {
         let slot = Arc::clone(&self.slots).acquire_owned().await.map_err(|_| Failure::PoolClosed)?;

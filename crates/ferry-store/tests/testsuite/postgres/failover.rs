@@ -318,3 +318,29 @@ async fn a_former_primary_that_comes_back_is_never_written_to() {
     .await;
     assert_eq!(before, after, "the former primary was written to");
 }
+
+/// Rule 8 across a failover needs a synchronous standby: `ferry leasing init` (and a store
+/// opened on several hosts) warns without one, and is quiet with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_without_a_synchronous_standby_is_warned_about() {
+    let Some(pair) = Pair::start("+0s").await else {
+        return;
+    };
+    let alone = ferry_store::durability_warning(&pair.standby.url()).await;
+    // The standby is read-only and not the primary: refused, not judged.
+    assert!(alone.is_err() || alone.as_ref().is_ok_and(|w| w.is_some()), "{alone:?}");
+    let with_standby = ferry_store::durability_warning(&pair.url()).await.expect("check");
+    assert_eq!(with_standby, None, "a synchronous standby is connected");
+    pair.primary.execute("ALTER SYSTEM RESET synchronous_standby_names").await.expect("reset");
+    pair.primary.execute("SELECT pg_reload_conf()").await.expect("reload");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let warning = ferry_store::durability_warning(&pair.url()).await.expect("check");
+        if let Some(text) = warning {
+            assert!(text.contains("synchronous_standby_names"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warning without a synchronous standby");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
