@@ -25,5 +25,5 @@ pub mod service;
 pub use domain::{wait_until, DomainSpec, ServerSpec, PYTHON_SERVICE};
 pub use harness::{free_port, Harness, TAG_VAR};
 pub use labdomain::LabDomain;
-pub use pg::{libfaketime, postgres_bin_dir, PgOptions, PgServer, PgServerError, TestCa, DATABASE, SUPERUSER};
+pub use pg::{libfaketime, postgres_bin_dir, PgOptions, PgPair, PgServer, PgServerError, TestCa, DATABASE, SUPERUSER};
 pub use service::{check_journal, client_view, probe, ClientLine, ClientView, Instance, JournalLine};

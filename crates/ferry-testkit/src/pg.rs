@@ -38,10 +38,12 @@
 
 mod ca;
 mod error;
+mod pair;
 mod server;
 mod setup;
 
 pub use ca::TestCa;
 pub use error::PgServerError;
+pub use pair::PgPair;
 pub use server::{libfaketime, PgOptions, PgServer, LAB_PORT};
 pub use setup::{postgres_bin_dir, DATABASE, SUPERUSER};

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use ferry_core::{Epoch, Incarnation};
 use ferry_store::postgres::PostgresStore;
 use ferry_store::{AcquireRequest, LeaseStore, Renewal, StoreError};
-use ferry_testkit::{PgOptions, PgServer};
+use ferry_testkit::PgPair as Pair;
 
 use super::{open_and_init, query_one};
 use crate::common::{request, server};
@@ -101,60 +101,13 @@ async fn a_version_1_table_is_upgraded_in_place() {
     assert_eq!(kept.epoch, Epoch(1));
 }
 
-/// A primary with a synchronous streaming standby, both on loopback; the standby's clock is
-/// off by `standby_clock` (libfaketime).
-struct Pair {
-    primary: PgServer,
-    standby: PgServer,
-}
-
-impl Pair {
-    async fn start(standby_clock: &str) -> Option<Pair> {
-        let primary = PgServer::start_or_skip()?;
-        let standby = primary
-            .start_standby(PgOptions { clock_offset: Some(standby_clock.to_string()), ..PgOptions::default() })
-            .expect("a standby");
-        primary.require_synchronous_standby().await.expect("synchronous standby");
-        // Wait until the primary counts it as synchronous.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let sync: i64 =
-                query_one(&primary, "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'").await;
-            if sync == 1 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the standby never became synchronous");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Some(Pair { primary, standby })
-    }
-
-    /// Both hosts, the primary first, writable sessions only: the data source the README
-    /// documents.
-    fn url(&self) -> String {
-        format!(
-            "postgres://ferry@127.0.0.1:{},127.0.0.1:{}/ferry?target_session_attrs=read-write",
-            self.primary.port(),
-            self.standby.port()
-        )
-    }
-
-    /// Kills the primary (as a crash would) and promotes the standby.
-    fn fail_over(&mut self) -> Duration {
-        let started = Instant::now();
-        self.primary.stop().expect("kill the primary");
-        self.standby.promote().expect("promote");
-        started.elapsed()
-    }
-}
-
 /// Twenty holders renewing every 250 ms through the documented multi-host data source; the
 /// primary dies and the standby, its clock 3 s ahead, is promoted. Without rule 11 the new
 /// primary would find every lease expired at once; with it, every holder renews again and
 /// nothing expires while they do, and a holder that stops renewing expires a TTL later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_standby_with_its_clock_ahead_keeps_every_lease() {
-    let Some(mut pair) = Pair::start("+3s").await else {
+    let Some(mut pair) = Pair::start_or_skip(Some("+3s")).await else {
         return;
     };
     let store = PostgresStore::open_and_init(&pair.url(), Duration::from_millis(400)).await.expect("open");
@@ -169,7 +122,7 @@ async fn a_promoted_standby_with_its_clock_ahead_keeps_every_lease() {
             ttl: TTL,
         });
     }
-    let promotion = pair.fail_over();
+    let promotion = pair.fail_over(Duration::ZERO).await.expect("fail over");
     // Renew until it works again; no renewal may be refused as lost.
     let started = Instant::now();
     let mut attempts = 0;
@@ -205,12 +158,12 @@ async fn a_promoted_standby_with_its_clock_ahead_keeps_every_lease() {
 /// unboundedly (each lease expires within a TTL of its last renewal by the new clock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promoted_standby_with_its_clock_behind_expires_nothing_early() {
-    let Some(mut pair) = Pair::start("-3s").await else {
+    let Some(mut pair) = Pair::start_or_skip(Some("-3s")).await else {
         return;
     };
     let store = PostgresStore::open_and_init(&pair.url(), Duration::from_millis(400)).await.expect("open");
     let lease = store.acquire(&short("s1", "a")).await.expect("acquire");
-    pair.fail_over();
+    pair.fail_over(Duration::ZERO).await.expect("fail over");
     let deadline = Instant::now() + Duration::from_secs(30);
     let renewed = loop {
         match store.renew(&lease.name, &Incarnation("a".into()), lease.epoch, TTL).await {
@@ -232,7 +185,7 @@ async fn a_promoted_standby_with_its_clock_behind_expires_nothing_early() {
 /// killed; the promoted standby has every acknowledged epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_epoch_bump_is_lost_in_a_failover() {
-    let Some(mut pair) = Pair::start("+0s").await else {
+    let Some(mut pair) = Pair::start_or_skip(Some("+0s")).await else {
         return;
     };
     let url = pair.url();
@@ -278,14 +231,14 @@ async fn no_acknowledged_epoch_bump_is_lost_in_a_failover() {
 /// with the new primary down it says why, and once it is back it renews there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_former_primary_that_comes_back_is_never_written_to() {
-    let Some(mut pair) = Pair::start("+0s").await else {
+    let Some(mut pair) = Pair::start_or_skip(Some("+0s")).await else {
         return;
     };
     let store = PostgresStore::open_and_init(&pair.url(), Duration::from_millis(500)).await.expect("open");
     let lease = store.acquire(&short("s1", "a")).await.expect("acquire");
     let holder = Incarnation("a".into());
     let renew = || store.renew(&lease.name, &holder, lease.epoch, TTL);
-    pair.fail_over();
+    pair.fail_over(Duration::ZERO).await.expect("fail over");
     let deadline = Instant::now() + Duration::from_secs(30);
     while renew().await.is_err() {
         assert!(Instant::now() < deadline, "never renewed on the new primary");
@@ -323,7 +276,7 @@ async fn a_former_primary_that_comes_back_is_never_written_to() {
 /// opened on several hosts) warns without one, and is quiet with one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_without_a_synchronous_standby_is_warned_about() {
-    let Some(pair) = Pair::start("+0s").await else {
+    let Some(pair) = Pair::start_or_skip(Some("+0s")).await else {
         return;
     };
     let alone = ferry_store::durability_warning(&pair.standby.url()).await;
