@@ -20,6 +20,7 @@
 //! `leases` needs only the PostgreSQL server binaries (`apt-get install postgresql`).
 
 mod common;
+mod dbfailover;
 mod failover;
 mod hosts;
 mod hosts_keepalived;
@@ -86,6 +87,9 @@ enum Cmd {
     /// N servers per run on M machines: start, fences, status latency, CPU and RSS per
     /// process kind, and the failover of one machine's servers.
     Scale(scale::ScaleArgs),
+    /// The lease table's PostgreSQL fails over (primary killed, synchronous standby with its
+    /// clock off promoted) under N running servers: promotion, renewal gaps, fences.
+    Dbfailover(dbfailover::DbFailoverArgs),
     /// (internal) The overlapping client `hosts` runs in the lab's client namespace.
     #[command(hide = true)]
     HostsProbe(hosts_probe::ProbeArgs),
@@ -203,6 +207,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Hosts(args) = &cli.cmd {
         return hosts::run(args.clone(), &exe, &base, cli.json.clone()).await;
     }
+    if let Cmd::Dbfailover(args) = &cli.cmd {
+        return dbfailover::run(args.clone(), &exe, &base, cli.json.clone()).await;
+    }
     if let Cmd::Scale(args) = &cli.cmd {
         return scale::run(args.clone(), &exe, &base, cli.json.clone()).await;
     }
@@ -210,7 +217,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Failover(a) => (Some(a.clone()), None),
         Cmd::Restart(a) => (None, Some(a.clone())),
         Cmd::All => (Some(FailoverArgs::default()), Some(RestartArgs::default())),
-        Cmd::Leases(_) | Cmd::Hosts(_) | Cmd::HostsProbe(_) | Cmd::Outage(_) | Cmd::Scale(_) => (None, None),
+        Cmd::Leases(_) | Cmd::Hosts(_) | Cmd::HostsProbe(_) | Cmd::Outage(_) | Cmd::Scale(_) | Cmd::Dbfailover(_) => {
+            (None, None)
+        }
     };
     let og = match &cli.cmd {
         Cmd::Outage(a) => Some(a.clone()),
