@@ -162,17 +162,18 @@ async fn one(
     // A late fence still counts: one lease and grace more.
     tokio::time::sleep(Duration::from_millis(t.ttl_ms() + t.grace_ms)).await;
     poller.abort();
-    let s = seen.lock().unwrap_or_else(|e| e.into_inner());
-    let gaps: Vec<i64> = s
-        .before_kill
-        .iter()
-        .filter_map(|(name, before)| s.after.get(name).map(|after| after.since(*before) as i64))
-        .collect();
-    r.longest_gap_ms = gaps.iter().copied().max();
-    if s.after.len() >= a.servers {
-        r.all_renewed_ms = s.after.values().map(|at| at.since(promoted) as i64).max();
+    {
+        let s = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let gaps: Vec<i64> = s
+            .before_kill
+            .iter()
+            .filter_map(|(name, before)| s.after.get(name).map(|after| after.since(*before) as i64))
+            .collect();
+        r.longest_gap_ms = gaps.iter().copied().max();
+        if s.after.len() >= a.servers {
+            r.all_renewed_ms = s.after.values().map(|at| at.since(promoted) as i64).max();
+        }
     }
-    drop(s);
     let events = h.admin().events(since).await?;
     let mut fenced: Vec<String> = events
         .iter()
