@@ -30,6 +30,11 @@ pub struct LabDomain {
     pub lab: Lab,
     /// PostgreSQL in the switch namespace ([`PgOptions::in_lab`]).
     pub pg: PgServer,
+    /// Its synchronous streaming standby, also in the switch namespace (on the next port),
+    /// when started with [`LabDomain::start_ha`]; the data source then lists both.
+    pub standby: Option<PgServer>,
+    /// The domain's data source.
+    pub data_source: String,
     pub dir: PathBuf,
     pub domain_file: PathBuf,
     pub exe: PathBuf,
@@ -45,6 +50,19 @@ impl LabDomain {
     /// Builds the lab and starts the domain in it; `None` when the lab cannot run here
     /// (not root, tools missing; printed, and a failure under `CI=true`).
     pub async fn start(spec: DomainSpec, exe: &Path, dir: Option<PathBuf>) -> anyhow::Result<Option<LabDomain>> {
+        LabDomain::start_ha(spec, exe, dir, None).await
+    }
+
+    /// [`LabDomain::start`] with the lease table on a primary and a synchronous streaming
+    /// standby whose clock is off by `standby_clock` (libfaketime's `FAKETIME`, e.g. `"+3s"`),
+    /// both in the switch namespace; the data source lists both hosts with
+    /// `target_session_attrs=read-write`. `None`: one server, as `start`.
+    pub async fn start_ha(
+        spec: DomainSpec,
+        exe: &Path,
+        dir: Option<PathBuf>,
+        standby_clock: Option<&str>,
+    ) -> anyhow::Result<Option<LabDomain>> {
         let machines: Vec<&str> = spec.machines.iter().map(String::as_str).collect();
         let lab_spec = LabSpec { with_client: true, ..LabSpec::new(&machines) };
         let Some(lab) = Lab::up_or_skip(lab_spec).await else {
@@ -56,6 +74,44 @@ impl LabDomain {
         let pg = tokio::task::spawn_blocking(move || PgServer::start_with(options))
             .await?
             .context("PostgreSQL in the lab")?;
+        let (standby, data_source) = match standby_clock {
+            None => (None, pg.url()),
+            Some(offset) => {
+                let options = PgOptions {
+                    port: Some(crate::pg::LAB_PORT + 1),
+                    clock_offset: Some(offset.to_string()),
+                    ..PgOptions::in_lab(&lab)?
+                };
+                let (pg_back, standby) = tokio::task::spawn_blocking(move || {
+                    let standby = pg.start_standby(options);
+                    (pg, standby)
+                })
+                .await?;
+                let standby = standby.context("a standby in the lab")?;
+                // The primary is reached from the lab's namespaces only: ask from the switch.
+                let data_source = format!(
+                    "postgres://{}@{addr}:{},{addr}:{}/{}?target_session_attrs=read-write",
+                    crate::pg::SUPERUSER,
+                    crate::pg::LAB_PORT,
+                    crate::pg::LAB_PORT + 1,
+                    crate::pg::DATABASE,
+                    addr = lab.switch_addr()
+                );
+                return LabDomain::finish(spec, exe, dir, lab, pg_back, Some(standby), data_source).await;
+            }
+        };
+        LabDomain::finish(spec, exe, dir, lab, pg, standby, data_source).await
+    }
+
+    async fn finish(
+        spec: DomainSpec,
+        exe: &Path,
+        dir: Option<PathBuf>,
+        lab: Lab,
+        pg: PgServer,
+        standby: Option<PgServer>,
+        data_source: String,
+    ) -> anyhow::Result<Option<LabDomain>> {
         let (dir, tmp) = match dir {
             Some(d) => {
                 std::fs::create_dir_all(&d)?;
@@ -78,10 +134,12 @@ impl LabDomain {
         }
         let admin_url = format!("http://{}:{ADMIN_PORT}", lab.switch_addr());
         let domain_file = dir.join("domain.toml");
-        std::fs::write(&domain_file, domain_toml(&spec, &lab, &pg, &floating, &dir, exe)?)?;
+        std::fs::write(&domain_file, domain_toml(&spec, &lab, &data_source, &floating, &dir, exe)?)?;
         let d = LabDomain {
             lab,
             pg,
+            standby,
+            data_source,
             dir,
             domain_file,
             exe: exe.to_path_buf(),
@@ -91,7 +149,17 @@ impl LabDomain {
             clients: Vec::new(),
             _tmp: tmp,
         };
-        let out = d.run_in(SWITCH, &["leasing", "init", "--data-source", &d.pg.url()]).await?;
+        if d.standby.is_some() {
+            // Commits wait for the standby from now on (rule 8); `init` then finds it.
+            let sql = "ALTER SYSTEM SET synchronous_standby_names = '*'";
+            for sql in [sql, "SELECT pg_reload_conf()"] {
+                let out = d.psql_in_switch(&d.pg_url_primary(), sql).await?;
+                if !out.status.success() {
+                    bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+            }
+        }
+        let out = d.run_in(SWITCH, &["leasing", "init", "--data-source", &d.data_source]).await?;
         if !out.status.success() {
             bail!("ferry leasing init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -283,6 +351,18 @@ impl LabDomain {
         Ok(self.lab.addresses(machine).await?)
     }
 
+    /// The primary's own data source (one host).
+    pub fn pg_url_primary(&self) -> String {
+        self.pg.url()
+    }
+
+    /// Runs `psql` in the switch namespace (where the lab's PostgreSQL listens).
+    pub async fn psql_in_switch(&self, url: &str, sql: &str) -> anyhow::Result<std::process::Output> {
+        let psql = self.pg.bin_dir().join("psql");
+        let psql = psql.to_string_lossy().into_owned();
+        Ok(self.lab.run(SWITCH, &[psql.as_str(), "-X", "-A", "-t", "-c", sql, url]).await?)
+    }
+
     pub fn journal_path(&self, server: &str) -> PathBuf {
         self.dir.join("journal").join(format!("{server}.jsonl"))
     }
@@ -291,7 +371,7 @@ impl LabDomain {
 fn domain_toml(
     spec: &DomainSpec,
     lab: &Lab,
-    pg: &PgServer,
+    data_source: &str,
     floating: &BTreeMap<String, SocketAddrV4>,
     dir: &Path,
     exe: &Path,
@@ -301,7 +381,7 @@ fn domain_toml(
         "# Written by ferry's lab harness: machines are network namespaces.\nname = \"{}\"\n\n[admin]\nlisten = \"{}:{ADMIN_PORT}\"\n\n[leasing]\nbasis = \"database\"\ndata_source = \"{}\"\n",
         spec.name,
         lab.switch_addr(),
-        pg.url()
+        data_source
     );
     for m in &spec.machines {
         let addr: Ipv4Addr = lab.addr(m)?;

@@ -25,6 +25,7 @@ use crate::{exe, PATIENCE};
 mod addresses;
 mod clock_jumps;
 mod crashes;
+mod database_failover;
 mod partitions;
 mod races;
 

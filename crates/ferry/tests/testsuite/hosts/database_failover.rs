@@ -1,0 +1,85 @@
+//! The lease table's PostgreSQL fails over under servers on lab hosts (DESIGN §3 rules 8
+//! and 11): a primary and a synchronous streaming standby in the switch namespace, the
+//! standby's clock 3 s ahead (libfaketime), the data source listing both with
+//! `target_session_attrs=read-write`. The primary is killed and the standby promoted; then
+//! the old primary comes back, writable and first in the data source, while every
+//! connection to the new primary is cut.
+
+use std::time::Duration;
+
+use ferry_api::EventKind;
+use ferry_testkit::{DomainSpec, LabDomain};
+
+use super::{assert_ending, client_on, count, events, status_of, Ending};
+use crate::{exe, PATIENCE, SERIAL};
+
+/// The issue's timings: a lease of 1.5 s, promotion in about 0.2 s.
+const INTERVAL_MS: u64 = 500;
+const PERIODS: u32 = 3;
+const GRACE_MS: u64 = 500;
+const TTL_MS: u64 = INTERVAL_MS * PERIODS as u64;
+
+/// The servers keep their leases through the promotion (no fence, no migration, the same
+/// instance answering all along, though the new primary's clock is 3 s ahead), and the old
+/// primary that comes back is never written to: the daemons, reconnecting, pass it over for
+/// the timeline they have already seen.
+#[tokio::test]
+async fn a_database_failover_keeps_every_server_and_the_old_primary_is_never_written_to() {
+    let _g = SERIAL.lock().await;
+    let spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
+    let Some(mut d) = LabDomain::start_ha(spec, exe(), None, Some("+3s")).await.expect("the lab domain starts") else {
+        return;
+    };
+    let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    d.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
+    client_on(&mut d, "ms1").await;
+    client_on(&mut d, "ms2").await;
+    let before = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
+
+    // The primary dies; the standby, its clock 3 s ahead, is promoted.
+    d.pg.stop().expect("kill the primary");
+    d.standby.as_ref().expect("a standby").promote().expect("promote the standby");
+    tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
+    let after = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
+    assert_eq!(before, after, "a server was restarted across the database failover");
+
+    // The old primary comes back, writable, on timeline 1; every connection to the new
+    // primary is cut, so every daemon connects again, trying the old primary first.
+    d.pg.start_again().expect("the old primary comes back");
+    let renewed = "SELECT coalesce(max(renewed_at)::text, '-') FROM ferry_leases";
+    let on_old = d.psql_in_switch(&d.pg_url_primary(), renewed).await.unwrap();
+    assert!(on_old.status.success(), "{}", String::from_utf8_lossy(&on_old.stderr));
+    let standby_url = d.standby.as_ref().map(|s| s.url()).unwrap();
+    let cut = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+               WHERE application_name = 'ferry' AND pid <> pg_backend_pid()";
+    let out = d.psql_in_switch(&standby_url, cut).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cut: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(cut >= 3, "only {cut} ferry connections were cut (admin and Node Managers use the new primary)");
+    tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
+    let still = d.psql_in_switch(&d.pg_url_primary(), renewed).await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&on_old.stdout),
+        String::from_utf8_lossy(&still.stdout),
+        "a lease was written to the former primary"
+    );
+    let last = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
+    assert_eq!(before, last, "a server was restarted when its connections were cut");
+    let ev = events(&d).await;
+    for s in ["ms1", "ms2"] {
+        assert_eq!(count(&ev, EventKind::Fenced, s), 0, "{s} fenced");
+    }
+    assert_ending(
+        &d,
+        Ending {
+            what: "database failover",
+            clients: &["ms1", "ms2"],
+            one_instance: &["ms1", "ms2"],
+            no_events: &[EventKind::Migrate, EventKind::Fenced],
+            ..Ending::default()
+        },
+    )
+    .await;
+}
