@@ -3,14 +3,15 @@
 //! standby's clock 3 s ahead (libfaketime), the data source listing both with
 //! `target_session_attrs=read-write`. The primary is killed and the standby promoted; then
 //! the old primary comes back, writable and first in the data source, while every
-//! connection to the new primary is cut.
+//! connection to the new primary is cut. And a promotion slower than a lease, to a standby
+//! whose clock is behind: every server fences, then returns unaided.
 
 use std::time::Duration;
 
 use ferry_api::EventKind;
 use ferry_testkit::{DomainSpec, LabDomain};
 
-use super::{assert_ending, client_on, count, events, status_of, Ending};
+use super::{assert_ending, client_on, count, events, status_of, wait_event, wait_running_anywhere, Ending};
 use crate::{exe, PATIENCE, SERIAL};
 
 /// The timings: a lease of 1.5 s, promotion in about 0.2 s.
@@ -82,4 +83,41 @@ async fn a_database_failover_keeps_every_server_and_the_old_primary_is_never_wri
         },
     )
     .await;
+}
+
+/// A promotion slower than a lease, to a standby whose clock is 3 s behind: every server
+/// fences itself at its deadline (the database cannot be written), then each comes back
+/// unaided once the new primary answers, under a larger epoch, and no client ever sees two
+/// instances or an older one after a newer one.
+#[tokio::test]
+async fn a_promotion_slower_than_a_lease_fences_cleanly_and_the_domain_returns() {
+    let _g = SERIAL.lock().await;
+    let spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
+    let Some(mut d) = LabDomain::start_ha(spec, exe(), None, Some("-3s")).await.expect("the lab domain starts") else {
+        return;
+    };
+    let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    d.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
+    client_on(&mut d, "ms1").await;
+    client_on(&mut d, "ms2").await;
+    let before = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
+
+    d.pg.stop().expect("kill the primary");
+    // Both fence themselves while nothing is writable.
+    for s in ["ms1", "ms2"] {
+        wait_event(&d, &format!("{s} to fence itself"), |e| {
+            e.kind == EventKind::Fenced && e.server.as_deref() == Some(s)
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(TTL_MS)).await;
+    d.standby.as_ref().expect("a standby").promote().expect("promote the standby");
+    for (s, epoch) in ["ms1", "ms2"].into_iter().zip(before) {
+        wait_running_anywhere(&d, s, epoch.expect("an epoch").0).await;
+    }
+    // Until each client has seen the new instance answer.
+    tokio::time::sleep(Duration::from_millis(TTL_MS)).await;
+    assert_ending(&d, Ending { what: "slow database failover", clients: &["ms1", "ms2"], ..Ending::default() }).await;
 }
