@@ -117,6 +117,11 @@ impl Authorities {
         Ok(())
     }
 
+    /// Whether any server has been admitted yet.
+    pub(super) fn has_seen(&self) -> bool {
+        self.highest.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     /// Whether a pooled connection's server has since been superseded.
     pub(super) fn is_stale(&self, id: &Identity) -> bool {
         let highest = self.highest.lock().unwrap_or_else(|e| e.into_inner());

@@ -187,16 +187,36 @@ impl Pool {
     /// the data source asks (`target_session_attrs`), is a primary (a standby is never used,
     /// not even for reads) and is not a former primary (rule 11); else the last failure, or
     /// a former primary's refusal if there was one (the one the operator must act on).
+    ///
+    /// The first time (this process has seen no server yet) every host is asked at once,
+    /// so a process started after a split learns the latest timeline before it uses any
+    /// host, instead of taking a former primary listed first for the primary.
     async fn connect_any(&self) -> Result<Conn, Failure> {
+        if self.configs.len() > 1 && !self.authorities.has_seen() {
+            let all = futures_util::future::join_all(self.configs.iter().map(|c| self.connect_one(c))).await;
+            for made in all.iter().flatten() {
+                // Only the latest timeline of each system is admitted; the rest are refused
+                // in the loop below.
+                let _ = self.authorities.admit(&made.identity);
+            }
+            let mut last = Failure::PoolClosed;
+            let mut stale = None;
+            for made in all {
+                match made.and_then(|conn| self.authorities.admit(&conn.identity).map(|()| conn)) {
+                    Ok(conn) => return Ok(conn),
+                    Err(failure @ Failure::Stale { .. }) => stale = Some(failure),
+                    Err(failure) => last = failure,
+                }
+            }
+            return Err(stale.unwrap_or(last));
+        }
         let mut last = Failure::PoolClosed;
         let mut stale = None;
         for config in &self.configs {
             let made = async {
-                let client = self.transport.connect(config).await.map_err(Failure::Connect)?;
-                client.batch_execute(&self.session_sql).await?;
-                let identity = authority::identify(&client).await?;
-                self.authorities.admit(&identity)?;
-                Ok::<_, Failure>(Conn { client, identity, schema_checked: false })
+                let conn = self.connect_one(config).await?;
+                self.authorities.admit(&conn.identity)?;
+                Ok::<_, Failure>(conn)
             };
             match made.await {
                 Ok(conn) => return Ok(conn),
@@ -205,6 +225,14 @@ impl Pool {
             }
         }
         Err(stale.unwrap_or(last))
+    }
+
+    /// A connection to one host, its session set up and its server identified.
+    async fn connect_one(&self, config: &Config) -> Result<Conn, Failure> {
+        let client = self.transport.connect(config).await.map_err(Failure::Connect)?;
+        client.batch_execute(&self.session_sql).await?;
+        let identity = authority::identify(&client).await?;
+        Ok(Conn { client, identity, schema_checked: false })
     }
 }
 

@@ -228,7 +228,8 @@ async fn no_acknowledged_epoch_bump_is_lost_in_a_failover() {
 
 /// A split: after the failover the old primary comes back, writable, first in the data
 /// source. The store has used the new primary's timeline and never writes to the old one;
-/// with the new primary down it says why, and once it is back it renews there.
+/// with the new primary down it says why, and once it is back it renews there. A store
+/// opened after the split uses the new primary too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_former_primary_that_comes_back_is_never_written_to() {
     let Some(mut pair) = Pair::start_or_skip(Some("+0s")).await else {
@@ -249,6 +250,15 @@ async fn a_former_primary_that_comes_back_is_never_written_to() {
         "SELECT floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM ferry_leases WHERE name = 'server/s1'",
     )
     .await;
+    // A process started after the split, that never saw the new primary, asks every host
+    // first and uses the new one, though the old one is listed first and writable.
+    let fresh = PostgresStore::open(&pair.url(), Duration::from_secs(10)).await.expect("open after the split");
+    fresh.acquire(&short("s2", "b")).await.expect("acquire on the new primary");
+    let on_old: i64 = query_one(&pair.primary, "SELECT count(*) FROM ferry_leases WHERE name = 'server/s2'").await;
+    assert_eq!(on_old, 0, "a process started after the split wrote to the former primary");
+    let on_new: i64 = query_one(&pair.standby, "SELECT count(*) FROM ferry_leases WHERE name = 'server/s2'").await;
+    assert_eq!(on_new, 1);
+    drop(fresh);
     // New connections start at the first host, the old primary: passed over.
     pair.standby.stop().expect("stop the new primary");
     let refused = renew().await;
