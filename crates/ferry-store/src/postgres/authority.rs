@@ -36,6 +36,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::errors::Failure;
+use super::operations::CLOCK_SQL;
 
 /// The server a connection reached, fixed for the connection's lifetime.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,9 +72,6 @@ const IDENTITY_SQL: &str = "SELECT system_identifier::text, \
 const LOCK_SQL: &str = "SELECT system_identifier, timeline, \
      floor(extract(epoch FROM started_at) * 1000)::bigint \
      FROM ferry_authority WHERE singleton FOR UPDATE";
-
-/// The clock, read behind the row lock (as `operations::CLOCK_SQL`).
-const CLOCK_SQL: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 const RECORD_SQL: &str = "INSERT INTO ferry_authority \
      (singleton, system_identifier, timeline, started_at, since) \

@@ -62,7 +62,7 @@ const LOCK_SQL: &str = concat!("SELECT ", columns!(), " FROM ferry_leases WHERE 
 
 /// The database clock at the moment it runs: behind `LOCK_SQL` in the pipeline, so after
 /// the lock is granted.
-const CLOCK_SQL: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+pub(super) const CLOCK_SQL: &str = "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 const INSERT_SQL: &str = concat!(
     "INSERT INTO ferry_leases (name, owner, machine, incarnation, epoch, state, expires_at, \

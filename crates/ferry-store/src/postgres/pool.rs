@@ -192,6 +192,7 @@ impl Pool {
     /// so a process started after a split learns the latest timeline before it uses any
     /// host, instead of taking a former primary listed first for the primary.
     async fn connect_any(&self) -> Result<Conn, Failure> {
+        let mut failures = Failures::default();
         if self.configs.len() > 1 && !self.authorities.has_seen() {
             let all = futures_util::future::join_all(self.configs.iter().map(|c| self.connect_one(c))).await;
             for made in all.iter().flatten() {
@@ -199,32 +200,26 @@ impl Pool {
                 // in the loop below.
                 let _ = self.authorities.admit(&made.identity);
             }
-            let mut last = Failure::PoolClosed;
-            let mut stale = None;
             for made in all {
-                match made.and_then(|conn| self.authorities.admit(&conn.identity).map(|()| conn)) {
+                match made.and_then(|conn| self.admit(conn)) {
                     Ok(conn) => return Ok(conn),
-                    Err(failure @ Failure::Stale { .. }) => stale = Some(failure),
-                    Err(failure) => last = failure,
+                    Err(failure) => failures.note(failure),
                 }
             }
-            return Err(stale.unwrap_or(last));
+            return Err(failures.into_failure());
         }
-        let mut last = Failure::PoolClosed;
-        let mut stale = None;
         for config in &self.configs {
-            let made = async {
-                let conn = self.connect_one(config).await?;
-                self.authorities.admit(&conn.identity)?;
-                Ok::<_, Failure>(conn)
-            };
-            match made.await {
+            match self.connect_one(config).await.and_then(|conn| self.admit(conn)) {
                 Ok(conn) => return Ok(conn),
-                Err(failure @ Failure::Stale { .. }) => stale = Some(failure),
-                Err(failure) => last = failure,
+                Err(failure) => failures.note(failure),
             }
         }
-        Err(stale.unwrap_or(last))
+        Err(failures.into_failure())
+    }
+
+    /// The connection, unless its server is a former primary.
+    fn admit(&self, conn: Conn) -> Result<Conn, Failure> {
+        self.authorities.admit(&conn.identity).map(|()| conn)
     }
 
     /// A connection to one host, its session set up and its server identified.
@@ -233,6 +228,27 @@ impl Pool {
         client.batch_execute(&self.session_sql).await?;
         let identity = authority::identify(&client).await?;
         Ok(Conn { client, identity, schema_checked: false })
+    }
+}
+
+/// What a connection attempt over several hosts failed with: the last failure, unless a
+/// former primary refused, the one the operator must act on.
+#[derive(Default)]
+struct Failures {
+    last: Option<Failure>,
+    stale: Option<Failure>,
+}
+
+impl Failures {
+    fn note(&mut self, failure: Failure) {
+        match failure {
+            Failure::Stale { .. } => self.stale = Some(failure),
+            other => self.last = Some(other),
+        }
+    }
+
+    fn into_failure(self) -> Failure {
+        self.stale.or(self.last).unwrap_or(Failure::PoolClosed)
     }
 }
 

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use ferry_api::EventKind;
+use ferry_core::Epoch;
 use ferry_testkit::{DomainSpec, LabDomain};
 
 use super::{assert_ending, client_on, count, events, status_of, wait_event, wait_running_anywhere, Ending};
@@ -20,6 +21,21 @@ const PERIODS: u32 = 3;
 const GRACE_MS: u64 = 500;
 const TTL_MS: u64 = INTERVAL_MS * PERIODS as u64;
 
+/// Figure 7-1 on lab hosts with its lease table on a primary and a synchronous standby whose
+/// clock is off by `standby_clock`: both servers running, a client on each, and their epochs.
+async fn started_on_a_pair(standby_clock: &str) -> Option<(LabDomain, [Option<Epoch>; 2])> {
+    let spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
+    let mut d = LabDomain::start_ha(spec, exe(), None, Some(standby_clock)).await.expect("the lab domain starts")?;
+    let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    d.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
+    client_on(&mut d, "ms1").await;
+    client_on(&mut d, "ms2").await;
+    let epochs = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
+    Some((d, epochs))
+}
+
 /// The servers keep their leases through the promotion (no fence, no migration, the same
 /// instance answering all along, though the new primary's clock is 3 s ahead), and the old
 /// primary that comes back is never written to: the daemons, reconnecting, pass it over for
@@ -27,17 +43,7 @@ const TTL_MS: u64 = INTERVAL_MS * PERIODS as u64;
 #[tokio::test]
 async fn a_database_failover_keeps_every_server_and_the_old_primary_is_never_written_to() {
     let _g = SERIAL.lock().await;
-    let spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
-    let Some(mut d) = LabDomain::start_ha(spec, exe(), None, Some("+3s")).await.expect("the lab domain starts") else {
-        return;
-    };
-    let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    d.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
-    d.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
-    client_on(&mut d, "ms1").await;
-    client_on(&mut d, "ms2").await;
-    let before = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
+    let Some((mut d, before)) = started_on_a_pair("+3s").await else { return };
 
     // The primary dies; the standby, its clock 3 s ahead, is promoted.
     d.pg.stop().expect("kill the primary");
@@ -92,17 +98,7 @@ async fn a_database_failover_keeps_every_server_and_the_old_primary_is_never_wri
 #[tokio::test]
 async fn a_promotion_slower_than_a_lease_fences_cleanly_and_the_domain_returns() {
     let _g = SERIAL.lock().await;
-    let spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
-    let Some(mut d) = LabDomain::start_ha(spec, exe(), None, Some("-3s")).await.expect("the lab domain starts") else {
-        return;
-    };
-    let out = d.cli(&["start-cluster", "cluster-1", "--wait"]).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    d.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
-    d.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
-    client_on(&mut d, "ms1").await;
-    client_on(&mut d, "ms2").await;
-    let before = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
+    let Some((mut d, before)) = started_on_a_pair("-3s").await else { return };
 
     d.pg.stop().expect("kill the primary");
     // Both fence themselves while nothing is writable.
