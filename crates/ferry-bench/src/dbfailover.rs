@@ -188,16 +188,12 @@ async fn one(
 }
 
 async fn wait_all_running(h: &Harness, n: usize, patience: Duration) -> anyhow::Result<()> {
-    let until = clock::now() + patience;
-    loop {
-        if let Ok(l) = h.status().await {
-            if l.len() == n && l.iter().all(|s| s.state == ViewState::Running) {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(clock::now() < until, "not every server RUNNING within {patience:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (ok, _) = crate::scale::poll_status(h, patience, Duration::from_millis(100), |l| {
+        l.len() == n && l.iter().all(|s| s.state == ViewState::Running)
+    })
+    .await;
+    anyhow::ensure!(ok, "not every server RUNNING within {patience:?}");
+    Ok(())
 }
 
 /// Reads every server lease's `renewed_at` every 20 ms from whichever host is the primary,

@@ -394,7 +394,7 @@ async fn measure(h: &Harness, r: &mut ScaleRun, a: &ScaleArgs, t: Timings) -> an
 
 /// Polls the status every `every` until `done` holds or `patience` runs out; gives whether it
 /// held and the last status read.
-async fn poll_status(
+pub(crate) async fn poll_status(
     h: &Harness,
     patience: Duration,
     every: Duration,
