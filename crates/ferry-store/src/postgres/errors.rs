@@ -31,6 +31,8 @@ pub(super) struct Names {
 pub(super) enum Failure {
     /// Making a connection failed.
     Connect(tokio_postgres::Error),
+    /// A host took the connection but had not answered within the connect timeout.
+    ConnectTimeout { after_ms: u128 },
     Sql(tokio_postgres::Error),
     Corrupt(CorruptRow),
     Schema(SchemaProblem),
@@ -69,7 +71,7 @@ impl Failure {
                 Some(c) => is_failover_state(c),
                 None => e.is_closed() || is_transport(e),
             },
-            Failure::Stale { .. } => true,
+            Failure::Stale { .. } | Failure::ConnectTimeout { .. } => true,
             _ => false,
         }
     }
@@ -96,6 +98,9 @@ impl Failure {
             Failure::Corrupt(e) => unavailable(PgProblem::Corrupt(e)),
             Failure::Busy(name) => unavailable(PgProblem::Busy { name }),
             Failure::PoolClosed => unavailable(PgProblem::PoolClosed),
+            Failure::ConnectTimeout { after_ms } => {
+                unavailable(PgProblem::Unanswered { target: names.target.clone(), after_ms })
+            }
             Failure::Stale { found, seen } => {
                 unavailable(PgProblem::Stale { target: names.target.clone(), found, seen })
             }
@@ -320,6 +325,12 @@ pub(super) enum PgProblem {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error(
+        "no PostgreSQL server at {target} answered within {after_ms} ms of being connected to; \
+         check that it runs and is not stopped or overloaded, or raise connect_timeout in the \
+         data source"
+    )]
+    Unanswered { target: String, after_ms: u128 },
     #[error("lost the connection to the PostgreSQL server at {target}")]
     Lost {
         target: String,

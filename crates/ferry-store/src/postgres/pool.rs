@@ -5,10 +5,13 @@
 //! `synchronous_commit` on (rules 7 and 8), and closed rather than reused after any call
 //! that did not end cleanly.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -24,6 +27,10 @@ use crate::Result;
 /// [`Pool::lend`]).
 const BACKGROUND_CONNECT_MIN: Duration = Duration::from_secs(1);
 const BACKGROUND_CONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// Bounds of the head start one host gets before the next is asked too (half a call).
+const HEAD_START_MIN: Duration = Duration::from_millis(50);
+const HEAD_START_MAX: Duration = Duration::from_secs(1);
 
 /// How connections are made (`tls.rs` decides which).
 #[derive(Clone)]
@@ -64,6 +71,14 @@ pub(super) struct Pool {
     /// than a call's (see [`Pool::lend`]); one config per host of the data source, tried in
     /// its order ([`config::per_host`]).
     configs: Vec<Config>,
+    /// The bound on making one connection, from the TCP connect to the server identified
+    /// (tokio-postgres bounds the TCP connect only).
+    connect_timeout: Duration,
+    /// How long an unanswered host is waited for before the next is asked as well, and, at
+    /// first contact, how long the other hosts may still answer once one primary has.
+    head_start: Duration,
+    /// The host of the last connection made (`usize::MAX`: none yet), asked first.
+    preferred: AtomicUsize,
     pub(super) transport: Transport,
     /// Run once on each new connection (rule 7 and 8 settings).
     session_sql: String,
@@ -123,6 +138,9 @@ impl Pool {
         let size = options.pool_size.max(1);
         Ok(Pool {
             configs: config::per_host(&config),
+            connect_timeout,
+            head_start: (options.call_timeout / 2).clamp(HEAD_START_MIN, HEAD_START_MAX),
+            preferred: AtomicUsize::new(usize::MAX),
             transport,
             session_sql,
             idle: Mutex::new(Vec::new()),
@@ -183,38 +201,74 @@ impl Pool {
         Ok(Lent { conn: Some(conn), pool: Arc::clone(self), _slot: slot })
     }
 
-    /// A new connection to the first host, in the data source's order, that accepts one as
-    /// the data source asks (`target_session_attrs`), is a primary (a standby is never used,
-    /// not even for reads) and is not a former primary (rule 11); else the last failure, or
-    /// a former primary's refusal if there was one (the one the operator must act on).
+    /// A new connection to a host that accepts one as the data source asks
+    /// (`target_session_attrs`), is a primary (a standby is never used, not even for reads)
+    /// and is not a former primary (rule 11); else the last failure, or a former primary's
+    /// refusal if there was one (the one the operator must act on).
     ///
-    /// The first time (this process has seen no server yet) every host is asked at once,
-    /// so a process started after a split learns the latest timeline before it uses any
-    /// host, instead of taking a former primary listed first for the primary.
+    /// The host of the last connection is asked first, then the others in the data source's
+    /// order, each after the one before failed or had [`Pool::head_start`] without an
+    /// answer: a host that accepts TCP and never answers delays a connection by a head
+    /// start, not a connect timeout. The first time (this process has seen no server yet)
+    /// every host is asked at once and the answers within a head start of the first primary
+    /// are compared, so a process started after a split learns the latest timeline before
+    /// it uses any host, instead of taking a former primary listed first for the primary.
     async fn connect_any(&self) -> Result<Conn, Failure> {
+        let first_contact = self.configs.len() > 1 && !self.authorities.has_seen();
+        let preferred = self.preferred.load(Ordering::Relaxed);
+        let mut order: Vec<usize> = (0..self.configs.len()).collect();
+        if let Some(at) = order.iter().position(|&i| i == preferred) {
+            order[..=at].rotate_right(1);
+        }
+        let mut waiting = order.into_iter();
+        let mut asked = FuturesUnordered::new();
+        let mut answered: Vec<(usize, Conn)> = Vec::new();
         let mut failures = Failures::default();
-        if self.configs.len() > 1 && !self.authorities.has_seen() {
-            let all = futures_util::future::join_all(self.configs.iter().map(|c| self.connect_one(c))).await;
-            for made in all.iter().flatten() {
-                // Only the latest timeline of each system is admitted; the rest are refused
-                // in the loop below.
-                let _ = self.authorities.admit(&made.identity);
-            }
-            for made in all {
-                match made.and_then(|conn| self.admit(conn)) {
-                    Ok(conn) => return Ok(conn),
-                    Err(failure) => failures.note(failure),
+        let mut settled_at: Option<Instant> = None;
+        let mut next_at = Instant::now();
+        loop {
+            if asked.is_empty() || first_contact || Instant::now() >= next_at {
+                if let Some(host) = waiting.next() {
+                    asked.push(async move { (host, self.connect_one(&self.configs[host]).await) });
+                    next_at = Instant::now() + self.head_start;
+                    continue;
                 }
             }
-            return Err(failures.into_failure());
+            if asked.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((host, made)) = asked.next() => match made {
+                    // At first contact every answer is compared below: only the latest
+                    // timeline of each system is admitted.
+                    Ok(conn) if first_contact => {
+                        let _ = self.authorities.admit(&conn.identity);
+                        answered.push((host, conn));
+                        settled_at.get_or_insert(Instant::now() + self.head_start);
+                    }
+                    Ok(conn) => match self.admit(conn) {
+                        Ok(conn) => return Ok(self.chosen(host, conn)),
+                        Err(failure) => failures.note(failure),
+                    },
+                    Err(failure) => failures.note(failure),
+                },
+                () = tokio::time::sleep_until(next_at), if waiting.len() > 0 && !first_contact => {}
+                () = tokio::time::sleep_until(settled_at.unwrap_or(next_at)), if settled_at.is_some() => break,
+            }
         }
-        for config in &self.configs {
-            match self.connect_one(config).await.and_then(|conn| self.admit(conn)) {
-                Ok(conn) => return Ok(conn),
+        answered.sort_by_key(|(host, _)| *host);
+        for (host, conn) in answered {
+            match self.admit(conn) {
+                Ok(conn) => return Ok(self.chosen(host, conn)),
                 Err(failure) => failures.note(failure),
             }
         }
         Err(failures.into_failure())
+    }
+
+    fn chosen(&self, host: usize, conn: Conn) -> Conn {
+        self.preferred.store(host, Ordering::Relaxed);
+        conn
     }
 
     /// The connection, unless its server is a former primary.
@@ -224,10 +278,13 @@ impl Pool {
 
     /// A connection to one host, its session set up and its server identified.
     async fn connect_one(&self, config: &Config) -> Result<Conn, Failure> {
-        let client = self.transport.connect(config).await.map_err(Failure::Connect)?;
-        client.batch_execute(&self.session_sql).await?;
-        let identity = authority::identify(&client).await?;
-        Ok(Conn { client, identity, schema_checked: false })
+        let connect = async {
+            let client = self.transport.connect(config).await.map_err(Failure::Connect)?;
+            client.batch_execute(&self.session_sql).await?;
+            let identity = authority::identify(&client).await?;
+            Ok(Conn { client, identity, schema_checked: false })
+        };
+        tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| Failure::ConnectTimeout { after_ms: self.connect_timeout.as_millis() })?
     }
 }
 

@@ -307,3 +307,89 @@ async fn a_primary_without_a_synchronous_standby_is_warned_about() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A host that accepts TCP connections and then says nothing (a stopped postmaster, a
+/// network that drops replies after the handshake) is passed over: at first contact the
+/// other hosts decide, and later a silent preferred host costs a short head start, not a
+/// connect timeout, before the next host is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_accepts_and_never_answers_is_passed_over() {
+    let pg = pg_server!();
+    let call = Duration::from_secs(1);
+    // First contact, the silent host listed first.
+    let silent = Relay::start(0).await;
+    silent.go_silent();
+    let data_source = |relay: &Relay| {
+        format!("postgres://{}@127.0.0.1:{},127.0.0.1:{}/ferry", ferry_testkit::SUPERUSER, relay.port, pg.port())
+    };
+    let store = PostgresStore::open_and_init(&data_source(&silent), call).await.expect("open past a silent host");
+    store.acquire(&short("s1", "a")).await.expect("acquire past a silent host");
+
+    // A relay to the same server, listed first, so it is the one used; then it goes
+    // silent, dropping the connections it carried.
+    let relay = Relay::start(pg.port()).await;
+    let store = PostgresStore::open(&data_source(&relay), call).await.expect("open");
+    let lease = store.acquire(&short("s2", "b")).await.expect("acquire through the relay");
+    assert!(relay.carried() > 0, "the first host listed is not the one used");
+    relay.go_silent();
+    // The connect timeout of a new connection is 10 s here: renewing again well before it
+    // shows the silent host was not waited for.
+    let since = Instant::now();
+    let holder = Incarnation("b".into());
+    while store.renew(&lease.name, &holder, lease.epoch, TTL).await.is_err() {
+        assert!(since.elapsed() < Duration::from_secs(5), "waited for the silent host");
+    }
+}
+
+/// A TCP relay to a local port that can be made to accept connections and never answer
+/// (port 0: silent from the start).
+struct Relay {
+    port: u16,
+    state: std::sync::Arc<std::sync::Mutex<RelayState>>,
+}
+
+#[derive(Default)]
+struct RelayState {
+    silent: bool,
+    carried: usize,
+    relaying: Vec<tokio::task::JoinHandle<()>>,
+    held: Vec<tokio::net::TcpStream>,
+}
+
+impl Relay {
+    async fn start(target: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(RelayState::default()));
+        let shared = std::sync::Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut s = shared.lock().expect("relay state");
+                if s.silent || target == 0 {
+                    s.held.push(inbound);
+                    continue;
+                }
+                s.carried += 1;
+                s.relaying.push(tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                }));
+            }
+        });
+        Relay { port, state }
+    }
+
+    fn carried(&self) -> usize {
+        self.state.lock().expect("relay state").carried
+    }
+
+    /// From now on: accept, never answer; the connections relayed so far are cut.
+    fn go_silent(&self) {
+        let mut s = self.state.lock().expect("relay state");
+        s.silent = true;
+        for task in s.relaying.drain(..) {
+            task.abort();
+        }
+    }
+}

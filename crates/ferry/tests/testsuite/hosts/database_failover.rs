@@ -3,8 +3,9 @@
 //! standby's clock 3 s ahead (libfaketime), the data source listing both with
 //! `target_session_attrs=read-write`. The primary is killed and the standby promoted; then
 //! the old primary comes back, writable and first in the data source, while every
-//! connection to the new primary is cut. And a promotion slower than a lease, to a standby
-//! whose clock is behind: every server fences, then returns unaided.
+//! connection to the new primary is cut. The same prompt promotion to a standby whose clock
+//! is behind. And a promotion slower than a lease, to a standby whose clock is behind: every
+//! server fences, then returns unaided.
 
 use std::time::Duration;
 
@@ -44,13 +45,7 @@ async fn started_on_a_pair(standby_clock: &str) -> Option<(LabDomain, [Option<Ep
 async fn a_database_failover_keeps_every_server_and_the_old_primary_is_never_written_to() {
     let _g = SERIAL.lock().await;
     let Some((mut d, before)) = started_on_a_pair("+3s").await else { return };
-
-    // The primary dies; the standby, its clock 3 s ahead, is promoted.
-    d.pg.stop().expect("kill the primary");
-    d.standby.as_ref().expect("a standby").promote().expect("promote the standby");
-    tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
-    let after = [status_of(&d, "ms1").await.epoch, status_of(&d, "ms2").await.epoch];
-    assert_eq!(before, after, "a server was restarted across the database failover");
+    promptly_promoted(&mut d, before).await;
 
     // The old primary comes back, writable, on timeline 1; every connection to the new
     // primary is cut, so every daemon connects again, trying the old primary first.
@@ -89,6 +84,40 @@ async fn a_database_failover_keeps_every_server_and_the_old_primary_is_never_wri
         },
     )
     .await;
+}
+
+/// The same prompt promotion to a standby whose clock is 3 s behind: nothing expires early
+/// or late enough to matter, every server keeps its lease and its instance.
+#[tokio::test]
+async fn a_prompt_promotion_to_a_standby_whose_clock_is_behind_keeps_every_server() {
+    let _g = SERIAL.lock().await;
+    let Some((mut d, before)) = started_on_a_pair("-3s").await else { return };
+    promptly_promoted(&mut d, before).await;
+    let ev = events(&d).await;
+    for s in ["ms1", "ms2"] {
+        assert_eq!(count(&ev, EventKind::Fenced, s), 0, "{s} fenced");
+    }
+    assert_ending(
+        &d,
+        Ending {
+            what: "database failover, clock behind",
+            clients: &["ms1", "ms2"],
+            one_instance: &["ms1", "ms2"],
+            no_events: &[EventKind::Migrate, EventKind::Fenced],
+            ..Ending::default()
+        },
+    )
+    .await;
+}
+
+/// Kills the primary and promotes the standby at once; three TTLs later every server still
+/// runs under the epoch it had `before`.
+async fn promptly_promoted(d: &mut LabDomain, before: [Option<Epoch>; 2]) {
+    d.pg.stop().expect("kill the primary");
+    d.standby.as_ref().expect("a standby").promote().expect("promote the standby");
+    tokio::time::sleep(Duration::from_millis(3 * TTL_MS)).await;
+    let after = [status_of(d, "ms1").await.epoch, status_of(d, "ms2").await.epoch];
+    assert_eq!(before, after, "a server was restarted across the database failover");
 }
 
 /// A promotion slower than a lease, to a standby whose clock is 3 s behind: every server
