@@ -248,11 +248,22 @@ pub async fn open_and_init(data_source: &str, call_timeout: Duration) -> Result<
     })
 }
 
-/// `ferry leasing init --data-source URL`: creates the lease table if absent (idempotent);
-/// fails with `Schema` if a table of another version is there.
-pub async fn init(data_source: &str) -> Result<()> {
+/// What `init` found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    /// The lease table is there at this build's version (created now, or already).
+    Ready,
+    /// The table was at an older version and was upgraded in place, every lease kept: a
+    /// ferry that reads only the older version refuses it from now on.
+    Upgraded { from: i64, to: i64 },
+}
+
+/// `ferry leasing init --data-source URL`: creates the lease table if absent (idempotent),
+/// upgrades an older version that this build upgrades in place; fails with `Schema` if a
+/// table of another version is there.
+pub async fn init(data_source: &str) -> Result<Prepared> {
     match open_backend(data_source, ADMIN_CALL_TIMEOUT).await? {
-        Opened::Sqlite(store) => store.init().await,
+        Opened::Sqlite(store) => store.init().await.map(|()| Prepared::Ready),
         Opened::Postgres(store) => store.init().await,
     }
 }

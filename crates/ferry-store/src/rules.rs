@@ -242,8 +242,6 @@ pub(crate) enum SchemaProblem {
     NoVersion,
     /// Another version than the one this build reads.
     Version(i64),
-    /// An older version that `init` upgrades in place.
-    Upgradable(i64),
     /// More than one row.
     Several,
 }
@@ -300,10 +298,6 @@ impl SchemaProblem {
                  {expected}; use a ferry that reads version {found}, or stop every \
                  server and run `ferry leasing reset --data-source {data_source}` (forgets \
                  every lease)"
-            ),
-            SchemaProblem::Upgradable(found) => format!(
-                "the lease table has schema version {found}, which this ferry upgrades to \
-                 version {expected} in place (it adds a table; every lease is kept); {init}"
             ),
             SchemaProblem::Several => format!(
                 "ferry_schema holds several versions; stop every server and run \

@@ -123,17 +123,21 @@ pub fn main() -> i32 {
             let shown = ferry_core::domain::redact_url(&ds);
             let r = rt.block_on(async {
                 if reset {
-                    ferry_store::reset(&ds).await
+                    ferry_store::reset(&ds).await.map(|()| ferry_store::Prepared::Ready)
                 } else {
                     ferry_store::init(&ds).await
                 }
             });
             match r {
-                Ok(()) => {
-                    outln!(
-                        "lease table at {shown} {}",
-                        if reset { "re-created (every lease was dropped)" } else { "is ready" }
-                    );
+                Ok(prepared) => {
+                    match prepared {
+                        _ if reset => outln!("lease table at {shown} re-created (every lease was dropped)"),
+                        ferry_store::Prepared::Ready => outln!("lease table at {shown} is ready"),
+                        ferry_store::Prepared::Upgraded { from, to } => outln!(
+                            "lease table at {shown} upgraded from schema version {from} to {to}, every \
+                             lease kept; a ferry older than this one refuses it from now on"
+                        ),
+                    }
                     match rt.block_on(ferry_store::durability_warning(&ds)) {
                         Ok(None) => {}
                         Ok(Some(warning)) => errln!("warning: {warning}"),

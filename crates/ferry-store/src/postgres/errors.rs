@@ -32,7 +32,9 @@ pub(super) enum Failure {
     /// Making a connection failed.
     Connect(tokio_postgres::Error),
     /// A host took the connection but had not answered within the connect timeout.
-    ConnectTimeout { after_ms: u128 },
+    ConnectTimeout {
+        after_ms: u128,
+    },
     Sql(tokio_postgres::Error),
     Corrupt(CorruptRow),
     Schema(SchemaProblem),

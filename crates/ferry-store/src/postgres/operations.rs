@@ -16,7 +16,7 @@ use super::errors::Failure;
 use super::pool::Check;
 use super::{PostgresStore, SCHEMA_SQL, SCHEMA_VERSION};
 use crate::rules::{self, CorruptRow, Refusal, Row, Take, Version};
-use crate::{AcquireRequest, LeaseStore, Renewal, Result, Scan, ScanCursor, StoreError};
+use crate::{AcquireRequest, LeaseStore, Prepared, Renewal, Result, Scan, ScanCursor, StoreError};
 
 /// Serialises `init` and `reset` across processes: `CREATE TABLE IF NOT EXISTS` is not safe
 /// against itself in PostgreSQL. The bytes spell "ferrylse".
@@ -156,27 +156,29 @@ pub const NEXT_EXPIRY_SQL: &str = concat!(
 );
 
 impl PostgresStore {
-    /// Creates the lease table if it is absent (idempotent, safe to run concurrently).
-    /// Fails with `Schema` if a table of another version is there, without touching it.
-    pub async fn init(&self) -> Result<()> {
+    /// Creates the lease table if it is absent (idempotent, safe to run concurrently), or
+    /// upgrades a version-1 table in place. Fails with `Schema` if a table of another
+    /// version is there, without touching it.
+    pub async fn init(&self) -> Result<Prepared> {
         self.call(async {
             let conn = self.pool.lend(Check::Nothing).await?;
             let result = async {
                 let c = conn.client()?;
                 c.batch_execute(&format!("{BEGIN_SQL}; SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")).await?;
-                match read_version(c).await? {
+                let prepared = match read_version(c).await? {
                     // Version 1 lacks only `ferry_authority`: the DDL upgrades it in place.
-                    Version::Is(1) => {}
+                    Version::Is(1) => Prepared::Upgraded { from: 1, to: SCHEMA_VERSION },
                     version => {
                         if let Err(problem) = version.check_init(SCHEMA_VERSION) {
                             c.batch_execute("ROLLBACK").await?;
                             return Err(Failure::Schema(problem));
                         }
+                        Prepared::Ready
                     }
-                }
+                };
                 c.batch_execute(SCHEMA_SQL).await?;
                 c.batch_execute("COMMIT").await?;
-                Ok(())
+                Ok(prepared)
             }
             .await;
             conn.finish_creating(result)

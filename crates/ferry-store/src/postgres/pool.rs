@@ -5,7 +5,7 @@
 //! `synchronous_commit` on (rules 7 and 8), and closed rather than reused after any call
 //! that did not end cleanly.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use super::config::{self, DataSource, PostgresOptions};
 use super::errors::{Failure, Names};
 use super::operations::read_version;
 use super::SCHEMA_VERSION;
-use crate::rules::{SchemaProblem, Version};
+use crate::rules::Version;
 use crate::Result;
 
 /// Bounds of the connect timeout of a new connection (made in the background, see
@@ -90,6 +90,7 @@ pub(super) struct Pool {
     pub(super) unverified: bool,
     /// The servers seen behind the data source (rule 11).
     authorities: Authorities,
+    warned_version_1: AtomicBool,
 }
 
 struct Conn {
@@ -149,7 +150,21 @@ impl Pool {
             names,
             unverified,
             authorities: Authorities::default(),
+            warned_version_1: AtomicBool::new(false),
         })
+    }
+
+    /// Once per store: a version-1 table is used as it is, without rule 11.
+    fn warn_version_1(&self) {
+        if !self.warned_version_1.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                data_source = %self.names.data_source,
+                "the lease table has schema version 1: it is used as it is, but a database \
+                 failover is not noticed (DESIGN §3 rule 11: a new primary whose clock is ahead \
+                 may expire every lease at once); once every ferry daemon of the domain runs \
+                 this version, run `ferry leasing init` to upgrade it in place (every lease is kept)"
+            );
+        }
     }
 
     /// How many hosts the data source lists.
@@ -192,10 +207,14 @@ impl Pool {
         };
         if check == Check::Schema && !conn.schema_checked {
             match read_version(&conn.client).await? {
-                Version::Is(1) => return Err(Failure::Schema(SchemaProblem::Upgradable(1))),
-                version => version.check(SCHEMA_VERSION).map_err(Failure::Schema)?,
+                // A rolling upgrade: the daemons already run this version, the table is
+                // upgraded once all of them do (version 1 lacks only `ferry_authority`).
+                Version::Is(1) => self.warn_version_1(),
+                version => {
+                    version.check(SCHEMA_VERSION).map_err(Failure::Schema)?;
+                    authority::check(&conn.client, &conn.identity).await?;
+                }
             }
-            authority::check(&conn.client, &conn.identity).await?;
             conn.schema_checked = true;
         }
         Ok(Lent { conn: Some(conn), pool: Arc::clone(self), _slot: slot })
@@ -284,7 +303,9 @@ impl Pool {
             let identity = authority::identify(&client).await?;
             Ok(Conn { client, identity, schema_checked: false })
         };
-        tokio::time::timeout(self.connect_timeout, connect).await.map_err(|_| Failure::ConnectTimeout { after_ms: self.connect_timeout.as_millis() })?
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| Failure::ConnectTimeout { after_ms: self.connect_timeout.as_millis() })?
     }
 }
 
@@ -341,7 +362,7 @@ impl Lent {
 
     /// `finish` for `init` and `reset`: the connection is kept after success (its first
     /// lease call then checks the schema and the authority, rule 11).
-    pub(super) fn finish_creating(self, result: Result<(), Failure>) -> Result<(), Failure> {
+    pub(super) fn finish_creating<T>(self, result: Result<T, Failure>) -> Result<T, Failure> {
         if result.is_ok() {
             self.give_back();
         }

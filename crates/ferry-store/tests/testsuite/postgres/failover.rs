@@ -1,6 +1,6 @@
 //! The lease table across a database failover (DESIGN §3 rules 8 and 11): a new authority
 //! restarts the lease clocks (also when only recorded as changed: the rule's own test),
-//! version-1 tables are upgraded, and with real streaming replication (a primary and a
+//! version-1 tables are used as they are and upgraded in place, and with real streaming replication (a primary and a
 //! `pg_basebackup` standby whose clock is off by seconds under libfaketime) a promotion keeps
 //! every lease, loses no acknowledged epoch, and a former primary that comes back is never
 //! written to.
@@ -82,23 +82,30 @@ async fn a_new_authority_restarts_the_lease_clocks() {
     assert!(renewed.is_ok(), "{renewed:?}");
 }
 
+/// A rolling upgrade from schema version 1: this version renews on a version-1 table as it
+/// is (so daemons can be upgraded one at a time while older ones still use it), records no
+/// authority there, and `ferry leasing init` then upgrades it in place, keeping every lease.
 #[tokio::test]
-async fn a_version_1_table_is_upgraded_in_place() {
+async fn a_version_1_table_is_used_as_it_is_and_upgraded_in_place() {
     let pg = pg_server!();
     let store = open_and_init(&pg.url()).await;
-    store.acquire(&request(&server("ms1"), "m", "a")).await.expect("acquire");
+    let lease = store.acquire(&request(&server("ms1"), "m", "a")).await.expect("acquire");
     pg.execute("DROP TABLE ferry_authority; UPDATE ferry_schema SET version = 1").await.expect("make it version 1");
     let old = PostgresStore::open(&pg.url(), Duration::from_secs(10)).await.expect("open");
-    let refused = old.get(&server("ms1")).await;
-    assert!(
-        matches!(&refused, Err(StoreError::Schema { detail, .. }) if detail.contains("leasing init")),
-        "{refused:?}"
-    );
+    let holder = Incarnation("a".into());
+    old.renew(&lease.name, &holder, lease.epoch, TTL).await.expect("renew on a version-1 table");
+    old.acquire(&short("ms2", "b")).await.expect("acquire on a version-1 table");
+    let tables: i64 = query_one(&pg, "SELECT count(*) FROM pg_tables WHERE tablename = 'ferry_authority'").await;
+    assert_eq!(tables, 0, "a lease call changed a version-1 table");
     old.init().await.expect("init upgrades");
     let version: i32 = query_one(&pg, "SELECT version FROM ferry_schema").await;
     assert_eq!(version, 2);
     let kept = old.get(&server("ms1")).await.expect("get").expect("the lease survives the upgrade");
     assert_eq!(kept.epoch, Epoch(1));
+    let upgraded = PostgresStore::open(&pg.url(), Duration::from_secs(10)).await.expect("open");
+    upgraded.renew(&lease.name, &holder, lease.epoch, TTL).await.expect("renew after the upgrade");
+    let recorded: i64 = query_one(&pg, "SELECT count(*) FROM ferry_authority").await;
+    assert_eq!(recorded, 1, "the upgraded table records its server");
 }
 
 /// Twenty holders renewing every 250 ms through the documented multi-host data source; the

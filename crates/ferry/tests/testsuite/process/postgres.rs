@@ -117,3 +117,42 @@ async fn misconfigured_postgres_gets_clear_errors_and_no_crash() {
         assert!(!log.contains("s3cret-pw") && !log.contains("wrong-pw"), "a password leaked into the log");
     }
 }
+
+/// A rolling upgrade from a lease table of schema version 1: this ferry runs the domain on
+/// it as it is, and `ferry leasing init` upgrades it under the running servers, which keep
+/// their leases and instances.
+#[tokio::test]
+async fn a_version_1_lease_table_is_upgraded_under_running_servers() {
+    let _g = SERIAL.lock().await;
+    let Some(pg) = tokio::task::spawn_blocking(ferry_testkit::PgServer::start_or_skip).await.unwrap() else {
+        return;
+    };
+    let url = pg.url();
+    let init = {
+        let url = url.clone();
+        move || std::process::Command::new(exe()).args(["leasing", "init", "--data-source", &url]).output().unwrap()
+    };
+    let out = init();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pg.execute("DROP TABLE ferry_authority; UPDATE ferry_schema SET version = 1").await.expect("make it version 1");
+    let mut spec = spec();
+    spec.data_source = Some(url.clone());
+    let h = Harness::start(spec, exe(), None).await.expect("domain starts");
+    h.admin().start_cluster("cluster-1").await.unwrap();
+    let ms1 = h.wait_running("ms1", "machine-b", 0, PATIENCE).await.unwrap();
+    let ms2 = h.wait_running("ms2", "machine-c", 0, PATIENCE).await.unwrap();
+
+    let out = tokio::task::spawn_blocking(init.clone()).await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("upgraded from schema version 1 to 2"), "{said}");
+    // Three leases' worth of renewals on the upgraded table.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let now = h.admin().servers().await.unwrap();
+    for before in [ms1, ms2] {
+        let now = now.iter().find(|s| s.name == before.name).expect("listed");
+        assert_eq!((now.state, now.epoch), (before.state, before.epoch), "{} was restarted", before.name);
+    }
+    let ev = events(&h).await;
+    assert!(!ev.iter().any(|e| e.kind == EventKind::Fenced), "a server fenced itself: {ev:?}");
+    assert_safe(&h).await;
+}
