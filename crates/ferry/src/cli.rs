@@ -121,6 +121,15 @@ pub fn main() -> i32 {
                 LeasingAction::Reset { data_source } => (data_source.clone(), true),
             };
             let shown = ferry_core::domain::redact_url(&ds);
+            // Before anything is written: a primary whose commits wait for a synchronous
+            // standby that is not there makes init (and every lease write) wait too.
+            if !reset {
+                match rt.block_on(ferry_store::durability_warning(&ds)) {
+                    Ok(None) => {}
+                    Ok(Some(warning)) => errln!("warning: {warning}"),
+                    Err(e) => errln!("warning: cannot check the database's replication: {e}"),
+                }
+            }
             let r = rt.block_on(async {
                 if reset {
                     ferry_store::reset(&ds).await.map(|()| ferry_store::Prepared::Ready)
@@ -137,11 +146,6 @@ pub fn main() -> i32 {
                             "lease table at {shown} upgraded from schema version {from} to {to}, every \
                              lease kept; a ferry older than this one refuses it from now on"
                         ),
-                    }
-                    match rt.block_on(ferry_store::durability_warning(&ds)) {
-                        Ok(None) => {}
-                        Ok(Some(warning)) => errln!("warning: {warning}"),
-                        Err(e) => errln!("warning: cannot check the database's replication: {e}"),
                     }
                     0
                 }

@@ -156,3 +156,33 @@ async fn a_version_1_lease_table_is_upgraded_under_running_servers() {
     assert!(!ev.iter().any(|e| e.kind == EventKind::Fenced), "a server fenced itself: {ev:?}");
     assert_safe(&h).await;
 }
+
+/// A primary whose commits wait for a synchronous standby that is not connected makes every
+/// lease write wait: `ferry leasing init` says so before it writes (and waits), not only a
+/// timeout half a minute later.
+#[tokio::test]
+async fn leasing_init_warns_of_a_missing_synchronous_standby_before_it_waits() {
+    let _g = SERIAL.lock().await;
+    let Some(mut pair) = ferry_testkit::PgPair::start_or_skip(None).await else {
+        return;
+    };
+    let stopped = tokio::task::spawn_blocking(move || {
+        pair.standby.stop().expect("stop the standby");
+        pair
+    });
+    let pair = stopped.await.unwrap();
+    let mut init = tokio::process::Command::new(exe())
+        .args(["leasing", "init", "--data-source", &pair.url()])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = init.stderr.take().expect("stderr");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    let Ok(Ok(Some(line))) = first else {
+        panic!("ferry leasing init said nothing within 10 s (its call waits 30 s): {first:?}");
+    };
+    assert!(line.contains("no synchronous standby is connected"), "{line}");
+    let _ = init.kill().await;
+}
