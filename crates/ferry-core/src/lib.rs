@@ -12,6 +12,7 @@ pub mod event;
 pub mod health;
 pub mod ids;
 pub mod keeper;
+pub mod leadership;
 pub mod lease;
 pub mod master;
 pub mod nodeman;

@@ -16,7 +16,7 @@ use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 
 pub mod lazy;
 pub mod postgres;
-mod rules;
+pub mod rules;
 pub mod sqlite;
 
 pub use lazy::open_lazy;

@@ -1,7 +1,8 @@
 //! The lease rules of DESIGN §3 as pure decisions over one row and the store's "now", shared
 //! by the SQL backends (SQLite, PostgreSQL).
 //!
-//! Why a module of its own: each backend reads the row under its write lock and the clock
+//! Public so that every backend decides alike, the consensus store (`ferry-consensus`)
+//! included. Why a module of its own: each backend reads the row under its write lock and the clock
 //! of its database, then asks these functions what to write. Both backends therefore agree
 //! to the letter on when a take bumps the epoch, when a retry is idempotent, and what a
 //! `Held` or `Lost` answer says; only locking, clocks and SQL differ between them.
@@ -14,9 +15,10 @@ use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
 use crate::{AcquireRequest, StoreError};
 
 /// One row of `ferry_leases`, checked on the way in ([`Row::from_columns`]). Times are
-/// milliseconds since the Unix epoch by the store's clock.
-#[derive(Debug, Clone)]
-pub(crate) struct Row {
+/// milliseconds since the Unix epoch by the store's clock (the consensus store: milliseconds
+/// on the leader's monotonic clock).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Row {
     pub name: String,
     pub owner: String,
     pub machine: String,
@@ -89,14 +91,14 @@ impl Row {
 
 /// How a lease is taken.
 #[derive(Clone, Copy)]
-pub(crate) enum Take<'a> {
+pub enum Take<'a> {
     Acquire,
     /// Rule 4: from the incarnation the caller's Node Manager saw exit.
     Handover(&'a Incarnation),
 }
 
 /// Why a take, renewal or release writes nothing.
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// The answer the caller gets (`Held`, `Lost`).
     Store(StoreError),
     /// The row cannot be read or advanced.
@@ -105,7 +107,7 @@ pub(crate) enum Refusal {
 
 /// `acquire` and `handover`: given the current row (read under the write lock) and the
 /// store's `now`, the row to write, or why not.
-pub(crate) fn take(old: Option<&Row>, req: &AcquireRequest, how: Take<'_>, now: i64) -> Result<Row, Refusal> {
+pub fn take(old: Option<&Row>, req: &AcquireRequest, how: Take<'_>, now: i64) -> Result<Row, Refusal> {
     let name = req.name.to_string();
     let epoch = match old {
         None => 1,
@@ -157,7 +159,7 @@ pub(crate) fn take(old: Option<&Row>, req: &AcquireRequest, how: Take<'_>, now: 
 
 /// `renew`: the row to write, or `Lost` unless the row is held, unexpired, by
 /// `incarnation` at `epoch`.
-pub(crate) fn renew(
+pub fn renew(
     row: Option<Row>,
     name: &LeaseName,
     incarnation: &Incarnation,
@@ -186,7 +188,7 @@ pub(crate) fn renew(
 
 /// `release`: the row to write, `None` when it is already released by this incarnation (a
 /// retried release whose first answer was lost), or `Lost`.
-pub(crate) fn release(
+pub fn release(
     row: Option<Row>,
     name: &LeaseName,
     incarnation: &Incarnation,
@@ -230,7 +232,7 @@ fn holder(row: &Row) -> String {
     }
 }
 
-pub(crate) fn ttl_ms(ttl: Duration) -> i64 {
+pub fn ttl_ms(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -322,7 +324,7 @@ pub(crate) fn malformed(data_source: &str, message: &str) -> StoreError {
 /// A row no ferry would have written (edited by hand, or a bug): reported, never a panic.
 #[derive(Debug, thiserror::Error)]
 #[error("row {name:?} of ferry_leases is invalid: {why}")]
-pub(crate) struct CorruptRow {
+pub struct CorruptRow {
     pub name: String,
     pub why: String,
 }

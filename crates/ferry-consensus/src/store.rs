@@ -1,0 +1,180 @@
+//! [`ConsensusStore`]: the `LeaseStore` of consensus leasing, as seen from one voter. Every
+//! call goes to the voter its home voter believes leads (the seed: "all the servers renew
+//! their leases by contacting the cluster leader"), and is tried again, on whichever voter
+//! leads then, until its call timeout: while a new leader is elected and waits out its
+//! predecessor, calls wait; they never see a lease expire early.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ferry_core::lease::{Lease, LeaseState};
+use ferry_core::{Epoch, Incarnation, LeaseName};
+use ferry_store::rules::Take;
+use ferry_store::{AcquireRequest, LeaseStore, Result, StoreError};
+
+use crate::net::Router;
+use crate::voter::{Local, Voter, VoterTiming};
+
+/// The voters of one cluster inside this process, and their network. The voters stop when
+/// the last handle (cluster or store) is dropped.
+#[derive(Clone)]
+pub struct Cluster {
+    pub router: Router,
+    voters: Arc<Voters>,
+    name: String,
+}
+
+#[derive(Default)]
+struct Voters(Mutex<BTreeMap<u64, Arc<Voter>>>);
+
+impl Drop for Voters {
+    fn drop(&mut self) {
+        let voters = std::mem::take(self.0.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            for v in voters.into_values() {
+                rt.spawn(async move {
+                    let _ = v.raft.shutdown().await;
+                });
+            }
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts `n` voters (ids 1..=n) with an empty log and makes them the membership.
+    pub async fn start(n: u64, timing: VoterTiming) -> anyhow::Result<Cluster> {
+        let cluster = Cluster {
+            router: Router::default(),
+            voters: Arc::default(),
+            name: format!("consensus leasing among {n} voters"),
+        };
+        for id in 1..=n {
+            let voter = Voter::start(id, cluster.router.for_voter(id), timing, &cluster.name).await?;
+            cluster.router.add(id, voter.raft.clone());
+            cluster.voters().insert(id, voter);
+        }
+        let ids: Vec<u64> = (1..=n).collect();
+        let first = cluster.voter(1).ok_or_else(|| anyhow::anyhow!("no voter 1"))?;
+        first.initialize(&ids).await?;
+        Ok(cluster)
+    }
+
+    fn voters(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Voter>>> {
+        self.voters.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn voter(&self, id: u64) -> Option<Arc<Voter>> {
+        self.voters().get(&id).cloned()
+    }
+
+    /// The voter that leads and serves, as far as any voter knows.
+    pub fn leader(&self) -> Option<u64> {
+        self.voters().values().find_map(|v| v.current_leader())
+    }
+
+    /// Stops a voter as a crash would: it answers nobody from now on.
+    pub async fn kill(&self, id: u64) {
+        self.router.remove(id);
+        let voter = self.voters().remove(&id);
+        if let Some(v) = voter {
+            let _ = v.raft.shutdown().await;
+        }
+    }
+
+    /// The lease store as a process next to voter `home` sees it.
+    pub fn store(&self, home: u64, call_timeout: Duration) -> ConsensusStore {
+        ConsensusStore { cluster: self.clone(), home, call_timeout }
+    }
+}
+
+/// The lease table of consensus leasing, reached through one voter.
+#[derive(Clone)]
+pub struct ConsensusStore {
+    cluster: Cluster,
+    home: u64,
+    call_timeout: Duration,
+}
+
+/// How long a call waits before it looks for the leader again.
+const RETRY: Duration = Duration::from_millis(5);
+
+impl ConsensusStore {
+    /// Runs `op` on the serving leader, trying again until the call timeout.
+    async fn on_leader<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(Arc<Voter>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Local>>,
+    {
+        let call = async {
+            loop {
+                let why;
+                let leader = self
+                    .cluster
+                    .voter(self.home)
+                    .and_then(|home| home.current_leader())
+                    .filter(|&l| self.cluster.router.reach(self.home, l).is_some() || l == self.home)
+                    .and_then(|l| self.cluster.voter(l));
+                match leader {
+                    Some(voter) => match op(voter).await {
+                        Ok(answer) => return Ok(answer),
+                        Err(Local::Store(e)) => return Err(e),
+                        Err(Local::Retry(reason)) => why = reason,
+                    },
+                    None => why = "no cluster leader is reachable",
+                }
+                tracing::trace!(why, "consensus lease call waits");
+                tokio::time::sleep(RETRY).await;
+            }
+        };
+        tokio::time::timeout(self.call_timeout, call).await.unwrap_or_else(|_| {
+            Err(StoreError::Timeout { data_source: self.describe(), timeout_ms: self.call_timeout.as_millis() as u64 })
+        })
+    }
+}
+
+#[async_trait]
+impl LeaseStore for ConsensusStore {
+    async fn acquire(&self, req: &AcquireRequest) -> Result<Lease> {
+        self.on_leader(|v| async move { v.take(req, Take::Acquire).await }).await
+    }
+
+    async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> Result<Lease> {
+        self.on_leader(|v| async move { v.take(req, Take::Handover(from)).await }).await
+    }
+
+    async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease> {
+        self.on_leader(|v| async move { v.renew(name, incarnation, epoch, ttl).await }).await
+    }
+
+    async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()> {
+        self.on_leader(|v| async move { v.release(name, incarnation, epoch).await }).await
+    }
+
+    async fn get(&self, name: &LeaseName) -> Result<Option<Lease>> {
+        let all = self.list().await?;
+        Ok(all.into_iter().find(|l| &l.name == name))
+    }
+
+    async fn list(&self) -> Result<Vec<Lease>> {
+        self.on_leader(|v| async move { v.leases() }).await
+    }
+
+    async fn expired(&self) -> Result<Vec<Lease>> {
+        let mut expired: Vec<Lease> = self.list().await?.into_iter().filter(Lease::is_expired).collect();
+        // Oldest expiry first: the most negative time left.
+        expired.sort_by_key(|l| l.remaining_ms);
+        Ok(expired)
+    }
+
+    async fn next_expiry_ms(&self) -> Result<Option<i64>> {
+        let all = self.list().await?;
+        Ok(all.iter().filter(|l| l.state == LeaseState::Held && l.remaining_ms > 0).map(|l| l.remaining_ms).min())
+    }
+
+    fn describe(&self) -> String {
+        self.cluster.name.clone()
+    }
+}
