@@ -147,10 +147,8 @@ impl RaftSnapshotBuilder<Config> for Machine {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<Config, Cursor<Vec<u8>>>, io::Error> {
         let mut inner = self.inner();
         let data = serde_json::to_vec(&inner.table).map_err(invalid)?;
-        let meta = SnapshotMetaOf::<Config> {
-            last_log_id: inner.last_applied,
-            last_membership: inner.membership.clone(),
-        };
+        let meta =
+            SnapshotMetaOf::<Config> { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
         inner.snapshot = Some((meta.clone(), data.clone()));
         Ok(SnapshotOf::<Config, Cursor<Vec<u8>>> { meta, snapshot: Cursor::new(data) })
     }

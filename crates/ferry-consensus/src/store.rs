@@ -70,9 +70,15 @@ impl Cluster {
         self.voters().get(&id).cloned()
     }
 
-    /// The voter that leads and serves, as far as any voter knows.
+    /// The voter that leads, as far as any voter knows (a partitioned former leader may
+    /// still believe it leads: see [`Cluster::leader_seen_by`]).
     pub fn leader(&self) -> Option<u64> {
         self.voters().values().find_map(|v| v.current_leader())
+    }
+
+    /// The voter that `voter` believes leads.
+    pub fn leader_seen_by(&self, voter: u64) -> Option<u64> {
+        self.voter(voter).and_then(|v| v.current_leader())
     }
 
     /// Stops a voter as a crash would: it answers nobody from now on.

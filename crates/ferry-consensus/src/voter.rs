@@ -44,6 +44,7 @@ impl Default for VoterTiming {
                 validity: Duration::from_millis(250),
                 drift_ppm: 10_000,
                 margin: Duration::from_millis(20),
+                bugs: ferry_core::time::Bugs::NONE,
             },
         }
     }
@@ -262,7 +263,12 @@ fn restarted(rows: BTreeMap<String, Stored>, leadership: &Leadership) -> BTreeMa
         .map(|(name, mut s)| {
             if s.row.held {
                 let ttl = Duration::from_millis(s.ttl_ms.max(0) as u64);
-                s.row.expires_at_ms = leadership.restarted_expiry(ttl, None).ms() as i64;
+                // The replicated expiry is another leader's clock: not a known expiry here
+                // (except under the planted bug that keeps it).
+                let kept = Mono(s.row.expires_at_ms.max(0) as u64);
+                s.row.expires_at_ms = leadership
+                    .restarted_expiry(ttl, Some(kept).filter(|_| leadership.keeps_replicated_expiries()))
+                    .ms() as i64;
             } else {
                 s.row.expires_at_ms = s.row.expires_at_ms.min(from);
             }

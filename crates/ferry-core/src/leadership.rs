@@ -24,7 +24,7 @@
 
 use std::time::Duration;
 
-use crate::time::Mono;
+use crate::time::{Bugs, Mono};
 
 /// The timing of leadership, the same on every voter of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct LeadershipTiming {
     pub drift_ppm: u32,
     /// Added to a new leader's wait, for scheduling between reading the clock and acting.
     pub margin: Duration,
+    /// Planted bugs (tests only; see [`Bugs`]).
+    pub bugs: Bugs,
 }
 
 impl LeadershipTiming {
@@ -47,6 +49,9 @@ impl LeadershipTiming {
 
     /// How long a new leader waits, after it learned it won, before it grants anything.
     pub fn wait_ms(&self) -> u64 {
+        if self.bugs.leader_no_restart() {
+            return 0;
+        }
         let ms = self.validity.as_millis() as u64;
         ms.saturating_add(ms.saturating_mul(u64::from(self.drift_ppm)).div_ceil(1_000_000))
             .saturating_add(self.margin.as_millis() as u64)
@@ -70,12 +75,13 @@ pub struct Leadership {
     elected_at: Mono,
     serves_from: Mono,
     valid_until: Option<Mono>,
+    bugs: Bugs,
 }
 
 impl Leadership {
     /// This voter learned at `now` that it leads `term`.
     pub fn elected(term: u64, now: Mono, timing: &LeadershipTiming) -> Leadership {
-        Leadership { term, elected_at: now, serves_from: now + timing.wait_ms(), valid_until: None }
+        Leadership { term, elected_at: now, serves_from: now + timing.wait_ms(), valid_until: None, bugs: timing.bugs }
     }
 
     pub fn term(&self) -> u64 {
@@ -86,6 +92,12 @@ impl Leadership {
     /// was elected counts its time to live again.
     pub fn serves_from(&self) -> Mono {
         self.serves_from
+    }
+
+    /// Whether replicated expiries are kept instead of restarted: only under the planted
+    /// bug [`Bugs::leader_no_restart`].
+    pub fn keeps_replicated_expiries(&self) -> bool {
+        self.bugs.leader_no_restart()
     }
 
     /// A quorum answered a round of heartbeats sent after `sent_at`. A round started before
@@ -105,6 +117,7 @@ impl Leadership {
         }
         match self.valid_until {
             Some(until) if now < until => Serving::Yes,
+            Some(_) if self.bugs.leader_unconfirmed_renews() => Serving::Yes,
             _ => Serving::Unconfirmed,
         }
     }
@@ -113,6 +126,11 @@ impl Leadership {
     /// full TTL after [`Leadership::serves_from`], never earlier than `known` (an expiry
     /// this leader already set).
     pub fn restarted_expiry(&self, ttl: Duration, known: Option<Mono>) -> Mono {
+        if self.bugs.leader_no_restart() {
+            if let Some(k) = known {
+                return k;
+            }
+        }
         let restarted = self.serves_from + ttl;
         known.map_or(restarted, |k| k.max(restarted))
     }
@@ -122,8 +140,12 @@ impl Leadership {
 mod tests {
     use super::*;
 
-    const TIMING: LeadershipTiming =
-        LeadershipTiming { validity: Duration::from_millis(250), drift_ppm: 10_000, margin: Duration::from_millis(20) };
+    const TIMING: LeadershipTiming = LeadershipTiming {
+        validity: Duration::from_millis(250),
+        drift_ppm: 10_000,
+        margin: Duration::from_millis(20),
+        bugs: Bugs::NONE,
+    };
 
     #[test]
     fn the_wait_covers_the_predecessor_validity_with_drift_both_ways() {

@@ -60,11 +60,23 @@ pub struct Bugs {
     /// Rule 6 broken: a server takes the master role when it stops hearing the master,
     /// without waiting for the old master's lease to expire in the store.
     pub master_no_wait: bool,
+    /// Rule 11 broken (consensus leasing): a new leader grants at once and keeps the
+    /// replicated expiries, which no renewal has moved since they were written.
+    pub leader_no_restart: bool,
+    /// Rule 11 broken (consensus leasing): a leader renews without a recent quorum
+    /// confirmation, so a deposed one keeps renewing.
+    pub leader_unconfirmed_renews: bool,
 }
 
 impl Bugs {
-    pub const NONE: Bugs =
-        Bugs { deadline_after_response: false, no_nm_epoch_check: false, no_self_fence: false, master_no_wait: false };
+    pub const NONE: Bugs = Bugs {
+        deadline_after_response: false,
+        no_nm_epoch_check: false,
+        no_self_fence: false,
+        master_no_wait: false,
+        leader_no_restart: false,
+        leader_unconfirmed_renews: false,
+    };
 
     pub fn deadline_after_response(&self) -> bool {
         cfg!(feature = "planted-bugs") && self.deadline_after_response
@@ -77,5 +89,11 @@ impl Bugs {
     }
     pub fn master_no_wait(&self) -> bool {
         cfg!(feature = "planted-bugs") && self.master_no_wait
+    }
+    pub fn leader_no_restart(&self) -> bool {
+        cfg!(feature = "planted-bugs") && self.leader_no_restart
+    }
+    pub fn leader_unconfirmed_renews(&self) -> bool {
+        cfg!(feature = "planted-bugs") && self.leader_unconfirmed_renews
     }
 }

@@ -215,8 +215,13 @@ fn hunt_in(bugs: Bugs, grace_ms: Option<u64>, tweak: fn(&mut Scenario), expect: 
 
 #[test]
 fn planted_bugs_need_the_feature() {
-    let all =
-        Bugs { deadline_after_response: true, no_nm_epoch_check: true, no_self_fence: true, master_no_wait: true };
+    let all = Bugs {
+        deadline_after_response: true,
+        no_nm_epoch_check: true,
+        no_self_fence: true,
+        master_no_wait: true,
+        ..Bugs::NONE
+    };
     assert!(
         all.deadline_after_response() && all.no_nm_epoch_check() && all.no_self_fence() && all.master_no_wait(),
         "ferry-core must be built with `planted-bugs` for the hunts below"
