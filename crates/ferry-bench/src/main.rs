@@ -20,6 +20,7 @@
 //! `leases` needs only the PostgreSQL server binaries (`apt-get install postgresql`).
 
 mod common;
+mod consensus;
 mod dbfailover;
 mod failover;
 mod hosts;
@@ -90,6 +91,9 @@ enum Cmd {
     /// The lease table's PostgreSQL fails over (primary killed, synchronous standby with its
     /// clock off promoted) under N running servers: promotion, renewal gaps, fences.
     Dbfailover(dbfailover::DbFailoverArgs),
+    /// Consensus leasing next to PostgreSQL leasing: a leader crash under running holders,
+    /// and renewal latency and batch rate at 100 and 1,000 leases.
+    Consensus(consensus::ConsensusArgs),
     /// (internal) The overlapping client `hosts` runs in the lab's client namespace.
     #[command(hide = true)]
     HostsProbe(hosts_probe::ProbeArgs),
@@ -195,6 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Cmd::Leases(args) = &cli.cmd {
         return leases::run(args.clone(), cli.json.clone()).await;
     }
+    if let Cmd::Consensus(args) = &cli.cmd {
+        return consensus::run(args.clone()).await;
+    }
     if let Cmd::HostsProbe(args) = &cli.cmd {
         return hosts_probe::run(args.clone()).await;
     }
@@ -217,9 +224,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Failover(a) => (Some(a.clone()), None),
         Cmd::Restart(a) => (None, Some(a.clone())),
         Cmd::All => (Some(FailoverArgs::default()), Some(RestartArgs::default())),
-        Cmd::Leases(_) | Cmd::Hosts(_) | Cmd::HostsProbe(_) | Cmd::Outage(_) | Cmd::Scale(_) | Cmd::Dbfailover(_) => {
-            (None, None)
-        }
+        Cmd::Leases(_)
+        | Cmd::Hosts(_)
+        | Cmd::HostsProbe(_)
+        | Cmd::Outage(_)
+        | Cmd::Scale(_)
+        | Cmd::Dbfailover(_)
+        | Cmd::Consensus(_) => (None, None),
     };
     let og = match &cli.cmd {
         Cmd::Outage(a) => Some(a.clone()),
