@@ -16,7 +16,7 @@ use ferry_store::rules::Take;
 use ferry_store::{AcquireRequest, LeaseStore, Result, StoreError};
 
 use crate::net::Router;
-use crate::voter::{Local, Voter, VoterTiming};
+use crate::voter::{Local, Storage, Voter, VoterTiming};
 
 /// The voters of one cluster inside this process, and their network. The voters stop when
 /// the last handle (cluster or store) is dropped.
@@ -25,6 +25,9 @@ pub struct Cluster {
     pub router: Router,
     voters: Arc<Voters>,
     name: String,
+    timing: VoterTiming,
+    /// Where voter N keeps its vote and log (`DIR/voter-N`), or `None`: in memory.
+    dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -44,22 +47,53 @@ impl Drop for Voters {
 }
 
 impl Cluster {
-    /// Starts `n` voters (ids 1..=n) with an empty log and makes them the membership.
+    /// Starts `n` voters (ids 1..=n) with an empty log in memory and makes them the
+    /// membership.
     pub async fn start(n: u64, timing: VoterTiming) -> anyhow::Result<Cluster> {
+        Cluster::start_in(n, timing, None).await
+    }
+
+    /// [`Cluster::start`] with every voter's vote and log on disk under `dir`, so that
+    /// [`Cluster::restart`] brings a voter back with them.
+    pub async fn start_on_disk(n: u64, timing: VoterTiming, dir: &std::path::Path) -> anyhow::Result<Cluster> {
+        Cluster::start_in(n, timing, Some(dir.to_path_buf())).await
+    }
+
+    async fn start_in(n: u64, timing: VoterTiming, dir: Option<std::path::PathBuf>) -> anyhow::Result<Cluster> {
         let cluster = Cluster {
             router: Router::default(),
             voters: Arc::default(),
             name: format!("consensus leasing among {n} voters"),
+            timing,
+            dir,
         };
         for id in 1..=n {
-            let voter = Voter::start(id, cluster.router.for_voter(id), timing, &cluster.name).await?;
-            cluster.router.add(id, voter.raft.clone());
-            cluster.voters().insert(id, voter);
+            cluster.boot(id).await?;
         }
         let ids: Vec<u64> = (1..=n).collect();
         let first = cluster.voter(1).ok_or_else(|| anyhow::anyhow!("no voter 1"))?;
         first.initialize(&ids).await?;
         Ok(cluster)
+    }
+
+    fn storage(&self, id: u64) -> Storage {
+        match &self.dir {
+            Some(dir) => Storage::Disk(dir.join(format!("voter-{id}"))),
+            None => Storage::Memory,
+        }
+    }
+
+    /// Starts voter `id` with whatever its storage holds and connects it.
+    async fn boot(&self, id: u64) -> anyhow::Result<()> {
+        let voter = Voter::start(id, self.router.for_voter(id), self.timing, &self.name, &self.storage(id)).await?;
+        self.router.add(id, voter.raft.clone());
+        self.voters().insert(id, voter);
+        Ok(())
+    }
+
+    /// Starts a killed voter again with its vote and log (on disk) or none (in memory).
+    pub async fn restart(&self, id: u64) -> anyhow::Result<()> {
+        self.boot(id).await
     }
 
     fn voters(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Voter>>> {

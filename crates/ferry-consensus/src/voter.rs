@@ -68,6 +68,15 @@ struct LeaderState {
     view: Option<BTreeMap<String, Stored>>,
 }
 
+/// Where a voter keeps its vote and log.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Lost with the process: a restarted voter must come back under a new identity.
+    Memory,
+    /// `DIR/raft.db`, kept across restarts.
+    Disk(std::path::PathBuf),
+}
+
 pub struct Voter {
     pub id: u64,
     pub raft: Raft,
@@ -80,18 +89,36 @@ pub struct Voter {
 }
 
 impl Voter {
-    /// Starts a voter with an empty log (a new identity) on `net`.
-    pub async fn start(id: u64, net: Net, timing: VoterTiming, data_source: &str) -> anyhow::Result<Arc<Voter>> {
+    /// Starts voter `id` on `net`, with the vote and log `storage` holds (none yet: a new
+    /// identity). The replicated table is rebuilt from the committed log.
+    pub async fn start(
+        id: u64,
+        net: Net,
+        timing: VoterTiming,
+        data_source: &str,
+        storage: &Storage,
+    ) -> anyhow::Result<Arc<Voter>> {
         let config = openraft::Config {
             cluster_name: "ferry".into(),
             heartbeat_interval: timing.heartbeat.as_millis() as u64,
             election_timeout_min: timing.election_min.as_millis() as u64,
             election_timeout_max: timing.election_max.as_millis() as u64,
+            // The whole log is kept (it holds no renewals), so a restarted voter rebuilds
+            // its table from it and no snapshot needs to be stored.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             ..Default::default()
         }
         .validate()?;
+        let config = Arc::new(config);
         let machine = Machine::default();
-        let raft = Raft::new(id, Arc::new(config), net, MemLog::default(), machine.clone()).await?;
+        let raft = match storage {
+            Storage::Memory => Raft::new(id, config, net, MemLog::default(), machine.clone()).await?,
+            Storage::Disk(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let log = crate::disk::DiskLog::open(&dir.join("raft.db"))?;
+                Raft::new(id, config, net, log, machine.clone()).await?
+            }
+        };
         let voter = Arc::new(Voter {
             id,
             raft,

@@ -31,3 +31,21 @@ async fn conformance_three_voters() {
 async fn conformance_five_voters() {
     suite(5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_three_voters_on_disk() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let mut n = 0u64;
+    let base = dir.path().to_path_buf();
+    conformance::run_all(|| {
+        n += 1;
+        let at = base.join(format!("cluster-{n}"));
+        async move {
+            Cluster::start_on_disk(3, VoterTiming::default(), &at)
+                .await
+                .expect("the voters start")
+                .store(2, CALL_TIMEOUT)
+        }
+    })
+    .await;
+}
