@@ -15,6 +15,9 @@ use ferry_core::{Epoch, Incarnation, LeaseName};
 use ferry_store::rules::Take;
 use ferry_store::{AcquireRequest, LeaseStore, Result, StoreError};
 
+use openraft::async_runtime::WatchReceiver;
+use openraft::{BasicNode, ChangeMembers};
+
 use crate::net::Router;
 use crate::voter::{Local, Storage, Voter, VoterTiming};
 
@@ -57,6 +60,64 @@ impl Cluster {
     /// [`Cluster::restart`] brings a voter back with them.
     pub async fn start_on_disk(n: u64, timing: VoterTiming, dir: &std::path::Path) -> anyhow::Result<Cluster> {
         Cluster::start_in(n, timing, Some(dir.to_path_buf())).await
+    }
+
+    /// `voters` voters (ids 1..=voters) and `learners` learners after them: a learner
+    /// receives the log but neither votes nor counts for a quorum, which keeps the number
+    /// of voters odd on an even number of machines.
+    pub async fn start_with_learners(voters: u64, learners: u64, timing: VoterTiming) -> anyhow::Result<Cluster> {
+        let cluster = Cluster::start_in(voters, timing, None).await?;
+        for id in voters + 1..=voters + learners {
+            cluster.boot(id).await?;
+            cluster
+                .on_leader(|raft| async move { raft.add_learner(id, BasicNode::new(id), true).await.map(drop) })
+                .await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Voter `lost`, whose vote and log are gone, comes back as `new`: a new identity with
+    /// an empty log, added as a learner, caught up, then swapped for `lost` in one
+    /// membership change. Never the old identity with an empty log: it could vote twice
+    /// in a term and forget entries it acknowledged.
+    pub async fn replace(&self, lost: u64, new: u64) -> anyhow::Result<()> {
+        anyhow::ensure!(self.voter(new).is_none() && lost != new, "voter {new} already exists");
+        self.boot(new).await?;
+        self.on_leader(|raft| async move { raft.add_learner(new, BasicNode::new(new), true).await.map(drop) }).await?;
+        self.on_leader(|raft| async move {
+            let change = ChangeMembers::ReplaceAllVoters(
+                raft.metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|&v| v != lost)
+                    .chain([new])
+                    .collect(),
+            );
+            raft.change_membership(change, false).await.map(drop)
+        })
+        .await
+    }
+
+    /// Runs a membership call on the current leader, trying again while leadership moves.
+    async fn on_leader<F, Fut, E>(&self, call: F) -> anyhow::Result<()>
+    where
+        F: Fn(crate::replicated::Raft) -> Fut,
+        Fut: Future<Output = std::result::Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let mut last = String::from("no leader");
+        for _ in 0..400 {
+            if let Some(raft) = self.leader().and_then(|l| self.voter(l)).map(|v| v.raft.clone()) {
+                match call(raft).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        anyhow::bail!("a membership change did not finish within 10 s: {last}")
     }
 
     async fn start_in(n: u64, timing: VoterTiming, dir: Option<std::path::PathBuf>) -> anyhow::Result<Cluster> {
