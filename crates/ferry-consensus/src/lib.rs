@@ -5,11 +5,12 @@
 //! When a lease call may be answered is decided by `ferry_core::leadership` (DESIGN §3
 //! rule 11), what it writes by `ferry_store::rules`, like every other lease table.
 
+pub mod call;
 pub mod disk;
 pub mod net;
 pub mod replicated;
 pub mod store;
 pub mod voter;
 
-pub use store::{Cluster, ConsensusStore};
+pub use store::{Cluster, ConsensusStore, Route};
 pub use voter::{Storage, VoterTiming};

@@ -12,14 +12,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{Epoch, Incarnation, LeaseName};
-use ferry_store::rules::Take;
 use ferry_store::{AcquireRequest, LeaseStore, Result, StoreError};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
 
 use crate::net::Router;
-use crate::voter::{Local, Storage, Voter, VoterTiming};
+use crate::call::{Answer, Call};
+use crate::voter::{Storage, Voter, VoterTiming};
 
 /// The voters of one cluster inside this process, and their network. The voters stop when
 /// the last handle (cluster or store) is dropped.
@@ -187,15 +187,49 @@ impl Cluster {
 
     /// The lease store as a process next to voter `home` sees it.
     pub fn store(&self, home: u64, call_timeout: Duration) -> ConsensusStore {
-        ConsensusStore { cluster: self.clone(), home, call_timeout }
+        ConsensusStore::new(Arc::new(InProcess { cluster: self.clone(), home }), call_timeout)
+    }
+}
+
+/// How a store reaches the leader from its home voter: in this process, or over HTTP.
+#[async_trait]
+pub trait Route: Send + Sync + 'static {
+    /// The voter the home voter believes leads, if it can be reached.
+    fn leader(&self) -> Option<u64>;
+    /// Runs `call` on voter `leader`.
+    async fn send(&self, leader: u64, call: &Call) -> Answer;
+    fn describe(&self) -> String;
+}
+
+/// Voters in this process ([`Cluster`]).
+struct InProcess {
+    cluster: Cluster,
+    home: u64,
+}
+
+#[async_trait]
+impl Route for InProcess {
+    fn leader(&self) -> Option<u64> {
+        let leader = self.cluster.voter(self.home)?.current_leader()?;
+        (leader == self.home || self.cluster.router.reach(self.home, leader).is_some()).then_some(leader)
+    }
+
+    async fn send(&self, leader: u64, call: &Call) -> Answer {
+        match self.cluster.voter(leader) {
+            Some(v) => v.answer(call).await,
+            None => Answer::Retry("the leader is gone".into()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.cluster.name.clone()
     }
 }
 
 /// The lease table of consensus leasing, reached through one voter.
 #[derive(Clone)]
 pub struct ConsensusStore {
-    cluster: Cluster,
-    home: u64,
+    route: Arc<dyn Route>,
     call_timeout: Duration,
 }
 
@@ -203,55 +237,71 @@ pub struct ConsensusStore {
 const RETRY: Duration = Duration::from_millis(5);
 
 impl ConsensusStore {
-    /// Runs `op` on the serving leader, trying again until the call timeout.
-    async fn on_leader<T, F, Fut>(&self, op: F) -> Result<T>
-    where
-        F: Fn(Arc<Voter>) -> Fut,
-        Fut: Future<Output = std::result::Result<T, Local>>,
-    {
-        let call = async {
+    /// A store that reaches the leader along `route`.
+    pub fn new(route: Arc<dyn Route>, call_timeout: Duration) -> ConsensusStore {
+        ConsensusStore { route, call_timeout }
+    }
+
+    /// Runs `call` on the serving leader, trying again until the call timeout.
+    async fn on_leader(&self, call: Call) -> Result<Answer> {
+        let attempt = async {
             loop {
-                let why;
-                let leader = self
-                    .cluster
-                    .voter(self.home)
-                    .and_then(|home| home.current_leader())
-                    .filter(|&l| self.cluster.router.reach(self.home, l).is_some() || l == self.home)
-                    .and_then(|l| self.cluster.voter(l));
-                match leader {
-                    Some(voter) => match op(voter).await {
-                        Ok(answer) => return Ok(answer),
-                        Err(Local::Store(e)) => return Err(e),
-                        Err(Local::Retry(reason)) => why = reason,
+                let why = match self.route.leader() {
+                    Some(leader) => match self.route.send(leader, &call).await {
+                        Answer::Retry(why) => why,
+                        Answer::Held { name, owner, machine, epoch, remaining_ms } => {
+                            return Err(StoreError::Held { name, owner, machine, epoch, remaining_ms })
+                        }
+                        Answer::Lost { name, incarnation, detail } => {
+                            return Err(StoreError::Lost { name, incarnation, detail })
+                        }
+                        Answer::Failed(why) => {
+                            return Err(StoreError::Unavailable { data_source: self.describe(), source: why.into() })
+                        }
+                        answer => return Ok(answer),
                     },
-                    None => why = "no cluster leader is reachable",
-                }
+                    None => "no cluster leader is reachable".into(),
+                };
                 tracing::trace!(why, "consensus lease call waits");
                 tokio::time::sleep(RETRY).await;
             }
         };
-        tokio::time::timeout(self.call_timeout, call).await.unwrap_or_else(|_| {
+        tokio::time::timeout(self.call_timeout, attempt).await.unwrap_or_else(|_| {
             Err(StoreError::Timeout { data_source: self.describe(), timeout_ms: self.call_timeout.as_millis() as u64 })
         })
+    }
+
+    fn unexpected(&self, answer: Answer) -> StoreError {
+        StoreError::Unavailable { data_source: self.describe(), source: format!("unexpected answer {answer:?}").into() }
+    }
+
+    async fn lease(&self, call: Call) -> Result<Lease> {
+        match self.on_leader(call).await? {
+            Answer::Lease(l) => Ok(l),
+            other => Err(self.unexpected(other)),
+        }
     }
 }
 
 #[async_trait]
 impl LeaseStore for ConsensusStore {
     async fn acquire(&self, req: &AcquireRequest) -> Result<Lease> {
-        self.on_leader(|v| async move { v.take(req, Take::Acquire).await }).await
+        self.lease(Call::Acquire(req.clone())).await
     }
 
     async fn handover(&self, req: &AcquireRequest, from: &Incarnation) -> Result<Lease> {
-        self.on_leader(|v| async move { v.take(req, Take::Handover(from)).await }).await
+        self.lease(Call::Handover { req: req.clone(), from: from.clone() }).await
     }
 
     async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease> {
-        self.on_leader(|v| async move { v.renew(name, incarnation, epoch, ttl).await }).await
+        self.lease(Call::Renew { name: name.clone(), incarnation: incarnation.clone(), epoch, ttl }).await
     }
 
     async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()> {
-        self.on_leader(|v| async move { v.release(name, incarnation, epoch).await }).await
+        match self.on_leader(Call::Release { name: name.clone(), incarnation: incarnation.clone(), epoch }).await? {
+            Answer::Done => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
     }
 
     async fn get(&self, name: &LeaseName) -> Result<Option<Lease>> {
@@ -260,7 +310,10 @@ impl LeaseStore for ConsensusStore {
     }
 
     async fn list(&self) -> Result<Vec<Lease>> {
-        self.on_leader(|v| async move { v.leases() }).await
+        match self.on_leader(Call::List).await? {
+            Answer::Leases(all) => Ok(all),
+            other => Err(self.unexpected(other)),
+        }
     }
 
     async fn expired(&self) -> Result<Vec<Lease>> {
@@ -276,6 +329,6 @@ impl LeaseStore for ConsensusStore {
     }
 
     fn describe(&self) -> String {
-        self.cluster.name.clone()
+        self.route.describe()
     }
 }

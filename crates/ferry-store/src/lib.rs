@@ -22,7 +22,7 @@ pub mod sqlite;
 pub use lazy::open_lazy;
 
 /// What a holder asks for when it takes a lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AcquireRequest {
     pub name: LeaseName,
     pub owner: ServerName,
