@@ -9,18 +9,19 @@
 //!    consensus leasing (through the leader and through a follower) and on a private
 //!    PostgreSQL (ferry's own store, one server on loopback, synchronous commit).
 //!
-//! The voters talk through direct calls in one process (no network, no serialization),
-//! PostgreSQL over loopback TCP: the table says so, and the daemons' transport will be
-//! measured when it exists.
+//! Each case runs with the voters in one process (direct calls) and with each voter behind
+//! its own HTTP listener on loopback (JSON, the transport the Node Managers will serve),
+//! next to PostgreSQL over loopback TCP.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_consensus::{Cluster, VoterTiming};
+use ferry_consensus::{Cluster, ConsensusStore, VoterTiming};
 use ferry_core::{Incarnation, LeaseName, MachineName, Mono, ServerName};
 use ferry_host::clock;
 use ferry_store::{AcquireRequest, LeaseStore, Renewal, StoreError};
+use ferry_testkit::consensus::HttpVoters;
 
 use crate::leases_tally::micros;
 use crate::stats::{header, row};
@@ -56,19 +57,52 @@ fn request(i: usize) -> AcquireRequest {
     }
 }
 
-async fn cluster() -> anyhow::Result<(Cluster, u64)> {
-    let cluster = Cluster::start(3, VoterTiming::default()).await?;
-    let leader = serving_leader(&cluster, None).await?;
-    Ok((cluster, leader))
+/// Three voters, in this process (direct calls) or each behind its own HTTP listener.
+enum Voters {
+    InProcess(Cluster),
+    Http(HttpVoters),
+}
+
+impl Voters {
+    async fn start(http: bool) -> anyhow::Result<(Voters, u64)> {
+        let voters = if http {
+            Voters::Http(HttpVoters::start(3, VoterTiming::default()).await?)
+        } else {
+            Voters::InProcess(Cluster::start(3, VoterTiming::default()).await?)
+        };
+        let leader = serving_leader(&voters, None).await?;
+        Ok((voters, leader))
+    }
+
+    fn leader_seen_by(&self, v: u64) -> Option<u64> {
+        match self {
+            Voters::InProcess(c) => c.leader_seen_by(v),
+            Voters::Http(h) => h.leader_seen_by(v),
+        }
+    }
+
+    fn store(&self, home: u64) -> anyhow::Result<ConsensusStore> {
+        match self {
+            Voters::InProcess(c) => Ok(c.store(home, CALL_TIMEOUT)),
+            Voters::Http(h) => h.store(home, CALL_TIMEOUT),
+        }
+    }
+
+    async fn kill(&mut self, v: u64) {
+        match self {
+            Voters::InProcess(c) => c.kill(v).await,
+            Voters::Http(h) => h.kill(v).await,
+        }
+    }
 }
 
 /// The leader as seen by a voter other than `not`, once it serves.
-async fn serving_leader(cluster: &Cluster, not: Option<u64>) -> anyhow::Result<u64> {
+async fn serving_leader(voters: &Voters, not: Option<u64>) -> anyhow::Result<u64> {
     let deadline = clock::now() + 20_000;
     loop {
-        let seen = (1..=3).filter(|&v| Some(v) != not).find_map(|v| cluster.leader_seen_by(v));
+        let seen = (1..=3).filter(|&v| Some(v) != not).find_map(|v| voters.leader_seen_by(v));
         if let Some(l) = seen.filter(|&l| Some(l) != not) {
-            if cluster.store(l, CALL_TIMEOUT).list().await.is_ok() {
+            if voters.store(l)?.list().await.is_ok() {
                 return Ok(l);
             }
         }
@@ -85,10 +119,10 @@ struct CrashRun {
     refused: usize,
 }
 
-async fn crash_run(leases: usize) -> anyhow::Result<CrashRun> {
-    let (cluster, leader) = cluster().await?;
+async fn crash_run(leases: usize, http: bool) -> anyhow::Result<CrashRun> {
+    let (mut voters, leader) = Voters::start(http).await?;
     let home = (1..=3).find(|&v| v != leader).context("a follower")?;
-    let store = cluster.store(home, CALL_TIMEOUT);
+    let store = voters.store(home)?;
     let renewed: Arc<Mutex<Vec<Vec<Mono>>>> = Arc::new(Mutex::new(vec![Vec::new(); leases]));
     let refused = Arc::new(Mutex::new(0usize));
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -113,7 +147,7 @@ async fn crash_run(leases: usize) -> anyhow::Result<CrashRun> {
     }
     tokio::time::sleep(TTL + Duration::from_millis(500)).await;
     let killed = clock::now();
-    cluster.kill(leader).await;
+    voters.kill(leader).await;
     tokio::time::sleep(TTL * 2).await;
     let _ = stop_tx.send(true);
     for t in tasks {
@@ -173,7 +207,7 @@ pub async fn run(args: ConsensusArgs) -> anyhow::Result<()> {
     );
     let timing = VoterTiming::default();
     println!(
-        "voters: 3 openraft 0.10.0-alpha.37 voters in this process (direct calls, no network); heartbeat {} ms, election timeout {}-{} ms, leadership validity {} ms (a new leader waits {} ms); leases: TTL {} ms, renewed every {} ms\n",
+        "voters: 3 openraft 0.10.0-alpha.37 voters, in this process (direct calls) or each behind its own HTTP listener on loopback (JSON); heartbeat {} ms, election timeout {}-{} ms, leadership validity {} ms (a new leader waits {} ms); leases: TTL {} ms, renewed every {} ms\n",
         timing.heartbeat.as_millis(),
         timing.election_min.as_millis(),
         timing.election_max.as_millis(),
@@ -183,30 +217,36 @@ pub async fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         RENEW_EVERY.as_millis()
     );
 
-    println!("## the leader crashes under {} leases ({} runs)\n", args.leases, args.runs);
-    let mut runs = Vec::new();
-    for _ in 0..args.runs {
-        runs.push(crash_run(args.leases).await?);
+    for (http, how) in [(false, "in this process"), (true, "over HTTP on loopback")] {
+        println!("## the leader crashes under {} leases, voters {how} ({} runs)\n", args.leases, args.runs);
+        let mut runs = Vec::new();
+        for _ in 0..args.runs {
+            runs.push(crash_run(args.leases, http).await?);
+        }
+        println!("{}", header("ms", "bound / expected"));
+        println!(
+            "{}",
+            row(
+                "kill until the first renewal succeeds again",
+                runs.iter().map(|r| r.first_renewal_ms),
+                "election + wait"
+            )
+        );
+        println!(
+            "{}",
+            row(
+                "kill until every lease renewed again (-1: some never)",
+                runs.iter().map(|r| r.all_renewed_ms),
+                "< TTL 1500"
+            )
+        );
+        println!(
+            "{}",
+            row("longest renewal gap of a lease", runs.iter().map(|r| r.longest_gap_ms), "< TTL 1500: no fence")
+        );
+        println!("{}", row("renewals refused (count, not ms)", runs.iter().map(|r| r.refused as i64), "0"));
+        println!();
     }
-    println!("{}", header("ms", "bound / expected"));
-    println!(
-        "{}",
-        row("kill until the first renewal succeeds again", runs.iter().map(|r| r.first_renewal_ms), "election + wait")
-    );
-    println!(
-        "{}",
-        row(
-            "kill until every lease renewed again (-1: some never)",
-            runs.iter().map(|r| r.all_renewed_ms),
-            "< TTL 1500"
-        )
-    );
-    println!(
-        "{}",
-        row("longest renewal gap of a lease", runs.iter().map(|r| r.longest_gap_ms), "< TTL 1500: no fence")
-    );
-    println!("{}", row("renewals refused (count, not ms)", runs.iter().map(|r| r.refused as i64), "0"));
-    println!();
 
     println!("## renewals: one at a time (latency, µs) and whole batches (renewals/s)\n");
     let pg = tokio::task::spawn_blocking(ferry_testkit::PgServer::start)
@@ -216,11 +256,15 @@ pub async fn run(args: ConsensusArgs) -> anyhow::Result<()> {
         "| store | leases | n | p50 µs | p99 µs | max µs | batches of all: renewals/s |\n|---|--:|--:|--:|--:|--:|--:|"
     );
     for leases in [100usize, 1_000] {
-        let (cluster, leader) = cluster().await?;
+        let (local, leader) = Voters::start(false).await?;
+        let (http, http_leader) = Voters::start(true).await?;
         let follower = (1..=3).find(|&v| v != leader).context("a follower")?;
+        let http_follower = (1..=3).find(|&v| v != http_leader).context("a follower")?;
         let configs: Vec<(String, Box<dyn LeaseStore>)> = vec![
-            ("consensus, at the leader".into(), Box::new(cluster.store(leader, CALL_TIMEOUT)) as Box<dyn LeaseStore>),
-            ("consensus, through a follower".into(), Box::new(cluster.store(follower, CALL_TIMEOUT))),
+            ("consensus in this process, at the leader".into(), Box::new(local.store(leader)?) as Box<dyn LeaseStore>),
+            ("consensus in this process, through a follower".into(), Box::new(local.store(follower)?)),
+            ("consensus over HTTP, at the leader".into(), Box::new(http.store(http_leader)?)),
+            ("consensus over HTTP, through a follower".into(), Box::new(http.store(http_follower)?)),
         ];
         let schema = format!("bench_{leases}");
         pg.execute(&format!("CREATE SCHEMA {schema}")).await?;
@@ -234,7 +278,7 @@ pub async fn run(args: ConsensusArgs) -> anyhow::Result<()> {
             let s = crate::stats::summarize(lat).context("no samples")?;
             println!("| {name} | {leases} | {} | {} | {} | {} | {:.0} |", s.n, s.p50, s.p99, s.max, rate);
         }
-        drop(cluster);
+        drop((local, http));
     }
     println!(
         "\nconsensus renewals are answered from the leader's memory (nothing written); PostgreSQL commits each batch with synchronous_commit on"

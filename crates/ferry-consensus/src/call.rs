@@ -29,8 +29,18 @@ pub enum Answer {
     Done,
     /// Not answered here (not the leader, not serving yet, deposed): try again.
     Retry(String),
-    Held { name: LeaseName, owner: String, machine: String, epoch: Epoch, remaining_ms: i64 },
-    Lost { name: LeaseName, incarnation: Incarnation, detail: String },
+    Held {
+        name: LeaseName,
+        owner: String,
+        machine: String,
+        epoch: Epoch,
+        remaining_ms: i64,
+    },
+    Lost {
+        name: LeaseName,
+        incarnation: Incarnation,
+        detail: String,
+    },
     /// Anything else the store refused with, in words.
     Failed(String),
 }
@@ -44,7 +54,9 @@ impl Answer {
             Err(Local::Store(StoreError::Held { name, owner, machine, epoch, remaining_ms })) => {
                 Answer::Held { name, owner, machine, epoch, remaining_ms }
             }
-            Err(Local::Store(StoreError::Lost { name, incarnation, detail })) => Answer::Lost { name, incarnation, detail },
+            Err(Local::Store(StoreError::Lost { name, incarnation, detail })) => {
+                Answer::Lost { name, incarnation, detail }
+            }
             Err(Local::Store(other)) => Answer::Failed(ferry_core::chain(&other)),
         }
     }
@@ -59,7 +71,9 @@ impl Voter {
             Call::Renew { name, incarnation, epoch, ttl } => {
                 self.renew(name, incarnation, *epoch, *ttl).await.map(Answer::Lease)
             }
-            Call::Release { name, incarnation, epoch } => self.release(name, incarnation, *epoch).await.map(|()| Answer::Done),
+            Call::Release { name, incarnation, epoch } => {
+                self.release(name, incarnation, *epoch).await.map(|()| Answer::Done)
+            }
             Call::List => self.leases().map(Answer::Leases),
         };
         Answer::of(result)

@@ -7,6 +7,7 @@
 
 pub mod call;
 pub mod disk;
+pub mod http;
 pub mod net;
 pub mod replicated;
 pub mod store;

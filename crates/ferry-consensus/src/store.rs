@@ -17,8 +17,8 @@ use ferry_store::{AcquireRequest, LeaseStore, Result, StoreError};
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
 
-use crate::net::Router;
 use crate::call::{Answer, Call};
+use crate::net::Router;
 use crate::voter::{Storage, Voter, VoterTiming};
 
 /// The voters of one cluster inside this process, and their network. The voters stop when
@@ -131,7 +131,7 @@ impl Cluster {
         for id in 1..=n {
             cluster.boot(id).await?;
         }
-        let ids: Vec<u64> = (1..=n).collect();
+        let ids: BTreeMap<u64, String> = (1..=n).map(|v| (v, v.to_string())).collect();
         let first = cluster.voter(1).ok_or_else(|| anyhow::anyhow!("no voter 1"))?;
         first.initialize(&ids).await?;
         Ok(cluster)

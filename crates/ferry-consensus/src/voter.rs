@@ -15,10 +15,9 @@ use ferry_host::clock;
 use ferry_store::rules::{self, Refusal, Take};
 use ferry_store::{AcquireRequest, StoreError};
 use openraft::async_runtime::WatchReceiver;
-use openraft::{BasicNode, ReadPolicy, ServerState};
+use openraft::{BasicNode, RaftNetworkFactory, ReadPolicy, ServerState};
 
-use crate::net::Net;
-use crate::replicated::{Applied, Cmd, Machine, MemLog, Raft, Stored};
+use crate::replicated::{Applied, Cmd, Config, Machine, MemLog, Raft, Stored};
 
 /// The timing of a cluster's voters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,13 +90,17 @@ pub struct Voter {
 impl Voter {
     /// Starts voter `id` on `net`, with the vote and log `storage` holds (none yet: a new
     /// identity). The replicated table is rebuilt from the committed log.
-    pub async fn start(
+    pub async fn start<N>(
         id: u64,
-        net: Net,
+        net: N,
         timing: VoterTiming,
         data_source: &str,
         storage: &Storage,
-    ) -> anyhow::Result<Arc<Voter>> {
+    ) -> anyhow::Result<Arc<Voter>>
+    where
+        N: RaftNetworkFactory<Config>,
+        N::Network: openraft::network::NetSnapshot<Config, SnapshotData = std::io::Cursor<Vec<u8>>>,
+    {
         let config = openraft::Config {
             cluster_name: "ferry".into(),
             heartbeat_interval: timing.heartbeat.as_millis() as u64,
@@ -132,9 +135,10 @@ impl Voter {
         Ok(voter)
     }
 
-    /// Makes `voters` the first membership (one voter of a new cluster does this).
-    pub async fn initialize(&self, voters: &[u64]) -> anyhow::Result<()> {
-        let members: BTreeMap<u64, BasicNode> = voters.iter().map(|&v| (v, BasicNode::new(v))).collect();
+    /// Makes `voters` (id and address) the first membership (one voter of a new cluster
+    /// does this).
+    pub async fn initialize(&self, voters: &BTreeMap<u64, String>) -> anyhow::Result<()> {
+        let members: BTreeMap<u64, BasicNode> = voters.iter().map(|(&v, addr)| (v, BasicNode::new(addr))).collect();
         self.raft.initialize(members).await?;
         Ok(())
     }

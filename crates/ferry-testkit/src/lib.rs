@@ -5,6 +5,7 @@
 //!   on loopback for the store's tests, or inside a lab's switch namespace
 //!   ([`PgOptions::in_lab`]); [`TestCa`] issues their certificates.
 //! * [`conformance`]: the lease semantics of DESIGN §3, run against every `LeaseStore`.
+//! * [`consensus::HttpVoters`]: consensus-leasing voters talking HTTP on loopback.
 //! * [`Harness`] (`harness.rs`): a whole domain of real `ferry` processes on one host.
 //! * [`LabDomain`] (`labdomain.rs`): a whole domain on ferry-lab hosts, each machine a
 //!   network namespace, with PostgreSQL and the admin in the switch.
@@ -16,6 +17,7 @@
 //! but tests, the benchmark and the binary's demo depends on it.
 
 pub mod conformance;
+pub mod consensus;
 pub mod domain;
 pub mod harness;
 pub mod labdomain;

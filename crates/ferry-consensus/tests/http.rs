@@ -1,0 +1,138 @@
+//! Consensus leasing over its real transport: three voters, each with its own HTTP listener
+//! on loopback, every RPC and every forwarded lease call serialized as JSON. The
+//! conformance suite passes through a follower, and a leader crash costs no lease.
+
+use std::time::Duration;
+
+use ferry_consensus::VoterTiming;
+use ferry_core::{Incarnation, LeaseName, MachineName, ServerName};
+use ferry_host::clock;
+use ferry_store::{AcquireRequest, LeaseStore, StoreError};
+use ferry_testkit::conformance;
+use ferry_testkit::consensus::HttpVoters;
+
+const CALL_TIMEOUT: Duration = Duration::from_millis(400);
+const TTL: Duration = Duration::from_millis(1_500);
+
+async fn serving_leader(voters: &HttpVoters, not: Option<u64>) -> u64 {
+    let deadline = clock::now() + 20_000;
+    loop {
+        let seen = voters.urls.keys().filter(|&&v| Some(v) != not).find_map(|&v| voters.leader_seen_by(v));
+        if let Some(l) = seen.filter(|&l| Some(l) != not) {
+            if voters.store(l, CALL_TIMEOUT).expect("store").list().await.is_ok() {
+                return l;
+            }
+        }
+        assert!(clock::now() < deadline, "no serving leader within 20 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_over_http_through_a_follower() {
+    conformance::run_all(|| async {
+        let voters = HttpVoters::start(3, VoterTiming::default()).await.expect("voters start");
+        let leader = serving_leader(&voters, None).await;
+        let follower = (1..=3).find(|&v| v != leader).expect("a follower");
+        let store = voters.store(follower, Duration::from_secs(5)).expect("store");
+        // The store keeps the voters running for as long as the check uses it.
+        Kept { store, _voters: voters }
+    })
+    .await;
+}
+
+/// A store that owns the voters it talks to.
+struct Kept {
+    store: ferry_consensus::ConsensusStore,
+    _voters: HttpVoters,
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for Kept {
+    async fn acquire(&self, req: &AcquireRequest) -> ferry_store::Result<ferry_core::lease::Lease> {
+        self.store.acquire(req).await
+    }
+    async fn handover(
+        &self,
+        req: &AcquireRequest,
+        from: &Incarnation,
+    ) -> ferry_store::Result<ferry_core::lease::Lease> {
+        self.store.handover(req, from).await
+    }
+    async fn renew(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: ferry_core::Epoch,
+        ttl: Duration,
+    ) -> ferry_store::Result<ferry_core::lease::Lease> {
+        self.store.renew(name, incarnation, epoch, ttl).await
+    }
+    async fn release(
+        &self,
+        name: &LeaseName,
+        incarnation: &Incarnation,
+        epoch: ferry_core::Epoch,
+    ) -> ferry_store::Result<()> {
+        self.store.release(name, incarnation, epoch).await
+    }
+    async fn get(&self, name: &LeaseName) -> ferry_store::Result<Option<ferry_core::lease::Lease>> {
+        self.store.get(name).await
+    }
+    async fn list(&self) -> ferry_store::Result<Vec<ferry_core::lease::Lease>> {
+        self.store.list().await
+    }
+    async fn expired(&self) -> ferry_store::Result<Vec<ferry_core::lease::Lease>> {
+        self.store.expired().await
+    }
+    fn describe(&self) -> String {
+        self.store.describe()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_crash_over_http_costs_no_lease() {
+    let mut voters = HttpVoters::start(3, VoterTiming::default()).await.expect("voters start");
+    let leader = serving_leader(&voters, None).await;
+    let home = (1..=3).find(|&v| v != leader).expect("a follower");
+    let store = voters.store(home, CALL_TIMEOUT).expect("store");
+    let mut held = Vec::new();
+    for i in 0..10 {
+        let owner = ServerName::new(format!("s{i}")).expect("name");
+        let req = AcquireRequest {
+            name: LeaseName::Server(owner.clone()),
+            owner,
+            machine: MachineName::new("m1").expect("name"),
+            incarnation: Incarnation(format!("i{i}")),
+            ttl: TTL,
+        };
+        let lease = store.acquire(&req).await.expect("acquire");
+        held.push((req, lease.epoch));
+    }
+    let mut last_ok = vec![clock::now(); held.len()];
+    let mut longest = 0u64;
+    let until = clock::now() + 4_000;
+    let mut killed = false;
+    while clock::now() < until {
+        if !killed && clock::now() > until - 2_500 {
+            voters.kill(leader).await;
+            killed = true;
+        }
+        for (i, (req, epoch)) in held.iter().enumerate() {
+            let sent = clock::now();
+            match store.renew(&req.name, &req.incarnation, *epoch, TTL).await {
+                Ok(_) => {
+                    longest = longest.max(sent.since(last_ok[i]));
+                    last_ok[i] = sent;
+                }
+                Err(e @ StoreError::Lost { .. }) => panic!("a leader crash cost a lease: {e}"),
+                Err(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(killed);
+    assert!(longest < TTL.as_millis() as u64, "a renewal gap of {longest} ms reached the TTL");
+    let successor = serving_leader(&voters, Some(leader)).await;
+    assert_ne!(successor, leader);
+}
