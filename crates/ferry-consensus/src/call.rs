@@ -6,7 +6,7 @@ use std::time::Duration;
 use ferry_core::lease::Lease;
 use ferry_core::{Epoch, Incarnation, LeaseName};
 use ferry_store::rules::Take;
-use ferry_store::{AcquireRequest, StoreError};
+use ferry_store::{AcquireRequest, Renewal, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::voter::{Local, Voter};
@@ -15,9 +15,23 @@ use crate::voter::{Local, Voter};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Call {
     Acquire(AcquireRequest),
-    Handover { req: AcquireRequest, from: Incarnation },
-    Renew { name: LeaseName, incarnation: Incarnation, epoch: Epoch, ttl: Duration },
-    Release { name: LeaseName, incarnation: Incarnation, epoch: Epoch },
+    Handover {
+        req: AcquireRequest,
+        from: Incarnation,
+    },
+    Renew {
+        name: LeaseName,
+        incarnation: Incarnation,
+        epoch: Epoch,
+        ttl: Duration,
+    },
+    Release {
+        name: LeaseName,
+        incarnation: Incarnation,
+        epoch: Epoch,
+    },
+    /// Several renewals in one call, each decided as `Renew` (a Node Manager's batch).
+    RenewMany(Vec<Renewal>),
     List,
 }
 
@@ -26,6 +40,8 @@ pub enum Call {
 pub enum Answer {
     Lease(Lease),
     Leases(Vec<Lease>),
+    /// One outcome per renewal of a `RenewMany`, in order.
+    Renewed(Vec<Answer>),
     Done,
     /// Not answered here (not the leader, not serving yet, deposed): try again.
     Retry(String),
@@ -73,6 +89,18 @@ impl Voter {
             }
             Call::Release { name, incarnation, epoch } => {
                 self.release(name, incarnation, *epoch).await.map(|()| Answer::Done)
+            }
+            Call::RenewMany(renewals) => {
+                let mut each = Vec::with_capacity(renewals.len());
+                for r in renewals {
+                    let one = self.renew(&r.name, &r.incarnation, r.epoch, r.ttl).await;
+                    // Not the leader (any more): the batch as a whole is tried again.
+                    if let Err(Local::Retry(why)) = one {
+                        return Answer::Retry(why.to_string());
+                    }
+                    each.push(Answer::of(one.map(Answer::Lease)));
+                }
+                Ok(Answer::Renewed(each))
             }
             Call::List => self.leases().map(Answer::Leases),
         };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ferry_core::lease::{Lease, LeaseState};
 use ferry_core::{Epoch, Incarnation, LeaseName};
-use ferry_store::{AcquireRequest, LeaseStore, Result, StoreError};
+use ferry_store::{AcquireRequest, LeaseStore, Renewal, Result, StoreError};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::{BasicNode, ChangeMembers};
@@ -295,6 +295,20 @@ impl LeaseStore for ConsensusStore {
 
     async fn renew(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch, ttl: Duration) -> Result<Lease> {
         self.lease(Call::Renew { name: name.clone(), incarnation: incarnation.clone(), epoch, ttl }).await
+    }
+
+    async fn renew_many(&self, renewals: &[Renewal]) -> Result<Vec<Result<Lease>>> {
+        match self.on_leader(Call::RenewMany(renewals.to_vec())).await? {
+            Answer::Renewed(each) if each.len() == renewals.len() => Ok(each
+                .into_iter()
+                .map(|a| match a {
+                    Answer::Lease(l) => Ok(l),
+                    Answer::Lost { name, incarnation, detail } => Err(StoreError::Lost { name, incarnation, detail }),
+                    other => Err(self.unexpected(other)),
+                })
+                .collect()),
+            other => Err(self.unexpected(other)),
+        }
     }
 
     async fn release(&self, name: &LeaseName, incarnation: &Incarnation, epoch: Epoch) -> Result<()> {

@@ -332,6 +332,10 @@ async fn keep_leadership(voter: std::sync::Weak<Voter>) {
                     });
                 }
             }
+            // `ReadIndex` also waits until this voter applied everything up to
+            // max(committed, this term's first entry): every row an earlier leader decided
+            // is in the table before the view is built from it (in `with_view`, only once
+            // a confirmation of this term succeeded).
             let sent_at = clock::now();
             let confirmed =
                 tokio::time::timeout(v.timing.leadership.validity, v.raft.ensure_linearizable(ReadPolicy::ReadIndex))

@@ -33,7 +33,7 @@ pub struct AcquireRequest {
 
 /// One renewal of a batch ([`LeaseStore::renew_many`]): the arguments of
 /// [`LeaseStore::renew`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Renewal {
     pub name: LeaseName,
     pub incarnation: Incarnation,
