@@ -20,5 +20,5 @@ pub mod sim;
 pub mod store;
 
 pub use check::{Property, Run, Violation};
-pub use scenario::{Fault, Links, ProcTarget, Scenario, ServerSpec, SimConfig, Target};
+pub use scenario::{Fault, Links, ProcTarget, Scenario, ServerSpec, SimConfig, Target, FAULTS_FROM_MS};
 pub use sim::{run, run_scenario, Outcome, Stats};

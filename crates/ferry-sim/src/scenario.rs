@@ -135,6 +135,14 @@ pub enum Fault {
     StoreOutage {
         ms: u64,
     },
+    /// The lease store's authority changes (a new consensus leader, a promoted standby): it
+    /// answers nothing for `down_ms`, then a host whose clock reads `clock_offset_ms` ahead
+    /// (behind when negative) takes over under DESIGN §3 rule 11. Not drawn by `generate`;
+    /// scenarios add it.
+    AuthorityChange {
+        down_ms: u64,
+        clock_offset_ms: i64,
+    },
     /// The host's wall clock jumps (nothing in ferry's core may care).
     ClockJump {
         target: Target,

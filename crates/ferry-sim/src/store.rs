@@ -9,9 +9,11 @@
 //! shows in the fencing token.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use ferry_core::leadership::{Leadership, LeadershipTiming};
 use ferry_core::lease::{Lease, LeaseState};
-use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, ServerName};
+use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
 
 use crate::clock::HostClock;
 
@@ -34,6 +36,8 @@ struct Row {
     /// By the store's clock.
     expires_at_ms: u64,
     renewed_at_ms: u64,
+    /// The TTL of the last grant: what a new authority restarts the row's clock with.
+    ttl_ms: u64,
 }
 
 /// One acquisition request, as the holder's shell would send it.
@@ -52,11 +56,46 @@ pub struct Acquire {
 pub struct Store {
     pub clock: HostClock,
     rows: BTreeMap<LeaseName, Row>,
+    /// Since the authority last changed (a new consensus leader, a promoted standby): the
+    /// core's rule 11 state, which decides when it answers and how it restarted the clocks.
+    leadership: Option<Leadership>,
 }
 
 impl Store {
     pub fn new(clock: HostClock) -> Self {
-        Store { clock, rows: BTreeMap::new() }
+        Store { clock, rows: BTreeMap::new(), leadership: None }
+    }
+
+    /// Whether the store answers at true time `t_ms`: not while a new authority waits out
+    /// its predecessor (`ferry_core::leadership`).
+    pub fn available(&self, t_ms: u64) -> bool {
+        self.leadership.as_ref().is_none_or(|l| self.clock.mono(t_ms) >= l.serves_from())
+    }
+
+    /// The authority changes at true time `t_ms` to a host whose clock reads `offset_ms`
+    /// ahead of the old one (behind when negative): DESIGN §3 rule 11 as
+    /// `ferry_core::leadership` decides it. The rows are the replicated ones (as written at
+    /// their last grant, in the old clock's numbers); the new authority restarts every held
+    /// row's clock. Returns each held row with the true instant it now expires.
+    pub fn new_authority(
+        &mut self,
+        t_ms: u64,
+        offset_ms: i64,
+        timing: &LeadershipTiming,
+    ) -> Vec<(LeaseName, Epoch, u64)> {
+        let reads = (self.clock.mono(t_ms).0 as i64 + offset_ms).max(0) as u64;
+        self.clock = HostClock::new(self.clock.drift_ppm, reads, t_ms, self.clock.wall_offset_ms);
+        let term = self.leadership.as_ref().map_or(1, |l| l.term() + 1);
+        let leadership = Leadership::elected(term, self.clock.mono(t_ms), timing);
+        let mut changed = Vec::new();
+        for (name, r) in self.rows.iter_mut().filter(|(_, r)| r.state == LeaseState::Held) {
+            let kept = Some(Mono(r.expires_at_ms)).filter(|_| leadership.keeps_replicated_expiries());
+            r.expires_at_ms = leadership.restarted_expiry(Duration::from_millis(r.ttl_ms), kept).0;
+            r.renewed_at_ms = leadership.serves_from().0;
+            changed.push((name.clone(), r.epoch, self.clock.true_at(Mono(r.expires_at_ms), t_ms)));
+        }
+        self.leadership = Some(leadership);
+        changed
     }
 
     fn now_ms(&self, t_ms: u64) -> u64 {
@@ -87,6 +126,7 @@ impl Store {
                 let r = self.rows.get_mut(&req.name).expect("row exists");
                 r.expires_at_ms = now + req.ttl_ms;
                 r.renewed_at_ms = now;
+                r.ttl_ms = req.ttl_ms;
                 return Ok(Self::view(&req.name, r, now));
             }
         }
@@ -123,6 +163,7 @@ impl Store {
             state: LeaseState::Held,
             expires_at_ms: now + req.ttl_ms,
             renewed_at_ms: now,
+            ttl_ms: req.ttl_ms,
         };
         let lease = Self::view(&req.name, &new, now);
         self.rows.insert(req.name.clone(), new);
@@ -153,6 +194,7 @@ impl Store {
         }
         r.expires_at_ms = now + ttl_ms;
         r.renewed_at_ms = now;
+        r.ttl_ms = ttl_ms;
         Ok(Self::view(name, r, now))
     }
 

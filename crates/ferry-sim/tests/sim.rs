@@ -303,3 +303,34 @@ fn explore_recovery() {
         println!("seed {seed}: {took} ms, {ratio:.2} × ({tight} ms)");
     }
 }
+
+/// Two changes of the store's authority (a new consensus leader, a promoted standby) in the
+/// fault phase, on top of the seed's own faults: a prompt one to a clock 3 s ahead, and one
+/// slower than a lease to a clock 3 s behind (DESIGN §3 rule 11, `ferry_core::leadership`).
+fn with_authority_changes(sc: &mut Scenario) {
+    let ttl = sc.ttl_ms();
+    let at = ferry_sim::FAULTS_FROM_MS + 300;
+    sc.faults.push((at, Fault::AuthorityChange { down_ms: sc.interval_ms / 2, clock_offset_ms: 3_000 }));
+    sc.faults.push((at + 4 * ttl, Fault::AuthorityChange { down_ms: 2 * ttl, clock_offset_ms: -3_000 }));
+    sc.faults.sort_by_key(|(t, _)| *t);
+}
+
+/// Every property holds across authority changes, whatever the new clock reads.
+#[test]
+fn authority_changes_keep_every_property() {
+    for seed in 0..150 {
+        let cfg = SimConfig::new(seed);
+        let mut sc = Scenario::generate(&cfg);
+        with_authority_changes(&mut sc);
+        let out = run_scenario(&cfg, sc);
+        assert!(out.violations.is_empty(), "{}", explain(&cfg, &out));
+    }
+}
+
+/// Rule 11 broken: a new authority keeps the replicated expiries and answers at once, so
+/// with its clock ahead it expires leases before their holders' deadlines.
+#[test]
+fn planted_leader_no_restart_is_caught() {
+    let bugs = Bugs { leader_no_restart: true, ..Bugs::NONE };
+    hunt_in(bugs, None, with_authority_changes, &[Property::FenceBeforeExpiry, Property::Safety], 50);
+}

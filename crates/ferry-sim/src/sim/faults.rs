@@ -5,7 +5,10 @@
 //! is left (the master role lives in the servers, so nothing else would restart them).
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
+use ferry_core::leadership::LeadershipTiming;
+use ferry_core::LeaseName;
 use rand::Rng;
 
 use super::nodemanager::{Nm, NmItem};
@@ -121,6 +124,11 @@ impl Sim {
                 let id = self.fresh_id();
                 self.store_outages.insert(id);
                 self.schedule(self.now + ms, Event::StoreBack(id));
+            }
+            Fault::AuthorityChange { down_ms, clock_offset_ms } => {
+                let id = self.fresh_id();
+                self.store_outages.insert(id);
+                self.schedule(self.now + down_ms, Event::NewAuthority { outage: id, clock_offset_ms });
             }
             Fault::ClockJump { target, jump_ms } => {
                 let Some(h) = self.resolve(target) else {
@@ -334,6 +342,50 @@ impl Sim {
                 if self.nm_running(home, self.hosts[home].boot) {
                     self.nm_start(home, &server);
                 }
+            }
+        }
+    }
+}
+
+impl Sim {
+    /// A new store authority takes over (`Fault::AuthorityChange`), with its clock
+    /// `clock_offset_ms` off the old one, as `ferry_core::leadership` rules. Every live
+    /// holder's current deadline is then checked against the instant the store now expires
+    /// its lease: a new authority that expires a lease early breaks rule 2's invariant at
+    /// once (the `leader_no_restart` planted bug).
+    pub(super) fn new_authority(&mut self, clock_offset_ms: i64) {
+        let timing = LeadershipTiming {
+            validity: Duration::from_millis(250),
+            drift_ppm: 10_000,
+            margin: Duration::from_millis(20),
+            bugs: self.bugs,
+        };
+        let changed = self.store.new_authority(self.now, clock_offset_ms, &timing);
+        tr!(self, "store authority changed (clock {clock_offset_ms:+} ms): {} held leases restarted", changed.len());
+        for (name, epoch, until) in changed {
+            for i in 0..self.instances.len() {
+                if !self.instances[i].alive {
+                    continue;
+                }
+                let local = self.hosts[self.instances[i].host].clock.mono(self.now);
+                let instance = &mut self.instances[i];
+                let (keeper, granted, which) = match &name {
+                    LeaseName::Server(s) if &instance.server == s => {
+                        (instance.server_keeper.as_ref(), &mut instance.server_granted_until, "server")
+                    }
+                    LeaseName::Master(_) => {
+                        (instance.master_keeper.as_ref(), &mut instance.master_granted_until, "master")
+                    }
+                    LeaseName::Server(_) => continue,
+                };
+                let Some((held, deadline)) = keeper.and_then(|k| k.held(local)) else {
+                    continue;
+                };
+                if held != epoch {
+                    continue;
+                }
+                *granted = until;
+                self.check_deadline(i, which, deadline, until);
             }
         }
     }

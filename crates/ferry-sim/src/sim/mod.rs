@@ -110,6 +110,11 @@ enum Event {
     Uncut(u64),
     Unslow(u64),
     StoreBack(u64),
+    /// The end of an authority change's outage: the new authority takes over.
+    NewAuthority {
+        outage: u64,
+        clock_offset_ms: i64,
+    },
     FaultPhase,
     Heal,
     Operator,
@@ -457,6 +462,10 @@ impl Sim {
             Event::Unslow(id) => self.net.unslow(id),
             Event::StoreBack(id) => {
                 self.store_outages.remove(&id);
+            }
+            Event::NewAuthority { outage, clock_offset_ms } => {
+                self.store_outages.remove(&outage);
+                self.new_authority(clock_offset_ms);
             }
             Event::FaultPhase => {
                 self.net.loss = self.scenario.loss;

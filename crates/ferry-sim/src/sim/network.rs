@@ -122,7 +122,7 @@ impl Sim {
         let Payload::StoreReq { req, from, op } = payload else {
             return;
         };
-        let reply = if !self.store_outages.is_empty() {
+        let reply = if !self.store_outages.is_empty() || !self.store.available(self.now) {
             StoreReply::Unavailable
         } else {
             match op {
