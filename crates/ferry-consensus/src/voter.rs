@@ -31,20 +31,17 @@ pub struct VoterTiming {
 }
 
 impl Default for VoterTiming {
-    /// For leases of a second or more: a dead leader is replaced in 0.15–0.3 s, and its
-    /// successor grants 0.27 s later.
+    /// For leases of a second or more: a dead leader is replaced in 0.15–0.6 s, and its
+    /// successor grants 0.27 s later (`ferry_core::leadership`'s defaults, which
+    /// `ferry validate` checks leases against).
     fn default() -> Self {
+        use ferry_core::leadership as l;
         VoterTiming {
-            heartbeat: Duration::from_millis(50),
-            election_min: Duration::from_millis(150),
-            election_max: Duration::from_millis(300),
-            confirm_every: Duration::from_millis(50),
-            leadership: LeadershipTiming {
-                validity: Duration::from_millis(250),
-                drift_ppm: 10_000,
-                margin: Duration::from_millis(20),
-                bugs: ferry_core::time::Bugs::NONE,
-            },
+            heartbeat: l::HEARTBEAT,
+            election_min: l::ELECTION_MIN,
+            election_max: l::ELECTION_MAX,
+            confirm_every: l::HEARTBEAT,
+            leadership: l::DEFAULT_TIMING,
         }
     }
 }

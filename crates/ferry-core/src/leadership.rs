@@ -26,6 +26,27 @@ use std::time::Duration;
 
 use crate::time::{Bugs, Mono};
 
+/// The voters' timing ferry runs consensus leasing with (`ferry-consensus`'s
+/// `VoterTiming::default`), and that `ferry validate` checks leases against.
+pub const HEARTBEAT: Duration = Duration::from_millis(50);
+pub const ELECTION_MIN: Duration = Duration::from_millis(150);
+pub const ELECTION_MAX: Duration = Duration::from_millis(300);
+pub const DEFAULT_TIMING: LeadershipTiming = LeadershipTiming {
+    validity: Duration::from_millis(250),
+    drift_ppm: 10_000,
+    margin: Duration::from_millis(20),
+    bugs: Bugs::NONE,
+};
+
+/// The longest a cluster may go without a serving leader after its leader dies: the
+/// followers keep openraft's leader lease (one `election_max`) before they campaign, a
+/// campaign takes up to another `election_max`, and the winner then waits out its
+/// predecessor. A lease must outlast this plus one renewal interval, or a leader crash
+/// fences servers on healthy machines.
+pub fn takeover_bound_ms(election_max: Duration, timing: &LeadershipTiming) -> u64 {
+    2 * election_max.as_millis() as u64 + timing.wait_ms()
+}
+
 /// The timing of leadership, the same on every voter of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeadershipTiming {
@@ -177,6 +198,11 @@ mod tests {
         l.confirmed(Mono(700), &TIMING);
         l.confirmed(Mono(600), &TIMING); // a slow, older round answering late
         assert_eq!(l.serving(Mono(946)), Serving::Yes);
+    }
+
+    #[test]
+    fn the_default_takeover_fits_a_lease_of_a_second_and_a_half() {
+        assert_eq!(takeover_bound_ms(ELECTION_MAX, &DEFAULT_TIMING), 873);
     }
 
     #[test]

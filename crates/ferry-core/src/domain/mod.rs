@@ -476,6 +476,27 @@ impl Domain {
             if s.health_check_interval.is_zero() {
                 push(format!("servers[{i}].health_check_interval"), "must be greater than zero".into());
             }
+            if self.leasing.basis == LeasingBasis::Consensus && !s.health_check_interval.is_zero() {
+                use crate::leadership;
+                let takeover = leadership::takeover_bound_ms(leadership::ELECTION_MAX, &leadership::DEFAULT_TIMING);
+                let interval = s.health_check_interval.as_millis() as u64;
+                let ttl = s.lease_ttl().as_millis() as u64;
+                if ttl.saturating_sub(interval) <= takeover {
+                    push(
+                        format!("servers[{i}].health_check_interval"),
+                        format!(
+                            "with consensus leasing a new cluster leader answers up to {takeover} ms after the old one dies \
+                             (two election timeouts of {} ms, then {} ms waiting out the old leader), but this server's lease \
+                             of {ttl} ms leaves only {} ms after a missed renewal: make the lease at least {} ms \
+                             (raise health_check_interval or health_check_periods_until_fencing)",
+                            leadership::ELECTION_MAX.as_millis(),
+                            leadership::DEFAULT_TIMING.wait_ms(),
+                            ttl.saturating_sub(interval),
+                            takeover + interval + 1,
+                        ),
+                    );
+                }
+            }
             if s.health_check_periods_until_fencing < 2 {
                 push(
                     format!("servers[{i}].health_check_periods_until_fencing"),

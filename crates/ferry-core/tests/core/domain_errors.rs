@@ -412,6 +412,17 @@ fn every_error_names_file_line_column_and_field() {
             &[r#"bad.toml:7:9: leasing.basis: consensus leasing is not available yet: use basis = "database""#],
         ),
         (
+            "consensus leasing with a lease too short for a change of leader",
+            edit(&[
+                ("basis = \"database\"", "basis = \"consensus\""),
+                ("health_check_interval = \"10s\"", "health_check_interval = \"100ms\""),
+            ]),
+            &[
+                r#"bad.toml:7:9: leasing.basis: consensus leasing is not available yet: use basis = "database""#,
+                r#"bad.toml:33:25: servers[0].health_check_interval: with consensus leasing a new cluster leader answers up to 873 ms after the old one dies (two election timeouts of 300 ms, then 273 ms waiting out the old leader), but this server's lease of 300 ms leaves only 200 ms after a missed renewal: make the lease at least 974 ms (raise health_check_interval or health_check_periods_until_fencing)"#,
+            ],
+        ),
+        (
             "an unknown leasing basis",
             edit(&[("basis = \"database\"", "basis = \"raft\"")]),
             &[r#"bad.toml:7:9: leasing.basis: "raft" is not allowed here: use one of database, consensus"#],
