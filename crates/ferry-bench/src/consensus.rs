@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_consensus::{Cluster, ConsensusStore, VoterTiming};
+use ferry_consensus::{ConsensusStore, VoterTiming};
 use ferry_core::{Incarnation, LeaseName, MachineName, Mono, ServerName};
 use ferry_host::clock;
 use ferry_store::{AcquireRequest, LeaseStore, Renewal, StoreError};
-use ferry_testkit::consensus::HttpVoters;
+use ferry_testkit::consensus::{Cluster, HttpVoters};
 
 use crate::leases_tally::micros;
 use crate::stats::{header, row};

@@ -8,10 +8,11 @@
 pub mod call;
 pub mod disk;
 pub mod http;
-pub mod net;
 pub mod replicated;
 pub mod store;
 pub mod voter;
 
-pub use store::{Cluster, ConsensusStore, Route};
+/// The pinned openraft, for the crates that stand voters up (ferry-testkit).
+pub use openraft;
+pub use store::{ConsensusStore, Route};
 pub use voter::{Storage, VoterTiming};

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use ferry_consensus::{Cluster, VoterTiming};
+use ferry_consensus::VoterTiming;
 use ferry_testkit::conformance;
+use ferry_testkit::consensus::Cluster;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -8,11 +8,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_consensus::{Cluster, ConsensusStore, VoterTiming};
+use ferry_consensus::{ConsensusStore, VoterTiming};
 use ferry_core::time::Bugs;
 use ferry_core::{Epoch, Incarnation, LeaseName, MachineName, Mono, ServerName};
 use ferry_host::clock;
 use ferry_store::{AcquireRequest, LeaseStore, StoreError};
+use ferry_testkit::consensus::Cluster;
 
 const TTL: Duration = Duration::from_millis(1_500);
 const RENEW_EVERY: Duration = Duration::from_millis(250);

@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
-use ferry_consensus::{Cluster, VoterTiming};
+use ferry_consensus::VoterTiming;
 use ferry_core::{Incarnation, LeaseName, MachineName, ServerName};
 use ferry_host::clock;
 use ferry_store::{AcquireRequest, LeaseStore};
+use ferry_testkit::consensus::Cluster;
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(300);
 

@@ -5,7 +5,8 @@
 //!   on loopback for the store's tests, or inside a lab's switch namespace
 //!   ([`PgOptions::in_lab`]); [`TestCa`] issues their certificates.
 //! * [`conformance`]: the lease semantics of DESIGN §3, run against every `LeaseStore`.
-//! * [`consensus::HttpVoters`]: consensus-leasing voters talking HTTP on loopback.
+//! * [`consensus`]: consensus-leasing voters in this process ([`consensus::Cluster`]) or
+//!   talking HTTP on loopback ([`consensus::HttpVoters`]).
 //! * [`Harness`] (`harness.rs`): a whole domain of real `ferry` processes on one host.
 //! * [`LabDomain`] (`labdomain.rs`): a whole domain on ferry-lab hosts, each machine a
 //!   network namespace, with PostgreSQL and the admin in the switch.

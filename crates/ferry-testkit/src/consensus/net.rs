@@ -9,14 +9,16 @@ use std::io;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
-use openraft::alias::{SnapshotOf, VoteOf};
-use openraft::error::{RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
-use openraft::network::v2::RaftNetworkV2;
-use openraft::network::RPCOption;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::{BasicNode, OptionalSend, RaftNetworkFactory};
+use ferry_consensus::openraft::alias::{SnapshotOf, VoteOf};
+use ferry_consensus::openraft::error::{RPCError, RemoteError, ReplicationClosed, StreamingError, Unreachable};
+use ferry_consensus::openraft::network::v2::RaftNetworkV2;
+use ferry_consensus::openraft::network::RPCOption;
+use ferry_consensus::openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use ferry_consensus::openraft::{BasicNode, OptionalSend, RaftNetworkFactory};
 
-use crate::replicated::{Config, Raft};
+use ferry_consensus::replicated::{Config, Raft};
 
 #[derive(Default)]
 struct Links {
