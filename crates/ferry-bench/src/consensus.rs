@@ -74,13 +74,6 @@ impl Voters {
         Ok((voters, leader))
     }
 
-    fn leader_seen_by(&self, v: u64) -> Option<u64> {
-        match self {
-            Voters::InProcess(c) => c.leader_seen_by(v),
-            Voters::Http(h) => h.leader_seen_by(v),
-        }
-    }
-
     fn store(&self, home: u64) -> anyhow::Result<ConsensusStore> {
         match self {
             Voters::InProcess(c) => Ok(c.store(home, CALL_TIMEOUT)),
@@ -98,16 +91,9 @@ impl Voters {
 
 /// The leader as seen by a voter other than `not`, once it serves.
 async fn serving_leader(voters: &Voters, not: Option<u64>) -> anyhow::Result<u64> {
-    let deadline = clock::now() + 20_000;
-    loop {
-        let seen = (1..=3).filter(|&v| Some(v) != not).find_map(|v| voters.leader_seen_by(v));
-        if let Some(l) = seen.filter(|&l| Some(l) != not) {
-            if voters.store(l)?.list().await.is_ok() {
-                return Ok(l);
-            }
-        }
-        anyhow::ensure!(clock::now() < deadline, "no serving leader within 20 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    match voters {
+        Voters::InProcess(c) => c.serving_leader(not).await,
+        Voters::Http(h) => h.serving_leader(not).await,
     }
 }
 

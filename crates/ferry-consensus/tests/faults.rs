@@ -74,27 +74,16 @@ fn keep_renewing(
     (seen, task)
 }
 
-/// The cluster leader once some voter other than `not`, as seen by a voter other than
-/// `not`, leads and serves a read.
-async fn new_leader(cluster: &Cluster, voters: u64, not: u64) -> u64 {
-    let deadline = clock::now() + 20_000;
-    loop {
-        let seen = (1..=voters).filter(|&v| v != not).find_map(|v| cluster.leader_seen_by(v));
-        if let Some(l) = seen.filter(|&l| l != not) {
-            if cluster.store(l, CALL_TIMEOUT).list().await.is_ok() {
-                return l;
-            }
-        }
-        assert!(clock::now() < deadline, "no new leader within 20 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The leader once a voter other than `not` (0: any) leads and serves, as seen by the others.
+async fn new_leader(cluster: &Cluster, not: u64) -> u64 {
+    cluster.serving_leader(Some(not)).await.expect("a new leader serves")
 }
 
 async fn started(voters: u64, bugs: Bugs) -> (Cluster, u64) {
     let mut timing = VoterTiming::default();
     timing.leadership.bugs = bugs;
     let cluster = Cluster::start(voters, timing).await.expect("voters start");
-    let leader = new_leader(&cluster, voters, 0).await;
+    let leader = new_leader(&cluster, 0).await;
     (cluster, leader)
 }
 
@@ -122,7 +111,7 @@ async fn leader_crash(bugs: Bugs) -> Vec<String> {
     // Longer than a TTL: what was replicated at the acquisitions is long out of date.
     tokio::time::sleep(TTL + Duration::from_millis(500)).await;
     cluster.kill(leader).await;
-    let successor = new_leader(&cluster, 3, leader).await;
+    let successor = new_leader(&cluster, leader).await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let expired = cluster.store(successor, CALL_TIMEOUT).expired().await.expect("expired");
     let _ = stop_tx.send(true);
@@ -165,7 +154,7 @@ async fn partitioned_leader(bugs: Bugs) -> Vec<String> {
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     cluster.router.partition(&[leader], &others);
-    let successor = new_leader(&cluster, 3, leader).await;
+    let successor = new_leader(&cluster, leader).await;
     let rival_store = cluster.store(successor, CALL_TIMEOUT);
     let as_seen = rival_store.get(&lease.name).await.expect("get").expect("the row was replicated");
     let expiry = clock::now() + as_seen.remaining_ms.max(0) as u64;
@@ -226,7 +215,7 @@ async fn planted_leadership_bugs_are_caught() {
 async fn a_cluster_restarted_from_disk_keeps_every_lease_and_epoch() {
     let dir = tempfile::tempdir().expect("a directory");
     let cluster = Cluster::start_on_disk(3, VoterTiming::default(), dir.path()).await.expect("voters start");
-    let leader = new_leader(&cluster, 3, 0).await;
+    let leader = new_leader(&cluster, 0).await;
     let store = cluster.store(leader, CALL_TIMEOUT);
     let mut held = Vec::new();
     for i in 0..5 {
@@ -244,7 +233,7 @@ async fn a_cluster_restarted_from_disk_keeps_every_lease_and_epoch() {
     for v in 1..=3 {
         cluster.restart(v).await.expect("the voter starts again from disk");
     }
-    let leader = new_leader(&cluster, 3, 0).await;
+    let leader = new_leader(&cluster, 0).await;
     let store = cluster.store(leader, CALL_TIMEOUT);
     for (req, epoch) in &held {
         let lease = store.get(&req.name).await.expect("get").expect("the row survived");

@@ -15,17 +15,7 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(400);
 const TTL: Duration = Duration::from_millis(1_500);
 
 async fn serving_leader(voters: &HttpVoters, not: Option<u64>) -> u64 {
-    let deadline = clock::now() + 20_000;
-    loop {
-        let seen = voters.urls.keys().filter(|&&v| Some(v) != not).find_map(|&v| voters.leader_seen_by(v));
-        if let Some(l) = seen.filter(|&l| Some(l) != not) {
-            if voters.store(l, CALL_TIMEOUT).expect("store").list().await.is_ok() {
-                return l;
-            }
-        }
-        assert!(clock::now() < deadline, "no serving leader within 20 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    voters.serving_leader(not).await.expect("a leader serves")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,12 @@ impl HttpVoters {
         self.voter(id).and_then(|v| v.current_leader())
     }
 
+    /// Waits for a leader other than `not`, seen by a voter other than `not`, that answers.
+    pub async fn serving_leader(&self, not: Option<u64>) -> anyhow::Result<u64> {
+        let ids: Vec<u64> = self.urls.keys().copied().collect();
+        super::serving_leader(&ids, not, |v| self.leader_seen_by(v), |l| self.store(l, super::PROBE_TIMEOUT)).await
+    }
+
     /// The lease table as a process next to voter `home` sees it.
     pub fn store(&self, home: u64, call_timeout: Duration) -> anyhow::Result<ConsensusStore> {
         let voter = self.voter(home).ok_or_else(|| anyhow::anyhow!("no voter {home}"))?;

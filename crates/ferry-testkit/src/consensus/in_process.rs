@@ -171,6 +171,12 @@ impl Cluster {
         self.voter(voter).and_then(|v| v.current_leader())
     }
 
+    /// Waits for a leader other than `not`, seen by a voter other than `not`, that answers.
+    pub async fn serving_leader(&self, not: Option<u64>) -> anyhow::Result<u64> {
+        let ids: Vec<u64> = self.voters().keys().copied().collect();
+        super::serving_leader(&ids, not, |v| self.leader_seen_by(v), |l| Ok(self.store(l, super::PROBE_TIMEOUT))).await
+    }
+
     /// Stops a voter as a crash would: it answers nobody from now on.
     pub async fn kill(&self, id: u64) {
         self.router.remove(id);
