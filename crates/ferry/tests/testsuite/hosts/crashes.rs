@@ -31,8 +31,11 @@ async fn machine_crash_moves_server_and_floating_ip() {
 
     let t0 = clock::now().0;
     d.lab.crash("machine-c").await.unwrap();
-    let after =
-        d.wait_running("ms2", "machine-d", before.epoch.unwrap().0, PATIENCE).await.expect("ms2 moved to machine-d");
+    // On failure, the event trail says why the master passed machine-d over.
+    let after = match d.wait_running("ms2", "machine-d", before.epoch.unwrap().0, PATIENCE).await {
+        Ok(after) => after,
+        Err(e) => panic!("ms2 moved to machine-d: {e}\n{}", trail(&events(&d).await)),
+    };
     assert!(has_ip(&d, "machine-d", &fip).await, "the floating IP moved to machine-d");
     let view = wait_client_new(&d, "ms2", t0, before.epoch.unwrap().0).await;
     assert_eq!(view.new_machine.as_deref(), Some("machine-d"), "{view:?}");
