@@ -50,8 +50,18 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     let ds = domain.domain.leasing.data_source.clone();
     // The admin runs whatever state the lease table is in: its views answer with the
     // table's error (and the fix) until it is reachable.
-    let store = ferry_store::open_lazy(&ds, Duration::from_secs(5));
-    let lease_table_problem = if ds.starts_with("sqlite://") {
+    let consensus = domain.domain.leasing.basis == ferry_core::domain::LeasingBasis::Consensus;
+    let store = if consensus {
+        // Consensus leasing: the table is at the cluster leader, relayed by any Node Manager.
+        let nms: Vec<_> = domain.domain.machines.iter().map(|m| m.node_manager).collect();
+        ferry_consensus::http::relay_store(&nms, &pki.creds, Duration::from_secs(5))?
+    } else {
+        ferry_store::open_lazy(&ds, Duration::from_secs(5))
+    };
+    let lease_table_problem = if consensus {
+        // The voters start the table: nothing to prepare, and no Node Manager may be up yet.
+        None
+    } else if ds.starts_with("sqlite://") {
         // The embedded lease table is created on first use; a production database is
         // prepared by its operator with `ferry leasing init`.
         ferry_store::init(&ds).await.err()

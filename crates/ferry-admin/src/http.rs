@@ -110,7 +110,17 @@ async fn put_domain(
     }
     let current = s.domain();
     if update.domain.leasing != current.domain.leasing {
-        return error(409, "the leasing basis and data source cannot change while the domain runs: stop the whole cluster, edit the domain file and restart the Administration Server");
+        let what = if update.domain.leasing.basis != current.domain.leasing.basis {
+            "leasing basis"
+        } else {
+            "lease table's data source"
+        };
+        return error(
+            409,
+            format!(
+                "the {what} cannot change while the domain runs: when switching from one leasing type to another, you must restart the entire cluster, not just the Administration Server (the seed); stop every server and Node Manager, edit the domain file, then start the Administration Server and the Node Managers again"
+            ),
+        );
     }
     let mut cfg = s.config.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(expected) = update.expected_version {

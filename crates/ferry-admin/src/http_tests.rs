@@ -155,6 +155,25 @@ async fn events_come_in_pages_that_say_how_to_go_on() {
 }
 
 #[tokio::test]
+async fn switching_the_leasing_basis_of_a_running_domain_is_refused_with_the_seeds_reason() {
+    let a = app();
+    let mut domain = a.state.domain().domain;
+    domain.leasing.basis = ferry_core::domain::LeasingBasis::Consensus;
+    domain.leasing.data_source.clear();
+    let mut second = domain.machines[0].clone();
+    second.name = ferry_core::MachineName::new("m2").unwrap();
+    second.node_manager = "127.0.0.1:1".parse().unwrap();
+    domain.machines.push(second);
+    let body = serde_json::json!({ "domain": domain }).to_string();
+    let (s, answer) = call(&a, "PUT", "/api/v1/domain", Some(&a.admin), &body).await;
+    assert_eq!(s, 409, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.starts_with("the leasing basis cannot change while the domain runs"), "{error}");
+    assert!(error.contains("you must restart the entire cluster"), "{error}");
+    assert_eq!(a.state.domain().domain.leasing.basis, ferry_core::domain::LeasingBasis::Database, "nothing changed");
+}
+
+#[tokio::test]
 async fn every_route_checks_the_callers_role() {
     let a = app();
     let (s, body) = call(&a, "GET", "/api/v1/events", None, "").await;

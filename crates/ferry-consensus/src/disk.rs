@@ -23,6 +23,18 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS raft_log (idx INTEGER PRIMARY KEY, entry TEXT NOT NULL);
 ";
 
+/// The identity of the voter whose data lives in `dir` (a new one, drawn at random, when
+/// `dir` holds none: a voter that lost its data comes back as somebody new).
+pub fn identity_in(dir: &Path) -> io::Result<u64> {
+    std::fs::create_dir_all(dir)?;
+    DiskLog::open(&dir.join("raft.db"))?.identity(|| loop {
+        let id = u64::from(rand::random::<u32>());
+        if id != 0 {
+            break id;
+        }
+    })
+}
+
 /// The vote and log of one voter in `DIR/raft.db`.
 #[derive(Clone)]
 pub struct DiskLog {
@@ -39,6 +51,23 @@ impl DiskLog {
         let db = Connection::open(path).map_err(io_err)?;
         db.execute_batch(SCHEMA).map_err(io_err)?;
         Ok(DiskLog { db: Arc::new(Mutex::new(db)) })
+    }
+
+    /// The voter id this log belongs to, drawn by `fresh` the first time (a new data
+    /// directory is a new identity: the id lives in the same file as the vote and log, so
+    /// the two can only be lost together).
+    pub fn identity(&self, fresh: impl FnOnce() -> u64) -> io::Result<u64> {
+        let c = self.db.lock().unwrap_or_else(|e| e.into_inner());
+        let kept: Option<String> = c
+            .query_row("SELECT value FROM raft_meta WHERE key = 'voter_id'", [], |r| r.get(0))
+            .optional()
+            .map_err(io_err)?;
+        if let Some(text) = kept {
+            return text.parse().map_err(io_err);
+        }
+        let id = fresh();
+        c.execute("INSERT INTO raft_meta (key, value) VALUES ('voter_id', ?1)", [id.to_string()]).map_err(io_err)?;
+        Ok(id)
     }
 
     /// Runs `work` on the connection on the blocking pool.

@@ -1,12 +1,14 @@
 //! The voters' protocol over HTTP (JSON): openraft's RPCs under `/raft/v1/` and forwarded
 //! lease calls under `/lease/v1/call`, served by [`routes`] and sent by [`HttpNet`] and
-//! [`HttpRoute`]. Plain HTTP here; the Node Managers will serve the same routes on their
-//! mutually authenticated HTTPS listener.
+//! [`HttpRoute`]; a process without a voter reaches the leader through a Node Manager's
+//! `/lease/v1/relay` ([`RelayRoute`]). The tests use plain HTTP; the Node Managers serve
+//! the same routes on their mutually authenticated HTTPS listener, with their own client.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Cursor;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -75,28 +77,69 @@ async fn lease_call(State(v): State<Arc<Voter>>, Json(call): Json<Call>) -> Json
     Json(v.answer(&call).await)
 }
 
-/// openraft's network over HTTP; a voter's address is its node's `addr` (`http://IP:PORT`).
+/// Where each voter listens: its node's address in the membership is its name (a machine,
+/// or the witness), looked up here when a call is sent, so a voter that moves to another
+/// address is found there. An address that is already a URL (`http://IP:PORT`) is used
+/// as it is.
+#[derive(Clone, Default)]
+pub struct Directory(Arc<RwLock<BTreeMap<String, String>>>);
+
+impl Directory {
+    /// Replaces the whole directory (name → base URL).
+    pub fn set(&self, urls: BTreeMap<String, String>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = urls;
+    }
+
+    pub fn url(&self, addr: &str) -> Option<String> {
+        if addr.contains("://") {
+            return Some(addr.to_string());
+        }
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(addr).cloned()
+    }
+}
+
+/// openraft's network over HTTP (or HTTPS, with the client's TLS configuration).
 #[derive(Clone)]
 pub struct HttpNet {
     client: reqwest::Client,
+    directory: Directory,
+    timeout: Duration,
 }
 
 impl HttpNet {
+    /// Plain HTTP, each RPC bounded by `timeout`; node addresses are URLs.
     pub fn new(timeout: Duration) -> anyhow::Result<HttpNet> {
         ferry_tls::install_crypto_provider();
-        Ok(HttpNet { client: reqwest::Client::builder().timeout(timeout).build()? })
+        Ok(HttpNet::with_client(reqwest::Client::builder().no_proxy().build()?, Directory::default(), timeout))
+    }
+
+    /// Through `client` (the Node Manager's, mutual TLS), nodes found in `directory`.
+    pub fn with_client(client: reqwest::Client, directory: Directory, timeout: Duration) -> HttpNet {
+        HttpNet { client, directory, timeout }
     }
 }
 
 pub struct HttpPeer {
     client: reqwest::Client,
-    url: String,
+    directory: Directory,
+    addr: String,
+    timeout: Duration,
 }
 
 impl HttpPeer {
     async fn post<B: Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, String> {
-        let answer =
-            self.client.post(format!("{}{path}", self.url)).json(body).send().await.map_err(|e| e.to_string())?;
+        let url = self.directory.url(&self.addr).ok_or_else(|| format!("no address known for voter {}", self.addr))?;
+        let answer = self
+            .client
+            .post(format!("{url}{path}"))
+            .timeout(self.timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| ferry_core::chain(&e))?;
+        if !answer.status().is_success() {
+            return Err(format!("{url}{path} answered {}", answer.status()));
+        }
         let wire: Wire<T> = answer.json().await.map_err(|e| e.to_string())?;
         wire
     }
@@ -114,7 +157,12 @@ impl RaftNetworkFactory<Config> for HttpNet {
     type Network = HttpPeer;
 
     async fn new_client(&mut self, _target: u64, node: &BasicNode) -> HttpPeer {
-        HttpPeer { client: self.client.clone(), url: node.addr.clone() }
+        HttpPeer {
+            client: self.client.clone(),
+            directory: self.directory.clone(),
+            addr: node.addr.clone(),
+            timeout: self.timeout,
+        }
     }
 }
 
@@ -163,21 +211,40 @@ impl RaftNetworkV2<Config> for HttpPeer {
 pub struct HttpRoute {
     local: Arc<Voter>,
     client: reqwest::Client,
-    /// Every voter's address, by id.
-    urls: Mutex<BTreeMap<u64, String>>,
+    directory: Directory,
+    timeout: Duration,
     name: String,
 }
 
 impl HttpRoute {
-    pub fn new(local: Arc<Voter>, urls: BTreeMap<u64, String>, timeout: Duration) -> anyhow::Result<HttpRoute> {
+    /// Plain HTTP; node addresses are URLs.
+    pub fn new(local: Arc<Voter>, timeout: Duration) -> anyhow::Result<HttpRoute> {
         ferry_tls::install_crypto_provider();
-        let name = format!("consensus leasing at voter {} over HTTP", local.id);
-        Ok(HttpRoute {
-            local,
-            client: reqwest::Client::builder().timeout(timeout).build()?,
-            urls: Mutex::new(urls),
-            name,
-        })
+        Ok(HttpRoute::with_client(local, reqwest::Client::builder().no_proxy().build()?, Directory::default(), timeout))
+    }
+
+    pub fn with_client(
+        local: Arc<Voter>,
+        client: reqwest::Client,
+        directory: Directory,
+        timeout: Duration,
+    ) -> HttpRoute {
+        let name = format!("consensus leasing at voter {}", local.id);
+        HttpRoute { local, client, directory, timeout, name }
+    }
+
+    /// The voter this route starts from.
+    pub fn local(&self) -> &Arc<Voter> {
+        &self.local
+    }
+
+    /// Runs `call` on the leader this voter knows, once: the relay a server's or the
+    /// admin's call takes through a Node Manager.
+    pub async fn relay(&self, call: &Call) -> Answer {
+        match self.leader() {
+            Some(leader) => self.send(leader, call).await,
+            None => Answer::Retry("no cluster leader is known here".into()),
+        }
     }
 }
 
@@ -191,18 +258,85 @@ impl Route for HttpRoute {
         if leader == self.local.id {
             return self.local.answer(call).await;
         }
-        let url = self.urls.lock().unwrap_or_else(|e| e.into_inner()).get(&leader).cloned();
-        let Some(url) = url else {
+        let Some(url) = self.local.node_addr(leader).and_then(|a| self.directory.url(&a)) else {
             return Answer::Retry(format!("no address for voter {leader}"));
         };
-        let sent = self.client.post(format!("{url}/lease/v1/call")).json(call).send().await;
-        match sent {
-            Ok(answer) => answer.json::<Answer>().await.unwrap_or_else(|e| Answer::Retry(e.to_string())),
-            Err(e) => Answer::Retry(format!("the leader at {url} did not answer: {e}")),
-        }
+        post_call(&self.client, &format!("{url}/lease/v1/call"), call, self.timeout).await
     }
 
     fn describe(&self) -> String {
         self.name.clone()
     }
+}
+
+/// Posts a lease call; a failure to reach the other end is an answer to try again.
+async fn post_call(client: &reqwest::Client, url: &str, call: &Call, timeout: Duration) -> Answer {
+    match client.post(url).timeout(timeout).json(call).send().await {
+        Ok(answer) if answer.status().is_success() => {
+            answer.json::<Answer>().await.unwrap_or_else(|e| Answer::Retry(e.to_string()))
+        }
+        Ok(answer) => match answer.status().as_u16() {
+            // Refused for who we are: no retry helps.
+            401 | 403 => Answer::Failed(format!("{url} refused the call ({})", answer.status())),
+            _ => Answer::Retry(format!("{url} answered {}", answer.status())),
+        },
+        Err(e) => Answer::Retry(format!("{url} did not answer: {}", ferry_core::chain(&e))),
+    }
+}
+
+/// The way to the lease table of a process that runs no voter (a server, the admin): its
+/// calls go to a Node Manager's `/lease/v1/relay`, which forwards them to the leader. The
+/// Node Managers are tried in turn, from the last one that answered.
+pub struct RelayRoute {
+    client: reqwest::Client,
+    urls: Vec<String>,
+    current: AtomicUsize,
+    timeout: Duration,
+    name: String,
+}
+
+impl RelayRoute {
+    /// Relays through the Node Managers at `urls` (base URLs), each call bounded by `timeout`.
+    pub fn new(client: reqwest::Client, urls: Vec<String>, timeout: Duration) -> RelayRoute {
+        let name = format!("consensus leasing through {}", urls.join(", "));
+        RelayRoute { client, urls, current: AtomicUsize::new(0), timeout, name }
+    }
+}
+
+#[async_trait]
+impl Route for RelayRoute {
+    fn leader(&self) -> Option<u64> {
+        (!self.urls.is_empty()).then(|| self.current.load(Ordering::Relaxed) as u64)
+    }
+
+    async fn send(&self, at: u64, call: &Call) -> Answer {
+        let i = at as usize % self.urls.len().max(1);
+        let Some(url) = self.urls.get(i) else { return Answer::Retry("no Node Manager to relay through".into()) };
+        let answer = post_call(&self.client, &format!("{url}/lease/v1/relay"), call, self.timeout).await;
+        if matches!(answer, Answer::Retry(_)) && self.urls.len() > 1 {
+            // Next time, the next Node Manager.
+            let _ = self.current.compare_exchange(i, (i + 1) % self.urls.len(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+        answer
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// The lease table of a process that runs no voter (a server, the admin), relayed by the
+/// Node Managers at `nms` (tried in this order), over mutual TLS with `creds`.
+pub fn relay_store(
+    nms: &[std::net::SocketAddr],
+    creds: &ferry_tls::Credentials,
+    call_timeout: Duration,
+) -> anyhow::Result<Arc<dyn ferry_store::LeaseStore>> {
+    ferry_tls::install_crypto_provider();
+    let tls = creds.client_config(ferry_tls::Expect::AnyPeer).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = reqwest::Client::builder().use_preconfigured_tls(tls).no_proxy().pool_max_idle_per_host(4).build()?;
+    let urls = nms.iter().map(|a| format!("https://{a}")).collect();
+    // Each relay gets a share of the call, so that a dead Node Manager leaves time for the next.
+    let per_try = (call_timeout / 2).max(Duration::from_millis(50));
+    Ok(Arc::new(crate::store::ConsensusStore::new(Arc::new(RelayRoute::new(client, urls, per_try)), call_timeout)))
 }

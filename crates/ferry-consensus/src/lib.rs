@@ -8,6 +8,7 @@
 pub mod call;
 pub mod disk;
 pub mod http;
+pub mod membership;
 pub mod replicated;
 pub mod store;
 pub mod voter;

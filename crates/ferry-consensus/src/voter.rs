@@ -46,6 +46,19 @@ impl Default for VoterTiming {
     }
 }
 
+impl From<ferry_core::leadership::VoterPlan> for VoterTiming {
+    /// A domain's plan (`Domain::voter_plan`): confirmations as often as heartbeats.
+    fn from(p: ferry_core::leadership::VoterPlan) -> Self {
+        VoterTiming {
+            heartbeat: p.heartbeat,
+            election_min: p.election_min,
+            election_max: p.election_max,
+            confirm_every: p.heartbeat,
+            leadership: p.leadership,
+        }
+    }
+}
+
 /// Why a leader-side call was not answered here: try again (elsewhere, or later).
 #[derive(Debug)]
 pub(crate) enum Local {
@@ -116,6 +129,12 @@ impl Voter {
             Storage::Disk(dir) => {
                 std::fs::create_dir_all(dir)?;
                 let log = crate::disk::DiskLog::open(&dir.join("raft.db"))?;
+                let kept = log.identity(|| id)?;
+                anyhow::ensure!(
+                    kept == id,
+                    "{} holds the vote and log of voter {kept}, not of voter {id}",
+                    dir.display()
+                );
                 Raft::new(id, config, net, log, machine.clone()).await?
             }
         };

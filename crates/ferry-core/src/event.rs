@@ -58,6 +58,7 @@ kinds! {
     Fenced = "fenced",
     GaveUp = "gave-up",
     Kill = "kill",
+    LeaderElected = "leader-elected",
     LeaseAcquired = "lease-acquired",
     LeaseExpired = "lease-expired",
     LeaseObtained = "lease-obtained",
@@ -106,6 +107,8 @@ kinds! {
     Unhealthy = "unhealthy",
     Unmount = "unmount",
     UnmountFailed = "unmount-failed",
+    VoterJoined = "voter-joined",
+    VoterLeft = "voter-left",
     WaitingForLeaseTable = "waiting-for-lease-table",
 }
 

@@ -47,6 +47,66 @@ pub fn takeover_bound_ms(election_max: Duration, timing: &LeadershipTiming) -> u
     2 * election_max.as_millis() as u64 + timing.wait_ms()
 }
 
+/// The voters' timing for a domain, all of it a multiple of the heartbeat `h`: elections
+/// after 3h–6h of silence, a confirmation valid 5h, a new leader's margin 0.4h, so a dead
+/// leader is replaced and its successor serves within [`takeover_bound_ms`] ≈ 17.5h. The
+/// default heartbeat (50 ms) suits leases whose budget after a missed renewal is a second or
+/// more; a shorter budget gets a proportionally shorter heartbeat, so the takeover fits in
+/// 85% of it, down to a 5 ms heartbeat (a budget of about 103 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoterPlan {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    pub leadership: LeadershipTiming,
+}
+
+/// The shortest heartbeat [`plan_for`] chooses.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(5);
+
+impl VoterPlan {
+    /// The plan for heartbeat `h`.
+    pub fn with_heartbeat(h: Duration) -> VoterPlan {
+        if h >= HEARTBEAT {
+            return VoterPlan {
+                heartbeat: HEARTBEAT,
+                election_min: ELECTION_MIN,
+                election_max: ELECTION_MAX,
+                leadership: DEFAULT_TIMING,
+            };
+        }
+        VoterPlan {
+            heartbeat: h,
+            election_min: h * 3,
+            election_max: h * 6,
+            leadership: LeadershipTiming {
+                validity: h * 5,
+                drift_ppm: DEFAULT_TIMING.drift_ppm,
+                margin: (h * 2 / 5).max(Duration::from_millis(2)),
+                bugs: Bugs::NONE,
+            },
+        }
+    }
+
+    /// The longest the cluster goes without a serving leader after its leader dies.
+    pub fn takeover_ms(&self) -> u64 {
+        takeover_bound_ms(self.election_max, &self.leadership)
+    }
+}
+
+/// The plan for leases that leave `budget_ms` after a missed renewal (TTL − interval of
+/// the domain's shortest lease), or `None` when no heartbeat ferry runs fits.
+pub fn plan_for(budget_ms: u64) -> Option<VoterPlan> {
+    let default = VoterPlan::with_heartbeat(HEARTBEAT);
+    if default.takeover_ms() * 100 <= budget_ms * 85 {
+        return Some(default);
+    }
+    // takeover ≈ 17.45 h ≤ 0.85 budget
+    let h = Duration::from_millis(budget_ms * 85 * 100 / 174_500);
+    let plan = VoterPlan::with_heartbeat(h);
+    (h >= MIN_HEARTBEAT && plan.takeover_ms() < budget_ms).then_some(plan)
+}
+
 /// The timing of leadership, the same on every voter of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeadershipTiming {
@@ -167,6 +227,25 @@ mod tests {
         margin: Duration::from_millis(20),
         bugs: Bugs::NONE,
     };
+
+    #[test]
+    fn the_plan_fits_the_takeover_in_the_shortest_lease() {
+        // Leases of a second or more: the defaults.
+        assert_eq!(plan_for(2_700).map(|p| p.heartbeat), Some(HEARTBEAT));
+        assert_eq!(plan_for(1_100).map(|p| p.takeover_ms()), Some(873));
+        // 100 ms × 3: 200 ms after a missed renewal.
+        let p = plan_for(200).expect("a plan for 100 ms x 3");
+        assert_eq!(p.heartbeat, Duration::from_millis(9));
+        assert!(p.takeover_ms() * 100 <= 200 * 85, "{p:?}: {}", p.takeover_ms());
+        assert!(p.leadership.wait_ms() > p.leadership.valid_for_ms());
+        assert!(p.election_min > p.heartbeat * 2);
+        // Too short for any heartbeat ferry runs.
+        assert_eq!(plan_for(90), None);
+        for budget in [103, 150, 400, 800, 1_000, 30_000] {
+            let p = plan_for(budget).unwrap_or_else(|| panic!("no plan for {budget}"));
+            assert!(p.takeover_ms() < budget, "{budget}: {p:?}");
+        }
+    }
 
     #[test]
     fn the_wait_covers_the_predecessor_validity_with_drift_both_ways() {

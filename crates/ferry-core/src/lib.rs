@@ -18,6 +18,7 @@ pub mod master;
 pub mod nodeman;
 pub mod reach;
 pub mod time;
+pub mod voters;
 
 pub use error::chain;
 pub use event::EventKind;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ferry_api::{AdminClient, EventSink, VersionedDomain};
+use ferry_core::domain::LeasingBasis;
 use ferry_core::nodeman::{NodeManager, NodeManagerTiming, RestartPolicy};
 use ferry_core::{ClusterName, Epoch, MachineName};
 use ferry_host::{clock, files};
@@ -73,9 +74,27 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     let events = EventSink::new(format!("nodemanager/{}", opts.machine), clock::wall_ms);
     tokio::spawn(events.clone().deliver(AdminClient::with_tls(&admin_url, &tls.creds, ADMIN_CALL_TIMEOUT)));
     tokio::spawn(crate::pki::revocation_loop(tls.clone(), admin_url.clone()));
+    // Consensus leasing: this machine's voter holds (a replica of) the lease table.
+    let consensus = match domain.domain.leasing.basis {
+        LeasingBasis::Consensus => Some(
+            crate::consensus::Consensus::start(
+                &domain.domain,
+                &opts.machine,
+                &opts.data_dir,
+                &tls.creds,
+                events.clone(),
+            )
+            .await?,
+        ),
+        LeasingBasis::Database => None,
+    };
+    let open = |timeout| match &consensus {
+        Some(c) => c.store(timeout),
+        None => ferry_store::open_lazy(&domain.domain.leasing.data_source, timeout),
+    };
     // The lease table, opened at once in the background: the first start (a failover) must
     // not pay for the connection.
-    let store = ferry_store::open_lazy(&domain.domain.leasing.data_source, STORE_CALL_TIMEOUT);
+    let store = open(STORE_CALL_TIMEOUT);
     {
         let store = store.clone();
         tokio::spawn(async move {
@@ -86,7 +105,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     }
     // The renewals on a connection of their own: a burst of starts (lease reads, handovers)
     // never queues ahead of the renewals of the servers already up.
-    let batcher = Batcher::start(ferry_store::open_lazy(&domain.domain.leasing.data_source, STORE_CALL_TIMEOUT));
+    let batcher = Batcher::start(open(STORE_CALL_TIMEOUT));
     let channel_path = opts.data_dir.join("nm.sock");
     let mut nm = NodeManager::new(opts.machine.clone(), RestartPolicy::default(), NodeManagerTiming::default());
     nm.supervisor.restore_master_epochs(restore_master_epochs(&opts.data_dir));
@@ -116,7 +135,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     // them).
     actor.remove_leftovers().await;
     tokio::spawn(actor.run());
-    tokio::spawn(refresh_loop(handle.clone(), opts.clone(), tls.clone(), domain, cache));
+    tokio::spawn(refresh_loop(handle.clone(), opts.clone(), tls.clone(), domain, cache, consensus.clone()));
     let listener = tokio::net::TcpListener::bind(machine.node_manager).await.with_context(|| {
         format!("cannot listen on {} (node_manager of machine {})", machine.node_manager, opts.machine)
     })?;
@@ -130,8 +149,17 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     let config = tls.creds.server_config(tls.revoked.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let listener = ferry_tls::TlsListener::new(listener, config, false)?;
     let api = Arc::new(crate::http::Api { machine: opts.machine.clone(), actor: handle, tls, store, batcher });
-    let app = crate::http::router(api).into_make_service_with_connect_info::<ferry_tls::PeerInfo>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let voters = consensus.as_ref().map(|c| c.clone().router());
+    let app = crate::http::router(api, voters).into_make_service_with_connect_info::<ferry_tls::PeerInfo>();
+    let leaving = consensus.clone();
+    let stopping = async move {
+        shutdown_signal().await;
+        // Still listening: the leader may need this voter's answers to let it go.
+        if let Some(c) = &leaving {
+            c.leave().await;
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(stopping).await?;
     // Leave servers running: a Node Manager restart must not take the domain down.
     Ok(())
 }
@@ -143,6 +171,7 @@ async fn refresh_loop(
     tls: Arc<crate::pki::NmTls>,
     mut current: VersionedDomain,
     cache: PathBuf,
+    consensus: Option<Arc<crate::consensus::Consensus>>,
 ) {
     // One client (and TLS connection) while the admin's address stays the same.
     let mut admin: Option<(String, AdminClient)> = None;
@@ -157,6 +186,9 @@ async fn refresh_loop(
             if d.version > current.version || d.domain != current.domain {
                 current = d.clone();
                 let _ = files::write_atomic(&cache, &serde_json::to_vec(&d).unwrap_or_default(), 0o600);
+                if let Some(c) = &consensus {
+                    c.update(&d.domain);
+                }
                 actor.send(Msg::Domain(d)).await;
             }
         }

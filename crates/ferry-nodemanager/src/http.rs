@@ -33,17 +33,20 @@ pub(crate) struct Api {
     pub batcher: Batcher,
 }
 
-pub(crate) fn router(api: Arc<Api>) -> Router {
-    Router::new()
+/// The `/nm/v1` routes, and `extra` (the consensus voter's) behind the same certificate
+/// check.
+pub(crate) fn router(api: Arc<Api>, extra: Option<Router>) -> Router {
+    let nm = Router::new()
         .route("/nm/v1/health", get(health))
         .route("/nm/v1/servers", get(servers))
         .route("/nm/v1/servers/{name}/start", post(start))
         .route("/nm/v1/servers/{name}/stop", post(stop))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    nm.with_state(api.clone())
+        .merge(extra.unwrap_or_default())
         .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .with_state(api)
 }
 
 fn error(status: u16, msg: impl Into<String>, detail: serde_json::Value) -> Response {

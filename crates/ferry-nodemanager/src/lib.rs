@@ -8,11 +8,13 @@
 //! * `renewals`: the batcher that sends all its servers' renewals as one `renew_many`;
 //! * `plumbing`: floating IPs, mounts, spawning and killing;
 //! * `authorize`: who may command it (the admin, its cluster's current master);
+//! * `consensus`: its consensus-leasing voter, when the domain leases by consensus;
 //! * `http`: `/nm/v1` over mutual TLS; `pki`: its certificates.
 
 mod actor;
 mod authorize;
 mod channel;
+mod consensus;
 mod daemon;
 mod http;
 pub mod pki;

@@ -73,8 +73,14 @@ async fn run_inner(
     timing.acquire_patience_ms = Some(timing.ttl_ms + 2 * timing.interval_ms);
     // Connected on first use: an unreachable table is then just a failed acquisition,
     // retried within the acquire patience (and after it, by the Node Manager).
-    let store =
-        ferry_store::open_lazy(&domain.domain.leasing.data_source, Duration::from_millis(timing.request_timeout_ms()));
+    let call_timeout = Duration::from_millis(timing.request_timeout_ms());
+    let store = match open_table(&domain.domain, &machine, boot.credentials.as_ref(), call_timeout) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("ferry server {name}: {e:#}");
+            return EXIT_CONFIG;
+        }
+    };
     let ctx = Ctx {
         name,
         machine,
@@ -88,6 +94,33 @@ async fn run_inner(
     };
     let handover = boot.handover_from.clone();
     crate::runtime::Runtime::new(ctx, timing, handover, cache_dir).run(rx).await
+}
+
+/// The lease table: the database, or (consensus leasing) the cluster leader, reached
+/// through this machine's Node Manager.
+fn open_table(
+    domain: &ferry_core::domain::Domain,
+    machine: &ferry_core::MachineName,
+    credentials: Option<&ferry_tls::Credentials>,
+    call_timeout: Duration,
+) -> anyhow::Result<std::sync::Arc<dyn ferry_store::LeaseStore>> {
+    match domain.leasing.basis {
+        ferry_core::domain::LeasingBasis::Database => {
+            Ok(ferry_store::open_lazy(&domain.leasing.data_source, call_timeout))
+        }
+        ferry_core::domain::LeasingBasis::Consensus => {
+            let creds = credentials.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "consensus leasing needs a certificate from the Node Manager, and none came with the start"
+                )
+            })?;
+            let nm = domain
+                .machine(machine)
+                .ok_or_else(|| anyhow::anyhow!("machine {machine} is not defined in domain {}", domain.name))?
+                .node_manager;
+            ferry_consensus::http::relay_store(&[nm], creds, call_timeout)
+        }
+    }
 }
 
 async fn read_bootstrap() -> Result<Bootstrap, String> {

@@ -30,8 +30,10 @@ pub struct DomainSpec {
     pub interval_ms: u64,
     pub periods: u32,
     pub grace_ms: u64,
-    /// `None`: SQLite in the harness directory.
+    /// `None`: SQLite in the harness directory (unless `consensus`).
     pub data_source: Option<String>,
+    /// Consensus leasing among the machines' Node Managers instead of a database.
+    pub consensus: bool,
     /// Give every service a journal (for the no-two-instances check).
     pub journal: bool,
     pub shutdown_timeout_ms: u64,
@@ -73,6 +75,7 @@ impl DomainSpec {
             periods,
             grace_ms,
             data_source: None,
+            consensus: false,
             journal: true,
             shutdown_timeout_ms: 5_000,
             ifconfig_hooks: Vec::new(),

@@ -368,9 +368,14 @@ fn domain_toml(
     services: &BTreeMap<String, SocketAddr>,
     exe: &Path,
 ) -> String {
-    let ds = spec.data_source.clone().unwrap_or_else(|| "sqlite://data/leases.db".into());
+    let leasing = if spec.consensus {
+        "basis = \"consensus\"\n".to_string()
+    } else {
+        let ds = spec.data_source.clone().unwrap_or_else(|| "sqlite://data/leases.db".into());
+        format!("basis = \"database\"\ndata_source = \"{ds}\"\n")
+    };
     let mut t = format!(
-        "# Written by ferry's harness: {} machines, cluster {}.\nname = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[leasing]\nbasis = \"database\"\ndata_source = \"{ds}\"\n",
+        "# Written by ferry's harness: {} machines, cluster {}.\nname = \"{}\"\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\n[leasing]\n{leasing}",
         spec.machines.len(),
         spec.cluster,
         spec.name

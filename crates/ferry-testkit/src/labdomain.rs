@@ -159,9 +159,11 @@ impl LabDomain {
                 }
             }
         }
-        let out = d.run_in(SWITCH, &["leasing", "init", "--data-source", &d.data_source]).await?;
-        if !out.status.success() {
-            bail!("ferry leasing init failed: {}", String::from_utf8_lossy(&out.stderr));
+        if !d.spec.consensus {
+            let out = d.run_in(SWITCH, &["leasing", "init", "--data-source", &d.data_source]).await?;
+            if !out.status.success() {
+                bail!("ferry leasing init failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
         }
         d.start_admin()?;
         d.wait_cli_ok(&["machines"], Duration::from_secs(20))
@@ -377,11 +379,15 @@ fn domain_toml(
     exe: &Path,
 ) -> anyhow::Result<String> {
     let list = |v: &[String]| v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let leasing = if spec.consensus {
+        "basis = \"consensus\"\n".to_string()
+    } else {
+        format!("basis = \"database\"\ndata_source = \"{data_source}\"\n")
+    };
     let mut t = format!(
-        "# Written by ferry's lab harness: machines are network namespaces.\nname = \"{}\"\n\n[admin]\nlisten = \"{}:{ADMIN_PORT}\"\n\n[leasing]\nbasis = \"database\"\ndata_source = \"{}\"\n",
+        "# Written by ferry's lab harness: machines are network namespaces.\nname = \"{}\"\n\n[admin]\nlisten = \"{}:{ADMIN_PORT}\"\n\n[leasing]\n{leasing}",
         spec.name,
         lab.switch_addr(),
-        data_source
     );
     for m in &spec.machines {
         let addr: Ipv4Addr = lab.addr(m)?;

@@ -214,6 +214,10 @@ pub enum Cmd {
         /// the switch, a real floating IP that moves, and a client that watches it.
         #[arg(long)]
         hosts: bool,
+        /// The leasing basis: a database (SQLite in DIR, or --data-source), or consensus
+        /// among the machines' Node Managers.
+        #[arg(long, value_enum, default_value = "database", conflicts_with = "data_source")]
+        leasing: DemoLeasing,
     },
     /// Show the machines: their Node Managers, whether they answer, what they run.
     Machines {
@@ -307,4 +311,11 @@ pub enum LeasingAction {
         #[arg(long)]
         data_source: String,
     },
+}
+
+/// `ferry demo --leasing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoLeasing {
+    Database,
+    Consensus,
 }

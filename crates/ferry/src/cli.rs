@@ -155,14 +155,16 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Cmd::Demo { exit_after, dir, data_source, hosts: true } => {
+        Cmd::Demo { exit_after, dir, data_source, hosts: true, leasing } => {
             let _ = data_source;
             init_tracing("warn");
-            report(runtime().block_on(crate::demo::run_hosts(exit_after, dir)), "ferry demo --hosts")
+            let consensus = leasing == crate::args::DemoLeasing::Consensus;
+            report(runtime().block_on(crate::demo::run_hosts(exit_after, dir, consensus)), "ferry demo --hosts")
         }
-        Cmd::Demo { exit_after, dir, data_source, hosts: false } => {
+        Cmd::Demo { exit_after, dir, data_source, hosts: false, leasing } => {
             init_tracing("warn");
-            report(runtime().block_on(crate::demo::run(exit_after, dir, data_source)), "ferry demo")
+            let consensus = leasing == crate::args::DemoLeasing::Consensus;
+            report(runtime().block_on(crate::demo::run(exit_after, dir, data_source, consensus)), "ferry demo")
         }
         cmd => {
             init_tracing("warn");

@@ -93,10 +93,16 @@ async fn answered_from(
     }
 }
 
-pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<String>) -> anyhow::Result<()> {
+pub async fn run(
+    exit_after: bool,
+    dir: Option<PathBuf>,
+    data_source: Option<String>,
+    consensus: bool,
+) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the ferry executable")?;
     let mut spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
     spec.data_source = data_source;
+    spec.consensus = consensus;
     let dir = match dir {
         Some(d) => d,
         None => tempfile::Builder::new().prefix("ferry-demo-").tempdir()?.keep(),
@@ -323,11 +329,12 @@ pub async fn run(exit_after: bool, dir: Option<PathBuf>, data_source: Option<Str
 /// switch namespace; ms2's floating IP really moves from machine C's `eth0` to machine D's;
 /// a client namespace asks the floating IP who answers every 5 ms, and the narration shows
 /// what it saw.
-pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>, consensus: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the ferry executable")?;
     // Faster than the one-host demo: the lab's network is quick, and so is PostgreSQL.
     let (interval, periods, grace) = (200u64, 3u32, 300u64);
-    let spec = DomainSpec::figure_7_1(interval, periods, grace);
+    let mut spec = DomainSpec::figure_7_1(interval, periods, grace);
+    spec.consensus = consensus;
     outln!("ferry demo --hosts: whole server migration between network-namespace machines\n");
     let Some(mut d) = LabDomain::start(spec, &exe, dir).await? else {
         anyhow::bail!(

@@ -72,7 +72,9 @@ pub enum LeasingBasis {
 pub struct Leasing {
     #[serde(default)]
     pub basis: LeasingBasis,
-    /// `sqlite://PATH` (relative paths are relative to the domain file) or `postgres://...`.
+    /// `sqlite://PATH` (relative paths are relative to the domain file) or `postgres://...`;
+    /// none with consensus leasing (the voters hold the table).
+    #[serde(default)]
     pub data_source: String,
 }
 
@@ -359,7 +361,15 @@ impl Domain {
         match self.leasing.basis {
             LeasingBasis::Database => {
                 let ds = &self.leasing.data_source;
-                if !(ds.starts_with("sqlite://") || ds.starts_with("postgres://") || ds.starts_with("postgresql://")) {
+                if ds.is_empty() {
+                    push(
+                        "leasing.data_source".into(),
+                        "database leasing needs a data source: add data_source = \"sqlite://PATH\" or \"postgres://USER@HOST:PORT/DB\" to [leasing] (or use basis = \"consensus\")".into(),
+                    );
+                } else if !(ds.starts_with("sqlite://")
+                    || ds.starts_with("postgres://")
+                    || ds.starts_with("postgresql://"))
+                {
                     push(
                         "leasing.data_source".into(),
                         format!(
@@ -370,7 +380,18 @@ impl Domain {
                 }
             }
             LeasingBasis::Consensus => {
-                push("leasing.basis".into(), "consensus leasing is not available yet: use basis = \"database\"".into())
+                if !self.leasing.data_source.is_empty() {
+                    push(
+                        "leasing.data_source".into(),
+                        "consensus leasing keeps the lease table among the Node Managers, not in a database: remove data_source, or use basis = \"database\"".into(),
+                    );
+                }
+                if self.machines.len() < 2 {
+                    push(
+                        "leasing.basis".into(),
+                        "consensus leasing needs at least two machines (a majority of their Node Managers holds the lease table): define more machines, or use basis = \"database\"".into(),
+                    );
+                }
             }
         }
 
@@ -478,21 +499,21 @@ impl Domain {
             }
             if self.leasing.basis == LeasingBasis::Consensus && !s.health_check_interval.is_zero() {
                 use crate::leadership;
-                let takeover = leadership::takeover_bound_ms(leadership::ELECTION_MAX, &leadership::DEFAULT_TIMING);
                 let interval = s.health_check_interval.as_millis() as u64;
                 let ttl = s.lease_ttl().as_millis() as u64;
-                if ttl.saturating_sub(interval) <= takeover {
+                let budget = ttl.saturating_sub(interval);
+                if leadership::plan_for(budget).is_none() {
+                    let shortest = leadership::VoterPlan::with_heartbeat(leadership::MIN_HEARTBEAT);
                     push(
                         format!("servers[{i}].health_check_interval"),
                         format!(
-                            "with consensus leasing a new cluster leader answers up to {takeover} ms after the old one dies \
-                             (two election timeouts of {} ms, then {} ms waiting out the old leader), but this server's lease \
-                             of {ttl} ms leaves only {} ms after a missed renewal: make the lease at least {} ms \
-                             (raise health_check_interval or health_check_periods_until_fencing)",
-                            leadership::ELECTION_MAX.as_millis(),
-                            leadership::DEFAULT_TIMING.wait_ms(),
-                            ttl.saturating_sub(interval),
-                            takeover + interval + 1,
+                            "with consensus leasing a new cluster leader answers up to {} ms after the old one dies even at \
+                             the fastest heartbeat ({} ms), but this server's lease of {ttl} ms leaves only {budget} ms after \
+                             a missed renewal: make the lease at least {} ms (raise health_check_interval or \
+                             health_check_periods_until_fencing)",
+                            shortest.takeover_ms(),
+                            leadership::MIN_HEARTBEAT.as_millis(),
+                            (shortest.takeover_ms() * 100).div_ceil(85) + interval,
                         ),
                     );
                 }
@@ -542,6 +563,26 @@ impl Domain {
             }
         }
         out
+    }
+
+    /// The voters' timing for consensus leasing: the one that fits a change of leader into
+    /// the shortest lease's budget after a missed renewal (`ferry validate` refuses leases
+    /// no plan fits; then this is the fastest plan).
+    pub fn voter_plan(&self) -> crate::leadership::VoterPlan {
+        use crate::leadership;
+        let budget = self
+            .servers
+            .iter()
+            .map(|s| (s.lease_ttl().as_millis() as u64).saturating_sub(s.health_check_interval.as_millis() as u64))
+            .min()
+            .unwrap_or(u64::MAX / 100);
+        leadership::plan_for(budget).unwrap_or_else(|| leadership::VoterPlan::with_heartbeat(leadership::MIN_HEARTBEAT))
+    }
+
+    /// Consensus leasing's voters, by name, with where each listens: every machine's Node
+    /// Manager, in the domain file's order (the first one starts the cluster).
+    pub fn voters(&self) -> Vec<(String, SocketAddr)> {
+        self.machines.iter().map(|m| (m.name.to_string(), m.node_manager)).collect()
     }
 
     pub fn machine(&self, name: &MachineName) -> Option<&Machine> {

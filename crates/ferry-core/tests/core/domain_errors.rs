@@ -270,7 +270,9 @@ fn every_error_names_file_line_column_and_field() {
         (
             "a missing data source",
             edit(&[("data_source = \"sqlite://leases.db\"\n", "")]),
-            &[r#"bad.toml:6:1: leasing.data_source: required key is missing: add it to this table"#],
+            &[
+                r#"bad.toml:6:2: leasing.data_source: database leasing needs a data source: add data_source = "sqlite://PATH" or "postgres://USER@HOST:PORT/DB" to [leasing] (or use basis = "consensus")"#,
+            ],
         ),
         (
             "a missing [leasing]",
@@ -407,19 +409,21 @@ fn every_error_names_file_line_column_and_field() {
             ],
         ),
         (
-            "consensus leasing",
+            "consensus leasing with a data source",
             edit(&[("basis = \"database\"", "basis = \"consensus\"")]),
-            &[r#"bad.toml:7:9: leasing.basis: consensus leasing is not available yet: use basis = "database""#],
+            &[
+                r#"bad.toml:8:15: leasing.data_source: consensus leasing keeps the lease table among the Node Managers, not in a database: remove data_source, or use basis = "database""#,
+            ],
         ),
         (
             "consensus leasing with a lease too short for a change of leader",
             edit(&[
                 ("basis = \"database\"", "basis = \"consensus\""),
-                ("health_check_interval = \"10s\"", "health_check_interval = \"100ms\""),
+                ("data_source = \"sqlite://leases.db\"\n", ""),
+                ("health_check_interval = \"10s\"", "health_check_interval = \"30ms\""),
             ]),
             &[
-                r#"bad.toml:7:9: leasing.basis: consensus leasing is not available yet: use basis = "database""#,
-                r#"bad.toml:33:25: servers[0].health_check_interval: with consensus leasing a new cluster leader answers up to 873 ms after the old one dies (two election timeouts of 300 ms, then 273 ms waiting out the old leader), but this server's lease of 300 ms leaves only 200 ms after a missed renewal: make the lease at least 974 ms (raise health_check_interval or health_check_periods_until_fencing)"#,
+                r#"bad.toml:32:25: servers[0].health_check_interval: with consensus leasing a new cluster leader answers up to 88 ms after the old one dies even at the fastest heartbeat (5 ms), but this server's lease of 90 ms leaves only 60 ms after a missed renewal: make the lease at least 134 ms (raise health_check_interval or health_check_periods_until_fencing)"#,
             ],
         ),
         (

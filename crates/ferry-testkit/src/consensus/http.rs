@@ -59,7 +59,7 @@ impl HttpVoters {
     /// The lease table as a process next to voter `home` sees it.
     pub fn store(&self, home: u64, call_timeout: Duration) -> anyhow::Result<ConsensusStore> {
         let voter = self.voter(home).ok_or_else(|| anyhow::anyhow!("no voter {home}"))?;
-        let route = HttpRoute::new(voter, self.urls.clone(), call_timeout)?;
+        let route = HttpRoute::new(voter, call_timeout)?;
         Ok(ConsensusStore::new(Arc::new(route), call_timeout))
     }
 
