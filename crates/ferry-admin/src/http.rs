@@ -39,6 +39,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/clusters/{name}/start", post(start_cluster))
         .route("/api/v1/machines", get(machines))
         .route("/api/v1/leases", get(leases))
+        .route("/api/v1/leasing", get(leasing))
         .route("/api/v1/operations/{id}", get(operation))
         .route("/api/v1/events", get(events).post(post_events))
         .route("/api/v1/events/stream", get(event_stream))
@@ -171,6 +172,10 @@ async fn clusters(State(s): State<Arc<AdminState>>) -> Response {
 
 async fn machines(State(s): State<Arc<AdminState>>) -> Response {
     Json(s.machines().await).into_response()
+}
+
+async fn leasing(State(s): State<Arc<AdminState>>) -> Response {
+    Json(s.leasing().await).into_response()
 }
 
 async fn leases(State(s): State<Arc<AdminState>>) -> Response {

@@ -174,6 +174,67 @@ impl AdminState {
     }
 
     /// `GET /api/v1/machines`: from the views, at once.
+    /// The lease table's basis and, with consensus leasing, the leader and every voter as
+    /// it answers for itself now (asked at once, each within a second).
+    pub async fn leasing(&self) -> ferry_api::LeasingStatus {
+        use ferry_core::domain::LeasingBasis;
+        let d = self.domain();
+        let leasing = &d.domain.leasing;
+        if leasing.basis == LeasingBasis::Database {
+            return ferry_api::LeasingStatus {
+                basis: leasing.basis,
+                data_source: Some(ferry_core::domain::redact_url(&leasing.data_source)),
+                leader: None,
+                term: None,
+                voters: Vec::new(),
+            };
+        }
+        let asks = d.domain.machines.iter().map(|m| {
+            let client = self.nm_client(m, Duration::from_secs(1));
+            async move { client.hello().await.map_err(|e| e.to_string()) }
+        });
+        let answers: Vec<_> = futures_util::future::join_all(asks).await;
+        let hellos: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok().cloned()).collect();
+        let view = ferry_core::voters::view(&hellos);
+        let mut voters: Vec<ferry_api::VoterStatus> = d
+            .domain
+            .voters()
+            .into_iter()
+            .zip(answers)
+            .map(|((name, _), answer)| {
+                let (id, term, error) = match answer {
+                    Ok(h) => (Some(h.id), Some(h.term), None),
+                    Err(e) => (None, None, Some(e)),
+                };
+                let member = match id {
+                    Some(id) => view.members.contains_key(&id),
+                    None => view.members.values().any(|n| *n == name),
+                };
+                ferry_api::VoterStatus { name, id, reachable: error.is_none(), member, term, error }
+            })
+            .collect();
+        // Members the domain no longer names (an identity that lost its data, not yet replaced).
+        for (id, name) in &view.members {
+            if !voters.iter().any(|v| v.id == Some(*id) || (v.id.is_none() && v.name == *name)) {
+                voters.push(ferry_api::VoterStatus {
+                    name: name.clone(),
+                    id: Some(*id),
+                    reachable: false,
+                    member: true,
+                    term: None,
+                    error: Some("a member identity no voter answers for".into()),
+                });
+            }
+        }
+        ferry_api::LeasingStatus {
+            basis: leasing.basis,
+            data_source: None,
+            leader: view.leader.map(|(_, n)| n),
+            term: (view.term > 0).then_some(view.term),
+            voters,
+        }
+    }
+
     pub async fn machines(&self) -> Vec<MachineStatus> {
         let views = self.fresh_views().await;
         let now = clock::now();

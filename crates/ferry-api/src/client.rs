@@ -337,6 +337,9 @@ impl AdminClient {
     pub async fn leases(&self) -> Result<Vec<ferry_core::lease::Lease>, ClientError> {
         self.http.get("/api/v1/leases").await
     }
+    pub async fn leasing(&self) -> Result<crate::LeasingStatus, ClientError> {
+        self.http.get("/api/v1/leasing").await
+    }
     /// Every event after `since` that the admin holds, page after page.
     pub async fn events(&self, since: u64) -> Result<Vec<Event>, ClientError> {
         let mut all = Vec::new();
@@ -434,6 +437,10 @@ impl NmClient {
     }
     pub async fn servers(&self) -> Result<Vec<NmServer>, ClientError> {
         self.http.get("/nm/v1/servers").await
+    }
+    /// Its consensus voter: who it is, the voters and leader it knows (consensus leasing).
+    pub async fn hello(&self) -> Result<ferry_core::voters::Hello, ClientError> {
+        self.http.get("/raft/v1/hello").await
     }
     pub async fn start(&self, server: &str, cmd: &NmStart) -> Result<NmAck, ClientError> {
         self.http.post(&format!("/nm/v1/servers/{}/start", path_segment(server)?), cmd).await

@@ -78,6 +78,43 @@ pub struct ClusterStatus {
     pub servers: Vec<ServerName>,
 }
 
+/// `GET /api/v1/leasing` (`ferry leasing status`): the lease table's basis and, with
+/// consensus leasing, the cluster leader and the voters as each answers for itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeasingStatus {
+    /// `database` or `consensus`.
+    pub basis: ferry_core::domain::LeasingBasis,
+    /// The database (its password hidden); none with consensus leasing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<String>,
+    /// The voter the answering voters of the highest term name leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// The domain's voters, in its order, and any member id the domain no longer names.
+    #[serde(default)]
+    pub voters: Vec<VoterStatus>,
+}
+
+/// One consensus voter in [`LeasingStatus`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VoterStatus {
+    pub name: String,
+    /// Its identity (a new one after its data was lost), when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    pub reachable: bool,
+    /// It is a voter of the cluster (by the leader's, or else the newest, membership).
+    pub member: bool,
+    /// The term it is in, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+    /// Why it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `GET /api/v1/machines`: the admin's view of each machine, kept by polling its Node
 /// Manager in the background (it answers at once, whatever state the machines are in).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

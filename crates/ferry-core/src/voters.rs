@@ -112,6 +112,37 @@ pub fn after_leave(members: &Members, id: u64) -> Result<BTreeSet<u64>, String> 
     Ok(rest)
 }
 
+/// The cluster as the voters that answered describe it (the operator's view): the leader
+/// named in the highest term anyone answered with, and the membership of that leader's own
+/// answer when it gave one, else the newest one seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub leader: Option<(u64, String)>,
+    pub term: u64,
+    pub members: Members,
+}
+
+pub fn view(answers: &[Hello]) -> ClusterView {
+    let term = answers.iter().map(|h| h.term).max().unwrap_or(0);
+    let current: Vec<&Hello> = answers.iter().filter(|h| h.term == term).collect();
+    let leader_id = current.iter().find_map(|h| h.leader);
+    let own = leader_id.and_then(|l| answers.iter().find(|h| h.id == l && h.members.is_some()));
+    let members = own
+        .or_else(|| current.iter().copied().find(|h| h.members.is_some()))
+        .or_else(|| answers.iter().filter(|h| h.members.is_some()).max_by_key(|h| h.term))
+        .and_then(|h| h.members.clone())
+        .unwrap_or_default();
+    let leader = leader_id.map(|l| {
+        let name = members
+            .get(&l)
+            .cloned()
+            .or_else(|| answers.iter().find(|h| h.id == l).map(|h| h.name.clone()))
+            .unwrap_or_else(|| l.to_string());
+        (l, name)
+    });
+    ClusterView { leader, term, members }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +185,22 @@ mod tests {
         assert_eq!(step(&left, &[], &roster()), Step::Join { leader: 11, name: "a".into() });
         let member = hello(22, "b", Some(&[(11, "a"), (22, "b")]), Some(11));
         assert_eq!(step(&member, &[], &roster()), Step::Member);
+    }
+
+    #[test]
+    fn the_view_names_the_leader_of_the_highest_term() {
+        let abc: &[(u64, &str)] = &[(11, "a"), (22, "b"), (33, "c")];
+        // c is partitioned away and still believes in an old leader a.
+        let answers = [
+            hello(11, "a", Some(abc), Some(22)),
+            Hello { term: 5, ..hello(22, "b", Some(abc), Some(22)) },
+            Hello { term: 1, ..hello(33, "c", Some(abc), Some(11)) },
+        ];
+        let mut answers = answers.to_vec();
+        answers[0].term = 5;
+        let v = view(&answers);
+        assert_eq!((v.leader, v.term, v.members.len()), (Some((22, "b".to_string())), 5, 3));
+        assert_eq!(view(&[]), ClusterView::default());
     }
 
     #[test]

@@ -262,6 +262,31 @@ impl Harness {
         process::kill_tagged(TAG_VAR, &self.machine_tag(machine))
     }
 
+    /// A clean stop of the Node Manager alone (SIGTERM), waiting until it exited; its servers
+    /// keep running.
+    pub async fn stop_nm(&self, machine: &str) -> anyhow::Result<()> {
+        let nms: Vec<i32> = self
+            .machine_pids(machine)
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cmdline.split(|&b| b == 0).any(|a| a == b"nodemanager")
+            })
+            .collect();
+        for &pid in &nms {
+            process::signal(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        wait_until(Duration::from_secs(20), &format!("the Node Manager of {machine} to exit"), || async {
+            nms.iter().all(|&p| !process::alive(p))
+        })
+        .await
+    }
+
+    /// `machine`'s Node Manager's data directory.
+    pub fn nm_data_dir(&self, machine: &str) -> PathBuf {
+        ferry_host::files::domain_dir(&self.domain_file).join("data").join(format!("nm-{machine}"))
+    }
+
     /// A crash of the Node Manager alone (SIGKILL); its servers keep running.
     pub fn kill_nm_only(&self, machine: &str) -> usize {
         let mut n = 0;

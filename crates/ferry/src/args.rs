@@ -311,6 +311,12 @@ pub enum LeasingAction {
         #[arg(long)]
         data_source: String,
     },
+    /// The running domain's lease table: its basis and, with consensus leasing, the cluster
+    /// leader, its term and the voters (asks the Administration Server).
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 /// `ferry demo --leasing`.

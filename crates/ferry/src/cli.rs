@@ -114,47 +114,8 @@ pub fn main() -> i32 {
             let token_file = cli.token_file.clone();
             report(runtime().block_on(enroll(&cli.admin, machine, data_dir, token_file, force)), "ferry enroll")
         }
-        Cmd::Leasing { action } => {
-            let rt = runtime();
-            let (ds, reset) = match &action {
-                LeasingAction::Init { data_source } => (data_source.clone(), false),
-                LeasingAction::Reset { data_source } => (data_source.clone(), true),
-            };
-            let shown = ferry_core::domain::redact_url(&ds);
-            // Before anything is written: a primary whose commits wait for a synchronous
-            // standby that is not there makes init (and every lease write) wait too.
-            if !reset {
-                match rt.block_on(ferry_store::durability_warning(&ds)) {
-                    Ok(None) => {}
-                    Ok(Some(warning)) => errln!("warning: {warning}"),
-                    Err(e) => errln!("warning: cannot check the database's replication: {e}"),
-                }
-            }
-            let r = rt.block_on(async {
-                if reset {
-                    ferry_store::reset(&ds).await.map(|()| ferry_store::Prepared::Ready)
-                } else {
-                    ferry_store::init(&ds).await
-                }
-            });
-            match r {
-                Ok(prepared) => {
-                    match prepared {
-                        _ if reset => outln!("lease table at {shown} re-created (every lease was dropped)"),
-                        ferry_store::Prepared::Ready => outln!("lease table at {shown} is ready"),
-                        ferry_store::Prepared::Upgraded { from, to } => outln!(
-                            "lease table at {shown} upgraded from schema version {from} to {to}, every \
-                             lease kept; a ferry older than this one refuses it from now on"
-                        ),
-                    }
-                    0
-                }
-                Err(e) => {
-                    errln!("ferry leasing: {e}");
-                    EXIT_FAILED
-                }
-            }
-        }
+        Cmd::Leasing { action: LeasingAction::Init { data_source } } => leasing_local(data_source, false),
+        Cmd::Leasing { action: LeasingAction::Reset { data_source } } => leasing_local(data_source, true),
         Cmd::Demo { exit_after, dir, data_source, hosts: true, leasing } => {
             let _ = data_source;
             init_tracing("warn");
@@ -169,6 +130,45 @@ pub fn main() -> i32 {
         cmd => {
             init_tracing("warn");
             runtime().block_on(crate::client::run(&cli.admin, cli.ca.as_deref(), cli.token_file.as_deref(), cmd))
+        }
+    }
+}
+
+/// `ferry leasing init|reset --data-source URL`: prepares a database's lease table, here.
+fn leasing_local(ds: String, reset: bool) -> i32 {
+    let rt = runtime();
+    let shown = ferry_core::domain::redact_url(&ds);
+    // Before anything is written: a primary whose commits wait for a synchronous
+    // standby that is not there makes init (and every lease write) wait too.
+    if !reset {
+        match rt.block_on(ferry_store::durability_warning(&ds)) {
+            Ok(None) => {}
+            Ok(Some(warning)) => errln!("warning: {warning}"),
+            Err(e) => errln!("warning: cannot check the database's replication: {e}"),
+        }
+    }
+    let r = rt.block_on(async {
+        if reset {
+            ferry_store::reset(&ds).await.map(|()| ferry_store::Prepared::Ready)
+        } else {
+            ferry_store::init(&ds).await
+        }
+    });
+    match r {
+        Ok(prepared) => {
+            match prepared {
+                _ if reset => outln!("lease table at {shown} re-created (every lease was dropped)"),
+                ferry_store::Prepared::Ready => outln!("lease table at {shown} is ready"),
+                ferry_store::Prepared::Upgraded { from, to } => outln!(
+                    "lease table at {shown} upgraded from schema version {from} to {to}, every \
+                     lease kept; a ferry older than this one refuses it from now on"
+                ),
+            }
+            0
+        }
+        Err(e) => {
+            errln!("ferry leasing: {e}");
+            EXIT_FAILED
         }
     }
 }

@@ -313,7 +313,14 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
             let servers = admin.servers().await?;
             let text = match output {
                 Output::Json => serde_json::to_string_pretty(&servers).unwrap_or_default(),
-                Output::Text => status_table(&servers, &admin.machines().await?),
+                Output::Text => {
+                    let mut t = status_table(&servers, &admin.machines().await?);
+                    let leasing = admin.leasing().await?;
+                    if leasing.basis == ferry_core::domain::LeasingBasis::Consensus {
+                        t = format!("{t}\n{}", leasing_line(&leasing));
+                    }
+                    t
+                }
             };
             if watch {
                 // Clear the screen and redraw, like `watch`.
@@ -396,6 +403,14 @@ async fn dispatch(target: &Target, cmd: Cmd) -> Result<i32, ClientError> {
             Ok(0)
         }
         Cmd::Events { follow, since, limit, output } => events(admin, follow, since, limit, output).await,
+        Cmd::Leasing { action: crate::args::LeasingAction::Status { output } } => {
+            let status = admin.leasing().await?;
+            match output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&status).unwrap_or_default()),
+                Output::Text => outln!("{}", leasing_text(&status)),
+            }
+            Ok(0)
+        }
         _ => Ok(EXIT_FAILED),
     }
 }
@@ -515,6 +530,55 @@ fn status_table(servers: &[ferry_api::ServerStatus], machines: &[ferry_api::Mach
     }
     if servers.iter().any(last_known) {
         out.push_str("?: the last state its machine's Node Manager gave; it holds its lease\n");
+    }
+    out.trim_end().to_string()
+}
+
+/// One line on the consensus cluster: under `ferry status`.
+fn leasing_line(l: &ferry_api::LeasingStatus) -> String {
+    let leader = match (&l.leader, l.term) {
+        (Some(name), Some(term)) => format!("leader {name} (term {term})"),
+        _ => "NO LEADER (the lease table is not available: servers that cannot renew fence at their deadlines)".into(),
+    };
+    let voters: Vec<String> = l
+        .voters
+        .iter()
+        .filter(|v| v.member || v.reachable)
+        .map(|v| match (v.member, v.reachable) {
+            (true, true) => v.name.clone(),
+            (true, false) => format!("{} UNREACHABLE", v.name),
+            (false, _) => format!("{} (not a voter)", v.name),
+        })
+        .collect();
+    format!("consensus leasing: {leader}; voters {}", voters.join(", "))
+}
+
+/// `ferry leasing status`.
+fn leasing_text(l: &ferry_api::LeasingStatus) -> String {
+    use ferry_core::domain::LeasingBasis;
+    if l.basis == LeasingBasis::Database {
+        return format!("database leasing: {}", l.data_source.as_deref().unwrap_or("-"));
+    }
+    let mut out = leasing_line(l);
+    out.push_str(&format!(
+        "\n\n{:<14} {:>12} {:<7} {:<10} {:>6}  ANSWER\n",
+        "VOTER", "ID", "MEMBER", "REACHABLE", "TERM"
+    ));
+    for v in &l.voters {
+        out.push_str(&format!(
+            "{:<14} {:>12} {:<7} {:<10} {:>6}  {}\n",
+            v.name,
+            v.id.map_or_else(|| "-".into(), |i| i.to_string()),
+            if v.member { "yes" } else { "no" },
+            if v.reachable { "yes" } else { "no" },
+            v.term.map_or_else(|| "-".into(), |t| t.to_string()),
+            match (&v.error, l.leader.as_deref() == Some(v.name.as_str())) {
+                (Some(e), _) => e.clone(),
+                (None, true) => "leader".into(),
+                (None, false) if v.member => "follower".into(),
+                (None, false) => "answers, not a voter (joining, or it left cleanly)".into(),
+            },
+        ));
     }
     out.trim_end().to_string()
 }

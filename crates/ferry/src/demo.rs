@@ -93,6 +93,22 @@ async fn answered_from(
     }
 }
 
+/// Waits for the consensus cluster's leader and says who it is.
+async fn cluster_leader(admin: &ferry_api::AdminClient) -> anyhow::Result<String> {
+    let until = clock::now() + Duration::from_secs(20);
+    loop {
+        let l = admin.leasing().await?;
+        if let (Some(leader), Some(term)) = (&l.leader, l.term) {
+            let voters: Vec<&str> = l.voters.iter().filter(|v| v.member).map(|v| v.name.as_str()).collect();
+            return Ok(format!("cluster leader {leader} (term {term}), voters {}", voters.join(", ")));
+        }
+        if clock::now() >= until {
+            anyhow::bail!("the Node Managers elected no cluster leader within 20 s: see their logs");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub async fn run(
     exit_after: bool,
     dir: Option<PathBuf>,
@@ -133,6 +149,9 @@ pub async fn run(
     }
 
     let admin = h.admin();
+    if consensus {
+        outln!("lease table:  consensus leasing among the three Node Managers: {}", cluster_leader(&admin).await?);
+    }
     let mut n = Narrator {
         admin: admin.clone(),
         since: admin.events(0).await.map(|e| e.last().map_or(0, |e| e.id)).unwrap_or(0),
@@ -204,6 +223,7 @@ pub async fn run(
                         EventKind::LeaseExpired => "2.",
                         EventKind::RestartInPlace => "3.",
                         EventKind::MachineFailed => "",
+                        EventKind::LeaderElected | EventKind::VoterJoined | EventKind::VoterLeft => "",
                         EventKind::Migrate => "4.",
                         EventKind::Addif => "",
                         EventKind::ServerStarted => "5.",
@@ -420,6 +440,7 @@ pub async fn run_hosts(exit_after: bool, dir: Option<PathBuf>, consensus: bool) 
             EventKind::LeaseExpired => "2.",
             EventKind::RestartInPlace => "3.",
             EventKind::MachineFailed => "",
+            EventKind::LeaderElected | EventKind::VoterJoined | EventKind::VoterLeft => "",
             EventKind::Migrate => "4.",
             EventKind::Addif => "",
             EventKind::ServerStarted => "5.",

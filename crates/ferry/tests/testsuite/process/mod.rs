@@ -13,6 +13,7 @@ use crate::{exe, PATIENCE};
 
 mod addresses;
 mod cli;
+mod consensus;
 mod failover;
 mod input;
 mod postgres;
