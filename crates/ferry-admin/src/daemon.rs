@@ -52,8 +52,8 @@ pub async fn run(opts: AdminOptions) -> anyhow::Result<()> {
     // table's error (and the fix) until it is reachable.
     let consensus = domain.domain.leasing.basis == ferry_core::domain::LeasingBasis::Consensus;
     let store = if consensus {
-        // Consensus leasing: the table is at the cluster leader, relayed by any Node Manager.
-        let nms: Vec<_> = domain.domain.machines.iter().map(|m| m.node_manager).collect();
+        // Consensus leasing: the table is at the cluster leader, relayed by any voter.
+        let nms: Vec<_> = domain.domain.voters().into_iter().map(|(_, addr)| addr).collect();
         ferry_consensus::http::relay_store(&nms, &pki.creds, Duration::from_secs(5))?
     } else {
         ferry_store::open_lazy(&ds, Duration::from_secs(5))

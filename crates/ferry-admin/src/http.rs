@@ -486,10 +486,13 @@ async fn enroll(State(s): State<Arc<AdminState>>, body: Result<Json<EnrollReques
     };
     let machine = req.machine.clone();
     let d = s.domain();
-    if d.domain.machine(&machine).is_none() {
+    if !d.domain.enrolls(&machine) {
         return error(
             404,
-            format!("machine {machine} is not defined in domain {}: add it to the domain first", d.domain.name),
+            format!(
+                "machine {machine} is not defined in domain {}: add it to the domain first (under [[machines]], or [[witnesses]] for a witness)",
+                d.domain.name
+            ),
         );
     }
     match s.pki.enroll(&req, &s.secret, ferry_host::clock::wall_ms()) {
@@ -593,8 +596,11 @@ async fn enroll_token(
         Err(e) => return error(400, format!("bad machine name: {e}")),
     };
     let d = s.domain();
-    if d.domain.machine(&machine).is_none() {
-        return error(404, format!("machine {machine} is not defined in domain {}", d.domain.name));
+    if !d.domain.enrolls(&machine) {
+        return error(
+            404,
+            format!("machine {machine} is not defined in domain {} (neither a machine nor a witness)", d.domain.name),
+        );
     }
     let t = s.pki.enroll_token(&machine, ferry_host::clock::wall_ms());
     s.record(

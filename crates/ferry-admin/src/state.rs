@@ -63,18 +63,17 @@ impl AdminState {
     /// a connect: give up on it after a few seconds at most, not after the whole budget of a
     /// command a live Node Manager may take long to finish.
     fn nm_client(&self, m: &ferry_core::domain::Machine, timeout: Duration) -> NmClient {
-        let key = (m.name.to_string(), m.node_manager.to_string());
+        self.voter_client(m.name.as_str(), m.node_manager, timeout)
+    }
+
+    /// The same for any voter of consensus leasing (a machine's Node Manager or a witness).
+    fn voter_client(&self, name: &str, addr: std::net::SocketAddr, timeout: Duration) -> NmClient {
+        let key = (name.to_string(), addr.to_string());
         let mut cache = self.nm_clients.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .entry(key)
             .or_insert_with(|| {
-                NmClient::with_connect_timeout(
-                    &m.node_manager.to_string(),
-                    m.name.as_str(),
-                    &self.pki.creds,
-                    NM_CONNECT_TIMEOUT,
-                    timeout,
-                )
+                NmClient::with_connect_timeout(&addr.to_string(), name, &self.pki.creds, NM_CONNECT_TIMEOUT, timeout)
             })
             .with_timeout(timeout)
     }
@@ -189,8 +188,8 @@ impl AdminState {
                 voters: Vec::new(),
             };
         }
-        let asks = d.domain.machines.iter().map(|m| {
-            let client = self.nm_client(m, Duration::from_secs(1));
+        let asks = d.domain.voters().into_iter().map(|(name, addr)| {
+            let client = self.voter_client(&name, addr, Duration::from_secs(1));
             async move { client.hello().await.map_err(|e| e.to_string()) }
         });
         let answers: Vec<_> = futures_util::future::join_all(asks).await;

@@ -110,6 +110,7 @@ kinds! {
     VoterJoined = "voter-joined",
     VoterLeft = "voter-left",
     WaitingForLeaseTable = "waiting-for-lease-table",
+    WitnessStarted = "witness-started",
 }
 
 impl fmt::Display for EventKind {

@@ -21,7 +21,7 @@
 //!   (`ferry_host::ipaddr::probe`) still sees the addresses of the machine on the other side.
 //!   [`Lab::partition`] drops ARP too.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -154,6 +154,24 @@ impl Lab {
         self.cut(host, Cut::FromSwitch).await
     }
 
+    /// Splits the machines in two: every host of `side` loses every host of `other` (both
+    /// directions; ARP passes), while both sides keep the switch and the client. For a
+    /// group of voters cut from another, e.g. an even split of four.
+    pub async fn split(&self, side: &[&str], other: &[&str]) -> Result<()> {
+        for h in side.iter().chain(other) {
+            self.host(h, "a split")?;
+        }
+        let others: BTreeSet<String> = other.iter().map(|h| h.to_string()).collect();
+        let mut faults = self.faults.lock().await;
+        let mut wanted = faults.cuts.clone();
+        for h in side {
+            wanted.insert(h.to_string(), Cut::FromHosts(others.clone()));
+        }
+        self.apply_cuts(&wanted).await?;
+        faults.cuts = wanted;
+        Ok(())
+    }
+
     /// Removes every partition. Allow up to ~1 s for reachability to return (neighbour
     /// entries that failed during the cut are retried lazily).
     pub async fn heal(&self) -> Result<()> {
@@ -279,6 +297,13 @@ fn render(cuts: &BTreeMap<String, Cut>, machines: &[String]) -> String {
                 input.push(format!("iifname {me} ether type != arp drop"));
                 output.push(format!("oifname {me} ether type != arp drop"));
             }
+            Cut::FromHosts(others) => {
+                for other in others.iter().filter(|o| *o != host) {
+                    let other = port(other);
+                    forward.push(format!("iifname {me} oifname {other} ether type != arp drop"));
+                    forward.push(format!("iifname {other} oifname {me} ether type != arp drop"));
+                }
+            }
         }
     }
     // Declaring the table first makes the delete succeed when it does not exist yet; the
@@ -307,6 +332,21 @@ mod tests {
 
     fn machines() -> Vec<String> {
         vec!["a".into(), "b".into(), "c".into()]
+    }
+
+    #[test]
+    fn a_split_cuts_only_the_pairs_across_it() {
+        let others: BTreeSet<String> = ["c".to_string()].into();
+        let cuts = BTreeMap::from([
+            ("a".to_string(), Cut::FromHosts(others.clone())),
+            ("b".to_string(), Cut::FromHosts(others)),
+        ]);
+        let text = render(&cuts, &machines());
+        for rule in ["iifname \"sw-a\" oifname \"sw-c\"", "iifname \"sw-c\" oifname \"sw-b\""] {
+            assert!(text.contains(rule), "{rule} missing from\n{text}");
+        }
+        assert!(!text.contains("iifname \"sw-a\" oifname \"sw-b\""), "a and b stay together:\n{text}");
+        assert!(!text.contains("hook input; policy accept;\n    iifname"), "the switch stays reachable:\n{text}");
     }
 
     #[test]

@@ -43,7 +43,7 @@ pub(crate) fn machine_addr(i: usize) -> Option<Ipv4Addr> {
 }
 
 /// A partition of one host (a machine or the client) at the switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cut {
     /// Nothing in or out, ARP included ([`crate::Lab::partition`]).
     Isolated,
@@ -53,6 +53,8 @@ pub enum Cut {
     /// Reaches the other machines and the client but not the switch's address
     /// ([`crate::Lab::partition_from_switch`]).
     FromSwitch,
+    /// Reaches everything but these other hosts ([`crate::Lab::split`]).
+    FromHosts(BTreeSet<String>),
 }
 
 /// The faults in force.

@@ -251,11 +251,17 @@ impl Consensus {
         let mut metrics = self.voter.raft.metrics();
         let mut announced = 0u64;
         loop {
-            let (leader, term) = {
+            let (leading, term) = {
                 let m = metrics.borrow_watched();
-                (m.current_leader, m.current_term)
+                // Leading, confirmed by a quorum: a voter restarted with a committed vote of
+                // its own comes back as the leader of that (old) term until it hears of a
+                // newer one, and no quorum acknowledges it meanwhile.
+                let leading = m.state == ferry_consensus::openraft::ServerState::Leader
+                    && m.current_leader == Some(self.voter.id)
+                    && m.last_quorum_acked.is_some();
+                (leading, m.current_term)
             };
-            if leader == Some(self.voter.id) && term > announced {
+            if leading && term > announced {
                 announced = term;
                 let members = self.voter.members().unwrap_or_default();
                 self.events.emit(
@@ -335,8 +341,10 @@ async fn join(
     if caller(&info).as_deref() != Some(m.name.as_str()) || !c.roster().contains(&m.name) {
         return Json(Err(format!("{} may not join as {}", caller(&info).unwrap_or_default(), m.name)));
     }
+    // A voter that restarted before its log told it it is a member asks again: no news.
+    let already = c.voter.members().is_some_and(|ms| ms.get(&m.id) == Some(&m.name));
     let result = c.voter.admit(m.id, &m.name).await;
-    if let Ok(members) = &result {
+    if let (Ok(members), false) = (&result, already) {
         c.events.emit(
             EventKind::VoterJoined,
             None,

@@ -58,7 +58,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     let cache = opts.data_dir.join("domain-cache.json");
     // A machine the domain does not define can do nothing: say so now, before waiting for
     // an Administration Server to enroll it (which may be down).
-    check_machine_defined(&opts, &cache)?;
+    check_defined(&opts, &cache, Role::NodeManager)?;
     let tls = Arc::new(certificates(&opts).await?);
     let domain = load_initial_domain(&opts, &cache, &tls.creds).await?;
     let _ = files::write_atomic(&cache, &serde_json::to_vec(&domain)?, 0o600);
@@ -135,7 +135,7 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     // them).
     actor.remove_leftovers().await;
     tokio::spawn(actor.run());
-    tokio::spawn(refresh_loop(handle.clone(), opts.clone(), tls.clone(), domain, cache, consensus.clone()));
+    tokio::spawn(refresh_loop(Some(handle.clone()), opts.clone(), tls.clone(), domain, cache, consensus.clone()));
     let listener = tokio::net::TcpListener::bind(machine.node_manager).await.with_context(|| {
         format!("cannot listen on {} (node_manager of machine {})", machine.node_manager, opts.machine)
     })?;
@@ -164,9 +164,10 @@ pub async fn run(opts: NmOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps the domain configuration fresh from the admin, and cached on disk.
-async fn refresh_loop(
-    actor: Handle,
+/// Keeps the domain configuration fresh from the admin, and cached on disk (for the actor,
+/// when this is a Node Manager, and the voter).
+pub(crate) async fn refresh_loop(
+    actor: Option<Handle>,
     opts: NmOptions,
     tls: Arc<crate::pki::NmTls>,
     mut current: VersionedDomain,
@@ -189,7 +190,9 @@ async fn refresh_loop(
                 if let Some(c) = &consensus {
                     c.update(&d.domain);
                 }
-                actor.send(Msg::Domain(d)).await;
+                if let Some(actor) = &actor {
+                    actor.send(Msg::Domain(d)).await;
+                }
             }
         }
     }
@@ -205,9 +208,16 @@ fn restore_master_epochs(data_dir: &std::path::Path) -> BTreeMap<ClusterName, Ep
         .unwrap_or_default()
 }
 
+/// What a process of this crate is to the domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    NodeManager,
+    Witness,
+}
+
 /// Fails at once when the domain file (or, without one, the cached configuration) does not
-/// define this Node Manager's machine.
-fn check_machine_defined(opts: &NmOptions, cache: &std::path::Path) -> anyhow::Result<()> {
+/// define this Node Manager's machine (or this witness).
+pub(crate) fn check_defined(opts: &NmOptions, cache: &std::path::Path, role: Role) -> anyhow::Result<()> {
     let (domain, from) = match &opts.domain_file {
         Some(path) => (files::load_domain(path).map_err(|e| anyhow::anyhow!("{e}"))?, path.display().to_string()),
         None => match std::fs::read(cache).ok().and_then(|b| serde_json::from_slice::<VersionedDomain>(&b).ok()) {
@@ -215,17 +225,23 @@ fn check_machine_defined(opts: &NmOptions, cache: &std::path::Path) -> anyhow::R
             None => return Ok(()),
         },
     };
-    if domain.machine(&opts.machine).is_some() {
-        return Ok(());
+    let name = &opts.machine;
+    let list = |names: Vec<&str>, none: &str| if names.is_empty() { none.to_string() } else { names.join(", ") };
+    match role {
+        Role::NodeManager if domain.machine(name).is_some() => Ok(()),
+        Role::NodeManager => anyhow::bail!(
+            "machine {name} is not defined in domain {} ({from} defines {}): add a [[machines]] entry named {name} or pass the right --machine{}",
+            domain.name,
+            list(domain.machines.iter().map(|m| m.name.as_str()).collect(), "no machines"),
+            if domain.witness(name).is_some() { format!(" ({name} is a witness: run it with `ferry witness --name {name}`)") } else { String::new() }
+        ),
+        Role::Witness if domain.witness(name).is_some() => Ok(()),
+        Role::Witness => anyhow::bail!(
+            "witness {name} is not defined in domain {} ({from} defines {}): add a [[witnesses]] entry named {name} with its listen address, or pass the right --name",
+            domain.name,
+            list(domain.witnesses.iter().map(|w| w.name.as_str()).collect(), "no witnesses")
+        ),
     }
-    let known: Vec<&str> = domain.machines.iter().map(|m| m.name.as_str()).collect();
-    anyhow::bail!(
-        "machine {} is not defined in domain {} ({from} defines {}): add a [[machines]] entry named {} or pass the right --machine",
-        opts.machine,
-        domain.name,
-        if known.is_empty() { "no machines".to_string() } else { known.join(", ") },
-        opts.machine
-    )
 }
 
 /// `url` as the TLS client dials it (every daemon talks to the admin over TLS, whatever
@@ -237,7 +253,7 @@ fn tls_url(url: &str) -> String {
 
 /// This machine's certificates: loaded, or obtained by enrolling with the admin at the
 /// first start (retrying while the admin is not up yet).
-async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
+pub(crate) async fn certificates(opts: &NmOptions) -> anyhow::Result<crate::pki::NmTls> {
     let machine = opts.machine.as_str();
     if !crate::pki::enrolled(&opts.data_dir) {
         let from_file = match &opts.domain_file {
@@ -298,7 +314,7 @@ fn is_transient(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn load_initial_domain(
+pub(crate) async fn load_initial_domain(
     opts: &NmOptions,
     cache: &std::path::Path,
     creds: &ferry_tls::Credentials,
@@ -322,7 +338,7 @@ async fn load_initial_domain(
     Ok(serde_json::from_slice(&text)?)
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -43,10 +43,12 @@ pub(crate) fn router(api: Arc<Api>, extra: Option<Router>) -> Router {
         .route("/nm/v1/servers/{name}/stop", post(stop))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    nm.with_state(api.clone())
-        .merge(extra.unwrap_or_default())
-        .layer(axum::middleware::from_fn_with_state(api.clone(), auth))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+    guarded(nm.with_state(api.clone()).merge(extra.unwrap_or_default()), api.tls.clone())
+}
+
+/// `routes` behind the domain's client-certificate check (and the revocation list).
+pub(crate) fn guarded(routes: Router, tls: Arc<crate::pki::NmTls>) -> Router {
+    routes.layer(axum::middleware::from_fn_with_state(tls, auth)).layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
 }
 
 fn error(status: u16, msg: impl Into<String>, detail: serde_json::Value) -> Response {
@@ -68,12 +70,12 @@ fn denied(d: &Denied) -> Response {
 }
 
 /// Every route: a verified client certificate of the domain.
-async fn auth(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+async fn auth(State(tls): State<Arc<crate::pki::NmTls>>, req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<PeerInfo>>().and_then(|c| c.0.peer.clone());
     match peer {
         // Revocation at every request, not only at the handshake: a connection made before
         // the revocation must not go on working.
-        Some(p) => match api.tls.revoked.refuses(&p) {
+        Some(p) => match tls.revoked.refuses(&p) {
             Some(why) => error(403, why, serde_json::Value::Null),
             None => next.run(req).await,
         },

@@ -9,7 +9,8 @@
 //! * `plumbing`: floating IPs, mounts, spawning and killing;
 //! * `authorize`: who may command it (the admin, its cluster's current master);
 //! * `consensus`: its consensus-leasing voter, when the domain leases by consensus;
-//! * `http`: `/nm/v1` over mutual TLS; `pki`: its certificates.
+//! * `http`: `/nm/v1` over mutual TLS; `pki`: its certificates;
+//! * `witness`: `ferry witness`, a voter of consensus leasing that hosts no servers.
 
 mod actor;
 mod authorize;
@@ -20,5 +21,7 @@ mod http;
 pub mod pki;
 mod plumbing;
 mod renewals;
+mod witness;
 
 pub use daemon::{run, NmOptions};
+pub use witness::run_witness;

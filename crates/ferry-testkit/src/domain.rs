@@ -34,6 +34,9 @@ pub struct DomainSpec {
     pub data_source: Option<String>,
     /// Consensus leasing among the machines' Node Managers instead of a database.
     pub consensus: bool,
+    /// Lab only, with `consensus`: a witness of this name (`ferry witness`) in the switch
+    /// namespace, next to the admin.
+    pub witness: Option<String>,
     /// Give every service a journal (for the no-two-instances check).
     pub journal: bool,
     pub shutdown_timeout_ms: u64,
@@ -76,6 +79,7 @@ impl DomainSpec {
             grace_ms,
             data_source: None,
             consensus: false,
+            witness: None,
             journal: true,
             shutdown_timeout_ms: 5_000,
             ifconfig_hooks: Vec::new(),

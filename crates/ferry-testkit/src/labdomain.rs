@@ -22,6 +22,8 @@ use crate::service::ClientLine;
 pub const ADMIN_PORT: u16 = 7001;
 /// Where each machine's Node Manager listens.
 pub const NM_PORT: u16 = 5556;
+/// Where the witness listens (in the switch namespace, next to the admin).
+pub const WITNESS_PORT: u16 = 5557;
 /// Where each server's service listens on its floating IP.
 pub const SERVICE_PORT: u16 = 8080;
 
@@ -169,6 +171,9 @@ impl LabDomain {
         d.wait_cli_ok(&["machines"], Duration::from_secs(20))
             .await
             .context("the Administration Server did not answer")?;
+        if d.spec.witness.is_some() {
+            d.start_witness()?;
+        }
         for m in d.spec.machines.clone() {
             d.start_nm(&m)?;
         }
@@ -207,6 +212,22 @@ impl LabDomain {
 
     pub fn start_admin(&self) -> anyhow::Result<()> {
         self.spawn(SWITCH, &["admin", "--domain", &self.domain_file.display().to_string()], &[], "admin.log")
+    }
+
+    /// Starts the domain's witness (`DomainSpec::witness`) in the switch namespace.
+    pub fn start_witness(&self) -> anyhow::Result<()> {
+        let name = self.spec.witness.as_deref().context("this lab domain has no witness")?;
+        let file = self.domain_file.display().to_string();
+        self.spawn(SWITCH, &["witness", "--name", name, "--domain", &file], &[], &format!("witness-{name}.log"))
+    }
+
+    /// What `ferry leasing status` says (consensus leasing: leader, term, voters).
+    pub async fn leasing(&self) -> anyhow::Result<ferry_api::LeasingStatus> {
+        let out = self.cli(&["leasing", "status", "-o", "json"]).await?;
+        if !out.status.success() {
+            bail!("ferry leasing status: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     pub fn start_nm(&self, machine: &str) -> anyhow::Result<()> {
@@ -389,6 +410,9 @@ fn domain_toml(
         spec.name,
         lab.switch_addr(),
     );
+    if let Some(w) = &spec.witness {
+        t += &format!("\n[[witnesses]]\nname = \"{w}\"\nlisten = \"{}:{WITNESS_PORT}\"\n", lab.switch_addr());
+    }
     for m in &spec.machines {
         let addr: Ipv4Addr = lab.addr(m)?;
         t += &format!(

@@ -100,6 +100,30 @@ pub enum Cmd {
         #[arg(long)]
         enroll_token_file: Option<PathBuf>,
     },
+    /// Run a witness: a voter of consensus leasing that hosts no servers (a `[[witnesses]]`
+    /// entry of the domain), so that a domain of two machines keeps its majority when either
+    /// dies. Run it on a third host, for example the admin's. It enrolls like a Node Manager
+    /// (`ferry machine enroll-token NAME` makes its token).
+    Witness {
+        #[arg(long)]
+        name: String,
+        #[arg(long, conflicts_with = "admin_url")]
+        domain: Option<PathBuf>,
+        /// Fetch the domain from this Administration Server instead of a file.
+        #[arg(long = "admin-url")]
+        admin_url: Option<String>,
+        /// [default: DOMAIN_DIR/data/witness-NAME]
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The domain secret, to enroll at the first start on the admin's host [default:
+        /// $FERRY_SECRET, else DOMAIN_DIR/.ferry/secret]. Not needed once enrolled.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+        /// A file holding a one-time enrollment token, for a first start on another host
+        /// [default: $FERRY_ENROLL_TOKEN].
+        #[arg(long)]
+        enroll_token_file: Option<PathBuf>,
+    },
     /// Enroll a machine (the `nmEnroll` equivalent): its Node Manager makes its keys here and
     /// gets certificates from the Administration Server for a one-time token that
     /// `ferry machine enroll-token MACHINE` printed. Run it on the machine.

@@ -101,8 +101,37 @@ pub fn main() -> i32 {
             init_tracing("info");
             let rt = runtime();
             report(
-                rt.block_on(nodemanager(machine, domain, admin_url, data_dir, secret_file, enroll_token_file)),
+                rt.block_on(nodemanager(machine, domain, admin_url, data_dir, secret_file, enroll_token_file, false)),
                 "ferry nodemanager",
+            )
+        }
+        Cmd::Witness { name, domain, admin_url, data_dir, secret_file, enroll_token_file } => {
+            match domain.as_deref().map(ferry_host::files::load_domain) {
+                Some(Err(errs)) => return domain_problems(&errs),
+                Some(Ok(d)) if !d.witnesses.iter().any(|w| w.name.as_str() == name) => {
+                    let known: Vec<&str> = d.witnesses.iter().map(|w| w.name.as_str()).collect();
+                    errln!(
+                        "ferry witness: witness {name} is not defined in domain {} ({} defines {}): add a [[witnesses]] entry named {name} with its listen address, or pass the right --name",
+                        d.name,
+                        domain.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+                        if known.is_empty() { "no witnesses".to_string() } else { known.join(", ") }
+                    );
+                    return EXIT_USAGE;
+                }
+                _ => {}
+            }
+            init_tracing("info");
+            report(
+                runtime().block_on(nodemanager(
+                    name,
+                    domain,
+                    admin_url,
+                    data_dir,
+                    secret_file,
+                    enroll_token_file,
+                    true,
+                )),
+                "ferry witness",
             )
         }
         Cmd::Enroll { machine, data_dir, rotate: true, .. } => {
@@ -212,6 +241,9 @@ fn validate(file: &std::path::Path) -> i32 {
             for t in d.takeovers() {
                 errln!("warning: {}", t.warning());
             }
+            for w in d.leasing_warnings() {
+                errln!("warning: {w}");
+            }
             0
         }
         Err(errs) => domain_problems(&errs),
@@ -225,12 +257,13 @@ async fn nodemanager(
     data_dir: Option<PathBuf>,
     secret_file: Option<PathBuf>,
     enroll_token_file: Option<PathBuf>,
+    witness: bool,
 ) -> anyhow::Result<()> {
     let machine = MachineName::new(machine)?;
     let base = domain.as_deref().map(ferry_host::files::domain_dir);
     let data_dir = match (data_dir, &base) {
         (Some(d), _) => d,
-        (None, Some(b)) => b.join("data").join(format!("nm-{machine}")),
+        (None, Some(b)) => b.join("data").join(format!("{}-{machine}", if witness { "witness" } else { "nm" })),
         (None, None) => {
             anyhow::bail!("--data-dir is needed when the domain comes from --admin-url")
         }
@@ -271,7 +304,11 @@ async fn nodemanager(
         enroll_token,
         ferry_exe,
     };
-    ferry_nodemanager::run(opts).await
+    if witness {
+        ferry_nodemanager::run_witness(opts).await
+    } else {
+        ferry_nodemanager::run(opts).await
+    }
 }
 
 /// Reads a token from a file (`-`: standard input), trimmed.

@@ -36,6 +36,10 @@ pub struct Domain {
     pub leasing: Leasing,
     #[serde(default)]
     pub machines: Vec<Machine>,
+    /// Consensus leasing's voters that host no servers (`ferry witness`): what lets a
+    /// two-machine domain keep a majority when either machine dies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<Witness>,
     #[serde(default)]
     pub clusters: Vec<Cluster>,
     #[serde(default)]
@@ -76,6 +80,17 @@ pub struct Leasing {
     /// none with consensus leasing (the voters hold the table).
     #[serde(default)]
     pub data_source: String,
+}
+
+/// A voter of consensus leasing that hosts no servers (`ferry witness`), for example on the
+/// admin's host. It is enrolled like a Node Manager (its certificate names it as a machine of
+/// the domain) but the master never places a server on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Witness {
+    pub name: MachineName,
+    /// Where the witness listens for the voters (mutual TLS).
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -394,6 +409,12 @@ impl Domain {
                 }
             }
         }
+        if self.leasing.basis == LeasingBasis::Database && !self.witnesses.is_empty() {
+            push(
+                "witnesses".into(),
+                "a witness is a voter of consensus leasing; database leasing has no voters: remove [[witnesses]], or use basis = \"consensus\"".into(),
+            );
+        }
 
         let mut machines = BTreeSet::new();
         let mut nm_addrs = BTreeMap::new();
@@ -432,6 +453,40 @@ impl Domain {
             }
         }
 
+        for (i, w) in self.witnesses.iter().enumerate() {
+            if !machines.insert(&w.name) {
+                push(
+                    format!("witnesses[{i}].name"),
+                    format!(
+                        "{:?} is already the name of a machine or witness: voters need names of their own",
+                        w.name.as_str()
+                    ),
+                );
+            }
+            if let Some(other) = nm_addrs.insert(w.listen, &w.name) {
+                push(format!("witnesses[{i}].listen"), format!("address {} is already used by {other}", w.listen));
+            }
+            if w.listen == self.admin.listen {
+                push(format!("witnesses[{i}].listen"), format!("address {} is the Administration Server's", w.listen));
+            }
+        }
+        // Only real machines host servers.
+        let witnesses: BTreeSet<&MachineName> =
+            self.witnesses.iter().map(|w| &w.name).filter(|n| self.machine(n).is_none()).collect();
+        for w in &witnesses {
+            machines.remove(*w);
+        }
+        let unknown = |m: &MachineName| {
+            if witnesses.contains(m) {
+                format!(
+                    "{:?} is a witness: it votes but hosts no servers; name a machine under [[machines]]",
+                    m.as_str()
+                )
+            } else {
+                format!("unknown machine {:?}: define it under [[machines]]", m.as_str())
+            }
+        };
+
         let mut clusters = BTreeMap::new();
         for (i, c) in self.clusters.iter().enumerate() {
             if clusters.insert(&c.name, c).is_some() {
@@ -439,10 +494,7 @@ impl Domain {
             }
             for (j, m) in c.migration_candidates.iter().enumerate() {
                 if !machines.contains(m) {
-                    push(
-                        format!("clusters[{i}].migration_candidates[{j}]"),
-                        format!("unknown machine {:?}: define it under [[machines]]", m.as_str()),
-                    );
+                    push(format!("clusters[{i}].migration_candidates[{j}]"), unknown(m));
                 }
             }
             if c.max_concurrent_starts == 0 {
@@ -472,17 +524,11 @@ impl Domain {
                 );
             }
             if !machines.contains(&s.machine) {
-                push(
-                    format!("servers[{i}].machine"),
-                    format!("unknown machine {:?}: define it under [[machines]]", s.machine.as_str()),
-                );
+                push(format!("servers[{i}].machine"), unknown(&s.machine));
             }
             for (j, m) in s.candidate_machines.iter().enumerate() {
                 if !machines.contains(m) {
-                    push(
-                        format!("servers[{i}].candidate_machines[{j}]"),
-                        format!("unknown machine {:?}: define it under [[machines]]", m.as_str()),
-                    );
+                    push(format!("servers[{i}].candidate_machines[{j}]"), unknown(m));
                 }
             }
             if s.auto_migration
@@ -582,7 +628,67 @@ impl Domain {
     /// Consensus leasing's voters, by name, with where each listens: every machine's Node
     /// Manager, in the domain file's order (the first one starts the cluster).
     pub fn voters(&self) -> Vec<(String, SocketAddr)> {
-        self.machines.iter().map(|m| (m.name.to_string(), m.node_manager)).collect()
+        let machines = self.machines.iter().map(|m| (m.name.to_string(), m.node_manager));
+        machines.chain(self.witnesses.iter().map(|w| (w.name.to_string(), w.listen))).collect()
+    }
+
+    pub fn witness(&self, name: &MachineName) -> Option<&Witness> {
+        self.witnesses.iter().find(|w| &w.name == name)
+    }
+
+    /// Whether `name` may enroll (get a certificate of the domain): a machine or a witness.
+    pub fn enrolls(&self, name: &MachineName) -> bool {
+        self.machine(name).is_some() || self.witness(name).is_some()
+    }
+
+    /// Valid, but fragile consensus leasing: an even number of voters (two stop leasing when
+    /// either dies; more stop on an even split, which the seed would survive on the leader's
+    /// side: openraft's quorums are majorities, see ARCHITECTURE.md), or leases so short that
+    /// the voters run faster than their defaults, where a heartbeat late on a busy host starts
+    /// an election that holds every renewal up.
+    pub fn leasing_warnings(&self) -> Vec<String> {
+        use crate::leadership;
+        let mut out = Vec::new();
+        if self.leasing.basis != LeasingBasis::Consensus {
+            return out;
+        }
+        let voters = self.voters().len();
+        if voters == 2 {
+            out.push(
+                "consensus leasing with two voters: a majority of two is both, so losing either machine stops every lease \
+                 and every server fences itself; add a witness ([[witnesses]] name and listen, run with `ferry witness`) \
+                 on a third host, for example the admin's"
+                    .to_string(),
+            );
+        } else if voters.is_multiple_of(2) {
+            out.push(format!(
+                "consensus leasing with {voters} voters: an even split ({} against {}) leaves neither side a majority, so \
+                 every server fences itself until it heals; add a witness ([[witnesses]], `ferry witness`) on a host of \
+                 its own to make the number of voters odd",
+                voters / 2,
+                voters / 2
+            ));
+        }
+        let plan = self.voter_plan();
+        let default = leadership::VoterPlan::with_heartbeat(leadership::HEARTBEAT);
+        if plan.heartbeat < default.heartbeat {
+            // The shortest lease whose budget (TTL − interval) fits the default takeover.
+            let budget = default.takeover_ms() * 100 / 85 + 1;
+            out.push(format!(
+                "consensus leasing: the shortest lease leaves the voters {} ms heartbeats and elections after {}–{} ms \
+                 (the defaults are {} ms and {}–{} ms); on a busy host a heartbeat that late starts an election, which \
+                 holds every renewal up for up to {} ms; leases whose TTL minus health_check_interval is at least {budget} ms \
+                 let the voters run at their defaults",
+                plan.heartbeat.as_millis(),
+                plan.election_min.as_millis(),
+                plan.election_max.as_millis(),
+                default.heartbeat.as_millis(),
+                default.election_min.as_millis(),
+                default.election_max.as_millis(),
+                plan.takeover_ms()
+            ));
+        }
+        out
     }
 
     pub fn machine(&self, name: &MachineName) -> Option<&Machine> {

@@ -237,7 +237,7 @@ fn every_error_names_file_line_column_and_field() {
             "an unknown key at the top",
             edit(&[("name = \"d\"\n", "name = \"d\"\nbogus = 1\n")]),
             &[
-                r#"bad.toml:2:1: bogus: unknown key: the keys allowed here are name, admin, leasing, machines, clusters, servers"#,
+                r#"bad.toml:2:1: bogus: unknown key: the keys allowed here are name, admin, leasing, machines, witnesses, clusters, servers"#,
             ],
         ),
         (
@@ -427,6 +427,30 @@ fn every_error_names_file_line_column_and_field() {
             ],
         ),
         (
+            "a witness under database leasing",
+            edit(&[("[[clusters]]", "[[witnesses]]\nname = \"w\"\nlisten = \"127.0.0.1:5558\"\n\n[[clusters]]")]),
+            &[
+                r#"bad.toml:19:1: witnesses: a witness is a voter of consensus leasing; database leasing has no voters: remove [[witnesses]], or use basis = "consensus""#,
+            ],
+        ),
+        (
+            "a witness named like a machine, on a machine's address, and a server placed on a witness",
+            edit(&[
+                ("basis = \"database\"", "basis = \"consensus\""),
+                ("data_source = \"sqlite://leases.db\"\n", ""),
+                (
+                    "[[clusters]]",
+                    "[[witnesses]]\nname = \"m2\"\nlisten = \"127.0.0.1:5556\"\n\n[[witnesses]]\nname = \"w\"\nlisten = \"127.0.0.1:5559\"\n\n[[clusters]]",
+                ),
+                ("candidate_machines = [\"m2\"]", "candidate_machines = [\"w\"]"),
+            ]),
+            &[
+                r#"bad.toml:19:8: witnesses[0].name: "m2" is already the name of a machine or witness: voters need names of their own"#,
+                r#"bad.toml:20:10: witnesses[0].listen: address 127.0.0.1:5556 is already used by m1"#,
+                r#"bad.toml:39:23: servers[0].candidate_machines[0]: "w" is a witness: it votes but hosts no servers; name a machine under [[machines]]"#,
+            ],
+        ),
+        (
             "an unknown leasing basis",
             edit(&[("basis = \"database\"", "basis = \"raft\"")]),
             &[r#"bad.toml:7:9: leasing.basis: "raft" is not allowed here: use one of database, consensus"#],
@@ -521,4 +545,46 @@ fn every_error_names_file_line_column_and_field() {
         }
     }
     assert!(wrong.is_empty(), "{} of {} cases differ:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
+/// Consensus leasing's voters are the machines' Node Managers, then the witnesses; an even
+/// number of them is valid but warned of (two lose everything with either; more lose
+/// everything on an even split).
+#[test]
+fn witnesses_vote_host_nothing_and_an_even_number_of_voters_is_warned_of() {
+    let consensus = |witnesses: &str| {
+        let text = edit(&[
+            ("basis = \"database\"", "basis = \"consensus\""),
+            ("data_source = \"sqlite://leases.db\"\n", ""),
+            ("[[clusters]]", &format!("{witnesses}[[clusters]]")),
+        ]);
+        Domain::parse("d.toml", &text).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let two = consensus("");
+    assert_eq!(two.voters().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["m1", "m2"]);
+    let warnings = two.leasing_warnings();
+    assert!(warnings.iter().any(|w| w.contains("two voters") && w.contains("ferry witness")), "{warnings:?}");
+    // Leases of 30 s (10 s x 3): the voters run at their defaults.
+    assert!(!warnings.iter().any(|w| w.contains("heartbeats")), "{warnings:?}");
+    let three = consensus("[[witnesses]]\nname = \"w\"\nlisten = \"127.0.0.1:5558\"\n\n");
+    assert_eq!(three.voters().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["m1", "m2", "w"]);
+    assert_eq!(three.leasing_warnings(), Vec::<String>::new());
+    let w = ferry_core::MachineName::new("w").unwrap();
+    assert!(three.enrolls(&w) && three.machine(&w).is_none(), "a witness enrolls but is no machine");
+    let four = consensus(
+        "[[witnesses]]\nname = \"w\"\nlisten = \"127.0.0.1:5558\"\n\n[[witnesses]]\nname = \"x\"\nlisten = \"127.0.0.1:5559\"\n\n",
+    );
+    assert!(four.leasing_warnings().iter().any(|w| w.contains("even split (2 against 2)")));
+    assert!(Domain::parse("d.toml", BASE).unwrap().leasing_warnings().is_empty(), "database leasing has no voters");
+    // Short leases: faster voters, and the warning says which leases avoid it.
+    let text = edit(&[
+        ("basis = \"database\"", "basis = \"consensus\""),
+        ("data_source = \"sqlite://leases.db\"\n", ""),
+        ("[[clusters]]", "[[witnesses]]\nname = \"w\"\nlisten = \"127.0.0.1:5558\"\n\n[[clusters]]"),
+        ("health_check_interval = \"10s\"", "health_check_interval = \"200ms\""),
+    ]);
+    let fast = Domain::parse("d.toml", &text).unwrap();
+    let warnings = fast.leasing_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("19 ms heartbeats and elections after 57–114 ms"), "{warnings:?}");
 }

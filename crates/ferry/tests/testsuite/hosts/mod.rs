@@ -24,6 +24,7 @@ use crate::{exe, PATIENCE};
 
 mod addresses;
 mod clock_jumps;
+mod consensus;
 mod crashes;
 mod database_failover;
 mod partitions;
@@ -67,7 +68,11 @@ fn in_place_attempt_bound_ms() -> u64 {
 /// `FERRY_HOSTS_KEEP=DIR`, the domain's files (logs, journals, client logs) are written to
 /// `DIR/TEST` and kept for a post-mortem.
 async fn started_domain() -> Option<LabDomain> {
-    let spec = DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS);
+    started_domain_with(DomainSpec::figure_7_1(INTERVAL_MS, PERIODS, GRACE_MS)).await
+}
+
+/// [`started_domain`] with a domain of the test's own.
+async fn started_domain_with(spec: DomainSpec) -> Option<LabDomain> {
     let keep = std::env::var_os("FERRY_HOSTS_KEEP").map(|dir| {
         let test = std::thread::current().name().unwrap_or("test").replace("::", "-");
         let dir = Path::new(&dir).join(test);

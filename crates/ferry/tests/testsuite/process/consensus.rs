@@ -119,7 +119,16 @@ async fn a_voter_leaves_cleanly_and_one_that_lost_its_data_comes_back_as_somebod
     })
     .await;
     assert!(!members(&renewed).iter().any(|(_, id)| *id == d_id), "the old identity never counts again: {renewed:?}");
-    assert!(events(&h).await.iter().any(|e| e.kind == EventKind::VoterJoined));
+    // The leader's event reaches the admin in its own time.
+    let joined = wait_until(PATIENCE, "the leader's voter-joined event for the new identity", || async {
+        let id = renewed.voters.iter().find(|v| v.name == "machine-d").and_then(|v| v.id).unwrap_or_default();
+        events(&h)
+            .await
+            .iter()
+            .any(|e| e.kind == EventKind::VoterJoined && e.message.contains(&format!("machine-d ({id})")))
+    })
+    .await;
+    assert!(joined.is_ok(), "{joined:?}");
     // The servers never noticed.
     for s in ["ms1", "ms2"] {
         assert_eq!(status_of(&h, s).await.epoch, Some(ferry_core::Epoch(1)), "{s} kept its first instance");
