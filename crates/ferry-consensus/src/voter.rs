@@ -119,6 +119,11 @@ impl Voter {
             // The whole log is kept (it holds no renewals), so a restarted voter rebuilds
             // its table from it and no snapshot needs to be stored.
             snapshot_policy: openraft::SnapshotPolicy::Never,
+            // A voter that cannot win (cut off, restarted behind) asks before it raises its
+            // term: otherwise it comes back from a partition with a higher term and deposes a
+            // healthy leader, which holds every renewal up for an election. Off by default
+            // in openraft 0.10.
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()?;

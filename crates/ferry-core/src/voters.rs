@@ -54,6 +54,20 @@ pub enum Step {
 /// The next step for voter `me`, given what the voters that answered said (`answers`, not
 /// including `me`), the domain's voter names (`roster`, the bootstrapper first).
 pub fn step(me: &Hello, answers: &[Hello], roster: &[String]) -> Step {
+    // The leader's own word about who is a member, the newest term first: a voter that left
+    // cleanly may have stopped before its log learned it was taken out, and would otherwise
+    // believe itself a member that no leader ever contacts.
+    let leading = answers
+        .iter()
+        .filter(|h| h.leader == Some(h.id))
+        .filter_map(|h| h.members.as_ref().map(|m| (h, m)))
+        .max_by_key(|(h, _)| h.term);
+    if let Some((leader, members)) = leading {
+        if members.contains_key(&me.id) {
+            return Step::Member;
+        }
+        return Step::Join { leader: leader.id, name: leader.name.clone() };
+    }
     if me.members.as_ref().is_some_and(|m| m.contains_key(&me.id)) {
         return Step::Member;
     }
@@ -169,6 +183,24 @@ mod tests {
         let Step::Initialize(m) = step(&a, std::slice::from_ref(&b), &roster()) else { panic!() };
         assert_eq!(m, [(11, "a".to_string()), (22, "b".to_string())].into());
         assert!(matches!(step(&b, std::slice::from_ref(&a), &roster()), Step::Wait(w) if w.contains("waiting for a")));
+    }
+
+    #[test]
+    fn the_leaders_membership_outranks_a_voters_own_log() {
+        // c left cleanly, but stopped before its log had the change that took it out.
+        let c = hello(33, "c", Some(&[(11, "a"), (22, "b"), (33, "c")]), None);
+        let a = hello(11, "a", Some(&[(11, "a"), (22, "b")]), Some(11));
+        let b = hello(22, "b", Some(&[(11, "a"), (22, "b")]), Some(11));
+        assert_eq!(step(&c, &[a.clone(), b.clone()], &roster()), Step::Join { leader: 11, name: "a".into() });
+        // Without the leader's answer its own log is all it has.
+        assert_eq!(step(&c, std::slice::from_ref(&b), &roster()), Step::Member);
+        // A member by the leader's word is one.
+        let a3 = hello(11, "a", Some(&[(11, "a"), (22, "b"), (33, "c")]), Some(11));
+        assert_eq!(step(&c, &[a3], &roster()), Step::Member);
+        // Of two voters that claim to lead, the newer term's word counts.
+        let old = Hello { term: 1, ..hello(22, "b", Some(&[(11, "a"), (22, "b"), (33, "c")]), Some(22)) };
+        let new = Hello { term: 2, ..a };
+        assert_eq!(step(&c, &[old, new], &roster()), Step::Join { leader: 11, name: "a".into() });
     }
 
     #[test]

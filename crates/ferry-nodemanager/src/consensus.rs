@@ -40,6 +40,8 @@ const RPC_TIMEOUT: Duration = Duration::from_millis(500);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often a voter that is not a member looks for its place, and how long asking takes.
 const FIND_PLACE_EVERY: Duration = Duration::from_millis(300);
+/// ... and a voter that is a member by its own log asks every this many rounds.
+const ASK_MEMBER_EVERY: u32 = 10;
 const HELLO_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a clean shutdown waits for the leader to let this voter go.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -152,9 +154,15 @@ impl Consensus {
     /// wait, as [`voters::step`] says. Then keep checking (a leader may have let it go).
     async fn find_place(self: Arc<Self>) {
         let mut last_wait = String::new();
+        let mut round = 0u32;
         loop {
+            round = round.wrapping_add(1);
             let me = self.voter.hello(&self.name);
-            let step = if me.members.as_ref().is_some_and(|m| m.contains_key(&me.id)) {
+            // A member by its own log that knows a leader asks the others only now and then:
+            // its log may be behind the leader's (it left and came back), and only the
+            // leader's membership says whether it is still a voter.
+            let settled = me.members.as_ref().is_some_and(|m| m.contains_key(&me.id)) && me.leader.is_some();
+            let step = if settled && !round.is_multiple_of(ASK_MEMBER_EVERY) {
                 Step::Member
             } else {
                 voters::step(&me, &self.hellos().await, &self.roster())
