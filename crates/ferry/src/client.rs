@@ -540,11 +540,13 @@ fn leasing_line(l: &ferry_api::LeasingStatus) -> String {
         (Some(name), Some(term)) => format!("leader {name} (term {term})"),
         _ => "NO LEADER (the lease table is not available: servers that cannot renew fence at their deadlines)".into(),
     };
+    // When no voter answers, nobody says who the members are: show every voter as silent.
+    let none_answer = l.voters.iter().all(|v| !v.reachable);
     let voters: Vec<String> = l
         .voters
         .iter()
-        .filter(|v| v.member || v.reachable)
-        .map(|v| match (v.member, v.reachable) {
+        .filter(|v| v.member || v.reachable || none_answer)
+        .map(|v| match (v.member || none_answer, v.reachable) {
             (true, true) => v.name.clone(),
             (true, false) => format!("{} UNREACHABLE", v.name),
             (false, _) => format!("{} (not a voter)", v.name),
@@ -630,6 +632,37 @@ async fn follow(admin: &AdminClient, op: Operation, wait: bool) -> Result<i32, C
 #[cfg(test)]
 mod tests {
     use std::path::{Path, PathBuf};
+
+    #[test]
+    fn the_leasing_line_names_every_voter_also_when_none_answers() {
+        let voter = |name: &str, member: bool, reachable: bool| ferry_api::VoterStatus {
+            name: name.into(),
+            id: reachable.then_some(1),
+            reachable,
+            member,
+            term: None,
+            error: None,
+        };
+        let mut l = ferry_api::LeasingStatus {
+            basis: ferry_core::domain::LeasingBasis::Consensus,
+            data_source: None,
+            leader: Some("a".into()),
+            term: Some(3),
+            voters: vec![voter("a", true, true), voter("b", true, false), voter("c", false, true)],
+        };
+        assert_eq!(
+            super::leasing_line(&l),
+            "consensus leasing: leader a (term 3); voters a, b UNREACHABLE, c (not a voter)"
+        );
+        // Every voter gone (the last one stopped cleanly): nobody says who the members are.
+        l.leader = None;
+        l.voters = vec![voter("a", false, false), voter("b", false, false)];
+        assert!(
+            super::leasing_line(&l).ends_with("; voters a UNREACHABLE, b UNREACHABLE"),
+            "{}",
+            super::leasing_line(&l)
+        );
+    }
 
     #[test]
     fn the_admins_client_file_is_found_by_host_and_port() {
