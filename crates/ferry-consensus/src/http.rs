@@ -39,7 +39,14 @@ struct SnapshotBody {
 /// An RPC's answer on the wire: the target's own error in words when it failed.
 type Wire<T> = Result<T, String>;
 
-/// The routes a voter serves.
+/// The header that names the voter identity an RPC is for.
+pub const TARGET_HEADER: &str = "ferry-raft-target";
+
+/// The routes a voter serves. Each RPC names the identity it is for ([`TARGET_HEADER`]) and
+/// is refused (409) by any other: after a voter lost its data, its name and address answer
+/// with a new identity, and the leader's replication to the old one must find nobody there,
+/// not a fresh log that would count for the old identity (or, in openraft, look like a
+/// follower's log going backwards).
 pub fn routes(voter: Arc<Voter>) -> axum::Router {
     axum::Router::new()
         .route("/raft/v1/append", post(append))
@@ -47,7 +54,27 @@ pub fn routes(voter: Arc<Voter>) -> axum::Router {
         .route("/raft/v1/pre-vote", post(pre_vote))
         .route("/raft/v1/snapshot", post(snapshot))
         .route("/lease/v1/call", post(lease_call))
+        .layer(axum::middleware::from_fn_with_state(voter.clone(), only_for_me))
         .with_state(voter)
+}
+
+async fn only_for_me(
+    State(v): State<Arc<Voter>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let target = req.headers().get(TARGET_HEADER).and_then(|h| h.to_str().ok()).and_then(|t| t.parse::<u64>().ok());
+    match target {
+        Some(id) if id == v.id => next.run(req).await,
+        Some(id) => (
+            axum::http::StatusCode::CONFLICT,
+            format!("this is voter {}, not {id} (that identity lost its data and never answers again)", v.id),
+        )
+            .into_response(),
+        None => (axum::http::StatusCode::BAD_REQUEST, format!("a voter's RPC names its target in {TARGET_HEADER}"))
+            .into_response(),
+    }
 }
 
 async fn append(
@@ -122,6 +149,7 @@ impl HttpNet {
 pub struct HttpPeer {
     client: reqwest::Client,
     directory: Directory,
+    target: u64,
     addr: String,
     timeout: Duration,
 }
@@ -132,6 +160,7 @@ impl HttpPeer {
         let answer = self
             .client
             .post(format!("{url}{path}"))
+            .header(TARGET_HEADER, self.target)
             .timeout(self.timeout)
             .json(body)
             .send()
@@ -156,10 +185,11 @@ impl HttpPeer {
 impl RaftNetworkFactory<Config> for HttpNet {
     type Network = HttpPeer;
 
-    async fn new_client(&mut self, _target: u64, node: &BasicNode) -> HttpPeer {
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> HttpPeer {
         HttpPeer {
             client: self.client.clone(),
             directory: self.directory.clone(),
+            target,
             addr: node.addr.clone(),
             timeout: self.timeout,
         }
@@ -261,7 +291,7 @@ impl Route for HttpRoute {
         let Some(url) = self.local.node_addr(leader).and_then(|a| self.directory.url(&a)) else {
             return Answer::Retry(format!("no address for voter {leader}"));
         };
-        post_call(&self.client, &format!("{url}/lease/v1/call"), call, self.timeout).await
+        post_call(&self.client, &format!("{url}/lease/v1/call"), Some(leader), call, self.timeout).await
     }
 
     fn describe(&self) -> String {
@@ -270,8 +300,12 @@ impl Route for HttpRoute {
 }
 
 /// Posts a lease call; a failure to reach the other end is an answer to try again.
-async fn post_call(client: &reqwest::Client, url: &str, call: &Call, timeout: Duration) -> Answer {
-    match client.post(url).timeout(timeout).json(call).send().await {
+async fn post_call(client: &reqwest::Client, url: &str, to: Option<u64>, call: &Call, timeout: Duration) -> Answer {
+    let mut request = client.post(url).timeout(timeout).json(call);
+    if let Some(id) = to {
+        request = request.header(TARGET_HEADER, id);
+    }
+    match request.send().await {
         Ok(answer) if answer.status().is_success() => {
             answer.json::<Answer>().await.unwrap_or_else(|e| Answer::Retry(e.to_string()))
         }
@@ -312,7 +346,7 @@ impl Route for RelayRoute {
     async fn send(&self, at: u64, call: &Call) -> Answer {
         let i = at as usize % self.urls.len().max(1);
         let Some(url) = self.urls.get(i) else { return Answer::Retry("no Node Manager to relay through".into()) };
-        let answer = post_call(&self.client, &format!("{url}/lease/v1/relay"), call, self.timeout).await;
+        let answer = post_call(&self.client, &format!("{url}/lease/v1/relay"), None, call, self.timeout).await;
         if matches!(answer, Answer::Retry(_)) && self.urls.len() > 1 {
             // Next time, the next Node Manager.
             let _ = self.current.compare_exchange(i, (i + 1) % self.urls.len(), Ordering::Relaxed, Ordering::Relaxed);

@@ -132,6 +132,11 @@ async fn moved_off(
             assert!(!lost.contains(&now_on.as_str()), "{what}: {s} runs on {now_on}, which is down");
             let view = wait_client_new(d, s, t0, *epoch).await;
             println!("{what}: {s} moved from {machine} to {now_on}; client outage {:?} ms", view.outage_ms);
+            // Liveness: within DESIGN §3's bound, with the master's own takeover (one lease
+            // and one interval) when the lost machine held the master too.
+            let bound = liveness_bound_ms() + INTERVAL_MS * PERIODS as u64 + INTERVAL_MS;
+            let outage = view.outage_ms.unwrap_or(u64::MAX);
+            assert!(outage <= bound, "{what}: {s} was out {outage} ms, over the bound {bound} ms: {view:?}");
             moved.push(s.clone());
         }
     }
