@@ -28,7 +28,7 @@ const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the configuration is fetched from the admin (it may change through the API).
 const REFRESH_EVERY: Duration = Duration::from_secs(2);
 /// How long each call to the admin may take.
-const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const ADMIN_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A first start waits this many rounds for an admin that is not up yet ...
 const ENROLL_PATIENCE_ROUNDS: u32 = 120;
 /// ... this long apart.

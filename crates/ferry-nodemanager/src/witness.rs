@@ -14,10 +14,7 @@ use ferry_core::domain::LeasingBasis;
 use ferry_core::EventKind;
 use ferry_host::{clock, files};
 
-use crate::daemon::{self, NmOptions, Role};
-
-/// How long each call to the admin may take.
-const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+use crate::daemon::{self, NmOptions, Role, ADMIN_CALL_TIMEOUT};
 
 /// Runs a witness until Ctrl-C or SIGTERM. `opts.machine` is the witness's name.
 pub async fn run_witness(opts: NmOptions) -> anyhow::Result<()> {
