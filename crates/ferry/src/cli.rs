@@ -229,8 +229,13 @@ fn validate(file: &std::path::Path) -> i32 {
     match ferry_host::files::load_domain(file) {
         Ok(d) => {
             let n = |k: usize, one: &str| format!("{k} {one}{}", if k == 1 { "" } else { "s" });
+            let witnesses = match d.witnesses.len() {
+                0 => String::new(),
+                1 => ", 1 witness".to_string(),
+                k => format!(", {k} witnesses"),
+            };
             outln!(
-                "{}: domain {} is valid: {}, {}, {}",
+                "{}: domain {} is valid: {}{witnesses}, {}, {}",
                 file.display(),
                 d.name,
                 n(d.machines.len(), "machine"),
