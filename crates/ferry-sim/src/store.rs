@@ -198,6 +198,13 @@ impl Store {
         Ok(Self::view(name, r, now))
     }
 
+    /// When `name`, held at `epoch`, expires by this store, as a true instant; `None` when
+    /// this store has it at another epoch or not held (any deadline is then too late).
+    pub fn expires_true(&self, t_ms: u64, name: &LeaseName, epoch: Epoch) -> Option<u64> {
+        let r = self.rows.get(name).filter(|r| r.state == LeaseState::Held && r.epoch == epoch)?;
+        Some(self.clock.true_at(Mono(r.expires_at_ms), t_ms))
+    }
+
     /// Every row, ordered by name, with the time left by the store's clock.
     pub fn list(&self, t_ms: u64) -> Vec<Lease> {
         let now = self.now_ms(t_ms);

@@ -334,3 +334,13 @@ fn planted_leader_no_restart_is_caught() {
     let bugs = Bugs { leader_no_restart: true, ..Bugs::NONE };
     hunt_in(bugs, None, with_authority_changes, &[Property::FenceBeforeExpiry, Property::Safety], 50);
 }
+
+/// Rule 11's other half broken: a deposed leader keeps renewing after its last confirmation
+/// of leadership ran out. Its renewals live in its memory only, so the new leader expires the
+/// lease a TTL after it starts serving while the holder's deadline, extended by the deposed
+/// one, is later still.
+#[test]
+fn planted_leader_unconfirmed_renews_is_caught() {
+    let bugs = Bugs { leader_unconfirmed_renews: true, ..Bugs::NONE };
+    hunt_in(bugs, None, with_authority_changes, &[Property::FenceBeforeExpiry, Property::Safety], 50);
+}

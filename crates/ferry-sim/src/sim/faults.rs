@@ -128,6 +128,17 @@ impl Sim {
             Fault::AuthorityChange { down_ms, clock_offset_ms } => {
                 let id = self.fresh_id();
                 self.store_outages.insert(id);
+                // The old authority was confirmed by a quorum at the latest now: it may go on
+                // renewing for one confirmation's validity (for ever, with the planted bug).
+                let valid_for = self.authority_timing().valid_for_ms();
+                let serves_until = if self.bugs.leader_unconfirmed_renews { u64::MAX } else { self.now + valid_for };
+                let ttl = self.scenario.interval_ms * self.scenario.periods as u64;
+                self.deposed = Some(super::Deposed {
+                    store: self.store.clone(),
+                    serves_until,
+                    gone_at: self.now + down_ms + 2 * ttl,
+                    replaced: false,
+                });
                 self.schedule(self.now + down_ms, Event::NewAuthority { outage: id, clock_offset_ms });
             }
             Fault::ClockJump { target, jump_ms } => {
@@ -353,13 +364,18 @@ impl Sim {
     /// holder's current deadline is then checked against the instant the store now expires
     /// its lease: a new authority that expires a lease early breaks rule 2's invariant at
     /// once (the `leader_no_restart` planted bug).
-    pub(super) fn new_authority(&mut self, clock_offset_ms: i64) {
-        let timing = LeadershipTiming {
+    /// The leadership timing of the store's authorities.
+    pub(super) fn authority_timing(&self) -> LeadershipTiming {
+        LeadershipTiming {
             validity: Duration::from_millis(250),
             drift_ppm: 10_000,
             margin: Duration::from_millis(20),
             bugs: self.bugs,
-        };
+        }
+    }
+
+    pub(super) fn new_authority(&mut self, clock_offset_ms: i64) {
+        let timing = self.authority_timing();
         let changed = self.store.new_authority(self.now, clock_offset_ms, &timing);
         tr!(self, "store authority changed (clock {clock_offset_ms:+} ms): {} held leases restarted", changed.len());
         for (name, epoch, until) in changed {

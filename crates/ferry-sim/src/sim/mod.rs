@@ -182,6 +182,9 @@ pub struct Sim {
     store: Store,
     /// The store outages under way, by id; the store answers "unavailable" while any is.
     store_outages: BTreeSet<u64>,
+    /// The authority an `AuthorityChange` deposed (a consensus leader cut off from the
+    /// majority), still answering the renewals of the holders that reach it while it may.
+    deposed: Option<Deposed>,
     net: Net,
     /// Every server process that ever started, by id.
     instances: Vec<Instance>,
@@ -226,6 +229,23 @@ pub fn run(cfg: &SimConfig) -> Outcome {
 /// Runs a given (possibly hand-edited) scenario.
 pub fn run_scenario(cfg: &SimConfig, scenario: Scenario) -> Outcome {
     Sim::new(cfg, scenario).run()
+}
+
+/// A deposed store authority: a copy of the table as it was when it lost the majority,
+/// renewing (in its memory only: renewals are not replicated) until its last confirmation
+/// of leadership runs out, as `ferry_core::leadership` rules, or for as long as it lives
+/// with the `leader_unconfirmed_renews` planted bug. The new authority's rows are the
+/// replicated ones, which these renewals never reach: a renewal it grants must not outlive
+/// the instant the new authority may expire the lease.
+#[derive(Debug)]
+pub(crate) struct Deposed {
+    pub(crate) store: Store,
+    /// True time until which it answers renewals.
+    pub(crate) serves_until: u64,
+    /// True time at which it is gone (healed: it hears of the new term).
+    pub(crate) gone_at: u64,
+    /// The new authority has been elected (its rows then decide the check).
+    pub(crate) replaced: bool,
 }
 
 impl Sim {
@@ -297,6 +317,7 @@ impl Sim {
             store_host,
             store: Store::new(store_clock),
             store_outages: BTreeSet::new(),
+            deposed: None,
             net,
             instances: Vec::new(),
             alive: BTreeSet::new(),
@@ -466,6 +487,9 @@ impl Sim {
             Event::NewAuthority { outage, clock_offset_ms } => {
                 self.store_outages.remove(&outage);
                 self.new_authority(clock_offset_ms);
+                if let Some(d) = self.deposed.as_mut() {
+                    d.replaced = true;
+                }
             }
             Event::FaultPhase => {
                 self.net.loss = self.scenario.loss;

@@ -122,7 +122,27 @@ impl Sim {
         let Payload::StoreReq { req, from, op } = payload else {
             return;
         };
-        let reply = if !self.store_outages.is_empty() || !self.store.available(self.now) {
+        if self.deposed.as_ref().is_some_and(|d| self.now >= d.gone_at) {
+            self.deposed = None;
+        }
+        let deposed_serves = self.deposed.as_ref().is_some_and(|d| self.now < d.serves_until);
+        let reply = if let (true, StoreOp::Renew { name, incarnation, epoch, ttl_ms }) = (deposed_serves, &op) {
+            // The holders reach the deposed authority (the side it is on), which renews in
+            // its memory; where the new authority stands is what the grant is checked against.
+            let d = self.deposed.as_mut().expect("serving");
+            match d.store.renew(self.now, name, incarnation, *epoch, *ttl_ms) {
+                Ok(l) => {
+                    let StoreReply::Lease(l, own) = granted_by(&d.store, l, self.now) else { unreachable!() };
+                    let until = if d.replaced {
+                        self.store.expires_true(self.now, name, *epoch).unwrap_or(self.now)
+                    } else {
+                        own
+                    };
+                    StoreReply::Lease(l, until.min(own))
+                }
+                Err(e) => StoreReply::Refused(e),
+            }
+        } else if !self.store_outages.is_empty() || !self.store.available(self.now) {
             StoreReply::Unavailable
         } else {
             match op {
@@ -159,9 +179,14 @@ impl Sim {
 
     /// A grant as the holder receives it, tagged with the true instant of its expiry.
     fn granted(&self, l: Lease) -> StoreReply {
-        let store_now = self.store.clock.mono(self.now);
-        let expires = Mono((store_now.0 as i64 + l.remaining_ms).max(0) as u64);
-        let until = self.store.clock.true_at(expires, self.now);
-        StoreReply::Lease(l, until)
+        granted_by(&self.store, l, self.now)
     }
+}
+
+/// A grant of `store` at true time `now`, tagged with the true instant of its expiry there.
+fn granted_by(store: &crate::store::Store, l: Lease, now: u64) -> StoreReply {
+    let store_now = store.clock.mono(now);
+    let expires = Mono((store_now.0 as i64 + l.remaining_ms).max(0) as u64);
+    let until = store.clock.true_at(expires, now);
+    StoreReply::Lease(l, until)
 }
