@@ -210,7 +210,7 @@ fn restore_master_epochs(data_dir: &std::path::Path) -> BTreeMap<ClusterName, Ep
 
 /// What a process of this crate is to the domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     NodeManager,
     Witness,
 }
@@ -225,22 +225,30 @@ pub(crate) fn check_defined(opts: &NmOptions, cache: &std::path::Path, role: Rol
             None => return Ok(()),
         },
     };
-    let name = &opts.machine;
+    match undefined(&domain, &opts.machine, &from, role) {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}
+
+/// Why `name` cannot run as `role` in `domain` (read from `from`), or `None` when it can:
+/// the daemons' check at start, and the command line's before it waits for anything.
+pub fn undefined(domain: &ferry_core::domain::Domain, name: &MachineName, from: &str, role: Role) -> Option<String> {
     let list = |names: Vec<&str>, none: &str| if names.is_empty() { none.to_string() } else { names.join(", ") };
     match role {
-        Role::NodeManager if domain.machine(name).is_some() => Ok(()),
-        Role::NodeManager => anyhow::bail!(
+        Role::NodeManager if domain.machine(name).is_some() => None,
+        Role::NodeManager => Some(format!(
             "machine {name} is not defined in domain {} ({from} defines {}): add a [[machines]] entry named {name} or pass the right --machine{}",
             domain.name,
             list(domain.machines.iter().map(|m| m.name.as_str()).collect(), "no machines"),
             if domain.witness(name).is_some() { format!(" ({name} is a witness: run it with `ferry witness --name {name}`)") } else { String::new() }
-        ),
-        Role::Witness if domain.witness(name).is_some() => Ok(()),
-        Role::Witness => anyhow::bail!(
+        )),
+        Role::Witness if domain.witness(name).is_some() => None,
+        Role::Witness => Some(format!(
             "witness {name} is not defined in domain {} ({from} defines {}): add a [[witnesses]] entry named {name} with its listen address, or pass the right --name",
             domain.name,
             list(domain.witnesses.iter().map(|w| w.name.as_str()).collect(), "no witnesses")
-        ),
+        )),
     }
 }
 

@@ -23,5 +23,5 @@ mod plumbing;
 mod renewals;
 mod witness;
 
-pub use daemon::{run, NmOptions};
+pub use daemon::{run, undefined, NmOptions, Role};
 pub use witness::run_witness;

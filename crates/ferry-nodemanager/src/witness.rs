@@ -25,12 +25,10 @@ pub async fn run_witness(opts: NmOptions) -> anyhow::Result<()> {
     let tls = Arc::new(daemon::certificates(&opts).await?);
     let domain = daemon::load_initial_domain(&opts, &cache, &tls.creds).await?;
     let name = &opts.machine;
-    let witness = domain.domain.witness(name).cloned().ok_or_else(|| {
-        anyhow::anyhow!(
-            "witness {name} is not defined in domain {}: add a [[witnesses]] entry named {name} or pass the right --name",
-            domain.domain.name
-        )
-    })?;
+    let Some(witness) = domain.domain.witness(name).cloned() else {
+        let why = daemon::undefined(&domain.domain, name, "the Administration Server's configuration", Role::Witness);
+        anyhow::bail!(why.unwrap_or_default());
+    };
     if domain.domain.leasing.basis != LeasingBasis::Consensus {
         anyhow::bail!(
             "domain {} leases from a database: a witness only votes in consensus leasing (set [leasing] basis = \"consensus\")",

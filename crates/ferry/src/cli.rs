@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use ferry_core::domain::ConfigErrors;
 use ferry_core::{MachineName, ServerName};
+use ferry_nodemanager::Role;
 
 use crate::args::{Cli, Cmd, LeasingAction, EXIT_FAILED, EXIT_USAGE};
 
@@ -80,45 +81,26 @@ pub fn main() -> i32 {
             report(runtime().block_on(ferry_admin::run(opts)), "ferry admin")
         }
         Cmd::Nodemanager { machine, domain, admin_url, data_dir, secret_file, enroll_token_file } => {
-            // A bad domain file is a bad start whatever else would happen first (enrolling,
-            // waiting for the secret): say so at once, as `ferry validate` does.
-            match domain.as_deref().map(ferry_host::files::load_domain) {
-                Some(Err(errs)) => return domain_problems(&errs),
-                // A machine the domain does not define can do nothing: say so before waiting
-                // for a secret or an Administration Server that may be down.
-                Some(Ok(d)) if !d.machines.iter().any(|m| m.name.as_str() == machine) => {
-                    let known: Vec<&str> = d.machines.iter().map(|m| m.name.as_str()).collect();
-                    errln!(
-                        "ferry nodemanager: machine {machine} is not defined in domain {} ({} defines {}): add a [[machines]] entry named {machine} or pass the right --machine",
-                        d.name,
-                        domain.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-                        if known.is_empty() { "no machines".to_string() } else { known.join(", ") }
-                    );
-                    return EXIT_USAGE;
-                }
-                _ => {}
+            if let Some(code) = refuse_early("ferry nodemanager", domain.as_deref(), &machine, Role::NodeManager) {
+                return code;
             }
             init_tracing("info");
-            let rt = runtime();
             report(
-                rt.block_on(nodemanager(machine, domain, admin_url, data_dir, secret_file, enroll_token_file, false)),
+                runtime().block_on(nodemanager(
+                    machine,
+                    domain,
+                    admin_url,
+                    data_dir,
+                    secret_file,
+                    enroll_token_file,
+                    false,
+                )),
                 "ferry nodemanager",
             )
         }
         Cmd::Witness { name, domain, admin_url, data_dir, secret_file, enroll_token_file } => {
-            match domain.as_deref().map(ferry_host::files::load_domain) {
-                Some(Err(errs)) => return domain_problems(&errs),
-                Some(Ok(d)) if !d.witnesses.iter().any(|w| w.name.as_str() == name) => {
-                    let known: Vec<&str> = d.witnesses.iter().map(|w| w.name.as_str()).collect();
-                    errln!(
-                        "ferry witness: witness {name} is not defined in domain {} ({} defines {}): add a [[witnesses]] entry named {name} with its listen address, or pass the right --name",
-                        d.name,
-                        domain.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-                        if known.is_empty() { "no witnesses".to_string() } else { known.join(", ") }
-                    );
-                    return EXIT_USAGE;
-                }
-                _ => {}
+            if let Some(code) = refuse_early("ferry witness", domain.as_deref(), &name, Role::Witness) {
+                return code;
             }
             init_tracing("info");
             report(
@@ -161,6 +143,21 @@ pub fn main() -> i32 {
             runtime().block_on(crate::client::run(&cli.admin, cli.ca.as_deref(), cli.token_file.as_deref(), cmd))
         }
     }
+}
+
+/// A bad domain file, or one that does not define `name` as `role`, is a bad start whatever
+/// else would happen first (enrolling, waiting for the secret or an Administration Server
+/// that may be down): the exit status, after saying so, as `ferry validate` does.
+fn refuse_early(cmd: &str, domain: Option<&std::path::Path>, name: &str, role: Role) -> Option<i32> {
+    let path = domain?;
+    let d = match ferry_host::files::load_domain(path) {
+        Ok(d) => d,
+        Err(errs) => return Some(domain_problems(&errs)),
+    };
+    let name = MachineName::new(name).ok()?;
+    let why = ferry_nodemanager::undefined(&d, &name, &path.display().to_string(), role)?;
+    errln!("{cmd}: {why}");
+    Some(EXIT_USAGE)
 }
 
 /// `ferry leasing init|reset --data-source URL`: prepares a database's lease table, here.

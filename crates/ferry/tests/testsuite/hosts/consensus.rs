@@ -149,9 +149,20 @@ async fn moved_off(
     moved
 }
 
-/// The servers that stayed: one instance all along, answering without a gap from `t0`.
-fn stayed<'a>(before: &'a BTreeMap<String, (String, u64)>, moved: &[String]) -> Vec<&'a str> {
-    before.keys().filter(|s| !moved.contains(s)).map(String::as_str).collect()
+/// The end of a test where the servers in `moved` moved: both clients safe, and every other
+/// server one instance all along, answering without a gap from `t0` to `t1`.
+async fn assert_others_stayed(
+    d: &LabDomain,
+    what: &str,
+    before: &BTreeMap<String, (String, u64)>,
+    moved: &[String],
+    (t0, t1): (u64, u64),
+) {
+    let stayed: Vec<&str> = before.keys().filter(|s| !moved.contains(s)).map(String::as_str).collect();
+    let kept: Vec<_> = stayed.iter().map(|s| (*s, t0, t1)).collect();
+    let clients: Vec<&str> = before.keys().map(String::as_str).collect();
+    let end = Ending { what, clients: &clients, one_instance: &stayed, kept_answering: &kept, ..Ending::default() };
+    assert_ending(d, end).await;
 }
 
 /// The leader's machine crashes: the other two elect a leader, the crashed machine's servers
@@ -171,19 +182,7 @@ async fn consensus_leader_crash_moves_its_servers_and_costs_no_other_lease() {
     let moved = moved_off(&d, &before, &[&leader], t0, "leader crash").await;
     assert_one_leader_per_term(&events(&d).await);
     let t1 = clock::now().0;
-    let stayed = stayed(&before, &moved);
-    let kept: Vec<_> = stayed.iter().map(|s| (*s, t0, t1)).collect();
-    assert_ending(
-        &d,
-        Ending {
-            what: "leader crash",
-            clients: &["ms1", "ms2"],
-            one_instance: &stayed,
-            kept_answering: &kept,
-            ..Ending::default()
-        },
-    )
-    .await;
+    assert_others_stayed(&d, "leader crash", &before, &moved, (t0, t1)).await;
 }
 
 /// The leader is cut off from everyone (the admin and the client included): it cannot
@@ -207,19 +206,7 @@ async fn consensus_leader_partitioned_from_everyone_loses_its_servers_to_the_maj
     // The old leader comes back as a follower of the new term; the lease table is one.
     let (after, _) = settled(&d).await;
     println!("leader partitioned: after healing, {after} leads");
-    let stayed = stayed(&before, &moved);
-    let kept: Vec<_> = stayed.iter().map(|s| (*s, t0, t1)).collect();
-    assert_ending(
-        &d,
-        Ending {
-            what: "leader partitioned",
-            clients: &["ms1", "ms2"],
-            one_instance: &stayed,
-            kept_answering: &kept,
-            ..Ending::default()
-        },
-    )
-    .await;
+    assert_others_stayed(&d, "leader partitioned", &before, &moved, (t0, t1)).await;
 }
 
 /// A machine that is not the leader is cut off (the seed's minority side): its server fences
@@ -247,24 +234,12 @@ async fn consensus_minority_fences_itself_while_the_majority_keeps_its_leader_an
     // back it disturbs nobody.
     let (after, after_term) = settled(&d).await;
     assert_eq!((after.as_str(), after_term), (leader.as_str(), term), "the healed minority deposed nobody");
-    let stayed = stayed(&before, &moved);
-    let kept: Vec<_> = stayed.iter().map(|s| (*s, t0, t1)).collect();
     // Its Node Manager's and server's events reach the admin once it is back.
     wait_event(&d, "the minority's server to have fenced itself", |e| {
         e.kind == EventKind::Fenced && e.machine.as_deref() == Some(minority.as_str())
     })
     .await;
-    assert_ending(
-        &d,
-        Ending {
-            what: "minority partition",
-            clients: &["ms1", "ms2"],
-            one_instance: &stayed,
-            kept_answering: &kept,
-            ..Ending::default()
-        },
-    )
-    .await;
+    assert_others_stayed(&d, "minority partition", &before, &moved, (t0, t1)).await;
 }
 
 /// Four voters split two against two. The seed keeps the half that holds the leader; ferry
@@ -314,10 +289,9 @@ async fn consensus_even_split_leaves_no_majority_so_every_server_fences_until_it
     }
     let healed = clock::now().0;
     d.lab.heal().await.unwrap();
-    for (s, (machine, epoch)) in &before {
+    for (s, (_, epoch)) in &before {
         let view = wait_client_new(&d, s, healed, *epoch).await;
         println!("even split: {s} back on {:?} {:?} ms after the heal", view.new_machine, view.outage_ms);
-        let _ = machine;
     }
     assert_ending(&d, Ending { what: "even split", clients: &["ms1", "ms2"], ..Ending::default() }).await;
 }
